@@ -255,18 +255,16 @@ fn define_env(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     })?;
     l.func_wrap("env", "proxy_get_buffer_bytes", |mut c: C<'_>, kind: i32, start: i32, max: i32, ptr_ptr: i32, size_ptr: i32| -> i32 {
         guard!(c, "proxy_get_buffer_bytes");
-        if start < 0 || max < 0 {
-            return Status::BadArgument.code();
-        }
+        // Arguments are unsigned 32-bit words (cpp-host `Word`).
+        let (start, max) = (start as u32 as usize, max as u32 as usize);
         match buffer(c.data(), kind) {
             Err(s) => s.code(),
             Ok(None) => Status::NotFound.code(),
             Ok(Some(bytes)) => {
-                let start = start as usize;
                 if start > bytes.len() {
                     return Status::BadArgument.code();
                 }
-                let end = bytes.len().min(start.saturating_add(max as usize));
+                let end = bytes.len().min(start.saturating_add(max));
                 code(give(&mut c, &bytes[start..end], ptr_ptr, size_ptr))
             }
         }

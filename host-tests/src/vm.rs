@@ -318,7 +318,8 @@ impl Vm {
                 CallResponse { headers: Some(headers), body: Some(body), trailers: Some(trailers) },
             ),
             CallOutcome::Reset => {
-                guard.store.data_mut().status = (14, b"reset".to_vec());
+                // Envoy: status BrokenConnection (11), message "reset".
+                guard.store.data_mut().status = (11, b"reset".to_vec());
                 (0, 0, 0, CallResponse::default())
             }
         };

@@ -195,6 +195,7 @@ impl HttpContext for ProbeStream {
             "misc" => self.misc_scenario(),
             "grpc" => self.grpc_scenario(),
             "grpc-live" => self.grpc_live_scenario(),
+            "incr" => self.increment_scenario(),
             "close" => {
                 let close = unsafe { raw::proxy_close_stream(0) };
                 self.say(&format!("close status={close}"));
@@ -478,6 +479,23 @@ impl ProbeStream {
             let cancel = raw::grpc_cancel(token);
             self.say(&format!("grpc_live cancel={cancel}"));
         }
+        Action::Continue
+    }
+
+    /// Increments a shared counter with get + CAS set, retrying on CasMismatch: the pattern
+    /// every filter's shared state uses. Logs how many attempts it took.
+    fn increment_scenario(&mut self) -> Action {
+        let key = "probe-counter";
+        for attempt in 1..=64 {
+            let (status, value, cas) = raw::get_shared(key);
+            let current = if status == 0 { text(&value).parse::<u64>().unwrap_or(0) } else { 0 };
+            let set = raw::set_shared(key, (current + 1).to_string().as_bytes(), if status == 0 { cas } else { 0 });
+            if set == 0 {
+                self.say(&format!("incr value={} attempts={attempt}", current + 1));
+                return Action::Continue;
+            }
+        }
+        self.say("incr gave_up");
         Action::Continue
     }
 
