@@ -1,1 +1,316 @@
-fn main(){}
+//! The Edgewise test backend: an HTTP origin with a name, a request counter, echo, chosen
+//! statuses and delays, RFC 9110 validators with 304 answers, and a runtime fault switch.
+//!
+//! Usage: `edgewise-backend --name api-v1 --listen 127.0.0.1:0` prints
+//! `listening on <addr>` once ready.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use axum::Router;
+use serde_json::{json, Value};
+
+/// The fault switch: what share of counted requests fail, and how.
+#[derive(Clone, Debug, PartialEq)]
+enum Fault {
+    Off,
+    /// Fail exactly `ratio` of requests (spread evenly) with `status`.
+    Fail { ratio: f64, status: u16 },
+    /// Accept requests but never answer them.
+    Hang,
+}
+
+struct Backend {
+    name: String,
+    requests: AtomicU64,
+    fault: Mutex<Fault>,
+    faulted: AtomicU64,
+}
+
+type Shared = Arc<Backend>;
+
+fn main() {
+    let mut name = "backend".to_string();
+    let mut listen = "127.0.0.1:8000".to_string();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--name" => name = args.next().unwrap_or(name),
+            "--listen" => listen = args.next().unwrap_or(listen),
+            "--help" | "-h" => {
+                println!("edgewise-backend [--name NAME] [--listen ADDR:PORT]");
+                return;
+            }
+            other => {
+                eprintln!("unknown argument {other:?}; try --help");
+                std::process::exit(2);
+            }
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(serve(name, listen)) {
+        eprintln!("backend failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(name: String, listen: String) -> std::io::Result<()> {
+    let state = Arc::new(Backend { name, requests: AtomicU64::new(0), fault: Mutex::new(Fault::Off), faulted: AtomicU64::new(0) });
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    println!("listening on {addr}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let app = Router::new().fallback(handle).with_state(state);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+fn respond(backend: &Backend, status: u16, headers: &[(&str, String)], body: impl Into<Body>) -> Response<Body> {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let map = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&backend.name) {
+        map.insert("x-backend-name", v);
+    }
+    for (k, v) in headers {
+        if let (Ok(k), Ok(v)) = (axum::http::HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            map.append(k, v);
+        }
+    }
+    response
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').filter_map(|pair| pair.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| percent_decode(v))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn handle(State(backend): State<Shared>, request: Request<Body>) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let body = to_bytes(body, 16 * 1024 * 1024).await.unwrap_or_default();
+
+    // Control endpoints are not counted as traffic.
+    match (parts.method.clone(), path.as_str()) {
+        (_, "/health") => return respond(&backend, 200, &[], "ok\n"),
+        (_, "/stats") => {
+            let stats = json!({ "name": backend.name, "requests": backend.requests.load(Ordering::SeqCst), "faulted": backend.faulted.load(Ordering::SeqCst) });
+            return respond(&backend, 200, &[("content-type", "application/json".into())], stats.to_string());
+        }
+        (Method::POST, "/admin/reset") => {
+            backend.requests.store(0, Ordering::SeqCst);
+            backend.faulted.store(0, Ordering::SeqCst);
+            return respond(&backend, 200, &[], "reset\n");
+        }
+        (Method::POST, "/admin/fault") => return set_fault(&backend, &body),
+        (Method::GET, "/admin/fault") => {
+            let fault = format!("{:?}\n", backend.fault.lock().map(|f| f.clone()).unwrap_or(Fault::Off));
+            return respond(&backend, 200, &[], fault);
+        }
+        _ => {}
+    }
+
+    let n = backend.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let fault = backend.fault.lock().map(|f| f.clone()).unwrap_or(Fault::Off);
+    match fault {
+        Fault::Off => {}
+        Fault::Hang => {
+            backend.faulted.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        Fault::Fail { ratio, status } => {
+            // Exactly `ratio` of requests fail, evenly spread: request n fails when
+            // floor(n·ratio) moved past floor((n-1)·ratio).
+            if (n as f64 * ratio).floor() > ((n - 1) as f64 * ratio).floor() {
+                backend.faulted.fetch_add(1, Ordering::SeqCst);
+                return respond(&backend, status, &[("content-type", "text/plain".into())], format!("injected fault {status}\n"));
+            }
+        }
+    }
+
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["status", code, ..] => {
+            let code: u16 = code.parse().unwrap_or(400);
+            respond(&backend, code, &[("content-type", "text/plain".into())], format!("status {code}\n"))
+        }
+        ["delay", ms, ..] => {
+            let ms: u64 = ms.parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            respond(&backend, 200, &[("content-type", "text/plain".into())], format!("delayed {ms}ms\n"))
+        }
+        ["cache", ..] => cacheable(&backend, &parts.headers, &path, &query),
+        _ => echo(&backend, &parts.method, &parts.uri.to_string(), &parts.headers, &body, n),
+    }
+}
+
+fn echo(backend: &Backend, method: &Method, uri: &str, headers: &HeaderMap, body: &[u8], n: u64) -> Response<Body> {
+    let mut seen = serde_json::Map::new();
+    for (k, v) in headers {
+        let value = Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned());
+        match seen.get_mut(k.as_str()) {
+            Some(Value::Array(list)) => list.push(value),
+            Some(existing) => *existing = Value::Array(vec![existing.clone(), value]),
+            None => {
+                seen.insert(k.as_str().to_string(), value);
+            }
+        }
+    }
+    let reply = json!({
+        "backend": backend.name,
+        "request_number": n,
+        "method": method.as_str(),
+        "uri": uri,
+        "headers": seen,
+        "body": String::from_utf8_lossy(body),
+    });
+    respond(backend, 200, &[("content-type", "application/json".into())], reply.to_string())
+}
+
+/// `/cache/...?cache_control=..&etag=..&last_modified=..&body=..`: a response with the
+/// chosen caching headers, and `304 Not Modified` to a matching conditional GET/HEAD.
+fn cacheable(backend: &Backend, headers: &HeaderMap, path: &str, query: &str) -> Response<Body> {
+    let etag = query_param(query, "etag").map(|e| if e.starts_with('"') || e.starts_with("W/") { e } else { format!("\"{e}\"") });
+    let last_modified = query_param(query, "last_modified");
+    let mut out: Vec<(&str, String)> = vec![("content-type", "text/plain".into())];
+    if let Some(cc) = query_param(query, "cache_control") {
+        out.push(("cache-control", cc));
+    }
+    if let Some(e) = &etag {
+        out.push(("etag", e.clone()));
+    }
+    if let Some(lm) = &last_modified {
+        out.push(("last-modified", lm.clone()));
+    }
+    if let Some(vary) = query_param(query, "vary") {
+        out.push(("vary", vary));
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    // RFC 9110 §13.1.2: If-None-Match uses weak comparison; §13.2.2: it takes precedence
+    // over If-Modified-Since.
+    let not_modified = match (header("if-none-match"), &etag) {
+        (Some(inm), Some(tag)) => {
+            let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
+            inm.trim() == "*" || inm.split(',').any(|candidate| weak(candidate) == weak(tag))
+        }
+        (Some(_), None) => false,
+        (None, _) => match (header("if-modified-since"), &last_modified) {
+            (Some(ims), Some(lm)) => match (httpdate(&ims), httpdate(lm)) {
+                (Some(since), Some(modified)) => modified <= since,
+                _ => false,
+            },
+            _ => false,
+        },
+    };
+    if not_modified {
+        return respond(backend, 304, &out, Body::empty());
+    }
+    let body = query_param(query, "body").unwrap_or_else(|| format!("cacheable {path}\n"));
+    respond(backend, 200, &out, body)
+}
+
+/// Parses an IMF-fixdate (RFC 9110 §5.6.7), e.g. "Sun, 06 Nov 1994 08:49:37 GMT", to seconds.
+fn httpdate(text: &str) -> Option<i64> {
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else { return None };
+    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let month = months.iter().position(|m| m == month)? as i64 + 1;
+    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<i64> = time.split(':').map(|p| p.parse().ok()).collect::<Option<Vec<_>>>()?;
+    let [h, m, s] = hms.as_slice() else { return None };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + s)
+}
+
+fn set_fault(backend: &Backend, body: &[u8]) -> Response<Body> {
+    let parsed: Result<Value, _> = serde_json::from_slice(body);
+    let fault = match parsed {
+        Ok(v) => match v.get("mode").and_then(Value::as_str) {
+            Some("off") => Some(Fault::Off),
+            Some("hang") => Some(Fault::Hang),
+            Some("fail") => {
+                let ratio = v.get("ratio").and_then(Value::as_f64).unwrap_or(1.0);
+                let status = v.get("status").and_then(Value::as_u64).unwrap_or(503) as u16;
+                (0.0..=1.0).contains(&ratio).then_some(Fault::Fail { ratio, status })
+            }
+            _ => None,
+        },
+        Err(_) => None,
+    };
+    match fault {
+        Some(fault) => {
+            if let Ok(mut current) = backend.fault.lock() {
+                *current = fault.clone();
+            }
+            respond(backend, 200, &[], format!("{fault:?}\n"))
+        }
+        None => respond(
+            backend,
+            400,
+            &[],
+            "expected {\"mode\":\"off\"}, {\"mode\":\"hang\"} or {\"mode\":\"fail\",\"ratio\":0..1,\"status\":503}\n",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_imf_fixdate() {
+        assert_eq!(httpdate("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(httpdate("garbage"), None);
+    }
+
+    #[test]
+    fn decodes_query_values() {
+        assert_eq!(query_param("cache_control=max-age%3D60&etag=v1", "cache_control").as_deref(), Some("max-age=60"));
+        assert_eq!(query_param("a=1", "b"), None);
+    }
+}

@@ -136,9 +136,11 @@ fn mutable_map(state: &mut VmState, map: i32) -> Option<&mut Headers> {
 fn buffer(state: &VmState, kind: i32) -> Result<Option<Vec<u8>>, Status> {
     let stream = state.streams.get(&state.effective_context);
     Ok(match kind {
-        buffer_type::HTTP_REQUEST_BODY => stream.filter(|s| s.request.body_visible).map(|s| s.request.body.clone()),
-        buffer_type::HTTP_RESPONSE_BODY => stream.filter(|s| s.response.body_visible).map(|s| s.response.body.clone()),
-        buffer_type::DOWNSTREAM_DATA | buffer_type::UPSTREAM_DATA => None,
+        // Envoy wraps a null body pointer in an empty buffer: reading a body outside its
+        // callback is Ok with no data (checked against Envoy by the probe-parity test).
+        buffer_type::HTTP_REQUEST_BODY => Some(stream.filter(|s| s.request.body_visible).map(|s| s.request.body.clone()).unwrap_or_default()),
+        buffer_type::HTTP_RESPONSE_BODY => Some(stream.filter(|s| s.response.body_visible).map(|s| s.response.body.clone()).unwrap_or_default()),
+        buffer_type::DOWNSTREAM_DATA | buffer_type::UPSTREAM_DATA => Some(Vec::new()),
         buffer_type::HTTP_CALL_RESPONSE_BODY => state.call_response.as_ref().and_then(|r| r.body.clone()),
         buffer_type::GRPC_RECEIVE_BUFFER => state.grpc_receive.body.clone(),
         buffer_type::VM_CONFIGURATION => Some(state.options.vm_configuration.clone()),
@@ -686,12 +688,12 @@ fn define_env(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             }
         },
     )?;
-    fn with_grpc(c: &mut C<'_>, token: i32, f: impl FnOnce(&mut GrpcCall) -> bool) -> i32 {
+    fn with_grpc(c: &mut C<'_>, token: i32, unknown: Status, f: impl FnOnce(&mut GrpcCall) -> bool) -> i32 {
         let state = c.data();
         let index = state.index;
         let mut world = state.world.lock();
         let Some(position) = world.grpc_calls.iter().position(|g| g.vm == index && g.token == token as u32) else {
-            return Status::NotFound.code();
+            return unknown.code();
         };
         if f(&mut world.grpc_calls[position]) {
             world.grpc_calls.remove(position);
@@ -704,7 +706,7 @@ fn define_env(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
             Ok(m) => m,
             Err(s) => return s.code(),
         };
-        with_grpc(&mut c, token, |g| {
+        with_grpc(&mut c, token, Status::BadArgument, |g| {
             g.messages.push(message);
             g.closed_by_module |= end != 0;
             false
@@ -712,14 +714,14 @@ fn define_env(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     })?;
     l.func_wrap("env", "proxy_grpc_cancel", |mut c: C<'_>, token: i32| -> i32 {
         guard!(c, "proxy_grpc_cancel");
-        with_grpc(&mut c, token, |g| {
+        with_grpc(&mut c, token, Status::NotFound, |g| {
             g.cancelled = true;
             true
         })
     })?;
     l.func_wrap("env", "proxy_grpc_close", |mut c: C<'_>, token: i32| -> i32 {
         guard!(c, "proxy_grpc_close");
-        with_grpc(&mut c, token, |g| {
+        with_grpc(&mut c, token, Status::NotFound, |g| {
             g.closed_by_module = true;
             false
         })
@@ -768,16 +770,26 @@ fn define_env(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         let id = {
             let state = c.data_mut();
             state.world.lock().metrics.entry(name.clone()).or_insert(MetricState { kind, value: 0, samples: Vec::new() });
-            let id = state.next_metric_id;
+            // Envoy keeps the metric type in the id's low two bits.
+            let type_bits = match kind {
+                MetricKind::Counter => 0,
+                MetricKind::Gauge => 1,
+                MetricKind::Histogram => 2,
+            };
+            let id = (state.next_metric_id << 2) | type_bits;
             state.next_metric_id += 1;
             state.metric_ids.insert(id, (kind, name));
             id
         };
         code(write_u32(&mut c, id_ptr, id))
     })?;
+    /// Runs `f` on a defined metric. Unknown ids: `NotFound`, or `BadArgument` when the id's
+    /// type bits name no metric type (Envoy decodes the type from the id first).
     fn with_metric(c: &mut C<'_>, id: i32, f: impl FnOnce(MetricKind, &mut MetricState) -> Status) -> i32 {
         let state = c.data();
-        let Some((kind, name)) = state.metric_ids.get(&(id as u32)).cloned() else { return Status::NotFound.code() };
+        let Some((kind, name)) = state.metric_ids.get(&(id as u32)).cloned() else {
+            return if id & 3 == 3 { Status::BadArgument.code() } else { Status::NotFound.code() };
+        };
         let mut world = state.world.lock();
         match world.metrics.get_mut(&name) {
             Some(metric) => f(kind, metric).code(),

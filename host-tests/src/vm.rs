@@ -91,6 +91,11 @@ pub(crate) struct Direction {
     pub forwarded_body: Vec<u8>,
     pub forwarded_trailers: Option<Headers>,
     pub forwarded_complete: bool,
+    /// The filter paused in its headers callback: Envoy stops all iteration and holds
+    /// body data without calling the filter until it resumes.
+    pub headers_paused: bool,
+    pub held: Vec<u8>,
+    pub held_end: bool,
 }
 
 impl Direction {
@@ -467,11 +472,19 @@ impl VmInner {
         if s.reset || s.local_reply.is_some() {
             return Ok(());
         }
-        let direction = if stream == stream_type::REQUEST { &mut s.request } else { &mut s.response };
+        let request = stream == stream_type::REQUEST;
+        let direction = if request { &mut s.request } else { &mut s.response };
+        let was_holding = std::mem::take(&mut direction.headers_paused);
+        let held = std::mem::take(&mut direction.held);
+        let held_end = std::mem::take(&mut direction.held_end);
         direction.forward_body();
         if direction.trailers.is_some() && direction.forwarded_trailers.is_none() {
             direction.forwarded_trailers = direction.trailers.take();
             direction.forwarded_complete = true;
+        }
+        // Data that arrived while the headers were paused now reaches the filter.
+        if was_holding && (!held.is_empty() || held_end) {
+            self.body(context, &held, held_end, request)?;
         }
         Ok(())
     }
@@ -487,7 +500,6 @@ impl VmInner {
             return Ok(());
         }
         s.local_reply = Some(reply.clone());
-        s.request.headers = None;
         s.request.body_visible = false;
         s.response = Direction::default();
         s.response_code = Some(reply.status);
@@ -520,6 +532,10 @@ impl VmInner {
         }
         let raw = self.call("proxy_on_request_headers", &[Val::I32(context as i32), Val::I32(n), Val::I32(end_of_stream as i32)])?;
         let action = Action::from_raw(raw.unwrap_or(0));
+        let continued = self.store.data().deferred.iter().any(|d| matches!(d, Deferred::Continue { context: c, stream: 0 } if *c == context));
+        if action == Action::Pause && !continued {
+            self.stream_mut(context).request.headers_paused = true;
+        }
         if action == Action::Continue {
             let s = self.stream_mut(context);
             if s.local_reply.is_none() {
@@ -542,6 +558,15 @@ impl VmInner {
     }
 
     fn body(&mut self, context: u32, chunk: &[u8], end_of_stream: bool, request: bool) -> Result<Action, VmFailure> {
+        {
+            let s = self.stream_mut(context);
+            let d = if request { &mut s.request } else { &mut s.response };
+            if d.headers_paused {
+                d.held.extend_from_slice(chunk);
+                d.held_end |= end_of_stream;
+                return Ok(Action::Pause);
+            }
+        }
         let size = {
             let s = self.stream_mut(context);
             let d = if request { &mut s.request } else { &mut s.response };
@@ -604,6 +629,10 @@ impl VmInner {
         }
         let raw = self.call("proxy_on_response_headers", &[Val::I32(context as i32), Val::I32(n), Val::I32(end_of_stream as i32)])?;
         let action = Action::from_raw(raw.unwrap_or(0));
+        let continued = self.store.data().deferred.iter().any(|d| matches!(d, Deferred::Continue { context: c, stream: 1 } if *c == context));
+        if action == Action::Pause && !continued {
+            self.stream_mut(context).response.headers_paused = true;
+        }
         if action == Action::Continue {
             let s = self.stream_mut(context);
             s.response.forward_headers();

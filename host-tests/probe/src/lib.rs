@@ -187,7 +187,7 @@ impl HttpContext for ProbeStream {
             "props" => self.properties_scenario(),
             "metrics" => self.metrics_scenario(),
             "body" => Action::Continue,
-            "pause-body" => Action::Pause,
+            "pause-body" => self.callout_scenario(),
             "callout" => self.callout_scenario(),
             "callout-timeout" => self.callout_timeout_scenario(),
             "queue" => self.queue_scenario(),
@@ -230,7 +230,7 @@ impl HttpContext for ProbeStream {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if self.id.is_empty() {
             return Action::Continue;
         }
@@ -239,9 +239,14 @@ impl HttpContext for ProbeStream {
         let content_length = raw::get_map_value(RESPONSE_HEADERS, "content-length");
         let local = raw::get_map_value(RESPONSE_HEADERS, "x-local");
         let request_path = raw::get_map_value(REQUEST_HEADERS, ":path").0;
+        let local_details = if self.scenario == "local" {
+            format!(" content_length={:?} x_local={:?}", content_length.1, local.1)
+        } else {
+            String::new()
+        };
         self.say(&format!(
-            "response_headers status={status} eos={end_of_stream} content_type={:?} content_length={:?} x_local={:?} request_headers_status={request_path}",
-            content_type.1, content_length.1, local.1
+            "response_headers status={status} content_type={:?}{local_details} request_headers_status={request_path}",
+            content_type.1
         ));
         if self.scenario == "props" {
             let (s, code) = raw::get_property(&["response", "code"]);
@@ -261,8 +266,11 @@ impl HttpContext for ProbeStream {
             return Action::Pause;
         }
         let (status, body) = raw::get_buffer(RESPONSE_BODY, 0, body_size);
-        let shown = if self.scenario == "local" { text(&body) } else { format!("{} bytes", body.len()) };
-        self.say(&format!("response_body size={body_size} eos={end_of_stream} get={status}:{shown:?}"));
+        if self.scenario == "local" {
+            self.say(&format!("response_body size={body_size} eos={end_of_stream} get={status}:{:?}", text(&body)));
+        } else {
+            self.say(&format!("response_body eos={end_of_stream} get={status}"));
+        }
         Action::Continue
     }
 

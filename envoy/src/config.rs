@@ -1,0 +1,166 @@
+//! Generates Envoy bootstrap configs (JSON, so no YAML 1.1 surprises): one loopback
+//! listener with our wasm filters in order, routes, and static clusters.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+/// One `envoy.filters.http.wasm` entry.
+#[derive(Clone, Debug)]
+pub struct WasmFilter {
+    /// Plugin name (Envoy's `config.name`, the `plugin_name` property).
+    pub name: String,
+    pub vm_id: String,
+    pub wasm: PathBuf,
+    /// The JSON (or any string) handed to `on_configure`.
+    pub configuration: String,
+    /// Envoy default is fail closed (503); set true to pass traffic when the VM fails.
+    pub fail_open: bool,
+}
+
+impl WasmFilter {
+    pub fn new(name: &str, wasm: PathBuf, configuration: &str) -> WasmFilter {
+        WasmFilter { name: name.into(), vm_id: name.into(), wasm, configuration: configuration.into(), fail_open: false }
+    }
+    pub fn vm_id(mut self, vm_id: &str) -> Self {
+        self.vm_id = vm_id.into();
+        self
+    }
+}
+
+/// A route: requests whose path starts with `prefix` go to `cluster`, or to the cluster
+/// named by `cluster_header` when set.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub name: String,
+    pub prefix: String,
+    pub cluster: String,
+    pub cluster_header: Option<String>,
+    pub timeout_ms: u64,
+}
+
+impl Route {
+    pub fn to_cluster(name: &str, prefix: &str, cluster: &str) -> Route {
+        Route { name: name.into(), prefix: prefix.into(), cluster: cluster.into(), cluster_header: None, timeout_ms: 15_000 }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EnvoyConfig {
+    pub workers: usize,
+    pub filters: Vec<WasmFilter>,
+    pub routes: Vec<Route>,
+    pub clusters: Vec<(String, Vec<SocketAddr>)>,
+    /// Extra native HTTP filters (JSON objects) placed before the wasm filters.
+    pub native_filters: Vec<Value>,
+}
+
+impl EnvoyConfig {
+    /// Envoy with `workers` worker threads, proxying everything to `backend`.
+    pub fn proxy_to(backend: SocketAddr, workers: usize) -> EnvoyConfig {
+        EnvoyConfig {
+            workers,
+            filters: Vec::new(),
+            routes: vec![Route::to_cluster("default-route", "/", "backend")],
+            clusters: vec![("backend".into(), vec![backend])],
+            native_filters: Vec::new(),
+        }
+    }
+
+    pub fn filter(mut self, filter: WasmFilter) -> Self {
+        self.filters.push(filter);
+        self
+    }
+
+    pub fn route_name(mut self, name: &str) -> Self {
+        if let Some(route) = self.routes.last_mut() {
+            route.name = name.into();
+        }
+        self
+    }
+
+    pub fn cluster(mut self, name: &str, endpoints: Vec<SocketAddr>) -> Self {
+        self.clusters.push((name.into(), endpoints));
+        self
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut http_filters: Vec<Value> = self.native_filters.clone();
+        for f in &self.filters {
+            http_filters.push(json!({
+                "name": "envoy.filters.http.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {
+                        "name": f.name,
+                        "root_id": "",
+                        "fail_open": f.fail_open,
+                        "vm_config": {
+                            "vm_id": f.vm_id,
+                            "runtime": "envoy.wasm.runtime.v8",
+                            "code": { "local": { "filename": f.wasm.to_string_lossy() } }
+                        },
+                        "configuration": {
+                            "@type": "type.googleapis.com/google.protobuf.StringValue",
+                            "value": f.configuration
+                        }
+                    }
+                }
+            }));
+        }
+        http_filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
+        }));
+        let routes: Vec<Value> = self
+            .routes
+            .iter()
+            .map(|r| {
+                let mut action = json!({ "timeout": format!("{}s", r.timeout_ms as f64 / 1000.0) });
+                match &r.cluster_header {
+                    Some(header) => action["cluster_header"] = json!(header),
+                    None => action["cluster"] = json!(r.cluster),
+                }
+                json!({ "name": r.name, "match": { "prefix": r.prefix }, "route": action })
+            })
+            .collect();
+        let clusters: Vec<Value> = self
+            .clusters
+            .iter()
+            .map(|(name, endpoints)| {
+                let lb_endpoints: Vec<Value> = endpoints
+                    .iter()
+                    .map(|a| json!({ "endpoint": { "address": { "socket_address": { "address": a.ip().to_string(), "port_value": a.port() } } } }))
+                    .collect();
+                json!({
+                    "name": name,
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": { "cluster_name": name, "endpoints": [ { "lb_endpoints": lb_endpoints } ] }
+                })
+            })
+            .collect();
+        json!({
+            "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } } },
+            "static_resources": {
+                "listeners": [{
+                    "name": "ingress",
+                    "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
+                    "filter_chains": [{
+                        "filters": [{
+                            "name": "envoy.filters.network.http_connection_manager",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                                "stat_prefix": "ingress",
+                                "route_config": { "name": "local", "virtual_hosts": [{ "name": "all", "domains": ["*"], "routes": routes }] },
+                                "http_filters": http_filters
+                            }
+                        }]
+                    }]
+                }],
+                "clusters": clusters
+            }
+        })
+    }
+}
