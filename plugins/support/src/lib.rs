@@ -1,1 +1,16 @@
-//! placeholder
+//! What every Edgewise filter shares: config errors that name the field and the fix,
+//! duration strings, the CAS store the cores keep shared state in, metric names, and
+//! (on wasm) the panic hook and the proxy-wasm implementation of the store.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod config;
+pub mod duration;
+pub mod metrics;
+pub mod store;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
+
+pub use config::{parse_config, ConfigError};
+pub use duration::parse_duration;
+pub use store::{update_with_cas, CasStore, MemoryStore, SetOutcome, StoreError, UpdateError};

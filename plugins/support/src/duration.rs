@@ -1,0 +1,79 @@
+//! Duration strings in configs: a non-negative integer and a unit — `ms`, `s`, `m`, `h` —
+//! like "250ms", "1s", "5m", "1h".
+
+use std::time::Duration;
+
+use crate::config::ConfigError;
+
+/// Parses a duration string for the config field `field`.
+pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
+    let fix = "use a whole number followed by ms, s, m or h, like \"250ms\", \"1s\" or \"5m\"";
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    if number.is_empty() {
+        return Err(ConfigError::new(field, format!("{text:?} is not a duration"), fix));
+    }
+    let value: u64 = number
+        .parse()
+        .map_err(|_| ConfigError::new(field, format!("{text:?} is too large"), fix))?;
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "" => return Err(ConfigError::new(field, format!("{text:?} has no unit"), fix)),
+        other => return Err(ConfigError::new(field, format!("{text:?} has unknown unit {other:?}"), fix)),
+    };
+    value
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| ConfigError::new(field, format!("{text:?} is too large"), fix))
+}
+
+/// Formats a duration in the largest unit that represents it exactly.
+pub fn format_duration(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    for (unit, size) in [("h", 3_600_000u128), ("m", 60_000), ("s", 1_000)] {
+        if ms != 0 && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_each_unit() {
+        assert_eq!(parse_duration("w", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("w", "1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_duration("w", "5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("w", "2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("w", "0s").unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn rejects_with_the_field_named() {
+        for bad in ["", "s", "5", "5x", "-1s", "1.5s", "99999999999999999999ms", "5 m"] {
+            let err = parse_duration("rules[0].window", bad).unwrap_err();
+            assert_eq!(err.field, "rules[0].window", "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn formatting_round_trips(ms in 0u64..10_000_000_000) {
+            let d = Duration::from_millis(ms);
+            prop_assert_eq!(parse_duration("f", &format_duration(d)).unwrap(), d);
+        }
+
+        #[test]
+        fn never_panics(text in "\\PC{0,12}") {
+            let _ = parse_duration("f", &text);
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! The proxy-wasm side: shared data as a `CasStore`, the panic hook that puts a panic's
+//! message in Envoy's log before the VM aborts, and metric handles that never panic.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{LogLevel, MetricType, Status};
+
+use crate::store::{CasStore, SetOutcome, StoreError};
+
+/// proxy-wasm shared data (per `vm_id`, shared by every worker VM).
+pub struct SharedData;
+
+impl CasStore for SharedData {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), Some(cas))) => Ok(Some((value, cas))),
+            Ok(_) => Ok(None),
+            Err(status) => Err(StoreError(format!("get_shared_data({key}): {status:?}"))),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<SetOutcome, StoreError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(SetOutcome::Stored),
+            Err(Status::CasMismatch) => Ok(SetOutcome::CasMismatch),
+            Err(status) => Err(StoreError(format!("set_shared_data({key}): {status:?}"))),
+        }
+    }
+}
+
+/// Logs panics at critical level (with location) through proxy_log, so the reason a VM
+/// died is in Envoy's log, and logs the plugin's name and version once.
+pub fn install_panic_hook(plugin: &'static str, version: &'static str) {
+    std::panic::set_hook(Box::new(move |info| {
+        let _ = hostcalls::log(LogLevel::Critical, &format!("{plugin} {version} panicked: {info}"));
+    }));
+}
+
+/// A counter or gauge defined once at configure time. Failures are swallowed: metrics must
+/// never take traffic down.
+#[derive(Clone, Copy, Debug)]
+pub struct Metric(Option<u32>);
+
+impl Metric {
+    pub fn counter(name: &str) -> Metric {
+        Metric(hostcalls::define_metric(MetricType::Counter, name).ok())
+    }
+
+    pub fn gauge(name: &str) -> Metric {
+        Metric(hostcalls::define_metric(MetricType::Gauge, name).ok())
+    }
+
+    pub fn increment(&self, by: i64) {
+        if let Some(id) = self.0 {
+            let _ = hostcalls::increment_metric(id, by);
+        }
+    }
+
+    pub fn set(&self, value: u64) {
+        if let Some(id) = self.0 {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}
