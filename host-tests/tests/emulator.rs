@@ -17,7 +17,10 @@ fn start(world: &World) -> proxy_host::Vm {
 fn probe_imports_only_what_envoy_links_and_starts_in_order() {
     let module = load_module("probe");
     let imports = module.imports();
-    assert!(imports.iter().filter(|i| i.starts_with("env.proxy_")).count() >= 39, "{imports:?}");
+    // The probe calls every proxy-wasm host function Envoy provides.
+    for function in proxy_host::abi::ENVOY_ENV_FUNCTIONS.iter().filter(|f| f.starts_with("proxy_")) {
+        assert!(imports.contains(&format!("env.{function}")), "probe does not exercise {function}");
+    }
     let world = World::new();
     let _vm = start(&world);
     let root: Vec<String> = world.logs().into_iter().map(|l| l.message).filter(|m| m.starts_with("PROBE[root]")).collect();
@@ -84,6 +87,19 @@ fn a_panicking_module_fails_with_its_panic_message_and_a_wasm_backtrace() {
     // Envoy marks the VM failed: later streams on it fail too.
     let again = vm.stream().try_send_request_headers(probe_request("p2", "headers", "GET", "/"), true).unwrap_err();
     assert_eq!(again.kind, FailureKind::VmFailed);
+}
+
+#[test]
+fn a_status_the_sdk_panics_on_fails_the_test_with_the_sdk_message() {
+    let world = World::new();
+    let vm = start(&world);
+    let mut stream = vm.stream();
+    assert_eq!(stream.send_request_headers(probe_request("u1", "sdk-misuse", "GET", "/"), true), Action::Continue);
+    let failure = stream.try_send_response_headers([(":status", "200")], true).unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Trap);
+    assert!(failure.message.contains("proxy_on_response_headers"), "{failure}");
+    assert!(failure.message.contains("unexpected status: 2"), "{failure}");
+    assert!(failure.message.contains("get_map_value"), "backtrace names the SDK call: {failure}");
 }
 
 #[test]
@@ -413,3 +429,4 @@ fn the_root_context_shuts_down_through_proxy_done() {
     assert!(vm.shutdown().unwrap(), "on_done returned false but proxy_done was called");
     assert!(world.logs().iter().any(|l| l.message == "PROBE[root] root_done proxy_done=0"));
 }
+

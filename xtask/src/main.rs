@@ -120,6 +120,7 @@ fn demo() -> Result<()> {
     let local = envoy.request("GET", "/anything", &[("x-probe", "local"), ("x-probe-id", "demo2")], b"")?;
     println!("GET /anything -> {} {:?}; backend requests before/after: {before}/{}", local.status, local.text().trim(), backend.requests()?);
     step("what the filter logged in Envoy");
+    envoy.wait_for_log(std::time::Duration::from_secs(10), |log| log.contains("PROBE[demo2] on_done"))?;
     for line in envoy.log().lines().filter(|l| l.contains("PROBE[demo")) {
         if let Some(at) = line.find("PROBE[") {
             println!("  {}", &line[at..]);

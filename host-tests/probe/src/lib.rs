@@ -248,6 +248,12 @@ impl HttpContext for ProbeStream {
             "response_headers status={status} content_type={:?}{local_details} request_headers_status={request_path}",
             content_type.1
         ));
+        if self.scenario == "sdk-misuse" {
+            // Request headers are gone after Continue: Envoy answers BadArgument, which the
+            // SDK's getter does not expect, so it panics. Tests must see why.
+            let path = self.get_http_request_header(":path");
+            self.say(&format!("unreachable {path:?}"));
+        }
         if self.scenario == "props" {
             let (s, code) = raw::get_property(&["response", "code"]);
             let (cs, cluster) = raw::get_property(&["xds", "cluster_name"]);
