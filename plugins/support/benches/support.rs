@@ -1,6 +1,8 @@
 //! criterion benchmarks of the shared pieces on the request path: a CAS read-modify-write
 //! on the in-memory store (the shape of every shared-state update) and duration parsing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use edgewise_support::{parse_duration, update_with_cas, MemoryStore};
 

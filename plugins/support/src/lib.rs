@@ -7,10 +7,12 @@
 pub mod config;
 pub mod duration;
 pub mod metrics;
+pub mod request;
 pub mod store;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 
 pub use config::{parse_config, ConfigError};
 pub use duration::parse_duration;
+pub use request::{Matcher, RawMatch, RequestView};
 pub use store::{update_with_cas, CasStore, MemoryStore, SetOutcome, StoreError, UpdateError};

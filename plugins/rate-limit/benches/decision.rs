@@ -1,0 +1,42 @@
+//! criterion: the core decision per algorithm (one rule, per-client key, in-memory CAS
+//! store), plus key extraction and config compilation.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use edgewise_support::store::MemoryStore;
+use rate_limit::{applicable_rules, decide, Config};
+
+fn config(algorithm: &str) -> Config {
+    let json = format!(r#"{{"rules":[{{"name":"r","key":"header:x-api-key","algorithm":"{algorithm}","limit":1000000000,"window":"1s"}}]}}"#);
+    Config::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn decision(c: &mut Criterion) {
+    for algorithm in ["token_bucket", "fixed_window", "sliding_window"] {
+        let config = config(algorithm);
+        let store = MemoryStore::new();
+        let mut request: Vec<(String, Vec<u8>)> = vec![("x-api-key".into(), b"client-42".to_vec())];
+        let applicable = applicable_rules(&config, &mut request, &mut || None);
+        let mut now = 1_767_225_600_000_000_000u64;
+        c.bench_function(&format!("decide/{algorithm}"), |b| {
+            b.iter(|| {
+                now += 1_000;
+                decide(&config, &store, black_box(&applicable), now, false)
+            })
+        });
+    }
+    let config = config("token_bucket");
+    c.bench_function("applicable_rules/header_key", |b| {
+        b.iter(|| {
+            let mut request: Vec<(String, Vec<u8>)> = vec![("x-api-key".into(), b"client-42".to_vec())];
+            applicable_rules(&config, black_box(&mut request), &mut || None)
+        })
+    });
+    c.bench_function("config/compile", |b| {
+        b.iter(|| Config::from_json(black_box(br#"{"rules":[{"name":"a","limit":100,"window":"1m","key":["client_ip","header:x-k"]},{"name":"b","limit":5,"window":"1s"}]}"#)))
+    });
+}
+
+criterion_group!(benches, decision);
+criterion_main!(benches);

@@ -1,0 +1,255 @@
+//! The proxy-wasm adapter: Envoy's callbacks in, the core's decision out. Reads only the
+//! headers the rules need, keeps buckets in shared data, answers denials with a local
+//! reply, holds queued requests and releases them from the root context's tick.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use edgewise_support::request::RequestView;
+use edgewise_support::wasm::{install_panic_hook, Metric, SharedData};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+
+use crate::config::{Config, Mode};
+use crate::headers::{rate_limit_headers, seconds_up};
+use crate::limiter::{applicable_rules, decide, release_waiting, Outcome, RuleStatus};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(RateLimitRoot { shared: None, waiters: Rc::new(RefCell::new(Vec::new())) })
+    });
+}}
+
+struct RuleMetrics {
+    allowed: Metric,
+    denied: Metric,
+    shadow_denied: Metric,
+    queued: Metric,
+    errors: Metric,
+}
+
+struct Shared {
+    config: Config,
+    metrics: Vec<RuleMetrics>,
+}
+
+/// A request held by queueing, released by the tick at `release_at`.
+struct Waiter {
+    context_id: u32,
+    release_at: u64,
+    rules: Vec<usize>,
+}
+
+type Waiters = Rc<RefCell<Vec<Waiter>>>;
+
+struct RateLimitRoot {
+    shared: Option<Rc<Shared>>,
+    waiters: Waiters,
+}
+
+fn now_nanos() -> Option<u64> {
+    let now = hostcalls::get_current_time().ok()?;
+    now.duration_since(UNIX_EPOCH).ok().map(|d| d.as_nanos() as u64)
+}
+
+fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+impl Context for RateLimitRoot {}
+
+impl RootContext for RateLimitRoot {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        install_panic_hook("rate_limit", VERSION);
+        true
+    }
+
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(bytes) => bytes.unwrap_or_default(),
+            Err(status) => {
+                log(LogLevel::Error, &format!("rate_limit: cannot read the plugin configuration: {status:?}"));
+                return false;
+            }
+        };
+        match Config::from_json(&bytes) {
+            Ok(config) => {
+                let metrics = config
+                    .rules
+                    .iter()
+                    .map(|r| RuleMetrics {
+                        allowed: Metric::counter(&r.metric_allowed),
+                        denied: Metric::counter(&r.metric_denied),
+                        shadow_denied: Metric::counter(&r.metric_shadow_denied),
+                        queued: Metric::counter(&r.metric_queued),
+                        errors: Metric::counter(&r.metric_errors),
+                    })
+                    .collect();
+                log(LogLevel::Info, &format!("rate_limit {VERSION}: {} rule(s), mode {:?}", config.rules.len(), config.mode));
+                self.shared = Some(Rc::new(Shared { config, metrics }));
+                true
+            }
+            Err(error) => {
+                log(LogLevel::Error, &format!("rate_limit: {error}"));
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let Some(now) = now_nanos() else { return };
+        let due: Vec<Waiter> = {
+            let mut waiters = self.waiters.borrow_mut();
+            let (due, keep) = waiters.drain(..).partition(|w| w.release_at <= now);
+            *waiters = keep;
+            due
+        };
+        for waiter in due {
+            if let Some(shared) = &self.shared {
+                for rule in &waiter.rules {
+                    release_waiting(&SharedData, &shared.config.rules[*rule]);
+                }
+            }
+            if hostcalls::set_effective_context(waiter.context_id).is_ok() {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+        if self.waiters.borrow().is_empty() {
+            let _ = hostcalls::set_tick_period(std::time::Duration::ZERO);
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(RateLimitStream {
+            context_id,
+            shared: self.shared.clone(),
+            waiters: self.waiters.clone(),
+            statuses: Vec::new(),
+            replied: false,
+        }))
+    }
+}
+
+/// Request headers read on demand, each at most once (one host call per header).
+struct HostRequest {
+    cache: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl RequestView for HostRequest {
+    fn header(&mut self, name: &str) -> Option<Vec<u8>> {
+        if let Some((_, value)) = self.cache.iter().find(|(k, _)| k == name) {
+            return value.clone();
+        }
+        // Bytes getter: header values need not be UTF-8.
+        let value = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten();
+        self.cache.push((name.to_string(), value.clone()));
+        value
+    }
+}
+
+struct RateLimitStream {
+    context_id: u32,
+    shared: Option<Rc<Shared>>,
+    waiters: Waiters,
+    statuses: Vec<RuleStatus>,
+    replied: bool,
+}
+
+impl Context for RateLimitStream {
+    fn on_done(&mut self) -> bool {
+        // A client that went away while queued frees its place.
+        let mut waiters = self.waiters.borrow_mut();
+        if let Some(position) = waiters.iter().position(|w| w.context_id == self.context_id) {
+            let waiter = waiters.remove(position);
+            if let Some(shared) = &self.shared {
+                for rule in &waiter.rules {
+                    release_waiting(&SharedData, &shared.config.rules[*rule]);
+                }
+            }
+        }
+        true
+    }
+}
+
+impl HttpContext for RateLimitStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else { return Action::Continue };
+        // Fail open if the clock is unavailable: never take traffic down for the limiter.
+        let Some(now) = now_nanos() else { return Action::Continue };
+        let config = &shared.config;
+        let mut request = HostRequest { cache: Vec::with_capacity(4) };
+        let mut peer = || hostcalls::get_property(vec!["source", "address"]).ok().flatten();
+        let applicable = applicable_rules(config, &mut request, &mut peer);
+        if applicable.is_empty() {
+            return Action::Continue;
+        }
+        let shadow = config.mode == Mode::Shadow;
+        let decision = decide(config, &SharedData, &applicable, now, shadow);
+        for rule in &decision.errors {
+            shared.metrics[*rule].errors.increment(1);
+        }
+        self.statuses = decision.rules.clone();
+        match decision.outcome {
+            Outcome::Allowed => {
+                for status in &decision.rules {
+                    shared.metrics[status.rule].allowed.increment(1);
+                }
+                Action::Continue
+            }
+            Outcome::Delayed { delay_ns } => {
+                for status in &decision.rules {
+                    shared.metrics[status.rule].allowed.increment(1);
+                }
+                for rule in &decision.waiting {
+                    shared.metrics[*rule].queued.increment(1);
+                }
+                self.waiters.borrow_mut().push(Waiter { context_id: self.context_id, release_at: now + delay_ns, rules: decision.waiting.clone() });
+                let _ = hostcalls::set_tick_period(std::time::Duration::from_millis(1));
+                Action::Pause
+            }
+            Outcome::Denied { retry_after_ns, .. } if shadow => {
+                let _ = retry_after_ns;
+                for status in decision.rules.iter().filter(|s| s.limited) {
+                    shared.metrics[status.rule].shadow_denied.increment(1);
+                }
+                Action::Continue
+            }
+            Outcome::Denied { rule, retry_after_ns } => {
+                shared.metrics[rule].denied.increment(1);
+                let deny = &config.deny;
+                let retry_after = seconds_up(retry_after_ns).max(1).to_string();
+                let mut headers: Vec<(&str, &str)> = deny.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let limit_headers = rate_limit_headers(config, &decision.rules);
+                headers.extend(limit_headers.iter().map(|(k, v)| (*k, v.as_str())));
+                headers.push(("retry-after", &retry_after));
+                self.replied = true;
+                if hostcalls::send_http_response(deny.status, headers, Some(deny.body.as_bytes())).is_err() {
+                    // Could not reply: let the request through rather than hang it.
+                    return Action::Continue;
+                }
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.replied || self.statuses.is_empty() {
+            return Action::Continue;
+        }
+        if let Some(shared) = &self.shared {
+            for (name, value) in rate_limit_headers(&shared.config, &self.statuses) {
+                let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value));
+            }
+        }
+        Action::Continue
+    }
+}

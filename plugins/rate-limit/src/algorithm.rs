@@ -1,0 +1,318 @@
+//! The three limiting algorithms as pure functions over a 16-byte state and `now`:
+//! GCRA for the token bucket, aligned fixed windows, and the two-window sliding estimate.
+
+use crate::config::Algorithm;
+
+/// Per-key state, the same size for every algorithm so table entries are fixed-size.
+/// TokenBucket: [tat u64, 0]; FixedWindow: [window index u64, count u64];
+/// SlidingWindow: [window index u64, previous count u32, current count u32].
+pub type State = [u8; 16];
+
+pub const FRESH: State = [0; 16];
+
+fn words(state: &State) -> (u64, u64) {
+    let mut a = [0u8; 8];
+    let mut b = [0u8; 8];
+    a.copy_from_slice(&state[..8]);
+    b.copy_from_slice(&state[8..]);
+    (u64::from_le_bytes(a), u64::from_le_bytes(b))
+}
+
+fn from_words(a: u64, b: u64) -> State {
+    let mut state = [0u8; 16];
+    state[..8].copy_from_slice(&a.to_le_bytes());
+    state[8..].copy_from_slice(&b.to_le_bytes());
+    state
+}
+
+/// What a request would get, without changing anything yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Admit now; store `state`.
+    Allow { state: State, remaining: u64, reset_ns: u64 },
+    /// Admit after `delay_ns` (queueing); store `state`, which reserves the slot.
+    Delay { state: State, delay_ns: u64, reset_ns: u64 },
+    /// Refuse; admitted if retried after `retry_after_ns` (with no other traffic).
+    Deny { retry_after_ns: u64, reset_ns: u64 },
+}
+
+/// Decides one request at `now` (nanoseconds). `max_delay_ns` > 0 enables queueing (token
+/// bucket only): a request admissible within that delay gets `Delay` instead of `Deny`.
+pub fn decide(algorithm: &Algorithm, state: &State, now: u64, max_delay_ns: u64) -> Verdict {
+    match *algorithm {
+        Algorithm::TokenBucket { interval_ns, burst } => gcra(interval_ns, burst, state, now, max_delay_ns),
+        Algorithm::FixedWindow { limit, window_ns } => fixed(limit, window_ns, state, now),
+        Algorithm::SlidingWindow { limit, window_ns } => sliding(limit, window_ns, state, now),
+    }
+}
+
+/// GCRA (the token bucket as a "theoretical arrival time"): a request at `now` moves TAT to
+/// max(TAT, now) + T; it conforms while that stays within burst·T of now.
+fn gcra(interval: u64, burst: u64, state: &State, now: u64, max_delay: u64) -> Verdict {
+    let (tat, _) = words(state);
+    let tolerance = interval.saturating_mul(burst);
+    let new_tat = tat.max(now).saturating_add(interval);
+    let ahead = new_tat - now;
+    if ahead <= tolerance {
+        return Verdict::Allow { state: from_words(new_tat, 0), remaining: (tolerance - ahead) / interval, reset_ns: ahead };
+    }
+    let excess = ahead - tolerance;
+    if excess <= max_delay {
+        return Verdict::Delay { state: from_words(new_tat, 0), delay_ns: excess, reset_ns: ahead };
+    }
+    Verdict::Deny { retry_after_ns: excess, reset_ns: tat.saturating_sub(now) }
+}
+
+fn fixed(limit: u64, window: u64, state: &State, now: u64) -> Verdict {
+    let (stored_index, stored_count) = words(state);
+    let index = now / window + 1; // +1 so the fresh state (index 0) is always an old window
+    let count = if stored_index == index { stored_count } else { 0 };
+    let reset_ns = index * window - now;
+    if count < limit {
+        Verdict::Allow { state: from_words(index, count + 1), remaining: limit - count - 1, reset_ns }
+    } else {
+        Verdict::Deny { retry_after_ns: reset_ns, reset_ns }
+    }
+}
+
+fn sliding_counts(state: &State, index: u64) -> (u64, u64) {
+    let (stored_index, packed) = words(state);
+    let (previous, current) = (packed & 0xffff_ffff, packed >> 32);
+    if stored_index == index {
+        (previous, current)
+    } else if stored_index + 1 == index {
+        (current, 0)
+    } else {
+        (0, 0)
+    }
+}
+
+/// The request is admitted when floor(previous · (W − e) / W) + current < limit, where e is
+/// the time elapsed in the current window.
+fn sliding(limit: u64, window: u64, state: &State, now: u64) -> Verdict {
+    let index = now / window + 1;
+    let elapsed = now - (index - 1) * window;
+    let (previous, current) = sliding_counts(state, index);
+    let weighted = (previous as u128 * (window - elapsed) as u128 / window as u128) as u64;
+    let reset_ns = index * window - now;
+    if weighted + current < limit {
+        let packed = previous | ((current + 1) << 32);
+        let remaining = limit - (weighted + current) - 1;
+        return Verdict::Allow { state: from_words(index, packed), remaining, reset_ns };
+    }
+    Verdict::Deny { retry_after_ns: sliding_wait(limit, window, previous, current, elapsed), reset_ns }
+}
+
+/// The least wait after which the sliding estimate admits one more request.
+fn sliding_wait(limit: u64, window: u64, previous: u64, current: u64, elapsed: u64) -> u64 {
+    let (limit, window, previous, current, elapsed) = (limit as u128, window as u128, previous as u128, current as u128, elapsed as u128);
+    // Within this window: need previous·(W − e) < (limit − current)·W.
+    if current < limit && previous > 0 {
+        let k = (limit - current) * window;
+        let e_min = window.saturating_sub((k - 1) / previous);
+        if e_min < window {
+            return (e_min.saturating_sub(elapsed)).max(1) as u64;
+        }
+    }
+    // Next window: previous' = current, current' = 0: need current·(W − e') < limit·W.
+    let to_next = window - elapsed;
+    let e_next = (limit * window - 1).checked_div(current).map_or(0, |fits| window.saturating_sub(fits));
+    (to_next + e_next) as u64
+}
+
+/// True when the state is what a never-seen key would have at `now`: forgetting it loses
+/// nothing, so its table slot can be reused.
+pub fn is_fresh(algorithm: &Algorithm, state: &State, now: u64) -> bool {
+    let (first, second) = words(state);
+    match *algorithm {
+        Algorithm::TokenBucket { .. } => first <= now,
+        Algorithm::FixedWindow { window_ns, .. } => first != now / window_ns + 1 || second == 0,
+        Algorithm::SlidingWindow { window_ns, .. } => sliding_counts(state, now / window_ns + 1) == (0, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SEC: u64 = 1_000_000_000;
+    const T0: u64 = 1_767_225_600 * SEC;
+
+    fn bucket(limit: u64, window: u64, burst: u64) -> Algorithm {
+        Algorithm::TokenBucket { interval_ns: window.div_ceil(limit), burst }
+    }
+
+    /// Runs requests at the given times; returns (admitted times, verdicts).
+    fn run(algorithm: &Algorithm, times: &[u64]) -> Vec<Verdict> {
+        let mut state = FRESH;
+        times
+            .iter()
+            .map(|&t| {
+                let v = decide(algorithm, &state, t, 0);
+                if let Verdict::Allow { state: s, .. } = v {
+                    state = s;
+                }
+                v
+            })
+            .collect()
+    }
+
+    #[test]
+    fn token_bucket_bursts_then_refills_one_interval_at_a_time() {
+        let alg = bucket(10, SEC, 3); // a token every 100 ms, 3 at once
+        let v = run(&alg, &[T0, T0, T0, T0]);
+        assert!(matches!(v[0], Verdict::Allow { remaining: 2, .. }));
+        assert!(matches!(v[2], Verdict::Allow { remaining: 0, .. }));
+        assert_eq!(v[3], Verdict::Deny { retry_after_ns: SEC / 10, reset_ns: 3 * SEC / 10 });
+    }
+
+    #[test]
+    fn retry_after_is_exact_for_the_token_bucket() {
+        let alg = bucket(5, 60 * SEC, 5);
+        let mut state = FRESH;
+        for _ in 0..5 {
+            let Verdict::Allow { state: s, .. } = decide(&alg, &state, T0, 0) else { panic!() };
+            state = s;
+        }
+        let Verdict::Deny { retry_after_ns, .. } = decide(&alg, &state, T0 + 1, 0) else { panic!() };
+        assert_eq!(retry_after_ns, 12 * SEC - 1);
+        assert!(matches!(decide(&alg, &state, T0 + 1 + retry_after_ns - 1, 0), Verdict::Deny { .. }));
+        assert!(matches!(decide(&alg, &state, T0 + 1 + retry_after_ns, 0), Verdict::Allow { .. }));
+    }
+
+    #[test]
+    fn queueing_reserves_future_slots_at_the_configured_rate() {
+        let alg = bucket(10, SEC, 1);
+        let mut state = FRESH;
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            match decide(&alg, &state, T0, 250_000_000) {
+                Verdict::Allow { state: s, .. } => {
+                    state = s;
+                    delays.push(0)
+                }
+                Verdict::Delay { state: s, delay_ns, .. } => {
+                    state = s;
+                    delays.push(delay_ns)
+                }
+                Verdict::Deny { .. } => delays.push(u64::MAX),
+            }
+        }
+        assert_eq!(delays, [0, 100_000_000, 200_000_000, u64::MAX]);
+    }
+
+    #[test]
+    fn fixed_window_counts_per_aligned_window() {
+        let alg = Algorithm::FixedWindow { limit: 2, window_ns: 10 * SEC };
+        let base = T0 - T0 % (10 * SEC);
+        let v = run(&alg, &[base + SEC, base + 2 * SEC, base + 3 * SEC, base + 10 * SEC]);
+        assert!(matches!(v[1], Verdict::Allow { remaining: 0, .. }));
+        assert_eq!(v[2], Verdict::Deny { retry_after_ns: 7 * SEC, reset_ns: 7 * SEC });
+        assert!(matches!(v[3], Verdict::Allow { .. }));
+    }
+
+    #[test]
+    fn sliding_window_weighs_the_previous_window() {
+        let alg = Algorithm::SlidingWindow { limit: 10, window_ns: 10 * SEC };
+        let base = T0 - T0 % (10 * SEC);
+        let mut state = FRESH;
+        for _ in 0..10 {
+            let Verdict::Allow { state: s, .. } = decide(&alg, &state, base + 9 * SEC, 0) else { panic!() };
+            state = s;
+        }
+        // 5 s into the next window, half of the previous 10 still count: 5 more fit.
+        let mut admitted = 0;
+        while let Verdict::Allow { state: s, .. } = decide(&alg, &state, base + 15 * SEC, 0) {
+            state = s;
+            admitted += 1;
+        }
+        assert_eq!(admitted, 5);
+    }
+
+    #[test]
+    fn fresh_states_are_recognised() {
+        let alg = bucket(10, SEC, 10);
+        assert!(is_fresh(&alg, &FRESH, T0));
+        let Verdict::Allow { state, .. } = decide(&alg, &FRESH, T0, 0) else { panic!() };
+        assert!(!is_fresh(&alg, &state, T0));
+        assert!(is_fresh(&alg, &state, T0 + SEC / 10));
+    }
+
+    fn algorithms() -> impl Strategy<Value = Algorithm> {
+        prop_oneof![
+            (1u64..50, 1u64..20, 1u64..30).prop_map(|(limit, secs, burst)| bucket(limit, secs * SEC, burst)),
+            (1u64..50, 1u64..20).prop_map(|(limit, secs)| Algorithm::FixedWindow { limit, window_ns: secs * SEC }),
+            (1u64..50, 1u64..20).prop_map(|(limit, secs)| Algorithm::SlidingWindow { limit, window_ns: secs * SEC }),
+        ]
+    }
+
+    proptest! {
+        /// Never admits more than the algorithm allows.
+        #[test]
+        fn admits_no_more_than_allowed(alg in algorithms(), gaps in prop::collection::vec(0u64..3 * SEC, 1..300)) {
+            let mut t = T0;
+            let times: Vec<u64> = gaps.iter().map(|g| { t += g; t }).collect();
+            let verdicts = run(&alg, &times);
+            let admitted: Vec<u64> = times.iter().zip(&verdicts).filter(|(_, v)| matches!(v, Verdict::Allow { .. })).map(|(t, _)| *t).collect();
+            match alg {
+                Algorithm::TokenBucket { interval_ns, burst } => {
+                    // In any interval [a, b]: admitted ≤ burst + (b − a) / T.
+                    for (i, a) in admitted.iter().enumerate() {
+                        for (j, b) in admitted.iter().enumerate().skip(i) {
+                            prop_assert!((j - i + 1) as u64 <= burst + (b - a) / interval_ns);
+                        }
+                    }
+                }
+                Algorithm::FixedWindow { limit, window_ns } | Algorithm::SlidingWindow { limit, window_ns } => {
+                    // At most `limit` in any aligned window.
+                    let mut per_window = std::collections::HashMap::new();
+                    for t in &admitted {
+                        *per_window.entry(t / window_ns).or_insert(0u64) += 1;
+                    }
+                    prop_assert!(per_window.values().all(|n| *n <= limit));
+                    if let Algorithm::SlidingWindow { .. } = alg {
+                        // And at most 2·limit in any sliding window of length W.
+                        for (i, a) in admitted.iter().enumerate() {
+                            let within = admitted[i..].iter().take_while(|b| **b < a + window_ns).count() as u64;
+                            prop_assert!(within <= 2 * limit);
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Retry-After is exact: denied just before it, admitted at it.
+        #[test]
+        fn retry_after_is_exact(alg in algorithms(), n in 1usize..120, offset in 0u64..20 * SEC) {
+            let now = T0 + offset;
+            let mut state = FRESH;
+            let mut denial = None;
+            for _ in 0..n {
+                match decide(&alg, &state, now, 0) {
+                    Verdict::Allow { state: s, .. } => state = s,
+                    Verdict::Deny { retry_after_ns, .. } => { denial = Some(retry_after_ns); break; }
+                    Verdict::Delay { .. } => prop_assert!(false, "no queue configured"),
+                }
+            }
+            if let Some(wait) = denial {
+                prop_assert!(wait > 0);
+                prop_assert!(matches!(decide(&alg, &state, now + wait, 0), Verdict::Allow { .. }), "admitted at retry-after");
+                prop_assert!(matches!(decide(&alg, &state, now + wait - 1, 0), Verdict::Deny { .. }), "not earlier");
+            }
+        }
+
+        /// A state reported fresh decides exactly like a never-seen key.
+        #[test]
+        fn fresh_means_lossless(alg in algorithms(), n in 0usize..40, later in 0u64..40 * SEC) {
+            let mut state = FRESH;
+            for _ in 0..n {
+                if let Verdict::Allow { state: s, .. } = decide(&alg, &state, T0, 0) { state = s; }
+            }
+            let t = T0 + later;
+            if is_fresh(&alg, &state, t) {
+                prop_assert_eq!(decide(&alg, &state, t, 0), decide(&alg, &FRESH, t, 0));
+            }
+        }
+    }
+}

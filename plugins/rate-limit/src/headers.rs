@@ -1,0 +1,82 @@
+//! Response headers: `RateLimit-Policy` and `RateLimit` structured fields
+//! (draft-ietf-httpapi-ratelimit-headers: `"name";q=quota;w=window` and
+//! `"name";r=remaining;t=reset`), or `X-RateLimit-Limit/Remaining/Reset`; and
+//! `Retry-After` in whole seconds, rounded up (RFC 9110 §10.2.3).
+
+use crate::config::{Config, HeaderStyle};
+use crate::limiter::RuleStatus;
+
+const NANOS: u64 = 1_000_000_000;
+
+/// Whole seconds, rounded up: a client that waits this long is admitted.
+pub fn seconds_up(ns: u64) -> u64 {
+    ns.div_ceil(NANOS)
+}
+
+/// The rate-limit headers for the matching rules (empty for style `none` or no rules).
+pub fn rate_limit_headers(config: &Config, statuses: &[RuleStatus]) -> Vec<(&'static str, String)> {
+    if statuses.is_empty() {
+        return Vec::new();
+    }
+    match config.response_headers {
+        HeaderStyle::None => Vec::new(),
+        HeaderStyle::Ietf => {
+            let policy: Vec<String> = statuses
+                .iter()
+                .map(|s| {
+                    let rule = &config.rules[s.rule];
+                    format!("\"{}\";q={};w={}", rule.name, rule.limit, seconds_up(rule.window.as_nanos() as u64).max(1))
+                })
+                .collect();
+            let current: Vec<String> = statuses
+                .iter()
+                .map(|s| format!("\"{}\";r={};t={}", config.rules[s.rule].name, s.remaining, seconds_up(s.reset_ns)))
+                .collect();
+            vec![("ratelimit-policy", policy.join(", ")), ("ratelimit", current.join(", "))]
+        }
+        HeaderStyle::XRateLimit => {
+            // The most restrictive rule: fewest remaining, then longest reset.
+            let Some(tightest) = statuses.iter().min_by_key(|s| (s.remaining, u64::MAX - s.reset_ns)) else { return Vec::new() };
+            vec![
+                ("x-ratelimit-limit", config.rules[tightest.rule].limit.to_string()),
+                ("x-ratelimit-remaining", tightest.remaining.to_string()),
+                ("x-ratelimit-reset", seconds_up(tightest.reset_ns).to_string()),
+            ]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(style: &str) -> Config {
+        Config::from_json(
+            format!(r#"{{"response_headers":"{style}","rules":[{{"name":"a","limit":10,"window":"1m"}},{{"name":"b","limit":5,"window":"1s"}}]}}"#).as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn ietf_lists_every_matching_rule() {
+        let statuses = [RuleStatus { rule: 0, limited: false, remaining: 9, reset_ns: 6 * NANOS }, RuleStatus { rule: 1, limited: true, remaining: 0, reset_ns: 1 }];
+        let headers = rate_limit_headers(&config("ietf"), &statuses);
+        assert_eq!(headers[0], ("ratelimit-policy", "\"a\";q=10;w=60, \"b\";q=5;w=1".to_string()));
+        assert_eq!(headers[1], ("ratelimit", "\"a\";r=9;t=6, \"b\";r=0;t=1".to_string()));
+    }
+
+    #[test]
+    fn x_ratelimit_reports_the_tightest_rule() {
+        let statuses = [RuleStatus { rule: 0, limited: false, remaining: 9, reset_ns: NANOS }, RuleStatus { rule: 1, limited: false, remaining: 2, reset_ns: NANOS / 2 }];
+        let headers = rate_limit_headers(&config("x-ratelimit"), &statuses);
+        assert_eq!(headers, vec![("x-ratelimit-limit", "5".into()), ("x-ratelimit-remaining", "2".into()), ("x-ratelimit-reset", "1".into())]);
+        assert!(rate_limit_headers(&config("none"), &statuses).is_empty());
+    }
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(seconds_up(1), 1);
+        assert_eq!(seconds_up(NANOS), 1);
+        assert_eq!(seconds_up(NANOS + 1), 2);
+    }
+}

@@ -1,0 +1,17 @@
+//! Edgewise rate limiting: a host-independent core (config, algorithms, bounded key
+//! tables, the cross-rule decision over a CAS store, headers) and a thin proxy-wasm
+//! adapter that is the only code talking to Envoy.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod algorithm;
+pub mod config;
+pub mod headers;
+pub mod key;
+pub mod limiter;
+pub mod table;
+
+#[cfg(target_arch = "wasm32")]
+mod adapter;
+
+pub use config::Config;
+pub use limiter::{applicable_rules, decide, Decision, Outcome};

@@ -1,0 +1,243 @@
+//! The decision for one request across every matching rule, against the CAS store.
+//!
+//! Phase 1 reads each rule's set and decides without writing: if any rule denies, the
+//! request is denied and no rule's tokens are taken (no shared-data write on the deny path).
+//! Phase 2 commits each rule's new state with one CAS. If another worker won the race, that
+//! rule is re-read and re-decided; should it now deny, the request is denied and the tokens
+//! already taken from earlier rules stay taken (rare, and errs on the side of limiting).
+//! Store errors and endless contention fail open for that rule (counted as errors).
+
+use edgewise_support::request::RequestView;
+use edgewise_support::store::{update_with_cas, CasStore, SetOutcome};
+
+use crate::algorithm::{decide as decide_one, Verdict};
+use crate::config::{Config, Rule};
+use crate::key::{build_key, client_ip, fingerprint, KeyContext};
+use crate::table::{Set, Slot};
+
+/// Attempts per rule before giving up on a contended set (then fail open).
+pub const MAX_CAS_ATTEMPTS: u32 = 16;
+
+/// A rule that applies to this request, and where its key lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applicable {
+    pub rule: usize,
+    pub fingerprint: u64,
+    pub set_key: String,
+}
+
+/// Per-rule result, for headers and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleStatus {
+    pub rule: usize,
+    pub limited: bool,
+    pub remaining: u64,
+    pub reset_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    /// Admitted after a wait (queueing): hold the request for `delay_ns`.
+    Delayed { delay_ns: u64 },
+    /// `rule` refused; the request would be admitted after `retry_after_ns`.
+    Denied { rule: usize, retry_after_ns: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub rules: Vec<RuleStatus>,
+    /// Rules that failed open (store error or contention).
+    pub errors: Vec<usize>,
+    /// Rules whose waiting counter this request holds a place in (release when done).
+    pub waiting: Vec<usize>,
+}
+
+/// The shared-data key of a rule's set.
+pub fn set_key(rule: &Rule, set: u64) -> String {
+    format!("edgewise.rl.{}.{}", rule.name, set)
+}
+
+fn waiting_key(rule: &Rule) -> String {
+    format!("edgewise.rl.{}.waiting", rule.name)
+}
+
+/// The rules that match the request and have a key value, with their table location.
+pub fn applicable_rules(config: &Config, request: &mut impl RequestView, peer: &mut dyn FnMut() -> Option<Vec<u8>>) -> Vec<Applicable> {
+    let mut ip_cache: Option<Option<Vec<u8>>> = None;
+    let source = config.client_ip;
+    let mut forwarded = None;
+    if matches!(source, crate::config::ClientIpSource::ForwardedFor { .. })
+        && config.rules.iter().any(|r| r.key.contains(&crate::config::KeyPart::ClientIp))
+    {
+        forwarded = request.header("x-forwarded-for");
+    }
+    let mut applicable = Vec::new();
+    for (index, rule) in config.rules.iter().enumerate() {
+        if !rule.matcher.matches(request) {
+            continue;
+        }
+        let mut ip = || ip_cache.get_or_insert_with(|| client_ip(source, peer().as_deref(), forwarded.as_deref())).clone();
+        let mut context = KeyContext { client_ip: &mut ip };
+        let Some(key) = build_key(&rule.key, request, &mut context) else { continue };
+        let fp = fingerprint(config.hash_seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), &key);
+        applicable.push(Applicable { rule: index, fingerprint: fp, set_key: set_key(rule, (fp >> 32) % rule.sets) });
+    }
+    applicable
+}
+
+struct Pending {
+    at: usize,
+    set: Set,
+    slot: Slot,
+    cas: Option<u32>,
+    verdict: Verdict,
+}
+
+fn read(store: &impl CasStore, rule: &Rule, a: &Applicable, now: u64, queueing: bool) -> Result<Pending, ()> {
+    let (set, cas) = match store.get(&a.set_key) {
+        Ok(Some((bytes, cas))) => (Set::decode(&bytes), Some(cas)),
+        Ok(None) => (Set::default(), None),
+        Err(_) => return Err(()),
+    };
+    let slot = set.slot(a.fingerprint, &rule.algorithm, now);
+    let max_delay = if queueing { rule.queue.map(|q| q.max_delay_ns).unwrap_or(0) } else { 0 };
+    let verdict = decide_one(&rule.algorithm, &set.state(slot, a.fingerprint), now, max_delay);
+    Ok(Pending { at: 0, set, slot, cas, verdict })
+}
+
+fn status(rule: usize, verdict: &Verdict, consumed: bool) -> RuleStatus {
+    match *verdict {
+        Verdict::Allow { remaining, reset_ns, .. } => RuleStatus { rule, limited: false, remaining: if consumed { remaining } else { remaining + 1 }, reset_ns },
+        Verdict::Delay { reset_ns, .. } => RuleStatus { rule, limited: false, remaining: 0, reset_ns },
+        Verdict::Deny { reset_ns, .. } => RuleStatus { rule, limited: true, remaining: 0, reset_ns },
+    }
+}
+
+/// Decides one request. In shadow mode nothing is held: a request that would wait or be
+/// denied is reported as denied (the adapter lets it through) and consumes nothing.
+pub fn decide(config: &Config, store: &impl CasStore, applicable: &[Applicable], now: u64, shadow: bool) -> Decision {
+    let mut errors = Vec::new();
+    let mut pending = Vec::with_capacity(applicable.len());
+    for (at, a) in applicable.iter().enumerate() {
+        match read(store, &config.rules[a.rule], a, now, !shadow) {
+            Ok(mut p) => {
+                p.at = at;
+                pending.push(p);
+            }
+            Err(()) => errors.push(a.rule),
+        }
+    }
+    let wait_of = |v: &Verdict| match *v {
+        Verdict::Deny { retry_after_ns, .. } => Some(retry_after_ns),
+        Verdict::Delay { delay_ns, .. } if shadow => Some(delay_ns),
+        _ => None,
+    };
+    if let Some(denier) = pending.iter().find(|p| wait_of(&p.verdict).is_some()) {
+        // Retry-After: when every rule would admit it (the longest wait among them).
+        let retry_after_ns = pending
+            .iter()
+            .map(|p| match p.verdict {
+                Verdict::Deny { retry_after_ns, .. } => retry_after_ns,
+                Verdict::Delay { delay_ns, .. } => delay_ns,
+                Verdict::Allow { .. } => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        let rules = pending.iter().map(|p| status(applicable[p.at].rule, &p.verdict, false)).collect();
+        return Decision { outcome: Outcome::Denied { rule: applicable[denier.at].rule, retry_after_ns }, rules, errors, waiting: Vec::new() };
+    }
+
+    let mut statuses = Vec::with_capacity(pending.len());
+    let mut delay = 0u64;
+    let mut waiting = Vec::new();
+    for mut p in pending {
+        let a = &applicable[p.at];
+        let rule = &config.rules[a.rule];
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            if let Verdict::Deny { retry_after_ns, .. } = p.verdict {
+                statuses.push(status(a.rule, &p.verdict, false));
+                release_all(config, store, &waiting);
+                return Decision { outcome: Outcome::Denied { rule: a.rule, retry_after_ns }, rules: statuses, errors, waiting: Vec::new() };
+            }
+            let (Verdict::Allow { state, .. } | Verdict::Delay { state, .. }) = p.verdict else { break };
+            if let Verdict::Delay { delay_ns, .. } = p.verdict {
+                if !waiting.contains(&a.rule) && !take_waiting_place(store, rule) {
+                    statuses.push(RuleStatus { rule: a.rule, limited: true, remaining: 0, reset_ns: 0 });
+                    release_all(config, store, &waiting);
+                    return Decision { outcome: Outcome::Denied { rule: a.rule, retry_after_ns: delay_ns }, rules: statuses, errors, waiting: Vec::new() };
+                }
+                if !waiting.contains(&a.rule) {
+                    waiting.push(a.rule);
+                }
+            }
+            let mut set = p.set.clone();
+            set.store(p.slot, a.fingerprint, state);
+            match store.set(&a.set_key, &set.encode(), p.cas) {
+                Ok(SetOutcome::Stored) => {
+                    if let Verdict::Delay { delay_ns, .. } = p.verdict {
+                        delay = delay.max(delay_ns);
+                    } else if waiting.contains(&a.rule) {
+                        // Lost a race, re-decided, and no longer needs to wait.
+                        release_waiting(store, rule);
+                        waiting.retain(|r| *r != a.rule);
+                    }
+                    statuses.push(status(a.rule, &p.verdict, true));
+                    break;
+                }
+                Ok(SetOutcome::CasMismatch) if attempts < MAX_CAS_ATTEMPTS => match read(store, rule, a, now, true) {
+                    Ok(fresh) => p = Pending { at: p.at, ..fresh },
+                    Err(()) => {
+                        errors.push(a.rule);
+                        break;
+                    }
+                },
+                _ => {
+                    errors.push(a.rule);
+                    break;
+                }
+            }
+        }
+    }
+    let outcome = if delay > 0 { Outcome::Delayed { delay_ns: delay } } else { Outcome::Allowed };
+    if delay == 0 {
+        release_all(config, store, &waiting);
+        waiting.clear();
+    }
+    Decision { outcome, rules: statuses, errors, waiting }
+}
+
+fn take_waiting_place(store: &impl CasStore, rule: &Rule) -> bool {
+    let Some(queue) = rule.queue else { return false };
+    let result = update_with_cas(store, &waiting_key(rule), MAX_CAS_ATTEMPTS, |value| {
+        let current = value.and_then(|v| v.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+        if current >= queue.max_waiting {
+            (None, false)
+        } else {
+            (Some((current + 1).to_le_bytes().to_vec()), true)
+        }
+    });
+    result.unwrap_or(false)
+}
+
+/// Frees a place in a rule's queue (the held request was released or went away).
+pub fn release_waiting(store: &impl CasStore, rule: &Rule) {
+    let _ = update_with_cas(store, &waiting_key(rule), MAX_CAS_ATTEMPTS, |value| {
+        let current = value.and_then(|v| v.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+        (Some(current.saturating_sub(1).to_le_bytes().to_vec()), ())
+    });
+}
+
+fn release_all(config: &Config, store: &impl CasStore, rules: &[usize]) {
+    for rule in rules {
+        release_waiting(store, &config.rules[*rule]);
+    }
+}
+
+/// Requests currently waiting in a rule's queue (all workers).
+pub fn waiting_count(store: &impl CasStore, rule: &Rule) -> u64 {
+    store.get(&waiting_key(rule)).ok().flatten().and_then(|(v, _)| v.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
+}

@@ -1,0 +1,106 @@
+//! The core decision against the in-memory CAS store: multiple rules, shadow mode, queueing,
+//! bounded key tables under a key spray, and exactness under real thread contention.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use edgewise_support::store::MemoryStore;
+use rate_limit::config::Config;
+use rate_limit::limiter::{applicable_rules, decide, waiting_count, Decision, Outcome};
+
+const SEC: u64 = 1_000_000_000;
+const T0: u64 = 1_767_225_600 * SEC;
+
+fn config(json: &str) -> Config {
+    Config::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn request(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
+}
+
+fn run(config: &Config, store: &MemoryStore, pairs: &[(&str, &str)], now: u64) -> Decision {
+    let mut req = request(pairs);
+    let applicable = applicable_rules(config, &mut req, &mut || Some(b"198.51.100.1:4000".to_vec()));
+    decide(config, store, &applicable, now, config.mode == rate_limit::config::Mode::Shadow)
+}
+
+#[test]
+fn a_denial_by_one_rule_takes_no_token_from_the_others() {
+    let c = config(r#"{"rules":[{"name":"wide","limit":100,"window":"1m"},{"name":"per-key","key":"header:x-k","limit":1,"window":"1m"}]}"#);
+    let store = MemoryStore::new();
+    assert_eq!(run(&c, &store, &[("x-k", "a")], T0).outcome, Outcome::Allowed);
+    let denied = run(&c, &store, &[("x-k", "a")], T0);
+    assert_eq!(denied.outcome, Outcome::Denied { rule: 1, retry_after_ns: 60 * SEC });
+    // The wide rule's remaining count is unchanged by the denial: 98 left after one more.
+    let next = run(&c, &store, &[("x-k", "b")], T0);
+    assert_eq!(next.outcome, Outcome::Allowed);
+    assert_eq!(next.rules[0].remaining, 98);
+}
+
+#[test]
+fn requests_without_the_key_value_are_not_counted() {
+    let c = config(r#"{"rules":[{"name":"k","key":"header:x-k","limit":1,"window":"1m"}]}"#);
+    let store = MemoryStore::new();
+    for _ in 0..5 {
+        let d = run(&c, &store, &[], T0);
+        assert_eq!((d.outcome, d.rules.len()), (Outcome::Allowed, 0));
+    }
+    assert!(store.is_empty());
+}
+
+#[test]
+fn shadow_mode_reports_denials_but_consumes_nothing_for_them() {
+    let c = config(r#"{"mode":"shadow","rules":[{"name":"k","limit":2,"window":"1m"}]}"#);
+    let store = MemoryStore::new();
+    let outcomes: Vec<Outcome> = (0..4).map(|_| run(&c, &store, &[], T0).outcome).collect();
+    assert_eq!(outcomes[..2], [Outcome::Allowed, Outcome::Allowed]);
+    assert!(matches!(outcomes[2], Outcome::Denied { .. }));
+    assert!(matches!(outcomes[3], Outcome::Denied { .. }));
+}
+
+#[test]
+fn queueing_holds_up_to_max_waiting_and_releases_places() {
+    let c = config(r#"{"rules":[{"name":"q","limit":10,"window":"1s","burst":1,"queue":{"max_delay":"1s","max_waiting":2}}]}"#);
+    let store = MemoryStore::new();
+    assert_eq!(run(&c, &store, &[], T0).outcome, Outcome::Allowed);
+    let first = run(&c, &store, &[], T0);
+    assert_eq!(first.outcome, Outcome::Delayed { delay_ns: SEC / 10 });
+    assert_eq!(first.waiting, vec![0]);
+    assert_eq!(run(&c, &store, &[], T0).outcome, Outcome::Delayed { delay_ns: 2 * SEC / 10 });
+    assert_eq!(waiting_count(&store, &c.rules[0]), 2);
+    // Two are waiting: the third is refused even though its slot would be within max_delay.
+    assert!(matches!(run(&c, &store, &[], T0).outcome, Outcome::Denied { .. }));
+    rate_limit::limiter::release_waiting(&store, &c.rules[0]);
+    assert_eq!(waiting_count(&store, &c.rules[0]), 1);
+    assert_eq!(run(&c, &store, &[], T0).outcome, Outcome::Delayed { delay_ns: 3 * SEC / 10 });
+}
+
+#[test]
+fn a_million_distinct_keys_stay_within_the_table_bound() {
+    let c = config(r#"{"rules":[{"name":"ip","key":"header:x-k","limit":5,"window":"1m","max_keys":1000}]}"#);
+    let store = MemoryStore::new();
+    // A victim who is active throughout.
+    assert_eq!(run(&c, &store, &[("x-k", "victim")], T0).outcome, Outcome::Allowed);
+    for i in 0..1_000_000u64 {
+        let key = format!("spray-{i}");
+        run(&c, &store, &[("x-k", &key)], T0 + i);
+    }
+    assert!(store.len() <= 250, "{} shared-data keys for max_keys 1000 (250 sets)", store.len());
+    // The victim kept its own bucket: exactly 4 more within the minute, then denied.
+    let victim: Vec<Outcome> = (0..5).map(|_| run(&c, &store, &[("x-k", "victim")], T0 + 2 * SEC).outcome).collect();
+    let allowed = victim.iter().filter(|o| **o == Outcome::Allowed).count();
+    assert_eq!(allowed, 4, "the victim keeps its own bucket, never a fresh one: {victim:?}");
+}
+
+#[test]
+fn threads_sharing_the_store_never_exceed_the_limit() {
+    let c = config(r#"{"rules":[{"name":"g","limit":1000,"window":"1h","burst":1000}]}"#);
+    let store = MemoryStore::new();
+    let admitted: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| (0..600).filter(|_| run(&c, &store, &[], T0).outcome == Outcome::Allowed).count()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(admitted, 1000, "exactly the burst, across 4 contending threads");
+}

@@ -1,0 +1,190 @@
+//! The request as filters see it (a lazily read view, so adapters fetch only the headers a
+//! rule needs) and the `match` grammar shared by the rate limiter and the router.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+
+/// Read access to request headers. Names are lowercase; pseudo-headers `:path`,
+/// `:method`, `:authority` included. Values are raw bytes (they may not be UTF-8).
+pub trait RequestView {
+    fn header(&mut self, name: &str) -> Option<Vec<u8>>;
+}
+
+/// A test/native view over a list of headers.
+impl RequestView for Vec<(String, Vec<u8>)> {
+    fn header(&mut self, name: &str) -> Option<Vec<u8>> {
+        self.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+}
+
+/// The path without its query string.
+pub fn path_only(path: &[u8]) -> &[u8] {
+    path.split(|b| *b == b'?').next().unwrap_or_default()
+}
+
+/// The host without a port, lowercased ("Api.Example.com:8080" → "api.example.com").
+pub fn host_only(authority: &[u8]) -> Vec<u8> {
+    let text = authority.to_ascii_lowercase();
+    if text.first() == Some(&b'[') {
+        // IPv6 literal: keep through the closing bracket.
+        return text.iter().position(|b| *b == b']').map(|end| text[..=end].to_vec()).unwrap_or(text);
+    }
+    match text.iter().rposition(|b| *b == b':') {
+        Some(colon) if text[colon + 1..].iter().all(u8::is_ascii_digit) => text[..colon].to_vec(),
+        _ => text,
+    }
+}
+
+/// `match` as written in configs. Every given condition must hold; an absent `match`
+/// matches every request.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub path_prefix: Option<String>,
+    pub path_exact: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub hosts: Option<Vec<String>>,
+    /// Header name → exact value.
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// A compiled `match`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Matcher {
+    path_prefix: Option<Vec<u8>>,
+    path_exact: Option<Vec<u8>>,
+    methods: Vec<Vec<u8>>,
+    hosts: Vec<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Matcher {
+    /// Validates and compiles; `field` is the config path of this `match` (for errors).
+    pub fn compile(field: &str, raw: Option<&RawMatch>) -> Result<Matcher, ConfigError> {
+        let Some(raw) = raw else { return Ok(Matcher::default()) };
+        for (name, value) in [("path_prefix", &raw.path_prefix), ("path_exact", &raw.path_exact)] {
+            if let Some(path) = value {
+                if !path.starts_with('/') {
+                    return Err(ConfigError::new(format!("{field}.{name}"), format!("{path:?} does not start with '/'"), "write a path like \"/api/\""));
+                }
+            }
+        }
+        let list = |name: &str, values: &Option<Vec<String>>| -> Result<Vec<String>, ConfigError> {
+            match values {
+                Some(v) if v.is_empty() => Err(ConfigError::new(format!("{field}.{name}"), "is an empty list, which would match nothing", format!("remove `{name}` to match all, or list at least one"))),
+                Some(v) => Ok(v.clone()),
+                None => Ok(Vec::new()),
+            }
+        };
+        let methods = list("methods", &raw.methods)?;
+        for method in &methods {
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+                return Err(ConfigError::new(format!("{field}.methods"), format!("{method:?} is not an HTTP method"), "use names like \"GET\" or \"POST\""));
+            }
+        }
+        let hosts = list("hosts", &raw.hosts)?;
+        let mut headers = Vec::new();
+        for (name, value) in raw.headers.iter().flatten() {
+            if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b == b':' && name.len() == 1) {
+                return Err(ConfigError::new(format!("{field}.headers"), format!("{name:?} is not a header name"), "use a header name like \"x-tier\""));
+            }
+            headers.push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
+        }
+        Ok(Matcher {
+            path_prefix: raw.path_prefix.as_ref().map(|p| p.as_bytes().to_vec()),
+            path_exact: raw.path_exact.as_ref().map(|p| p.as_bytes().to_vec()),
+            methods: methods.iter().map(|m| m.to_ascii_uppercase().into_bytes()).collect(),
+            hosts: hosts.iter().map(|h| host_only(h.as_bytes())).collect(),
+            headers,
+        })
+    }
+
+    /// True when every condition holds. Paths are compared without the query string;
+    /// methods exactly (upper case); hosts without port, case-insensitively; headers by
+    /// exact value of the first occurrence.
+    pub fn matches(&self, request: &mut impl RequestView) -> bool {
+        if self.path_prefix.is_some() || self.path_exact.is_some() {
+            let Some(path) = request.header(":path") else { return false };
+            let path = path_only(&path);
+            if let Some(prefix) = &self.path_prefix {
+                if !path.starts_with(prefix) {
+                    return false;
+                }
+            }
+            if let Some(exact) = &self.path_exact {
+                if path != exact.as_slice() {
+                    return false;
+                }
+            }
+        }
+        if !self.methods.is_empty() {
+            let Some(method) = request.header(":method") else { return false };
+            if !self.methods.contains(&method) {
+                return false;
+            }
+        }
+        if !self.hosts.is_empty() {
+            let Some(authority) = request.header(":authority") else { return false };
+            if !self.hosts.contains(&host_only(&authority)) {
+                return false;
+            }
+        }
+        self.headers.iter().all(|(name, value)| request.header(name).as_deref() == Some(value.as_slice()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(pairs: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect()
+    }
+
+    fn matcher(json: &str) -> Result<Matcher, ConfigError> {
+        let raw: RawMatch = serde_json::from_str(json).unwrap();
+        Matcher::compile("rules[0].match", Some(&raw))
+    }
+
+    #[test]
+    fn every_condition_must_hold() {
+        let m = matcher(r#"{"path_prefix":"/api/","methods":["get","POST"],"hosts":["API.example.com"],"headers":{"X-Tier":"free"}}"#).unwrap();
+        let mut ok = request(&[(":path", b"/api/x?y=1"), (":method", b"GET"), (":authority", b"api.example.com:8080"), ("x-tier", b"free")]);
+        assert!(m.matches(&mut ok));
+        let mut wrong_tier = request(&[(":path", b"/api/x"), (":method", b"GET"), (":authority", b"api.example.com"), ("x-tier", b"paid")]);
+        assert!(!m.matches(&mut wrong_tier));
+        let mut query_not_path = request(&[(":path", b"/x?/api/"), (":method", b"GET"), (":authority", b"api.example.com"), ("x-tier", b"free")]);
+        assert!(!m.matches(&mut query_not_path));
+        let mut no_method = request(&[(":path", b"/api/x"), (":authority", b"api.example.com"), ("x-tier", b"free")]);
+        assert!(!m.matches(&mut no_method));
+    }
+
+    #[test]
+    fn absent_match_matches_everything() {
+        assert!(Matcher::compile("m", None).unwrap().matches(&mut request(&[])));
+    }
+
+    #[test]
+    fn bad_matches_name_the_field() {
+        assert_eq!(matcher(r#"{"path_prefix":"api"}"#).unwrap_err().field, "rules[0].match.path_prefix");
+        assert_eq!(matcher(r#"{"methods":[]}"#).unwrap_err().field, "rules[0].match.methods");
+        assert_eq!(matcher(r#"{"methods":["G ET"]}"#).unwrap_err().field, "rules[0].match.methods");
+        assert!(serde_json::from_str::<RawMatch>(r#"{"path":"/"}"#).is_err(), "unknown fields are rejected");
+    }
+
+    #[test]
+    fn hosts_compare_without_port_and_case() {
+        assert_eq!(host_only(b"Api.Example.COM:443"), b"api.example.com");
+        assert_eq!(host_only(b"[::1]:8080"), b"[::1]");
+        assert_eq!(host_only(b"example.com"), b"example.com");
+    }
+
+    #[test]
+    fn non_utf8_values_match_bytewise_without_panicking() {
+        let m = matcher(r#"{"headers":{"x-a":"b"}}"#).unwrap();
+        assert!(!m.matches(&mut request(&[("x-a", b"\xff\xfe")])));
+    }
+}
