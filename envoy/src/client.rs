@@ -40,9 +40,41 @@ pub fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str
     let mut bytes = request.into_bytes();
     bytes.extend_from_slice(body);
     stream.write_all(&bytes)?;
+    // Read until the response is complete by its own framing (content-length or the last
+    // chunk), as HTTP clients do; waiting for EOF would add Envoy's delayed-close timeout
+    // (1 s) after local replies.
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if response_complete(&raw, method == "HEAD") {
+            break;
+        }
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
     parse_response(&raw, method == "HEAD")
+}
+
+fn response_complete(raw: &[u8], head: bool) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let head_text = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let status: u16 = head_text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    if head || status == 204 || status == 304 || (100..200).contains(&status) {
+        return true;
+    }
+    let body = &raw[end + 4..];
+    for line in head_text.split("\r\n") {
+        if let Some(value) = line.strip_prefix("content-length:") {
+            return value.trim().parse::<usize>().map(|len| body.len() >= len).unwrap_or(false);
+        }
+        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
+            return body.ends_with(b"0\r\n\r\n");
+        }
+    }
+    false
 }
 
 fn invalid(what: &str) -> std::io::Error {
