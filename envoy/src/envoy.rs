@@ -194,6 +194,23 @@ impl Drop for Envoy {
     }
 }
 
+/// Validates a config file with `envoy --mode validate`, run from the workspace root (so
+/// relative .wasm paths in examples resolve).
+pub fn validate_file(path: &Path) -> Result<()> {
+    let envoy = ensure_envoy_installed()?;
+    let out = Command::new(envoy)
+        .current_dir(crate::workspace_root())
+        .arg("-c")
+        .arg(path)
+        .args(["--mode", "validate", "--disable-hot-restart"])
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        bail!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
+}
+
 /// Asks Envoy to validate a config without serving (`--mode validate`): Ok or its error.
 pub fn validate(config: &EnvoyConfig) -> Result<()> {
     let envoy = ensure_envoy_installed()?;

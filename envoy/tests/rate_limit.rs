@@ -129,3 +129,10 @@ fn envoy_refuses_an_invalid_rate_limit_configuration() {
     };
     assert!(error.contains("invalid configuration at `rules[0].limit`"), "{error}");
 }
+
+#[test]
+fn the_example_envoy_config_is_valid() {
+    build();
+    let example = envoy_harness::workspace_root().join("envoy/examples/rate-limit.yaml");
+    envoy_harness::envoy::validate_file(&example).unwrap_or_else(|e| panic!("{e}"));
+}

@@ -126,6 +126,34 @@ fn demo() -> Result<()> {
             println!("  {}", &line[at..]);
         }
     }
+    drop(envoy);
+    demo_rate_limit()?;
     println!("\nDemo done. (Later issues grow this into the four-filter docker-compose cluster.)");
+    Ok(())
+}
+
+fn demo_rate_limit() -> Result<()> {
+    step("rate limiting: 5 requests per minute per API key, Envoy with 2 workers");
+    let backend = Backend::start("demo-api")?;
+    let rules = r#"{"rules":[{"name":"per-api-key","key":"header:x-api-key","limit":5,"window":"1m"}]}"#;
+    let envoy = Envoy::start(&EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new("rate_limit", wasm_path("rate_limit"), rules)))?;
+    println!("config: {rules}");
+    for n in 1..=7 {
+        let r = envoy.request("GET", "/status/200", &[("x-api-key", "alice")], b"")?;
+        let detail = match r.header("retry-after") {
+            Some(retry) => format!("denied, Retry-After: {retry}s"),
+            None => "allowed".to_string(),
+        };
+        println!("  alice request {n}: {} {detail:<26} RateLimit: {}", r.status, r.header("ratelimit").unwrap_or("-"));
+    }
+    let bob = envoy.request("GET", "/status/200", &[("x-api-key", "bob")], b"")?;
+    println!("  bob   request 1: {} (his own bucket)", bob.status);
+    println!("  the backend received {} requests: denied ones never reached it", backend.requests()?);
+    let stat = |name: &str| envoy.stat(name).ok().flatten().unwrap_or(0);
+    println!(
+        "  Envoy stats: edgewise.rate_limit.per-api-key.allowed = {}, .denied = {}",
+        stat("edgewise.rate_limit.per-api-key.allowed"),
+        stat("edgewise.rate_limit.per-api-key.denied")
+    );
     Ok(())
 }

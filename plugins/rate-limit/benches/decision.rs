@@ -12,6 +12,37 @@ fn config(algorithm: &str) -> Config {
     Config::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The pure parts: the algorithm step alone, and a whole set round trip (decode, find the
+/// slot, decide, store, encode) — the work done per rule between the two host calls.
+fn pure_steps(c: &mut Criterion) {
+    use rate_limit::algorithm::{decide as step, Verdict, FRESH};
+    use rate_limit::config::Algorithm;
+    use rate_limit::table::Set;
+    let algorithm = Algorithm::TokenBucket { interval_ns: 1, burst: 1_000_000_000 };
+    let mut state = FRESH;
+    let mut now = 1_767_225_600_000_000_000u64;
+    c.bench_function("algorithm/token_bucket_step", |b| {
+        b.iter(|| {
+            now += 1_000;
+            if let Verdict::Allow { state: s, .. } = step(black_box(&algorithm), &state, now, 0) {
+                state = s;
+            }
+        })
+    });
+    let mut encoded = Set::default().encode();
+    c.bench_function("table/set_round_trip", |b| {
+        b.iter(|| {
+            now += 1_000;
+            let mut set = Set::decode(black_box(&encoded));
+            let slot = set.slot(0xabcdef01, &algorithm, now);
+            if let Verdict::Allow { state, .. } = step(&algorithm, &set.state(slot, 0xabcdef01), now, 0) {
+                set.store(slot, 0xabcdef01, state);
+            }
+            encoded = set.encode();
+        })
+    });
+}
+
 fn decision(c: &mut Criterion) {
     for algorithm in ["token_bucket", "fixed_window", "sliding_window"] {
         let config = config(algorithm);
@@ -38,5 +69,5 @@ fn decision(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decision);
+criterion_group!(benches, pure_steps, decision);
 criterion_main!(benches);

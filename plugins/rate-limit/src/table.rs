@@ -39,28 +39,24 @@ impl Set {
     /// Decodes a stored set; anything malformed (or empty) reads as an empty set.
     pub fn decode(bytes: &[u8]) -> Set {
         let mut set = Set::default();
-        if bytes.len() != SET_BYTES {
-            return set;
+        let Ok(bytes) = <&[u8; SET_BYTES]>::try_from(bytes) else { return set };
+        for (entry, chunk) in set.entries.iter_mut().zip(bytes.chunks_exact(ENTRY_BYTES)) {
+            let (fp, state) = chunk.split_at(8);
+            entry.0 = u64::from_le_bytes(fp.try_into().unwrap_or_default());
+            entry.1 = state.try_into().unwrap_or_default();
         }
-        for (i, entry) in set.entries.iter_mut().enumerate() {
-            let at = i * ENTRY_BYTES;
-            let mut fp = [0u8; 8];
-            fp.copy_from_slice(&bytes[at..at + 8]);
-            entry.0 = u64::from_le_bytes(fp);
-            entry.1.copy_from_slice(&bytes[at + 8..at + ENTRY_BYTES]);
-        }
-        set.overflow.copy_from_slice(&bytes[WAYS_USIZE * ENTRY_BYTES..]);
+        set.overflow = bytes[WAYS_USIZE * ENTRY_BYTES..].try_into().unwrap_or_default();
         set
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(SET_BYTES);
-        for (fp, state) in &self.entries {
-            out.extend_from_slice(&fp.to_le_bytes());
-            out.extend_from_slice(state);
+        let mut out = [0u8; SET_BYTES];
+        for ((fp, state), chunk) in self.entries.iter().zip(out.chunks_exact_mut(ENTRY_BYTES)) {
+            chunk[..8].copy_from_slice(&fp.to_le_bytes());
+            chunk[8..].copy_from_slice(state);
         }
-        out.extend_from_slice(&self.overflow);
-        out
+        out[WAYS_USIZE * ENTRY_BYTES..].copy_from_slice(&self.overflow);
+        out.to_vec()
     }
 
     /// The slot for `fingerprint`: its own entry, else a free or fresh entry (claimed by
