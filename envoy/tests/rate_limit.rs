@@ -133,6 +133,13 @@ fn envoy_refuses_an_invalid_rate_limit_configuration() {
 #[test]
 fn the_example_envoy_config_is_valid() {
     build();
-    let example = envoy_harness::workspace_root().join("envoy/examples/rate-limit.yaml");
-    envoy_harness::envoy::validate_file(&example).unwrap_or_else(|e| panic!("{e}"));
+    let example = std::fs::read_to_string(envoy_harness::workspace_root().join("envoy/examples/rate-limit.yaml")).unwrap();
+    // The example points at the default target dir; validate it against wherever the
+    // module was actually built (CI builds outside the clone).
+    let relative = "target/wasm32-wasip1/release/rate_limit.wasm";
+    assert!(example.contains(relative));
+    let adjusted = example.replace(relative, &wasm_path("rate_limit").to_string_lossy());
+    let path = envoy_harness::scratch_dir("example").unwrap().join("rate-limit.yaml");
+    std::fs::write(&path, adjusted).unwrap();
+    envoy_harness::envoy::validate_file(&path).unwrap_or_else(|e| panic!("{e}"));
 }

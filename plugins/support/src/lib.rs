@@ -4,6 +4,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod breaker_state;
 pub mod config;
 pub mod duration;
 pub mod metrics;
