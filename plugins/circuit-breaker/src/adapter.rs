@@ -1,0 +1,248 @@
+//! The proxy-wasm adapter: names the upstream, asks its breaker for admission, answers with
+//! the fallback while open, classifies responses, and logs and exports state changes.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use edgewise_support::breaker_state::BreakerState;
+use edgewise_support::metrics::metric_name;
+use edgewise_support::request::host_only;
+use edgewise_support::wasm::{install_panic_hook, Metric, SharedData};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+
+use crate::breaker::{Admission, Transition};
+use crate::config::{Config, UpstreamKey};
+use crate::table;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(BreakerRoot { shared: None })
+    });
+}}
+
+/// Metrics of one upstream, defined on first use in this VM.
+struct UpstreamMetrics {
+    state: Metric,
+    rejected: Metric,
+    opened: Metric,
+    probes: Metric,
+}
+
+struct Shared {
+    config: Config,
+    upstreams: RefCell<HashMap<String, Rc<UpstreamMetrics>>>,
+    untracked: Metric,
+    errors: Metric,
+}
+
+impl Shared {
+    fn metrics(&self, identity: &str) -> Rc<UpstreamMetrics> {
+        let mut map = self.upstreams.borrow_mut();
+        if let Some(m) = map.get(identity) {
+            return m.clone();
+        }
+        let name = |what: &str| metric_name(&["circuit_breaker", identity, what]);
+        let metrics = Rc::new(UpstreamMetrics {
+            state: Metric::gauge(&name("state")),
+            rejected: Metric::counter(&name("rejected")),
+            opened: Metric::counter(&name("opened")),
+            probes: Metric::counter(&name("half_open_probes")),
+        });
+        map.insert(identity.to_string(), metrics.clone());
+        metrics
+    }
+}
+
+struct BreakerRoot {
+    shared: Option<Rc<Shared>>,
+}
+
+fn now_nanos() -> Option<u64> {
+    let now = hostcalls::get_current_time().ok()?;
+    now.duration_since(UNIX_EPOCH).ok().map(|d| d.as_nanos() as u64)
+}
+
+fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+impl Context for BreakerRoot {}
+
+impl RootContext for BreakerRoot {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        install_panic_hook("circuit_breaker", VERSION);
+        true
+    }
+
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(bytes) => bytes.unwrap_or_default(),
+            Err(status) => {
+                log(LogLevel::Error, &format!("circuit_breaker: cannot read the plugin configuration: {status:?}"));
+                return false;
+            }
+        };
+        match Config::from_json(&bytes) {
+            Ok(config) => {
+                log(LogLevel::Info, &format!("circuit_breaker {VERSION}: upstream by {:?}, {} override(s)", config.upstream, config.overrides.len()));
+                self.shared = Some(Rc::new(Shared {
+                    config,
+                    upstreams: RefCell::new(HashMap::new()),
+                    untracked: Metric::counter(&metric_name(&["circuit_breaker", "untracked"])),
+                    errors: Metric::counter(&metric_name(&["circuit_breaker", "errors"])),
+                }));
+                true
+            }
+            Err(error) => {
+                log(LogLevel::Error, &format!("circuit_breaker: {error}"));
+                false
+            }
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(BreakerStream { shared: self.shared.clone(), identity: None, started: 0, probe: None, replied: false, recorded: false }))
+    }
+}
+
+struct BreakerStream {
+    shared: Option<Rc<Shared>>,
+    identity: Option<String>,
+    started: u64,
+    probe: Option<u32>,
+    replied: bool,
+    recorded: bool,
+}
+
+fn header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+}
+
+fn report(shared: &Shared, identity: &str, transition: Transition) {
+    let metrics = shared.metrics(identity);
+    match transition {
+        Transition::Opened { for_ns, reason } => {
+            metrics.opened.increment(1);
+            metrics.state.set(BreakerState::Open.code() as u64);
+            log(LogLevel::Warn, &format!("circuit_breaker: {identity} opened for {}ms ({reason:?})", for_ns / 1_000_000));
+        }
+        Transition::Reopened { for_ns } => {
+            metrics.opened.increment(1);
+            metrics.state.set(BreakerState::Open.code() as u64);
+            log(LogLevel::Warn, &format!("circuit_breaker: {identity} failed a half-open probe, open again for {}ms", for_ns / 1_000_000));
+        }
+        Transition::HalfOpened => {
+            metrics.state.set(BreakerState::HalfOpen.code() as u64);
+            log(LogLevel::Info, &format!("circuit_breaker: {identity} half-open, probing"));
+        }
+        Transition::Closed => {
+            metrics.state.set(BreakerState::Closed.code() as u64);
+            log(LogLevel::Info, &format!("circuit_breaker: {identity} closed after successful probes"));
+        }
+        Transition::None => {}
+    }
+}
+
+impl Context for BreakerStream {
+    fn on_done(&mut self) -> bool {
+        // A probe that ended without a response gives its place back, so half-open cannot
+        // stall on clients that went away.
+        if let (Some(shared), Some(identity), Some(episode), false) = (&self.shared, &self.identity, self.probe, self.recorded) {
+            if let Some(now) = now_nanos() {
+                let params = shared.config.params(identity);
+                let _ = table::abandon_probe(&SharedData, identity.as_bytes(), shared.config.slots, params, episode, now);
+            }
+        }
+        true
+    }
+}
+
+impl HttpContext for BreakerStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else { return Action::Continue };
+        let identity = match &shared.config.upstream {
+            UpstreamKey::Route => hostcalls::get_property(vec!["xds", "route_name"]).ok().flatten(),
+            UpstreamKey::Host => header(":authority").map(|a| host_only(&a)),
+            UpstreamKey::Header(name) => header(name),
+        };
+        // No identity (unnamed route, missing header): no breaker applies.
+        let Some(identity) = identity.filter(|i| !i.is_empty()).map(|i| String::from_utf8_lossy(&i).into_owned()) else {
+            return Action::Continue;
+        };
+        let Some(now) = now_nanos() else { return Action::Continue };
+        let params = shared.config.params(&identity);
+        let admission = match table::admit(&SharedData, identity.as_bytes(), shared.config.slots, params, now) {
+            Ok(Some((admission, transition))) => {
+                report(&shared, &identity, transition);
+                admission
+            }
+            Ok(None) => {
+                shared.untracked.increment(1);
+                return Action::Continue;
+            }
+            Err(_) => {
+                // Fail open: a broken breaker must not take traffic down.
+                shared.errors.increment(1);
+                return Action::Continue;
+            }
+        };
+        self.started = now;
+        match admission {
+            Admission::Pass => {
+                self.identity = Some(identity);
+                Action::Continue
+            }
+            Admission::Probe { episode } => {
+                shared.metrics(&identity).probes.increment(1);
+                self.probe = Some(episode);
+                self.identity = Some(identity);
+                Action::Continue
+            }
+            Admission::Reject { state } => {
+                shared.metrics(&identity).rejected.increment(1);
+                let fallback = &shared.config.fallback;
+                let mut headers: Vec<(&str, &str)> = fallback.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                headers.push(("x-edgewise-circuit", state.name()));
+                self.replied = true;
+                if hostcalls::send_http_response(fallback.status, headers, Some(fallback.body.as_bytes())).is_err() {
+                    return Action::Continue;
+                }
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.replied || self.recorded {
+            return Action::Continue;
+        }
+        let (Some(shared), Some(identity)) = (self.shared.clone(), self.identity.clone()) else { return Action::Continue };
+        self.recorded = true;
+        let Some(now) = now_nanos() else { return Action::Continue };
+        let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u16>().ok()))
+            .filter(|code| (100..=599).contains(code));
+        let details = hostcalls::get_property(vec!["response", "code_details"]).ok().flatten();
+        let params = shared.config.params(&identity);
+        let outcome = crate::classify(params, status, details.as_deref(), now.saturating_sub(self.started));
+        match table::record(&SharedData, identity.as_bytes(), shared.config.slots, params, outcome, self.probe, now) {
+            Ok(Some(transition)) => report(&shared, &identity, transition),
+            Ok(None) => {}
+            Err(_) => shared.errors.increment(1),
+        }
+        Action::Continue
+    }
+}

@@ -1,0 +1,427 @@
+//! One breaker as a pure state machine over a fixed-size value: CLOSED counts outcomes in a
+//! sliding window and trips to OPEN; OPEN rejects until its (backed-off) time is up; then
+//! HALF-OPEN lets exactly `probes` requests through: all succeed → CLOSED, one fails → OPEN
+//! with the next, longer duration (resilience4j semantics; Envoy-worker-wide via CAS).
+
+use edgewise_support::breaker_state::{read_header, write_header, BreakerState, Published, HEADER_BYTES};
+
+use crate::config::Params;
+
+pub const BUCKETS: usize = 10;
+const BUCKET_BYTES: usize = 16;
+const PRIVATE_BYTES: usize = 16;
+pub const VALUE_BYTES: usize = HEADER_BYTES + PRIVATE_BYTES + BUCKETS * BUCKET_BYTES;
+
+/// Counts for one tenth of the window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Which tenth-of-window period this bucket holds (period index + 1; 0 = empty).
+    pub period: u32,
+    pub calls: u32,
+    pub failures: u32,
+    pub slow: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Breaker {
+    pub identity_hash: u64,
+    pub state: BreakerState,
+    pub open_until: u64,
+    /// Opens since the last close: the backoff exponent, and the half-open episode number.
+    pub opens: u32,
+    pub consecutive_failures: u32,
+    pub probes_issued: u32,
+    pub probes_succeeded: u32,
+    pub buckets: [Bucket; BUCKETS],
+}
+
+/// What the breaker says about a new request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Pass,
+    /// A half-open trial request, in episode `episode` (compare when recording).
+    Probe { episode: u32 },
+    Reject { state: BreakerState },
+}
+
+/// A response's classification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub failed: bool,
+    pub slow: bool,
+}
+
+/// What a record did to the breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    Opened { for_ns: u64, reason: TripReason },
+    Reopened { for_ns: u64 },
+    HalfOpened,
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TripReason {
+    ConsecutiveFailures(u32),
+    FailureRate { failures: u32, calls: u32 },
+    SlowCallRate { slow: u32, calls: u32 },
+}
+
+impl Breaker {
+    pub fn new(identity_hash: u64) -> Breaker {
+        Breaker {
+            identity_hash,
+            state: BreakerState::Closed,
+            open_until: 0,
+            opens: 0,
+            consecutive_failures: 0,
+            probes_issued: 0,
+            probes_succeeded: 0,
+            buckets: [Bucket::default(); BUCKETS],
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Breaker> {
+        if bytes.len() != VALUE_BYTES {
+            return None;
+        }
+        let header = read_header(bytes)?;
+        let u32_at = |at: usize| bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes).unwrap_or(0);
+        let p = HEADER_BYTES;
+        let mut breaker = Breaker {
+            identity_hash: header.identity_hash,
+            state: header.state,
+            open_until: header.open_until,
+            opens: u32_at(p),
+            consecutive_failures: u32_at(p + 4),
+            probes_issued: u32_at(p + 8),
+            probes_succeeded: u32_at(p + 12),
+            buckets: [Bucket::default(); BUCKETS],
+        };
+        for (i, bucket) in breaker.buckets.iter_mut().enumerate() {
+            let at = HEADER_BYTES + PRIVATE_BYTES + i * BUCKET_BYTES;
+            *bucket = Bucket { period: u32_at(at), calls: u32_at(at + 4), failures: u32_at(at + 8), slow: u32_at(at + 12) };
+        }
+        Some(breaker)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![0u8; VALUE_BYTES];
+        write_header(&mut out, &Published { identity_hash: self.identity_hash, state: self.state, open_until: self.open_until });
+        let p = HEADER_BYTES;
+        for (i, v) in [self.opens, self.consecutive_failures, self.probes_issued, self.probes_succeeded].iter().enumerate() {
+            out[p + 4 * i..p + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        for (i, b) in self.buckets.iter().enumerate() {
+            let at = HEADER_BYTES + PRIVATE_BYTES + i * BUCKET_BYTES;
+            for (j, v) in [b.period, b.calls, b.failures, b.slow].iter().enumerate() {
+                out[at + 4 * j..at + 4 * j + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Closed with nothing counted in the window: the same as a never-used breaker, so its
+    /// slot may go to another upstream without losing anything.
+    pub fn is_idle(&self, params: &Params, now: u64) -> bool {
+        self.state == BreakerState::Closed && self.consecutive_failures == 0 && self.totals(params, now) == (0, 0, 0)
+    }
+
+    fn period(params: &Params, now: u64) -> u32 {
+        (now / (params.window_ns / BUCKETS as u64).max(1)) as u32 + 1
+    }
+
+    /// (calls, failures, slow) over the last window.
+    pub fn totals(&self, params: &Params, now: u64) -> (u32, u32, u32) {
+        let current = Breaker::period(params, now);
+        self.buckets
+            .iter()
+            .filter(|b| b.period != 0 && current.wrapping_sub(b.period) < BUCKETS as u32)
+            .fold((0, 0, 0), |(c, f, s), b| (c + b.calls, f + b.failures, s + b.slow))
+    }
+
+    /// Decides admission at `now`; returns the new value to store if it changed.
+    pub fn admit(&self, params: &Params, now: u64) -> (Admission, Option<Breaker>, Transition) {
+        match self.state {
+            BreakerState::Closed => (Admission::Pass, None, Transition::None),
+            BreakerState::Open if now < self.open_until => (Admission::Reject { state: BreakerState::Open }, None, Transition::None),
+            BreakerState::Open => {
+                let mut next = self.clone();
+                next.state = BreakerState::HalfOpen;
+                next.probes_issued = 1;
+                next.probes_succeeded = 0;
+                (Admission::Probe { episode: next.opens }, Some(next), Transition::HalfOpened)
+            }
+            BreakerState::HalfOpen if self.probes_issued < params.probes => {
+                let mut next = self.clone();
+                next.probes_issued += 1;
+                (Admission::Probe { episode: next.opens }, Some(next), Transition::None)
+            }
+            BreakerState::HalfOpen => (Admission::Reject { state: BreakerState::HalfOpen }, None, Transition::None),
+        }
+    }
+
+    /// Records a response. `probe` is the admission's episode when it was a probe.
+    pub fn record(&self, params: &Params, outcome: Outcome, probe: Option<u32>, now: u64) -> (Option<Breaker>, Transition) {
+        match (self.state, probe) {
+            (BreakerState::HalfOpen, Some(episode)) if episode == self.opens => {
+                let mut next = self.clone();
+                if outcome.failed || outcome.slow {
+                    let for_ns = next.open(params, now);
+                    return (Some(next), Transition::Reopened { for_ns });
+                }
+                next.probes_succeeded += 1;
+                if next.probes_succeeded >= params.probes {
+                    let mut closed = Breaker::new(self.identity_hash);
+                    closed.state = BreakerState::Closed;
+                    return (Some(closed), Transition::Closed);
+                }
+                (Some(next), Transition::None)
+            }
+            (BreakerState::Closed, _) => {
+                let counting_rates = params.failure_rate.is_some() || params.slow_call_rate.is_some();
+                if !outcome.failed && !outcome.slow && self.consecutive_failures == 0 && !counting_rates {
+                    return (None, Transition::None); // nothing would change: no write
+                }
+                let mut next = self.clone();
+                next.consecutive_failures = if outcome.failed { next.consecutive_failures.saturating_add(1) } else { 0 };
+                if counting_rates {
+                    let period = Breaker::period(params, now);
+                    let bucket = &mut next.buckets[(period as usize) % BUCKETS];
+                    if bucket.period != period {
+                        *bucket = Bucket { period, ..Bucket::default() };
+                    }
+                    bucket.calls += 1;
+                    bucket.failures += outcome.failed as u32;
+                    bucket.slow += outcome.slow as u32;
+                }
+                if let Some(reason) = next.trip_reason(params, now) {
+                    let for_ns = next.open(params, now);
+                    return (Some(next), Transition::Opened { for_ns, reason });
+                }
+                (Some(next), Transition::None)
+            }
+            // Responses to requests admitted before the state changed do not count.
+            _ => (None, Transition::None),
+        }
+    }
+
+    /// A probe that ended without a response (client went away): give its place back.
+    pub fn abandon_probe(&self, episode: u32) -> Option<Breaker> {
+        if self.state == BreakerState::HalfOpen && self.opens == episode && self.probes_issued > self.probes_succeeded {
+            let mut next = self.clone();
+            next.probes_issued -= 1;
+            return Some(next);
+        }
+        None
+    }
+
+    fn trip_reason(&self, params: &Params, now: u64) -> Option<TripReason> {
+        if let Some(threshold) = params.consecutive_failures {
+            if self.consecutive_failures >= threshold {
+                return Some(TripReason::ConsecutiveFailures(self.consecutive_failures));
+            }
+        }
+        let (calls, failures, slow) = self.totals(params, now);
+        if calls >= params.min_requests && calls > 0 {
+            if let Some(rate) = params.failure_rate {
+                if failures as f64 >= rate * calls as f64 {
+                    return Some(TripReason::FailureRate { failures, calls });
+                }
+            }
+            if let Some(rate) = params.slow_call_rate {
+                if slow as f64 >= rate * calls as f64 {
+                    return Some(TripReason::SlowCallRate { slow, calls });
+                }
+            }
+        }
+        None
+    }
+
+    /// Moves to OPEN for duration × backoff^(opens so far), capped; returns the duration.
+    fn open(&mut self, params: &Params, now: u64) -> u64 {
+        let factor = params.backoff.powi(self.opens.min(64) as i32);
+        let for_ns = ((params.open_ns as f64) * factor).min(params.max_open_ns as f64) as u64;
+        self.state = BreakerState::Open;
+        self.open_until = now.saturating_add(for_ns);
+        self.opens = self.opens.saturating_add(1);
+        self.consecutive_failures = 0;
+        self.probes_issued = 0;
+        self.probes_succeeded = 0;
+        self.buckets = [Bucket::default(); BUCKETS];
+        for_ns
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use proptest::prelude::*;
+
+    const SEC: u64 = 1_000_000_000;
+    const T0: u64 = 1_767_225_600 * SEC;
+    const FAIL: Outcome = Outcome { failed: true, slow: false };
+    const OK: Outcome = Outcome { failed: false, slow: false };
+
+    fn params(json: &str) -> Params {
+        Config::from_json(json.as_bytes()).unwrap().defaults
+    }
+
+    fn feed(b: &Breaker, p: &Params, outcomes: &[Outcome], now: u64) -> (Breaker, Vec<Transition>) {
+        let mut b = b.clone();
+        let mut transitions = Vec::new();
+        for o in outcomes {
+            let (next, t) = b.record(p, *o, None, now);
+            if let Some(n) = next {
+                b = n;
+            }
+            transitions.push(t);
+        }
+        (b, transitions)
+    }
+
+    #[test]
+    fn consecutive_failures_trip_and_a_success_resets_the_count() {
+        let p = params(r#"{"trip":{"consecutive_failures":3}}"#);
+        let (b, _) = feed(&Breaker::new(1), &p, &[FAIL, FAIL, OK, FAIL, FAIL], T0);
+        assert_eq!(b.state, BreakerState::Closed);
+        let (b, t) = feed(&b, &p, &[FAIL], T0);
+        assert_eq!(b.state, BreakerState::Open);
+        assert_eq!(t[0], Transition::Opened { for_ns: 5 * SEC, reason: TripReason::ConsecutiveFailures(3) });
+        assert_eq!(b.open_until, T0 + 5 * SEC);
+    }
+
+    #[test]
+    fn failure_rate_trips_only_with_min_requests_in_the_window() {
+        let p = params(r#"{"trip":{"consecutive_failures":100,"failure_rate":0.5,"min_requests":10,"window":"10s"}}"#);
+        let (b, _) = feed(&Breaker::new(1), &p, &[FAIL, OK, FAIL, OK, FAIL, OK, FAIL, OK, FAIL], T0);
+        assert_eq!(b.state, BreakerState::Closed, "9 calls < min_requests");
+        let (b, t) = feed(&b, &p, &[OK], T0);
+        assert_eq!(b.state, BreakerState::Open);
+        assert!(matches!(t[0], Transition::Opened { reason: TripReason::FailureRate { failures: 5, calls: 10 }, .. }));
+        // Old calls age out of the window.
+        let (b, _) = feed(&Breaker::new(1), &p, &[FAIL; 9], T0);
+        let (b, _) = feed(&b, &p, &[OK], T0 + 11 * SEC);
+        assert_eq!(b.state, BreakerState::Closed);
+        assert_eq!(b.totals(&p, T0 + 11 * SEC), (1, 0, 0));
+    }
+
+    #[test]
+    fn slow_calls_trip_by_rate() {
+        let p = params(r#"{"failure":{"slow_call":"1s"},"trip":{"slow_call_rate":0.8,"min_requests":5}}"#);
+        let slow = Outcome { failed: false, slow: true };
+        let (b, t) = feed(&Breaker::new(1), &p, &[slow, slow, slow, OK, slow], T0);
+        assert_eq!(b.state, BreakerState::Open);
+        assert!(matches!(t[4], Transition::Opened { reason: TripReason::SlowCallRate { slow: 4, calls: 5 }, .. }));
+    }
+
+    #[test]
+    fn open_then_half_open_admits_exactly_probes_then_closes() {
+        let p = params(r#"{"trip":{"consecutive_failures":1},"half_open":{"probes":2}}"#);
+        let (b, _) = feed(&Breaker::new(1), &p, &[FAIL], T0);
+        assert_eq!(b.admit(&p, T0 + SEC).0, Admission::Reject { state: BreakerState::Open });
+        let (a, b1, t) = b.admit(&p, T0 + 5 * SEC);
+        assert_eq!((a, t), (Admission::Probe { episode: 1 }, Transition::HalfOpened));
+        let b1 = b1.unwrap();
+        let (a2, b2, _) = b1.admit(&p, T0 + 5 * SEC);
+        assert_eq!(a2, Admission::Probe { episode: 1 });
+        let b2 = b2.unwrap();
+        assert_eq!(b2.admit(&p, T0 + 5 * SEC).0, Admission::Reject { state: BreakerState::HalfOpen });
+        let (b3, t3) = b2.record(&p, OK, Some(1), T0 + 6 * SEC);
+        assert_eq!(t3, Transition::None);
+        let (b4, t4) = b3.unwrap().record(&p, OK, Some(1), T0 + 6 * SEC);
+        assert_eq!(t4, Transition::Closed);
+        let b4 = b4.unwrap();
+        assert_eq!((b4.state, b4.opens), (BreakerState::Closed, 0));
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_with_backoff_up_to_the_cap() {
+        let p = params(r#"{"trip":{"consecutive_failures":1},"open":{"duration":"5s","max_duration":"15s","backoff":2.0},"half_open":{"probes":1}}"#);
+        let (mut b, _) = feed(&Breaker::new(1), &p, &[FAIL], T0);
+        let mut durations = vec![b.open_until - T0];
+        for _ in 0..3 {
+            let now = b.open_until;
+            let (_, next, _) = b.admit(&p, now);
+            let probing = next.unwrap();
+            let (reopened, t) = probing.record(&p, FAIL, Some(probing.opens), now);
+            assert!(matches!(t, Transition::Reopened { .. }));
+            b = reopened.unwrap();
+            durations.push(b.open_until - now);
+        }
+        assert_eq!(durations, [5 * SEC, 10 * SEC, 15 * SEC, 15 * SEC]);
+    }
+
+    #[test]
+    fn stale_outcomes_do_not_count() {
+        let p = params(r#"{"trip":{"consecutive_failures":1},"half_open":{"probes":1}}"#);
+        let (b, _) = feed(&Breaker::new(1), &p, &[FAIL], T0);
+        // A response to a request admitted while closed arrives while open: ignored.
+        assert_eq!(b.record(&p, FAIL, None, T0), (None, Transition::None));
+        // A probe from an earlier episode: ignored.
+        let (_, half, _) = b.admit(&p, T0 + 5 * SEC);
+        assert_eq!(half.unwrap().record(&p, OK, Some(0), T0 + 5 * SEC), (None, Transition::None));
+    }
+
+    #[test]
+    fn successes_in_a_healthy_closed_breaker_write_nothing() {
+        let p = params(r#"{"trip":{"consecutive_failures":5}}"#);
+        assert_eq!(Breaker::new(1).record(&p, OK, None, T0), (None, Transition::None));
+    }
+
+    #[test]
+    fn values_round_trip() {
+        let p = params(r#"{"trip":{"failure_rate":0.5}}"#);
+        let (b, _) = feed(&Breaker::new(77), &p, &[FAIL, OK], T0);
+        assert_eq!(Breaker::decode(&b.encode()), Some(b));
+        assert_eq!(Breaker::decode(b"garbage"), None);
+    }
+
+    proptest! {
+        /// No transition without its trigger, and never more than `probes` probes in flight.
+        #[test]
+        fn transitions_have_triggers(events in prop::collection::vec((0u8..4, 0u64..3 * SEC), 1..200), probes in 1u32..5) {
+            let p = params(&format!(r#"{{"trip":{{"consecutive_failures":3}},"half_open":{{"probes":{probes}}},"open":{{"duration":"1s"}}}}"#));
+            let mut b = Breaker::new(9);
+            let mut now = T0;
+            let mut in_flight: Vec<u32> = Vec::new();
+            for (kind, gap) in events {
+                now += gap;
+                match kind {
+                    0 => {
+                        let before = b.clone();
+                        let (admission, next, t) = b.admit(&p, now);
+                        if let Some(n) = next { b = n; }
+                        match admission {
+                            Admission::Probe { episode } => in_flight.push(episode),
+                            Admission::Reject { .. } => prop_assert!(before.state != BreakerState::Closed),
+                            Admission::Pass => prop_assert_eq!(before.state, BreakerState::Closed),
+                        }
+                        if t == Transition::HalfOpened { prop_assert!(before.state == BreakerState::Open && now >= before.open_until); }
+                        prop_assert!(b.state != BreakerState::HalfOpen || b.probes_issued <= probes);
+                    }
+                    1 | 2 => {
+                        let outcome = if kind == 1 { FAIL } else { OK };
+                        let probe = in_flight.pop();
+                        let before = b.clone();
+                        let (next, t) = b.record(&p, outcome, probe, now);
+                        if let Some(n) = next { b = n; }
+                        match t {
+                            Transition::Opened { .. } => prop_assert!(before.state == BreakerState::Closed && before.consecutive_failures + 1 >= 3 && outcome.failed),
+                            Transition::Reopened { .. } => prop_assert!(before.state == BreakerState::HalfOpen && outcome.failed),
+                            Transition::Closed => prop_assert!(before.state == BreakerState::HalfOpen && before.probes_succeeded + 1 == probes),
+                            _ => {}
+                        }
+                    }
+                    _ => {
+                        if let Some(episode) = in_flight.pop() {
+                            if let Some(n) = b.abandon_probe(episode) { b = n; }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The circuit breaker's configuration: JSON shape (unknown fields rejected), per-upstream
+//! overrides, and the validated parameters the state machine runs on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use edgewise_support::config::{parse_config, ConfigError};
+use edgewise_support::duration::parse_duration;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub upstream: Option<String>,
+    pub failure: Option<RawFailure>,
+    pub trip: Option<RawTrip>,
+    pub open: Option<RawOpen>,
+    pub half_open: Option<RawHalfOpen>,
+    pub fallback: Option<RawFallback>,
+    pub overrides: Option<BTreeMap<String, RawOverride>>,
+    pub max_upstreams: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailure {
+    pub statuses: Option<Vec<serde_json::Value>>,
+    pub local_failures: Option<bool>,
+    pub slow_call: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrip {
+    pub consecutive_failures: Option<u32>,
+    pub failure_rate: Option<f64>,
+    pub slow_call_rate: Option<f64>,
+    pub min_requests: Option<u32>,
+    pub window: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawOpen {
+    pub duration: Option<String>,
+    pub max_duration: Option<String>,
+    pub backoff: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawHalfOpen {
+    pub probes: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFallback {
+    pub status: Option<u32>,
+    pub body: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOverride {
+    pub failure: Option<RawFailure>,
+    pub trip: Option<RawTrip>,
+    pub open: Option<RawOpen>,
+    pub half_open: Option<RawHalfOpen>,
+}
+
+/// What names one breaker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamKey {
+    /// Envoy's route name (`xds.route_name`).
+    Route,
+    /// The request's `:authority`, without port, lowercased.
+    Host,
+    /// A request header's value (e.g. the cluster header the weighted router sets).
+    Header(String),
+}
+
+/// The parameters one breaker runs with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    /// Inclusive status ranges that count as failures.
+    pub failure_statuses: Vec<(u16, u16)>,
+    pub local_failures: bool,
+    pub slow_call_ns: Option<u64>,
+    pub consecutive_failures: Option<u32>,
+    pub failure_rate: Option<f64>,
+    pub slow_call_rate: Option<f64>,
+    pub min_requests: u32,
+    pub window_ns: u64,
+    pub open_ns: u64,
+    pub max_open_ns: u64,
+    pub backoff: f64,
+    pub probes: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fallback {
+    pub status: u32,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub upstream: UpstreamKey,
+    pub defaults: Params,
+    pub overrides: HashMap<String, Params>,
+    pub fallback: Fallback,
+    /// Shared-data slots for breakers (`edgewise.cb.0` .. `edgewise.cb.<n-1>`).
+    pub slots: u64,
+}
+
+impl Config {
+    pub fn params(&self, identity: &str) -> &Params {
+        self.overrides.get(identity).unwrap_or(&self.defaults)
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let raw: RawConfig = parse_config(bytes)?;
+        Config::compile(&raw)
+    }
+
+    pub fn compile(raw: &RawConfig) -> Result<Config, ConfigError> {
+        let upstream = match raw.upstream.as_deref().unwrap_or("route") {
+            "route" => UpstreamKey::Route,
+            "host" => UpstreamKey::Host,
+            other => match other.strip_prefix("header:") {
+                Some(name) if !name.is_empty() => UpstreamKey::Header(name.to_ascii_lowercase()),
+                _ => return Err(err("upstream", format!("{other:?} is not an upstream identity"), "use route, host or header:NAME")),
+            },
+        };
+        let empty = RawOverride::default();
+        let base = RawOverride {
+            failure: raw.failure.clone(),
+            trip: raw.trip.clone(),
+            open: raw.open.clone(),
+            half_open: raw.half_open.clone(),
+        };
+        let defaults = compile_params("", &base, &empty)?;
+        let mut overrides = HashMap::new();
+        for (identity, over) in raw.overrides.iter().flatten() {
+            if identity.is_empty() {
+                return Err(err("overrides", "has an empty upstream name", "name the upstream as the `upstream` mode identifies it"));
+            }
+            overrides.insert(identity.clone(), compile_params(&format!("overrides.{identity}."), over, &base)?);
+        }
+        let fallback = match &raw.fallback {
+            None => Fallback { status: 503, body: "upstream temporarily unavailable\n".into(), headers: vec![("content-type".into(), "text/plain".into())] },
+            Some(f) => {
+                let status = f.status.unwrap_or(503);
+                if !(200..=599).contains(&status) {
+                    return Err(err("fallback.status", format!("{status} is not a usable status"), "use 200 to 599 (default 503)"));
+                }
+                let mut headers = Vec::new();
+                for (name, value) in f.headers.iter().flatten() {
+                    if name.is_empty() || name.starts_with(':') || !name.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(err("fallback.headers", format!("{name:?} is not a header name"), "use names like \"content-type\""));
+                    }
+                    if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                        return Err(err(format!("fallback.headers.{name}"), "contains a control character", "remove CR, LF and NUL"));
+                    }
+                    headers.push((name.to_ascii_lowercase(), value.clone()));
+                }
+                Fallback { status, body: f.body.clone().unwrap_or_else(|| "upstream temporarily unavailable\n".into()), headers }
+            }
+        };
+        let slots = raw.max_upstreams.unwrap_or(256);
+        if !(1..=65_536).contains(&slots) {
+            return Err(err("max_upstreams", format!("{slots} is out of range"), "use 1 to 65536 (default 256)"));
+        }
+        Ok(Config { upstream, defaults, overrides, fallback, slots })
+    }
+}
+
+fn err(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError::new(field, problem, fix)
+}
+
+/// Parses "5xx", "503" / 503, "500-504" into inclusive ranges.
+fn parse_statuses(field: &str, values: &[serde_json::Value]) -> Result<Vec<(u16, u16)>, ConfigError> {
+    let fix = "use status codes (503), classes (\"5xx\") or ranges (\"500-504\") between 100 and 599";
+    let mut ranges = Vec::new();
+    for (i, value) in values.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        let text = match value {
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::String(s) => s.trim().to_string(),
+            other => return Err(err(field, format!("{other} is not a status"), fix)),
+        };
+        let code = |s: &str| s.parse::<u16>().ok().filter(|c| (100..=599).contains(c));
+        let range = if let Some(class) = text.strip_suffix("xx").and_then(|c| c.parse::<u16>().ok()) {
+            if !(1..=5).contains(&class) {
+                return Err(err(field, format!("{text:?} is not a status class"), fix));
+            }
+            (class * 100, class * 100 + 99)
+        } else if let Some((low, high)) = text.split_once('-') {
+            match (code(low.trim()), code(high.trim())) {
+                (Some(l), Some(h)) if l <= h => (l, h),
+                _ => return Err(err(field, format!("{text:?} is not a valid status range"), fix)),
+            }
+        } else {
+            match code(&text) {
+                Some(c) => (c, c),
+                None => return Err(err(field, format!("{text:?} is not a status"), fix)),
+            }
+        };
+        ranges.push(range);
+    }
+    if ranges.is_empty() {
+        return Err(err(field, "is empty, so nothing would count as a failure", "list at least one status, e.g. [\"5xx\"]"));
+    }
+    Ok(ranges)
+}
+
+fn rate(field: String, value: Option<f64>) -> Result<Option<f64>, ConfigError> {
+    match value {
+        None => Ok(None),
+        Some(r) if r > 0.0 && r <= 1.0 => Ok(Some(r)),
+        Some(r) => Err(err(field, format!("{r} is outside (0, 1]"), "use a fraction like 0.5; omit it to disable this trigger")),
+    }
+}
+
+/// Compiles one parameter set: fields from `own`, falling back to `base`, then defaults.
+fn compile_params(prefix: &str, own: &RawOverride, base: &RawOverride) -> Result<Params, ConfigError> {
+    let failure = own.failure.clone().or_else(|| base.failure.clone()).unwrap_or_default();
+    let base_failure = base.failure.clone().unwrap_or_default();
+    let trip = own.trip.clone().unwrap_or_default();
+    let base_trip = base.trip.clone().unwrap_or_default();
+    let open = own.open.clone().unwrap_or_default();
+    let base_open = base.open.clone().unwrap_or_default();
+    let half = own.half_open.clone().unwrap_or_default();
+    let base_half = base.half_open.clone().unwrap_or_default();
+
+    let statuses = failure.statuses.clone().or(base_failure.statuses.clone());
+    let failure_statuses = match statuses {
+        Some(list) => parse_statuses(&format!("{prefix}failure.statuses"), &list)?,
+        None => vec![(500, 599)],
+    };
+    let slow_call_ns = match failure.slow_call.as_ref().or(base_failure.slow_call.as_ref()) {
+        Some(text) => {
+            let d = parse_duration(&format!("{prefix}failure.slow_call"), text)?;
+            if d.is_zero() {
+                return Err(err(format!("{prefix}failure.slow_call"), "0 would make every call slow", "use a positive duration, or omit it"));
+            }
+            Some(d.as_nanos() as u64)
+        }
+        None => None,
+    };
+    let consecutive_failures = match trip.consecutive_failures.or(base_trip.consecutive_failures) {
+        Some(0) => return Err(err(format!("{prefix}trip.consecutive_failures"), "0 would trip on nothing", "use 1 or more; omit it to disable this trigger")),
+        Some(n) => Some(n),
+        None => Some(5),
+    };
+    let failure_rate = rate(format!("{prefix}trip.failure_rate"), trip.failure_rate.or(base_trip.failure_rate))?;
+    let slow_call_rate = rate(format!("{prefix}trip.slow_call_rate"), trip.slow_call_rate.or(base_trip.slow_call_rate))?;
+    if slow_call_rate.is_some() && slow_call_ns.is_none() {
+        return Err(err(format!("{prefix}trip.slow_call_rate"), "needs failure.slow_call to know what is slow", "set failure.slow_call, e.g. \"2s\""));
+    }
+    let min_requests = trip.min_requests.or(base_trip.min_requests).unwrap_or(20);
+    if min_requests == 0 {
+        return Err(err(format!("{prefix}trip.min_requests"), "0 would trip on a single call", "use 1 or more (default 20)"));
+    }
+    let window = match trip.window.as_ref().or(base_trip.window.as_ref()) {
+        Some(text) => parse_duration(&format!("{prefix}trip.window"), text)?,
+        None => Duration::from_secs(10),
+    };
+    if window < Duration::from_millis(100) || window > Duration::from_secs(3600) {
+        return Err(err(format!("{prefix}trip.window"), format!("{window:?} is out of range"), "use \"100ms\" to \"1h\" (default \"10s\")"));
+    }
+    let duration = match open.duration.as_ref().or(base_open.duration.as_ref()) {
+        Some(text) => parse_duration(&format!("{prefix}open.duration"), text)?,
+        None => Duration::from_secs(5),
+    };
+    if duration.is_zero() {
+        return Err(err(format!("{prefix}open.duration"), "0 would never reject", "use a positive duration (default \"5s\")"));
+    }
+    let max_duration = match open.max_duration.as_ref().or(base_open.max_duration.as_ref()) {
+        Some(text) => parse_duration(&format!("{prefix}open.max_duration"), text)?,
+        None => duration.max(Duration::from_secs(60)),
+    };
+    if max_duration < duration {
+        return Err(err(format!("{prefix}open.max_duration"), format!("{max_duration:?} is less than open.duration {duration:?}"), "make max_duration at least duration"));
+    }
+    let backoff = open.backoff.or(base_open.backoff).unwrap_or(2.0);
+    if !(1.0..=100.0).contains(&backoff) || backoff.is_nan() {
+        return Err(err(format!("{prefix}open.backoff"), format!("{backoff} is out of range"), "use 1.0 (no growth) to 100 (default 2.0)"));
+    }
+    let probes = half.probes.or(base_half.probes).unwrap_or(3);
+    if probes == 0 || probes > 1000 {
+        return Err(err(format!("{prefix}half_open.probes"), format!("{probes} is out of range"), "use 1 to 1000 (default 3)"));
+    }
+    Ok(Params {
+        failure_statuses,
+        local_failures: failure.local_failures.or(base_failure.local_failures).unwrap_or(true),
+        slow_call_ns,
+        consecutive_failures,
+        failure_rate,
+        slow_call_rate,
+        min_requests,
+        window_ns: window.as_nanos() as u64,
+        open_ns: duration.as_nanos() as u64,
+        max_open_ns: max_duration.as_nanos() as u64,
+        backoff,
+        probes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_parse_codes_classes_and_ranges() {
+        let v: Vec<serde_json::Value> = serde_json::from_str(r#"["5xx", 429, "500-504", " 418 "]"#).unwrap();
+        assert_eq!(parse_statuses("s", &v).unwrap(), vec![(500, 599), (429, 429), (500, 504), (418, 418)]);
+        for bad in [r#"["6xx"]"#, r#"["504-500"]"#, r#"["abc"]"#, r#"[99]"#, r#"[true]"#, "[]"] {
+            let v: Vec<serde_json::Value> = serde_json::from_str(bad).unwrap();
+            assert!(parse_statuses("s", &v).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn overrides_inherit_from_the_top_level() {
+        let c = Config::from_json(br#"{"trip":{"consecutive_failures":7,"min_requests":3},"overrides":{"payments":{"trip":{"consecutive_failures":2}}}}"#).unwrap();
+        assert_eq!(c.params("other").consecutive_failures, Some(7));
+        let p = c.params("payments");
+        assert_eq!((p.consecutive_failures, p.min_requests), (Some(2), 3));
+    }
+}

@@ -1,0 +1,95 @@
+//! Breakers in shared data: placement in the bounded slot table (see
+//! `edgewise_support::breaker_state` for the published layout), and the CAS loops around the
+//! pure state machine. One read per request while closed; at most one CAS per response.
+
+use edgewise_support::breaker_state::{candidate_slots, identity_hash, slot_key};
+use edgewise_support::store::{CasStore, SetOutcome};
+
+use crate::breaker::{Admission, Breaker, Outcome, Transition};
+use crate::config::Params;
+
+pub const MAX_CAS_ATTEMPTS: u32 = 16;
+
+/// Why a breaker could not be read or updated (the adapter fails open on either).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableError {
+    /// The host's shared data refused the operation.
+    Store,
+    /// Lost the CAS race `MAX_CAS_ATTEMPTS` times in a row.
+    Contended,
+}
+
+/// Where a breaker lives (or would live).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Located {
+    pub key: String,
+    pub breaker: Breaker,
+    /// CAS of the stored value; None when the slot was empty.
+    pub cas: Option<u32>,
+    /// The slot held another upstream's idle breaker that this one may take over.
+    pub takeover: bool,
+}
+
+/// Finds the upstream's breaker: its own slot if it has one, else the first empty or idle
+/// slot among its candidates (a fresh breaker, written only once there is something to
+/// record). None when every candidate slot is held by another active breaker: the
+/// upstream is then not tracked (requests pass; counted by the adapter).
+pub fn locate(store: &impl CasStore, identity: &[u8], slots: u64, params: &Params, now: u64) -> Result<Option<Located>, TableError> {
+    let hash = identity_hash(identity);
+    let mut free: Option<Located> = None;
+    for slot in candidate_slots(hash, slots) {
+        let key = slot_key(slot);
+        match store.get(&key).map_err(|_| TableError::Store)? {
+            Some((bytes, cas)) => match Breaker::decode(&bytes) {
+                Some(b) if b.identity_hash == hash => return Ok(Some(Located { key, breaker: b, cas: Some(cas), takeover: false })),
+                Some(other) if free.is_none() && other.is_idle(params, now) => {
+                    free = Some(Located { key, breaker: Breaker::new(hash), cas: Some(cas), takeover: true })
+                }
+                None if free.is_none() => free = Some(Located { key, breaker: Breaker::new(hash), cas: Some(cas), takeover: true }),
+                _ => {}
+            },
+            None if free.is_none() => free = Some(Located { key, breaker: Breaker::new(hash), cas: None, takeover: false }),
+            None => {}
+        }
+    }
+    Ok(free)
+}
+
+/// Applies `change` to the upstream's breaker with CAS, retrying lost races.
+fn update<T>(
+    store: &impl CasStore,
+    identity: &[u8],
+    slots: u64,
+    params: &Params,
+    now: u64,
+    mut change: impl FnMut(&Breaker) -> (Option<Breaker>, T),
+) -> Result<Option<T>, TableError> {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let Some(located) = locate(store, identity, slots, params, now)? else { return Ok(None) };
+        let (next, result) = change(&located.breaker);
+        let Some(next) = next else { return Ok(Some(result)) };
+        match store.set(&located.key, &next.encode(), located.cas).map_err(|_| TableError::Store)? {
+            SetOutcome::Stored => return Ok(Some(result)),
+            SetOutcome::CasMismatch => continue,
+        }
+    }
+    Err(TableError::Contended)
+}
+
+/// Admission for a new request. `Ok(None)`: the upstream is not tracked (table full).
+pub fn admit(store: &impl CasStore, identity: &[u8], slots: u64, params: &Params, now: u64) -> Result<Option<(Admission, Transition)>, TableError> {
+    update(store, identity, slots, params, now, |b| {
+        let (admission, next, transition) = b.admit(params, now);
+        (next, (admission, transition))
+    })
+}
+
+/// Records a response outcome; returns the transition it caused.
+pub fn record(store: &impl CasStore, identity: &[u8], slots: u64, params: &Params, outcome: Outcome, probe: Option<u32>, now: u64) -> Result<Option<Transition>, TableError> {
+    update(store, identity, slots, params, now, |b| b.record(params, outcome, probe, now))
+}
+
+/// Gives back the place of a probe whose request ended without a response.
+pub fn abandon_probe(store: &impl CasStore, identity: &[u8], slots: u64, params: &Params, episode: u32, now: u64) -> Result<(), TableError> {
+    update(store, identity, slots, params, now, |b| (b.abandon_probe(episode), ())).map(|_| ())
+}
