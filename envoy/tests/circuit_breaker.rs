@@ -96,3 +96,15 @@ fn envoy_refuses_an_invalid_breaker_configuration() {
     };
     assert!(error.contains("invalid configuration at `half_open.probes`"), "{error}");
 }
+
+#[test]
+fn the_example_envoy_config_is_valid() {
+    build();
+    let example = std::fs::read_to_string(envoy_harness::workspace_root().join("envoy/examples/circuit-breaker.yaml")).unwrap();
+    let relative = "target/wasm32-wasip1/release/circuit_breaker.wasm";
+    assert!(example.contains(relative));
+    let adjusted = example.replace(relative, &wasm_path("circuit_breaker").to_string_lossy());
+    let path = envoy_harness::scratch_dir("example").unwrap().join("circuit-breaker.yaml");
+    std::fs::write(&path, adjusted).unwrap();
+    envoy_harness::envoy::validate_file(&path).unwrap_or_else(|e| panic!("{e}"));
+}

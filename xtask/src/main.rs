@@ -128,7 +128,50 @@ fn demo() -> Result<()> {
     }
     drop(envoy);
     demo_rate_limit()?;
+    demo_circuit_breaker()?;
     println!("\nDemo done. (Later issues grow this into the four-filter docker-compose cluster.)");
+    Ok(())
+}
+
+fn demo_circuit_breaker() -> Result<()> {
+    step("circuit breaking: the backend starts failing, the breaker opens, then heals");
+    let backend = Backend::start("payments")?;
+    let rules = r#"{"trip":{"consecutive_failures":3},"open":{"duration":"2s"},"half_open":{"probes":2}}"#;
+    let config = EnvoyConfig::proxy_to(backend.addr, 2).route_name("payments").filter(WasmFilter::new("circuit_breaker", wasm_path("circuit_breaker"), rules));
+    let envoy = Envoy::start(&config)?;
+    println!("config: {rules}");
+    let show = |label: &str| -> Result<()> {
+        let r = envoy.get("/status/200")?;
+        let who = match r.header("x-edgewise-circuit") {
+            Some(state) => format!("fallback from the breaker ({state})"),
+            None => format!("from the backend ({} requests so far)", backend.requests().unwrap_or(0)),
+        };
+        println!("  {label:<22} -> {} {who}", r.status);
+        Ok(())
+    };
+    show("healthy")?;
+    backend.set_fault(r#"{"mode":"fail","ratio":1.0,"status":503}"#)?;
+    println!("  (backend fault switch: every request now fails with 503)");
+    for n in 1..=5 {
+        show(&format!("failing, request {n}"))?;
+    }
+    backend.set_fault(r#"{"mode":"off"}"#)?;
+    println!("  (backend healed; the breaker stays open for 2 s, then lets 2 probes through)");
+    let started = Instant::now();
+    while envoy.get("/status/200")?.header("x-edgewise-circuit").is_some() {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    println!("  first probe admitted after {:.1}s", started.elapsed().as_secs_f64());
+    for n in 1..=3 {
+        show(&format!("after recovery {n}"))?;
+    }
+    let stat = |name: &str| envoy.stat(name).ok().flatten().unwrap_or(-1);
+    println!(
+        "  Envoy stats: state = {} (0 closed), opened = {}, rejected = {}",
+        stat("edgewise.circuit_breaker.payments.state"),
+        stat("edgewise.circuit_breaker.payments.opened"),
+        stat("edgewise.circuit_breaker.payments.rejected")
+    );
     Ok(())
 }
 
