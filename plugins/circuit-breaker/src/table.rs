@@ -3,7 +3,7 @@
 //! pure state machine. One read per request while closed; at most one CAS per response.
 
 use edgewise_support::breaker_state::{candidate_slots, identity_hash, slot_key};
-use edgewise_support::store::{CasStore, SetOutcome};
+use edgewise_support::store::{CasStore, SetOutcome, CREATE_CAS};
 
 use crate::breaker::{Admission, Breaker, Outcome, Transition};
 use crate::config::Params;
@@ -68,7 +68,7 @@ fn update<T>(
         let Some(located) = locate(store, identity, slots, params, now)? else { return Ok(None) };
         let (next, result) = change(&located.breaker);
         let Some(next) = next else { return Ok(Some(result)) };
-        match store.set(&located.key, &next.encode(), located.cas).map_err(|_| TableError::Store)? {
+        match store.set(&located.key, &next.encode(), Some(located.cas.unwrap_or(CREATE_CAS))).map_err(|_| TableError::Store)? {
             SetOutcome::Stored => return Ok(Some(result)),
             SetOutcome::CasMismatch => continue,
         }

@@ -4,10 +4,8 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
-use edgewise_support::request::RequestView;
-use edgewise_support::wasm::{install_panic_hook, Metric, SharedData};
+use edgewise_support::wasm::{install_panic_hook, now_nanos, Metric, RequestHeaders, SharedData};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
@@ -50,11 +48,6 @@ type Waiters = Rc<RefCell<Vec<Waiter>>>;
 struct RateLimitRoot {
     shared: Option<Rc<Shared>>,
     waiters: Waiters,
-}
-
-fn now_nanos() -> Option<u64> {
-    let now = hostcalls::get_current_time().ok()?;
-    now.duration_since(UNIX_EPOCH).ok().map(|d| d.as_nanos() as u64)
 }
 
 fn log(level: LogLevel, message: &str) {
@@ -139,23 +132,6 @@ impl RootContext for RateLimitRoot {
     }
 }
 
-/// Request headers read on demand, each at most once (one host call per header).
-struct HostRequest {
-    cache: Vec<(String, Option<Vec<u8>>)>,
-}
-
-impl RequestView for HostRequest {
-    fn header(&mut self, name: &str) -> Option<Vec<u8>> {
-        if let Some((_, value)) = self.cache.iter().find(|(k, _)| k == name) {
-            return value.clone();
-        }
-        // Bytes getter: header values need not be UTF-8.
-        let value = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten();
-        self.cache.push((name.to_string(), value.clone()));
-        value
-    }
-}
-
 struct RateLimitStream {
     context_id: u32,
     shared: Option<Rc<Shared>>,
@@ -186,7 +162,7 @@ impl HttpContext for RateLimitStream {
         // Fail open if the clock is unavailable: never take traffic down for the limiter.
         let Some(now) = now_nanos() else { return Action::Continue };
         let config = &shared.config;
-        let mut request = HostRequest { cache: Vec::with_capacity(4) };
+        let mut request = RequestHeaders::default();
         let mut peer = || hostcalls::get_property(vec!["source", "address"]).ok().flatten();
         let applicable = applicable_rules(config, &mut request, &mut peer);
         if applicable.is_empty() {

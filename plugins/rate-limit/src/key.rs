@@ -56,13 +56,7 @@ fn parse_ip(bytes: &[u8]) -> Option<Vec<u8>> {
     text.parse::<std::net::SocketAddr>().ok().map(|a| a.ip().to_string().into_bytes())
 }
 
-/// The value of cookie `name` in a Cookie header ("a=1; b=2").
-pub fn cookie(header: &[u8], name: &str) -> Option<Vec<u8>> {
-    header.split(|b| *b == b';').map(trim).find_map(|pair| {
-        let eq = pair.iter().position(|b| *b == b'=')?;
-        (trim(&pair[..eq]) == name.as_bytes()).then(|| trim(&pair[eq + 1..]).to_vec())
-    })
-}
+pub use edgewise_support::request::cookie;
 
 /// The raw (not percent-decoded) value of the first query parameter `name`.
 pub fn query(path: &[u8], name: &str) -> Option<Vec<u8>> {

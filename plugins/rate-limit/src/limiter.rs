@@ -8,7 +8,7 @@
 //! Store errors and endless contention fail open for that rule (counted as errors).
 
 use edgewise_support::request::RequestView;
-use edgewise_support::store::{update_with_cas, CasStore, SetOutcome};
+use edgewise_support::store::{update_with_cas, CasStore, SetOutcome, CREATE_CAS};
 
 use crate::algorithm::{decide as decide_one, Verdict};
 use crate::config::{Config, Rule};
@@ -176,7 +176,7 @@ pub fn decide(config: &Config, store: &impl CasStore, applicable: &[Applicable],
             }
             let mut set = p.set.clone();
             set.store(p.slot, a.fingerprint, state);
-            match store.set(&a.set_key, &set.encode(), p.cas) {
+            match store.set(&a.set_key, &set.encode(), Some(p.cas.unwrap_or(CREATE_CAS))) {
                 Ok(SetOutcome::Stored) => {
                     if let Verdict::Delay { delay_ns, .. } = p.verdict {
                         delay = delay.max(delay_ns);

@@ -104,3 +104,26 @@ fn threads_sharing_the_store_never_exceed_the_limit() {
     });
     assert_eq!(admitted, 1000, "exactly the burst, across 4 contending threads");
 }
+
+#[test]
+fn racing_first_requests_on_a_new_key_are_counted_exactly() {
+    // The key does not exist yet: all four threads try to create it at once. Creation must
+    // not overwrite another worker's write (Envoy has no create-if-absent; CREATE_CAS).
+    let c = config(r#"{"rules":[{"name":"g","limit":2,"window":"1h","burst":2}]}"#);
+    for round in 0..300 {
+        let store = MemoryStore::new();
+        let barrier = std::sync::Barrier::new(4);
+        let admitted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        (0..2).filter(|_| run(&c, &store, &[], T0).outcome == Outcome::Allowed).count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(admitted, 2, "round {round}");
+    }
+}

@@ -6,6 +6,12 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// The CAS to create a key with. Envoy compares a non-zero CAS only when the key exists, so
+/// this creates an absent key, and fails with `CasMismatch` if another worker created it
+/// first (unless that key's CAS is exactly u32::MAX: one value in 4 billion). A cas of 0
+/// would overwrite the other worker's value and lose its update.
+pub const CREATE_CAS: u32 = u32::MAX;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetOutcome {
     Stored,
@@ -44,9 +50,8 @@ pub fn update_with_cas<S: CasStore + ?Sized, T>(
         let current = store.get(key).map_err(UpdateError::Store)?;
         let (new_value, result) = update(current.as_ref().map(|(v, _)| v.as_slice()));
         let Some(new_value) = new_value else { return Ok(result) };
-        // A key that does not exist yet is created with cas 0; a racing creator can then
-        // be overwritten — callers that care create keys once up front.
-        let cas = current.map(|(_, cas)| cas);
+        // An absent key is created with CREATE_CAS, so a racing creator is not overwritten.
+        let cas = Some(current.map(|(_, cas)| cas).unwrap_or(CREATE_CAS));
         match store.set(key, &new_value, cas).map_err(UpdateError::Store)? {
             SetOutcome::Stored => return Ok(result),
             SetOutcome::CasMismatch => continue,
@@ -126,9 +131,16 @@ mod tests {
     }
 
     #[test]
+    fn creating_a_key_does_not_overwrite_a_racing_creator() {
+        let store = MemoryStore::new();
+        assert_eq!(store.set("k", b"first", Some(CREATE_CAS)).unwrap(), SetOutcome::Stored);
+        assert_eq!(store.set("k", b"second", Some(CREATE_CAS)).unwrap(), SetOutcome::CasMismatch);
+        assert_eq!(store.get("k").unwrap().unwrap().0, b"first");
+    }
+
+    #[test]
     fn threads_incrementing_lose_no_update() {
         let store = MemoryStore::new();
-        incr(&store, "n").unwrap();
         std::thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {
@@ -142,7 +154,7 @@ mod tests {
                 });
             }
         });
-        assert_eq!(store.get("n").unwrap().unwrap().0, b"2001");
+        assert_eq!(store.get("n").unwrap().unwrap().0, b"2000", "including the racing creation of the key");
     }
 
     /// A store whose sets lose the race a given number of times first.

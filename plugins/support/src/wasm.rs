@@ -4,7 +4,32 @@
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, MetricType, Status};
 
+use crate::request::RequestView;
 use crate::store::{CasStore, SetOutcome, StoreError};
+
+/// Request headers read on demand, each at most once (one host call per header, bytes
+/// getter: values need not be UTF-8). Never copies the whole header map.
+#[derive(Default)]
+pub struct RequestHeaders {
+    cache: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl RequestView for RequestHeaders {
+    fn header(&mut self, name: &str) -> Option<Vec<u8>> {
+        if let Some((_, value)) = self.cache.iter().find(|(k, _)| k == name) {
+            return value.clone();
+        }
+        let value = hostcalls::get_map_value_bytes(proxy_wasm::types::MapType::HttpRequestHeaders, name).ok().flatten();
+        self.cache.push((name.to_string(), value.clone()));
+        value
+    }
+}
+
+/// The current time in nanoseconds since the Unix epoch, from the host.
+pub fn now_nanos() -> Option<u64> {
+    let now = hostcalls::get_current_time().ok()?;
+    now.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_nanos() as u64)
+}
 
 /// proxy-wasm shared data (per `vm_id`, shared by every worker VM).
 pub struct SharedData;

@@ -1,0 +1,189 @@
+//! The proxy-wasm adapter: selects the cluster for each request and names it in the
+//! cluster header (Envoy clears its route cache when a filter sets a request header, so a
+//! `cluster_header` route follows it); least_requests in-flight counts are released when
+//! the stream ends, however it ends.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use edgewise_support::breaker_state::{lookup, BreakerState};
+use edgewise_support::wasm::{install_panic_hook, now_nanos, Metric, RequestHeaders, SharedData};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+
+use crate::config::Config;
+use crate::{acquire_least, release_least, select, shared_cursor, Env, Reason};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(RouterRoot { shared: None }) });
+}}
+
+struct RouteMetrics {
+    requests: Vec<Metric>,
+    failovers: Metric,
+    overrides: Metric,
+}
+
+struct Shared {
+    config: Config,
+    metrics: Vec<RouteMetrics>,
+    /// Per-worker round-robin positions, one per route (reset by a config update).
+    cursors: RefCell<Vec<u64>>,
+    rng: RefCell<u64>,
+}
+
+struct RouterRoot {
+    shared: Option<Rc<Shared>>,
+}
+
+fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+impl Context for RouterRoot {}
+
+impl RootContext for RouterRoot {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        install_panic_hook("weighted_router", VERSION);
+        true
+    }
+
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(bytes) => bytes.unwrap_or_default(),
+            Err(status) => {
+                log(LogLevel::Error, &format!("weighted_router: cannot read the plugin configuration: {status:?}"));
+                return false;
+            }
+        };
+        match Config::from_json(&bytes) {
+            Ok(config) => {
+                let metrics = config
+                    .routes
+                    .iter()
+                    .map(|r| RouteMetrics {
+                        requests: r.targets.iter().map(|t| Metric::counter(&t.metric_requests)).collect(),
+                        failovers: Metric::counter(&r.metric_failovers),
+                        overrides: Metric::counter(&r.metric_overrides),
+                    })
+                    .collect();
+                let seed = now_nanos().unwrap_or(0x5eed) | 1;
+                log(LogLevel::Info, &format!("weighted_router {VERSION}: {} route(s)", config.routes.len()));
+                let routes = config.routes.len();
+                self.shared = Some(Rc::new(Shared { config, metrics, cursors: RefCell::new(vec![0; routes]), rng: RefCell::new(seed) }));
+                true
+            }
+            Err(error) => {
+                log(LogLevel::Error, &format!("weighted_router: {error}"));
+                false
+            }
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(RouterStream { shared: self.shared.clone(), in_flight: None }))
+    }
+}
+
+struct RouterStream {
+    shared: Option<Rc<Shared>>,
+    /// (route, target) counted in flight by least_requests, released at stream end.
+    in_flight: Option<(usize, usize)>,
+}
+
+impl Context for RouterStream {
+    fn on_done(&mut self) -> bool {
+        if let (Some(shared), Some((route, target))) = (&self.shared, self.in_flight.take()) {
+            release_least(&SharedData, &shared.config.routes[route], target);
+        }
+        true
+    }
+}
+
+impl HttpContext for RouterStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else { return Action::Continue };
+        let config = &shared.config;
+        let now = now_nanos().unwrap_or(0);
+        let mut request = RequestHeaders::default();
+        let mut acquired: Option<(String, usize)> = None;
+        let mut client_ip = || {
+            let peer = hostcalls::get_property(vec!["source", "address"]).ok().flatten()?;
+            let text = String::from_utf8(peer).ok()?;
+            let ip = text.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or(text);
+            Some(ip.into_bytes())
+        };
+        let mut cursor = |route: &crate::config::Route| -> u64 {
+            let index = config.routes.iter().position(|r| r.name == route.name).unwrap_or(0);
+            if route.shared_cursor {
+                if let Some(n) = shared_cursor(&SharedData, route) {
+                    return n;
+                }
+            }
+            let mut cursors = shared.cursors.borrow_mut();
+            let n = cursors.get(index).copied().unwrap_or(0);
+            if let Some(c) = cursors.get_mut(index) {
+                *c = n.wrapping_add(1);
+            }
+            n
+        };
+        let mut random = || {
+            let mut x = *shared.rng.borrow();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *shared.rng.borrow_mut() = x;
+            x
+        };
+        // Open and not yet due for probing: skip. Half-open targets keep their share, so the
+        // breaker's probes can reach them and close it.
+        let mut is_open = |cluster: &str| {
+            lookup(&SharedData, cluster.as_bytes(), config.breaker_slots, now)
+                .is_some_and(|p| p.state == BreakerState::Open && now < p.open_until)
+        };
+        let mut least = |route: &crate::config::Route, allowed: &dyn Fn(usize) -> bool| {
+            let pick = acquire_least(&SharedData, route, allowed);
+            if let Some(target) = pick {
+                acquired = Some((route.name.clone(), target));
+            }
+            pick
+        };
+        let selection = {
+            let mut env = Env { client_ip: &mut client_ip, cursor: &mut cursor, random: &mut random, is_open: &mut is_open, acquire_least: &mut least };
+            select(config, &mut request, &mut env)
+        };
+        match selection {
+            Some(selection) => {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &config.cluster_header, Some(&selection.cluster));
+                let metrics = &shared.metrics[selection.route];
+                if let Some(target) = selection.target {
+                    if let Some(m) = metrics.requests.get(target) {
+                        m.increment(1);
+                    }
+                }
+                match selection.reason {
+                    Reason::Failover => metrics.failovers.increment(1),
+                    Reason::Override => metrics.overrides.increment(1),
+                    Reason::Picked | Reason::HashKeyMissing => {}
+                }
+                if let Some((route_name, target)) = acquired {
+                    let route = config.routes.iter().position(|r| r.name == route_name).unwrap_or(selection.route);
+                    self.in_flight = Some((route, target));
+                }
+            }
+            None => {
+                // No route of ours: a client must not pick a cluster by sending the header.
+                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, &config.cluster_header);
+            }
+        }
+        Action::Continue
+    }
+}
