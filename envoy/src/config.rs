@@ -37,12 +37,24 @@ pub struct Route {
     pub prefix: String,
     pub cluster: String,
     pub cluster_header: Option<String>,
+    /// Envoy's native weighted_clusters (cluster, weight) instead of one cluster.
+    pub weighted: Vec<(String, u32)>,
     pub timeout_ms: u64,
 }
 
 impl Route {
     pub fn to_cluster(name: &str, prefix: &str, cluster: &str) -> Route {
-        Route { name: name.into(), prefix: prefix.into(), cluster: cluster.into(), cluster_header: None, timeout_ms: 15_000 }
+        Route { name: name.into(), prefix: prefix.into(), cluster: cluster.into(), cluster_header: None, weighted: Vec::new(), timeout_ms: 15_000 }
+    }
+
+    /// A route to the cluster named by a request header (set by the weighted router).
+    pub fn by_header(name: &str, prefix: &str, header: &str) -> Route {
+        Route { cluster_header: Some(header.into()), ..Route::to_cluster(name, prefix, "") }
+    }
+
+    /// A route using Envoy's native weighted_clusters.
+    pub fn native_weighted(name: &str, prefix: &str, clusters: &[(&str, u32)]) -> Route {
+        Route { weighted: clusters.iter().map(|(c, w)| (c.to_string(), *w)).collect(), ..Route::to_cluster(name, prefix, "") }
     }
 }
 
@@ -77,6 +89,12 @@ impl EnvoyConfig {
         if let Some(route) = self.routes.last_mut() {
             route.name = name.into();
         }
+        self
+    }
+
+    /// Replaces the routes (first match wins).
+    pub fn routes(mut self, routes: Vec<Route>) -> Self {
+        self.routes = routes;
         self
     }
 
@@ -118,9 +136,14 @@ impl EnvoyConfig {
             .iter()
             .map(|r| {
                 let mut action = json!({ "timeout": format!("{}s", r.timeout_ms as f64 / 1000.0) });
-                match &r.cluster_header {
-                    Some(header) => action["cluster_header"] = json!(header),
-                    None => action["cluster"] = json!(r.cluster),
+                if !r.weighted.is_empty() {
+                    let clusters: Vec<Value> = r.weighted.iter().map(|(c, w)| json!({ "name": c, "weight": w })).collect();
+                    action["weighted_clusters"] = json!({ "clusters": clusters });
+                } else {
+                    match &r.cluster_header {
+                        Some(header) => action["cluster_header"] = json!(header),
+                        None => action["cluster"] = json!(r.cluster),
+                    }
                 }
                 json!({ "name": r.name, "match": { "prefix": r.prefix }, "route": action })
             })
