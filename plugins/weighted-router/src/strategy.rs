@@ -101,22 +101,52 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+const LN_TABLE_BITS: u32 = 12;
+
+/// ln(1 + k/4096) for k in 0..=4096, built once per VM.
+fn ln_table() -> &'static [f64] {
+    static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| (0..=(1u32 << LN_TABLE_BITS)).map(|k| (1.0 + k as f64 / (1u32 << LN_TABLE_BITS) as f64).ln()).collect())
+}
+
+/// −ln(u) for u in (0, 1): exponent × ln 2 plus ln of the mantissa, linearly interpolated
+/// in a 4096-step table (absolute error < 10⁻⁸, no division). Strictly monotonic, which is
+/// what rendezvous hashing's stability needs; the accuracy keeps weights honoured.
+fn neg_ln(u: f64) -> f64 {
+    neg_ln_with(ln_table(), u)
+}
+
+fn neg_ln_with(table: &[f64], u: f64) -> f64 {
+    let bits = u.to_bits();
+    let exponent = ((bits >> 52) & 0x7ff) as i64 - 1023;
+    let mantissa = bits & 0x000f_ffff_ffff_ffff;
+    let index = (mantissa >> (52 - LN_TABLE_BITS)) as usize;
+    let fraction = (mantissa & ((1u64 << (52 - LN_TABLE_BITS)) - 1)) as f64 * (1.0 / (1u64 << (52 - LN_TABLE_BITS)) as f64);
+    let (low, high) = match (table.get(index), table.get(index + 1)) {
+        (Some(low), Some(high)) => (*low, *high),
+        _ => return -u.ln(),
+    };
+    -(exponent as f64 * std::f64::consts::LN_2 + low + (high - low) * fraction)
+}
+
 /// Weighted rendezvous hashing: each target scores w / −ln(u), u uniform in (0, 1) from
 /// hash(target, key); the highest score wins. Raising one target's weight only raises its
 /// own scores, so keys move only towards it; removing a target moves only its keys.
 pub fn rendezvous(weights: &[u32], target_seeds: &[u64], key_hash: u64, available: impl Fn(usize) -> bool) -> Option<usize> {
-    let mut best: Option<(usize, f64)> = None;
+    // Best so far as (index, weight, −ln u); compare w_i / l_i > w_b / l_b as w_i·l_b > w_b·l_i.
+    let table = ln_table();
+    let mut best: Option<(usize, f64, f64)> = None;
     for (i, (w, seed)) in weights.iter().zip(target_seeds).enumerate() {
         if *w == 0 || !available(i) {
             continue;
         }
-        let u = ((mix(seed ^ key_hash) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let score = *w as f64 / -u.ln();
-        if best.is_none_or(|(_, s)| score > s) {
-            best = Some((i, score));
+        let u = ((mix(seed ^ key_hash) >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64);
+        let (weight, l) = (*w as f64, neg_ln_with(table, u));
+        if best.is_none_or(|(_, wb, lb)| weight * lb > wb * l) {
+            best = Some((i, weight, l));
         }
     }
-    best.map(|(i, _)| i)
+    best.map(|(i, _, _)| i)
 }
 
 /// The available target with the fewest in-flight requests relative to its weight:
@@ -168,6 +198,31 @@ mod tests {
         assert_eq!(counts[1], 0);
         assert_eq!(counts[0] + counts[2], 10);
         assert!(t.next_available(0, |_| false).is_none());
+    }
+
+    #[test]
+    fn the_fast_logarithm_is_accurate_and_monotonic() {
+        let mut previous = f64::INFINITY;
+        for i in 1..100_000u64 {
+            let u = i as f64 / 100_000.0;
+            let approx = neg_ln(u);
+            assert!((approx + u.ln()).abs() < 1e-8, "{u}: {approx} vs {}", -u.ln());
+            assert!(approx < previous, "strictly decreasing in u at {u}");
+            previous = approx;
+        }
+    }
+
+    #[test]
+    fn hashing_honours_weights() {
+        let weights = [70, 20, 10];
+        let seeds = [mix(1), mix(2), mix(3)];
+        let mut counts = [0u32; 3];
+        for key in 0..100_000u64 {
+            counts[rendezvous(&weights, &seeds, mix(key ^ 0xabc), |_| true).unwrap()] += 1;
+        }
+        for (c, w) in counts.iter().zip(weights) {
+            assert!((*c as f64 / 1000.0 - w as f64).abs() < 1.0, "{counts:?}");
+        }
     }
 
     #[test]
