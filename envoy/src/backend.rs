@@ -17,24 +17,29 @@ pub struct Backend {
     pub name: String,
 }
 
-/// Path of the backend binary, building it once per process if needed.
+/// Path of the backend binary (debug build), building it once per process if needed.
 pub fn backend_binary() -> Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .current_dir(crate::workspace_root())
-                .args(["build", "--quiet", "-p", "edgewise-backend"])
-                .status()
-                .map_err(|e| format!("cannot run cargo: {e}"))?;
-            if !status.success() {
-                return Err("building edgewise-backend failed".into());
-            }
-            Ok(crate::target_dir().join("debug").join("edgewise-backend"))
-        })
-        .clone()
-        .map_err(|e| anyhow!(e))
+    BUILT.get_or_init(|| build_backend(false)).clone().map_err(|e| anyhow!(e))
+}
+
+/// Path of the optimized backend binary, for benchmarks.
+pub fn release_backend_binary() -> Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT.get_or_init(|| build_backend(true)).clone().map_err(|e| anyhow!(e))
+}
+
+fn build_backend(release: bool) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut args = vec!["build", "--quiet", "-p", "edgewise-backend"];
+    if release {
+        args.push("--release");
+    }
+    let status = Command::new(cargo).current_dir(crate::workspace_root()).args(&args).status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("building edgewise-backend failed".into());
+    }
+    Ok(crate::target_dir().join(if release { "release" } else { "debug" }).join("edgewise-backend"))
 }
 
 impl Backend {
@@ -44,7 +49,18 @@ impl Backend {
     }
 
     pub fn start_on(name: &str, listen: &str) -> Result<Backend> {
-        let mut child = Command::new(backend_binary()?)
+        Backend::spawn(Command::new(backend_binary()?), name, listen)
+    }
+
+    /// The optimized backend pinned to `cpu`, for benchmarks.
+    pub fn start_for_benchmark(name: &str, cpu: u32) -> Result<Backend> {
+        let mut command = Command::new("taskset");
+        command.args(["-c", &cpu.to_string()]).arg(release_backend_binary()?);
+        Backend::spawn(command, name, "127.0.0.1:0")
+    }
+
+    fn spawn(mut command: Command, name: &str, listen: &str) -> Result<Backend> {
+        let mut child = command
             .args(["--name", name, "--listen", listen])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -39,17 +39,24 @@ pub struct Route {
     pub cluster_header: Option<String>,
     /// Envoy's native weighted_clusters (cluster, weight) instead of one cluster.
     pub weighted: Vec<(String, u32)>,
+    /// Answer directly with (status, body): no upstream at all.
+    pub direct_response: Option<(u16, String)>,
     pub timeout_ms: u64,
 }
 
 impl Route {
     pub fn to_cluster(name: &str, prefix: &str, cluster: &str) -> Route {
-        Route { name: name.into(), prefix: prefix.into(), cluster: cluster.into(), cluster_header: None, weighted: Vec::new(), timeout_ms: 15_000 }
+        Route { name: name.into(), prefix: prefix.into(), cluster: cluster.into(), cluster_header: None, weighted: Vec::new(), direct_response: None, timeout_ms: 15_000 }
     }
 
     /// A route to the cluster named by a request header (set by the weighted router).
     pub fn by_header(name: &str, prefix: &str, header: &str) -> Route {
         Route { cluster_header: Some(header.into()), ..Route::to_cluster(name, prefix, "") }
+    }
+
+    /// A route Envoy answers itself (`direct_response`).
+    pub fn direct(name: &str, prefix: &str, status: u16, body: &str) -> Route {
+        Route { direct_response: Some((status, body.into())), ..Route::to_cluster(name, prefix, "") }
     }
 
     /// A route using Envoy's native weighted_clusters.
@@ -66,6 +73,8 @@ pub struct EnvoyConfig {
     pub clusters: Vec<(String, Vec<SocketAddr>)>,
     /// Extra native HTTP filters (JSON objects) placed before the wasm filters.
     pub native_filters: Vec<Value>,
+    /// Pin Envoy to this CPU (taskset), for benchmarks.
+    pub pin_cpu: Option<u32>,
 }
 
 impl EnvoyConfig {
@@ -77,7 +86,14 @@ impl EnvoyConfig {
             routes: vec![Route::to_cluster("default-route", "/", "backend")],
             clusters: vec![("backend".into(), vec![backend])],
             native_filters: Vec::new(),
+            pin_cpu: None,
         }
+    }
+
+    /// Adds a native HTTP filter (its JSON) before the wasm filters.
+    pub fn native_filter(mut self, filter: Value) -> Self {
+        self.native_filters.push(filter);
+        self
     }
 
     pub fn filter(mut self, filter: WasmFilter) -> Self {
@@ -144,6 +160,9 @@ impl EnvoyConfig {
                         Some(header) => action["cluster_header"] = json!(header),
                         None => action["cluster"] = json!(r.cluster),
                     }
+                }
+                if let Some((status, body)) = &r.direct_response {
+                    return json!({ "name": r.name, "match": { "prefix": r.prefix }, "direct_response": { "status": status, "body": { "inline_string": body } } });
                 }
                 json!({ "name": r.name, "match": { "prefix": r.prefix }, "route": action })
             })

@@ -73,7 +73,15 @@ impl Envoy {
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config.to_json())?)?;
         let log_path = dir.join("envoy.log");
         let admin_path = dir.join("admin-address");
-        let child = Command::new(envoy)
+        let mut command = match config.pin_cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string()]).arg(envoy);
+                c
+            }
+            None => Command::new(envoy),
+        };
+        let child = command
             .arg("-c")
             .arg(&config_path)
             .args(["--concurrency", &config.workers.to_string(), "--disable-hot-restart", "-l", "info"])

@@ -5,7 +5,10 @@
 //!   test    setup + build + every test layer (unit/property, host-tests, Envoy)
 //!   envoy   run Envoy (2 workers) with one of our filters in front of a backend
 //!   demo    build, start backend + Envoy with a filter, show requests going through
-//!   bench   criterion benchmarks of the cores
+//!   bench   load benchmark against real Envoy (BENCHMARKS.md); `bench criterion` for the
+//!           cores' criterion benchmarks; `bench quick` for a short load run
+
+mod bench;
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -22,9 +25,13 @@ fn main() -> ExitCode {
         "test" => test(),
         "envoy" => run_envoy(args.get(1).map(String::as_str).unwrap_or("probe"), args.get(2).map(String::as_str).unwrap_or("")),
         "demo" => demo(),
-        "bench" => cargo(&["bench", "-p", "edgewise-support"]),
+        "bench" => match args.get(1).map(String::as_str) {
+            Some("criterion") => cargo(&["bench", "--workspace", "--exclude", "xtask", "--exclude", "host-tests", "--exclude", "envoy-harness", "--exclude", "edgewise-backend"]),
+            Some("quick") => bench::run(2, 1),
+            _ => bench::run(5, 3),
+        },
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|demo|bench>");
+            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|demo|bench [criterion|quick]>");
             return ExitCode::from(2);
         }
     };

@@ -235,8 +235,12 @@ impl HttpContext for BreakerStream {
             .flatten()
             .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u16>().ok()))
             .filter(|code| (100..=599).contains(code));
-        let details = hostcalls::get_property(vec!["response", "code_details"]).ok().flatten();
         let params = shared.config.params(&identity);
+        // Envoy's response details only matter for a 5xx the status list does not already
+        // count: read them (one host call) only then.
+        let needs_details = params.local_failures
+            && status.is_some_and(|code| code >= 500 && !params.failure_statuses.iter().any(|(low, high)| (*low..=*high).contains(&code)));
+        let details = if needs_details { hostcalls::get_property(vec!["response", "code_details"]).ok().flatten() } else { None };
         let outcome = crate::classify(params, status, details.as_deref(), now.saturating_sub(self.started));
         match table::record(&SharedData, identity.as_bytes(), shared.config.slots, params, outcome, self.probe, now) {
             Ok(Some(transition)) => report(&shared, &identity, transition),

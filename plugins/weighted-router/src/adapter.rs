@@ -112,7 +112,8 @@ impl HttpContext for RouterStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else { return Action::Continue };
         let config = &shared.config;
-        let now = now_nanos().unwrap_or(0);
+        // The clock is read only if a failover route asks about a breaker.
+        let mut now: Option<u64> = None;
         let mut request = RequestHeaders::default();
         let mut acquired: Option<(String, usize)> = None;
         let mut client_ip = || {
@@ -146,6 +147,7 @@ impl HttpContext for RouterStream {
         // Open and not yet due for probing: skip. Half-open targets keep their share, so the
         // breaker's probes can reach them and close it.
         let mut is_open = |cluster: &str| {
+            let now = *now.get_or_insert_with(|| now_nanos().unwrap_or(0));
             lookup(&SharedData, cluster.as_bytes(), config.breaker_slots, now)
                 .is_some_and(|p| p.state == BreakerState::Open && now < p.open_until)
         };
