@@ -89,6 +89,15 @@ fn scenarios(backend: std::net::SocketAddr) -> Vec<Scenario> {
             expect: 200,
         },
         Scenario {
+            name: "weighted_router (WRR, shared cursor)",
+            group: "weighted routing",
+            config: three_clusters(
+                base().routes(vec![Route::by_header("ours", "/", "x-route-cluster")]).filter(wasm("weighted_router", &router.replace(r#""name":"api","#, r#""name":"api","shared_cursor":true,"#))),
+            ),
+            path: "/status/200",
+            expect: 200,
+        },
+        Scenario {
             name: "native weighted_clusters",
             group: "weighted routing",
             config: three_clusters(base().routes(vec![Route::native_weighted("native", "/", &[("api-v1", 70), ("api-v2", 20), ("api-v3", 10)])])),
