@@ -1,0 +1,9 @@
+//! The RFC 9111 shared-cache core of Edgewise's response cache: header parsing, whether a
+//! response may be stored, how long it stays fresh and how old it is. Pure functions over
+//! header values and `now`; the storage, coalescing and proxy-wasm adapter build on these.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod cache_control;
+pub mod freshness;
+pub mod http_date;
+pub mod storable;
