@@ -4,6 +4,9 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod cache_control;
+pub mod conditional;
 pub mod freshness;
 pub mod http_date;
+pub mod key;
+pub mod status;
 pub mod storable;
