@@ -9,4 +9,5 @@ pub mod freshness;
 pub mod http_date;
 pub mod key;
 pub mod status;
+pub mod storage;
 pub mod storable;
