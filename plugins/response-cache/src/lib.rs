@@ -3,11 +3,17 @@
 //! header values and `now`; the storage, coalescing and proxy-wasm adapter build on these.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod cache;
 pub mod cache_control;
 pub mod conditional;
+pub mod config;
+pub mod entry;
 pub mod freshness;
 pub mod http_date;
 pub mod key;
 pub mod status;
 pub mod storage;
+
+#[cfg(target_arch = "wasm32")]
+mod adapter;
 pub mod storable;

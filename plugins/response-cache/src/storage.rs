@@ -123,7 +123,7 @@ pub fn lookup(store: &impl CasStore, layout: &Layout, key_hash: u64) -> Option<(
 }
 
 /// Records a hit (for LRU / LFU). Best effort: a lost race only loses one count.
-pub fn touch(store: &impl CasStore, slot: u64, key_hash: u64, now: u64) {
+pub fn touch(store: &impl CasStore, _layout: &Layout, slot: u64, key_hash: u64, now: u64) {
     let (mut meta, cas) = read_meta(store, slot);
     if meta.state == 2 && meta.key_hash == key_hash {
         meta.last_access = now;
@@ -292,7 +292,7 @@ mod tests {
             // Key 1 (the oldest) is used a lot and recently.
             for t in 10..20 {
                 let (slot, _, _) = lookup(&store, &l, 1001).unwrap();
-                touch(&store, slot, 1001, t);
+                touch(&store, &l, slot, 1001, t);
             }
         }
         insert(&store, &l, 6001, &[0u8; 100], 30, &mut r);

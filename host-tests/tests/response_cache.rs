@@ -1,0 +1,190 @@
+//! response_cache.wasm in our host: several VMs of one world on the virtual clock.
+
+use std::time::Duration;
+
+use proxy_host::{load_module, Action, FailureKind, Headers, PluginOptions, Stream, Vm, World};
+
+fn start(world: &World, config: &str, workers: usize) -> Vec<Vm> {
+    let options = PluginOptions::new().vm_id("edgewise").plugin_name("response_cache").configuration(config);
+    world.start_vms(&load_module("response_cache"), &options, workers).unwrap_or_else(|f| panic!("{f}"))
+}
+
+fn get(vm: &Vm, method: &str, path: &str, extra: &[(&str, &str)]) -> Stream {
+    let mut h = Headers::from([(":method", method), (":path", path), (":authority", "shop.example.com")]);
+    for (k, v) in extra {
+        h.add(k, v);
+    }
+    let mut s = vm.stream();
+    s.send_request_headers(h, true);
+    s
+}
+
+/// A request the origin answers (if it reaches it) with `headers` and `body`; returns the
+/// stream and whether the origin saw it.
+fn exchange(vm: &Vm, path: &str, req: &[(&str, &str)], resp: &[(&str, &str)], body: &[u8]) -> (Stream, bool) {
+    let mut s = get(vm, "GET", path, req);
+    let forwarded = s.upstream_request().is_some();
+    if forwarded {
+        s.respond(200, resp, body);
+    }
+    (s, forwarded)
+}
+
+fn header(s: &Stream, name: &str) -> Option<String> {
+    s.response().and_then(|r| r.header(name))
+}
+
+const CACHEABLE: &[(&str, &str)] = &[("cache-control", "max-age=60"), ("content-type", "text/html"), ("etag", "\"v1\"")];
+
+#[test]
+fn a_miss_is_stored_and_then_served_without_the_origin_on_any_worker() {
+    let world = World::new();
+    let vms = start(&world, "{}", 2);
+    let (first, forwarded) = exchange(&vms[0], "/p", &[], CACHEABLE, b"hello");
+    assert!(forwarded);
+    assert_eq!(header(&first, "cache-status").as_deref(), Some("edgewise; fwd=miss; stored"));
+    for vm in &vms {
+        let (hit, forwarded) = exchange(vm, "/p", &[], CACHEABLE, b"other");
+        assert!(!forwarded, "a fresh hit never contacts the origin");
+        let r = hit.response().unwrap();
+        assert_eq!((r.status(), r.body_text()), (Some(200), "hello".to_string()));
+        assert_eq!(r.header("content-type").as_deref(), Some("text/html"), "one content-type, the stored one");
+        assert_eq!(r.header("etag").as_deref(), Some("\"v1\""));
+        assert_eq!(r.header("age").as_deref(), Some("0"));
+        assert_eq!(r.header("cache-status").as_deref(), Some("edgewise; hit; ttl=60"));
+    }
+    assert_eq!(world.metric("edgewise.response_cache.hits"), Some(2));
+    assert_eq!(world.metric("edgewise.response_cache.stored"), Some(1));
+}
+
+#[test]
+fn age_grows_and_a_stale_entry_goes_back_to_the_origin() {
+    let world = World::new();
+    let vms = start(&world, "{}", 1);
+    exchange(&vms[0], "/p", &[], CACHEABLE, b"v1");
+    world.advance(Duration::from_secs(30)).unwrap();
+    let (hit, _) = exchange(&vms[0], "/p", &[], CACHEABLE, b"v2");
+    assert_eq!(header(&hit, "age").as_deref(), Some("30"));
+    world.advance(Duration::from_secs(30)).unwrap();
+    let (stale, forwarded) = exchange(&vms[0], "/p", &[], CACHEABLE, b"v2");
+    assert!(forwarded, "60 s old: stale");
+    assert_eq!(header(&stale, "cache-status").as_deref(), Some("edgewise; fwd=stale; stored"));
+    assert_eq!(exchange(&vms[0], "/p", &[], CACHEABLE, b"v3").0.response().unwrap().body_text(), "v2", "refreshed entry");
+}
+
+#[test]
+fn what_a_shared_cache_must_not_store() {
+    let world = World::new();
+    let vms = start(&world, "{}", 1);
+    let cases: &[(&[(&str, &str)], &[(&str, &str)])] = &[
+        (&[], &[("cache-control", "no-store")]),
+        (&[], &[("cache-control", "private, max-age=60")]),
+        (&[], &[("cache-control", "max-age=60"), ("set-cookie", "session=abc")]),
+        (&[("authorization", "Bearer t")], &[("cache-control", "max-age=60")]),
+        (&[], &[("cache-control", "max-age=60"), ("vary", "*")]),
+        (&[("cache-control", "no-store")], &[("cache-control", "max-age=60")]),
+    ];
+    for (i, (req, resp)) in cases.iter().enumerate() {
+        let path = format!("/private/{i}");
+        let (first, _) = exchange(&vms[0], &path, req, resp, b"secret");
+        assert_eq!(header(&first, "cache-status").as_deref(), Some("edgewise; fwd=miss"), "case {i}");
+        let (_, forwarded) = exchange(&vms[0], &path, &[], resp, b"secret");
+        assert!(forwarded, "case {i} must not be served from cache");
+    }
+}
+
+#[test]
+fn vary_makes_variants_match_only_their_request() {
+    let world = World::new();
+    let vms = start(&world, "{}", 1);
+    let resp = &[("cache-control", "max-age=60"), ("vary", "accept-encoding")];
+    exchange(&vms[0], "/v", &[("accept-encoding", "gzip")], resp, b"gz");
+    assert!(!exchange(&vms[0], "/v", &[("accept-encoding", "gzip")], resp, b"x").1);
+    assert!(exchange(&vms[0], "/v", &[("accept-encoding", "br")], resp, b"br").1, "another encoding is a miss");
+}
+
+#[test]
+fn head_conditionals_and_only_if_cached() {
+    let world = World::new();
+    let vms = start(&world, "{}", 1);
+    exchange(&vms[0], "/c", &[], CACHEABLE, b"body");
+    let head = get(&vms[0], "HEAD", "/c", &[]);
+    let r = head.response().unwrap();
+    assert_eq!((r.status(), r.body_text()), (Some(200), String::new()), "HEAD answered from the GET entry");
+    let not_modified = get(&vms[0], "GET", "/c", &[("if-none-match", "W/\"v1\"")]);
+    assert_eq!(not_modified.response().unwrap().status(), Some(304));
+    let changed = get(&vms[0], "GET", "/c", &[("if-none-match", "\"v0\"")]);
+    assert_eq!(changed.response().unwrap().status(), Some(200));
+    let absent = get(&vms[0], "GET", "/never", &[("cache-control", "only-if-cached")]);
+    assert_eq!(absent.response().unwrap().status(), Some(504));
+    assert!(absent.upstream_request().is_none());
+    let no_cache = get(&vms[0], "GET", "/c", &[("cache-control", "no-cache")]);
+    assert!(no_cache.upstream_request().is_some(), "request no-cache goes to the origin");
+}
+
+#[test]
+fn an_unsafe_method_invalidates_the_uri() {
+    let world = World::new();
+    let vms = start(&world, "{}", 1);
+    exchange(&vms[0], "/item", &[], CACHEABLE, b"old");
+    let mut post = get(&vms[0], "POST", "/item", &[]);
+    post.respond(204, &[], b"");
+    assert_eq!(world.metric("edgewise.response_cache.invalidated"), Some(1));
+    assert!(exchange(&vms[0], "/item", &[], CACHEABLE, b"new").1, "gone from the cache");
+}
+
+#[test]
+fn memory_stays_within_the_byte_budget_and_key_set() {
+    let world = World::new();
+    let vms = start(&world, r#"{"max_bytes":4096,"max_entry_bytes":1024,"max_entries":16}"#, 2);
+    for i in 0..300 {
+        exchange(&vms[i % 2], &format!("/many/{i}"), &[], CACHEABLE, &[b'x'; 300]);
+    }
+    let (keys, bytes) = world.shared_data_footprint("edgewise");
+    assert!(keys <= 2 * 16 + 1, "{keys} keys");
+    assert!(bytes <= 4096 + 16 * 40 + 1024, "{bytes} bytes");
+    assert!(world.metric("edgewise.response_cache.evicted").unwrap_or(0) > 0);
+    let (big, _) = exchange(&vms[0], "/big", &[], CACHEABLE, &[b'x'; 2000]);
+    assert_eq!(big.response().unwrap().body.len(), 2000, "passed through untouched");
+    assert!(exchange(&vms[0], "/big", &[], CACHEABLE, b"").1, "but not stored");
+}
+
+#[test]
+fn invalid_configurations_are_refused_naming_the_field() {
+    let cases: &[(&str, &str)] = &[
+        (r#"{"eviction":"random"}"#, "eviction"),
+        (r#"{"max_bytes":2000,"max_entry_bytes":4000}"#, "max_entry_bytes"),
+        (r#"{"max_bytes":10}"#, "max_bytes"),
+        (r#"{"max_entries":1}"#, "max_entries"),
+        (r#"{"default_ttl":"forever"}"#, "default_ttl"),
+        (r#"{"cache_status":"my cache"}"#, "cache_status"),
+        (r#"{"key":{"headers":["bad header"]}}"#, "key.headers[0]"),
+        (r#"{"key":{"include":true}}"#, "include"),
+        (r#"{"purge":{"method":"PURGE"}}"#, "purge"),
+        (r#"{"coalesce":{"enabled":true}}"#, "coalesce"),
+        (r#"{"stale_while_revalidate":"10s"}"#, "stale_while_revalidate"),
+        (r#"{"ttl":"1s"}"#, "ttl"),
+    ];
+    for (config, field) in cases {
+        let world = World::new();
+        let failure = world
+            .start_vm(&load_module("response_cache"), &PluginOptions::new().configuration(config))
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {config}"));
+        assert_eq!(failure.kind, FailureKind::Rejected, "{config}");
+        let logged = world.logs_containing("response_cache: invalid configuration");
+        assert!(logged.iter().any(|l| l.message.contains(&format!("at `{field}`"))), "{config}: expected {field}, logged {logged:?}");
+    }
+}
+
+#[test]
+fn hits_reply_with_pause_and_misses_continue() {
+    let world = World::new();
+    let vms = start(&world, "{}", 1);
+    let mut s = vms[0].stream();
+    let action = s.send_request_headers(Headers::from([(":method", "GET"), (":path", "/a"), (":authority", "h")]), true);
+    assert_eq!(action, Action::Continue);
+    s.respond(200, CACHEABLE, b"x");
+    let mut hit = vms[0].stream();
+    assert_eq!(hit.send_request_headers(Headers::from([(":method", "GET"), (":path", "/a"), (":authority", "h")]), true), Action::Pause);
+}

@@ -1,0 +1,107 @@
+//! The response cache's configuration: JSON shape (unknown fields rejected), validated.
+
+use edgewise_support::config::{parse_config, ConfigError};
+use edgewise_support::duration::parse_duration;
+use serde::Deserialize;
+
+use crate::freshness::Heuristic;
+use crate::key::KeyRules;
+use crate::storage::{Eviction, Layout};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub max_bytes: Option<u64>,
+    pub max_entry_bytes: Option<u64>,
+    pub max_entries: Option<u64>,
+    pub eviction: Option<String>,
+    pub key: Option<RawKey>,
+    pub default_ttl: Option<String>,
+    pub heuristic_freshness: Option<bool>,
+    pub cache_status: Option<String>,
+    pub cache_set_cookie: Option<bool>,
+    // Part of the configuration contract, not implemented yet: refused by name.
+    pub stale_while_revalidate: Option<serde_json::Value>,
+    pub stale_if_error: Option<serde_json::Value>,
+    pub coalesce: Option<serde_json::Value>,
+    pub purge: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub include_query: Option<bool>,
+    pub ignore_query_params: Option<Vec<String>>,
+    pub headers: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub layout: Layout,
+    pub key: KeyRules,
+    pub heuristic: Heuristic,
+    pub cache_status: String,
+    pub cache_set_cookie: bool,
+}
+
+fn err(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError::new(field, problem, fix)
+}
+
+impl Config {
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let raw: RawConfig = parse_config(bytes)?;
+        for (name, present) in [
+            ("stale_while_revalidate", raw.stale_while_revalidate.is_some()),
+            ("stale_if_error", raw.stale_if_error.is_some()),
+            ("coalesce", raw.coalesce.is_some()),
+            ("purge", raw.purge.is_some()),
+        ] {
+            if present {
+                return Err(err(name, "is not implemented yet in this version of response_cache", "remove it; see the README's status of the cache"));
+            }
+        }
+        let max_bytes = raw.max_bytes.unwrap_or(64 << 20);
+        if !(1024..=(1 << 34)).contains(&max_bytes) {
+            return Err(err("max_bytes", format!("{max_bytes} is out of range"), "use 1024 to 17179869184 (default 67108864)"));
+        }
+        let max_entry_bytes = raw.max_entry_bytes.unwrap_or(1 << 20);
+        if max_entry_bytes == 0 || max_entry_bytes > max_bytes {
+            return Err(err("max_entry_bytes", format!("{max_entry_bytes} must be between 1 and max_bytes ({max_bytes})"), "lower it or raise max_bytes (default 1048576)"));
+        }
+        let slots = raw.max_entries.unwrap_or(4096);
+        if !(8..=1_000_000).contains(&slots) {
+            return Err(err("max_entries", format!("{slots} is out of range"), "use 8 to 1000000 (default 4096)"));
+        }
+        let eviction = match raw.eviction.as_deref().unwrap_or("lru") {
+            "lru" => Eviction::Lru,
+            "lfu" => Eviction::Lfu,
+            "fifo" => Eviction::Fifo,
+            other => return Err(err("eviction", format!("{other:?} is not an eviction policy"), "use lru, lfu or fifo")),
+        };
+        let raw_key = raw.key.unwrap_or_default();
+        let mut headers = Vec::new();
+        for (i, h) in raw_key.headers.unwrap_or_default().iter().enumerate() {
+            if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(err(format!("key.headers[{i}]"), format!("{h:?} is not a header name"), "use names like \"x-device\""));
+            }
+            headers.push(h.to_ascii_lowercase());
+        }
+        let key = KeyRules { include_query: raw_key.include_query.unwrap_or(true), ignore_query_params: raw_key.ignore_query_params.unwrap_or_default(), headers };
+        let default_ttl = match &raw.default_ttl {
+            Some(text) => parse_duration("default_ttl", text)?.as_secs(),
+            None => 0,
+        };
+        let cache_status = raw.cache_status.unwrap_or_else(|| "edgewise".into());
+        if cache_status.is_empty() || !cache_status.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(err("cache_status", format!("{cache_status:?} is not a usable cache name"), "use letters, digits, - _ ."));
+        }
+        Ok(Config {
+            layout: Layout { slots, max_bytes, max_entry_bytes, eviction, sample: 16 },
+            key,
+            heuristic: Heuristic { enabled: raw.heuristic_freshness.unwrap_or(true), default_ttl, ..Heuristic::default() },
+            cache_status,
+            cache_set_cookie: raw.cache_set_cookie.unwrap_or(false),
+        })
+    }
+}

@@ -1,0 +1,132 @@
+//! A stored response as bytes: status, header pairs, the times §4.2.3 needs, the Vary
+//! fields and the request's values for them, then the body. Decoding never trusts input.
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The full primary key: a hash match alone never serves an entry.
+    pub key: Vec<u8>,
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub request_time: i64,
+    pub response_time: i64,
+    pub vary_fields: Vec<String>,
+    pub vary_values: Vec<Option<Vec<u8>>>,
+    pub body: Vec<u8>,
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let slice = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(slice)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
+    }
+    fn i64(&mut self) -> Option<i64> {
+        self.take(8).and_then(|b| b.try_into().ok()).map(i64::from_le_bytes)
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+impl Entry {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.body.len() + self.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>());
+        put_bytes(&mut out, &self.key);
+        out.extend_from_slice(&(self.status as u32).to_le_bytes());
+        out.extend_from_slice(&self.request_time.to_le_bytes());
+        out.extend_from_slice(&self.response_time.to_le_bytes());
+        out.extend_from_slice(&(self.headers.len() as u32).to_le_bytes());
+        for (k, v) in &self.headers {
+            put_bytes(&mut out, k.as_bytes());
+            put_bytes(&mut out, v);
+        }
+        out.extend_from_slice(&(self.vary_fields.len() as u32).to_le_bytes());
+        for (field, value) in self.vary_fields.iter().zip(&self.vary_values) {
+            put_bytes(&mut out, field.as_bytes());
+            match value {
+                Some(v) => {
+                    out.push(1);
+                    put_bytes(&mut out, v);
+                }
+                None => out.push(0),
+            }
+        }
+        put_bytes(&mut out, &self.body);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Entry> {
+        let mut r = Reader { bytes, at: 0 };
+        let key = r.bytes()?.to_vec();
+        let status = u16::try_from(r.u32()?).ok()?;
+        let request_time = r.i64()?;
+        let response_time = r.i64()?;
+        let n = r.u32()? as usize;
+        let mut headers = Vec::with_capacity(n.min(256));
+        for _ in 0..n {
+            let k = String::from_utf8(r.bytes()?.to_vec()).ok()?;
+            headers.push((k, r.bytes()?.to_vec()));
+        }
+        let n = r.u32()? as usize;
+        let (mut vary_fields, mut vary_values) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            vary_fields.push(String::from_utf8(r.bytes()?.to_vec()).ok()?);
+            vary_values.push(match r.take(1)?[0] {
+                1 => Some(r.bytes()?.to_vec()),
+                _ => None,
+            });
+        }
+        let body = r.bytes()?.to_vec();
+        (r.at == bytes.len()).then_some(Entry { key, status, headers, request_time, response_time, vary_fields, vary_values, body })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+    }
+
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trips() {
+        let e = Entry {
+            key: b"http://h/p".to_vec(),
+            status: 200,
+            headers: vec![("cache-control".into(), b"max-age=60".to_vec()), ("etag".into(), b"\"v1\"".to_vec())],
+            request_time: 10,
+            response_time: 11,
+            vary_fields: vec!["accept-encoding".into(), "x-absent".into()],
+            vary_values: vec![Some(b"gzip".to_vec()), None],
+            body: b"hello".to_vec(),
+        };
+        assert_eq!(Entry::decode(&e.encode()), Some(e));
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Entry::decode(&bytes);
+        }
+    }
+}
