@@ -105,6 +105,26 @@ fn scenarios(backend: std::net::SocketAddr) -> Vec<Scenario> {
             expect: 200,
         },
         Scenario {
+            name: "response_cache, every request a hit",
+            group: "caching",
+            config: base().filter(wasm("response_cache", "{}")),
+            path: "/cache/bench?cache_control=max-age%3D86400&body=ok",
+            expect: 200,
+        },
+        Scenario {
+            name: "native cache filter, every request a hit",
+            group: "caching",
+            config: base().native_filter(json!({
+                "name": "envoy.filters.http.cache",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
+                    "typed_config": { "@type": "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig" }
+                }
+            })),
+            path: "/cache/bench?cache_control=max-age%3D86400&body=ok",
+            expect: 200,
+        },
+        Scenario {
             name: "rate_limit + weighted_router + circuit_breaker",
             group: "chained",
             config: three_clusters(
@@ -215,6 +235,7 @@ pub fn run(seconds: u32, rounds: usize) -> Result<()> {
     // Memory at 2 workers for the floor and the full chain.
     let mut rss_two = Vec::new();
     for index in [0usize, 2, scenarios.len() - 1] {
+        // (plain proxy, do-nothing wasm, everything chained)
         let mut config = scenarios[index].config.clone();
         config.workers = 2;
         config.pin_cpu = None;
@@ -294,6 +315,7 @@ fn svg(scenarios: &[Scenario], medians: &[Sample]) -> String {
             "rate limiting" => "#3b7dd8",
             "circuit breaking" => "#d8793b",
             "weighted routing" => "#3bb07a",
+            "caching" => "#c9a227",
             _ => "#8a4fd8",
         };
         let w = width * m.rps / max;

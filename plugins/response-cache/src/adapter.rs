@@ -5,7 +5,7 @@
 use std::rc::Rc;
 
 use edgewise_support::metrics::metric_name;
-use edgewise_support::wasm::{install_panic_hook, now_nanos, Metric, RequestHeaders, SharedData};
+use edgewise_support::wasm::{install_panic_hook, now_nanos, Metric, SharedData};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
@@ -152,12 +152,17 @@ impl Context for CacheStream {}
 impl HttpContext for CacheStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else { return Action::Continue };
-        let mut request = RequestHeaders::default();
+        // The cache looks at many request headers: one map read beats a call per header.
+        let mut request: Vec<(String, Vec<u8>)> = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
         match on_request(&shared.config, &SharedData, &mut request, now_seconds()) {
             RequestDecision::Serve { status, headers, body } => {
                 shared.metrics.hits.increment(1);
-                self.served = Some(headers);
-                if hostcalls::send_http_response(status as u32, vec![], Some(&body)).is_err() {
+                // Stored fields go out with the reply; Envoy adds its own content-type to a
+                // local reply, so the stored one replaces it when the reply passes through.
+                let content_type = headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.clone());
+                let rest: Vec<(String, Vec<u8>)> = headers.into_iter().filter(|(k, _)| k != "content-type").collect();
+                self.served = Some(content_type.map(|v| vec![("content-type".to_string(), v)]).unwrap_or_default());
+                if hostcalls::send_http_response(status as u32, text_pairs(&rest), Some(&body)).is_err() {
                     return Action::Continue;
                 }
                 Action::Pause
@@ -182,12 +187,8 @@ impl HttpContext for CacheStream {
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else { return Action::Continue };
         if let Some(served) = self.served.take() {
-            // Our cached reply: give it the stored header fields (replacing Envoy's defaults).
-            for (name, _) in &served {
-                let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, name);
-            }
             for (name, value) in text_pairs(&served) {
-                let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+                let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
             }
             return Action::Continue;
         }

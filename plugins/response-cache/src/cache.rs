@@ -93,9 +93,9 @@ pub fn on_request(config: &Config, store: &impl CasStore, request: &mut impl Req
         return RequestDecision::Forward(Pending { invalidate: is_unsafe(&method), ..pending(Outcome::Bypass) });
     }
     let has_authorization = request.header("authorization").is_some();
-    let found = storage::lookup(store, &config.layout, key_hash).and_then(|(slot, _, bytes)| Entry::decode(&bytes).map(|e| (slot, e)));
+    let found = storage::lookup(store, &config.layout, key_hash).and_then(|found| Entry::decode(&found.entry).map(|e| (found, e)));
     let usable_entry = found.filter(|(_, e)| e.key == key && vary_matches(&e.vary_fields, &e.vary_values, &mut |name| request.header(name)));
-    let Some((slot, entry)) = usable_entry else {
+    let Some((found, entry)) = usable_entry else {
         if request_cc.only_if_cached {
             return RequestDecision::GatewayTimeout { headers: vec![("cache-status".into(), cache_status(&config.cache_status, Outcome::Miss, None, false, Some("only-if-cached")).into_bytes())] };
         }
@@ -110,7 +110,7 @@ pub fn on_request(config: &Config, store: &impl CasStore, request: &mut impl Req
         // Not yet: conditional revalidation; the origin's full response replaces the entry.
         return RequestDecision::Forward(Pending { has_authorization, ..pending(Outcome::Stale) });
     }
-    storage::touch(store, &config.layout, slot, key_hash, now as u64);
+    storage::touch(store, &config.layout, &found, now as u64);
     let age = current_age(&view, now);
     let ttl = lifetime(&view, &config.heuristic).seconds() as i64 - age as i64;
     let mut headers: Vec<(String, Vec<u8>)> = entry.headers.iter().filter(|(k, _)| k != "age" && k != "cache-status").cloned().collect();

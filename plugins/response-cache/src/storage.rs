@@ -110,26 +110,36 @@ fn add_bytes(store: &impl CasStore, delta: i64) {
     });
 }
 
-/// The ready entry for `key_hash`, with its slot and metadata.
-pub fn lookup(store: &impl CasStore, layout: &Layout, key_hash: u64) -> Option<(u64, Meta, Vec<u8>)> {
+/// A found entry: where it is, its metadata as read (with CAS, for `touch`), the bytes.
+pub struct Found {
+    pub slot: u64,
+    pub meta: Meta,
+    pub meta_cas: Option<u32>,
+    pub entry: Vec<u8>,
+}
+
+/// The ready entry for `key_hash`.
+pub fn lookup(store: &impl CasStore, layout: &Layout, key_hash: u64) -> Option<Found> {
     candidates(layout, key_hash).find_map(|slot| {
-        let (meta, _) = read_meta(store, slot);
+        let (meta, meta_cas) = read_meta(store, slot);
         if meta.state != 2 || meta.key_hash != key_hash {
             return None;
         }
         let (entry, _) = store.get(&entry_key(slot)).ok().flatten()?;
-        (entry.len() as u64 == meta.size).then_some((slot, meta, entry))
+        (entry.len() as u64 == meta.size).then_some(Found { slot, meta, meta_cas, entry })
     })
 }
 
-/// Records a hit (for LRU / LFU). Best effort: a lost race only loses one count.
-pub fn touch(store: &impl CasStore, _layout: &Layout, slot: u64, key_hash: u64, now: u64) {
-    let (mut meta, cas) = read_meta(store, slot);
-    if meta.state == 2 && meta.key_hash == key_hash {
-        meta.last_access = now;
-        meta.hits = meta.hits.saturating_add(1);
-        let _ = store.set(&meta_key(slot), &meta.encode(), cas);
+/// Records a hit for LRU / LFU with the metadata read by `lookup` (one write; FIFO needs
+/// none). Best effort: losing a race only loses one count.
+pub fn touch(store: &impl CasStore, layout: &Layout, found: &Found, now: u64) {
+    if layout.eviction == Eviction::Fifo {
+        return;
     }
+    let mut meta = found.meta;
+    meta.last_access = now;
+    meta.hits = meta.hits.saturating_add(1);
+    let _ = store.set(&meta_key(found.slot), &meta.encode(), found.meta_cas);
 }
 
 /// Empties a slot if it still holds what `expected` describes; returns the bytes freed.
@@ -259,9 +269,9 @@ mod tests {
         let store = MemoryStore::new();
         let l = layout(Eviction::Lru);
         assert_eq!(insert(&store, &l, 7, b"hello", 1, &mut rng()), Insert::Stored { evicted: 0 });
-        assert_eq!(lookup(&store, &l, 7).unwrap().2, b"hello");
+        assert_eq!(lookup(&store, &l, 7).unwrap().entry, b"hello");
         insert(&store, &l, 7, b"hello, world", 2, &mut rng());
-        assert_eq!(lookup(&store, &l, 7).unwrap().2, b"hello, world");
+        assert_eq!(lookup(&store, &l, 7).unwrap().entry, b"hello, world");
         assert_eq!(bytes_in_use(&store), 12, "replacing adjusts the byte count");
         assert!(remove(&store, &l, 7));
         assert!(lookup(&store, &l, 7).is_none());
@@ -291,8 +301,8 @@ mod tests {
         if touch_first {
             // Key 1 (the oldest) is used a lot and recently.
             for t in 10..20 {
-                let (slot, _, _) = lookup(&store, &l, 1001).unwrap();
-                touch(&store, &l, slot, 1001, t);
+                let found = lookup(&store, &l, 1001).unwrap();
+                touch(&store, &l, &found, t);
             }
         }
         insert(&store, &l, 6001, &[0u8; 100], 30, &mut r);
