@@ -137,7 +137,29 @@ fn demo() -> Result<()> {
     demo_rate_limit()?;
     demo_circuit_breaker()?;
     demo_weighted_router()?;
+    demo_response_cache()?;
     println!("\nDemo done. (Later issues grow this into the four-filter docker-compose cluster.)");
+    Ok(())
+}
+
+fn demo_response_cache() -> Result<()> {
+    step("response caching: the first request goes to the origin, the rest come from shared data");
+    let backend = Backend::start("origin")?;
+    let envoy = Envoy::start(&EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new("response_cache", wasm_path("response_cache"), "{}")))?;
+    let path = "/cache/article?cache_control=max-age%3D60&etag=v1&body=an+article";
+    for n in 1..=4 {
+        let r = envoy.get(path)?;
+        println!(
+            "  GET #{n}: {} {:?}  Cache-Status: {}  Age: {}  (origin has served {})",
+            r.status,
+            r.text(),
+            r.header("cache-status").unwrap_or("-"),
+            r.header("age").unwrap_or("-"),
+            backend.requests()?
+        );
+    }
+    let conditional = envoy.request("GET", path, &[("if-none-match", "\"v1\"")], b"")?;
+    println!("  GET with If-None-Match: \"v1\" -> {} from the cache (origin still at {})", conditional.status, backend.requests()?);
     Ok(())
 }
 
