@@ -247,24 +247,9 @@ fn cacheable(backend: &Backend, headers: &HeaderMap, path: &str, query: &str) ->
     respond(backend, 200, &out, body)
 }
 
-/// Parses an IMF-fixdate (RFC 9110 §5.6.7), e.g. "Sun, 06 Nov 1994 08:49:37 GMT", to seconds.
+/// An HTTP-date (RFC 9110 §5.6.7, all three formats) in seconds since the epoch.
 fn httpdate(text: &str) -> Option<i64> {
-    let parts: Vec<&str> = text.split_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts.as_slice() else { return None };
-    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let month = months.iter().position(|m| m == month)? as i64 + 1;
-    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
-    let hms: Vec<i64> = time.split(':').map(|p| p.parse().ok()).collect::<Option<Vec<_>>>()?;
-    let [h, m, s] = hms.as_slice() else { return None };
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + m * 60 + s)
+    response_cache::http_date::parse(text.as_bytes())
 }
 
 fn set_fault(backend: &Backend, body: &[u8]) -> Response<Body> {
@@ -305,6 +290,7 @@ mod tests {
     #[test]
     fn parses_imf_fixdate() {
         assert_eq!(httpdate("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(httpdate("Sunday, 06-Nov-94 08:49:37 GMT"), Some(784_111_777));
         assert_eq!(httpdate("garbage"), None);
     }
 
