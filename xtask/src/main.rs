@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         "envoy" => run_envoy(args.get(1).map(String::as_str).unwrap_or("probe"), args.get(2).map(String::as_str).unwrap_or("")),
         "demo" => demo(),
         "bench" => match args.get(1).map(String::as_str) {
-            Some("criterion") => cargo(&["bench", "--workspace", "--exclude", "xtask", "--exclude", "host-tests", "--exclude", "envoy-harness", "--exclude", "edgewise-backend"]),
+            Some("criterion") => cargo(&["bench", "--workspace", "--exclude", "xtask", "--exclude", "envoy-harness", "--exclude", "edgewise-backend", "--exclude", "probe", "--exclude", "noop"]),
             Some("quick") => bench::run(2, 1),
             _ => bench::run(5, 3),
         },
