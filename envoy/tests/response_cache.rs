@@ -57,3 +57,19 @@ fn unsafe_methods_invalidate_and_no_store_is_never_cached() {
     envoy.get(never).unwrap();
     assert_eq!(backend.requests().unwrap(), 5);
 }
+
+#[test]
+fn purge_removes_an_entry_on_every_worker() {
+    build();
+    let backend = Backend::start("origin").unwrap();
+    let config = r#"{"purge":{"token":"s3cret-purge-token"}}"#;
+    let envoy = Envoy::start(&EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new("response_cache", wasm_path("response_cache"), config))).unwrap();
+    envoy.get(PATH).unwrap();
+    envoy.get(PATH).unwrap();
+    assert_eq!(backend.requests().unwrap(), 1);
+    assert_eq!(envoy.request("PURGE", PATH, &[("x-purge-token", "wrong")], b"").unwrap().status, 403);
+    assert_eq!(envoy.request("PURGE", PATH, &[("x-purge-token", "s3cret-purge-token")], b"").unwrap().status, 200);
+    assert_eq!(backend.requests().unwrap(), 1, "purge requests never reach the origin");
+    envoy.get(PATH).unwrap();
+    assert_eq!(backend.requests().unwrap(), 2, "the next GET is a miss");
+}

@@ -160,7 +160,8 @@ fn invalid_configurations_are_refused_naming_the_field() {
         (r#"{"cache_status":"my cache"}"#, "cache_status"),
         (r#"{"key":{"headers":["bad header"]}}"#, "key.headers[0]"),
         (r#"{"key":{"include":true}}"#, "include"),
-        (r#"{"purge":{"method":"PURGE"}}"#, "purge"),
+        (r#"{"purge":{"method":"PURGE"}}"#, "purge.token"),
+        (r#"{"purge":{"method":"GET","token":"0123456789"}}"#, "purge.method"),
         (r#"{"coalesce":{"enabled":true}}"#, "coalesce"),
         (r#"{"stale_while_revalidate":"10s"}"#, "stale_while_revalidate"),
         (r#"{"ttl":"1s"}"#, "ttl"),
@@ -187,4 +188,21 @@ fn hits_reply_with_pause_and_misses_continue() {
     s.respond(200, CACHEABLE, b"x");
     let mut hit = vms[0].stream();
     assert_eq!(hit.send_request_headers(Headers::from([(":method", "GET"), (":path", "/a"), (":authority", "h")]), true), Action::Pause);
+}
+
+#[test]
+fn purge_with_the_token_removes_an_entry_and_never_reaches_the_origin() {
+    let world = World::new();
+    let vms = start(&world, r#"{"purge":{"token":"s3cret-purge-token"}}"#, 2);
+    exchange(&vms[0], "/doc", &[], CACHEABLE, b"v1");
+    let denied = get(&vms[1], "PURGE", "/doc", &[("x-purge-token", "guess")]);
+    assert_eq!(denied.response().unwrap().status(), Some(403));
+    assert!(denied.upstream_request().is_none());
+    assert!(!exchange(&vms[0], "/doc", &[], CACHEABLE, b"v2").1, "still cached");
+    let purged = get(&vms[1], "PURGE", "/doc", &[("x-purge-token", "s3cret-purge-token")]);
+    assert_eq!(purged.response().unwrap().status(), Some(200));
+    assert!(purged.upstream_request().is_none());
+    assert_eq!(get(&vms[1], "PURGE", "/doc", &[("x-purge-token", "s3cret-purge-token")]).response().unwrap().status(), Some(404));
+    assert!(exchange(&vms[0], "/doc", &[], CACHEABLE, b"v2").1, "purged on every worker");
+    assert_eq!(world.metric("edgewise.response_cache.purged"), Some(1));
 }

@@ -29,6 +29,7 @@ struct Metrics {
     evicted: Metric,
     not_stored: Metric,
     invalidated: Metric,
+    purged: Metric,
     bytes: Metric,
 }
 
@@ -75,6 +76,7 @@ impl RootContext for CacheRoot {
                     evicted: Metric::counter(&m("evicted")),
                     not_stored: Metric::counter(&m("not_stored")),
                     invalidated: Metric::counter(&m("invalidated")),
+                    purged: Metric::counter(&m("purged")),
                     bytes: Metric::gauge(&m("bytes_in_use")),
                 };
                 log(LogLevel::Info, &format!("response_cache {VERSION}: {} bytes, {} entries", config.layout.max_bytes, config.layout.slots));
@@ -170,6 +172,19 @@ impl HttpContext for CacheStream {
             RequestDecision::GatewayTimeout { headers } => {
                 shared.metrics.misses.increment(1);
                 let _ = hostcalls::send_http_response(504, text_pairs(&headers), Some(b""));
+                Action::Pause
+            }
+            RequestDecision::Purge { key_hash, authorized } => {
+                let (status, body): (u32, &[u8]) = if !authorized {
+                    (403, b"purge not allowed\n")
+                } else if storage::remove(&SharedData, &shared.config.layout, key_hash) {
+                    shared.metrics.purged.increment(1);
+                    shared.metrics.bytes.set(storage::bytes_in_use(&SharedData));
+                    (200, b"purged\n")
+                } else {
+                    (404, b"not cached\n")
+                };
+                let _ = hostcalls::send_http_response(status, vec![], Some(body));
                 Action::Pause
             }
             RequestDecision::Forward(pending) => {

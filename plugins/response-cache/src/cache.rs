@@ -30,6 +30,13 @@ pub enum RequestDecision {
     GatewayTimeout { headers: Vec<(String, Vec<u8>)> },
     /// Forward to the origin; `pending` says how to treat the response.
     Forward(Pending),
+    /// A purge request for the entry `key_hash`; `authorized` when its token matched.
+    Purge { key_hash: u64, authorized: bool },
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// Remembered between request and response.
@@ -89,6 +96,10 @@ pub fn on_request(config: &Config, store: &impl CasStore, request: &mut impl Req
         outcome,
         invalidate: false,
     };
+    if let Some(purge) = config.purge.as_ref().filter(|p| p.method == method) {
+        let authorized = request.header(&purge.token_header).is_some_and(|t| same_secret(&t, &purge.token));
+        return RequestDecision::Purge { key_hash, authorized };
+    }
     if method != b"GET" && method != b"HEAD" {
         return RequestDecision::Forward(Pending { invalidate: is_unsafe(&method), ..pending(Outcome::Bypass) });
     }

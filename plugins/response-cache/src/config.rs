@@ -24,7 +24,23 @@ pub struct RawConfig {
     pub stale_while_revalidate: Option<serde_json::Value>,
     pub stale_if_error: Option<serde_json::Value>,
     pub coalesce: Option<serde_json::Value>,
-    pub purge: Option<serde_json::Value>,
+    pub purge: Option<RawPurge>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPurge {
+    pub method: Option<String>,
+    pub token_header: Option<String>,
+    pub token: Option<String>,
+}
+
+/// Purge requests: `method` with `token_header: token` removes the entry for the URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Purge {
+    pub method: Vec<u8>,
+    pub token_header: String,
+    pub token: Vec<u8>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +58,7 @@ pub struct Config {
     pub heuristic: Heuristic,
     pub cache_status: String,
     pub cache_set_cookie: bool,
+    pub purge: Option<Purge>,
 }
 
 fn err(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
@@ -55,7 +72,6 @@ impl Config {
             ("stale_while_revalidate", raw.stale_while_revalidate.is_some()),
             ("stale_if_error", raw.stale_if_error.is_some()),
             ("coalesce", raw.coalesce.is_some()),
-            ("purge", raw.purge.is_some()),
         ] {
             if present {
                 return Err(err(name, "is not implemented yet in this version of response_cache", "remove it; see the README's status of the cache"));
@@ -96,7 +112,26 @@ impl Config {
         if cache_status.is_empty() || !cache_status.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
             return Err(err("cache_status", format!("{cache_status:?} is not a usable cache name"), "use letters, digits, - _ ."));
         }
+        let purge = match &raw.purge {
+            None => None,
+            Some(p) => {
+                let method = p.method.clone().unwrap_or_else(|| "PURGE".into());
+                if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) || ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"].contains(&method.as_str()) {
+                    return Err(err("purge.method", format!("{method:?} is not a usable purge method"), "use an upper-case method of its own, like \"PURGE\""));
+                }
+                let token_header = p.token_header.clone().unwrap_or_else(|| "x-purge-token".into());
+                if token_header.is_empty() || !token_header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                    return Err(err("purge.token_header", format!("{token_header:?} is not a header name"), "use a name like \"x-purge-token\""));
+                }
+                let token = p.token.clone().unwrap_or_default();
+                if token.len() < 8 {
+                    return Err(err("purge.token", "is missing or shorter than 8 characters: anyone could purge", "set a long random secret"));
+                }
+                Some(Purge { method: method.into_bytes(), token_header: token_header.to_ascii_lowercase(), token: token.into_bytes() })
+            }
+        };
         Ok(Config {
+            purge,
             layout: Layout { slots, max_bytes, max_entry_bytes, eviction, sample: 16 },
             key,
             heuristic: Heuristic { enabled: raw.heuristic_freshness.unwrap_or(true), default_ttl, ..Heuristic::default() },
