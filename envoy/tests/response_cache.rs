@@ -73,3 +73,17 @@ fn purge_removes_an_entry_on_every_worker() {
     envoy.get(PATH).unwrap();
     assert_eq!(backend.requests().unwrap(), 2, "the next GET is a miss");
 }
+
+#[test]
+fn stale_if_error_serves_the_stale_entry_when_the_origin_is_gone() {
+    let (mut backend, envoy) = start();
+    // max-age=0: stale at once, so no waiting; stale-if-error allows 60 s of staleness.
+    let path = "/cache/s?cache_control=max-age%3D0%2C+stale-if-error%3D60&body=last-good";
+    let first = envoy.get(path).unwrap();
+    assert_eq!(first.text(), "last-good");
+    backend.kill();
+    let fallback = envoy.get(path).unwrap();
+    assert_eq!((fallback.status, fallback.text().as_str()), (200, "last-good"), "{:?}", fallback.headers);
+    assert_eq!(fallback.header("cache-status"), Some("edgewise; hit; detail=stale-if-error"));
+    assert_eq!(envoy.stat("edgewise.response_cache.stale_served").unwrap(), Some(1));
+}

@@ -164,6 +164,7 @@ fn invalid_configurations_are_refused_naming_the_field() {
         (r#"{"purge":{"method":"GET","token":"0123456789"}}"#, "purge.method"),
         (r#"{"coalesce":{"enabled":true}}"#, "coalesce"),
         (r#"{"stale_while_revalidate":"10s"}"#, "stale_while_revalidate"),
+        (r#"{"stale_if_error":"a while"}"#, "stale_if_error"),
         (r#"{"ttl":"1s"}"#, "ttl"),
     ];
     for (config, field) in cases {
@@ -205,4 +206,34 @@ fn purge_with_the_token_removes_an_entry_and_never_reaches_the_origin() {
     assert_eq!(get(&vms[1], "PURGE", "/doc", &[("x-purge-token", "s3cret-purge-token")]).response().unwrap().status(), Some(404));
     assert!(exchange(&vms[0], "/doc", &[], CACHEABLE, b"v2").1, "purged on every worker");
     assert_eq!(world.metric("edgewise.response_cache.purged"), Some(1));
+}
+
+#[test]
+fn stale_if_error_answers_an_origin_error_with_the_stale_entry() {
+    let world = World::new();
+    let vms = start(&world, "{}", 1);
+    let allowing = &[("cache-control", "max-age=1, stale-if-error=60"), ("content-type", "text/plain")];
+    exchange(&vms[0], "/s", &[], allowing, b"last good");
+    world.advance(Duration::from_secs(10)).unwrap();
+    let mut s = get(&vms[0], "GET", "/s", &[]);
+    assert!(s.upstream_request().is_some(), "stale: the origin is asked");
+    s.send_response_headers([(":status", "503"), ("content-length", "11")], false);
+    s.send_response_body(b"origin down", true);
+    let r = s.response().unwrap();
+    assert_eq!((r.status(), r.body_text()), (Some(200), "last good".to_string()));
+    assert_eq!(r.header("content-length").as_deref(), Some("9"));
+    assert_eq!(r.header("cache-status").as_deref(), Some("edgewise; hit; detail=stale-if-error"));
+    assert_eq!(world.metric("edgewise.response_cache.stale_served"), Some(1));
+    // Beyond the window, or with must-revalidate, the error goes through.
+    world.advance(Duration::from_secs(60)).unwrap();
+    let mut late = get(&vms[0], "GET", "/s", &[]);
+    late.send_response_headers([(":status", "503"), ("content-length", "4")], false);
+    late.send_response_body(b"down", true);
+    assert_eq!(late.response().unwrap().status(), Some(503));
+    exchange(&vms[0], "/strict", &[], &[("cache-control", "max-age=1, stale-if-error=60, must-revalidate")], b"x");
+    world.advance(Duration::from_secs(5)).unwrap();
+    let mut strict = get(&vms[0], "GET", "/strict", &[]);
+    strict.send_response_headers([(":status", "502"), ("content-length", "3")], false);
+    strict.send_response_body(b"bad", true);
+    assert_eq!(strict.response().unwrap().status(), Some(502));
 }

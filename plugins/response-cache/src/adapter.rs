@@ -30,6 +30,7 @@ struct Metrics {
     not_stored: Metric,
     invalidated: Metric,
     purged: Metric,
+    stale_served: Metric,
     bytes: Metric,
 }
 
@@ -77,6 +78,7 @@ impl RootContext for CacheRoot {
                     not_stored: Metric::counter(&m("not_stored")),
                     invalidated: Metric::counter(&m("invalidated")),
                     purged: Metric::counter(&m("purged")),
+                    stale_served: Metric::counter(&m("stale_served")),
                     bytes: Metric::gauge(&m("bytes_in_use")),
                 };
                 log(LogLevel::Info, &format!("response_cache {VERSION}: {} bytes, {} entries", config.layout.max_bytes, config.layout.slots));
@@ -95,7 +97,7 @@ impl RootContext for CacheRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(CacheStream { shared: self.shared.clone(), pending: None, request: Vec::new(), served: None, response: None }))
+        Some(Box::new(CacheStream { shared: self.shared.clone(), pending: None, request: Vec::new(), served: None, response: None, replacing: None }))
     }
 }
 
@@ -114,6 +116,8 @@ struct CacheStream {
     /// Headers of our own cached reply, applied when Envoy sends it.
     served: Option<Vec<(String, Vec<u8>)>>,
     response: Option<Filling>,
+    /// Body of a stale entry replacing an origin error's body (stale-if-error).
+    replacing: Option<Vec<u8>>,
 }
 
 fn text_pairs(headers: &[(String, Vec<u8>)]) -> Vec<(&str, &str)> {
@@ -219,6 +223,17 @@ impl HttpContext for CacheStream {
         if pending.outcome == Outcome::Bypass {
             return Action::Continue;
         }
+        // RFC 5861 §4: an origin error (or Envoy's own, e.g. connect failure) with a stale entry
+        // in its window is answered with the entry. The error's body is replaced at its end, so
+        // this needs an error with a body (Envoy's local errors have one).
+        if let (Some((stored_status, stored_headers, body)), true, false) = (pending.fallback.clone(), status >= 500, end_of_stream) {
+            shared.metrics.stale_served.increment(1);
+            let mut pairs: Vec<(String, Vec<u8>)> = vec![(":status".into(), stored_status.to_string().into_bytes()), ("content-length".into(), body.len().to_string().into_bytes())];
+            pairs.extend(stored_headers);
+            let _ = hostcalls::set_map(MapType::HttpResponseHeaders, text_pairs(&pairs));
+            self.replacing = Some(body);
+            return Action::Continue;
+        }
         let storing = storable(&shared.config, &pending, status, &headers).is_ok();
         let value = cache_status(&shared.config.cache_status, pending.outcome, None, storing, None);
         let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, "cache-status", Some(&value));
@@ -235,6 +250,15 @@ impl HttpContext for CacheStream {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else { return Action::Continue };
+        if self.replacing.is_some() {
+            if !end_of_stream {
+                return Action::Pause; // hold the error body until its end
+            }
+            if let Some(body) = self.replacing.take() {
+                let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &body);
+            }
+            return Action::Continue;
+        }
         if let Some(filling) = self.response.as_mut() {
             // Each chunk passes on at once; we keep a copy until the end.
             if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {

@@ -39,6 +39,9 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
+/// A ready reply: status, header fields, body.
+pub type Reply = (u16, Vec<(String, Vec<u8>)>, Vec<u8>);
+
 /// Remembered between request and response.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pending {
@@ -52,6 +55,9 @@ pub struct Pending {
     pub outcome: Outcome,
     /// Unsafe method: a non-error response invalidates the key (RFC 9111 §4.4).
     pub invalidate: bool,
+    /// A stale entry that may answer instead of an origin error (RFC 5861 §4), as a ready
+    /// reply: status, headers, body.
+    pub fallback: Option<Reply>,
 }
 
 fn is_unsafe(method: &[u8]) -> bool {
@@ -95,6 +101,7 @@ pub fn on_request(config: &Config, store: &impl CasStore, request: &mut impl Req
         has_authorization: false,
         outcome,
         invalidate: false,
+        fallback: None,
     };
     if let Some(purge) = config.purge.as_ref().filter(|p| p.method == method) {
         let authorized = request.header(&purge.token_header).is_some_and(|t| same_secret(&t, &purge.token));
@@ -118,8 +125,25 @@ pub fn on_request(config: &Config, store: &impl CasStore, request: &mut impl Req
         if request_cc.only_if_cached {
             return RequestDecision::GatewayTimeout { headers: vec![("cache-status".into(), cache_status(&config.cache_status, Outcome::Stale, None, false, Some("only-if-cached")).into_bytes())] };
         }
+        // RFC 5861 §4: keep the stale entry to answer an origin error within the window (the
+        // origin's or request's stale-if-error, else the configured default; never when
+        // must-revalidate, proxy-revalidate or s-maxage forbid stale).
+        let age = current_age(&view, now);
+        let staleness = age.saturating_sub(lifetime(&view, &config.heuristic).seconds());
+        let forbidden = view.cc.must_revalidate || view.cc.proxy_revalidate || view.cc.s_maxage.is_some();
+        let window = match decision {
+            Use::Validate { stale_if_error: Some(window) } => Some(window),
+            _ if !forbidden && config.stale_if_error > 0 => Some(config.stale_if_error),
+            _ => None,
+        };
+        let fallback = window.filter(|w| staleness <= *w).map(|_| {
+            let mut headers: Vec<(String, Vec<u8>)> = entry.headers.iter().filter(|(k, _)| k != "age" && k != "cache-status").cloned().collect();
+            headers.push(("age".into(), age.to_string().into_bytes()));
+            headers.push(("cache-status".into(), cache_status(&config.cache_status, Outcome::StaleServed, None, false, Some("stale-if-error")).into_bytes()));
+            (entry.status, headers, entry.body.clone())
+        });
         // Not yet: conditional revalidation; the origin's full response replaces the entry.
-        return RequestDecision::Forward(Pending { has_authorization, ..pending(Outcome::Stale) });
+        return RequestDecision::Forward(Pending { has_authorization, fallback, ..pending(Outcome::Stale) });
     }
     storage::touch(store, &config.layout, &found, now as u64);
     let age = current_age(&view, now);

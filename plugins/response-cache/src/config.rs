@@ -22,7 +22,7 @@ pub struct RawConfig {
     pub cache_set_cookie: Option<bool>,
     // Part of the configuration contract, not implemented yet: refused by name.
     pub stale_while_revalidate: Option<serde_json::Value>,
-    pub stale_if_error: Option<serde_json::Value>,
+    pub stale_if_error: Option<String>,
     pub coalesce: Option<serde_json::Value>,
     pub purge: Option<RawPurge>,
 }
@@ -59,6 +59,8 @@ pub struct Config {
     pub cache_status: String,
     pub cache_set_cookie: bool,
     pub purge: Option<Purge>,
+    /// RFC 5861 §4 window when the origin sends no stale-if-error (0: none).
+    pub stale_if_error: u64,
 }
 
 fn err(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
@@ -70,7 +72,6 @@ impl Config {
         let raw: RawConfig = parse_config(bytes)?;
         for (name, present) in [
             ("stale_while_revalidate", raw.stale_while_revalidate.is_some()),
-            ("stale_if_error", raw.stale_if_error.is_some()),
             ("coalesce", raw.coalesce.is_some()),
         ] {
             if present {
@@ -130,7 +131,12 @@ impl Config {
                 Some(Purge { method: method.into_bytes(), token_header: token_header.to_ascii_lowercase(), token: token.into_bytes() })
             }
         };
+        let stale_if_error = match &raw.stale_if_error {
+            Some(text) => parse_duration("stale_if_error", text)?.as_secs(),
+            None => 0,
+        };
         Ok(Config {
+            stale_if_error,
             purge,
             layout: Layout { slots, max_bytes, max_entry_bytes, eviction, sample: 16 },
             key,
