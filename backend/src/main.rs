@@ -20,7 +20,10 @@ use serde_json::{json, Value};
 enum Fault {
     Off,
     /// Fail exactly `ratio` of requests (spread evenly) with `status`.
-    Fail { ratio: f64, status: u16 },
+    Fail {
+        ratio: f64,
+        status: u16,
+    },
     /// Accept requests but never answer them.
     Hang,
 }
@@ -52,7 +55,11 @@ fn main() {
             }
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -66,7 +73,12 @@ fn main() {
 }
 
 async fn serve(name: String, listen: String) -> std::io::Result<()> {
-    let state = Arc::new(Backend { name, requests: AtomicU64::new(0), fault: Mutex::new(Fault::Off), faulted: AtomicU64::new(0) });
+    let state = Arc::new(Backend {
+        name,
+        requests: AtomicU64::new(0),
+        fault: Mutex::new(Fault::Off),
+        faulted: AtomicU64::new(0),
+    });
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     let addr: SocketAddr = listener.local_addr()?;
     println!("listening on {addr}");
@@ -76,18 +88,29 @@ async fn serve(name: String, listen: String) -> std::io::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
-fn respond(backend: &Backend, status: u16, headers: &[(&str, String)], body: impl Into<Body>) -> Response<Body> {
+fn respond(
+    backend: &Backend,
+    status: u16,
+    headers: &[(&str, String)],
+    body: impl Into<Body>,
+) -> Response<Body> {
     let mut response = Response::new(body.into());
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let map = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&backend.name) {
         map.insert("x-backend-name", v);
     }
     for (k, v) in headers {
-        if let (Ok(k), Ok(v)) = (axum::http::HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+        if let (Ok(k), Ok(v)) = (
+            axum::http::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
             map.append(k, v);
         }
     }
@@ -95,7 +118,11 @@ fn respond(backend: &Backend, status: u16, headers: &[(&str, String)], body: imp
 }
 
 fn query_param(query: &str, key: &str) -> Option<String> {
-    query.split('&').filter_map(|pair| pair.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| percent_decode(v))
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| percent_decode(v))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -105,7 +132,10 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
                     Ok(b) => {
                         out.push(b);
                         i += 3;
@@ -133,7 +163,12 @@ async fn handle(State(backend): State<Shared>, request: Request<Body>) -> Respon
         (_, "/health") => return respond(&backend, 200, &[], "ok\n"),
         (_, "/stats") => {
             let stats = json!({ "name": backend.name, "requests": backend.requests.load(Ordering::SeqCst), "faulted": backend.faulted.load(Ordering::SeqCst) });
-            return respond(&backend, 200, &[("content-type", "application/json".into())], stats.to_string());
+            return respond(
+                &backend,
+                200,
+                &[("content-type", "application/json".into())],
+                stats.to_string(),
+            );
         }
         (Method::POST, "/admin/reset") => {
             backend.requests.store(0, Ordering::SeqCst);
@@ -142,14 +177,25 @@ async fn handle(State(backend): State<Shared>, request: Request<Body>) -> Respon
         }
         (Method::POST, "/admin/fault") => return set_fault(&backend, &body),
         (Method::GET, "/admin/fault") => {
-            let fault = format!("{:?}\n", backend.fault.lock().map(|f| f.clone()).unwrap_or(Fault::Off));
+            let fault = format!(
+                "{:?}\n",
+                backend
+                    .fault
+                    .lock()
+                    .map(|f| f.clone())
+                    .unwrap_or(Fault::Off)
+            );
             return respond(&backend, 200, &[], fault);
         }
         _ => {}
     }
 
     let n = backend.requests.fetch_add(1, Ordering::SeqCst) + 1;
-    let fault = backend.fault.lock().map(|f| f.clone()).unwrap_or(Fault::Off);
+    let fault = backend
+        .fault
+        .lock()
+        .map(|f| f.clone())
+        .unwrap_or(Fault::Off);
     match fault {
         Fault::Off => {}
         Fault::Hang => {
@@ -161,7 +207,12 @@ async fn handle(State(backend): State<Shared>, request: Request<Body>) -> Respon
             // floor(n·ratio) moved past floor((n-1)·ratio).
             if (n as f64 * ratio).floor() > ((n - 1) as f64 * ratio).floor() {
                 backend.faulted.fetch_add(1, Ordering::SeqCst);
-                return respond(&backend, status, &[("content-type", "text/plain".into())], format!("injected fault {status}\n"));
+                return respond(
+                    &backend,
+                    status,
+                    &[("content-type", "text/plain".into())],
+                    format!("injected fault {status}\n"),
+                );
             }
         }
     }
@@ -170,19 +221,43 @@ async fn handle(State(backend): State<Shared>, request: Request<Body>) -> Respon
     match segments.as_slice() {
         ["status", code, ..] => {
             let code: u16 = code.parse().unwrap_or(400);
-            respond(&backend, code, &[("content-type", "text/plain".into())], format!("status {code}\n"))
+            respond(
+                &backend,
+                code,
+                &[("content-type", "text/plain".into())],
+                format!("status {code}\n"),
+            )
         }
         ["delay", ms, ..] => {
             let ms: u64 = ms.parse().unwrap_or(0);
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            respond(&backend, 200, &[("content-type", "text/plain".into())], format!("delayed {ms}ms\n"))
+            respond(
+                &backend,
+                200,
+                &[("content-type", "text/plain".into())],
+                format!("delayed {ms}ms\n"),
+            )
         }
         ["cache", ..] => cacheable(&backend, &parts.headers, &path, &query),
-        _ => echo(&backend, &parts.method, &parts.uri.to_string(), &parts.headers, &body, n),
+        _ => echo(
+            &backend,
+            &parts.method,
+            &parts.uri.to_string(),
+            &parts.headers,
+            &body,
+            n,
+        ),
     }
 }
 
-fn echo(backend: &Backend, method: &Method, uri: &str, headers: &HeaderMap, body: &[u8], n: u64) -> Response<Body> {
+fn echo(
+    backend: &Backend,
+    method: &Method,
+    uri: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    n: u64,
+) -> Response<Body> {
     let mut seen = serde_json::Map::new();
     for (k, v) in headers {
         let value = Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned());
@@ -202,13 +277,24 @@ fn echo(backend: &Backend, method: &Method, uri: &str, headers: &HeaderMap, body
         "headers": seen,
         "body": String::from_utf8_lossy(body),
     });
-    respond(backend, 200, &[("content-type", "application/json".into())], reply.to_string())
+    respond(
+        backend,
+        200,
+        &[("content-type", "application/json".into())],
+        reply.to_string(),
+    )
 }
 
 /// `/cache/...?cache_control=..&etag=..&last_modified=..&body=..`: a response with the
 /// chosen caching headers, and `304 Not Modified` to a matching conditional GET/HEAD.
 fn cacheable(backend: &Backend, headers: &HeaderMap, path: &str, query: &str) -> Response<Body> {
-    let etag = query_param(query, "etag").map(|e| if e.starts_with('"') || e.starts_with("W/") { e } else { format!("\"{e}\"") });
+    let etag = query_param(query, "etag").map(|e| {
+        if e.starts_with('"') || e.starts_with("W/") {
+            e
+        } else {
+            format!("\"{e}\"")
+        }
+    });
     let last_modified = query_param(query, "last_modified");
     let mut out: Vec<(&str, String)> = vec![("content-type", "text/plain".into())];
     if let Some(cc) = query_param(query, "cache_control") {
@@ -223,7 +309,12 @@ fn cacheable(backend: &Backend, headers: &HeaderMap, path: &str, query: &str) ->
     if let Some(vary) = query_param(query, "vary") {
         out.push(("vary", vary));
     }
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     // RFC 9110 §13.1.2: If-None-Match uses weak comparison; §13.2.2: it takes precedence
     // over If-Modified-Since.
     let not_modified = match (header("if-none-match"), &etag) {
@@ -261,7 +352,9 @@ fn set_fault(backend: &Backend, body: &[u8]) -> Response<Body> {
             Some("fail") => {
                 let ratio = v.get("ratio").and_then(Value::as_f64).unwrap_or(1.0);
                 let status = v.get("status").and_then(Value::as_u64).unwrap_or(503) as u16;
-                (0.0..=1.0).contains(&ratio).then_some(Fault::Fail { ratio, status })
+                (0.0..=1.0)
+                    .contains(&ratio)
+                    .then_some(Fault::Fail { ratio, status })
             }
             _ => None,
         },
@@ -290,13 +383,19 @@ mod tests {
     #[test]
     fn parses_imf_fixdate() {
         assert_eq!(httpdate("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
-        assert_eq!(httpdate("Sunday, 06-Nov-94 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(
+            httpdate("Sunday, 06-Nov-94 08:49:37 GMT"),
+            Some(784_111_777)
+        );
         assert_eq!(httpdate("garbage"), None);
     }
 
     #[test]
     fn decodes_query_values() {
-        assert_eq!(query_param("cache_control=max-age%3D60&etag=v1", "cache_control").as_deref(), Some("max-age=60"));
+        assert_eq!(
+            query_param("cache_control=max-age%3D60&etag=v1", "cache_control").as_deref(),
+            Some("max-age=60")
+        );
         assert_eq!(query_param("a=1", "b"), None);
     }
 }

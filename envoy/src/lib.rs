@@ -15,24 +15,36 @@ use std::path::PathBuf;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 /// The cargo target directory (honours CARGO_TARGET_DIR).
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// Path of one of our built .wasm modules.
 pub fn wasm_path(name: &str) -> PathBuf {
-    target_dir().join("wasm32-wasip1").join("release").join(format!("{name}.wasm"))
+    target_dir()
+        .join("wasm32-wasip1")
+        .join("release")
+        .join(format!("{name}.wasm"))
 }
 
 /// A fresh scratch directory under the target dir (configs, logs), unique per call.
 pub fn scratch_dir(label: &str) -> std::io::Result<PathBuf> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = target_dir().join("envoy-runs").join(format!("{label}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst)));
+    let dir = target_dir().join("envoy-runs").join(format!(
+        "{label}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

@@ -6,11 +6,20 @@ use std::time::{Duration, Instant};
 use envoy_harness::{wasm_path, Backend, Envoy, EnvoyConfig, WasmFilter};
 
 fn build() {
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(envoy_harness::workspace_root())
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "circuit-breaker"])
-        .status()
-        .unwrap();
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(envoy_harness::workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "-p",
+                "circuit-breaker",
+            ])
+            .status()
+            .unwrap();
     assert!(status.success());
 }
 
@@ -18,7 +27,11 @@ fn start(backend: &Backend, config: &str) -> Envoy {
     build();
     let cfg = EnvoyConfig::proxy_to(backend.addr, 2)
         .route_name("payments")
-        .filter(WasmFilter::new("circuit_breaker", wasm_path("circuit_breaker"), config));
+        .filter(WasmFilter::new(
+            "circuit_breaker",
+            wasm_path("circuit_breaker"),
+            config,
+        ));
     Envoy::start(&cfg).unwrap()
 }
 
@@ -39,19 +52,46 @@ fn wait_until_admitted(envoy: &Envoy, limit: Duration) -> Duration {
 #[test]
 fn failing_backend_opens_the_breaker_then_probes_close_it() {
     let backend = Backend::start("payments-v1").unwrap();
-    let envoy = start(&backend, r#"{"trip":{"consecutive_failures":5},"open":{"duration":"1s"},"half_open":{"probes":2}}"#);
+    let envoy = start(
+        &backend,
+        r#"{"trip":{"consecutive_failures":5},"open":{"duration":"1s"},"half_open":{"probes":2}}"#,
+    );
     assert_eq!(envoy.get("/status/200").unwrap().status, 200);
-    backend.set_fault(r#"{"mode":"fail","ratio":1.0,"status":503}"#).unwrap();
+    backend
+        .set_fault(r#"{"mode":"fail","ratio":1.0,"status":503}"#)
+        .unwrap();
     backend.reset_counters().unwrap();
     let statuses: Vec<(u16, Option<String>)> = (0..20)
         .map(|_| envoy.get("/status/200").unwrap())
         .map(|r| (r.status, r.header("x-edgewise-circuit").map(str::to_string)))
         .collect();
-    assert!(statuses[..5].iter().all(|(s, c)| *s == 503 && c.is_none()), "{statuses:?}");
-    assert!(statuses[5..].iter().all(|(s, c)| *s == 503 && c.as_deref() == Some("open")), "{statuses:?}");
-    assert_eq!(backend.requests().unwrap(), 5, "the backend stops receiving requests once open");
-    assert_eq!(envoy.stat("edgewise.circuit_breaker.payments.state").unwrap(), Some(1));
-    assert_eq!(envoy.stat("edgewise.circuit_breaker.payments.rejected").unwrap(), Some(15));
+    assert!(
+        statuses[..5].iter().all(|(s, c)| *s == 503 && c.is_none()),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[5..]
+            .iter()
+            .all(|(s, c)| *s == 503 && c.as_deref() == Some("open")),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        backend.requests().unwrap(),
+        5,
+        "the backend stops receiving requests once open"
+    );
+    assert_eq!(
+        envoy
+            .stat("edgewise.circuit_breaker.payments.state")
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        envoy
+            .stat("edgewise.circuit_breaker.payments.rejected")
+            .unwrap(),
+        Some(15)
+    );
 
     // Healed: after the open duration, probes go through and it closes.
     backend.set_fault(r#"{"mode":"off"}"#).unwrap();
@@ -59,52 +99,96 @@ fn failing_backend_opens_the_breaker_then_probes_close_it() {
     // Stated tolerance: the first request after 1 s is admitted (we poll every 50 ms from the
     // moment of the last rejection, so it may come earlier than 1 s after this point).
     assert!(waited <= Duration::from_secs(3), "{waited:?}");
-    assert_eq!(envoy.get("/status/200").unwrap().status, 200, "second probe");
+    assert_eq!(
+        envoy.get("/status/200").unwrap().status,
+        200,
+        "second probe"
+    );
     for _ in 0..10 {
         let r = envoy.get("/status/200").unwrap();
         assert_eq!((r.status, r.header("x-edgewise-circuit")), (200, None));
     }
-    assert_eq!(envoy.stat("edgewise.circuit_breaker.payments.state").unwrap(), Some(0));
+    assert_eq!(
+        envoy
+            .stat("edgewise.circuit_breaker.payments.state")
+            .unwrap(),
+        Some(0)
+    );
     let log = envoy.log();
-    assert_eq!(log.matches("payments opened for 1000ms").count(), 1, "logged once");
-    assert_eq!(log.matches("payments closed after successful probes").count(), 1);
+    assert_eq!(
+        log.matches("payments opened for 1000ms").count(),
+        1,
+        "logged once"
+    );
+    assert_eq!(
+        log.matches("payments closed after successful probes")
+            .count(),
+        1
+    );
 }
 
 #[test]
 fn a_killed_backend_opens_it_through_envoys_own_failures() {
     let mut backend = Backend::start("payments-v1").unwrap();
     // Only 500 counts by status: the 503s Envoy generates must count as local failures.
-    let envoy = start(&backend, r#"{"failure":{"statuses":[500],"local_failures":true},"trip":{"consecutive_failures":3},"open":{"duration":"30s"}}"#);
+    let envoy = start(
+        &backend,
+        r#"{"failure":{"statuses":[500],"local_failures":true},"trip":{"consecutive_failures":3},"open":{"duration":"30s"}}"#,
+    );
     assert_eq!(envoy.get("/status/200").unwrap().status, 200);
     backend.kill();
     let statuses: Vec<(u16, Option<String>)> = (0..6)
         .map(|_| envoy.get("/status/200").unwrap())
         .map(|r| (r.status, r.header("x-edgewise-circuit").map(str::to_string)))
         .collect();
-    assert_eq!(statuses[..3].iter().filter(|(s, c)| *s == 503 && c.is_none()).count(), 3, "{statuses:?}");
-    assert!(statuses[3..].iter().all(|(_, c)| c.as_deref() == Some("open")), "{statuses:?}");
+    assert_eq!(
+        statuses[..3]
+            .iter()
+            .filter(|(s, c)| *s == 503 && c.is_none())
+            .count(),
+        3,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[3..]
+            .iter()
+            .all(|(_, c)| c.as_deref() == Some("open")),
+        "{statuses:?}"
+    );
 }
 
 #[test]
 fn envoy_refuses_an_invalid_breaker_configuration() {
     build();
     let backend = Backend::start("b").unwrap();
-    let config = EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new("circuit_breaker", wasm_path("circuit_breaker"), r#"{"half_open":{"probes":0}}"#));
+    let config = EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new(
+        "circuit_breaker",
+        wasm_path("circuit_breaker"),
+        r#"{"half_open":{"probes":0}}"#,
+    ));
     let error = match Envoy::start(&config) {
         Ok(_) => panic!("Envoy started with probes 0"),
         Err(e) => e.to_string(),
     };
-    assert!(error.contains("invalid configuration at `half_open.probes`"), "{error}");
+    assert!(
+        error.contains("invalid configuration at `half_open.probes`"),
+        "{error}"
+    );
 }
 
 #[test]
 fn the_example_envoy_config_is_valid() {
     build();
-    let example = std::fs::read_to_string(envoy_harness::workspace_root().join("envoy/examples/circuit-breaker.yaml")).unwrap();
+    let example = std::fs::read_to_string(
+        envoy_harness::workspace_root().join("envoy/examples/circuit-breaker.yaml"),
+    )
+    .unwrap();
     let relative = "target/wasm32-wasip1/release/circuit_breaker.wasm";
     assert!(example.contains(relative));
     let adjusted = example.replace(relative, &wasm_path("circuit_breaker").to_string_lossy());
-    let path = envoy_harness::scratch_dir("example").unwrap().join("circuit-breaker.yaml");
+    let path = envoy_harness::scratch_dir("example")
+        .unwrap()
+        .join("circuit-breaker.yaml");
     std::fs::write(&path, adjusted).unwrap();
     envoy_harness::envoy::validate_file(&path).unwrap_or_else(|e| panic!("{e}"));
 }

@@ -5,11 +5,20 @@
 use envoy_harness::{wasm_path, Backend, Envoy, EnvoyConfig, WasmFilter};
 
 fn build_probe() {
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(envoy_harness::workspace_root())
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "probe"])
-        .status()
-        .unwrap();
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(envoy_harness::workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "-p",
+                "probe",
+            ])
+            .status()
+            .unwrap();
     assert!(status.success());
 }
 
@@ -18,12 +27,17 @@ fn envoy_proxies_to_the_backend_and_the_backend_counts_and_faults() {
     let backend = Backend::start("api-v1").unwrap();
     let envoy = Envoy::start(&EnvoyConfig::proxy_to(backend.addr, 2)).unwrap();
 
-    let echo = envoy.request("GET", "/echo/x?y=1", &[("x-test", "1")], b"").unwrap();
+    let echo = envoy
+        .request("GET", "/echo/x?y=1", &[("x-test", "1")], b"")
+        .unwrap();
     assert_eq!(echo.status, 200);
     assert_eq!(echo.header("x-backend-name"), Some("api-v1"));
     let seen: serde_json::Value = serde_json::from_slice(&echo.body).unwrap();
     assert_eq!(seen["headers"]["x-test"], "1");
-    assert!(seen["headers"]["x-request-id"].is_string(), "Envoy added a request id: {seen}");
+    assert!(
+        seen["headers"]["x-request-id"].is_string(),
+        "Envoy added a request id: {seen}"
+    );
 
     assert_eq!(envoy.get("/status/418").unwrap().status, 418);
     assert_eq!(backend.requests().unwrap(), 2);
@@ -32,20 +46,38 @@ fn envoy_proxies_to_the_backend_and_the_backend_counts_and_faults() {
     let path = "/cache/a?cache_control=max-age%3D60&etag=v1";
     let first = envoy.get(path).unwrap();
     assert_eq!((first.status, first.header("etag")), (200, Some("\"v1\"")));
-    let revalidated = envoy.request("GET", path, &[("if-none-match", "W/\"v1\"")], b"").unwrap();
+    let revalidated = envoy
+        .request("GET", path, &[("if-none-match", "W/\"v1\"")], b"")
+        .unwrap();
     assert_eq!(revalidated.status, 304);
 
     // The fault switch fails exactly the chosen share of requests.
     backend.reset_counters().unwrap();
-    backend.set_fault(r#"{"mode":"fail","ratio":0.5,"status":503}"#).unwrap();
-    let statuses: Vec<u16> = (0..10).map(|_| envoy.get("/status/200").unwrap().status).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 5, "{statuses:?}");
+    backend
+        .set_fault(r#"{"mode":"fail","ratio":0.5,"status":503}"#)
+        .unwrap();
+    let statuses: Vec<u16> = (0..10)
+        .map(|_| envoy.get("/status/200").unwrap().status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count(),
+        5,
+        "{statuses:?}"
+    );
     backend.set_fault(r#"{"mode":"off"}"#).unwrap();
     assert_eq!(envoy.get("/status/200").unwrap().status, 200);
     assert_eq!(backend.requests().unwrap(), 11);
 
     let stats = envoy.stats().unwrap();
-    assert!(stats.get("cluster.backend.upstream_rq_total").copied().unwrap_or(0) >= 15, "{:?}", stats.get("cluster.backend.upstream_rq_total"));
+    assert!(
+        stats
+            .get("cluster.backend.upstream_rq_total")
+            .copied()
+            .unwrap_or(0)
+            >= 15,
+        "{:?}",
+        stats.get("cluster.backend.upstream_rq_total")
+    );
 }
 
 #[test]
@@ -63,10 +95,17 @@ fn a_stopped_backend_gives_envoys_connect_failure() {
 fn envoy_refuses_a_plugin_whose_on_configure_returns_false() {
     build_probe();
     let backend = Backend::start("b").unwrap();
-    let config = EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new("probe", wasm_path("probe"), "please reject"));
+    let config = EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new(
+        "probe",
+        wasm_path("probe"),
+        "please reject",
+    ));
     let err = match Envoy::start(&config) {
         Ok(_) => panic!("Envoy started with a rejected plugin configuration"),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains("probe: configuration asks to be rejected"), "{err}");
+    assert!(
+        err.contains("probe: configuration asks to be rejected"),
+        "{err}"
+    );
 }

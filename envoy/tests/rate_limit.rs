@@ -8,24 +8,45 @@ use std::time::{Duration, Instant};
 use envoy_harness::{wasm_path, Backend, Envoy, EnvoyConfig, WasmFilter};
 
 fn build() {
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(envoy_harness::workspace_root())
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "rate-limit"])
-        .status()
-        .unwrap();
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(envoy_harness::workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "-p",
+                "rate-limit",
+            ])
+            .status()
+            .unwrap();
     assert!(status.success());
 }
 
 fn start(config: &str) -> (Backend, Envoy) {
     build();
     let backend = Backend::start("rl-backend").unwrap();
-    let envoy = Envoy::start(&EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new("rate_limit", wasm_path("rate_limit"), config))).unwrap();
+    let envoy = Envoy::start(
+        &EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new(
+            "rate_limit",
+            wasm_path("rate_limit"),
+            config,
+        )),
+    )
+    .unwrap();
     (backend, envoy)
 }
 
 /// `threads` clients send requests (each on its own connection) until `total` are sent;
 /// returns the count per (key, status).
-fn hammer(envoy: &Envoy, threads: usize, total: usize, key_of: impl Fn(usize) -> String + Sync) -> BTreeMap<(String, u16), usize> {
+fn hammer(
+    envoy: &Envoy,
+    threads: usize,
+    total: usize,
+    key_of: impl Fn(usize) -> String + Sync,
+) -> BTreeMap<(String, u16), usize> {
     let next = AtomicUsize::new(0);
     let counts = Mutex::new(BTreeMap::new());
     std::thread::scope(|scope| {
@@ -36,7 +57,10 @@ fn hammer(envoy: &Envoy, threads: usize, total: usize, key_of: impl Fn(usize) ->
                     break;
                 }
                 let key = key_of(n);
-                let status = envoy.request("GET", "/status/200", &[("x-api-key", &key)], b"").map(|r| r.status).unwrap_or(0);
+                let status = envoy
+                    .request("GET", "/status/200", &[("x-api-key", &key)], b"")
+                    .map(|r| r.status)
+                    .unwrap_or(0);
                 *counts.lock().unwrap().entry((key, status)).or_insert(0) += 1;
             });
         }
@@ -46,20 +70,41 @@ fn hammer(envoy: &Envoy, threads: usize, total: usize, key_of: impl Fn(usize) ->
 
 #[test]
 fn exact_admitted_counts_per_key_under_64_concurrent_connections() {
-    let (backend, envoy) = start(r#"{"rules":[{"name":"per-key","key":"header:x-api-key","limit":50,"window":"1h"}]}"#);
+    let (backend, envoy) = start(
+        r#"{"rules":[{"name":"per-key","key":"header:x-api-key","limit":50,"window":"1h"}]}"#,
+    );
     let counts = hammer(&envoy, 64, 900, |n| format!("key-{}", n % 3));
     for key in ["key-0", "key-1", "key-2"] {
-        assert_eq!(counts.get(&(key.to_string(), 200)), Some(&50), "{key}: {counts:?}");
-        assert_eq!(counts.get(&(key.to_string(), 429)), Some(&250), "{key}: {counts:?}");
+        assert_eq!(
+            counts.get(&(key.to_string(), 200)),
+            Some(&50),
+            "{key}: {counts:?}"
+        );
+        assert_eq!(
+            counts.get(&(key.to_string(), 429)),
+            Some(&250),
+            "{key}: {counts:?}"
+        );
     }
-    assert_eq!(backend.requests().unwrap(), 150, "denied requests never reached the backend");
-    assert_eq!(envoy.stat("edgewise.rate_limit.per-key.allowed").unwrap(), Some(150));
-    assert_eq!(envoy.stat("edgewise.rate_limit.per-key.denied").unwrap(), Some(750));
+    assert_eq!(
+        backend.requests().unwrap(),
+        150,
+        "denied requests never reached the backend"
+    );
+    assert_eq!(
+        envoy.stat("edgewise.rate_limit.per-key.allowed").unwrap(),
+        Some(150)
+    );
+    assert_eq!(
+        envoy.stat("edgewise.rate_limit.per-key.denied").unwrap(),
+        Some(750)
+    );
 }
 
 #[test]
 fn admitted_rate_stays_within_2_percent_of_the_configured_rate_under_overload() {
-    let (backend, envoy) = start(r#"{"rules":[{"name":"global","limit":200,"window":"1s","burst":20}]}"#);
+    let (backend, envoy) =
+        start(r#"{"rules":[{"name":"global","limit":200,"window":"1s","burst":20}]}"#);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(3);
     let admitted = AtomicUsize::new(0);
@@ -69,7 +114,11 @@ fn admitted_rate_stays_within_2_percent_of_the_configured_rate_under_overload() 
             scope.spawn(|| {
                 while Instant::now() < deadline {
                     offered.fetch_add(1, Ordering::SeqCst);
-                    if envoy.get("/status/200").map(|r| r.status == 200).unwrap_or(false) {
+                    if envoy
+                        .get("/status/200")
+                        .map(|r| r.status == 200)
+                        .unwrap_or(false)
+                    {
                         admitted.fetch_add(1, Ordering::SeqCst);
                     }
                 }
@@ -81,11 +130,20 @@ fn admitted_rate_stays_within_2_percent_of_the_configured_rate_under_overload() 
     let offered = offered.load(Ordering::SeqCst) as f64;
     let ceiling = 20.0 + 200.0 * elapsed;
     println!("offered {offered}, admitted {admitted} in {elapsed:.2}s; ceiling {ceiling:.0}");
-    assert!(offered > 1.5 * ceiling, "offered load must exceed the limit for this test to mean anything");
-    assert!(admitted <= ceiling, "admitted {admitted} > burst + rate × elapsed = {ceiling:.1}");
+    assert!(
+        offered > 1.5 * ceiling,
+        "offered load must exceed the limit for this test to mean anything"
+    );
+    assert!(
+        admitted <= ceiling,
+        "admitted {admitted} > burst + rate × elapsed = {ceiling:.1}"
+    );
     // Requests in flight at the deadline are still counted; the window we measure is wall
     // time of the whole run, so the tolerance is the stated 2% plus one interval.
-    assert!(admitted >= 0.98 * ceiling - 1.0, "admitted {admitted} < 98% of {ceiling:.1}");
+    assert!(
+        admitted >= 0.98 * ceiling - 1.0,
+        "admitted {admitted} < 98% of {ceiling:.1}"
+    );
     assert_eq!(backend.requests().unwrap() as f64, admitted);
 }
 
@@ -102,44 +160,63 @@ fn retry_after_is_honoured_and_headers_reach_the_client() {
     assert_eq!(retry, 1);
     // Honouring Retry-After is the behaviour under test: wait exactly what it says.
     std::thread::sleep(Duration::from_secs(retry));
-    assert_eq!(envoy.get("/status/200").unwrap().status, 200, "admitted at Retry-After");
+    assert_eq!(
+        envoy.get("/status/200").unwrap().status,
+        200,
+        "admitted at Retry-After"
+    );
 }
 
 #[test]
 fn shadow_mode_passes_everything_with_headers() {
-    let (backend, envoy) = start(r#"{"mode":"shadow","rules":[{"name":"s","limit":2,"window":"1h"}]}"#);
+    let (backend, envoy) =
+        start(r#"{"mode":"shadow","rules":[{"name":"s","limit":2,"window":"1h"}]}"#);
     for _ in 0..6 {
         let response = envoy.get("/status/200").unwrap();
         assert_eq!(response.status, 200);
         assert!(response.header("ratelimit").is_some());
     }
     assert_eq!(backend.requests().unwrap(), 6);
-    assert_eq!(envoy.stat("edgewise.rate_limit.s.shadow_denied").unwrap(), Some(4));
+    assert_eq!(
+        envoy.stat("edgewise.rate_limit.s.shadow_denied").unwrap(),
+        Some(4)
+    );
 }
 
 #[test]
 fn envoy_refuses_an_invalid_rate_limit_configuration() {
     build();
     let backend = Backend::start("b").unwrap();
-    let config = EnvoyConfig::proxy_to(backend.addr, 2)
-        .filter(WasmFilter::new("rate_limit", wasm_path("rate_limit"), r#"{"rules":[{"name":"x","limit":0,"window":"1s"}]}"#));
+    let config = EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new(
+        "rate_limit",
+        wasm_path("rate_limit"),
+        r#"{"rules":[{"name":"x","limit":0,"window":"1s"}]}"#,
+    ));
     let error = match Envoy::start(&config) {
         Ok(_) => panic!("Envoy started with limit 0"),
         Err(e) => e.to_string(),
     };
-    assert!(error.contains("invalid configuration at `rules[0].limit`"), "{error}");
+    assert!(
+        error.contains("invalid configuration at `rules[0].limit`"),
+        "{error}"
+    );
 }
 
 #[test]
 fn the_example_envoy_config_is_valid() {
     build();
-    let example = std::fs::read_to_string(envoy_harness::workspace_root().join("envoy/examples/rate-limit.yaml")).unwrap();
+    let example = std::fs::read_to_string(
+        envoy_harness::workspace_root().join("envoy/examples/rate-limit.yaml"),
+    )
+    .unwrap();
     // The example points at the default target dir; validate it against wherever the
     // module was actually built (CI builds outside the clone).
     let relative = "target/wasm32-wasip1/release/rate_limit.wasm";
     assert!(example.contains(relative));
     let adjusted = example.replace(relative, &wasm_path("rate_limit").to_string_lossy());
-    let path = envoy_harness::scratch_dir("example").unwrap().join("rate-limit.yaml");
+    let path = envoy_harness::scratch_dir("example")
+        .unwrap()
+        .join("rate-limit.yaml");
     std::fs::write(&path, adjusted).unwrap();
     envoy_harness::envoy::validate_file(&path).unwrap_or_else(|e| panic!("{e}"));
 }

@@ -3,18 +3,34 @@
 use envoy_harness::{wasm_path, Backend, Envoy, EnvoyConfig, WasmFilter};
 
 fn build() {
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(envoy_harness::workspace_root())
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "response-cache"])
-        .status()
-        .unwrap();
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(envoy_harness::workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "-p",
+                "response-cache",
+            ])
+            .status()
+            .unwrap();
     assert!(status.success());
 }
 
 fn start() -> (Backend, Envoy) {
     build();
     let backend = Backend::start("origin").unwrap();
-    let envoy = Envoy::start(&EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new("response_cache", wasm_path("response_cache"), "{}"))).unwrap();
+    let envoy = Envoy::start(
+        &EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new(
+            "response_cache",
+            wasm_path("response_cache"),
+            "{}",
+        )),
+    )
+    .unwrap();
     (backend, envoy)
 }
 
@@ -25,22 +41,52 @@ fn hits_are_served_from_shared_data_and_the_origin_counts_one_request() {
     let (backend, envoy) = start();
     let first = envoy.get(PATH).unwrap();
     assert_eq!((first.status, first.text().as_str()), (200, "cached-body"));
-    assert_eq!(first.header("cache-status"), Some("edgewise; fwd=miss; stored"));
+    assert_eq!(
+        first.header("cache-status"),
+        Some("edgewise; fwd=miss; stored")
+    );
     // New connections land on either worker: every one must hit.
     for _ in 0..20 {
         let hit = envoy.get(PATH).unwrap();
         assert_eq!((hit.status, hit.text().as_str()), (200, "cached-body"));
-        assert!(hit.header("cache-status").unwrap().starts_with("edgewise; hit"), "{:?}", hit.headers);
+        assert!(
+            hit.header("cache-status")
+                .unwrap()
+                .starts_with("edgewise; hit"),
+            "{:?}",
+            hit.headers
+        );
         assert!(hit.header("age").is_some());
-        assert_eq!(hit.headers.iter().filter(|(k, _)| k == "content-type").count(), 1, "{:?}", hit.headers);
+        assert_eq!(
+            hit.headers
+                .iter()
+                .filter(|(k, _)| k == "content-type")
+                .count(),
+            1,
+            "{:?}",
+            hit.headers
+        );
         assert_eq!(hit.header("content-type"), Some("text/plain"));
         assert_eq!(hit.header("etag"), Some("\"v1\""));
     }
-    assert_eq!(backend.requests().unwrap(), 1, "the origin saw only the miss");
-    assert_eq!(envoy.stat("edgewise.response_cache.hits").unwrap(), Some(20));
-    let not_modified = envoy.request("GET", PATH, &[("if-none-match", "\"v1\"")], b"").unwrap();
+    assert_eq!(
+        backend.requests().unwrap(),
+        1,
+        "the origin saw only the miss"
+    );
+    assert_eq!(
+        envoy.stat("edgewise.response_cache.hits").unwrap(),
+        Some(20)
+    );
+    let not_modified = envoy
+        .request("GET", PATH, &[("if-none-match", "\"v1\"")], b"")
+        .unwrap();
     assert_eq!(not_modified.status, 304);
-    assert_eq!(backend.requests().unwrap(), 1, "304 answered from the cache");
+    assert_eq!(
+        backend.requests().unwrap(),
+        1,
+        "304 answered from the cache"
+    );
 }
 
 #[test]
@@ -51,7 +97,11 @@ fn unsafe_methods_invalidate_and_no_store_is_never_cached() {
     assert_eq!(backend.requests().unwrap(), 1);
     assert_eq!(envoy.request("POST", PATH, &[], b"x").unwrap().status, 200);
     envoy.get(PATH).unwrap();
-    assert_eq!(backend.requests().unwrap(), 3, "POST went through and the next GET missed");
+    assert_eq!(
+        backend.requests().unwrap(),
+        3,
+        "POST went through and the next GET missed"
+    );
     let never = "/cache/b?cache_control=no-store";
     envoy.get(never).unwrap();
     envoy.get(never).unwrap();
@@ -63,13 +113,41 @@ fn purge_removes_an_entry_on_every_worker() {
     build();
     let backend = Backend::start("origin").unwrap();
     let config = r#"{"purge":{"token":"s3cret-purge-token"}}"#;
-    let envoy = Envoy::start(&EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new("response_cache", wasm_path("response_cache"), config))).unwrap();
+    let envoy = Envoy::start(
+        &EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new(
+            "response_cache",
+            wasm_path("response_cache"),
+            config,
+        )),
+    )
+    .unwrap();
     envoy.get(PATH).unwrap();
     envoy.get(PATH).unwrap();
     assert_eq!(backend.requests().unwrap(), 1);
-    assert_eq!(envoy.request("PURGE", PATH, &[("x-purge-token", "wrong")], b"").unwrap().status, 403);
-    assert_eq!(envoy.request("PURGE", PATH, &[("x-purge-token", "s3cret-purge-token")], b"").unwrap().status, 200);
-    assert_eq!(backend.requests().unwrap(), 1, "purge requests never reach the origin");
+    assert_eq!(
+        envoy
+            .request("PURGE", PATH, &[("x-purge-token", "wrong")], b"")
+            .unwrap()
+            .status,
+        403
+    );
+    assert_eq!(
+        envoy
+            .request(
+                "PURGE",
+                PATH,
+                &[("x-purge-token", "s3cret-purge-token")],
+                b""
+            )
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        backend.requests().unwrap(),
+        1,
+        "purge requests never reach the origin"
+    );
     envoy.get(PATH).unwrap();
     assert_eq!(backend.requests().unwrap(), 2, "the next GET is a miss");
 }
@@ -83,7 +161,18 @@ fn stale_if_error_serves_the_stale_entry_when_the_origin_is_gone() {
     assert_eq!(first.text(), "last-good");
     backend.kill();
     let fallback = envoy.get(path).unwrap();
-    assert_eq!((fallback.status, fallback.text().as_str()), (200, "last-good"), "{:?}", fallback.headers);
-    assert_eq!(fallback.header("cache-status"), Some("edgewise; hit; detail=stale-if-error"));
-    assert_eq!(envoy.stat("edgewise.response_cache.stale_served").unwrap(), Some(1));
+    assert_eq!(
+        (fallback.status, fallback.text().as_str()),
+        (200, "last-good"),
+        "{:?}",
+        fallback.headers
+    );
+    assert_eq!(
+        fallback.header("cache-status"),
+        Some("edgewise; hit; detail=stale-if-error")
+    );
+    assert_eq!(
+        envoy.stat("edgewise.response_cache.stale_served").unwrap(),
+        Some(1)
+    );
 }

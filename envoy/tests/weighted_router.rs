@@ -8,11 +8,22 @@ use std::time::{Duration, Instant};
 use envoy_harness::{wasm_path, Backend, Envoy, EnvoyConfig, Route, WasmFilter};
 
 fn build() {
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(envoy_harness::workspace_root())
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "weighted-router", "-p", "circuit-breaker"])
-        .status()
-        .unwrap();
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(envoy_harness::workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "-p",
+                "weighted-router",
+                "-p",
+                "circuit-breaker",
+            ])
+            .status()
+            .unwrap();
     assert!(status.success());
 }
 
@@ -29,15 +40,28 @@ struct Cluster {
 
 fn cluster(breaker: Option<&str>) -> Cluster {
     build();
-    let backends: Vec<Backend> = ["api-v1", "api-v2", "api-v3"].iter().map(|n| Backend::start(n).unwrap()).collect();
+    let backends: Vec<Backend> = ["api-v1", "api-v2", "api-v3"]
+        .iter()
+        .map(|n| Backend::start(n).unwrap())
+        .collect();
     let mut config = EnvoyConfig::proxy_to(backends[0].addr, 2)
         .routes(vec![
-            Route::native_weighted("native", "/native/", &[("api-v1", 70), ("api-v2", 20), ("api-v3", 10)]),
+            Route::native_weighted(
+                "native",
+                "/native/",
+                &[("api-v1", 70), ("api-v2", 20), ("api-v3", 10)],
+            ),
             Route::by_header("ours", "/", "x-route-cluster"),
         ])
-        .filter(WasmFilter::new("weighted_router", wasm_path("weighted_router"), ROUTER).vm_id("edgewise"));
+        .filter(
+            WasmFilter::new("weighted_router", wasm_path("weighted_router"), ROUTER)
+                .vm_id("edgewise"),
+        );
     if let Some(breaker) = breaker {
-        config = config.filter(WasmFilter::new("circuit_breaker", wasm_path("circuit_breaker"), breaker).vm_id("edgewise"));
+        config = config.filter(
+            WasmFilter::new("circuit_breaker", wasm_path("circuit_breaker"), breaker)
+                .vm_id("edgewise"),
+        );
     }
     for b in &backends {
         config = config.cluster(&b.name, vec![b.addr]);
@@ -47,7 +71,10 @@ fn cluster(breaker: Option<&str>) -> Cluster {
 }
 
 fn counts(c: &Cluster) -> Vec<i64> {
-    c.backends.iter().map(|b| b.requests().unwrap() as i64).collect()
+    c.backends
+        .iter()
+        .map(|b| b.requests().unwrap() as i64)
+        .collect()
 }
 
 #[test]
@@ -65,7 +92,12 @@ fn a_70_20_10_split_counted_at_the_backends_beside_envoys_native_split() {
         assert_eq!(c.envoy.get("/native/x").unwrap().status, 200);
     }
     let native = counts(&c);
-    let deviation = |got: &[i64]| -> f64 { got.iter().zip([0.7, 0.2, 0.1]).map(|(g, s)| (*g as f64 - n as f64 * s).abs()).fold(0.0, f64::max) };
+    let deviation = |got: &[i64]| -> f64 {
+        got.iter()
+            .zip([0.7, 0.2, 0.1])
+            .map(|(g, s)| (*g as f64 - n as f64 * s).abs())
+            .fold(0.0, f64::max)
+    };
     println!("N={n}: ours {ours:?} (max deviation {}), Envoy weighted_clusters {native:?} (max deviation {})", deviation(&ours), deviation(&native));
     // Each of the 2 workers is within 1 of its share: overall within 2.
     assert!(deviation(&ours) <= 2.0, "{ours:?}");
@@ -78,22 +110,39 @@ fn sticky_users_and_the_override_header() {
     for user in 0..40 {
         let user = format!("user-{user}");
         let sides: Vec<String> = (0..4)
-            .map(|_| c.envoy.request("GET", "/sticky/x", &[("x-user", &user)], b"").unwrap().header("x-backend-name").unwrap().to_string())
+            .map(|_| {
+                c.envoy
+                    .request("GET", "/sticky/x", &[("x-user", &user)], b"")
+                    .unwrap()
+                    .header("x-backend-name")
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         assert!(sides.iter().all(|s| *s == sides[0]), "{user}: {sides:?}");
     }
     for _ in 0..10 {
-        let r = c.envoy.request("GET", "/api/x", &[("x-canary", "always")], b"").unwrap();
+        let r = c
+            .envoy
+            .request("GET", "/api/x", &[("x-canary", "always")], b"")
+            .unwrap();
         assert_eq!(r.header("x-backend-name"), Some("api-v2"));
     }
-    assert_eq!(c.envoy.stat("edgewise.weighted_router.api.overrides").unwrap(), Some(10));
+    assert_eq!(
+        c.envoy
+            .stat("edgewise.weighted_router.api.overrides")
+            .unwrap(),
+        Some(10)
+    );
 }
 
 #[test]
 fn failover_when_a_backends_breaker_opens_and_return_after_it_closes() {
     let breaker = r#"{"upstream":"header:x-route-cluster","trip":{"consecutive_failures":3},"open":{"duration":"1s"},"half_open":{"probes":1}}"#;
     let c = cluster(Some(breaker));
-    c.backends[1].set_fault(r#"{"mode":"fail","ratio":1.0,"status":503}"#).unwrap();
+    c.backends[1]
+        .set_fault(r#"{"mode":"fail","ratio":1.0,"status":503}"#)
+        .unwrap();
     let mut failed = 0;
     for _ in 0..200 {
         if c.envoy.get("/api/x").unwrap().status != 200 {
@@ -102,38 +151,64 @@ fn failover_when_a_backends_breaker_opens_and_return_after_it_closes() {
     }
     // Only the requests that tripped the breaker failed; then api-v2's share went elsewhere.
     assert_eq!(failed, 3, "client errors beyond the trip count");
-    assert_eq!(c.backends[1].requests().unwrap(), 3, "api-v2 received only the tripping requests");
-    assert!(c.envoy.stat("edgewise.weighted_router.api.failovers").unwrap().unwrap() > 0);
+    assert_eq!(
+        c.backends[1].requests().unwrap(),
+        3,
+        "api-v2 received only the tripping requests"
+    );
+    assert!(
+        c.envoy
+            .stat("edgewise.weighted_router.api.failovers")
+            .unwrap()
+            .unwrap()
+            > 0
+    );
     // Healed: once the open duration is over, traffic returns to api-v2 and the probe closes it.
     c.backends[1].set_fault(r#"{"mode":"off"}"#).unwrap();
     let started = Instant::now();
     while c.backends[1].requests().unwrap() == 3 {
-        assert!(started.elapsed() < Duration::from_secs(10), "api-v2 never came back");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "api-v2 never came back"
+        );
         c.envoy.get("/api/x").unwrap();
         std::thread::sleep(Duration::from_millis(20));
     }
     for b in &c.backends {
         b.reset_counters().unwrap();
     }
-    let statuses: BTreeMap<u16, usize> = (0..100).map(|_| c.envoy.get("/api/x").unwrap().status).fold(BTreeMap::new(), |mut m, s| {
-        *m.entry(s).or_insert(0) += 1;
-        m
-    });
+    let statuses: BTreeMap<u16, usize> = (0..100)
+        .map(|_| c.envoy.get("/api/x").unwrap().status)
+        .fold(BTreeMap::new(), |mut m, s| {
+            *m.entry(s).or_insert(0) += 1;
+            m
+        });
     assert_eq!(statuses.get(&200), Some(&100), "{statuses:?}");
     let back = counts(&c);
-    assert!((back[1] - 20).abs() <= 2, "api-v2 has its share again: {back:?}");
+    assert!(
+        (back[1] - 20).abs() <= 2,
+        "api-v2 has its share again: {back:?}"
+    );
 }
 
 #[test]
 fn the_example_envoy_config_is_valid() {
     build();
-    let example = std::fs::read_to_string(envoy_harness::workspace_root().join("envoy/examples/weighted-router.yaml")).unwrap();
+    let example = std::fs::read_to_string(
+        envoy_harness::workspace_root().join("envoy/examples/weighted-router.yaml"),
+    )
+    .unwrap();
     let relative = "target/wasm32-wasip1/release/weighted_router.wasm";
     assert!(example.contains(relative));
     let adjusted = example
         .replace(relative, &wasm_path("weighted_router").to_string_lossy())
-        .replace("target/wasm32-wasip1/release/circuit_breaker.wasm", &wasm_path("circuit_breaker").to_string_lossy());
-    let path = envoy_harness::scratch_dir("example").unwrap().join("weighted-router.yaml");
+        .replace(
+            "target/wasm32-wasip1/release/circuit_breaker.wasm",
+            &wasm_path("circuit_breaker").to_string_lossy(),
+        );
+    let path = envoy_harness::scratch_dir("example")
+        .unwrap()
+        .join("weighted-router.yaml");
     std::fs::write(&path, adjusted).unwrap();
     envoy_harness::envoy::validate_file(&path).unwrap_or_else(|e| panic!("{e}"));
 }

@@ -6,20 +6,42 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use proxy_host::{load_module, Headers, PluginOptions, World};
 
 fn request() -> Headers {
-    Headers::from([(":method", "GET"), (":path", "/api/x"), (":authority", "api.example.com"), ("x-api-key", "client-1")])
+    Headers::from([
+        (":method", "GET"),
+        (":path", "/api/x"),
+        (":authority", "api.example.com"),
+        ("x-api-key", "client-1"),
+    ])
 }
 
 fn benches(c: &mut Criterion) {
     let cases: &[(&str, &str, &str)] = &[
         ("noop", "noop", ""),
-        ("rate_limit (pass)", "rate_limit", r#"{"rules":[{"name":"r","key":"header:x-api-key","limit":1000000000,"window":"1s"}]}"#),
-        ("circuit_breaker (closed)", "circuit_breaker", r#"{"trip":{"consecutive_failures":5}}"#),
-        ("weighted_router (WRR)", "weighted_router", r#"{"routes":[{"targets":[{"cluster":"a","weight":70},{"cluster":"b","weight":30}]}]}"#),
+        (
+            "rate_limit (pass)",
+            "rate_limit",
+            r#"{"rules":[{"name":"r","key":"header:x-api-key","limit":1000000000,"window":"1s"}]}"#,
+        ),
+        (
+            "circuit_breaker (closed)",
+            "circuit_breaker",
+            r#"{"trip":{"consecutive_failures":5}}"#,
+        ),
+        (
+            "weighted_router (WRR)",
+            "weighted_router",
+            r#"{"routes":[{"targets":[{"cluster":"a","weight":70},{"cluster":"b","weight":30}]}]}"#,
+        ),
         ("response_cache (hit)", "response_cache", "{}"),
     ];
     for (label, module, config) in cases {
         let world = World::new();
-        let vm = world.start_vm(&load_module(module), &PluginOptions::new().configuration(*config)).unwrap_or_else(|f| panic!("{f}"));
+        let vm = world
+            .start_vm(
+                &load_module(module),
+                &PluginOptions::new().configuration(*config),
+            )
+            .unwrap_or_else(|f| panic!("{f}"));
         c.bench_function(&format!("stream/{label}"), |b| {
             b.iter(|| {
                 let mut s = vm.stream();

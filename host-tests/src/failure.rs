@@ -25,10 +25,16 @@ pub struct VmFailure {
 
 impl VmFailure {
     pub(crate) fn load(message: String) -> VmFailure {
-        VmFailure { kind: FailureKind::Load, message }
+        VmFailure {
+            kind: FailureKind::Load,
+            message,
+        }
     }
     pub(crate) fn usage(message: String) -> VmFailure {
-        VmFailure { kind: FailureKind::Usage, message }
+        VmFailure {
+            kind: FailureKind::Usage,
+            message,
+        }
     }
 }
 

@@ -10,7 +10,9 @@ impl Headers {
     }
 
     /// Builds a map from pairs; names are lowercased as Envoy does.
-    pub fn from_pairs<K: AsRef<str>, V: AsRef<[u8]>>(pairs: impl IntoIterator<Item = (K, V)>) -> Headers {
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<[u8]>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Headers {
         let mut headers = Headers::new();
         for (key, value) in pairs {
             headers.add(key.as_ref(), value.as_ref());
@@ -19,7 +21,8 @@ impl Headers {
     }
 
     pub fn add(&mut self, key: &str, value: impl AsRef<[u8]>) {
-        self.0.push((key.to_ascii_lowercase(), value.as_ref().to_vec()));
+        self.0
+            .push((key.to_ascii_lowercase(), value.as_ref().to_vec()));
     }
 
     /// Replaces every value of `key` with one value (appends if absent).
@@ -49,7 +52,11 @@ impl Headers {
     /// All values of `key` joined by "," — what Envoy's get returns for a repeated header.
     pub fn get_joined(&self, key: &str) -> Option<Vec<u8>> {
         let key = key.to_ascii_lowercase();
-        let mut values = self.0.iter().filter(|(k, _)| *k == key).map(|(_, v)| v.as_slice());
+        let mut values = self
+            .0
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_slice());
         let first = values.next()?;
         let mut joined = first.to_vec();
         for value in values {
@@ -61,7 +68,8 @@ impl Headers {
 
     /// The value of `key` as text (lossy), for assertions.
     pub fn get(&self, key: &str) -> Option<String> {
-        self.get_joined(key).map(|v| String::from_utf8_lossy(&v).into_owned())
+        self.get_joined(key)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -107,7 +115,11 @@ impl Headers {
         if self.0.is_empty() {
             return 0;
         }
-        4 + self.0.iter().map(|(k, v)| 8 + k.len() + v.len() + 2).sum::<usize>()
+        4 + self
+            .0
+            .iter()
+            .map(|(k, v)| 8 + k.len() + v.len() + 2)
+            .sum::<usize>()
     }
 
     /// Decodes the header-pairs encoding sent by a module. `None` on malformed input.
@@ -132,7 +144,10 @@ impl Headers {
             at += key_len + 1;
             let value = bytes.get(at..at + value_len)?;
             at += value_len + 1;
-            headers.0.push((String::from_utf8_lossy(key).to_ascii_lowercase(), value.to_vec()));
+            headers.0.push((
+                String::from_utf8_lossy(key).to_ascii_lowercase(),
+                value.to_vec(),
+            ));
         }
         Some(headers)
     }

@@ -31,20 +31,32 @@ impl WasmModule {
     /// Loads and checks a module from a file. Compiled modules are cached per path and
     /// modification time, so many tests can share one compilation.
     pub fn load(path: impl AsRef<Path>) -> Result<WasmModule, VmFailure> {
-        static CACHE: OnceLock<Mutex<HashMap<(PathBuf, std::time::SystemTime), WasmModule>>> = OnceLock::new();
+        static CACHE: OnceLock<Mutex<HashMap<(PathBuf, std::time::SystemTime), WasmModule>>> =
+            OnceLock::new();
         let path = path.as_ref();
-        let meta = std::fs::metadata(path)
-            .map_err(|e| VmFailure::load(format!("cannot read Wasm module {}: {e}", path.display())))?;
-        let key = (path.to_path_buf(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
+        let meta = std::fs::metadata(path).map_err(|e| {
+            VmFailure::load(format!("cannot read Wasm module {}: {e}", path.display()))
+        })?;
+        let key = (
+            path.to_path_buf(),
+            meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+        );
         let cache = CACHE.get_or_init(Default::default);
         if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(hit.clone());
         }
-        let bytes = std::fs::read(path)
-            .map_err(|e| VmFailure::load(format!("cannot read Wasm module {}: {e}", path.display())))?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let bytes = std::fs::read(path).map_err(|e| {
+            VmFailure::load(format!("cannot read Wasm module {}: {e}", path.display()))
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let module = WasmModule::from_bytes(&name, &bytes)?;
-        cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, module.clone());
+        cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, module.clone());
         Ok(module)
     }
 
@@ -54,12 +66,19 @@ impl WasmModule {
             .map_err(|e| VmFailure::load(format!("Failed to load Wasm bytecode {name}: {e:#}")))?;
         check_imports(&module)?;
         check_exports(&module)?;
-        Ok(WasmModule { module, name: name.into() })
+        Ok(WasmModule {
+            module,
+            name: name.into(),
+        })
     }
 
     /// The module's imports as `module.name`, sorted.
     pub fn imports(&self) -> Vec<String> {
-        let mut all: Vec<String> = self.module.imports().map(|i| format!("{}.{}", i.module(), i.name())).collect();
+        let mut all: Vec<String> = self
+            .module
+            .imports()
+            .map(|i| format!("{}.{}", i.module(), i.name()))
+            .collect();
         all.sort();
         all
     }
@@ -96,7 +115,9 @@ fn check_exports(module: &Module) -> Result<(), VmFailure> {
         ));
     }
     if !has("malloc") && !has("proxy_on_memory_allocate") {
-        return Err(VmFailure::load("Wasm module is missing malloc function.".to_string()));
+        return Err(VmFailure::load(
+            "Wasm module is missing malloc function.".to_string(),
+        ));
     }
     if !has("memory") {
         return Err(VmFailure::load("Wasm module exports no memory".to_string()));

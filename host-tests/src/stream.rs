@@ -54,7 +54,13 @@ impl Stream {
             state.next_context += 1;
             id
         };
-        Stream { vm, context, created: false, finished: false, source_address: format!("127.0.0.1:{}", 40000 + context % 20000) }
+        Stream {
+            vm,
+            context,
+            created: false,
+            finished: false,
+            source_address: format!("127.0.0.1:{}", 40000 + context % 20000),
+        }
     }
 
     /// The stream's context id in the module.
@@ -82,18 +88,29 @@ impl Stream {
         let root = guard.store.data().root_context;
         guard.store.data_mut().streams.insert(
             self.context,
-            StreamState { source_address: self.source_address.clone(), start_nanos: now, ..Default::default() },
+            StreamState {
+                source_address: self.source_address.clone(),
+                start_nanos: now,
+                ..Default::default()
+            },
         );
         guard.call(
             "proxy_on_context_create",
-            &[wasmtime::Val::I32(self.context as i32), wasmtime::Val::I32(root as i32)],
+            &[
+                wasmtime::Val::I32(self.context as i32),
+                wasmtime::Val::I32(root as i32),
+            ],
         )?;
         Ok(())
     }
 
     /// Request headers arrive. Envoy's connection manager has already added `:scheme`,
     /// `x-forwarded-proto` and `x-request-id` when absent; this does the same.
-    pub fn try_send_request_headers(&mut self, headers: impl Into<Headers>, end_of_stream: bool) -> Result<Action, VmFailure> {
+    pub fn try_send_request_headers(
+        &mut self,
+        headers: impl Into<Headers>,
+        end_of_stream: bool,
+    ) -> Result<Action, VmFailure> {
         self.ensure_created()?;
         let mut headers = headers.into();
         for (key, default) in [(":scheme", "http"), ("x-forwarded-proto", "http")] {
@@ -107,20 +124,37 @@ impl Stream {
             drop(world);
             headers.add(
                 "x-request-id",
-                format!("{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xfff, b >> 52, b & 0xffff_ffff_ffff),
+                format!(
+                    "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+                    a >> 32,
+                    (a >> 16) & 0xffff,
+                    a & 0xfff,
+                    b >> 52,
+                    b & 0xffff_ffff_ffff
+                ),
             );
         }
         let vm = self.vm.clone();
-        let result = vm.lock().request_headers(self.context, headers, end_of_stream);
+        let result = vm
+            .lock()
+            .request_headers(self.context, headers, end_of_stream);
         self.after(result)
     }
 
-    pub fn send_request_headers(&mut self, headers: impl Into<Headers>, end_of_stream: bool) -> Action {
+    pub fn send_request_headers(
+        &mut self,
+        headers: impl Into<Headers>,
+        end_of_stream: bool,
+    ) -> Action {
         expect(self.try_send_request_headers(headers, end_of_stream))
     }
 
     /// A request body chunk arrives; the filter sees everything buffered so far.
-    pub fn try_send_request_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Result<Action, VmFailure> {
+    pub fn try_send_request_body(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Action, VmFailure> {
         let vm = self.vm.clone();
         let result = vm.lock().request_body(self.context, chunk, end_of_stream);
         self.after(result)
@@ -130,7 +164,10 @@ impl Stream {
         expect(self.try_send_request_body(chunk, end_of_stream))
     }
 
-    pub fn try_send_request_trailers(&mut self, trailers: impl Into<Headers>) -> Result<Action, VmFailure> {
+    pub fn try_send_request_trailers(
+        &mut self,
+        trailers: impl Into<Headers>,
+    ) -> Result<Action, VmFailure> {
         let vm = self.vm.clone();
         let result = vm.lock().trailers(self.context, trailers.into(), true);
         self.after(result)
@@ -141,17 +178,31 @@ impl Stream {
     }
 
     /// The upstream's response headers arrive.
-    pub fn try_send_response_headers(&mut self, headers: impl Into<Headers>, end_of_stream: bool) -> Result<Action, VmFailure> {
+    pub fn try_send_response_headers(
+        &mut self,
+        headers: impl Into<Headers>,
+        end_of_stream: bool,
+    ) -> Result<Action, VmFailure> {
         let vm = self.vm.clone();
-        let result = vm.lock().response_headers(self.context, headers.into(), end_of_stream);
+        let result = vm
+            .lock()
+            .response_headers(self.context, headers.into(), end_of_stream);
         self.after(result)
     }
 
-    pub fn send_response_headers(&mut self, headers: impl Into<Headers>, end_of_stream: bool) -> Action {
+    pub fn send_response_headers(
+        &mut self,
+        headers: impl Into<Headers>,
+        end_of_stream: bool,
+    ) -> Action {
         expect(self.try_send_response_headers(headers, end_of_stream))
     }
 
-    pub fn try_send_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Result<Action, VmFailure> {
+    pub fn try_send_response_body(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Action, VmFailure> {
         let vm = self.vm.clone();
         let result = vm.lock().response_body(self.context, chunk, end_of_stream);
         self.after(result)
@@ -195,8 +246,14 @@ impl Stream {
 
     /// The request headers as the filter has left them so far.
     pub fn request_headers(&self) -> Headers {
-        self.state(|s| s.request.headers.clone().or_else(|| s.request.last_headers.clone()).unwrap_or_default())
-            .unwrap_or_default()
+        self.state(|s| {
+            s.request
+                .headers
+                .clone()
+                .or_else(|| s.request.last_headers.clone())
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
     }
 
     /// What has gone on to the upstream (None while the filter holds the request).

@@ -183,7 +183,11 @@ impl VmState {
     pub(crate) fn log(&self, level: LogLevel, message: String) {
         let mut world = self.world.lock();
         if level >= world.log_level {
-            world.logs.push(LogEntry { vm: self.index, level, message });
+            world.logs.push(LogEntry {
+                vm: self.index,
+                level,
+                message,
+            });
         }
     }
 }
@@ -205,11 +209,24 @@ pub struct Vm {
 
 impl Vm {
     pub(crate) fn from_inner(inner: Arc<Mutex<VmInner>>, world: World) -> Vm {
-        let index = inner.lock().unwrap_or_else(|p| p.into_inner()).store.data().index;
-        Vm { inner, world, index }
+        let index = inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .store
+            .data()
+            .index;
+        Vm {
+            inner,
+            world,
+            index,
+        }
     }
 
-    pub(crate) fn start(world: &World, module: &WasmModule, options: &PluginOptions) -> Result<Vm, VmFailure> {
+    pub(crate) fn start(
+        world: &World,
+        module: &WasmModule,
+        options: &PluginOptions,
+    ) -> Result<Vm, VmFailure> {
         let index = world.lock().vms.len();
         let state = VmState {
             world: world.clone(),
@@ -235,10 +252,20 @@ impl Vm {
         let linker = hostcalls::linker()?;
         let instance = linker
             .instantiate(&mut store, &module.module)
-            .map_err(|e| VmFailure::load(format!("Failed to link Wasm module {}: {e:#}", module.name)))?;
-        let inner = Arc::new(Mutex::new(VmInner { store, instance, failed: None }));
+            .map_err(|e| {
+                VmFailure::load(format!("Failed to link Wasm module {}: {e:#}", module.name))
+            })?;
+        let inner = Arc::new(Mutex::new(VmInner {
+            store,
+            instance,
+            failed: None,
+        }));
         world.lock().vms.push(Arc::downgrade(&inner));
-        let vm = Vm { inner, world: world.clone(), index };
+        let vm = Vm {
+            inner,
+            world: world.clone(),
+            index,
+        };
         {
             let mut guard = vm.lock();
             // WASI reactor start-up, then main if present (cpp-host WasmBase::startVm).
@@ -248,15 +275,26 @@ impl Vm {
             let root = guard.store.data().root_context as i32;
             guard.call("proxy_on_context_create", &[Val::I32(root), Val::I32(0)])?;
             let vm_config_len = guard.store.data().options.vm_configuration.len() as i32;
-            if guard.call("proxy_on_vm_start", &[Val::I32(root), Val::I32(vm_config_len)])? == Some(0) {
-                return Err(guard.reject("proxy_on_vm_start returned false: Envoy fails to start the VM"));
+            if guard.call(
+                "proxy_on_vm_start",
+                &[Val::I32(root), Val::I32(vm_config_len)],
+            )? == Some(0)
+            {
+                return Err(
+                    guard.reject("proxy_on_vm_start returned false: Envoy fails to start the VM")
+                );
             }
             let config_len = guard.store.data().options.configuration.len() as i32;
             guard.store.data_mut().configuring = true;
-            let configured = guard.call("proxy_on_configure", &[Val::I32(root), Val::I32(config_len)]);
+            let configured = guard.call(
+                "proxy_on_configure",
+                &[Val::I32(root), Val::I32(config_len)],
+            );
             guard.store.data_mut().configuring = false;
             if configured? == Some(0) {
-                return Err(guard.reject("proxy_on_configure returned false: Envoy rejects this plugin configuration"));
+                return Err(guard.reject(
+                    "proxy_on_configure returned false: Envoy rejects this plugin configuration",
+                ));
             }
             guard.run_deferred()?;
         }
@@ -292,7 +330,9 @@ impl Vm {
         let configured = guard.call("proxy_on_configure", &[Val::I32(root), Val::I32(len)]);
         guard.store.data_mut().configuring = false;
         if configured? == Some(0) {
-            return Err(guard.reject("proxy_on_configure returned false: Envoy rejects this plugin configuration"));
+            return Err(guard.reject(
+                "proxy_on_configure returned false: Envoy rejects this plugin configuration",
+            ));
         }
         guard.run_deferred()
     }
@@ -306,21 +346,39 @@ impl Vm {
 
     pub(crate) fn on_queue_ready(&self, context: u32, token: u32) -> Result<(), VmFailure> {
         let mut guard = self.lock();
-        guard.call("proxy_on_queue_ready", &[Val::I32(context as i32), Val::I32(token as i32)])?;
+        guard.call(
+            "proxy_on_queue_ready",
+            &[Val::I32(context as i32), Val::I32(token as i32)],
+        )?;
         guard.run_deferred()
     }
 
-    pub(crate) fn on_http_call_response(&self, context: u32, token: u32, outcome: CallOutcome) -> Result<(), VmFailure> {
+    pub(crate) fn on_http_call_response(
+        &self,
+        context: u32,
+        token: u32,
+        outcome: CallOutcome,
+    ) -> Result<(), VmFailure> {
         let mut guard = self.lock();
-        if context != guard.store.data().root_context && !guard.store.data().streams.contains_key(&context) {
+        if context != guard.store.data().root_context
+            && !guard.store.data().streams.contains_key(&context)
+        {
             return Ok(()); // the stream ended: Envoy cancelled the request
         }
         let (n_headers, body_len, n_trailers, response) = match outcome {
-            CallOutcome::Response { headers, body, trailers } => (
+            CallOutcome::Response {
+                headers,
+                body,
+                trailers,
+            } => (
                 headers.len(),
                 body.len(),
                 trailers.len(),
-                CallResponse { headers: Some(headers), body: Some(body), trailers: Some(trailers) },
+                CallResponse {
+                    headers: Some(headers),
+                    body: Some(body),
+                    trailers: Some(trailers),
+                },
             ),
             CallOutcome::Reset => {
                 // Envoy: status BrokenConnection (11), message "reset".
@@ -344,7 +402,12 @@ impl Vm {
         guard.run_deferred()
     }
 
-    pub(crate) fn on_grpc_event(&self, context: u32, token: u32, event: GrpcEvent) -> Result<(), VmFailure> {
+    pub(crate) fn on_grpc_event(
+        &self,
+        context: u32,
+        token: u32,
+        event: GrpcEvent,
+    ) -> Result<(), VmFailure> {
         let mut guard = self.lock();
         let ctx = Val::I32(context as i32);
         let tok = Val::I32(token as i32);
@@ -352,7 +415,10 @@ impl Vm {
             GrpcEvent::InitialMetadata(h) => {
                 let n = h.len() as i32;
                 guard.store.data_mut().grpc_receive.headers = Some(h);
-                guard.call("proxy_on_grpc_receive_initial_metadata", &[ctx, tok, Val::I32(n)])?;
+                guard.call(
+                    "proxy_on_grpc_receive_initial_metadata",
+                    &[ctx, tok, Val::I32(n)],
+                )?;
                 guard.store.data_mut().grpc_receive.headers = None;
             }
             GrpcEvent::Message(m) => {
@@ -364,7 +430,10 @@ impl Vm {
             GrpcEvent::TrailingMetadata(h) => {
                 let n = h.len() as i32;
                 guard.store.data_mut().grpc_receive.trailers = Some(h);
-                guard.call("proxy_on_grpc_receive_trailing_metadata", &[ctx, tok, Val::I32(n)])?;
+                guard.call(
+                    "proxy_on_grpc_receive_trailing_metadata",
+                    &[ctx, tok, Val::I32(n)],
+                )?;
                 guard.store.data_mut().grpc_receive.trailers = None;
             }
             GrpcEvent::Close { status, message } => {
@@ -391,7 +460,10 @@ impl Vm {
 
 impl VmInner {
     fn reject(&mut self, why: &str) -> VmFailure {
-        let failure = VmFailure { kind: FailureKind::Rejected, message: self.with_recent_logs(why.to_string()) };
+        let failure = VmFailure {
+            kind: FailureKind::Rejected,
+            message: self.with_recent_logs(why.to_string()),
+        };
         self.failed = Some(failure.clone());
         failure
     }
@@ -399,7 +471,12 @@ impl VmInner {
     fn with_recent_logs(&self, mut message: String) -> String {
         let index = self.store.data().index;
         let logs = self.store.data().world.logs();
-        let recent: Vec<&LogEntry> = logs.iter().filter(|l| l.vm == index).rev().take(8).collect();
+        let recent: Vec<&LogEntry> = logs
+            .iter()
+            .filter(|l| l.vm == index)
+            .rev()
+            .take(8)
+            .collect();
         if !recent.is_empty() {
             message.push_str("\nlast lines the module logged (newest last):");
             for entry in recent.into_iter().rev() {
@@ -414,7 +491,10 @@ impl VmInner {
         if let Some(failure) = &self.failed {
             return Err(VmFailure {
                 kind: FailureKind::VmFailed,
-                message: format!("the VM failed earlier; Envoy answers 503 wasm_fail_stream. First failure:\n{}", failure.message),
+                message: format!(
+                    "the VM failed earlier; Envoy answers 503 wasm_fail_stream. First failure:\n{}",
+                    failure.message
+                ),
             });
         }
         let Some(func) = self.instance.get_func(&mut self.store, name) else {
@@ -437,8 +517,12 @@ impl VmInner {
             }),
             Err(error) => {
                 let index = self.store.data().index;
-                let message = self.with_recent_logs(format!("wasm VM #{index} trapped in {name}: {error:?}"));
-                let failure = VmFailure { kind: FailureKind::Trap, message };
+                let message =
+                    self.with_recent_logs(format!("wasm VM #{index} trapped in {name}: {error:?}"));
+                let failure = VmFailure {
+                    kind: FailureKind::Trap,
+                    message,
+                };
                 self.failed = Some(failure.clone());
                 Err(failure)
             }
@@ -455,8 +539,12 @@ impl VmInner {
             }
             for action in deferred {
                 match action {
-                    Deferred::LocalReply { context, reply } => self.apply_local_reply(context, reply)?,
-                    Deferred::Continue { context, stream } => self.apply_continue(context, stream)?,
+                    Deferred::LocalReply { context, reply } => {
+                        self.apply_local_reply(context, reply)?
+                    }
+                    Deferred::Continue { context, stream } => {
+                        self.apply_continue(context, stream)?
+                    }
                     Deferred::Close { context } => {
                         if let Some(s) = self.store.data_mut().streams.get_mut(&context) {
                             s.reset = true;
@@ -468,12 +556,18 @@ impl VmInner {
     }
 
     fn apply_continue(&mut self, context: u32, stream: i32) -> Result<(), VmFailure> {
-        let Some(s) = self.store.data_mut().streams.get_mut(&context) else { return Ok(()) };
+        let Some(s) = self.store.data_mut().streams.get_mut(&context) else {
+            return Ok(());
+        };
         if s.reset || s.local_reply.is_some() {
             return Ok(());
         }
         let request = stream == stream_type::REQUEST;
-        let direction = if request { &mut s.request } else { &mut s.response };
+        let direction = if request {
+            &mut s.request
+        } else {
+            &mut s.response
+        };
         let was_holding = std::mem::take(&mut direction.headers_paused);
         let held = std::mem::take(&mut direction.held);
         let held_end = std::mem::take(&mut direction.held_end);
@@ -490,7 +584,9 @@ impl VmInner {
     }
 
     fn apply_local_reply(&mut self, context: u32, reply: LocalReply) -> Result<(), VmFailure> {
-        let Some(s) = self.store.data_mut().streams.get_mut(&context) else { return Ok(()) };
+        let Some(s) = self.store.data_mut().streams.get_mut(&context) else {
+            return Ok(());
+        };
         if s.reset || s.local_reply.is_some() {
             return Ok(());
         }
@@ -523,16 +619,31 @@ impl VmInner {
         self.store.data_mut().streams.entry(context).or_default()
     }
 
-    pub(crate) fn request_headers(&mut self, context: u32, headers: Headers, end_of_stream: bool) -> Result<Action, VmFailure> {
+    pub(crate) fn request_headers(
+        &mut self,
+        context: u32,
+        headers: Headers,
+        end_of_stream: bool,
+    ) -> Result<Action, VmFailure> {
         let n = headers.len() as i32;
         {
             let s = self.stream_mut(context);
             s.request.headers = Some(headers);
             s.request.end_of_stream = end_of_stream;
         }
-        let raw = self.call("proxy_on_request_headers", &[Val::I32(context as i32), Val::I32(n), Val::I32(end_of_stream as i32)])?;
+        let raw = self.call(
+            "proxy_on_request_headers",
+            &[
+                Val::I32(context as i32),
+                Val::I32(n),
+                Val::I32(end_of_stream as i32),
+            ],
+        )?;
         let action = Action::from_raw(raw.unwrap_or(0));
-        let continued = self.store.data().deferred.iter().any(|d| matches!(d, Deferred::Continue { context: c, stream: 0 } if *c == context));
+        let continued =
+            self.store.data().deferred.iter().any(
+                |d| matches!(d, Deferred::Continue { context: c, stream: 0 } if *c == context),
+            );
         if action == Action::Pause && !continued {
             self.stream_mut(context).request.headers_paused = true;
         }
@@ -549,18 +660,38 @@ impl VmInner {
         Ok(action)
     }
 
-    pub(crate) fn request_body(&mut self, context: u32, chunk: &[u8], end_of_stream: bool) -> Result<Action, VmFailure> {
+    pub(crate) fn request_body(
+        &mut self,
+        context: u32,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Action, VmFailure> {
         self.body(context, chunk, end_of_stream, true)
     }
 
-    pub(crate) fn response_body(&mut self, context: u32, chunk: &[u8], end_of_stream: bool) -> Result<Action, VmFailure> {
+    pub(crate) fn response_body(
+        &mut self,
+        context: u32,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Action, VmFailure> {
         self.body(context, chunk, end_of_stream, false)
     }
 
-    fn body(&mut self, context: u32, chunk: &[u8], end_of_stream: bool, request: bool) -> Result<Action, VmFailure> {
+    fn body(
+        &mut self,
+        context: u32,
+        chunk: &[u8],
+        end_of_stream: bool,
+        request: bool,
+    ) -> Result<Action, VmFailure> {
         {
             let s = self.stream_mut(context);
-            let d = if request { &mut s.request } else { &mut s.response };
+            let d = if request {
+                &mut s.request
+            } else {
+                &mut s.response
+            };
             if d.headers_paused {
                 d.held.extend_from_slice(chunk);
                 d.held_end |= end_of_stream;
@@ -569,7 +700,11 @@ impl VmInner {
         }
         let size = {
             let s = self.stream_mut(context);
-            let d = if request { &mut s.request } else { &mut s.response };
+            let d = if request {
+                &mut s.request
+            } else {
+                &mut s.response
+            };
             if !d.buffering {
                 d.body.clear();
             }
@@ -578,13 +713,28 @@ impl VmInner {
             d.end_of_stream = end_of_stream;
             d.body.len()
         };
-        let export = if request { "proxy_on_request_body" } else { "proxy_on_response_body" };
-        let raw = self.call(export, &[Val::I32(context as i32), Val::I32(size as i32), Val::I32(end_of_stream as i32)])?;
+        let export = if request {
+            "proxy_on_request_body"
+        } else {
+            "proxy_on_response_body"
+        };
+        let raw = self.call(
+            export,
+            &[
+                Val::I32(context as i32),
+                Val::I32(size as i32),
+                Val::I32(end_of_stream as i32),
+            ],
+        )?;
         let action = Action::from_raw(raw.unwrap_or(0));
         {
             let s = self.stream_mut(context);
             let blocked = s.local_reply.is_some() && request;
-            let d = if request { &mut s.request } else { &mut s.response };
+            let d = if request {
+                &mut s.request
+            } else {
+                &mut s.response
+            };
             match action {
                 Action::Continue if !blocked => d.forward_body(),
                 Action::Continue => {}
@@ -595,20 +745,37 @@ impl VmInner {
         Ok(action)
     }
 
-    pub(crate) fn trailers(&mut self, context: u32, trailers: Headers, request: bool) -> Result<Action, VmFailure> {
+    pub(crate) fn trailers(
+        &mut self,
+        context: u32,
+        trailers: Headers,
+        request: bool,
+    ) -> Result<Action, VmFailure> {
         let n = trailers.len() as i32;
         {
             let s = self.stream_mut(context);
-            let d = if request { &mut s.request } else { &mut s.response };
+            let d = if request {
+                &mut s.request
+            } else {
+                &mut s.response
+            };
             d.trailers = Some(trailers);
             d.end_of_stream = true;
         }
-        let export = if request { "proxy_on_request_trailers" } else { "proxy_on_response_trailers" };
+        let export = if request {
+            "proxy_on_request_trailers"
+        } else {
+            "proxy_on_response_trailers"
+        };
         let raw = self.call(export, &[Val::I32(context as i32), Val::I32(n)])?;
         let action = Action::from_raw(raw.unwrap_or(0));
         if action == Action::Continue {
             let s = self.stream_mut(context);
-            let d = if request { &mut s.request } else { &mut s.response };
+            let d = if request {
+                &mut s.request
+            } else {
+                &mut s.response
+            };
             d.forward_body();
             d.forwarded_trailers = d.trailers.take();
             d.forwarded_complete = true;
@@ -617,7 +784,12 @@ impl VmInner {
         Ok(action)
     }
 
-    pub(crate) fn response_headers(&mut self, context: u32, headers: Headers, end_of_stream: bool) -> Result<Action, VmFailure> {
+    pub(crate) fn response_headers(
+        &mut self,
+        context: u32,
+        headers: Headers,
+        end_of_stream: bool,
+    ) -> Result<Action, VmFailure> {
         let n = headers.len() as i32;
         {
             let s = self.stream_mut(context);
@@ -627,9 +799,19 @@ impl VmInner {
             s.response.headers = Some(headers);
             s.response.end_of_stream = end_of_stream;
         }
-        let raw = self.call("proxy_on_response_headers", &[Val::I32(context as i32), Val::I32(n), Val::I32(end_of_stream as i32)])?;
+        let raw = self.call(
+            "proxy_on_response_headers",
+            &[
+                Val::I32(context as i32),
+                Val::I32(n),
+                Val::I32(end_of_stream as i32),
+            ],
+        )?;
         let action = Action::from_raw(raw.unwrap_or(0));
-        let continued = self.store.data().deferred.iter().any(|d| matches!(d, Deferred::Continue { context: c, stream: 1 } if *c == context));
+        let continued =
+            self.store.data().deferred.iter().any(
+                |d| matches!(d, Deferred::Continue { context: c, stream: 1 } if *c == context),
+            );
         if action == Action::Pause && !continued {
             self.stream_mut(context).response.headers_paused = true;
         }
@@ -663,8 +845,12 @@ impl VmInner {
         self.call("proxy_on_delete", &[ctx])?;
         let index = self.store.data().index;
         let mut world = self.store.data().world.lock();
-        world.http_calls.retain(|c| !(c.vm == index && c.context_id == context));
-        world.grpc_calls.retain(|c| !(c.vm == index && c.context_id == context));
+        world
+            .http_calls
+            .retain(|c| !(c.vm == index && c.context_id == context));
+        world
+            .grpc_calls
+            .retain(|c| !(c.vm == index && c.context_id == context));
         drop(world);
         self.store.data_mut().deferred.clear();
         Ok(())

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use crate::abi::{LogLevel, MetricKind, Status};
-use crate::headers::Headers;
 use crate::failure::VmFailure;
+use crate::headers::Headers;
 use crate::vm::{PluginOptions, Vm, VmInner, WasmModule};
 
 /// 2026-01-01T00:00:00Z: where every world's virtual clock starts.
@@ -46,7 +46,11 @@ impl HttpCall {
 /// How a test answers a pending callout.
 #[derive(Clone, Debug)]
 pub enum CallOutcome {
-    Response { headers: Headers, body: Vec<u8>, trailers: Headers },
+    Response {
+        headers: Headers,
+        body: Vec<u8>,
+        trailers: Headers,
+    },
     /// The upstream stream was reset: the module sees zero headers and `get_status` = reset.
     Reset,
 }
@@ -99,7 +103,11 @@ pub(crate) struct MetricState {
 }
 
 pub(crate) enum Posted {
-    QueueReady { vm: usize, context_id: u32, token: u32 },
+    QueueReady {
+        vm: usize,
+        context_id: u32,
+        token: u32,
+    },
 }
 
 pub(crate) struct WorldState {
@@ -122,7 +130,8 @@ pub(crate) struct WorldState {
     pub ticks: HashMap<usize, (u64, u64)>,
     pub vms: Vec<Weak<Mutex<VmInner>>>,
     pub rng_state: u64,
-    pub foreign_functions: HashMap<String, Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, Status> + Send + Sync>>,
+    pub foreign_functions:
+        HashMap<String, Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, Status> + Send + Sync>>,
 }
 
 impl WorldState {
@@ -187,7 +196,9 @@ impl World {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, WorldState> {
         // A test that panicked while holding the lock poisons it; the state is still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Starts one VM (one simulated Envoy worker) running the module with these options:
@@ -197,8 +208,15 @@ impl World {
     }
 
     /// Starts `workers` VMs of the same plugin, as Envoy does with one VM per worker thread.
-    pub fn start_vms(&self, module: &WasmModule, options: &PluginOptions, workers: usize) -> Result<Vec<Vm>, VmFailure> {
-        (0..workers).map(|_| self.start_vm(module, options)).collect()
+    pub fn start_vms(
+        &self,
+        module: &WasmModule,
+        options: &PluginOptions,
+        workers: usize,
+    ) -> Result<Vec<Vm>, VmFailure> {
+        (0..workers)
+            .map(|_| self.start_vm(module, options))
+            .collect()
     }
 
     /// Declares an upstream cluster that `proxy_http_call` / `proxy_grpc_call` may target.
@@ -217,7 +235,9 @@ impl World {
         name: &str,
         function: impl Fn(&[u8]) -> Result<Vec<u8>, Status> + Send + Sync + 'static,
     ) {
-        self.lock().foreign_functions.insert(name.to_string(), Arc::new(function));
+        self.lock()
+            .foreign_functions
+            .insert(name.to_string(), Arc::new(function));
     }
 
     /// The virtual wall clock, in nanoseconds since the Unix epoch.
@@ -239,8 +259,16 @@ impl World {
             self.deliver_posted()?;
             let next = {
                 let state = self.lock();
-                let next_tick = state.ticks.iter().map(|(vm, (_, at))| (*at, 0u8, *vm as u64)).min();
-                let next_timeout = state.http_calls.iter().map(|c| (c.deadline_nanos, 1u8, c.id)).min();
+                let next_tick = state
+                    .ticks
+                    .iter()
+                    .map(|(vm, (_, at))| (*at, 0u8, *vm as u64))
+                    .min();
+                let next_timeout = state
+                    .http_calls
+                    .iter()
+                    .map(|c| (c.deadline_nanos, 1u8, c.id))
+                    .min();
                 match (next_tick, next_timeout) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -268,11 +296,14 @@ impl World {
                                 ("content-length", "24"),
                                 ("content-type", "text/plain"),
                             ]);
-                            self.deliver_http_call(call, CallOutcome::Response {
-                                headers,
-                                body: b"upstream request timeout".to_vec(),
-                                trailers: Headers::new(),
-                            })?;
+                            self.deliver_http_call(
+                                call,
+                                CallOutcome::Response {
+                                    headers,
+                                    body: b"upstream request timeout".to_vec(),
+                                    trailers: Headers::new(),
+                                },
+                            )?;
                         }
                     }
                 }
@@ -292,7 +323,12 @@ impl World {
     pub fn deliver_posted(&self) -> Result<(), VmFailure> {
         loop {
             let posted = self.lock().posted.pop_front();
-            let Some(Posted::QueueReady { vm, context_id, token }) = posted else {
+            let Some(Posted::QueueReady {
+                vm,
+                context_id,
+                token,
+            }) = posted
+            else {
                 return Ok(());
             };
             if let Some(vm) = self.vm_by_index(vm) {
@@ -303,7 +339,8 @@ impl World {
 
     pub(crate) fn vm_by_index(&self, index: usize) -> Option<Vm> {
         let weak = self.lock().vms.get(index).cloned()?;
-        weak.upgrade().map(|inner| Vm::from_inner(inner, self.clone()))
+        weak.upgrade()
+            .map(|inner| Vm::from_inner(inner, self.clone()))
     }
 
     /// Every line logged so far, in order, from every VM.
@@ -313,7 +350,12 @@ impl World {
 
     /// Logged messages containing `needle`.
     pub fn logs_containing(&self, needle: &str) -> Vec<LogEntry> {
-        self.lock().logs.iter().filter(|l| l.message.contains(needle)).cloned().collect()
+        self.lock()
+            .logs
+            .iter()
+            .filter(|l| l.message.contains(needle))
+            .cloned()
+            .collect()
     }
 
     /// A counter's or gauge's current value by its defined name (without Envoy's
@@ -324,12 +366,20 @@ impl World {
 
     /// Values recorded into a histogram.
     pub fn histogram_samples(&self, name: &str) -> Vec<u64> {
-        self.lock().metrics.get(name).map(|m| m.samples.clone()).unwrap_or_default()
+        self.lock()
+            .metrics
+            .get(name)
+            .map(|m| m.samples.clone())
+            .unwrap_or_default()
     }
 
     /// Every defined metric and its value, sorted by name.
     pub fn metrics(&self) -> Vec<(String, i64)> {
-        self.lock().metrics.iter().map(|(k, v)| (k.clone(), v.value)).collect()
+        self.lock()
+            .metrics
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value))
+            .collect()
     }
 
     /// A shared-data value and its CAS, as the given vm_id sees it.
@@ -344,9 +394,13 @@ impl World {
     pub fn set_shared_data(&self, vm_id: &str, key: &str, value: &[u8]) {
         let mut state = self.lock();
         let cas = state.next_cas();
-        state
-            .shared_data
-            .insert((vm_id.to_string(), key.to_string()), SharedValue { value: value.to_vec(), cas });
+        state.shared_data.insert(
+            (vm_id.to_string(), key.to_string()),
+            SharedValue {
+                value: value.to_vec(),
+                cas,
+            },
+        );
     }
 
     /// Number of shared-data keys held for a vm_id, and their total bytes (keys + values).
@@ -356,14 +410,18 @@ impl World {
             .shared_data
             .iter()
             .filter(|((id, _), _)| id == vm_id)
-            .fold((0, 0), |(n, bytes), ((_, key), v)| (n + 1, bytes + key.len() + v.value.len()))
+            .fold((0, 0), |(n, bytes), ((_, key), v)| {
+                (n + 1, bytes + key.len() + v.value.len())
+            })
     }
 
     /// Makes the next `times` CAS-conditional sets of `key` lose a race: just before each
     /// one, a simulated concurrent worker writes the key, so the set gets `CasMismatch`
     /// exactly as it would under real contention.
     pub fn interfere_with_next_sets(&self, vm_id: &str, key: &str, times: u32) {
-        self.lock().interference.insert((vm_id.to_string(), key.to_string()), times);
+        self.lock()
+            .interference
+            .insert((vm_id.to_string(), key.to_string()), times);
     }
 
     /// Callouts dispatched and not yet answered, oldest first.
@@ -378,18 +436,35 @@ impl World {
     }
 
     /// Answers a pending callout with a response; the module's `on_http_call_response` runs.
-    pub fn respond_http_call(&self, call_id: u64, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), VmFailure> {
+    pub fn respond_http_call(
+        &self,
+        call_id: u64,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), VmFailure> {
         let mut all = Headers::from([(":status", status.to_string())]);
         for (k, v) in headers {
             all.add(k, v);
         }
-        let call = self.take_http_call(call_id).ok_or_else(|| VmFailure::usage(format!("no pending http call {call_id}")))?;
-        self.deliver_http_call(call, CallOutcome::Response { headers: all, body: body.to_vec(), trailers: Headers::new() })
+        let call = self
+            .take_http_call(call_id)
+            .ok_or_else(|| VmFailure::usage(format!("no pending http call {call_id}")))?;
+        self.deliver_http_call(
+            call,
+            CallOutcome::Response {
+                headers: all,
+                body: body.to_vec(),
+                trailers: Headers::new(),
+            },
+        )
     }
 
     /// Resets a pending callout (upstream reset / connection failure).
     pub fn reset_http_call(&self, call_id: u64) -> Result<(), VmFailure> {
-        let call = self.take_http_call(call_id).ok_or_else(|| VmFailure::usage(format!("no pending http call {call_id}")))?;
+        let call = self
+            .take_http_call(call_id)
+            .ok_or_else(|| VmFailure::usage(format!("no pending http call {call_id}")))?;
         self.deliver_http_call(call, CallOutcome::Reset)
     }
 

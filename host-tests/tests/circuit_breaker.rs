@@ -2,15 +2,27 @@
 
 use std::time::Duration;
 
-use proxy_host::{load_module, Action, FailureKind, Headers, LogLevel, PluginOptions, Stream, Vm, World};
+use proxy_host::{
+    load_module, Action, FailureKind, Headers, LogLevel, PluginOptions, Stream, Vm, World,
+};
 
 fn start(world: &World, config: &str, workers: usize) -> Vec<Vm> {
-    let options = PluginOptions::new().vm_id("edgewise").plugin_name("circuit_breaker").route_name("payments").configuration(config);
-    world.start_vms(&load_module("circuit_breaker"), &options, workers).unwrap_or_else(|f| panic!("{f}"))
+    let options = PluginOptions::new()
+        .vm_id("edgewise")
+        .plugin_name("circuit_breaker")
+        .route_name("payments")
+        .configuration(config);
+    world
+        .start_vms(&load_module("circuit_breaker"), &options, workers)
+        .unwrap_or_else(|f| panic!("{f}"))
 }
 
 fn request(extra: &[(&str, &str)]) -> Headers {
-    let mut h = Headers::from([(":method", "GET"), (":path", "/pay"), (":authority", "pay.example.com")]);
+    let mut h = Headers::from([
+        (":method", "GET"),
+        (":path", "/pay"),
+        (":authority", "pay.example.com"),
+    ]);
     for (k, v) in extra {
         h.add(k, v);
     }
@@ -30,46 +42,94 @@ fn call(vm: &Vm, status: u16, extra: &[(&str, &str)]) -> (Stream, bool) {
 }
 
 fn circuit(stream: &Stream) -> Option<String> {
-    stream.response().and_then(|r| r.header("x-edgewise-circuit"))
+    stream
+        .response()
+        .and_then(|r| r.header("x-edgewise-circuit"))
 }
 
 #[test]
 fn consecutive_failures_open_the_breaker_and_the_fallback_is_served() {
     let world = World::new();
-    let vms = start(&world, r#"{"trip":{"consecutive_failures":3},"fallback":{"status":503,"body":"later\n","headers":{"x-fallback":"1"}}}"#, 2);
+    let vms = start(
+        &world,
+        r#"{"trip":{"consecutive_failures":3},"fallback":{"status":503,"body":"later\n","headers":{"x-fallback":"1"}}}"#,
+        2,
+    );
     for i in 0..3 {
-        assert!(call(&vms[i % 2], 500, &[]).1, "closed: reaches the upstream");
+        assert!(
+            call(&vms[i % 2], 500, &[]).1,
+            "closed: reaches the upstream"
+        );
     }
     for i in 0..4 {
         let (s, forwarded) = call(&vms[i % 2], 200, &[]);
         assert!(!forwarded, "open: the upstream sees nothing");
         let reply = s.response().unwrap();
-        assert_eq!((reply.status(), reply.body_text(), reply.header("x-fallback")), (Some(503), "later\n".into(), Some("1".into())));
+        assert_eq!(
+            (
+                reply.status(),
+                reply.body_text(),
+                reply.header("x-fallback")
+            ),
+            (Some(503), "later\n".into(), Some("1".into()))
+        );
         assert_eq!(circuit(&s).as_deref(), Some("open"));
     }
-    assert_eq!(world.metric("edgewise.circuit_breaker.payments.state"), Some(1));
-    assert_eq!(world.metric("edgewise.circuit_breaker.payments.opened"), Some(1));
-    assert_eq!(world.metric("edgewise.circuit_breaker.payments.rejected"), Some(4));
-    let warnings: Vec<_> = world.logs().into_iter().filter(|l| l.level == LogLevel::Warn).collect();
-    assert_eq!(warnings.len(), 1, "logged once, by the worker that opened it: {warnings:?}");
-    assert!(warnings[0].message.contains("payments opened for 5000ms"), "{}", warnings[0].message);
+    assert_eq!(
+        world.metric("edgewise.circuit_breaker.payments.state"),
+        Some(1)
+    );
+    assert_eq!(
+        world.metric("edgewise.circuit_breaker.payments.opened"),
+        Some(1)
+    );
+    assert_eq!(
+        world.metric("edgewise.circuit_breaker.payments.rejected"),
+        Some(4)
+    );
+    let warnings: Vec<_> = world
+        .logs()
+        .into_iter()
+        .filter(|l| l.level == LogLevel::Warn)
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "logged once, by the worker that opened it: {warnings:?}"
+    );
+    assert!(
+        warnings[0].message.contains("payments opened for 5000ms"),
+        "{}",
+        warnings[0].message
+    );
 }
 
 #[test]
 fn failure_rate_over_the_window_opens_it() {
     let world = World::new();
-    let vms = start(&world, r#"{"trip":{"consecutive_failures":1000,"failure_rate":0.5,"min_requests":10,"window":"10s"}}"#, 1);
+    let vms = start(
+        &world,
+        r#"{"trip":{"consecutive_failures":1000,"failure_rate":0.5,"min_requests":10,"window":"10s"}}"#,
+        1,
+    );
     for i in 0..9 {
         call(&vms[0], if i % 2 == 0 { 503 } else { 200 }, &[]);
     }
-    assert!(call(&vms[0], 503, &[]).1, "10th call still goes through and trips it (6/10 failed)");
+    assert!(
+        call(&vms[0], 503, &[]).1,
+        "10th call still goes through and trips it (6/10 failed)"
+    );
     assert!(!call(&vms[0], 200, &[]).1);
 }
 
 #[test]
 fn slow_calls_open_it() {
     let world = World::new();
-    let vms = start(&world, r#"{"failure":{"slow_call":"1s"},"trip":{"consecutive_failures":1000,"slow_call_rate":1.0,"min_requests":3}}"#, 1);
+    let vms = start(
+        &world,
+        r#"{"failure":{"slow_call":"1s"},"trip":{"consecutive_failures":1000,"slow_call_rate":1.0,"min_requests":3}}"#,
+        1,
+    );
     for _ in 0..3 {
         let mut s = vms[0].stream();
         assert_eq!(s.send_request_headers(request(&[]), true), Action::Continue);
@@ -82,7 +142,11 @@ fn slow_calls_open_it() {
 #[test]
 fn half_open_admits_exactly_the_probes_then_closes() {
     let world = World::new();
-    let vms = start(&world, r#"{"trip":{"consecutive_failures":1},"open":{"duration":"5s"},"half_open":{"probes":3}}"#, 4);
+    let vms = start(
+        &world,
+        r#"{"trip":{"consecutive_failures":1},"open":{"duration":"5s"},"half_open":{"probes":3}}"#,
+        4,
+    );
     call(&vms[0], 500, &[]);
     world.advance(Duration::from_secs(5)).unwrap();
     // Hold 3 probes open on different workers; everything else is rejected meanwhile.
@@ -96,19 +160,35 @@ fn half_open_admits_exactly_the_probes_then_closes() {
         }
     }
     assert_eq!(probes.len(), 3);
-    assert_eq!(world.metric("edgewise.circuit_breaker.payments.state"), Some(2));
+    assert_eq!(
+        world.metric("edgewise.circuit_breaker.payments.state"),
+        Some(2)
+    );
     for mut p in probes {
         p.respond(200, &[], b"");
     }
-    assert_eq!(world.metric("edgewise.circuit_breaker.payments.state"), Some(0));
-    assert!(world.logs().iter().any(|l| l.level == LogLevel::Info && l.message.contains("payments closed")));
-    assert!((0..10).all(|i| call(&vms[i % 4], 200, &[]).1), "traffic flows again");
+    assert_eq!(
+        world.metric("edgewise.circuit_breaker.payments.state"),
+        Some(0)
+    );
+    assert!(world
+        .logs()
+        .iter()
+        .any(|l| l.level == LogLevel::Info && l.message.contains("payments closed")));
+    assert!(
+        (0..10).all(|i| call(&vms[i % 4], 200, &[]).1),
+        "traffic flows again"
+    );
 }
 
 #[test]
 fn a_failed_probe_reopens_with_backoff() {
     let world = World::new();
-    let vms = start(&world, r#"{"trip":{"consecutive_failures":1},"open":{"duration":"2s","backoff":3.0,"max_duration":"10s"},"half_open":{"probes":1}}"#, 1);
+    let vms = start(
+        &world,
+        r#"{"trip":{"consecutive_failures":1},"open":{"duration":"2s","backoff":3.0,"max_duration":"10s"},"half_open":{"probes":1}}"#,
+        1,
+    );
     call(&vms[0], 500, &[]);
     let mut opened_for = Vec::new();
     for _ in 0..3 {
@@ -129,59 +209,102 @@ fn a_failed_probe_reopens_with_backoff() {
 #[test]
 fn an_abandoned_probe_frees_its_place() {
     let world = World::new();
-    let vms = start(&world, r#"{"trip":{"consecutive_failures":1},"open":{"duration":"1s"},"half_open":{"probes":1}}"#, 1);
+    let vms = start(
+        &world,
+        r#"{"trip":{"consecutive_failures":1},"open":{"duration":"1s"},"half_open":{"probes":1}}"#,
+        1,
+    );
     call(&vms[0], 500, &[]);
     world.advance(Duration::from_secs(1)).unwrap();
     let mut probe = vms[0].stream();
-    assert_eq!(probe.send_request_headers(request(&[]), true), Action::Continue);
+    assert_eq!(
+        probe.send_request_headers(request(&[]), true),
+        Action::Continue
+    );
     assert!(!call(&vms[0], 200, &[]).1, "the only probe is taken");
     probe.finish(); // the client went away before any response
-    assert!(call(&vms[0], 200, &[]).1, "its place went to the next request");
+    assert!(
+        call(&vms[0], 200, &[]).1,
+        "its place went to the next request"
+    );
 }
 
 #[test]
 fn one_breaker_per_upstream_by_header_with_overrides() {
     let world = World::new();
-    let vms = start(&world, r#"{"upstream":"header:x-route-cluster","trip":{"consecutive_failures":5},"overrides":{"payments":{"trip":{"consecutive_failures":2}}}}"#, 1);
+    let vms = start(
+        &world,
+        r#"{"upstream":"header:x-route-cluster","trip":{"consecutive_failures":5},"overrides":{"payments":{"trip":{"consecutive_failures":2}}}}"#,
+        1,
+    );
     for _ in 0..2 {
         call(&vms[0], 500, &[("x-route-cluster", "payments")]);
         call(&vms[0], 500, &[("x-route-cluster", "search")]);
     }
-    assert!(!call(&vms[0], 200, &[("x-route-cluster", "payments")]).1, "override: 2 failures open it");
-    assert!(call(&vms[0], 200, &[("x-route-cluster", "search")]).1, "default: 5 needed");
+    assert!(
+        !call(&vms[0], 200, &[("x-route-cluster", "payments")]).1,
+        "override: 2 failures open it"
+    );
+    assert!(
+        call(&vms[0], 200, &[("x-route-cluster", "search")]).1,
+        "default: 5 needed"
+    );
     assert!(call(&vms[0], 200, &[]).1, "no identity: no breaker");
 }
 
 #[test]
 fn odd_statuses_are_failures_and_only_configured_codes_count() {
     let world = World::new();
-    let vms = start(&world, r#"{"failure":{"statuses":["500-502"]},"trip":{"consecutive_failures":2}}"#, 1);
+    let vms = start(
+        &world,
+        r#"{"failure":{"statuses":["500-502"]},"trip":{"consecutive_failures":2}}"#,
+        1,
+    );
     call(&vms[0], 503, &[]);
     call(&vms[0], 503, &[]);
-    assert!(call(&vms[0], 200, &[]).1, "503 is not in 500-502 (and came via the upstream)");
+    assert!(
+        call(&vms[0], 200, &[]).1,
+        "503 is not in 500-502 (and came via the upstream)"
+    );
     for _ in 0..2 {
         let mut s = vms[0].stream();
         s.send_request_headers(request(&[]), true);
         s.send_response_headers([(":status", "banana")], true);
     }
-    assert!(!call(&vms[0], 200, &[]).1, "an unparseable status counts as a failure");
+    assert!(
+        !call(&vms[0], 200, &[]).1,
+        "an unparseable status counts as a failure"
+    );
 }
 
 #[test]
 fn upstream_identities_beyond_the_table_are_untracked_not_unbounded() {
     let world = World::new();
-    let vms = start(&world, r#"{"upstream":"host","max_upstreams":4,"trip":{"consecutive_failures":3}}"#, 1);
+    let vms = start(
+        &world,
+        r#"{"upstream":"host","max_upstreams":4,"trip":{"consecutive_failures":3}}"#,
+        1,
+    );
     for i in 0..200 {
         let host = format!("h{i}.example.com");
         let mut s = vms[0].stream();
-        let mut h = Headers::from([(":method", "GET"), (":path", "/"), (":authority", host.as_str())]);
+        let mut h = Headers::from([
+            (":method", "GET"),
+            (":path", "/"),
+            (":authority", host.as_str()),
+        ]);
         h.add("x-i", i.to_string());
         s.send_request_headers(h, true);
         s.respond(500, &[], b"");
     }
     let (keys, _) = world.shared_data_footprint("edgewise");
     assert!(keys <= 4, "{keys}");
-    assert!(world.metric("edgewise.circuit_breaker.untracked").unwrap_or(0) > 0);
+    assert!(
+        world
+            .metric("edgewise.circuit_breaker.untracked")
+            .unwrap_or(0)
+            > 0
+    );
 }
 
 #[test]
@@ -192,26 +315,46 @@ fn invalid_configurations_are_refused_naming_the_field() {
         (r#"{"trip":{"failure_rate":1.5}}"#, "trip.failure_rate"),
         (r#"{"trip":{"failure_rate":0}}"#, "trip.failure_rate"),
         (r#"{"trip":{"slow_call_rate":0.5}}"#, "trip.slow_call_rate"),
-        (r#"{"trip":{"consecutive_failures":0}}"#, "trip.consecutive_failures"),
+        (
+            r#"{"trip":{"consecutive_failures":0}}"#,
+            "trip.consecutive_failures",
+        ),
         (r#"{"trip":{"min_requests":0}}"#, "trip.min_requests"),
         (r#"{"half_open":{"probes":0}}"#, "half_open.probes"),
         (r#"{"open":{"backoff":0.5}}"#, "open.backoff"),
-        (r#"{"open":{"duration":"10s","max_duration":"5s"}}"#, "open.max_duration"),
+        (
+            r#"{"open":{"duration":"10s","max_duration":"5s"}}"#,
+            "open.max_duration",
+        ),
         (r#"{"open":{"duration":"soon"}}"#, "open.duration"),
         (r#"{"failure":{"statuses":["6xx"]}}"#, "failure.statuses[0]"),
-        (r#"{"failure":{"statuses":["504-500"]}}"#, "failure.statuses[0]"),
+        (
+            r#"{"failure":{"statuses":["504-500"]}}"#,
+            "failure.statuses[0]",
+        ),
         (r#"{"failure":{"statuses":[]}}"#, "failure.statuses"),
         (r#"{"fallback":{"status":700}}"#, "fallback.status"),
-        (r#"{"overrides":{"p":{"half_open":{"probes":0}}}}"#, "overrides.p.half_open.probes"),
+        (
+            r#"{"overrides":{"p":{"half_open":{"probes":0}}}}"#,
+            "overrides.p.half_open.probes",
+        ),
         (r#"{"max_upstreams":0}"#, "max_upstreams"),
         (r#"{"trips":{}}"#, "trips"),
     ];
     for (config, field) in cases {
         let world = World::new();
         let options = PluginOptions::new().configuration(config);
-        let failure = world.start_vm(&load_module("circuit_breaker"), &options).err().unwrap_or_else(|| panic!("accepted: {config}"));
+        let failure = world
+            .start_vm(&load_module("circuit_breaker"), &options)
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {config}"));
         assert_eq!(failure.kind, FailureKind::Rejected, "{config}");
         let logged = world.logs_containing("circuit_breaker: invalid configuration");
-        assert!(logged.iter().any(|l| l.message.contains(&format!("at `{field}`"))), "{config}: expected {field}, logged {logged:?}");
+        assert!(
+            logged
+                .iter()
+                .any(|l| l.message.contains(&format!("at `{field}`"))),
+            "{config}: expected {field}, logged {logged:?}"
+        );
     }
 }

@@ -6,7 +6,12 @@ use proxy_host::{Headers, LogLevel, PluginOptions, World};
 pub const VM_ID: &str = "probe-vm";
 
 pub fn probe_options() -> PluginOptions {
-    PluginOptions::new().vm_id(VM_ID).plugin_name("probe").route_name("probe-route").cluster_name("backend").configuration("probe-config")
+    PluginOptions::new()
+        .vm_id(VM_ID)
+        .plugin_name("probe")
+        .route_name("probe-route")
+        .cluster_name("backend")
+        .configuration("probe-config")
 }
 
 /// The request the parity tests also send to Envoy for `scenario`.

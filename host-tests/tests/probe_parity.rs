@@ -22,19 +22,116 @@ struct Scenario {
 }
 
 const SCENARIOS: &[Scenario] = &[
-    Scenario { id: "h", name: "headers", method: "GET", path: "/status/200", headers: &[("x-multi", "a"), ("x-multi", "b"), ("x-replace", "old"), ("x-remove", "gone"), ("x-set-pairs", "1")], body: b"" },
-    Scenario { id: "l", name: "local", method: "GET", path: "/status/200", headers: &[], body: b"" },
-    Scenario { id: "s", name: "shared", method: "GET", path: "/status/200", headers: &[], body: b"" },
-    Scenario { id: "p", name: "props", method: "GET", path: "/status/200?q=1", headers: &[], body: b"" },
-    Scenario { id: "m", name: "metrics", method: "GET", path: "/status/200", headers: &[], body: b"" },
-    Scenario { id: "b", name: "body", method: "POST", path: "/status/200", headers: &[], body: b"hello world" },
-    Scenario { id: "pb", name: "pause-body", method: "POST", path: "/status/200", headers: &[], body: b"data" },
-    Scenario { id: "k", name: "callout", method: "GET", path: "/status/200", headers: &[], body: b"" },
-    Scenario { id: "t", name: "callout-timeout", method: "GET", path: "/status/200", headers: &[], body: b"" },
-    Scenario { id: "q", name: "queue", method: "GET", path: "/status/200", headers: &[], body: b"" },
-    Scenario { id: "g", name: "log", method: "GET", path: "/status/200", headers: &[], body: b"" },
-    Scenario { id: "x", name: "misc", method: "GET", path: "/status/200", headers: &[], body: b"" },
-    Scenario { id: "r", name: "grpc", method: "GET", path: "/status/200", headers: &[], body: b"" },
+    Scenario {
+        id: "h",
+        name: "headers",
+        method: "GET",
+        path: "/status/200",
+        headers: &[
+            ("x-multi", "a"),
+            ("x-multi", "b"),
+            ("x-replace", "old"),
+            ("x-remove", "gone"),
+            ("x-set-pairs", "1"),
+        ],
+        body: b"",
+    },
+    Scenario {
+        id: "l",
+        name: "local",
+        method: "GET",
+        path: "/status/200",
+        headers: &[],
+        body: b"",
+    },
+    Scenario {
+        id: "s",
+        name: "shared",
+        method: "GET",
+        path: "/status/200",
+        headers: &[],
+        body: b"",
+    },
+    Scenario {
+        id: "p",
+        name: "props",
+        method: "GET",
+        path: "/status/200?q=1",
+        headers: &[],
+        body: b"",
+    },
+    Scenario {
+        id: "m",
+        name: "metrics",
+        method: "GET",
+        path: "/status/200",
+        headers: &[],
+        body: b"",
+    },
+    Scenario {
+        id: "b",
+        name: "body",
+        method: "POST",
+        path: "/status/200",
+        headers: &[],
+        body: b"hello world",
+    },
+    Scenario {
+        id: "pb",
+        name: "pause-body",
+        method: "POST",
+        path: "/status/200",
+        headers: &[],
+        body: b"data",
+    },
+    Scenario {
+        id: "k",
+        name: "callout",
+        method: "GET",
+        path: "/status/200",
+        headers: &[],
+        body: b"",
+    },
+    Scenario {
+        id: "t",
+        name: "callout-timeout",
+        method: "GET",
+        path: "/status/200",
+        headers: &[],
+        body: b"",
+    },
+    Scenario {
+        id: "q",
+        name: "queue",
+        method: "GET",
+        path: "/status/200",
+        headers: &[],
+        body: b"",
+    },
+    Scenario {
+        id: "g",
+        name: "log",
+        method: "GET",
+        path: "/status/200",
+        headers: &[],
+        body: b"",
+    },
+    Scenario {
+        id: "x",
+        name: "misc",
+        method: "GET",
+        path: "/status/200",
+        headers: &[],
+        body: b"",
+    },
+    Scenario {
+        id: "r",
+        name: "grpc",
+        method: "GET",
+        path: "/status/200",
+        headers: &[],
+        body: b"",
+    },
 ];
 
 /// What one scenario produced: the probe's lines (sorted where threads may interleave) and
@@ -49,14 +146,22 @@ struct Observed {
 
 fn backend_body(path: &str) -> (u16, String) {
     // Our backend's answer for /status/N.
-    let code: u16 = path.trim_start_matches("/status/").split('?').next().unwrap().parse().unwrap();
+    let code: u16 = path
+        .trim_start_matches("/status/")
+        .split('?')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     (code, format!("status {code}\n"))
 }
 
 fn run_in_host() -> BTreeMap<&'static str, Observed> {
     let world = World::new();
     world.add_cluster("backend");
-    let vms = world.start_vms(&load_module("probe"), &probe_options(), 2).unwrap();
+    let vms = world
+        .start_vms(&load_module("probe"), &probe_options(), 2)
+        .unwrap();
     let mut observed = BTreeMap::new();
     for (n, scenario) in SCENARIOS.iter().enumerate() {
         let mut request = probe_request(scenario.id, scenario.name, scenario.method, scenario.path);
@@ -80,10 +185,22 @@ fn run_in_host() -> BTreeMap<&'static str, Observed> {
                 world.advance(call.timeout).unwrap();
             } else {
                 let (code, body) = backend_body(&path);
-                world.respond_http_call(call.id, code, &[("content-type", "text/plain")], body.as_bytes()).unwrap();
+                world
+                    .respond_http_call(
+                        call.id,
+                        code,
+                        &[("content-type", "text/plain")],
+                        body.as_bytes(),
+                    )
+                    .unwrap();
             }
         }
-        if stream.local_reply().is_none() && stream.upstream_request().map(|u| u.complete).unwrap_or(false) {
+        if stream.local_reply().is_none()
+            && stream
+                .upstream_request()
+                .map(|u| u.complete)
+                .unwrap_or(false)
+        {
             let (code, body) = backend_body(scenario.path);
             stream.respond(code, &[("content-type", "text/plain")], body.as_bytes());
         }
@@ -106,18 +223,31 @@ fn run_in_envoy() -> BTreeMap<&'static str, Observed> {
     let backend = Backend::start("probe-backend").unwrap();
     let config = EnvoyConfig::proxy_to(backend.addr, 2)
         .route_name("probe-route")
-        .filter(WasmFilter::new("probe", envoy_harness::wasm_path("probe"), "probe-config").vm_id("probe-vm"));
+        .filter(
+            WasmFilter::new("probe", envoy_harness::wasm_path("probe"), "probe-config")
+                .vm_id("probe-vm"),
+        );
     let envoy = Envoy::start(&config).unwrap();
     let mut observed = BTreeMap::new();
     for scenario in SCENARIOS {
-        let mut headers = vec![("host", "probe.test"), ("x-probe", scenario.name), ("x-probe-id", scenario.id)];
+        let mut headers = vec![
+            ("host", "probe.test"),
+            ("x-probe", scenario.name),
+            ("x-probe-id", scenario.id),
+        ];
         headers.extend_from_slice(scenario.headers);
-        let response = envoy.request(scenario.method, scenario.path, &headers, scenario.body).unwrap();
+        let response = envoy
+            .request(scenario.method, scenario.path, &headers, scenario.body)
+            .unwrap();
         let done = format!("PROBE[{}] on_done", scenario.id);
-        let log = envoy.wait_for_log(Duration::from_secs(10), |log| log.contains(&done)).unwrap();
+        let log = envoy
+            .wait_for_log(Duration::from_secs(10), |log| log.contains(&done))
+            .unwrap();
         if scenario.name == "queue" {
             let ready = format!("PROBE[{}] queue_ready", scenario.id);
-            envoy.wait_for_log(Duration::from_secs(10), |log| log.contains(&ready)).unwrap();
+            envoy
+                .wait_for_log(Duration::from_secs(10), |log| log.contains(&ready))
+                .unwrap();
         }
         drop(log);
         let log = envoy.log();
@@ -137,9 +267,20 @@ fn run_in_envoy() -> BTreeMap<&'static str, Observed> {
         );
     }
     // A panic in the module: Envoy answers 503 and logs the module's panic message.
-    let failed = envoy.request("GET", "/status/200", &[("x-probe", "panic"), ("x-probe-id", "z")], b"").unwrap();
+    let failed = envoy
+        .request(
+            "GET",
+            "/status/200",
+            &[("x-probe", "panic"), ("x-probe-id", "z")],
+            b"",
+        )
+        .unwrap();
     assert_eq!(failed.status, 503, "a trapped VM fails the stream with 503");
-    envoy.wait_for_log(Duration::from_secs(10), |log| log.contains("probe panic requested id=z")).unwrap();
+    envoy
+        .wait_for_log(Duration::from_secs(10), |log| {
+            log.contains("probe panic requested id=z")
+        })
+        .unwrap();
     observed
 }
 
@@ -159,8 +300,17 @@ fn probe_observations_match_between_the_host_and_real_envoy() {
     for scenario in SCENARIOS {
         let (h, e) = (&host[scenario.id], &envoy[scenario.id]);
         if h != e {
-            mismatches.push(format!("scenario {} ({}):\n  host:  {h:#?}\n  envoy: {e:#?}", scenario.id, scenario.name));
+            mismatches.push(format!(
+                "scenario {} ({}):\n  host:  {h:#?}\n  envoy: {e:#?}",
+                scenario.id, scenario.name
+            ));
         }
     }
-    assert!(mismatches.is_empty(), "{} of {} scenarios differ:\n{}", mismatches.len(), SCENARIOS.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} scenarios differ:\n{}",
+        mismatches.len(),
+        SCENARIOS.len(),
+        mismatches.join("\n")
+    );
 }

@@ -7,12 +7,21 @@ use proxy_host::{load_module, Action, FailureKind, Headers, PluginOptions, Strea
 const VM_ID: &str = "edgewise";
 
 fn start(world: &World, config: &str, workers: usize) -> Vec<Vm> {
-    let options = PluginOptions::new().vm_id(VM_ID).plugin_name("rate_limit").configuration(config);
-    world.start_vms(&load_module("rate_limit"), &options, workers).unwrap_or_else(|f| panic!("{f}"))
+    let options = PluginOptions::new()
+        .vm_id(VM_ID)
+        .plugin_name("rate_limit")
+        .configuration(config);
+    world
+        .start_vms(&load_module("rate_limit"), &options, workers)
+        .unwrap_or_else(|f| panic!("{f}"))
 }
 
 fn request(path: &str, extra: &[(&str, &str)]) -> Headers {
-    let mut headers = Headers::from([(":method", "GET"), (":path", path), (":authority", "api.example.com")]);
+    let mut headers = Headers::from([
+        (":method", "GET"),
+        (":path", path),
+        (":authority", "api.example.com"),
+    ]);
     for (k, v) in extra {
         headers.add(k, v);
     }
@@ -35,19 +44,34 @@ fn status(stream: &Stream) -> u16 {
 #[test]
 fn burst_then_refill_with_exact_retry_after() {
     let world = World::new();
-    let vms = start(&world, r#"{"rules":[{"name":"r","limit":2,"window":"1s"}]}"#, 1);
+    let vms = start(
+        &world,
+        r#"{"rules":[{"name":"r","limit":2,"window":"1s"}]}"#,
+        1,
+    );
     assert_eq!(status(&send(&vms[0], "/", &[])), 200);
     assert_eq!(status(&send(&vms[0], "/", &[])), 200);
     let denied = send(&vms[0], "/", &[]);
     let reply = denied.response().unwrap();
     assert_eq!(reply.status(), Some(429));
     assert_eq!(reply.body_text(), "rate limited\n");
-    assert_eq!(reply.header("retry-after").as_deref(), Some("1"), "500 ms rounded up");
-    assert!(denied.upstream_request().is_none(), "a denied request never reaches the upstream");
+    assert_eq!(
+        reply.header("retry-after").as_deref(),
+        Some("1"),
+        "500 ms rounded up"
+    );
+    assert!(
+        denied.upstream_request().is_none(),
+        "a denied request never reaches the upstream"
+    );
     world.advance(Duration::from_millis(499)).unwrap();
     assert_eq!(status(&send(&vms[0], "/", &[])), 429);
     world.advance(Duration::from_millis(1)).unwrap();
-    assert_eq!(status(&send(&vms[0], "/", &[])), 200, "one token back after exactly T");
+    assert_eq!(
+        status(&send(&vms[0], "/", &[])),
+        200,
+        "one token back after exactly T"
+    );
     assert_eq!(world.metric("edgewise.rate_limit.r.allowed"), Some(3));
     assert_eq!(world.metric("edgewise.rate_limit.r.denied"), Some(2));
 }
@@ -55,19 +79,35 @@ fn burst_then_refill_with_exact_retry_after() {
 #[test]
 fn four_workers_share_one_bucket_exactly() {
     let world = World::new();
-    let vms = start(&world, r#"{"rules":[{"name":"g","limit":10,"window":"1m"}]}"#, 4);
-    let allowed = (0..40).filter(|i| status(&send(&vms[i % 4], "/", &[])) == 200).count();
+    let vms = start(
+        &world,
+        r#"{"rules":[{"name":"g","limit":10,"window":"1m"}]}"#,
+        4,
+    );
+    let allowed = (0..40)
+        .filter(|i| status(&send(&vms[i % 4], "/", &[])) == 200)
+        .count();
     assert_eq!(allowed, 10);
 }
 
 #[test]
 fn contending_worker_threads_admit_exactly_the_burst() {
     let world = World::new();
-    let vms = start(&world, r#"{"rules":[{"name":"g","limit":100,"window":"1h","key":"header:x-k"}]}"#, 4);
+    let vms = start(
+        &world,
+        r#"{"rules":[{"name":"g","limit":100,"window":"1h","key":"header:x-k"}]}"#,
+        4,
+    );
     let allowed: usize = std::thread::scope(|scope| {
         let handles: Vec<_> = vms
             .iter()
-            .map(|vm| scope.spawn(move || (0..60).filter(|_| status(&send(vm, "/", &[("x-k", "same")])) == 200).count()))
+            .map(|vm| {
+                scope.spawn(move || {
+                    (0..60)
+                        .filter(|_| status(&send(vm, "/", &[("x-k", "same")])) == 200)
+                        .count()
+                })
+            })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
@@ -77,29 +117,53 @@ fn contending_worker_threads_admit_exactly_the_burst() {
 #[test]
 fn lost_cas_races_are_retried_not_double_counted() {
     let world = World::new();
-    let vms = start(&world, r#"{"rules":[{"name":"g","limit":3,"window":"1h"}]}"#, 1);
+    let vms = start(
+        &world,
+        r#"{"rules":[{"name":"g","limit":3,"window":"1h"}]}"#,
+        1,
+    );
     assert_eq!(status(&send(&vms[0], "/", &[])), 200);
     let (count, _) = world.shared_data_footprint(VM_ID);
     assert_eq!(count, 1);
-    let key = (0..2500).map(|set| format!("edgewise.rl.g.{set}")).find(|k| world.shared_data(VM_ID, k).is_some()).unwrap();
+    let key = (0..2500)
+        .map(|set| format!("edgewise.rl.g.{set}"))
+        .find(|k| world.shared_data(VM_ID, k).is_some())
+        .unwrap();
     world.interfere_with_next_sets(VM_ID, &key, 3);
     assert_eq!(status(&send(&vms[0], "/", &[])), 200);
     assert_eq!(status(&send(&vms[0], "/", &[])), 200);
-    assert_eq!(status(&send(&vms[0], "/", &[])), 429, "three admitted in all despite three lost races");
+    assert_eq!(
+        status(&send(&vms[0], "/", &[])),
+        429,
+        "three admitted in all despite three lost races"
+    );
 }
 
 #[test]
 fn ietf_headers_on_allowed_and_denied_responses() {
     let world = World::new();
-    let vms = start(&world, r#"{"rules":[{"name":"per-key","key":"header:x-api-key","limit":2,"window":"1m"}]}"#, 1);
+    let vms = start(
+        &world,
+        r#"{"rules":[{"name":"per-key","key":"header:x-api-key","limit":2,"window":"1m"}]}"#,
+        1,
+    );
     let first = send(&vms[0], "/", &[("x-api-key", "k1")]);
     let response = first.response().unwrap();
-    assert_eq!(response.header("ratelimit-policy").as_deref(), Some("\"per-key\";q=2;w=60"));
-    assert_eq!(response.header("ratelimit").as_deref(), Some("\"per-key\";r=1;t=30"));
+    assert_eq!(
+        response.header("ratelimit-policy").as_deref(),
+        Some("\"per-key\";q=2;w=60")
+    );
+    assert_eq!(
+        response.header("ratelimit").as_deref(),
+        Some("\"per-key\";r=1;t=30")
+    );
     send(&vms[0], "/", &[("x-api-key", "k1")]);
     let denied = send(&vms[0], "/", &[("x-api-key", "k1")]);
     let reply = denied.response().unwrap();
-    assert_eq!(reply.header("ratelimit").as_deref(), Some("\"per-key\";r=0;t=60"));
+    assert_eq!(
+        reply.header("ratelimit").as_deref(),
+        Some("\"per-key\";r=0;t=60")
+    );
     assert_eq!(reply.header("retry-after").as_deref(), Some("30"));
     // Another key has its own bucket.
     assert_eq!(status(&send(&vms[0], "/", &[("x-api-key", "k2")])), 200);
@@ -112,16 +176,30 @@ fn x_ratelimit_headers_and_custom_deny_response() {
         "rules":[{"name":"r","limit":1,"window":"10s"}]}"#;
     let vms = start(&world, config, 1);
     let ok = send(&vms[0], "/", &[]).response().unwrap();
-    assert_eq!((ok.header("x-ratelimit-limit"), ok.header("x-ratelimit-remaining"), ok.header("x-ratelimit-reset")), (Some("1".into()), Some("0".into()), Some("10".into())));
+    assert_eq!(
+        (
+            ok.header("x-ratelimit-limit"),
+            ok.header("x-ratelimit-remaining"),
+            ok.header("x-ratelimit-reset")
+        ),
+        (Some("1".into()), Some("0".into()), Some("10".into()))
+    );
     let denied = send(&vms[0], "/", &[]).response().unwrap();
-    assert_eq!((denied.status(), denied.body_text(), denied.header("x-why")), (Some(503), "busy".into(), Some("limit".into())));
+    assert_eq!(
+        (denied.status(), denied.body_text(), denied.header("x-why")),
+        (Some(503), "busy".into(), Some("limit".into()))
+    );
     assert_eq!(denied.header("retry-after").as_deref(), Some("10"));
 }
 
 #[test]
 fn shadow_mode_passes_everything_with_headers_and_counts() {
     let world = World::new();
-    let vms = start(&world, r#"{"mode":"shadow","rules":[{"name":"s","limit":1,"window":"1m"}]}"#, 2);
+    let vms = start(
+        &world,
+        r#"{"mode":"shadow","rules":[{"name":"s","limit":1,"window":"1m"}]}"#,
+        2,
+    );
     for i in 0..5 {
         let stream = send(&vms[i % 2], "/", &[]);
         assert_eq!(status(&stream), 200);
@@ -140,19 +218,41 @@ fn composite_keys_and_match_conditions() {
     let vms = start(&world, config, 1);
     let from = |addr: &str, user: &str| {
         let mut s = vms[0].stream().with_source_address(addr);
-        if s.send_request_headers(request("/api/x", &[("x-user", user), ("x-tier", "free")]), true) == Action::Continue {
+        if s.send_request_headers(
+            request("/api/x", &[("x-user", user), ("x-tier", "free")]),
+            true,
+        ) == Action::Continue
+        {
             s.respond(200, &[], b"");
         }
         status(&s)
     };
     assert_eq!(from("203.0.113.1:1000", "u1"), 200);
-    assert_eq!(from("203.0.113.1:1001", "u1"), 429, "same user, same IP (port ignored)");
+    assert_eq!(
+        from("203.0.113.1:1001", "u1"),
+        429,
+        "same user, same IP (port ignored)"
+    );
     assert_eq!(from("203.0.113.2:1000", "u1"), 200, "same user, other IP");
     assert_eq!(from("203.0.113.1:1000", "u2"), 200, "other user, same IP");
     // Not matching: never counted.
     for _ in 0..3 {
-        assert_eq!(status(&send(&vms[0], "/other", &[("x-user", "u1"), ("x-tier", "free")])), 200);
-        assert_eq!(status(&send(&vms[0], "/api/x", &[("x-user", "u1"), ("x-tier", "paid")])), 200);
+        assert_eq!(
+            status(&send(
+                &vms[0],
+                "/other",
+                &[("x-user", "u1"), ("x-tier", "free")]
+            )),
+            200
+        );
+        assert_eq!(
+            status(&send(
+                &vms[0],
+                "/api/x",
+                &[("x-user", "u1"), ("x-tier", "paid")]
+            )),
+            200
+        );
     }
     // Without the key value: not counted either.
     for _ in 0..3 {
@@ -165,22 +265,46 @@ fn forwarded_for_with_trusted_hops_cannot_be_forged() {
     let world = World::new();
     let config = r#"{"client_ip":{"from":"x-forwarded-for","trusted_hops":1},"rules":[{"name":"ip","limit":1,"window":"1m","key":"client_ip"}]}"#;
     let vms = start(&world, config, 1);
-    assert_eq!(status(&send(&vms[0], "/", &[("x-forwarded-for", "1.1.1.1, 198.51.100.9")])), 200);
+    assert_eq!(
+        status(&send(
+            &vms[0],
+            "/",
+            &[("x-forwarded-for", "1.1.1.1, 198.51.100.9")]
+        )),
+        200
+    );
     // The client changes the part it controls: still the same client for the limiter.
-    assert_eq!(status(&send(&vms[0], "/", &[("x-forwarded-for", "2.2.2.2, 198.51.100.9")])), 429);
+    assert_eq!(
+        status(&send(
+            &vms[0],
+            "/",
+            &[("x-forwarded-for", "2.2.2.2, 198.51.100.9")]
+        )),
+        429
+    );
     // Garbage falls back to the peer address (127.0.0.1 here), a separate bucket.
-    assert_eq!(status(&send(&vms[0], "/", &[("x-forwarded-for", "garbage")])), 200);
+    assert_eq!(
+        status(&send(&vms[0], "/", &[("x-forwarded-for", "garbage")])),
+        200
+    );
 }
 
 #[test]
 fn a_key_spray_stays_within_the_table_bound() {
     let world = World::new();
-    let vms = start(&world, r#"{"rules":[{"name":"k","key":"header:x-k","limit":5,"window":"1m","max_keys":40}]}"#, 2);
+    let vms = start(
+        &world,
+        r#"{"rules":[{"name":"k","key":"header:x-k","limit":5,"window":"1m","max_keys":40}]}"#,
+        2,
+    );
     for i in 0..4000 {
         send(&vms[i % 2], "/", &[("x-k", &format!("attacker-{i}"))]);
     }
     let (keys, bytes) = world.shared_data_footprint(VM_ID);
-    assert!(keys <= 10, "{keys} shared-data keys for max_keys 40 (10 sets)");
+    assert!(
+        keys <= 10,
+        "{keys} shared-data keys for max_keys 40 (10 sets)"
+    );
     assert!(bytes <= 10 * (112 + 24), "{bytes} bytes");
 }
 
@@ -196,16 +320,28 @@ fn bad_input_has_defined_behaviour_and_never_traps() {
     let mut headers = request("/?id=\u{1}", &[("cookie", "sid=;;;=")]);
     headers.add("x-k", b"\xff\xfe\x00binary".as_slice());
     headers.add("x-forwarded-for", b"\xff, ,,,".as_slice());
-    assert_eq!(binary.send_request_headers(headers, true), Action::Continue, "non-UTF-8 keys are bytes like any other");
+    assert_eq!(
+        binary.send_request_headers(headers, true),
+        Action::Continue,
+        "non-UTF-8 keys are bytes like any other"
+    );
     let huge = "v".repeat(1 << 20);
-    assert_eq!(status(&send(&vms[0], "/", &[("x-k", &huge)])), 200, "a 1 MiB key is hashed, not stored");
+    assert_eq!(
+        status(&send(&vms[0], "/", &[("x-k", &huge)])),
+        200,
+        "a 1 MiB key is hashed, not stored"
+    );
     assert_eq!(status(&send(&vms[0], "/", &[("x-k", &huge)])), 429);
     let mut repeated = request("/", &[]);
     for i in 0..500 {
         repeated.add("x-k", format!("r{i}"));
     }
     let mut s = vms[0].stream();
-    assert_eq!(s.send_request_headers(repeated, true), Action::Continue, "the first value is the key");
+    assert_eq!(
+        s.send_request_headers(repeated, true),
+        Action::Continue,
+        "the first value is the key"
+    );
 }
 
 #[test]
@@ -215,19 +351,32 @@ fn queueing_holds_requests_until_their_slot_and_frees_places_on_disconnect() {
     let vms = start(&world, config, 1);
     assert_eq!(status(&send(&vms[0], "/", &[])), 200);
     let mut held = vms[0].stream();
-    assert_eq!(held.send_request_headers(request("/", &[]), true), Action::Pause);
+    assert_eq!(
+        held.send_request_headers(request("/", &[]), true),
+        Action::Pause
+    );
     assert!(held.local_reply().is_none() && held.upstream_request().is_none());
     let mut second = vms[0].stream();
-    assert_eq!(second.send_request_headers(request("/", &[]), true), Action::Pause);
+    assert_eq!(
+        second.send_request_headers(request("/", &[]), true),
+        Action::Pause
+    );
     assert_eq!(status(&send(&vms[0], "/", &[])), 429, "two already wait");
     world.advance(Duration::from_millis(99)).unwrap();
     assert!(held.upstream_request().is_none(), "not before its slot");
     world.advance(Duration::from_millis(2)).unwrap();
-    assert!(held.upstream_request().is_some(), "released at its slot (100 ms)");
+    assert!(
+        held.upstream_request().is_some(),
+        "released at its slot (100 ms)"
+    );
     // The second client disconnects while waiting: its place frees at once.
     second.finish();
     let mut third = vms[0].stream();
-    assert_eq!(third.send_request_headers(request("/", &[]), true), Action::Pause, "a place is free again");
+    assert_eq!(
+        third.send_request_headers(request("/", &[]), true),
+        Action::Pause,
+        "a place is free again"
+    );
     assert_eq!(world.metric("edgewise.rate_limit.q.queued"), Some(3));
 }
 
@@ -237,32 +386,88 @@ fn invalid_configurations_are_refused_naming_the_field() {
         ("{", "<json>"),
         (r#"{"rules":[],"extra":1}"#, "extra"),
         (r#"{"rules":[]}"#, "rules"),
-        (r#"{"rules":[{"name":"a","limit":0,"window":"1s"}]}"#, "rules[0].limit"),
-        (r#"{"rules":[{"name":"a","limit":5,"window":"1s","burst":0}]}"#, "rules[0].burst"),
-        (r#"{"rules":[{"name":"a","limit":5,"window":"5x"}]}"#, "rules[0].window"),
-        (r#"{"rules":[{"name":"a","limit":5,"window":"0s"}]}"#, "rules[0].window"),
-        (r#"{"rules":[{"name":"a","limit":5,"window":"1s","key":"ip"}]}"#, "rules[0].key"),
-        (r#"{"rules":[{"name":"a","limit":5,"window":"1s","key":["global","header:"]}]}"#, "rules[0].key[1]"),
-        (r#"{"rules":[{"name":"a","limit":5,"window":"1s"},{"name":"a","limit":5,"window":"1s"}]}"#, "rules[1].name"),
-        (r#"{"rules":[{"name":"a","limit":5,"window":"1s","algorithm":"leaky"}]}"#, "rules[0].algorithm"),
-        (r#"{"rules":[{"name":"a","limit":5,"window":"1s","algorithm":"fixed_window","queue":{"max_delay":"1s"}}]}"#, "rules[0].queue"),
-        (r#"{"rules":[{"name":"a","limit":5,"window":"1s","algorithm":"sliding_window","burst":3}]}"#, "rules[0].burst"),
-        (r#"{"mode":"dry","rules":[{"name":"a","limit":5,"window":"1s"}]}"#, "mode"),
-        (r#"{"response_headers":"all","rules":[{"name":"a","limit":5,"window":"1s"}]}"#, "response_headers"),
-        (r#"{"client_ip":{"from":"x-forwarded-for","trusted_hops":0},"rules":[{"name":"a","limit":5,"window":"1s"}]}"#, "client_ip.trusted_hops"),
-        (r#"{"deny":{"status":99},"rules":[{"name":"a","limit":5,"window":"1s"}]}"#, "deny.status"),
-        (r#"{"rules":[{"name":"a b","limit":5,"window":"1s"}]}"#, "rules[0].name"),
-        (r#"{"rules":[{"name":"a","limit":5,"window":"1s","max_keys":1}]}"#, "rules[0].max_keys"),
-        (r#"{"rules":[{"name":"a","limit":5,"window":"1s","match":{"path_prefix":"api"}}]}"#, "rules[0].match.path_prefix"),
+        (
+            r#"{"rules":[{"name":"a","limit":0,"window":"1s"}]}"#,
+            "rules[0].limit",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":5,"window":"1s","burst":0}]}"#,
+            "rules[0].burst",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":5,"window":"5x"}]}"#,
+            "rules[0].window",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":5,"window":"0s"}]}"#,
+            "rules[0].window",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":5,"window":"1s","key":"ip"}]}"#,
+            "rules[0].key",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":5,"window":"1s","key":["global","header:"]}]}"#,
+            "rules[0].key[1]",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":5,"window":"1s"},{"name":"a","limit":5,"window":"1s"}]}"#,
+            "rules[1].name",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":5,"window":"1s","algorithm":"leaky"}]}"#,
+            "rules[0].algorithm",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":5,"window":"1s","algorithm":"fixed_window","queue":{"max_delay":"1s"}}]}"#,
+            "rules[0].queue",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":5,"window":"1s","algorithm":"sliding_window","burst":3}]}"#,
+            "rules[0].burst",
+        ),
+        (
+            r#"{"mode":"dry","rules":[{"name":"a","limit":5,"window":"1s"}]}"#,
+            "mode",
+        ),
+        (
+            r#"{"response_headers":"all","rules":[{"name":"a","limit":5,"window":"1s"}]}"#,
+            "response_headers",
+        ),
+        (
+            r#"{"client_ip":{"from":"x-forwarded-for","trusted_hops":0},"rules":[{"name":"a","limit":5,"window":"1s"}]}"#,
+            "client_ip.trusted_hops",
+        ),
+        (
+            r#"{"deny":{"status":99},"rules":[{"name":"a","limit":5,"window":"1s"}]}"#,
+            "deny.status",
+        ),
+        (
+            r#"{"rules":[{"name":"a b","limit":5,"window":"1s"}]}"#,
+            "rules[0].name",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":5,"window":"1s","max_keys":1}]}"#,
+            "rules[0].max_keys",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":5,"window":"1s","match":{"path_prefix":"api"}}]}"#,
+            "rules[0].match.path_prefix",
+        ),
     ];
     for (config, field) in cases {
         let world = World::new();
         let options = PluginOptions::new().vm_id(VM_ID).configuration(config);
-        let failure = world.start_vm(&load_module("rate_limit"), &options).err().unwrap_or_else(|| panic!("accepted: {config}"));
+        let failure = world
+            .start_vm(&load_module("rate_limit"), &options)
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {config}"));
         assert_eq!(failure.kind, FailureKind::Rejected, "{config}");
         let logged = world.logs_containing("rate_limit: invalid configuration");
         assert!(
-            logged.iter().any(|l| l.message.contains(&format!("at `{field}`"))),
+            logged
+                .iter()
+                .any(|l| l.message.contains(&format!("at `{field}`"))),
             "{config}: expected field {field}, logged {logged:?}"
         );
     }

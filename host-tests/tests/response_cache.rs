@@ -5,12 +5,21 @@ use std::time::Duration;
 use proxy_host::{load_module, Action, FailureKind, Headers, PluginOptions, Stream, Vm, World};
 
 fn start(world: &World, config: &str, workers: usize) -> Vec<Vm> {
-    let options = PluginOptions::new().vm_id("edgewise").plugin_name("response_cache").configuration(config);
-    world.start_vms(&load_module("response_cache"), &options, workers).unwrap_or_else(|f| panic!("{f}"))
+    let options = PluginOptions::new()
+        .vm_id("edgewise")
+        .plugin_name("response_cache")
+        .configuration(config);
+    world
+        .start_vms(&load_module("response_cache"), &options, workers)
+        .unwrap_or_else(|f| panic!("{f}"))
 }
 
 fn get(vm: &Vm, method: &str, path: &str, extra: &[(&str, &str)]) -> Stream {
-    let mut h = Headers::from([(":method", method), (":path", path), (":authority", "shop.example.com")]);
+    let mut h = Headers::from([
+        (":method", method),
+        (":path", path),
+        (":authority", "shop.example.com"),
+    ]);
     for (k, v) in extra {
         h.add(k, v);
     }
@@ -21,7 +30,13 @@ fn get(vm: &Vm, method: &str, path: &str, extra: &[(&str, &str)]) -> Stream {
 
 /// A request the origin answers (if it reaches it) with `headers` and `body`; returns the
 /// stream and whether the origin saw it.
-fn exchange(vm: &Vm, path: &str, req: &[(&str, &str)], resp: &[(&str, &str)], body: &[u8]) -> (Stream, bool) {
+fn exchange(
+    vm: &Vm,
+    path: &str,
+    req: &[(&str, &str)],
+    resp: &[(&str, &str)],
+    body: &[u8],
+) -> (Stream, bool) {
     let mut s = get(vm, "GET", path, req);
     let forwarded = s.upstream_request().is_some();
     if forwarded {
@@ -34,7 +49,11 @@ fn header(s: &Stream, name: &str) -> Option<String> {
     s.response().and_then(|r| r.header(name))
 }
 
-const CACHEABLE: &[(&str, &str)] = &[("cache-control", "max-age=60"), ("content-type", "text/html"), ("etag", "\"v1\"")];
+const CACHEABLE: &[(&str, &str)] = &[
+    ("cache-control", "max-age=60"),
+    ("content-type", "text/html"),
+    ("etag", "\"v1\""),
+];
 
 #[test]
 fn a_miss_is_stored_and_then_served_without_the_origin_on_any_worker() {
@@ -42,16 +61,29 @@ fn a_miss_is_stored_and_then_served_without_the_origin_on_any_worker() {
     let vms = start(&world, "{}", 2);
     let (first, forwarded) = exchange(&vms[0], "/p", &[], CACHEABLE, b"hello");
     assert!(forwarded);
-    assert_eq!(header(&first, "cache-status").as_deref(), Some("edgewise; fwd=miss; stored"));
+    assert_eq!(
+        header(&first, "cache-status").as_deref(),
+        Some("edgewise; fwd=miss; stored")
+    );
     for vm in &vms {
         let (hit, forwarded) = exchange(vm, "/p", &[], CACHEABLE, b"other");
         assert!(!forwarded, "a fresh hit never contacts the origin");
         let r = hit.response().unwrap();
-        assert_eq!((r.status(), r.body_text()), (Some(200), "hello".to_string()));
-        assert_eq!(r.header("content-type").as_deref(), Some("text/html"), "one content-type, the stored one");
+        assert_eq!(
+            (r.status(), r.body_text()),
+            (Some(200), "hello".to_string())
+        );
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("text/html"),
+            "one content-type, the stored one"
+        );
         assert_eq!(r.header("etag").as_deref(), Some("\"v1\""));
         assert_eq!(r.header("age").as_deref(), Some("0"));
-        assert_eq!(r.header("cache-status").as_deref(), Some("edgewise; hit; ttl=60"));
+        assert_eq!(
+            r.header("cache-status").as_deref(),
+            Some("edgewise; hit; ttl=60")
+        );
     }
     assert_eq!(world.metric("edgewise.response_cache.hits"), Some(2));
     assert_eq!(world.metric("edgewise.response_cache.stored"), Some(1));
@@ -68,8 +100,19 @@ fn age_grows_and_a_stale_entry_goes_back_to_the_origin() {
     world.advance(Duration::from_secs(30)).unwrap();
     let (stale, forwarded) = exchange(&vms[0], "/p", &[], CACHEABLE, b"v2");
     assert!(forwarded, "60 s old: stale");
-    assert_eq!(header(&stale, "cache-status").as_deref(), Some("edgewise; fwd=stale; stored"));
-    assert_eq!(exchange(&vms[0], "/p", &[], CACHEABLE, b"v3").0.response().unwrap().body_text(), "v2", "refreshed entry");
+    assert_eq!(
+        header(&stale, "cache-status").as_deref(),
+        Some("edgewise; fwd=stale; stored")
+    );
+    assert_eq!(
+        exchange(&vms[0], "/p", &[], CACHEABLE, b"v3")
+            .0
+            .response()
+            .unwrap()
+            .body_text(),
+        "v2",
+        "refreshed entry"
+    );
 }
 
 #[test]
@@ -79,15 +122,31 @@ fn what_a_shared_cache_must_not_store() {
     let cases: &[(&[(&str, &str)], &[(&str, &str)])] = &[
         (&[], &[("cache-control", "no-store")]),
         (&[], &[("cache-control", "private, max-age=60")]),
-        (&[], &[("cache-control", "max-age=60"), ("set-cookie", "session=abc")]),
-        (&[("authorization", "Bearer t")], &[("cache-control", "max-age=60")]),
+        (
+            &[],
+            &[
+                ("cache-control", "max-age=60"),
+                ("set-cookie", "session=abc"),
+            ],
+        ),
+        (
+            &[("authorization", "Bearer t")],
+            &[("cache-control", "max-age=60")],
+        ),
         (&[], &[("cache-control", "max-age=60"), ("vary", "*")]),
-        (&[("cache-control", "no-store")], &[("cache-control", "max-age=60")]),
+        (
+            &[("cache-control", "no-store")],
+            &[("cache-control", "max-age=60")],
+        ),
     ];
     for (i, (req, resp)) in cases.iter().enumerate() {
         let path = format!("/private/{i}");
         let (first, _) = exchange(&vms[0], &path, req, resp, b"secret");
-        assert_eq!(header(&first, "cache-status").as_deref(), Some("edgewise; fwd=miss"), "case {i}");
+        assert_eq!(
+            header(&first, "cache-status").as_deref(),
+            Some("edgewise; fwd=miss"),
+            "case {i}"
+        );
         let (_, forwarded) = exchange(&vms[0], &path, &[], resp, b"secret");
         assert!(forwarded, "case {i} must not be served from cache");
     }
@@ -100,7 +159,10 @@ fn vary_makes_variants_match_only_their_request() {
     let resp = &[("cache-control", "max-age=60"), ("vary", "accept-encoding")];
     exchange(&vms[0], "/v", &[("accept-encoding", "gzip")], resp, b"gz");
     assert!(!exchange(&vms[0], "/v", &[("accept-encoding", "gzip")], resp, b"x").1);
-    assert!(exchange(&vms[0], "/v", &[("accept-encoding", "br")], resp, b"br").1, "another encoding is a miss");
+    assert!(
+        exchange(&vms[0], "/v", &[("accept-encoding", "br")], resp, b"br").1,
+        "another encoding is a miss"
+    );
 }
 
 #[test]
@@ -110,16 +172,28 @@ fn head_conditionals_and_only_if_cached() {
     exchange(&vms[0], "/c", &[], CACHEABLE, b"body");
     let head = get(&vms[0], "HEAD", "/c", &[]);
     let r = head.response().unwrap();
-    assert_eq!((r.status(), r.body_text()), (Some(200), String::new()), "HEAD answered from the GET entry");
+    assert_eq!(
+        (r.status(), r.body_text()),
+        (Some(200), String::new()),
+        "HEAD answered from the GET entry"
+    );
     let not_modified = get(&vms[0], "GET", "/c", &[("if-none-match", "W/\"v1\"")]);
     assert_eq!(not_modified.response().unwrap().status(), Some(304));
     let changed = get(&vms[0], "GET", "/c", &[("if-none-match", "\"v0\"")]);
     assert_eq!(changed.response().unwrap().status(), Some(200));
-    let absent = get(&vms[0], "GET", "/never", &[("cache-control", "only-if-cached")]);
+    let absent = get(
+        &vms[0],
+        "GET",
+        "/never",
+        &[("cache-control", "only-if-cached")],
+    );
     assert_eq!(absent.response().unwrap().status(), Some(504));
     assert!(absent.upstream_request().is_none());
     let no_cache = get(&vms[0], "GET", "/c", &[("cache-control", "no-cache")]);
-    assert!(no_cache.upstream_request().is_some(), "request no-cache goes to the origin");
+    assert!(
+        no_cache.upstream_request().is_some(),
+        "request no-cache goes to the origin"
+    );
 }
 
 #[test]
@@ -130,30 +204,53 @@ fn an_unsafe_method_invalidates_the_uri() {
     let mut post = get(&vms[0], "POST", "/item", &[]);
     post.respond(204, &[], b"");
     assert_eq!(world.metric("edgewise.response_cache.invalidated"), Some(1));
-    assert!(exchange(&vms[0], "/item", &[], CACHEABLE, b"new").1, "gone from the cache");
+    assert!(
+        exchange(&vms[0], "/item", &[], CACHEABLE, b"new").1,
+        "gone from the cache"
+    );
 }
 
 #[test]
 fn memory_stays_within_the_byte_budget_and_key_set() {
     let world = World::new();
-    let vms = start(&world, r#"{"max_bytes":4096,"max_entry_bytes":1024,"max_entries":16}"#, 2);
+    let vms = start(
+        &world,
+        r#"{"max_bytes":4096,"max_entry_bytes":1024,"max_entries":16}"#,
+        2,
+    );
     for i in 0..300 {
-        exchange(&vms[i % 2], &format!("/many/{i}"), &[], CACHEABLE, &[b'x'; 300]);
+        exchange(
+            &vms[i % 2],
+            &format!("/many/{i}"),
+            &[],
+            CACHEABLE,
+            &[b'x'; 300],
+        );
     }
     let (keys, bytes) = world.shared_data_footprint("edgewise");
     assert!(keys <= 2 * 16 + 1, "{keys} keys");
     assert!(bytes <= 4096 + 16 * 40 + 1024, "{bytes} bytes");
     assert!(world.metric("edgewise.response_cache.evicted").unwrap_or(0) > 0);
     let (big, _) = exchange(&vms[0], "/big", &[], CACHEABLE, &[b'x'; 2000]);
-    assert_eq!(big.response().unwrap().body.len(), 2000, "passed through untouched");
-    assert!(exchange(&vms[0], "/big", &[], CACHEABLE, b"").1, "but not stored");
+    assert_eq!(
+        big.response().unwrap().body.len(),
+        2000,
+        "passed through untouched"
+    );
+    assert!(
+        exchange(&vms[0], "/big", &[], CACHEABLE, b"").1,
+        "but not stored"
+    );
 }
 
 #[test]
 fn invalid_configurations_are_refused_naming_the_field() {
     let cases: &[(&str, &str)] = &[
         (r#"{"eviction":"random"}"#, "eviction"),
-        (r#"{"max_bytes":2000,"max_entry_bytes":4000}"#, "max_entry_bytes"),
+        (
+            r#"{"max_bytes":2000,"max_entry_bytes":4000}"#,
+            "max_entry_bytes",
+        ),
         (r#"{"max_bytes":10}"#, "max_bytes"),
         (r#"{"max_entries":1}"#, "max_entries"),
         (r#"{"default_ttl":"forever"}"#, "default_ttl"),
@@ -161,21 +258,35 @@ fn invalid_configurations_are_refused_naming_the_field() {
         (r#"{"key":{"headers":["bad header"]}}"#, "key.headers[0]"),
         (r#"{"key":{"include":true}}"#, "include"),
         (r#"{"purge":{"method":"PURGE"}}"#, "purge.token"),
-        (r#"{"purge":{"method":"GET","token":"0123456789"}}"#, "purge.method"),
+        (
+            r#"{"purge":{"method":"GET","token":"0123456789"}}"#,
+            "purge.method",
+        ),
         (r#"{"coalesce":{"enabled":true}}"#, "coalesce"),
-        (r#"{"stale_while_revalidate":"10s"}"#, "stale_while_revalidate"),
+        (
+            r#"{"stale_while_revalidate":"10s"}"#,
+            "stale_while_revalidate",
+        ),
         (r#"{"stale_if_error":"a while"}"#, "stale_if_error"),
         (r#"{"ttl":"1s"}"#, "ttl"),
     ];
     for (config, field) in cases {
         let world = World::new();
         let failure = world
-            .start_vm(&load_module("response_cache"), &PluginOptions::new().configuration(config))
+            .start_vm(
+                &load_module("response_cache"),
+                &PluginOptions::new().configuration(config),
+            )
             .err()
             .unwrap_or_else(|| panic!("accepted: {config}"));
         assert_eq!(failure.kind, FailureKind::Rejected, "{config}");
         let logged = world.logs_containing("response_cache: invalid configuration");
-        assert!(logged.iter().any(|l| l.message.contains(&format!("at `{field}`"))), "{config}: expected {field}, logged {logged:?}");
+        assert!(
+            logged
+                .iter()
+                .any(|l| l.message.contains(&format!("at `{field}`"))),
+            "{config}: expected {field}, logged {logged:?}"
+        );
     }
 }
 
@@ -184,11 +295,20 @@ fn hits_reply_with_pause_and_misses_continue() {
     let world = World::new();
     let vms = start(&world, "{}", 1);
     let mut s = vms[0].stream();
-    let action = s.send_request_headers(Headers::from([(":method", "GET"), (":path", "/a"), (":authority", "h")]), true);
+    let action = s.send_request_headers(
+        Headers::from([(":method", "GET"), (":path", "/a"), (":authority", "h")]),
+        true,
+    );
     assert_eq!(action, Action::Continue);
     s.respond(200, CACHEABLE, b"x");
     let mut hit = vms[0].stream();
-    assert_eq!(hit.send_request_headers(Headers::from([(":method", "GET"), (":path", "/a"), (":authority", "h")]), true), Action::Pause);
+    assert_eq!(
+        hit.send_request_headers(
+            Headers::from([(":method", "GET"), (":path", "/a"), (":authority", "h")]),
+            true
+        ),
+        Action::Pause
+    );
 }
 
 #[test]
@@ -199,12 +319,34 @@ fn purge_with_the_token_removes_an_entry_and_never_reaches_the_origin() {
     let denied = get(&vms[1], "PURGE", "/doc", &[("x-purge-token", "guess")]);
     assert_eq!(denied.response().unwrap().status(), Some(403));
     assert!(denied.upstream_request().is_none());
-    assert!(!exchange(&vms[0], "/doc", &[], CACHEABLE, b"v2").1, "still cached");
-    let purged = get(&vms[1], "PURGE", "/doc", &[("x-purge-token", "s3cret-purge-token")]);
+    assert!(
+        !exchange(&vms[0], "/doc", &[], CACHEABLE, b"v2").1,
+        "still cached"
+    );
+    let purged = get(
+        &vms[1],
+        "PURGE",
+        "/doc",
+        &[("x-purge-token", "s3cret-purge-token")],
+    );
     assert_eq!(purged.response().unwrap().status(), Some(200));
     assert!(purged.upstream_request().is_none());
-    assert_eq!(get(&vms[1], "PURGE", "/doc", &[("x-purge-token", "s3cret-purge-token")]).response().unwrap().status(), Some(404));
-    assert!(exchange(&vms[0], "/doc", &[], CACHEABLE, b"v2").1, "purged on every worker");
+    assert_eq!(
+        get(
+            &vms[1],
+            "PURGE",
+            "/doc",
+            &[("x-purge-token", "s3cret-purge-token")]
+        )
+        .response()
+        .unwrap()
+        .status(),
+        Some(404)
+    );
+    assert!(
+        exchange(&vms[0], "/doc", &[], CACHEABLE, b"v2").1,
+        "purged on every worker"
+    );
     assert_eq!(world.metric("edgewise.response_cache.purged"), Some(1));
 }
 
@@ -212,7 +354,10 @@ fn purge_with_the_token_removes_an_entry_and_never_reaches_the_origin() {
 fn stale_if_error_answers_an_origin_error_with_the_stale_entry() {
     let world = World::new();
     let vms = start(&world, "{}", 1);
-    let allowing = &[("cache-control", "max-age=1, stale-if-error=60"), ("content-type", "text/plain")];
+    let allowing = &[
+        ("cache-control", "max-age=1, stale-if-error=60"),
+        ("content-type", "text/plain"),
+    ];
     exchange(&vms[0], "/s", &[], allowing, b"last good");
     world.advance(Duration::from_secs(10)).unwrap();
     let mut s = get(&vms[0], "GET", "/s", &[]);
@@ -220,17 +365,35 @@ fn stale_if_error_answers_an_origin_error_with_the_stale_entry() {
     s.send_response_headers([(":status", "503"), ("content-length", "11")], false);
     s.send_response_body(b"origin down", true);
     let r = s.response().unwrap();
-    assert_eq!((r.status(), r.body_text()), (Some(200), "last good".to_string()));
+    assert_eq!(
+        (r.status(), r.body_text()),
+        (Some(200), "last good".to_string())
+    );
     assert_eq!(r.header("content-length").as_deref(), Some("9"));
-    assert_eq!(r.header("cache-status").as_deref(), Some("edgewise; hit; detail=stale-if-error"));
-    assert_eq!(world.metric("edgewise.response_cache.stale_served"), Some(1));
+    assert_eq!(
+        r.header("cache-status").as_deref(),
+        Some("edgewise; hit; detail=stale-if-error")
+    );
+    assert_eq!(
+        world.metric("edgewise.response_cache.stale_served"),
+        Some(1)
+    );
     // Beyond the window, or with must-revalidate, the error goes through.
     world.advance(Duration::from_secs(60)).unwrap();
     let mut late = get(&vms[0], "GET", "/s", &[]);
     late.send_response_headers([(":status", "503"), ("content-length", "4")], false);
     late.send_response_body(b"down", true);
     assert_eq!(late.response().unwrap().status(), Some(503));
-    exchange(&vms[0], "/strict", &[], &[("cache-control", "max-age=1, stale-if-error=60, must-revalidate")], b"x");
+    exchange(
+        &vms[0],
+        "/strict",
+        &[],
+        &[(
+            "cache-control",
+            "max-age=1, stale-if-error=60, must-revalidate",
+        )],
+        b"x",
+    );
     world.advance(Duration::from_secs(5)).unwrap();
     let mut strict = get(&vms[0], "GET", "/strict", &[]);
     strict.send_response_headers([(":status", "502"), ("content-length", "3")], false);

@@ -2,18 +2,29 @@
 
 use std::collections::BTreeMap;
 
-use edgewise_support::breaker_state::{candidate_slots, identity_hash, slot_key, write_header, BreakerState, Published};
+use edgewise_support::breaker_state::{
+    candidate_slots, identity_hash, slot_key, write_header, BreakerState, Published,
+};
 use proxy_host::{load_module, Action, FailureKind, Headers, PluginOptions, Stream, Vm, World};
 
 const VM_ID: &str = "edgewise";
 
 fn start(world: &World, config: &str, workers: usize) -> Vec<Vm> {
-    let options = PluginOptions::new().vm_id(VM_ID).plugin_name("weighted_router").configuration(config);
-    world.start_vms(&load_module("weighted_router"), &options, workers).unwrap_or_else(|f| panic!("{f}"))
+    let options = PluginOptions::new()
+        .vm_id(VM_ID)
+        .plugin_name("weighted_router")
+        .configuration(config);
+    world
+        .start_vms(&load_module("weighted_router"), &options, workers)
+        .unwrap_or_else(|f| panic!("{f}"))
 }
 
 fn request(path: &str, extra: &[(&str, &str)]) -> Headers {
-    let mut h = Headers::from([(":method", "GET"), (":path", path), (":authority", "shop.example.com")]);
+    let mut h = Headers::from([
+        (":method", "GET"),
+        (":path", path),
+        (":authority", "shop.example.com"),
+    ]);
     for (k, v) in extra {
         h.add(k, v);
     }
@@ -22,7 +33,10 @@ fn request(path: &str, extra: &[(&str, &str)]) -> Headers {
 
 fn route(vm: &Vm, path: &str, extra: &[(&str, &str)]) -> (Stream, Option<String>) {
     let mut s = vm.stream();
-    assert_eq!(s.send_request_headers(request(path, extra), true), Action::Continue);
+    assert_eq!(
+        s.send_request_headers(request(path, extra), true),
+        Action::Continue
+    );
     let cluster = s.upstream_request().unwrap().header("x-route-cluster");
     (s, cluster)
 }
@@ -46,12 +60,21 @@ fn one_worker_is_within_one_of_the_exact_share_at_any_count() {
     let mut counts = [0i64; 3];
     for n in 1..=997i64 {
         let (_, c) = route(&vms[0], "/api/x", &[]);
-        counts[["api-v1", "api-v2", "api-v3"].iter().position(|t| Some(*t) == c.as_deref()).unwrap()] += 1;
+        counts[["api-v1", "api-v2", "api-v3"]
+            .iter()
+            .position(|t| Some(*t) == c.as_deref())
+            .unwrap()] += 1;
         for (i, w) in [70, 20, 10].iter().enumerate() {
-            assert!((counts[i] as f64 - n as f64 * *w as f64 / 100.0).abs() < 1.0 + 1e-9, "after {n}: {counts:?}");
+            assert!(
+                (counts[i] as f64 - n as f64 * *w as f64 / 100.0).abs() < 1.0 + 1e-9,
+                "after {n}: {counts:?}"
+            );
         }
     }
-    assert_eq!(world.metric("edgewise.weighted_router.api.api-v1.requests"), Some(counts[0]));
+    assert_eq!(
+        world.metric("edgewise.weighted_router.api.api-v1.requests"),
+        Some(counts[0])
+    );
 }
 
 #[test]
@@ -60,27 +83,47 @@ fn four_workers_are_within_four_and_a_shared_cursor_is_exact() {
     let vms = start(&world, SPLIT, 4);
     let counts = split(&vms, 1003, &[]);
     for (cluster, share) in [("api-v1", 0.7), ("api-v2", 0.2), ("api-v3", 0.1)] {
-        assert!((counts[cluster] as f64 - 1003.0 * share).abs() <= 4.0, "{counts:?}");
+        assert!(
+            (counts[cluster] as f64 - 1003.0 * share).abs() <= 4.0,
+            "{counts:?}"
+        );
     }
     let world = World::new();
     let shared = SPLIT.replace(r#""name":"api","#, r#""name":"api","shared_cursor":true,"#);
     let vms = start(&world, &shared, 4);
     let counts = split(&vms, 1000, &[]);
-    assert_eq!(counts.values().copied().collect::<Vec<_>>(), [700, 200, 100], "exact across workers");
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        [700, 200, 100],
+        "exact across workers"
+    );
 }
 
 #[test]
 fn sticky_users_stay_put_as_the_canary_grows() {
     let world = World::new();
     let config = |canary: u32| {
-        format!(r#"{{"routes":[{{"name":"api","strategy":"hash","hash_on":"header:x-user",
-            "targets":[{{"cluster":"stable","weight":{}}},{{"cluster":"canary","weight":{canary}}}]}}]}}"#, 100 - canary)
+        format!(
+            r#"{{"routes":[{{"name":"api","strategy":"hash","hash_on":"header:x-user",
+            "targets":[{{"cluster":"stable","weight":{}}},{{"cluster":"canary","weight":{canary}}}]}}]}}"#,
+            100 - canary
+        )
     };
     let vms = start(&world, &config(10), 2);
     let users: Vec<String> = (0..500).map(|i| format!("user-{i}")).collect();
-    let place = |vms: &[Vm]| -> Vec<String> { users.iter().enumerate().map(|(i, u)| route(&vms[i % 2], "/", &[("x-user", u)]).1.unwrap()).collect() };
+    let place = |vms: &[Vm]| -> Vec<String> {
+        users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| route(&vms[i % 2], "/", &[("x-user", u)]).1.unwrap())
+            .collect()
+    };
     let before = place(&vms);
-    assert_eq!(before, place(&vms), "the same user always lands on the same side, on any worker");
+    assert_eq!(
+        before,
+        place(&vms),
+        "the same user always lands on the same side, on any worker"
+    );
     let on_canary = before.iter().filter(|c| *c == "canary").count();
     assert!((30..=70).contains(&on_canary), "about 10%: {on_canary}");
     for vm in &vms {
@@ -88,7 +131,10 @@ fn sticky_users_stay_put_as_the_canary_grows() {
     }
     let after = place(&vms);
     for (b, a) in before.iter().zip(&after) {
-        assert!(b == a || a == "canary", "only moves towards the grown canary");
+        assert!(
+            b == a || a == "canary",
+            "only moves towards the grown canary"
+        );
     }
     let grown = after.iter().filter(|c| *c == "canary").count();
     assert!((110..=190).contains(&grown), "about 30%: {grown}");
@@ -102,11 +148,30 @@ fn overrides_pin_testers_to_the_canary() {
     let config = r#"{"routes":[{"name":"api","targets":[{"cluster":"v1","weight":100},{"cluster":"v2","weight":0}],
         "overrides":[{"header":"x-canary","equals":"always","cluster":"v2"},{"cookie":"canary","equals":"1","cluster":"v2"}]}]}"#;
     let vms = start(&world, config, 1);
-    assert_eq!(route(&vms[0], "/", &[("x-canary", "always")]).1.as_deref(), Some("v2"));
-    assert_eq!(route(&vms[0], "/", &[("cookie", "a=b; canary=1")]).1.as_deref(), Some("v2"));
-    assert_eq!(route(&vms[0], "/", &[("x-canary", "sometimes")]).1.as_deref(), Some("v1"));
-    assert!((0..20).all(|_| route(&vms[0], "/", &[]).1.as_deref() == Some("v1")), "weight 0 takes v2 out");
-    assert_eq!(world.metric("edgewise.weighted_router.api.overrides"), Some(2));
+    assert_eq!(
+        route(&vms[0], "/", &[("x-canary", "always")]).1.as_deref(),
+        Some("v2")
+    );
+    assert_eq!(
+        route(&vms[0], "/", &[("cookie", "a=b; canary=1")])
+            .1
+            .as_deref(),
+        Some("v2")
+    );
+    assert_eq!(
+        route(&vms[0], "/", &[("x-canary", "sometimes")])
+            .1
+            .as_deref(),
+        Some("v1")
+    );
+    assert!(
+        (0..20).all(|_| route(&vms[0], "/", &[]).1.as_deref() == Some("v1")),
+        "weight 0 takes v2 out"
+    );
+    assert_eq!(
+        world.metric("edgewise.weighted_router.api.overrides"),
+        Some(2)
+    );
 }
 
 #[test]
@@ -116,7 +181,10 @@ fn least_requests_counts_in_flight_across_workers_and_releases_on_end_and_reset(
     let vms = start(&world, config, 2);
     let (mut s1, c1) = route(&vms[0], "/", &[]);
     let (s2, c2) = route(&vms[1], "/", &[]);
-    assert_ne!(c1, c2, "the second goes where nothing is in flight, even on another worker");
+    assert_ne!(
+        c1, c2,
+        "the second goes where nothing is in flight, even on another worker"
+    );
     s1.respond(200, &[], b"");
     s1.finish();
     let (_s3, c3) = route(&vms[1], "/", &[]);
@@ -130,7 +198,14 @@ fn open_breaker(world: &World, cluster: &str, until: u64) {
     let hash = identity_hash(cluster.as_bytes());
     let slot = candidate_slots(hash, 256).next().unwrap();
     let mut value = vec![0u8; 208];
-    write_header(&mut value, &Published { identity_hash: hash, state: BreakerState::Open, open_until: until });
+    write_header(
+        &mut value,
+        &Published {
+            identity_hash: hash,
+            state: BreakerState::Open,
+            open_until: until,
+        },
+    );
     world.set_shared_data(VM_ID, &slot_key(slot), &value);
 }
 
@@ -144,12 +219,19 @@ fn failover_skips_targets_whose_breaker_is_open_and_returns_when_it_closes() {
     let counts = split(&vms, 100, &[]);
     assert_eq!(counts.get("api-v2"), None, "{counts:?}");
     assert_eq!(counts["api-v1"] + counts["api-v3"], 100);
-    assert_eq!(world.metric("edgewise.weighted_router.api.failovers"), Some(20));
+    assert_eq!(
+        world.metric("edgewise.weighted_router.api.failovers"),
+        Some(20)
+    );
     // With every target open, the normal pick stands (the breaker answers).
     open_breaker(&world, "api-v1", until);
     open_breaker(&world, "api-v3", until);
     let all_open = split(&vms, 20, &[]);
-    assert_eq!(all_open.values().copied().collect::<Vec<_>>(), [14, 4, 2], "a full cycle per worker, as if no breaker: {all_open:?}");
+    assert_eq!(
+        all_open.values().copied().collect::<Vec<_>>(),
+        [14, 4, 2],
+        "a full cycle per worker, as if no breaker: {all_open:?}"
+    );
     // Past open_until the breaker will probe: traffic returns.
     world.advance(std::time::Duration::from_secs(10)).unwrap();
     assert_eq!(split(&vms, 100, &[])["api-v2"], 20);
@@ -160,10 +242,20 @@ fn unmatched_requests_cannot_choose_a_cluster_themselves() {
     let world = World::new();
     let vms = start(&world, SPLIT, 1);
     let mut s = vms[0].stream();
-    s.send_request_headers(request("/other", &[("x-route-cluster", "admin-internal")]), true);
-    assert_eq!(s.upstream_request().unwrap().header("x-route-cluster"), None);
+    s.send_request_headers(
+        request("/other", &[("x-route-cluster", "admin-internal")]),
+        true,
+    );
+    assert_eq!(
+        s.upstream_request().unwrap().header("x-route-cluster"),
+        None
+    );
     let (_, forced) = route(&vms[0], "/api/x", &[("x-route-cluster", "admin-internal")]);
-    assert_ne!(forced.as_deref(), Some("admin-internal"), "overwritten by the pick");
+    assert_ne!(
+        forced.as_deref(),
+        Some("admin-internal"),
+        "overwritten by the pick"
+    );
 }
 
 #[test]
@@ -171,28 +263,75 @@ fn invalid_configurations_are_refused_naming_the_field() {
     let cases: &[(&str, &str)] = &[
         (r#"{"routes":[]}"#, "routes"),
         (r#"{"routes":[{"targets":[]}]}"#, "routes[0].targets"),
-        (r#"{"routes":[{"targets":[{"cluster":"a","weight":-1}]}]}"#, "routes[0].targets[0].weight"),
-        (r#"{"routes":[{"targets":[{"cluster":"a","weight":0},{"cluster":"b","weight":0}]}]}"#, "routes[0].targets"),
-        (r#"{"routes":[{"targets":[{"cluster":"a","weight":1}],"strategy":"fastest"}]}"#, "routes[0].strategy"),
-        (r#"{"routes":[{"targets":[{"cluster":"a","weight":1}],"strategy":"hash"}]}"#, "routes[0].hash_on"),
-        (r#"{"routes":[{"targets":[{"cluster":"","weight":1}]}]}"#, "routes[0].targets[0].cluster"),
-        (r#"{"routes":[{"targets":[{"cluster":"a","weight":1},{"cluster":"a","weight":2}]}]}"#, "routes[0].targets[1].cluster"),
-        (r#"{"routes":[{"targets":[{"cluster":"a","weight":1.5}]}]}"#, "routes[0].targets[0].weight"),
-        (r#"{"routes":[{"targets":[{"cluster":"a","weight":1}],"hash_on":"header:x"}]}"#, "routes[0].hash_on"),
-        (r#"{"routes":[{"targets":[{"cluster":"a","weight":1}],"strategy":"hash","hash_on":"ip"}]}"#, "routes[0].hash_on"),
-        (r#"{"routes":[{"targets":[{"cluster":"a","weight":1}],"overrides":[{"equals":"x","cluster":"a"}]}]}"#, "routes[0].overrides[0]"),
-        (r#"{"cluster_header":"bad header","routes":[{"targets":[{"cluster":"a","weight":1}]}]}"#, "cluster_header"),
-        (r#"{"routes":[{"name":"r","targets":[{"cluster":"a","weight":1}]},{"name":"r","targets":[{"cluster":"a","weight":1}]}]}"#, "routes[1].name"),
-        (r#"{"routes":[{"targets":[{"cluster":"a","weight":1}],"strategy":"random","shared_cursor":true}]}"#, "routes[0].shared_cursor"),
+        (
+            r#"{"routes":[{"targets":[{"cluster":"a","weight":-1}]}]}"#,
+            "routes[0].targets[0].weight",
+        ),
+        (
+            r#"{"routes":[{"targets":[{"cluster":"a","weight":0},{"cluster":"b","weight":0}]}]}"#,
+            "routes[0].targets",
+        ),
+        (
+            r#"{"routes":[{"targets":[{"cluster":"a","weight":1}],"strategy":"fastest"}]}"#,
+            "routes[0].strategy",
+        ),
+        (
+            r#"{"routes":[{"targets":[{"cluster":"a","weight":1}],"strategy":"hash"}]}"#,
+            "routes[0].hash_on",
+        ),
+        (
+            r#"{"routes":[{"targets":[{"cluster":"","weight":1}]}]}"#,
+            "routes[0].targets[0].cluster",
+        ),
+        (
+            r#"{"routes":[{"targets":[{"cluster":"a","weight":1},{"cluster":"a","weight":2}]}]}"#,
+            "routes[0].targets[1].cluster",
+        ),
+        (
+            r#"{"routes":[{"targets":[{"cluster":"a","weight":1.5}]}]}"#,
+            "routes[0].targets[0].weight",
+        ),
+        (
+            r#"{"routes":[{"targets":[{"cluster":"a","weight":1}],"hash_on":"header:x"}]}"#,
+            "routes[0].hash_on",
+        ),
+        (
+            r#"{"routes":[{"targets":[{"cluster":"a","weight":1}],"strategy":"hash","hash_on":"ip"}]}"#,
+            "routes[0].hash_on",
+        ),
+        (
+            r#"{"routes":[{"targets":[{"cluster":"a","weight":1}],"overrides":[{"equals":"x","cluster":"a"}]}]}"#,
+            "routes[0].overrides[0]",
+        ),
+        (
+            r#"{"cluster_header":"bad header","routes":[{"targets":[{"cluster":"a","weight":1}]}]}"#,
+            "cluster_header",
+        ),
+        (
+            r#"{"routes":[{"name":"r","targets":[{"cluster":"a","weight":1}]},{"name":"r","targets":[{"cluster":"a","weight":1}]}]}"#,
+            "routes[1].name",
+        ),
+        (
+            r#"{"routes":[{"targets":[{"cluster":"a","weight":1}],"strategy":"random","shared_cursor":true}]}"#,
+            "routes[0].shared_cursor",
+        ),
     ];
     for (config, field) in cases {
         let world = World::new();
         let failure = world
-            .start_vm(&load_module("weighted_router"), &PluginOptions::new().configuration(config))
+            .start_vm(
+                &load_module("weighted_router"),
+                &PluginOptions::new().configuration(config),
+            )
             .err()
             .unwrap_or_else(|| panic!("accepted: {config}"));
         assert_eq!(failure.kind, FailureKind::Rejected, "{config}");
         let logged = world.logs_containing("weighted_router: invalid configuration");
-        assert!(logged.iter().any(|l| l.message.contains(&format!("at `{field}`"))), "{config}: expected {field}, logged {logged:?}");
+        assert!(
+            logged
+                .iter()
+                .any(|l| l.message.contains(&format!("at `{field}`"))),
+            "{config}: expected {field}, logged {logged:?}"
+        );
     }
 }

@@ -36,9 +36,14 @@ fn scenarios(backend: std::net::SocketAddr) -> Vec<Scenario> {
         c.pin_cpu = Some(0);
         c
     };
-    let three_clusters = |c: EnvoyConfig| c.cluster("api-v1", vec![backend]).cluster("api-v2", vec![backend]).cluster("api-v3", vec![backend]);
+    let three_clusters = |c: EnvoyConfig| {
+        c.cluster("api-v1", vec![backend])
+            .cluster("api-v2", vec![backend])
+            .cluster("api-v3", vec![backend])
+    };
     let router = r#"{"routes":[{"name":"api","targets":[{"cluster":"api-v1","weight":70},{"cluster":"api-v2","weight":20},{"cluster":"api-v3","weight":10}]}]}"#;
-    let limiter_pass = r#"{"rules":[{"name":"all","limit":1000000000,"window":"1s","key":"client_ip"}]}"#;
+    let limiter_pass =
+        r#"{"rules":[{"name":"all","limit":1000000000,"window":"1s","key":"client_ip"}]}"#;
     let breaker = r#"{"upstream":"header:x-route-cluster","trip":{"consecutive_failures":5}}"#;
     let local_ratelimit = |tokens: u64, fill: &str| {
         json!({
@@ -145,9 +150,17 @@ fn ensure_wrk() -> Result<()> {
         return Ok(());
     }
     println!("installing wrk (Debian package)");
-    let ok = Command::new("apt-get").args(["install", "-y", "wrk"]).status().map(|s| s.success()).unwrap_or(false)
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "wrk"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
         || (Command::new("apt-get").arg("update").status().is_ok()
-            && Command::new("apt-get").args(["install", "-y", "wrk"]).status().map(|s| s.success()).unwrap_or(false));
+            && Command::new("apt-get")
+                .args(["install", "-y", "wrk"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false));
     if !ok {
         bail!("wrk is needed for the load benchmark: `apt-get install wrk`");
     }
@@ -168,7 +181,16 @@ fn parse_ms(text: &str) -> Option<f64> {
 fn run_wrk(envoy: &Envoy, path: &str, seconds: u32) -> Result<Sample> {
     let url = format!("http://{}{}", envoy.listener, path);
     let out = Command::new("taskset")
-        .args(["-c", "1", "wrk", "-t1", "-c32", &format!("-d{seconds}s"), "--latency", &url])
+        .args([
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            "-c32",
+            &format!("-d{seconds}s"),
+            "--latency",
+            &url,
+        ])
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -183,7 +205,10 @@ fn run_wrk(envoy: &Envoy, path: &str, seconds: u32) -> Result<Sample> {
         }
     }
     if sample.rps == 0.0 {
-        bail!("wrk gave no result for {url}:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "wrk gave no result for {url}:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(sample)
 }
@@ -205,7 +230,10 @@ pub fn run(seconds: u32, rounds: usize) -> Result<()> {
     }
     let backend = Backend::start_for_benchmark("bench-origin", 1)?;
     let scenarios = scenarios(backend.addr);
-    println!("\n==> starting {} Envoys (1 worker each, CPU 0)", scenarios.len());
+    println!(
+        "\n==> starting {} Envoys (1 worker each, CPU 0)",
+        scenarios.len()
+    );
     let mut envoys = Vec::new();
     for s in &scenarios {
         let envoy = Envoy::start(&s.config).with_context(|| format!("scenario {}", s.name))?;
@@ -213,7 +241,11 @@ pub fn run(seconds: u32, rounds: usize) -> Result<()> {
         let _ = envoy.get(s.path);
         let got = envoy.get(s.path)?.status;
         if got != s.expect {
-            bail!("scenario {:?}: expected status {}, got {got}", s.name, s.expect);
+            bail!(
+                "scenario {:?}: expected status {}, got {got}",
+                s.name,
+                s.expect
+            );
         }
         envoys.push(envoy);
     }
@@ -226,7 +258,10 @@ pub fn run(seconds: u32, rounds: usize) -> Result<()> {
         println!("\n==> round {round}/{rounds} ({seconds} s per scenario)");
         for (i, (s, e)) in scenarios.iter().zip(&envoys).enumerate() {
             let sample = run_wrk(e, s.path, seconds)?;
-            println!("  {:<48} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms", s.name, sample.rps, sample.p50_ms, sample.p99_ms);
+            println!(
+                "  {:<48} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
+                s.name, sample.rps, sample.p50_ms, sample.p99_ms
+            );
             results[i].push(sample);
         }
     }
@@ -247,17 +282,49 @@ pub fn run(seconds: u32, rounds: usize) -> Result<()> {
     write_report(&scenarios, &medians, &rss, &rss_two, seconds, rounds)
 }
 
-fn write_report(scenarios: &[Scenario], medians: &[Sample], rss: &[Option<u64>], rss_two: &[(&str, Option<u64>)], seconds: u32, rounds: usize) -> Result<()> {
-    let find = |name: &str| scenarios.iter().position(|s| s.name == name).map(|i| medians[i].rps).unwrap_or(f64::NAN);
+fn write_report(
+    scenarios: &[Scenario],
+    medians: &[Sample],
+    rss: &[Option<u64>],
+    rss_two: &[(&str, Option<u64>)],
+    seconds: u32,
+    rounds: usize,
+) -> Result<()> {
+    let find = |name: &str| {
+        scenarios
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| medians[i].rps)
+            .unwrap_or(f64::NAN)
+    };
     let plain = find("plain proxy");
     let noop = find("wasm do-nothing filter");
     let envoy_version = Command::new(envoy_harness::ensure_envoy_installed()?)
         .arg("--version")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).split("version:").nth(1).unwrap_or("").trim().to_string())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split("version:")
+                .nth(1)
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
         .unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default();
-    let date = Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
     writeln!(md, "Generated by `cargo xtask bench` on {date}. Machine: {} CPUs ({cpu}); Envoy {envoy_version}.", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0))?;
@@ -274,11 +341,33 @@ fn write_report(scenarios: &[Scenario], medians: &[Sample], rss: &[Option<u64>],
             m.p99_ms,
             m.rps / plain,
             m.rps / noop,
-            r.map(|k| format!("{:.0}", k as f64 / 1024.0)).unwrap_or_else(|| "-".into())
+            r.map(|k| format!("{:.0}", k as f64 / 1024.0))
+                .unwrap_or_else(|| "-".into())
         )?;
     }
-    writeln!(md, "\nEnvoy RSS with 2 workers (after a 1 s load): {}", rss_two.iter().map(|(n, r)| format!("{n}: {} MiB", r.map(|k| k / 1024).unwrap_or(0))).collect::<Vec<_>>().join("; "))?;
-    writeln!(md, "\n.wasm sizes: {}", ["rate_limit", "circuit_breaker", "weighted_router", "noop"].iter().map(|n| format!("{n} {} KiB", std::fs::metadata(wasm_path(n)).map(|m| m.len() / 1024).unwrap_or(0))).collect::<Vec<_>>().join(", "))?;
+    writeln!(
+        md,
+        "\nEnvoy RSS with 2 workers (after a 1 s load): {}",
+        rss_two
+            .iter()
+            .map(|(n, r)| format!("{n}: {} MiB", r.map(|k| k / 1024).unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )?;
+    writeln!(
+        md,
+        "\n.wasm sizes: {}",
+        ["rate_limit", "circuit_breaker", "weighted_router", "noop"]
+            .iter()
+            .map(|n| format!(
+                "{n} {} KiB",
+                std::fs::metadata(wasm_path(n))
+                    .map(|m| m.len() / 1024)
+                    .unwrap_or(0)
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
     writeln!(md, "\n![req/s per scenario](benchmarks.svg)")?;
     writeln!(
         md,
@@ -296,7 +385,10 @@ small part of this; the rest is crossings into and out of V8. Chained, three sep
 per-stream VM calls three times: composing the filters inside one module would pay them once."
     )?;
     std::fs::write(workspace_root().join("BENCHMARKS.md"), md)?;
-    std::fs::write(workspace_root().join("benchmarks.svg"), svg(scenarios, medians))?;
+    std::fs::write(
+        workspace_root().join("benchmarks.svg"),
+        svg(scenarios, medians),
+    )?;
     println!("\nwrote BENCHMARKS.md and benchmarks.svg");
     Ok(())
 }
@@ -319,9 +411,21 @@ fn svg(scenarios: &[Scenario], medians: &[Sample]) -> String {
             _ => "#8a4fd8",
         };
         let w = width * m.rps / max;
-        out.push_str(&format!("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n", left - 8.0, y + 13.0, s.name));
-        out.push_str(&format!("<rect x=\"{left}\" y=\"{y}\" width=\"{w:.1}\" height=\"{bar}\" fill=\"{color}\"/>\n"));
-        out.push_str(&format!("<text x=\"{}\" y=\"{}\">{:.0}</text>\n", left + w + 6.0, y + 13.0, m.rps));
+        out.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n",
+            left - 8.0,
+            y + 13.0,
+            s.name
+        ));
+        out.push_str(&format!(
+            "<rect x=\"{left}\" y=\"{y}\" width=\"{w:.1}\" height=\"{bar}\" fill=\"{color}\"/>\n"
+        ));
+        out.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\">{:.0}</text>\n",
+            left + w + 6.0,
+            y + 13.0,
+            m.rps
+        ));
     }
     out.push_str("</svg>\n");
     out

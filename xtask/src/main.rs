@@ -14,7 +14,9 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use envoy_harness::{ensure_envoy_installed, wasm_path, workspace_root, Backend, Envoy, EnvoyConfig, WasmFilter};
+use envoy_harness::{
+    ensure_envoy_installed, wasm_path, workspace_root, Backend, Envoy, EnvoyConfig, WasmFilter,
+};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,10 +25,26 @@ fn main() -> ExitCode {
         "setup" => setup(),
         "build" => build_wasm(),
         "test" => test(),
-        "envoy" => run_envoy(args.get(1).map(String::as_str).unwrap_or("probe"), args.get(2).map(String::as_str).unwrap_or("")),
+        "envoy" => run_envoy(
+            args.get(1).map(String::as_str).unwrap_or("probe"),
+            args.get(2).map(String::as_str).unwrap_or(""),
+        ),
         "demo" => demo(),
         "bench" => match args.get(1).map(String::as_str) {
-            Some("criterion") => cargo(&["bench", "--workspace", "--exclude", "xtask", "--exclude", "envoy-harness", "--exclude", "edgewise-backend", "--exclude", "probe", "--exclude", "noop"]),
+            Some("criterion") => cargo(&[
+                "bench",
+                "--workspace",
+                "--exclude",
+                "xtask",
+                "--exclude",
+                "envoy-harness",
+                "--exclude",
+                "edgewise-backend",
+                "--exclude",
+                "probe",
+                "--exclude",
+                "noop",
+            ]),
             Some("quick") => bench::run(2, 1),
             _ => bench::run(5, 3),
         },
@@ -46,7 +64,11 @@ fn main() -> ExitCode {
 
 fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo).current_dir(workspace_root()).args(args).status().with_context(|| format!("running cargo {args:?}"))?;
+    let status = Command::new(&cargo)
+        .current_dir(workspace_root())
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {args:?}"))?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
@@ -59,7 +81,10 @@ fn step(name: &str) {
 
 fn setup() -> Result<()> {
     step("wasm32-wasip1 target (rustup)");
-    let status = Command::new("rustup").args(["target", "add", "wasm32-wasip1"]).status().context("running rustup")?;
+    let status = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip1"])
+        .status()
+        .context("running rustup")?;
     if !status.success() {
         bail!("`rustup target add wasm32-wasip1` failed ({status}); the wasm target is required");
     }
@@ -75,7 +100,11 @@ fn build_wasm() -> Result<()> {
     for entry in std::fs::read_dir(envoy_harness::target_dir().join("wasm32-wasip1/release"))? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "wasm") {
-            println!("  {} ({} KiB)", path.display(), std::fs::metadata(&path)?.len() / 1024);
+            println!(
+                "  {} ({} KiB)",
+                path.display(),
+                std::fs::metadata(&path)?.len() / 1024
+            );
         }
     }
     Ok(())
@@ -86,9 +115,26 @@ fn test() -> Result<()> {
     setup()?;
     build_wasm()?;
     step("lint: clippy on the plugin crates (unwrap/expect/panic denied), wasm target");
-    cargo(&["clippy", "--release", "--target", "wasm32-wasip1", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--release",
+        "--target",
+        "wasm32-wasip1",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     step("layer 1: unit and property tests of the cores and support crates");
-    cargo(&["test", "--workspace", "--exclude", "probe", "--exclude", "host-tests", "--exclude", "envoy-harness"])?;
+    cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "probe",
+        "--exclude",
+        "host-tests",
+        "--exclude",
+        "envoy-harness",
+    ])?;
     step("layer 2: host-tests (our wasmtime proxy-wasm host), incl. probe parity with real Envoy");
     cargo(&["test", "-p", "host-tests"])?;
     step("layer 3: real Envoy (2 workers) with our backend");
@@ -100,9 +146,16 @@ fn test() -> Result<()> {
 fn run_envoy(module: &str, configuration: &str) -> Result<()> {
     build_wasm()?;
     let backend = Backend::start("backend")?;
-    let config = EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new(module, wasm_path(module), configuration));
+    let config = EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new(
+        module,
+        wasm_path(module),
+        configuration,
+    ));
     let envoy = Envoy::start(&config)?;
-    println!("Envoy listening on http://{}  (admin http://{}), backend {} — Ctrl-C to stop", envoy.listener, envoy.admin, backend.addr);
+    println!(
+        "Envoy listening on http://{}  (admin http://{}), backend {} — Ctrl-C to stop",
+        envoy.listener, envoy.admin, backend.addr
+    );
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
@@ -113,21 +166,55 @@ fn demo() -> Result<()> {
     build_wasm()?;
     step("starting the backend and Envoy (2 workers) with the probe filter");
     let backend = Backend::start("demo-backend")?;
-    let config = EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new("probe", wasm_path("probe"), "demo"));
+    let config = EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new(
+        "probe",
+        wasm_path("probe"),
+        "demo",
+    ));
     let envoy = Envoy::start(&config)?;
-    println!("Envoy on http://{}, admin on http://{}", envoy.listener, envoy.admin);
+    println!(
+        "Envoy on http://{}, admin on http://{}",
+        envoy.listener, envoy.admin
+    );
     step("a request through Envoy and the wasm filter");
-    let response = envoy.request("GET", "/echo/hello", &[("x-probe", "headers"), ("x-probe-id", "demo")], b"")?;
-    println!("GET /echo/hello -> {} from backend {:?}", response.status, response.header("x-backend-name").unwrap_or("?"));
-    println!("  the filter added a header the client sees:  x-probe-saw: {}", response.header("x-probe-saw").unwrap_or("(missing!)"));
+    let response = envoy.request(
+        "GET",
+        "/echo/hello",
+        &[("x-probe", "headers"), ("x-probe-id", "demo")],
+        b"",
+    )?;
+    println!(
+        "GET /echo/hello -> {} from backend {:?}",
+        response.status,
+        response.header("x-backend-name").unwrap_or("?")
+    );
+    println!(
+        "  the filter added a header the client sees:  x-probe-saw: {}",
+        response.header("x-probe-saw").unwrap_or("(missing!)")
+    );
     let seen: serde_json::Value = serde_json::from_slice(&response.body)?;
-    println!("  the filter added a header the backend saw:  x-added: {}", seen["headers"]["x-added"]);
+    println!(
+        "  the filter added a header the backend saw:  x-added: {}",
+        seen["headers"]["x-added"]
+    );
     step("a local reply from the filter (the backend never sees it)");
     let before = backend.requests()?;
-    let local = envoy.request("GET", "/anything", &[("x-probe", "local"), ("x-probe-id", "demo2")], b"")?;
-    println!("GET /anything -> {} {:?}; backend requests before/after: {before}/{}", local.status, local.text().trim(), backend.requests()?);
+    let local = envoy.request(
+        "GET",
+        "/anything",
+        &[("x-probe", "local"), ("x-probe-id", "demo2")],
+        b"",
+    )?;
+    println!(
+        "GET /anything -> {} {:?}; backend requests before/after: {before}/{}",
+        local.status,
+        local.text().trim(),
+        backend.requests()?
+    );
     step("what the filter logged in Envoy");
-    envoy.wait_for_log(std::time::Duration::from_secs(10), |log| log.contains("PROBE[demo2] on_done"))?;
+    envoy.wait_for_log(std::time::Duration::from_secs(10), |log| {
+        log.contains("PROBE[demo2] on_done")
+    })?;
     for line in envoy.log().lines().filter(|l| l.contains("PROBE[demo")) {
         if let Some(at) = line.find("PROBE[") {
             println!("  {}", &line[at..]);
@@ -145,7 +232,13 @@ fn demo() -> Result<()> {
 fn demo_response_cache() -> Result<()> {
     step("response caching: the first request goes to the origin, the rest come from shared data");
     let backend = Backend::start("origin")?;
-    let envoy = Envoy::start(&EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new("response_cache", wasm_path("response_cache"), "{}")))?;
+    let envoy = Envoy::start(
+        &EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new(
+            "response_cache",
+            wasm_path("response_cache"),
+            "{}",
+        )),
+    )?;
     let path = "/cache/article?cache_control=max-age%3D60&etag=v1&body=an+article";
     for n in 1..=4 {
         let r = envoy.get(path)?;
@@ -159,19 +252,37 @@ fn demo_response_cache() -> Result<()> {
         );
     }
     let conditional = envoy.request("GET", path, &[("if-none-match", "\"v1\"")], b"")?;
-    println!("  GET with If-None-Match: \"v1\" -> {} from the cache (origin still at {})", conditional.status, backend.requests()?);
+    println!(
+        "  GET with If-None-Match: \"v1\" -> {} from the cache (origin still at {})",
+        conditional.status,
+        backend.requests()?
+    );
     Ok(())
 }
 
 fn demo_weighted_router() -> Result<()> {
     use envoy_harness::Route;
     step("weighted routing: 70/20/10 across three backends, sticky users, a canary override");
-    let backends: Vec<Backend> = ["api-v1", "api-v2", "api-v3"].iter().map(|n| Backend::start(n)).collect::<Result<_>>()?;
+    let backends: Vec<Backend> = ["api-v1", "api-v2", "api-v3"]
+        .iter()
+        .map(|n| Backend::start(n))
+        .collect::<Result<_>>()?;
     let rules = r#"{"routes":[{"name":"api","match":{"path_prefix":"/api/"},"targets":[{"cluster":"api-v1","weight":70},{"cluster":"api-v2","weight":20},{"cluster":"api-v3","weight":10}],"overrides":[{"header":"x-canary","equals":"always","cluster":"api-v3"}]},
       {"name":"users","strategy":"hash","hash_on":"header:x-user","targets":[{"cluster":"api-v1","weight":70},{"cluster":"api-v2","weight":20},{"cluster":"api-v3","weight":10}]}]}"#;
     let mut config = EnvoyConfig::proxy_to(backends[0].addr, 2)
-        .routes(vec![Route::native_weighted("native", "/native/", &[("api-v1", 70), ("api-v2", 20), ("api-v3", 10)]), Route::by_header("ours", "/", "x-route-cluster")])
-        .filter(WasmFilter::new("weighted_router", wasm_path("weighted_router"), rules));
+        .routes(vec![
+            Route::native_weighted(
+                "native",
+                "/native/",
+                &[("api-v1", 70), ("api-v2", 20), ("api-v3", 10)],
+            ),
+            Route::by_header("ours", "/", "x-route-cluster"),
+        ])
+        .filter(WasmFilter::new(
+            "weighted_router",
+            wasm_path("weighted_router"),
+            rules,
+        ));
     for b in &backends {
         config = config.cluster(&b.name, vec![b.addr]);
     }
@@ -180,37 +291,60 @@ fn demo_weighted_router() -> Result<()> {
     for _ in 0..200 {
         envoy.get("/api/x")?;
     }
-    println!("  200 requests, smooth weighted round robin: backends counted {:?}", counted()?);
+    println!(
+        "  200 requests, smooth weighted round robin: backends counted {:?}",
+        counted()?
+    );
     for b in &backends {
         b.reset_counters()?;
     }
     for _ in 0..200 {
         envoy.get("/native/x")?;
     }
-    println!("  200 requests, Envoy's native weighted_clusters:   backends counted {:?}", counted()?);
+    println!(
+        "  200 requests, Envoy's native weighted_clusters:   backends counted {:?}",
+        counted()?
+    );
     for user in ["ana", "bo", "chen", "dana", "eve", "finn", "gus", "hal"] {
         let sides: Vec<String> = (0..3)
-            .map(|_| envoy.request("GET", "/u", &[("x-user", user)], b"").map(|r| r.header("x-backend-name").unwrap_or("?").to_string()))
+            .map(|_| {
+                envoy
+                    .request("GET", "/u", &[("x-user", user)], b"")
+                    .map(|r| r.header("x-backend-name").unwrap_or("?").to_string())
+            })
             .collect::<Result<_>>()?;
         println!("  user {user:<5} (hash on x-user) -> {}", sides.join(", "));
     }
     let pinned = envoy.request("GET", "/api/x", &[("x-canary", "always")], b"")?;
-    println!("  x-canary: always -> {}", pinned.header("x-backend-name").unwrap_or("?"));
+    println!(
+        "  x-canary: always -> {}",
+        pinned.header("x-backend-name").unwrap_or("?")
+    );
     Ok(())
 }
 
 fn demo_circuit_breaker() -> Result<()> {
     step("circuit breaking: the backend starts failing, the breaker opens, then heals");
     let backend = Backend::start("payments")?;
-    let rules = r#"{"trip":{"consecutive_failures":3},"open":{"duration":"2s"},"half_open":{"probes":2}}"#;
-    let config = EnvoyConfig::proxy_to(backend.addr, 2).route_name("payments").filter(WasmFilter::new("circuit_breaker", wasm_path("circuit_breaker"), rules));
+    let rules =
+        r#"{"trip":{"consecutive_failures":3},"open":{"duration":"2s"},"half_open":{"probes":2}}"#;
+    let config = EnvoyConfig::proxy_to(backend.addr, 2)
+        .route_name("payments")
+        .filter(WasmFilter::new(
+            "circuit_breaker",
+            wasm_path("circuit_breaker"),
+            rules,
+        ));
     let envoy = Envoy::start(&config)?;
     println!("config: {rules}");
     let show = |label: &str| -> Result<()> {
         let r = envoy.get("/status/200")?;
         let who = match r.header("x-edgewise-circuit") {
             Some(state) => format!("fallback from the breaker ({state})"),
-            None => format!("from the backend ({} requests so far)", backend.requests().unwrap_or(0)),
+            None => format!(
+                "from the backend ({} requests so far)",
+                backend.requests().unwrap_or(0)
+            ),
         };
         println!("  {label:<22} -> {} {who}", r.status);
         Ok(())
@@ -224,10 +358,17 @@ fn demo_circuit_breaker() -> Result<()> {
     backend.set_fault(r#"{"mode":"off"}"#)?;
     println!("  (backend healed; the breaker stays open for 2 s, then lets 2 probes through)");
     let started = Instant::now();
-    while envoy.get("/status/200")?.header("x-edgewise-circuit").is_some() {
+    while envoy
+        .get("/status/200")?
+        .header("x-edgewise-circuit")
+        .is_some()
+    {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    println!("  first probe admitted after {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "  first probe admitted after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     for n in 1..=3 {
         show(&format!("after recovery {n}"))?;
     }
@@ -244,8 +385,15 @@ fn demo_circuit_breaker() -> Result<()> {
 fn demo_rate_limit() -> Result<()> {
     step("rate limiting: 5 requests per minute per API key, Envoy with 2 workers");
     let backend = Backend::start("demo-api")?;
-    let rules = r#"{"rules":[{"name":"per-api-key","key":"header:x-api-key","limit":5,"window":"1m"}]}"#;
-    let envoy = Envoy::start(&EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new("rate_limit", wasm_path("rate_limit"), rules)))?;
+    let rules =
+        r#"{"rules":[{"name":"per-api-key","key":"header:x-api-key","limit":5,"window":"1m"}]}"#;
+    let envoy = Envoy::start(
+        &EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new(
+            "rate_limit",
+            wasm_path("rate_limit"),
+            rules,
+        )),
+    )?;
     println!("config: {rules}");
     for n in 1..=7 {
         let r = envoy.request("GET", "/status/200", &[("x-api-key", "alice")], b"")?;
@@ -253,11 +401,18 @@ fn demo_rate_limit() -> Result<()> {
             Some(retry) => format!("denied, Retry-After: {retry}s"),
             None => "allowed".to_string(),
         };
-        println!("  alice request {n}: {} {detail:<26} RateLimit: {}", r.status, r.header("ratelimit").unwrap_or("-"));
+        println!(
+            "  alice request {n}: {} {detail:<26} RateLimit: {}",
+            r.status,
+            r.header("ratelimit").unwrap_or("-")
+        );
     }
     let bob = envoy.request("GET", "/status/200", &[("x-api-key", "bob")], b"")?;
     println!("  bob   request 1: {} (his own bucket)", bob.status);
-    println!("  the backend received {} requests: denied ones never reached it", backend.requests()?);
+    println!(
+        "  the backend received {} requests: denied ones never reached it",
+        backend.requests()?
+    );
     let stat = |name: &str| envoy.stat(name).ok().flatten().unwrap_or(0);
     println!(
         "  Envoy stats: edgewise.rate_limit.per-api-key.allowed = {}, .denied = {}",

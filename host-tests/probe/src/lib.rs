@@ -46,19 +46,32 @@ impl RootContext for ProbeRoot {
         let (status, config) = raw::get_buffer(VM_CONFIGURATION, 0, usize::MAX);
         let (queue_status, token) = raw::register_queue(QUEUE_NAME);
         self.queue = token;
-        say("root", &format!("vm_start vm_config_status={status} vm_config={:?} queue_status={queue_status}", String::from_utf8_lossy(&config)));
+        say(
+            "root",
+            &format!(
+                "vm_start vm_config_status={status} vm_config={:?} queue_status={queue_status}",
+                String::from_utf8_lossy(&config)
+            ),
+        );
         true
     }
 
     fn on_configure(&mut self, size: usize) -> bool {
         let (status, config) = raw::get_buffer(PLUGIN_CONFIGURATION, 0, size);
         let text = String::from_utf8_lossy(&config).into_owned();
-        say("root", &format!("configure status={status} size={size} config={text:?}"));
+        say(
+            "root",
+            &format!("configure status={status} size={size} config={text:?}"),
+        );
         if text.contains("reject") {
             raw::log(4, "probe: configuration asks to be rejected");
             return false;
         }
-        if let Some(ms) = text.split("tick_ms=").nth(1).and_then(|rest| rest.trim().parse::<u32>().ok()) {
+        if let Some(ms) = text
+            .split("tick_ms=")
+            .nth(1)
+            .and_then(|rest| rest.trim().parse::<u32>().ok())
+        {
             unsafe { raw::proxy_set_tick_period_milliseconds(ms) };
         }
         true
@@ -87,7 +100,12 @@ impl RootContext for ProbeRoot {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(ProbeStream { context_id, id: String::new(), scenario: String::new(), queue: self.queue }))
+        Some(Box::new(ProbeStream {
+            context_id,
+            id: String::new(),
+            scenario: String::new(),
+            queue: self.queue,
+        }))
     }
 }
 
@@ -104,7 +122,9 @@ impl ProbeStream {
     }
 
     fn header(&self, name: &str) -> String {
-        raw::get_map_value(REQUEST_HEADERS, name).1.unwrap_or_default()
+        raw::get_map_value(REQUEST_HEADERS, name)
+            .1
+            .unwrap_or_default()
     }
 }
 
@@ -113,11 +133,20 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn int(bytes: &[u8]) -> i64 {
-    bytes.get(..8).map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).unwrap_or(-1)
+    bytes
+        .get(..8)
+        .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        .unwrap_or(-1)
 }
 
 impl Context for ProbeStream {
-    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, num_trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        num_trailers: usize,
+    ) {
         let (status_status, status) = raw::get_map_value(HTTP_CALL_RESPONSE_HEADERS, ":status");
         let (body_status, body) = raw::get_buffer(HTTP_CALL_RESPONSE_BODY, 0, body_size);
         let has_headers = num_headers > 0;
@@ -129,10 +158,16 @@ impl Context for ProbeStream {
         ));
         if !has_headers {
             let (s, code, message) = raw::get_status();
-            self.say(&format!("call_failed get_status={s} code={code} message={message}"));
+            self.say(&format!(
+                "call_failed get_status={s} code={code} message={message}"
+            ));
         }
         // Request headers are still ours while the request is paused.
-        let add = raw::add_map_value(REQUEST_HEADERS, "x-callout-status", &status.unwrap_or_else(|| "none".into()));
+        let add = raw::add_map_value(
+            REQUEST_HEADERS,
+            "x-callout-status",
+            &status.unwrap_or_else(|| "none".into()),
+        );
         let resume = unsafe { raw::proxy_continue_stream(0) };
         self.say(&format!("resumed add={add} continue={resume}"));
         let after = raw::get_map_value(REQUEST_HEADERS, ":path").0;
@@ -152,23 +187,32 @@ impl Context for ProbeStream {
 
     fn on_grpc_stream_initial_metadata(&mut self, _token_id: u32, num_elements: u32) {
         let value = raw::get_map_value(4, "x-meta").1.unwrap_or_default();
-        self.say(&format!("grpc_stream_initial_metadata n={num_elements} x-meta={value}"));
+        self.say(&format!(
+            "grpc_stream_initial_metadata n={num_elements} x-meta={value}"
+        ));
     }
 
     fn on_grpc_stream_message(&mut self, token_id: u32, message_size: usize) {
         let (_, message) = raw::get_buffer(5, 0, message_size);
         let reply = raw::grpc_send(token_id, b"pong", false);
-        self.say(&format!("grpc_stream_message {:?} reply={reply}", text(&message)));
+        self.say(&format!(
+            "grpc_stream_message {:?} reply={reply}",
+            text(&message)
+        ));
     }
 
     fn on_grpc_stream_trailing_metadata(&mut self, _token_id: u32, num_elements: u32) {
         let value = raw::get_map_value(5, "x-trail").1.unwrap_or_default();
-        self.say(&format!("grpc_stream_trailing_metadata n={num_elements} x-trail={value}"));
+        self.say(&format!(
+            "grpc_stream_trailing_metadata n={num_elements} x-trail={value}"
+        ));
     }
 
     fn on_grpc_stream_close(&mut self, token_id: u32, status_code: u32) {
         let close = raw::grpc_close(token_id);
-        self.say(&format!("grpc_stream_close status={status_code} close_after={close}"));
+        self.say(&format!(
+            "grpc_stream_close status={status_code} close_after={close}"
+        ));
     }
 }
 
@@ -179,7 +223,10 @@ impl HttpContext for ProbeStream {
         if self.id.is_empty() {
             return Action::Continue;
         }
-        self.say(&format!("request_headers scenario={} eos={end_of_stream}", self.scenario));
+        self.say(&format!(
+            "request_headers scenario={} eos={end_of_stream}",
+            self.scenario
+        ));
         match self.scenario.as_str() {
             "headers" => self.headers_scenario(),
             "local" => self.local_scenario(),
@@ -223,7 +270,10 @@ impl HttpContext for ProbeStream {
             let upper = text(&body).to_uppercase();
             let set = raw::set_buffer(REQUEST_BODY, 0, body.len(), upper.as_bytes());
             let (_, after) = raw::get_buffer(REQUEST_BODY, 0, usize::MAX);
-            self.say(&format!("request_body_replaced set={set} now={:?}", text(&after)));
+            self.say(&format!(
+                "request_body_replaced set={set} now={:?}",
+                text(&after)
+            ));
             let trailers = raw::get_map_value(REQUEST_TRAILERS, "x-none").0;
             self.say(&format!("request_trailers_get={trailers}"));
         }
@@ -234,13 +284,18 @@ impl HttpContext for ProbeStream {
         if self.id.is_empty() {
             return Action::Continue;
         }
-        let status = raw::get_map_value(RESPONSE_HEADERS, ":status").1.unwrap_or_default();
+        let status = raw::get_map_value(RESPONSE_HEADERS, ":status")
+            .1
+            .unwrap_or_default();
         let content_type = raw::get_map_value(RESPONSE_HEADERS, "content-type");
         let content_length = raw::get_map_value(RESPONSE_HEADERS, "content-length");
         let local = raw::get_map_value(RESPONSE_HEADERS, "x-local");
         let request_path = raw::get_map_value(REQUEST_HEADERS, ":path").0;
         let local_details = if self.scenario == "local" {
-            format!(" content_length={:?} x_local={:?}", content_length.1, local.1)
+            format!(
+                " content_length={:?} x_local={:?}",
+                content_length.1, local.1
+            )
         } else {
             String::new()
         };
@@ -257,7 +312,11 @@ impl HttpContext for ProbeStream {
         if self.scenario == "props" {
             let (s, code) = raw::get_property(&["response", "code"]);
             let (cs, cluster) = raw::get_property(&["xds", "cluster_name"]);
-            self.say(&format!("response_props code={s}:{} cluster={cs}:{}", int(&code), text(&cluster)));
+            self.say(&format!(
+                "response_props code={s}:{} cluster={cs}:{}",
+                int(&code),
+                text(&cluster)
+            ));
         }
         let add = raw::add_map_value(RESPONSE_HEADERS, "x-probe-saw", &self.scenario);
         self.say(&format!("response_header_added status={add}"));
@@ -273,7 +332,10 @@ impl HttpContext for ProbeStream {
         }
         let (status, body) = raw::get_buffer(RESPONSE_BODY, 0, body_size);
         if self.scenario == "local" {
-            self.say(&format!("response_body size={body_size} eos={end_of_stream} get={status}:{:?}", text(&body)));
+            self.say(&format!(
+                "response_body size={body_size} eos={end_of_stream} get={status}:{:?}",
+                text(&body)
+            ));
         } else {
             self.say(&format!("response_body eos={end_of_stream} get={status}"));
         }
@@ -287,7 +349,13 @@ impl HttpContext for ProbeStream {
         let path = raw::get_map_value(REQUEST_HEADERS, ":path");
         let status = raw::get_map_value(RESPONSE_HEADERS, ":status");
         let trailers = raw::get_map_value(REQUEST_TRAILERS, "x-none").0;
-        self.say(&format!("on_log path={}:{} status={}:{} request_trailers_status={trailers}", path.0, path.1.unwrap_or_default(), status.0, status.1.unwrap_or_default()));
+        self.say(&format!(
+            "on_log path={}:{} status={}:{} request_trailers_status={trailers}",
+            path.0,
+            path.1.unwrap_or_default(),
+            status.0,
+            status.1.unwrap_or_default()
+        ));
     }
 }
 
@@ -296,32 +364,67 @@ impl ProbeStream {
         let method = raw::get_map_value(REQUEST_HEADERS, ":method");
         let multi = raw::get_map_value(REQUEST_HEADERS, "x-multi");
         let missing = raw::get_map_value(REQUEST_HEADERS, "x-missing");
-        self.say(&format!("get method={}:{} multi={}:{} missing={}", method.0, method.1.unwrap_or_default(), multi.0, multi.1.unwrap_or_default(), missing.0));
+        self.say(&format!(
+            "get method={}:{} multi={}:{} missing={}",
+            method.0,
+            method.1.unwrap_or_default(),
+            multi.0,
+            multi.1.unwrap_or_default(),
+            missing.0
+        ));
         let (pairs_status, pairs) = raw::get_map_pairs(REQUEST_HEADERS);
-        let mut names: Vec<String> = pairs.iter().map(|(k, _)| k.clone()).filter(|k| k.starts_with(':') || k.starts_with("x-")).collect();
+        let mut names: Vec<String> = pairs
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|k| k.starts_with(':') || k.starts_with("x-"))
+            .collect();
         names.sort();
-        self.say(&format!("pairs status={pairs_status} names={}", names.join(",")));
+        self.say(&format!(
+            "pairs status={pairs_status} names={}",
+            names.join(",")
+        ));
         let response = raw::get_map_value(RESPONSE_HEADERS, ":status").0;
         let response_pairs = raw::get_map_pairs(RESPONSE_HEADERS);
         let response_add = raw::add_map_value(RESPONSE_HEADERS, "x-nope", "1");
-        self.say(&format!("response_map_in_request_phase get={response} pairs={}:{} add={response_add}", response_pairs.0, response_pairs.1.len()));
+        self.say(&format!(
+            "response_map_in_request_phase get={response} pairs={}:{} add={response_add}",
+            response_pairs.0,
+            response_pairs.1.len()
+        ));
         let add = raw::add_map_value(REQUEST_HEADERS, "x-added", "yes");
         let replace = raw::replace_map_value(REQUEST_HEADERS, "x-replace", "new");
         let remove = raw::remove_map_value(REQUEST_HEADERS, "x-remove");
         let remove_missing = raw::remove_map_value(REQUEST_HEADERS, "x-never-there");
         let (size_status, _) = raw::map_size(REQUEST_HEADERS);
         self.say(&format!("mutate add={add} replace={replace} remove={remove} remove_missing={remove_missing} size_status={size_status}"));
-        let check = |name: &str| raw::get_map_value(REQUEST_HEADERS, name).1.unwrap_or_else(|| "<none>".into());
-        self.say(&format!("after x-added={} x-replace={} x-remove={}", check("x-added"), check("x-replace"), check("x-remove")));
+        let check = |name: &str| {
+            raw::get_map_value(REQUEST_HEADERS, name)
+                .1
+                .unwrap_or_else(|| "<none>".into())
+        };
+        self.say(&format!(
+            "after x-added={} x-replace={} x-remove={}",
+            check("x-added"),
+            check("x-replace"),
+            check("x-remove")
+        ));
         let trailers = raw::get_map_value(REQUEST_TRAILERS, "x-none").0;
         let trailers_pairs = raw::get_map_pairs(REQUEST_TRAILERS).0;
-        self.say(&format!("request_trailers_in_headers get={trailers} pairs={trailers_pairs}"));
+        self.say(&format!(
+            "request_trailers_in_headers get={trailers} pairs={trailers_pairs}"
+        ));
         if self.header("x-set-pairs") == "1" {
             let current = raw::get_map_pairs(REQUEST_HEADERS).1;
-            let mut kept: Vec<(&str, &str)> = current.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let mut kept: Vec<(&str, &str)> = current
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             kept.push(("x-set-by-pairs", "1"));
             let set = raw::set_map_pairs(REQUEST_HEADERS, &kept);
-            self.say(&format!("set_pairs status={set} x-set-by-pairs={}", check("x-set-by-pairs")));
+            self.say(&format!(
+                "set_pairs status={set} x-set-by-pairs={}",
+                check("x-set-by-pairs")
+            ));
         }
         Action::Continue
     }
@@ -352,7 +455,10 @@ impl ProbeStream {
         ));
         let empty = raw::set_shared(&key, b"", 0);
         let (after_empty, value, _) = raw::get_shared(&key);
-        self.say(&format!("shared_empty set={empty} get={after_empty} len={}", value.len()));
+        self.say(&format!(
+            "shared_empty set={empty} get={after_empty} len={}",
+            value.len()
+        ));
         Action::Continue
     }
 
@@ -362,9 +468,23 @@ impl ProbeStream {
             format!("{}={s}:{}", path.join("."), text(&v))
         };
         for group in [
-            vec![show(&["request", "path"]), show(&["request", "url_path"]), show(&["request", "method"]), show(&["request", "host"])],
-            vec![show(&["request", "scheme"]), show(&["request", "protocol"]), show(&["request", "query"])],
-            vec![show(&["xds", "route_name"]), show(&["plugin_name"]), show(&["plugin_vm_id"]), show(&["plugin_root_id"])],
+            vec![
+                show(&["request", "path"]),
+                show(&["request", "url_path"]),
+                show(&["request", "method"]),
+                show(&["request", "host"]),
+            ],
+            vec![
+                show(&["request", "scheme"]),
+                show(&["request", "protocol"]),
+                show(&["request", "query"]),
+            ],
+            vec![
+                show(&["xds", "route_name"]),
+                show(&["plugin_name"]),
+                show(&["plugin_vm_id"]),
+                show(&["plugin_root_id"]),
+            ],
         ] {
             self.say(&format!("props {}", group.join(" ")));
         }
@@ -414,10 +534,34 @@ impl ProbeStream {
     }
 
     fn callout_scenario(&mut self) -> Action {
-        let bad_cluster = raw::http_call("no_such_cluster", &[(":method", "GET"), (":path", "/"), (":authority", "x")], b"", 1000).0;
-        let no_path = raw::http_call("backend", &[(":method", "GET"), (":authority", "x")], b"", 1000).0;
-        self.say(&format!("callout_errors unknown_cluster={bad_cluster} missing_path={no_path}"));
-        match self.dispatch_http_call("backend", vec![(":method", "GET"), (":path", "/status/201"), (":authority", "backend")], None, vec![], std::time::Duration::from_secs(5)) {
+        let bad_cluster = raw::http_call(
+            "no_such_cluster",
+            &[(":method", "GET"), (":path", "/"), (":authority", "x")],
+            b"",
+            1000,
+        )
+        .0;
+        let no_path = raw::http_call(
+            "backend",
+            &[(":method", "GET"), (":authority", "x")],
+            b"",
+            1000,
+        )
+        .0;
+        self.say(&format!(
+            "callout_errors unknown_cluster={bad_cluster} missing_path={no_path}"
+        ));
+        match self.dispatch_http_call(
+            "backend",
+            vec![
+                (":method", "GET"),
+                (":path", "/status/201"),
+                (":authority", "backend"),
+            ],
+            None,
+            vec![],
+            std::time::Duration::from_secs(5),
+        ) {
             Ok(token) => self.say(&format!("callout dispatched token_nonzero={}", token != 0)),
             Err(status) => self.say(&format!("callout failed status={status:?}")),
         }
@@ -427,7 +571,11 @@ impl ProbeStream {
     fn callout_timeout_scenario(&mut self) -> Action {
         match self.dispatch_http_call(
             "backend",
-            vec![(":method", "GET"), (":path", "/delay/3000"), (":authority", "backend")],
+            vec![
+                (":method", "GET"),
+                (":path", "/delay/3000"),
+                (":authority", "backend"),
+            ],
             None,
             vec![],
             std::time::Duration::from_millis(200),
@@ -451,7 +599,14 @@ impl ProbeStream {
     fn log_scenario(&mut self) -> Action {
         let (s, level) = raw::log_level();
         self.say(&format!("log_level status={s} level={level}"));
-        for (lvl, name) in [(0, "trace"), (1, "debug"), (2, "info"), (3, "warn"), (4, "error"), (5, "critical")] {
+        for (lvl, name) in [
+            (0, "trace"),
+            (1, "debug"),
+            (2, "info"),
+            (3, "warn"),
+            (4, "error"),
+            (5, "critical"),
+        ] {
             raw::log(lvl, &format!("PROBE[{}] level_line {name}", self.id));
         }
         let bad = raw::log(9, "bad level");
@@ -476,19 +631,34 @@ impl ProbeStream {
         ));
         let call_headers = raw::get_map_value(HTTP_CALL_RESPONSE_HEADERS, ":status").0;
         let call_pairs = raw::get_map_pairs(HTTP_CALL_RESPONSE_HEADERS);
-        self.say(&format!("misc_call_maps get={call_headers} pairs={}:{}", call_pairs.0, call_pairs.1.len()));
+        self.say(&format!(
+            "misc_call_maps get={call_headers} pairs={}:{}",
+            call_pairs.0,
+            call_pairs.1.len()
+        ));
         Action::Continue
     }
 
     fn grpc_live_scenario(&mut self) -> Action {
         let cluster = self.header("x-grpc-cluster");
-        let call = self.dispatch_grpc_call(&cluster, "probe.Service", "Unary", vec![("x-md", b"1".as_slice())], Some(b"ping".as_slice()), std::time::Duration::from_secs(1));
+        let call = self.dispatch_grpc_call(
+            &cluster,
+            "probe.Service",
+            "Unary",
+            vec![("x-md", b"1".as_slice())],
+            Some(b"ping".as_slice()),
+            std::time::Duration::from_secs(1),
+        );
         let stream = self.open_grpc_stream(&cluster, "probe.Service", "Stream", vec![]);
         let sent = match stream {
             Ok(token) => raw::grpc_send(token, b"hello", false),
             Err(_) => 99,
         };
-        self.say(&format!("grpc_live call={} stream={} first_send={sent}", call.is_ok(), stream.is_ok()));
+        self.say(&format!(
+            "grpc_live call={} stream={} first_send={sent}",
+            call.is_ok(),
+            stream.is_ok()
+        ));
         if let (Ok(token), true) = (stream, self.header("x-grpc-cancel") == "1") {
             let cancel = raw::grpc_cancel(token);
             self.say(&format!("grpc_live cancel={cancel}"));
@@ -502,8 +672,16 @@ impl ProbeStream {
         let key = "probe-counter";
         for attempt in 1..=64 {
             let (status, value, cas) = raw::get_shared(key);
-            let current = if status == 0 { text(&value).parse::<u64>().unwrap_or(0) } else { 0 };
-            let set = raw::set_shared(key, (current + 1).to_string().as_bytes(), if status == 0 { cas } else { 0 });
+            let current = if status == 0 {
+                text(&value).parse::<u64>().unwrap_or(0)
+            } else {
+                0
+            };
+            let set = raw::set_shared(
+                key,
+                (current + 1).to_string().as_bytes(),
+                if status == 0 { cas } else { 0 },
+            );
             if set == 0 {
                 self.say(&format!("incr value={} attempts={attempt}", current + 1));
                 return Action::Continue;

@@ -66,7 +66,9 @@ struct BreakerRoot {
 
 fn now_nanos() -> Option<u64> {
     let now = hostcalls::get_current_time().ok()?;
-    now.duration_since(UNIX_EPOCH).ok().map(|d| d.as_nanos() as u64)
+    now.duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_nanos() as u64)
 }
 
 fn log(level: LogLevel, message: &str) {
@@ -85,13 +87,23 @@ impl RootContext for BreakerRoot {
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(bytes) => bytes.unwrap_or_default(),
             Err(status) => {
-                log(LogLevel::Error, &format!("circuit_breaker: cannot read the plugin configuration: {status:?}"));
+                log(
+                    LogLevel::Error,
+                    &format!("circuit_breaker: cannot read the plugin configuration: {status:?}"),
+                );
                 return false;
             }
         };
         match Config::from_json(&bytes) {
             Ok(config) => {
-                log(LogLevel::Info, &format!("circuit_breaker {VERSION}: upstream by {:?}, {} override(s)", config.upstream, config.overrides.len()));
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "circuit_breaker {VERSION}: upstream by {:?}, {} override(s)",
+                        config.upstream,
+                        config.overrides.len()
+                    ),
+                );
                 self.shared = Some(Rc::new(Shared {
                     config,
                     upstreams: RefCell::new(HashMap::new()),
@@ -112,7 +124,14 @@ impl RootContext for BreakerRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(BreakerStream { shared: self.shared.clone(), identity: None, started: 0, probe: None, replied: false, recorded: false }))
+        Some(Box::new(BreakerStream {
+            shared: self.shared.clone(),
+            identity: None,
+            started: 0,
+            probe: None,
+            replied: false,
+            recorded: false,
+        }))
     }
 }
 
@@ -126,7 +145,9 @@ struct BreakerStream {
 }
 
 fn header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
 }
 
 fn report(shared: &Shared, identity: &str, transition: Transition) {
@@ -135,20 +156,38 @@ fn report(shared: &Shared, identity: &str, transition: Transition) {
         Transition::Opened { for_ns, reason } => {
             metrics.opened.increment(1);
             metrics.state.set(BreakerState::Open.code() as u64);
-            log(LogLevel::Warn, &format!("circuit_breaker: {identity} opened for {}ms ({reason:?})", for_ns / 1_000_000));
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "circuit_breaker: {identity} opened for {}ms ({reason:?})",
+                    for_ns / 1_000_000
+                ),
+            );
         }
         Transition::Reopened { for_ns } => {
             metrics.opened.increment(1);
             metrics.state.set(BreakerState::Open.code() as u64);
-            log(LogLevel::Warn, &format!("circuit_breaker: {identity} failed a half-open probe, open again for {}ms", for_ns / 1_000_000));
+            log(
+                LogLevel::Warn,
+                &format!(
+                    "circuit_breaker: {identity} failed a half-open probe, open again for {}ms",
+                    for_ns / 1_000_000
+                ),
+            );
         }
         Transition::HalfOpened => {
             metrics.state.set(BreakerState::HalfOpen.code() as u64);
-            log(LogLevel::Info, &format!("circuit_breaker: {identity} half-open, probing"));
+            log(
+                LogLevel::Info,
+                &format!("circuit_breaker: {identity} half-open, probing"),
+            );
         }
         Transition::Closed => {
             metrics.state.set(BreakerState::Closed.code() as u64);
-            log(LogLevel::Info, &format!("circuit_breaker: {identity} closed after successful probes"));
+            log(
+                LogLevel::Info,
+                &format!("circuit_breaker: {identity} closed after successful probes"),
+            );
         }
         Transition::None => {}
     }
@@ -158,10 +197,19 @@ impl Context for BreakerStream {
     fn on_done(&mut self) -> bool {
         // A probe that ended without a response gives its place back, so half-open cannot
         // stall on clients that went away.
-        if let (Some(shared), Some(identity), Some(episode), false) = (&self.shared, &self.identity, self.probe, self.recorded) {
+        if let (Some(shared), Some(identity), Some(episode), false) =
+            (&self.shared, &self.identity, self.probe, self.recorded)
+        {
             if let Some(now) = now_nanos() {
                 let params = shared.config.params(identity);
-                let _ = table::abandon_probe(&SharedData, identity.as_bytes(), shared.config.slots, params, episode, now);
+                let _ = table::abandon_probe(
+                    &SharedData,
+                    identity.as_bytes(),
+                    shared.config.slots,
+                    params,
+                    episode,
+                    now,
+                );
             }
         }
         true
@@ -170,19 +218,34 @@ impl Context for BreakerStream {
 
 impl HttpContext for BreakerStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else { return Action::Continue };
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
         let identity = match &shared.config.upstream {
-            UpstreamKey::Route => hostcalls::get_property(vec!["xds", "route_name"]).ok().flatten(),
+            UpstreamKey::Route => hostcalls::get_property(vec!["xds", "route_name"])
+                .ok()
+                .flatten(),
             UpstreamKey::Host => header(":authority").map(|a| host_only(&a)),
             UpstreamKey::Header(name) => header(name),
         };
         // No identity (unnamed route, missing header): no breaker applies.
-        let Some(identity) = identity.filter(|i| !i.is_empty()).map(|i| String::from_utf8_lossy(&i).into_owned()) else {
+        let Some(identity) = identity
+            .filter(|i| !i.is_empty())
+            .map(|i| String::from_utf8_lossy(&i).into_owned())
+        else {
             return Action::Continue;
         };
-        let Some(now) = now_nanos() else { return Action::Continue };
+        let Some(now) = now_nanos() else {
+            return Action::Continue;
+        };
         let params = shared.config.params(&identity);
-        let admission = match table::admit(&SharedData, identity.as_bytes(), shared.config.slots, params, now) {
+        let admission = match table::admit(
+            &SharedData,
+            identity.as_bytes(),
+            shared.config.slots,
+            params,
+            now,
+        ) {
             Ok(Some((admission, transition))) => {
                 report(&shared, &identity, transition);
                 admission
@@ -212,10 +275,20 @@ impl HttpContext for BreakerStream {
             Admission::Reject { state } => {
                 shared.metrics(&identity).rejected.increment(1);
                 let fallback = &shared.config.fallback;
-                let mut headers: Vec<(&str, &str)> = fallback.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let mut headers: Vec<(&str, &str)> = fallback
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 headers.push(("x-edgewise-circuit", state.name()));
                 self.replied = true;
-                if hostcalls::send_http_response(fallback.status, headers, Some(fallback.body.as_bytes())).is_err() {
+                if hostcalls::send_http_response(
+                    fallback.status,
+                    headers,
+                    Some(fallback.body.as_bytes()),
+                )
+                .is_err()
+                {
                     return Action::Continue;
                 }
                 Action::Pause
@@ -227,22 +300,55 @@ impl HttpContext for BreakerStream {
         if self.replied || self.recorded {
             return Action::Continue;
         }
-        let (Some(shared), Some(identity)) = (self.shared.clone(), self.identity.clone()) else { return Action::Continue };
+        let (Some(shared), Some(identity)) = (self.shared.clone(), self.identity.clone()) else {
+            return Action::Continue;
+        };
         self.recorded = true;
-        let Some(now) = now_nanos() else { return Action::Continue };
+        let Some(now) = now_nanos() else {
+            return Action::Continue;
+        };
         let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
             .ok()
             .flatten()
-            .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u16>().ok()))
+            .and_then(|s| {
+                std::str::from_utf8(&s)
+                    .ok()
+                    .and_then(|s| s.parse::<u16>().ok())
+            })
             .filter(|code| (100..=599).contains(code));
         let params = shared.config.params(&identity);
         // Envoy's response details only matter for a 5xx the status list does not already
         // count: read them (one host call) only then.
         let needs_details = params.local_failures
-            && status.is_some_and(|code| code >= 500 && !params.failure_statuses.iter().any(|(low, high)| (*low..=*high).contains(&code)));
-        let details = if needs_details { hostcalls::get_property(vec!["response", "code_details"]).ok().flatten() } else { None };
-        let outcome = crate::classify(params, status, details.as_deref(), now.saturating_sub(self.started));
-        match table::record(&SharedData, identity.as_bytes(), shared.config.slots, params, outcome, self.probe, now) {
+            && status.is_some_and(|code| {
+                code >= 500
+                    && !params
+                        .failure_statuses
+                        .iter()
+                        .any(|(low, high)| (*low..=*high).contains(&code))
+            });
+        let details = if needs_details {
+            hostcalls::get_property(vec!["response", "code_details"])
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let outcome = crate::classify(
+            params,
+            status,
+            details.as_deref(),
+            now.saturating_sub(self.started),
+        );
+        match table::record(
+            &SharedData,
+            identity.as_bytes(),
+            shared.config.slots,
+            params,
+            outcome,
+            self.probe,
+            now,
+        ) {
             Ok(Some(transition)) => report(&shared, &identity, transition),
             Ok(None) => {}
             Err(_) => shared.errors.increment(1),

@@ -3,7 +3,9 @@
 //! HALF-OPEN lets exactly `probes` requests through: all succeed → CLOSED, one fails → OPEN
 //! with the next, longer duration (resilience4j semantics; Envoy-worker-wide via CAS).
 
-use edgewise_support::breaker_state::{read_header, write_header, BreakerState, Published, HEADER_BYTES};
+use edgewise_support::breaker_state::{
+    read_header, write_header, BreakerState, Published, HEADER_BYTES,
+};
 
 use crate::config::Params;
 
@@ -40,8 +42,12 @@ pub struct Breaker {
 pub enum Admission {
     Pass,
     /// A half-open trial request, in episode `episode` (compare when recording).
-    Probe { episode: u32 },
-    Reject { state: BreakerState },
+    Probe {
+        episode: u32,
+    },
+    Reject {
+        state: BreakerState,
+    },
 }
 
 /// A response's classification.
@@ -87,7 +93,13 @@ impl Breaker {
             return None;
         }
         let header = read_header(bytes)?;
-        let u32_at = |at: usize| bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes).unwrap_or(0);
+        let u32_at = |at: usize| {
+            bytes
+                .get(at..at + 4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_le_bytes)
+                .unwrap_or(0)
+        };
         let p = HEADER_BYTES;
         let mut breaker = Breaker {
             identity_hash: header.identity_hash,
@@ -101,16 +113,36 @@ impl Breaker {
         };
         for (i, bucket) in breaker.buckets.iter_mut().enumerate() {
             let at = HEADER_BYTES + PRIVATE_BYTES + i * BUCKET_BYTES;
-            *bucket = Bucket { period: u32_at(at), calls: u32_at(at + 4), failures: u32_at(at + 8), slow: u32_at(at + 12) };
+            *bucket = Bucket {
+                period: u32_at(at),
+                calls: u32_at(at + 4),
+                failures: u32_at(at + 8),
+                slow: u32_at(at + 12),
+            };
         }
         Some(breaker)
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![0u8; VALUE_BYTES];
-        write_header(&mut out, &Published { identity_hash: self.identity_hash, state: self.state, open_until: self.open_until });
+        write_header(
+            &mut out,
+            &Published {
+                identity_hash: self.identity_hash,
+                state: self.state,
+                open_until: self.open_until,
+            },
+        );
         let p = HEADER_BYTES;
-        for (i, v) in [self.opens, self.consecutive_failures, self.probes_issued, self.probes_succeeded].iter().enumerate() {
+        for (i, v) in [
+            self.opens,
+            self.consecutive_failures,
+            self.probes_issued,
+            self.probes_succeeded,
+        ]
+        .iter()
+        .enumerate()
+        {
             out[p + 4 * i..p + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
         }
         for (i, b) in self.buckets.iter().enumerate() {
@@ -125,7 +157,9 @@ impl Breaker {
     /// Closed with nothing counted in the window: the same as a never-used breaker, so its
     /// slot may go to another upstream without losing anything.
     pub fn is_idle(&self, params: &Params, now: u64) -> bool {
-        self.state == BreakerState::Closed && self.consecutive_failures == 0 && self.totals(params, now) == (0, 0, 0)
+        self.state == BreakerState::Closed
+            && self.consecutive_failures == 0
+            && self.totals(params, now) == (0, 0, 0)
     }
 
     fn period(params: &Params, now: u64) -> u32 {
@@ -138,32 +172,64 @@ impl Breaker {
         self.buckets
             .iter()
             .filter(|b| b.period != 0 && current.wrapping_sub(b.period) < BUCKETS as u32)
-            .fold((0, 0, 0), |(c, f, s), b| (c + b.calls, f + b.failures, s + b.slow))
+            .fold((0, 0, 0), |(c, f, s), b| {
+                (c + b.calls, f + b.failures, s + b.slow)
+            })
     }
 
     /// Decides admission at `now`; returns the new value to store if it changed.
     pub fn admit(&self, params: &Params, now: u64) -> (Admission, Option<Breaker>, Transition) {
         match self.state {
             BreakerState::Closed => (Admission::Pass, None, Transition::None),
-            BreakerState::Open if now < self.open_until => (Admission::Reject { state: BreakerState::Open }, None, Transition::None),
+            BreakerState::Open if now < self.open_until => (
+                Admission::Reject {
+                    state: BreakerState::Open,
+                },
+                None,
+                Transition::None,
+            ),
             BreakerState::Open => {
                 let mut next = self.clone();
                 next.state = BreakerState::HalfOpen;
                 next.probes_issued = 1;
                 next.probes_succeeded = 0;
-                (Admission::Probe { episode: next.opens }, Some(next), Transition::HalfOpened)
+                (
+                    Admission::Probe {
+                        episode: next.opens,
+                    },
+                    Some(next),
+                    Transition::HalfOpened,
+                )
             }
             BreakerState::HalfOpen if self.probes_issued < params.probes => {
                 let mut next = self.clone();
                 next.probes_issued += 1;
-                (Admission::Probe { episode: next.opens }, Some(next), Transition::None)
+                (
+                    Admission::Probe {
+                        episode: next.opens,
+                    },
+                    Some(next),
+                    Transition::None,
+                )
             }
-            BreakerState::HalfOpen => (Admission::Reject { state: BreakerState::HalfOpen }, None, Transition::None),
+            BreakerState::HalfOpen => (
+                Admission::Reject {
+                    state: BreakerState::HalfOpen,
+                },
+                None,
+                Transition::None,
+            ),
         }
     }
 
     /// Records a response. `probe` is the admission's episode when it was a probe.
-    pub fn record(&self, params: &Params, outcome: Outcome, probe: Option<u32>, now: u64) -> (Option<Breaker>, Transition) {
+    pub fn record(
+        &self,
+        params: &Params,
+        outcome: Outcome,
+        probe: Option<u32>,
+        now: u64,
+    ) -> (Option<Breaker>, Transition) {
         match (self.state, probe) {
             (BreakerState::HalfOpen, Some(episode)) if episode == self.opens => {
                 let mut next = self.clone();
@@ -180,17 +246,29 @@ impl Breaker {
                 (Some(next), Transition::None)
             }
             (BreakerState::Closed, _) => {
-                let counting_rates = params.failure_rate.is_some() || params.slow_call_rate.is_some();
-                if !outcome.failed && !outcome.slow && self.consecutive_failures == 0 && !counting_rates {
+                let counting_rates =
+                    params.failure_rate.is_some() || params.slow_call_rate.is_some();
+                if !outcome.failed
+                    && !outcome.slow
+                    && self.consecutive_failures == 0
+                    && !counting_rates
+                {
                     return (None, Transition::None); // nothing would change: no write
                 }
                 let mut next = self.clone();
-                next.consecutive_failures = if outcome.failed { next.consecutive_failures.saturating_add(1) } else { 0 };
+                next.consecutive_failures = if outcome.failed {
+                    next.consecutive_failures.saturating_add(1)
+                } else {
+                    0
+                };
                 if counting_rates {
                     let period = Breaker::period(params, now);
                     let bucket = &mut next.buckets[(period as usize) % BUCKETS];
                     if bucket.period != period {
-                        *bucket = Bucket { period, ..Bucket::default() };
+                        *bucket = Bucket {
+                            period,
+                            ..Bucket::default()
+                        };
                     }
                     bucket.calls += 1;
                     bucket.failures += outcome.failed as u32;
@@ -209,7 +287,10 @@ impl Breaker {
 
     /// A probe that ended without a response (client went away): give its place back.
     pub fn abandon_probe(&self, episode: u32) -> Option<Breaker> {
-        if self.state == BreakerState::HalfOpen && self.opens == episode && self.probes_issued > self.probes_succeeded {
+        if self.state == BreakerState::HalfOpen
+            && self.opens == episode
+            && self.probes_issued > self.probes_succeeded
+        {
             let mut next = self.clone();
             next.probes_issued -= 1;
             return Some(next);
@@ -262,8 +343,14 @@ mod tests {
 
     const SEC: u64 = 1_000_000_000;
     const T0: u64 = 1_767_225_600 * SEC;
-    const FAIL: Outcome = Outcome { failed: true, slow: false };
-    const OK: Outcome = Outcome { failed: false, slow: false };
+    const FAIL: Outcome = Outcome {
+        failed: true,
+        slow: false,
+    };
+    const OK: Outcome = Outcome {
+        failed: false,
+        slow: false,
+    };
 
     fn params(json: &str) -> Params {
         Config::from_json(json.as_bytes()).unwrap().defaults
@@ -289,18 +376,40 @@ mod tests {
         assert_eq!(b.state, BreakerState::Closed);
         let (b, t) = feed(&b, &p, &[FAIL], T0);
         assert_eq!(b.state, BreakerState::Open);
-        assert_eq!(t[0], Transition::Opened { for_ns: 5 * SEC, reason: TripReason::ConsecutiveFailures(3) });
+        assert_eq!(
+            t[0],
+            Transition::Opened {
+                for_ns: 5 * SEC,
+                reason: TripReason::ConsecutiveFailures(3)
+            }
+        );
         assert_eq!(b.open_until, T0 + 5 * SEC);
     }
 
     #[test]
     fn failure_rate_trips_only_with_min_requests_in_the_window() {
-        let p = params(r#"{"trip":{"consecutive_failures":100,"failure_rate":0.5,"min_requests":10,"window":"10s"}}"#);
-        let (b, _) = feed(&Breaker::new(1), &p, &[FAIL, OK, FAIL, OK, FAIL, OK, FAIL, OK, FAIL], T0);
+        let p = params(
+            r#"{"trip":{"consecutive_failures":100,"failure_rate":0.5,"min_requests":10,"window":"10s"}}"#,
+        );
+        let (b, _) = feed(
+            &Breaker::new(1),
+            &p,
+            &[FAIL, OK, FAIL, OK, FAIL, OK, FAIL, OK, FAIL],
+            T0,
+        );
         assert_eq!(b.state, BreakerState::Closed, "9 calls < min_requests");
         let (b, t) = feed(&b, &p, &[OK], T0);
         assert_eq!(b.state, BreakerState::Open);
-        assert!(matches!(t[0], Transition::Opened { reason: TripReason::FailureRate { failures: 5, calls: 10 }, .. }));
+        assert!(matches!(
+            t[0],
+            Transition::Opened {
+                reason: TripReason::FailureRate {
+                    failures: 5,
+                    calls: 10
+                },
+                ..
+            }
+        ));
         // Old calls age out of the window.
         let (b, _) = feed(&Breaker::new(1), &p, &[FAIL; 9], T0);
         let (b, _) = feed(&b, &p, &[OK], T0 + 11 * SEC);
@@ -310,25 +419,49 @@ mod tests {
 
     #[test]
     fn slow_calls_trip_by_rate() {
-        let p = params(r#"{"failure":{"slow_call":"1s"},"trip":{"slow_call_rate":0.8,"min_requests":5}}"#);
-        let slow = Outcome { failed: false, slow: true };
+        let p = params(
+            r#"{"failure":{"slow_call":"1s"},"trip":{"slow_call_rate":0.8,"min_requests":5}}"#,
+        );
+        let slow = Outcome {
+            failed: false,
+            slow: true,
+        };
         let (b, t) = feed(&Breaker::new(1), &p, &[slow, slow, slow, OK, slow], T0);
         assert_eq!(b.state, BreakerState::Open);
-        assert!(matches!(t[4], Transition::Opened { reason: TripReason::SlowCallRate { slow: 4, calls: 5 }, .. }));
+        assert!(matches!(
+            t[4],
+            Transition::Opened {
+                reason: TripReason::SlowCallRate { slow: 4, calls: 5 },
+                ..
+            }
+        ));
     }
 
     #[test]
     fn open_then_half_open_admits_exactly_probes_then_closes() {
         let p = params(r#"{"trip":{"consecutive_failures":1},"half_open":{"probes":2}}"#);
         let (b, _) = feed(&Breaker::new(1), &p, &[FAIL], T0);
-        assert_eq!(b.admit(&p, T0 + SEC).0, Admission::Reject { state: BreakerState::Open });
+        assert_eq!(
+            b.admit(&p, T0 + SEC).0,
+            Admission::Reject {
+                state: BreakerState::Open
+            }
+        );
         let (a, b1, t) = b.admit(&p, T0 + 5 * SEC);
-        assert_eq!((a, t), (Admission::Probe { episode: 1 }, Transition::HalfOpened));
+        assert_eq!(
+            (a, t),
+            (Admission::Probe { episode: 1 }, Transition::HalfOpened)
+        );
         let b1 = b1.unwrap();
         let (a2, b2, _) = b1.admit(&p, T0 + 5 * SEC);
         assert_eq!(a2, Admission::Probe { episode: 1 });
         let b2 = b2.unwrap();
-        assert_eq!(b2.admit(&p, T0 + 5 * SEC).0, Admission::Reject { state: BreakerState::HalfOpen });
+        assert_eq!(
+            b2.admit(&p, T0 + 5 * SEC).0,
+            Admission::Reject {
+                state: BreakerState::HalfOpen
+            }
+        );
         let (b3, t3) = b2.record(&p, OK, Some(1), T0 + 6 * SEC);
         assert_eq!(t3, Transition::None);
         let (b4, t4) = b3.unwrap().record(&p, OK, Some(1), T0 + 6 * SEC);
@@ -339,7 +472,9 @@ mod tests {
 
     #[test]
     fn a_failed_probe_reopens_with_backoff_up_to_the_cap() {
-        let p = params(r#"{"trip":{"consecutive_failures":1},"open":{"duration":"5s","max_duration":"15s","backoff":2.0},"half_open":{"probes":1}}"#);
+        let p = params(
+            r#"{"trip":{"consecutive_failures":1},"open":{"duration":"5s","max_duration":"15s","backoff":2.0},"half_open":{"probes":1}}"#,
+        );
         let (mut b, _) = feed(&Breaker::new(1), &p, &[FAIL], T0);
         let mut durations = vec![b.open_until - T0];
         for _ in 0..3 {
@@ -362,13 +497,19 @@ mod tests {
         assert_eq!(b.record(&p, FAIL, None, T0), (None, Transition::None));
         // A probe from an earlier episode: ignored.
         let (_, half, _) = b.admit(&p, T0 + 5 * SEC);
-        assert_eq!(half.unwrap().record(&p, OK, Some(0), T0 + 5 * SEC), (None, Transition::None));
+        assert_eq!(
+            half.unwrap().record(&p, OK, Some(0), T0 + 5 * SEC),
+            (None, Transition::None)
+        );
     }
 
     #[test]
     fn successes_in_a_healthy_closed_breaker_write_nothing() {
         let p = params(r#"{"trip":{"consecutive_failures":5}}"#);
-        assert_eq!(Breaker::new(1).record(&p, OK, None, T0), (None, Transition::None));
+        assert_eq!(
+            Breaker::new(1).record(&p, OK, None, T0),
+            (None, Transition::None)
+        );
     }
 
     #[test]

@@ -132,7 +132,13 @@ impl Config {
             "host" => UpstreamKey::Host,
             other => match other.strip_prefix("header:") {
                 Some(name) if !name.is_empty() => UpstreamKey::Header(name.to_ascii_lowercase()),
-                _ => return Err(err("upstream", format!("{other:?} is not an upstream identity"), "use route, host or header:NAME")),
+                _ => {
+                    return Err(err(
+                        "upstream",
+                        format!("{other:?} is not an upstream identity"),
+                        "use route, host or header:NAME",
+                    ))
+                }
             },
         };
         let empty = RawOverride::default();
@@ -146,45 +152,96 @@ impl Config {
         let mut overrides = HashMap::new();
         for (identity, over) in raw.overrides.iter().flatten() {
             if identity.is_empty() {
-                return Err(err("overrides", "has an empty upstream name", "name the upstream as the `upstream` mode identifies it"));
+                return Err(err(
+                    "overrides",
+                    "has an empty upstream name",
+                    "name the upstream as the `upstream` mode identifies it",
+                ));
             }
-            overrides.insert(identity.clone(), compile_params(&format!("overrides.{identity}."), over, &base)?);
+            overrides.insert(
+                identity.clone(),
+                compile_params(&format!("overrides.{identity}."), over, &base)?,
+            );
         }
         let fallback = match &raw.fallback {
-            None => Fallback { status: 503, body: "upstream temporarily unavailable\n".into(), headers: vec![("content-type".into(), "text/plain".into())] },
+            None => Fallback {
+                status: 503,
+                body: "upstream temporarily unavailable\n".into(),
+                headers: vec![("content-type".into(), "text/plain".into())],
+            },
             Some(f) => {
                 let status = f.status.unwrap_or(503);
                 if !(200..=599).contains(&status) {
-                    return Err(err("fallback.status", format!("{status} is not a usable status"), "use 200 to 599 (default 503)"));
+                    return Err(err(
+                        "fallback.status",
+                        format!("{status} is not a usable status"),
+                        "use 200 to 599 (default 503)",
+                    ));
                 }
                 let mut headers = Vec::new();
                 for (name, value) in f.headers.iter().flatten() {
-                    if name.is_empty() || name.starts_with(':') || !name.bytes().all(|b| b.is_ascii_graphic()) {
-                        return Err(err("fallback.headers", format!("{name:?} is not a header name"), "use names like \"content-type\""));
+                    if name.is_empty()
+                        || name.starts_with(':')
+                        || !name.bytes().all(|b| b.is_ascii_graphic())
+                    {
+                        return Err(err(
+                            "fallback.headers",
+                            format!("{name:?} is not a header name"),
+                            "use names like \"content-type\"",
+                        ));
                     }
                     if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                        return Err(err(format!("fallback.headers.{name}"), "contains a control character", "remove CR, LF and NUL"));
+                        return Err(err(
+                            format!("fallback.headers.{name}"),
+                            "contains a control character",
+                            "remove CR, LF and NUL",
+                        ));
                     }
                     headers.push((name.to_ascii_lowercase(), value.clone()));
                 }
-                Fallback { status, body: f.body.clone().unwrap_or_else(|| "upstream temporarily unavailable\n".into()), headers }
+                Fallback {
+                    status,
+                    body: f
+                        .body
+                        .clone()
+                        .unwrap_or_else(|| "upstream temporarily unavailable\n".into()),
+                    headers,
+                }
             }
         };
         let slots = raw.max_upstreams.unwrap_or(256);
         if !(1..=65_536).contains(&slots) {
-            return Err(err("max_upstreams", format!("{slots} is out of range"), "use 1 to 65536 (default 256)"));
+            return Err(err(
+                "max_upstreams",
+                format!("{slots} is out of range"),
+                "use 1 to 65536 (default 256)",
+            ));
         }
-        Ok(Config { upstream, defaults, overrides, fallback, slots })
+        Ok(Config {
+            upstream,
+            defaults,
+            overrides,
+            fallback,
+            slots,
+        })
     }
 }
 
-fn err(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+fn err(
+    field: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
     ConfigError::new(field, problem, fix)
 }
 
 /// Parses "5xx", "503" / 503, "500-504" into inclusive ranges.
-fn parse_statuses(field: &str, values: &[serde_json::Value]) -> Result<Vec<(u16, u16)>, ConfigError> {
-    let fix = "use status codes (503), classes (\"5xx\") or ranges (\"500-504\") between 100 and 599";
+fn parse_statuses(
+    field: &str,
+    values: &[serde_json::Value],
+) -> Result<Vec<(u16, u16)>, ConfigError> {
+    let fix =
+        "use status codes (503), classes (\"5xx\") or ranges (\"500-504\") between 100 and 599";
     let mut ranges = Vec::new();
     for (i, value) in values.iter().enumerate() {
         let field = format!("{field}[{i}]");
@@ -194,7 +251,8 @@ fn parse_statuses(field: &str, values: &[serde_json::Value]) -> Result<Vec<(u16,
             other => return Err(err(field, format!("{other} is not a status"), fix)),
         };
         let code = |s: &str| s.parse::<u16>().ok().filter(|c| (100..=599).contains(c));
-        let range = if let Some(class) = text.strip_suffix("xx").and_then(|c| c.parse::<u16>().ok()) {
+        let range = if let Some(class) = text.strip_suffix("xx").and_then(|c| c.parse::<u16>().ok())
+        {
             if !(1..=5).contains(&class) {
                 return Err(err(field, format!("{text:?} is not a status class"), fix));
             }
@@ -202,7 +260,13 @@ fn parse_statuses(field: &str, values: &[serde_json::Value]) -> Result<Vec<(u16,
         } else if let Some((low, high)) = text.split_once('-') {
             match (code(low.trim()), code(high.trim())) {
                 (Some(l), Some(h)) if l <= h => (l, h),
-                _ => return Err(err(field, format!("{text:?} is not a valid status range"), fix)),
+                _ => {
+                    return Err(err(
+                        field,
+                        format!("{text:?} is not a valid status range"),
+                        fix,
+                    ))
+                }
             }
         } else {
             match code(&text) {
@@ -213,7 +277,11 @@ fn parse_statuses(field: &str, values: &[serde_json::Value]) -> Result<Vec<(u16,
         ranges.push(range);
     }
     if ranges.is_empty() {
-        return Err(err(field, "is empty, so nothing would count as a failure", "list at least one status, e.g. [\"5xx\"]"));
+        return Err(err(
+            field,
+            "is empty, so nothing would count as a failure",
+            "list at least one status, e.g. [\"5xx\"]",
+        ));
     }
     Ok(ranges)
 }
@@ -222,13 +290,25 @@ fn rate(field: String, value: Option<f64>) -> Result<Option<f64>, ConfigError> {
     match value {
         None => Ok(None),
         Some(r) if r > 0.0 && r <= 1.0 => Ok(Some(r)),
-        Some(r) => Err(err(field, format!("{r} is outside (0, 1]"), "use a fraction like 0.5; omit it to disable this trigger")),
+        Some(r) => Err(err(
+            field,
+            format!("{r} is outside (0, 1]"),
+            "use a fraction like 0.5; omit it to disable this trigger",
+        )),
     }
 }
 
 /// Compiles one parameter set: fields from `own`, falling back to `base`, then defaults.
-fn compile_params(prefix: &str, own: &RawOverride, base: &RawOverride) -> Result<Params, ConfigError> {
-    let failure = own.failure.clone().or_else(|| base.failure.clone()).unwrap_or_default();
+fn compile_params(
+    prefix: &str,
+    own: &RawOverride,
+    base: &RawOverride,
+) -> Result<Params, ConfigError> {
+    let failure = own
+        .failure
+        .clone()
+        .or_else(|| base.failure.clone())
+        .unwrap_or_default();
     let base_failure = base.failure.clone().unwrap_or_default();
     let trip = own.trip.clone().unwrap_or_default();
     let base_trip = base.trip.clone().unwrap_or_default();
@@ -242,62 +322,117 @@ fn compile_params(prefix: &str, own: &RawOverride, base: &RawOverride) -> Result
         Some(list) => parse_statuses(&format!("{prefix}failure.statuses"), &list)?,
         None => vec![(500, 599)],
     };
-    let slow_call_ns = match failure.slow_call.as_ref().or(base_failure.slow_call.as_ref()) {
+    let slow_call_ns = match failure
+        .slow_call
+        .as_ref()
+        .or(base_failure.slow_call.as_ref())
+    {
         Some(text) => {
             let d = parse_duration(&format!("{prefix}failure.slow_call"), text)?;
             if d.is_zero() {
-                return Err(err(format!("{prefix}failure.slow_call"), "0 would make every call slow", "use a positive duration, or omit it"));
+                return Err(err(
+                    format!("{prefix}failure.slow_call"),
+                    "0 would make every call slow",
+                    "use a positive duration, or omit it",
+                ));
             }
             Some(d.as_nanos() as u64)
         }
         None => None,
     };
     let consecutive_failures = match trip.consecutive_failures.or(base_trip.consecutive_failures) {
-        Some(0) => return Err(err(format!("{prefix}trip.consecutive_failures"), "0 would trip on nothing", "use 1 or more; omit it to disable this trigger")),
+        Some(0) => {
+            return Err(err(
+                format!("{prefix}trip.consecutive_failures"),
+                "0 would trip on nothing",
+                "use 1 or more; omit it to disable this trigger",
+            ))
+        }
         Some(n) => Some(n),
         None => Some(5),
     };
-    let failure_rate = rate(format!("{prefix}trip.failure_rate"), trip.failure_rate.or(base_trip.failure_rate))?;
-    let slow_call_rate = rate(format!("{prefix}trip.slow_call_rate"), trip.slow_call_rate.or(base_trip.slow_call_rate))?;
+    let failure_rate = rate(
+        format!("{prefix}trip.failure_rate"),
+        trip.failure_rate.or(base_trip.failure_rate),
+    )?;
+    let slow_call_rate = rate(
+        format!("{prefix}trip.slow_call_rate"),
+        trip.slow_call_rate.or(base_trip.slow_call_rate),
+    )?;
     if slow_call_rate.is_some() && slow_call_ns.is_none() {
-        return Err(err(format!("{prefix}trip.slow_call_rate"), "needs failure.slow_call to know what is slow", "set failure.slow_call, e.g. \"2s\""));
+        return Err(err(
+            format!("{prefix}trip.slow_call_rate"),
+            "needs failure.slow_call to know what is slow",
+            "set failure.slow_call, e.g. \"2s\"",
+        ));
     }
     let min_requests = trip.min_requests.or(base_trip.min_requests).unwrap_or(20);
     if min_requests == 0 {
-        return Err(err(format!("{prefix}trip.min_requests"), "0 would trip on a single call", "use 1 or more (default 20)"));
+        return Err(err(
+            format!("{prefix}trip.min_requests"),
+            "0 would trip on a single call",
+            "use 1 or more (default 20)",
+        ));
     }
     let window = match trip.window.as_ref().or(base_trip.window.as_ref()) {
         Some(text) => parse_duration(&format!("{prefix}trip.window"), text)?,
         None => Duration::from_secs(10),
     };
     if window < Duration::from_millis(100) || window > Duration::from_secs(3600) {
-        return Err(err(format!("{prefix}trip.window"), format!("{window:?} is out of range"), "use \"100ms\" to \"1h\" (default \"10s\")"));
+        return Err(err(
+            format!("{prefix}trip.window"),
+            format!("{window:?} is out of range"),
+            "use \"100ms\" to \"1h\" (default \"10s\")",
+        ));
     }
     let duration = match open.duration.as_ref().or(base_open.duration.as_ref()) {
         Some(text) => parse_duration(&format!("{prefix}open.duration"), text)?,
         None => Duration::from_secs(5),
     };
     if duration.is_zero() {
-        return Err(err(format!("{prefix}open.duration"), "0 would never reject", "use a positive duration (default \"5s\")"));
+        return Err(err(
+            format!("{prefix}open.duration"),
+            "0 would never reject",
+            "use a positive duration (default \"5s\")",
+        ));
     }
-    let max_duration = match open.max_duration.as_ref().or(base_open.max_duration.as_ref()) {
+    let max_duration = match open
+        .max_duration
+        .as_ref()
+        .or(base_open.max_duration.as_ref())
+    {
         Some(text) => parse_duration(&format!("{prefix}open.max_duration"), text)?,
         None => duration.max(Duration::from_secs(60)),
     };
     if max_duration < duration {
-        return Err(err(format!("{prefix}open.max_duration"), format!("{max_duration:?} is less than open.duration {duration:?}"), "make max_duration at least duration"));
+        return Err(err(
+            format!("{prefix}open.max_duration"),
+            format!("{max_duration:?} is less than open.duration {duration:?}"),
+            "make max_duration at least duration",
+        ));
     }
     let backoff = open.backoff.or(base_open.backoff).unwrap_or(2.0);
     if !(1.0..=100.0).contains(&backoff) || backoff.is_nan() {
-        return Err(err(format!("{prefix}open.backoff"), format!("{backoff} is out of range"), "use 1.0 (no growth) to 100 (default 2.0)"));
+        return Err(err(
+            format!("{prefix}open.backoff"),
+            format!("{backoff} is out of range"),
+            "use 1.0 (no growth) to 100 (default 2.0)",
+        ));
     }
     let probes = half.probes.or(base_half.probes).unwrap_or(3);
     if probes == 0 || probes > 1000 {
-        return Err(err(format!("{prefix}half_open.probes"), format!("{probes} is out of range"), "use 1 to 1000 (default 3)"));
+        return Err(err(
+            format!("{prefix}half_open.probes"),
+            format!("{probes} is out of range"),
+            "use 1 to 1000 (default 3)",
+        ));
     }
     Ok(Params {
         failure_statuses,
-        local_failures: failure.local_failures.or(base_failure.local_failures).unwrap_or(true),
+        local_failures: failure
+            .local_failures
+            .or(base_failure.local_failures)
+            .unwrap_or(true),
         slow_call_ns,
         consecutive_failures,
         failure_rate,
@@ -317,9 +452,20 @@ mod tests {
 
     #[test]
     fn statuses_parse_codes_classes_and_ranges() {
-        let v: Vec<serde_json::Value> = serde_json::from_str(r#"["5xx", 429, "500-504", " 418 "]"#).unwrap();
-        assert_eq!(parse_statuses("s", &v).unwrap(), vec![(500, 599), (429, 429), (500, 504), (418, 418)]);
-        for bad in [r#"["6xx"]"#, r#"["504-500"]"#, r#"["abc"]"#, r#"[99]"#, r#"[true]"#, "[]"] {
+        let v: Vec<serde_json::Value> =
+            serde_json::from_str(r#"["5xx", 429, "500-504", " 418 "]"#).unwrap();
+        assert_eq!(
+            parse_statuses("s", &v).unwrap(),
+            vec![(500, 599), (429, 429), (500, 504), (418, 418)]
+        );
+        for bad in [
+            r#"["6xx"]"#,
+            r#"["504-500"]"#,
+            r#"["abc"]"#,
+            r#"[99]"#,
+            r#"[true]"#,
+            "[]",
+        ] {
             let v: Vec<serde_json::Value> = serde_json::from_str(bad).unwrap();
             assert!(parse_statuses("s", &v).is_err(), "{bad}");
         }

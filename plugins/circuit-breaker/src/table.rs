@@ -34,21 +34,53 @@ pub struct Located {
 /// slot among its candidates (a fresh breaker, written only once there is something to
 /// record). None when every candidate slot is held by another active breaker: the
 /// upstream is then not tracked (requests pass; counted by the adapter).
-pub fn locate(store: &impl CasStore, identity: &[u8], slots: u64, params: &Params, now: u64) -> Result<Option<Located>, TableError> {
+pub fn locate(
+    store: &impl CasStore,
+    identity: &[u8],
+    slots: u64,
+    params: &Params,
+    now: u64,
+) -> Result<Option<Located>, TableError> {
     let hash = identity_hash(identity);
     let mut free: Option<Located> = None;
     for slot in candidate_slots(hash, slots) {
         let key = slot_key(slot);
         match store.get(&key).map_err(|_| TableError::Store)? {
             Some((bytes, cas)) => match Breaker::decode(&bytes) {
-                Some(b) if b.identity_hash == hash => return Ok(Some(Located { key, breaker: b, cas: Some(cas), takeover: false })),
-                Some(other) if free.is_none() && other.is_idle(params, now) => {
-                    free = Some(Located { key, breaker: Breaker::new(hash), cas: Some(cas), takeover: true })
+                Some(b) if b.identity_hash == hash => {
+                    return Ok(Some(Located {
+                        key,
+                        breaker: b,
+                        cas: Some(cas),
+                        takeover: false,
+                    }))
                 }
-                None if free.is_none() => free = Some(Located { key, breaker: Breaker::new(hash), cas: Some(cas), takeover: true }),
+                Some(other) if free.is_none() && other.is_idle(params, now) => {
+                    free = Some(Located {
+                        key,
+                        breaker: Breaker::new(hash),
+                        cas: Some(cas),
+                        takeover: true,
+                    })
+                }
+                None if free.is_none() => {
+                    free = Some(Located {
+                        key,
+                        breaker: Breaker::new(hash),
+                        cas: Some(cas),
+                        takeover: true,
+                    })
+                }
                 _ => {}
             },
-            None if free.is_none() => free = Some(Located { key, breaker: Breaker::new(hash), cas: None, takeover: false }),
+            None if free.is_none() => {
+                free = Some(Located {
+                    key,
+                    breaker: Breaker::new(hash),
+                    cas: None,
+                    takeover: false,
+                })
+            }
             None => {}
         }
     }
@@ -65,10 +97,21 @@ fn update<T>(
     mut change: impl FnMut(&Breaker) -> (Option<Breaker>, T),
 ) -> Result<Option<T>, TableError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let Some(located) = locate(store, identity, slots, params, now)? else { return Ok(None) };
+        let Some(located) = locate(store, identity, slots, params, now)? else {
+            return Ok(None);
+        };
         let (next, result) = change(&located.breaker);
-        let Some(next) = next else { return Ok(Some(result)) };
-        match store.set(&located.key, &next.encode(), Some(located.cas.unwrap_or(CREATE_CAS))).map_err(|_| TableError::Store)? {
+        let Some(next) = next else {
+            return Ok(Some(result));
+        };
+        match store
+            .set(
+                &located.key,
+                &next.encode(),
+                Some(located.cas.unwrap_or(CREATE_CAS)),
+            )
+            .map_err(|_| TableError::Store)?
+        {
             SetOutcome::Stored => return Ok(Some(result)),
             SetOutcome::CasMismatch => continue,
         }
@@ -77,7 +120,13 @@ fn update<T>(
 }
 
 /// Admission for a new request. `Ok(None)`: the upstream is not tracked (table full).
-pub fn admit(store: &impl CasStore, identity: &[u8], slots: u64, params: &Params, now: u64) -> Result<Option<(Admission, Transition)>, TableError> {
+pub fn admit(
+    store: &impl CasStore,
+    identity: &[u8],
+    slots: u64,
+    params: &Params,
+    now: u64,
+) -> Result<Option<(Admission, Transition)>, TableError> {
     update(store, identity, slots, params, now, |b| {
         let (admission, next, transition) = b.admit(params, now);
         (next, (admission, transition))
@@ -85,11 +134,31 @@ pub fn admit(store: &impl CasStore, identity: &[u8], slots: u64, params: &Params
 }
 
 /// Records a response outcome; returns the transition it caused.
-pub fn record(store: &impl CasStore, identity: &[u8], slots: u64, params: &Params, outcome: Outcome, probe: Option<u32>, now: u64) -> Result<Option<Transition>, TableError> {
-    update(store, identity, slots, params, now, |b| b.record(params, outcome, probe, now))
+pub fn record(
+    store: &impl CasStore,
+    identity: &[u8],
+    slots: u64,
+    params: &Params,
+    outcome: Outcome,
+    probe: Option<u32>,
+    now: u64,
+) -> Result<Option<Transition>, TableError> {
+    update(store, identity, slots, params, now, |b| {
+        b.record(params, outcome, probe, now)
+    })
 }
 
 /// Gives back the place of a probe whose request ended without a response.
-pub fn abandon_probe(store: &impl CasStore, identity: &[u8], slots: u64, params: &Params, episode: u32, now: u64) -> Result<(), TableError> {
-    update(store, identity, slots, params, now, |b| (b.abandon_probe(episode), ())).map(|_| ())
+pub fn abandon_probe(
+    store: &impl CasStore,
+    identity: &[u8],
+    slots: u64,
+    params: &Params,
+    episode: u32,
+    now: u64,
+) -> Result<(), TableError> {
+    update(store, identity, slots, params, now, |b| {
+        (b.abandon_probe(episode), ())
+    })
+    .map(|_| ())
 }

@@ -8,7 +8,9 @@ use edgewise_support::store::MemoryStore;
 use rate_limit::{applicable_rules, decide, Config};
 
 fn config(algorithm: &str) -> Config {
-    let json = format!(r#"{{"rules":[{{"name":"r","key":"header:x-api-key","algorithm":"{algorithm}","limit":1000000000,"window":"1s"}}]}}"#);
+    let json = format!(
+        r#"{{"rules":[{{"name":"r","key":"header:x-api-key","algorithm":"{algorithm}","limit":1000000000,"window":"1s"}}]}}"#
+    );
     Config::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -18,7 +20,10 @@ fn pure_steps(c: &mut Criterion) {
     use rate_limit::algorithm::{decide as step, Verdict, FRESH};
     use rate_limit::config::Algorithm;
     use rate_limit::table::Set;
-    let algorithm = Algorithm::TokenBucket { interval_ns: 1, burst: 1_000_000_000 };
+    let algorithm = Algorithm::TokenBucket {
+        interval_ns: 1,
+        burst: 1_000_000_000,
+    };
     let mut state = FRESH;
     let mut now = 1_767_225_600_000_000_000u64;
     c.bench_function("algorithm/token_bucket_step", |b| {
@@ -35,7 +40,9 @@ fn pure_steps(c: &mut Criterion) {
             now += 1_000;
             let mut set = Set::decode(black_box(&encoded));
             let slot = set.slot(0xabcdef01, &algorithm, now);
-            if let Verdict::Allow { state, .. } = step(&algorithm, &set.state(slot, 0xabcdef01), now, 0) {
+            if let Verdict::Allow { state, .. } =
+                step(&algorithm, &set.state(slot, 0xabcdef01), now, 0)
+            {
                 set.store(slot, 0xabcdef01, state);
             }
             encoded = set.encode();
@@ -60,7 +67,8 @@ fn decision(c: &mut Criterion) {
     let config = config("token_bucket");
     c.bench_function("applicable_rules/header_key", |b| {
         b.iter(|| {
-            let mut request: Vec<(String, Vec<u8>)> = vec![("x-api-key".into(), b"client-42".to_vec())];
+            let mut request: Vec<(String, Vec<u8>)> =
+                vec![("x-api-key".into(), b"client-42".to_vec())];
             applicable_rules(&config, black_box(&mut request), &mut || None)
         })
     });

@@ -66,7 +66,10 @@ impl RootContext for RateLimitRoot {
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(bytes) => bytes.unwrap_or_default(),
             Err(status) => {
-                log(LogLevel::Error, &format!("rate_limit: cannot read the plugin configuration: {status:?}"));
+                log(
+                    LogLevel::Error,
+                    &format!("rate_limit: cannot read the plugin configuration: {status:?}"),
+                );
                 return false;
             }
         };
@@ -83,7 +86,14 @@ impl RootContext for RateLimitRoot {
                         errors: Metric::counter(&r.metric_errors),
                     })
                     .collect();
-                log(LogLevel::Info, &format!("rate_limit {VERSION}: {} rule(s), mode {:?}", config.rules.len(), config.mode));
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "rate_limit {VERSION}: {} rule(s), mode {:?}",
+                        config.rules.len(),
+                        config.mode
+                    ),
+                );
                 self.shared = Some(Rc::new(Shared { config, metrics }));
                 true
             }
@@ -158,12 +168,20 @@ impl Context for RateLimitStream {
 
 impl HttpContext for RateLimitStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else { return Action::Continue };
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
         // Fail open if the clock is unavailable: never take traffic down for the limiter.
-        let Some(now) = now_nanos() else { return Action::Continue };
+        let Some(now) = now_nanos() else {
+            return Action::Continue;
+        };
         let config = &shared.config;
         let mut request = RequestHeaders::default();
-        let mut peer = || hostcalls::get_property(vec!["source", "address"]).ok().flatten();
+        let mut peer = || {
+            hostcalls::get_property(vec!["source", "address"])
+                .ok()
+                .flatten()
+        };
         let applicable = applicable_rules(config, &mut request, &mut peer);
         if applicable.is_empty() {
             return Action::Continue;
@@ -188,7 +206,11 @@ impl HttpContext for RateLimitStream {
                 for rule in &decision.waiting {
                     shared.metrics[*rule].queued.increment(1);
                 }
-                self.waiters.borrow_mut().push(Waiter { context_id: self.context_id, release_at: now + delay_ns, rules: decision.waiting.clone() });
+                self.waiters.borrow_mut().push(Waiter {
+                    context_id: self.context_id,
+                    release_at: now + delay_ns,
+                    rules: decision.waiting.clone(),
+                });
                 let _ = hostcalls::set_tick_period(std::time::Duration::from_millis(1));
                 Action::Pause
             }
@@ -199,16 +221,25 @@ impl HttpContext for RateLimitStream {
                 }
                 Action::Continue
             }
-            Outcome::Denied { rule, retry_after_ns } => {
+            Outcome::Denied {
+                rule,
+                retry_after_ns,
+            } => {
                 shared.metrics[rule].denied.increment(1);
                 let deny = &config.deny;
                 let retry_after = seconds_up(retry_after_ns).max(1).to_string();
-                let mut headers: Vec<(&str, &str)> = deny.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let mut headers: Vec<(&str, &str)> = deny
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 let limit_headers = rate_limit_headers(config, &decision.rules);
                 headers.extend(limit_headers.iter().map(|(k, v)| (*k, v.as_str())));
                 headers.push(("retry-after", &retry_after));
                 self.replied = true;
-                if hostcalls::send_http_response(deny.status, headers, Some(deny.body.as_bytes())).is_err() {
+                if hostcalls::send_http_response(deny.status, headers, Some(deny.body.as_bytes()))
+                    .is_err()
+                {
                     // Could not reply: let the request through rather than hang it.
                     return Action::Continue;
                 }

@@ -29,9 +29,17 @@ fn from_words(a: u64, b: u64) -> State {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Admit now; store `state`.
-    Allow { state: State, remaining: u64, reset_ns: u64 },
+    Allow {
+        state: State,
+        remaining: u64,
+        reset_ns: u64,
+    },
     /// Admit after `delay_ns` (queueing); store `state`, which reserves the slot.
-    Delay { state: State, delay_ns: u64, reset_ns: u64 },
+    Delay {
+        state: State,
+        delay_ns: u64,
+        reset_ns: u64,
+    },
     /// Refuse; admitted if retried after `retry_after_ns` (with no other traffic).
     Deny { retry_after_ns: u64, reset_ns: u64 },
 }
@@ -40,7 +48,9 @@ pub enum Verdict {
 /// bucket only): a request admissible within that delay gets `Delay` instead of `Deny`.
 pub fn decide(algorithm: &Algorithm, state: &State, now: u64, max_delay_ns: u64) -> Verdict {
     match *algorithm {
-        Algorithm::TokenBucket { interval_ns, burst } => gcra(interval_ns, burst, state, now, max_delay_ns),
+        Algorithm::TokenBucket { interval_ns, burst } => {
+            gcra(interval_ns, burst, state, now, max_delay_ns)
+        }
         Algorithm::FixedWindow { limit, window_ns } => fixed(limit, window_ns, state, now),
         Algorithm::SlidingWindow { limit, window_ns } => sliding(limit, window_ns, state, now),
     }
@@ -54,24 +64,46 @@ fn gcra(interval: u64, burst: u64, state: &State, now: u64, max_delay: u64) -> V
     let new_tat = tat.max(now).saturating_add(interval);
     let ahead = new_tat - now;
     if ahead <= tolerance {
-        return Verdict::Allow { state: from_words(new_tat, 0), remaining: (tolerance - ahead) / interval, reset_ns: ahead };
+        return Verdict::Allow {
+            state: from_words(new_tat, 0),
+            remaining: (tolerance - ahead) / interval,
+            reset_ns: ahead,
+        };
     }
     let excess = ahead - tolerance;
     if excess <= max_delay {
-        return Verdict::Delay { state: from_words(new_tat, 0), delay_ns: excess, reset_ns: ahead };
+        return Verdict::Delay {
+            state: from_words(new_tat, 0),
+            delay_ns: excess,
+            reset_ns: ahead,
+        };
     }
-    Verdict::Deny { retry_after_ns: excess, reset_ns: tat.saturating_sub(now) }
+    Verdict::Deny {
+        retry_after_ns: excess,
+        reset_ns: tat.saturating_sub(now),
+    }
 }
 
 fn fixed(limit: u64, window: u64, state: &State, now: u64) -> Verdict {
     let (stored_index, stored_count) = words(state);
     let index = now / window + 1; // +1 so the fresh state (index 0) is always an old window
-    let count = if stored_index == index { stored_count } else { 0 };
+    let count = if stored_index == index {
+        stored_count
+    } else {
+        0
+    };
     let reset_ns = index * window - now;
     if count < limit {
-        Verdict::Allow { state: from_words(index, count + 1), remaining: limit - count - 1, reset_ns }
+        Verdict::Allow {
+            state: from_words(index, count + 1),
+            remaining: limit - count - 1,
+            reset_ns,
+        }
     } else {
-        Verdict::Deny { retry_after_ns: reset_ns, reset_ns }
+        Verdict::Deny {
+            retry_after_ns: reset_ns,
+            reset_ns,
+        }
     }
 }
 
@@ -98,14 +130,27 @@ fn sliding(limit: u64, window: u64, state: &State, now: u64) -> Verdict {
     if weighted + current < limit {
         let packed = previous | ((current + 1) << 32);
         let remaining = limit - (weighted + current) - 1;
-        return Verdict::Allow { state: from_words(index, packed), remaining, reset_ns };
+        return Verdict::Allow {
+            state: from_words(index, packed),
+            remaining,
+            reset_ns,
+        };
     }
-    Verdict::Deny { retry_after_ns: sliding_wait(limit, window, previous, current, elapsed), reset_ns }
+    Verdict::Deny {
+        retry_after_ns: sliding_wait(limit, window, previous, current, elapsed),
+        reset_ns,
+    }
 }
 
 /// The least wait after which the sliding estimate admits one more request.
 fn sliding_wait(limit: u64, window: u64, previous: u64, current: u64, elapsed: u64) -> u64 {
-    let (limit, window, previous, current, elapsed) = (limit as u128, window as u128, previous as u128, current as u128, elapsed as u128);
+    let (limit, window, previous, current, elapsed) = (
+        limit as u128,
+        window as u128,
+        previous as u128,
+        current as u128,
+        elapsed as u128,
+    );
     // Within this window: need previous·(W − e) < (limit − current)·W.
     if current < limit && previous > 0 {
         let k = (limit - current) * window;
@@ -116,7 +161,9 @@ fn sliding_wait(limit: u64, window: u64, previous: u64, current: u64, elapsed: u
     }
     // Next window: previous' = current, current' = 0: need current·(W − e') < limit·W.
     let to_next = window - elapsed;
-    let e_next = (limit * window - 1).checked_div(current).map_or(0, |fits| window.saturating_sub(fits));
+    let e_next = (limit * window - 1)
+        .checked_div(current)
+        .map_or(0, |fits| window.saturating_sub(fits));
     (to_next + e_next) as u64
 }
 
@@ -127,7 +174,9 @@ pub fn is_fresh(algorithm: &Algorithm, state: &State, now: u64) -> bool {
     match *algorithm {
         Algorithm::TokenBucket { .. } => first <= now,
         Algorithm::FixedWindow { window_ns, .. } => first != now / window_ns + 1 || second == 0,
-        Algorithm::SlidingWindow { window_ns, .. } => sliding_counts(state, now / window_ns + 1) == (0, 0),
+        Algorithm::SlidingWindow { window_ns, .. } => {
+            sliding_counts(state, now / window_ns + 1) == (0, 0)
+        }
     }
 }
 
@@ -140,7 +189,10 @@ mod tests {
     const T0: u64 = 1_767_225_600 * SEC;
 
     fn bucket(limit: u64, window: u64, burst: u64) -> Algorithm {
-        Algorithm::TokenBucket { interval_ns: window.div_ceil(limit), burst }
+        Algorithm::TokenBucket {
+            interval_ns: window.div_ceil(limit),
+            burst,
+        }
     }
 
     /// Runs requests at the given times; returns (admitted times, verdicts).
@@ -164,7 +216,13 @@ mod tests {
         let v = run(&alg, &[T0, T0, T0, T0]);
         assert!(matches!(v[0], Verdict::Allow { remaining: 2, .. }));
         assert!(matches!(v[2], Verdict::Allow { remaining: 0, .. }));
-        assert_eq!(v[3], Verdict::Deny { retry_after_ns: SEC / 10, reset_ns: 3 * SEC / 10 });
+        assert_eq!(
+            v[3],
+            Verdict::Deny {
+                retry_after_ns: SEC / 10,
+                reset_ns: 3 * SEC / 10
+            }
+        );
     }
 
     #[test]
@@ -172,13 +230,23 @@ mod tests {
         let alg = bucket(5, 60 * SEC, 5);
         let mut state = FRESH;
         for _ in 0..5 {
-            let Verdict::Allow { state: s, .. } = decide(&alg, &state, T0, 0) else { panic!() };
+            let Verdict::Allow { state: s, .. } = decide(&alg, &state, T0, 0) else {
+                panic!()
+            };
             state = s;
         }
-        let Verdict::Deny { retry_after_ns, .. } = decide(&alg, &state, T0 + 1, 0) else { panic!() };
+        let Verdict::Deny { retry_after_ns, .. } = decide(&alg, &state, T0 + 1, 0) else {
+            panic!()
+        };
         assert_eq!(retry_after_ns, 12 * SEC - 1);
-        assert!(matches!(decide(&alg, &state, T0 + 1 + retry_after_ns - 1, 0), Verdict::Deny { .. }));
-        assert!(matches!(decide(&alg, &state, T0 + 1 + retry_after_ns, 0), Verdict::Allow { .. }));
+        assert!(matches!(
+            decide(&alg, &state, T0 + 1 + retry_after_ns - 1, 0),
+            Verdict::Deny { .. }
+        ));
+        assert!(matches!(
+            decide(&alg, &state, T0 + 1 + retry_after_ns, 0),
+            Verdict::Allow { .. }
+        ));
     }
 
     #[test]
@@ -192,7 +260,9 @@ mod tests {
                     state = s;
                     delays.push(0)
                 }
-                Verdict::Delay { state: s, delay_ns, .. } => {
+                Verdict::Delay {
+                    state: s, delay_ns, ..
+                } => {
                     state = s;
                     delays.push(delay_ns)
                 }
@@ -204,21 +274,38 @@ mod tests {
 
     #[test]
     fn fixed_window_counts_per_aligned_window() {
-        let alg = Algorithm::FixedWindow { limit: 2, window_ns: 10 * SEC };
+        let alg = Algorithm::FixedWindow {
+            limit: 2,
+            window_ns: 10 * SEC,
+        };
         let base = T0 - T0 % (10 * SEC);
-        let v = run(&alg, &[base + SEC, base + 2 * SEC, base + 3 * SEC, base + 10 * SEC]);
+        let v = run(
+            &alg,
+            &[base + SEC, base + 2 * SEC, base + 3 * SEC, base + 10 * SEC],
+        );
         assert!(matches!(v[1], Verdict::Allow { remaining: 0, .. }));
-        assert_eq!(v[2], Verdict::Deny { retry_after_ns: 7 * SEC, reset_ns: 7 * SEC });
+        assert_eq!(
+            v[2],
+            Verdict::Deny {
+                retry_after_ns: 7 * SEC,
+                reset_ns: 7 * SEC
+            }
+        );
         assert!(matches!(v[3], Verdict::Allow { .. }));
     }
 
     #[test]
     fn sliding_window_weighs_the_previous_window() {
-        let alg = Algorithm::SlidingWindow { limit: 10, window_ns: 10 * SEC };
+        let alg = Algorithm::SlidingWindow {
+            limit: 10,
+            window_ns: 10 * SEC,
+        };
         let base = T0 - T0 % (10 * SEC);
         let mut state = FRESH;
         for _ in 0..10 {
-            let Verdict::Allow { state: s, .. } = decide(&alg, &state, base + 9 * SEC, 0) else { panic!() };
+            let Verdict::Allow { state: s, .. } = decide(&alg, &state, base + 9 * SEC, 0) else {
+                panic!()
+            };
             state = s;
         }
         // 5 s into the next window, half of the previous 10 still count: 5 more fit.
@@ -234,16 +321,28 @@ mod tests {
     fn fresh_states_are_recognised() {
         let alg = bucket(10, SEC, 10);
         assert!(is_fresh(&alg, &FRESH, T0));
-        let Verdict::Allow { state, .. } = decide(&alg, &FRESH, T0, 0) else { panic!() };
+        let Verdict::Allow { state, .. } = decide(&alg, &FRESH, T0, 0) else {
+            panic!()
+        };
         assert!(!is_fresh(&alg, &state, T0));
         assert!(is_fresh(&alg, &state, T0 + SEC / 10));
     }
 
     fn algorithms() -> impl Strategy<Value = Algorithm> {
         prop_oneof![
-            (1u64..50, 1u64..20, 1u64..30).prop_map(|(limit, secs, burst)| bucket(limit, secs * SEC, burst)),
-            (1u64..50, 1u64..20).prop_map(|(limit, secs)| Algorithm::FixedWindow { limit, window_ns: secs * SEC }),
-            (1u64..50, 1u64..20).prop_map(|(limit, secs)| Algorithm::SlidingWindow { limit, window_ns: secs * SEC }),
+            (1u64..50, 1u64..20, 1u64..30).prop_map(|(limit, secs, burst)| bucket(
+                limit,
+                secs * SEC,
+                burst
+            )),
+            (1u64..50, 1u64..20).prop_map(|(limit, secs)| Algorithm::FixedWindow {
+                limit,
+                window_ns: secs * SEC
+            }),
+            (1u64..50, 1u64..20).prop_map(|(limit, secs)| Algorithm::SlidingWindow {
+                limit,
+                window_ns: secs * SEC
+            }),
         ]
     }
 

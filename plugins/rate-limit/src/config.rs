@@ -122,7 +122,9 @@ pub enum Mode {
 pub enum ClientIpSource {
     Peer,
     /// The `trusted_hops`-th address from the right of X-Forwarded-For.
-    ForwardedFor { trusted_hops: u32 },
+    ForwardedFor {
+        trusted_hops: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,7 +156,11 @@ pub const WAYS: u64 = 4;
 pub const DEFAULT_MAX_KEYS: u64 = 10_000;
 pub const MAX_MAX_KEYS: u64 = 1_000_000;
 
-fn err(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+fn err(
+    field: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
     ConfigError::new(field, problem, fix)
 }
 
@@ -162,7 +168,11 @@ fn parse_key_part(field: &str, text: &str) -> Result<KeyPart, ConfigError> {
     let named = |prefix: &str| -> Option<Result<String, ConfigError>> {
         text.strip_prefix(prefix).map(|name| {
             if name.is_empty() {
-                Err(err(field, format!("{text:?} has no name after {prefix:?}"), format!("write it like \"{prefix}x-api-key\"")))
+                Err(err(
+                    field,
+                    format!("{text:?} has no name after {prefix:?}"),
+                    format!("write it like \"{prefix}x-api-key\""),
+                ))
             } else {
                 Ok(name.to_ascii_lowercase())
             }
@@ -196,15 +206,29 @@ fn parse_key_part(field: &str, text: &str) -> Result<KeyPart, ConfigError> {
 
 fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
     let field = format!("rules[{index}]");
-    if raw.name.is_empty() || raw.name.len() > 64 || !raw.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-        return Err(err(format!("{field}.name"), format!("{:?} is not a valid rule name", raw.name), "use 1-64 characters from A-Z a-z 0-9 - _ ."));
+    if raw.name.is_empty()
+        || raw.name.len() > 64
+        || !raw
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(err(
+            format!("{field}.name"),
+            format!("{:?} is not a valid rule name", raw.name),
+            "use 1-64 characters from A-Z a-z 0-9 - _ .",
+        ));
     }
     let matcher = Matcher::compile(&format!("{field}.match"), raw.matcher.as_ref())?;
     let key = match &raw.key {
         None => vec![KeyPart::Global],
         Some(RawKey::One(text)) => vec![parse_key_part(&format!("{field}.key"), text)?],
         Some(RawKey::Many(list)) if list.is_empty() => {
-            return Err(err(format!("{field}.key"), "is an empty list", "name at least one key source, or \"global\""))
+            return Err(err(
+                format!("{field}.key"),
+                "is an empty list",
+                "name at least one key source, or \"global\"",
+            ))
         }
         Some(RawKey::Many(list)) => list
             .iter()
@@ -213,11 +237,19 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
             .collect::<Result<_, _>>()?,
     };
     if raw.limit == 0 || raw.limit > 1_000_000_000 {
-        return Err(err(format!("{field}.limit"), format!("{} is out of range", raw.limit), "use a whole number from 1 to 1000000000"));
+        return Err(err(
+            format!("{field}.limit"),
+            format!("{} is out of range", raw.limit),
+            "use a whole number from 1 to 1000000000",
+        ));
     }
     let window = parse_duration(&format!("{field}.window"), &raw.window)?;
     if window < Duration::from_millis(1) || window > Duration::from_secs(86_400) {
-        return Err(err(format!("{field}.window"), format!("{:?} is out of range", raw.window), "use a window from \"1ms\" to \"24h\""));
+        return Err(err(
+            format!("{field}.window"),
+            format!("{:?} is out of range", raw.window),
+            "use a window from \"1ms\" to \"24h\"",
+        ));
     }
     let window_ns = window.as_nanos() as u64;
     let algorithm_name = raw.algorithm.as_deref().unwrap_or("token_bucket");
@@ -225,43 +257,85 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
         "token_bucket" => {
             let burst = raw.burst.unwrap_or(raw.limit);
             if burst == 0 || burst > 1_000_000_000 {
-                return Err(err(format!("{field}.burst"), format!("{burst} is out of range"), "use a whole number from 1 to 1000000000 (default: limit)"));
+                return Err(err(
+                    format!("{field}.burst"),
+                    format!("{burst} is out of range"),
+                    "use a whole number from 1 to 1000000000 (default: limit)",
+                ));
             }
             // Rounded up: the bucket never refills faster than configured.
-            Algorithm::TokenBucket { interval_ns: window_ns.div_ceil(raw.limit).max(1), burst }
+            Algorithm::TokenBucket {
+                interval_ns: window_ns.div_ceil(raw.limit).max(1),
+                burst,
+            }
         }
         "fixed_window" | "sliding_window" => {
             if raw.burst.is_some() {
-                return Err(err(format!("{field}.burst"), format!("burst applies to token_bucket, not {algorithm_name}"), "remove burst or use algorithm token_bucket"));
+                return Err(err(
+                    format!("{field}.burst"),
+                    format!("burst applies to token_bucket, not {algorithm_name}"),
+                    "remove burst or use algorithm token_bucket",
+                ));
             }
             if algorithm_name == "fixed_window" {
-                Algorithm::FixedWindow { limit: raw.limit, window_ns }
+                Algorithm::FixedWindow {
+                    limit: raw.limit,
+                    window_ns,
+                }
             } else {
-                Algorithm::SlidingWindow { limit: raw.limit, window_ns }
+                Algorithm::SlidingWindow {
+                    limit: raw.limit,
+                    window_ns,
+                }
             }
         }
-        other => return Err(err(format!("{field}.algorithm"), format!("{other:?} is not an algorithm"), "use token_bucket, fixed_window or sliding_window")),
+        other => {
+            return Err(err(
+                format!("{field}.algorithm"),
+                format!("{other:?} is not an algorithm"),
+                "use token_bucket, fixed_window or sliding_window",
+            ))
+        }
     };
     let queue = match &raw.queue {
         None => None,
         Some(q) => {
             if !matches!(algorithm, Algorithm::TokenBucket { .. }) {
-                return Err(err(format!("{field}.queue"), format!("queueing needs algorithm token_bucket, not {algorithm_name}"), "remove queue or use token_bucket"));
+                return Err(err(
+                    format!("{field}.queue"),
+                    format!("queueing needs algorithm token_bucket, not {algorithm_name}"),
+                    "remove queue or use token_bucket",
+                ));
             }
             let max_delay = parse_duration(&format!("{field}.queue.max_delay"), &q.max_delay)?;
             if max_delay.is_zero() || max_delay > Duration::from_secs(60) {
-                return Err(err(format!("{field}.queue.max_delay"), format!("{:?} is out of range", q.max_delay), "use a delay from \"1ms\" to \"60s\""));
+                return Err(err(
+                    format!("{field}.queue.max_delay"),
+                    format!("{:?} is out of range", q.max_delay),
+                    "use a delay from \"1ms\" to \"60s\"",
+                ));
             }
             let max_waiting = q.max_waiting.unwrap_or(1000);
             if max_waiting == 0 || max_waiting > 1_000_000 {
-                return Err(err(format!("{field}.queue.max_waiting"), format!("{max_waiting} is out of range"), "use a whole number from 1 to 1000000 (default 1000)"));
+                return Err(err(
+                    format!("{field}.queue.max_waiting"),
+                    format!("{max_waiting} is out of range"),
+                    "use a whole number from 1 to 1000000 (default 1000)",
+                ));
             }
-            Some(Queue { max_delay_ns: max_delay.as_nanos() as u64, max_waiting })
+            Some(Queue {
+                max_delay_ns: max_delay.as_nanos() as u64,
+                max_waiting,
+            })
         }
     };
     let max_keys = raw.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
     if !(WAYS..=MAX_MAX_KEYS).contains(&max_keys) {
-        return Err(err(format!("{field}.max_keys"), format!("{max_keys} is out of range"), format!("use a number from {WAYS} to {MAX_MAX_KEYS} (default {DEFAULT_MAX_KEYS})")));
+        return Err(err(
+            format!("{field}.max_keys"),
+            format!("{max_keys} is out of range"),
+            format!("use a number from {WAYS} to {MAX_MAX_KEYS} (default {DEFAULT_MAX_KEYS})"),
+        ));
     }
     let metric = |what: &str| metric_name(&["rate_limit", &raw.name, what]);
     Ok(Rule {
@@ -296,14 +370,24 @@ impl Config {
         for (index, raw_rule) in raw.rules.iter().enumerate() {
             let rule = compile_rule(index, raw_rule)?;
             if rules.iter().any(|r: &Rule| r.name == rule.name) {
-                return Err(err(format!("rules[{index}].name"), format!("{:?} is used by another rule", rule.name), "give every rule its own name"));
+                return Err(err(
+                    format!("rules[{index}].name"),
+                    format!("{:?} is used by another rule", rule.name),
+                    "give every rule its own name",
+                ));
             }
             rules.push(rule);
         }
         let mode = match raw.mode.as_deref().unwrap_or("enforce") {
             "enforce" => Mode::Enforce,
             "shadow" => Mode::Shadow,
-            other => return Err(err("mode", format!("{other:?} is not a mode"), "use enforce or shadow")),
+            other => {
+                return Err(err(
+                    "mode",
+                    format!("{other:?} is not a mode"),
+                    "use enforce or shadow",
+                ))
+            }
         };
         let client_ip = match &raw.client_ip {
             None => ClientIpSource::Peer,
@@ -323,35 +407,75 @@ impl Config {
             },
         };
         let deny = match &raw.deny {
-            None => DenyResponse { status: 429, body: "rate limited\n".into(), headers: vec![("content-type".into(), "text/plain".into())] },
+            None => DenyResponse {
+                status: 429,
+                body: "rate limited\n".into(),
+                headers: vec![("content-type".into(), "text/plain".into())],
+            },
             Some(d) => {
                 let status = d.status.unwrap_or(429);
                 if !(200..=599).contains(&status) {
-                    return Err(err("deny.status", format!("{status} is not a usable status"), "use a status from 200 to 599 (default 429)"));
+                    return Err(err(
+                        "deny.status",
+                        format!("{status} is not a usable status"),
+                        "use a status from 200 to 599 (default 429)",
+                    ));
                 }
                 let mut headers = Vec::new();
                 for (name, value) in d.headers.iter().flatten() {
-                    if name.is_empty() || name.starts_with(':') || !name.bytes().all(|b| b.is_ascii_graphic()) {
-                        return Err(err("deny.headers", format!("{name:?} is not a header name"), "use names like \"content-type\""));
+                    if name.is_empty()
+                        || name.starts_with(':')
+                        || !name.bytes().all(|b| b.is_ascii_graphic())
+                    {
+                        return Err(err(
+                            "deny.headers",
+                            format!("{name:?} is not a header name"),
+                            "use names like \"content-type\"",
+                        ));
                     }
                     if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                        return Err(err(format!("deny.headers.{name}"), "contains a control character", "remove CR, LF and NUL from the value"));
+                        return Err(err(
+                            format!("deny.headers.{name}"),
+                            "contains a control character",
+                            "remove CR, LF and NUL from the value",
+                        ));
                     }
                     headers.push((name.to_ascii_lowercase(), value.clone()));
                 }
-                DenyResponse { status, body: d.body.clone().unwrap_or_else(|| "rate limited\n".into()), headers }
+                DenyResponse {
+                    status,
+                    body: d.body.clone().unwrap_or_else(|| "rate limited\n".into()),
+                    headers,
+                }
             }
         };
         let response_headers = match raw.response_headers.as_deref().unwrap_or("ietf") {
             "ietf" => HeaderStyle::Ietf,
             "x-ratelimit" => HeaderStyle::XRateLimit,
             "none" => HeaderStyle::None,
-            other => return Err(err("response_headers", format!("{other:?} is not a header style"), "use ietf, x-ratelimit or none")),
+            other => {
+                return Err(err(
+                    "response_headers",
+                    format!("{other:?} is not a header style"),
+                    "use ietf, x-ratelimit or none",
+                ))
+            }
         };
         // Keys are hashed with a seed so clients cannot aim many keys at one table set.
         // Default: derived from the configuration text (same in every worker).
-        let seed_source = raw.hash_seed.as_deref().map(str::as_bytes).unwrap_or(source);
+        let seed_source = raw
+            .hash_seed
+            .as_deref()
+            .map(str::as_bytes)
+            .unwrap_or(source);
         let hash_seed = crate::key::fingerprint(0x5eed, seed_source);
-        Ok(Config { rules, mode, client_ip, deny, response_headers, hash_seed })
+        Ok(Config {
+            rules,
+            mode,
+            client_ip,
+            deny,
+            response_headers,
+            hash_seed,
+        })
     }
 }

@@ -25,22 +25,48 @@ pub fn rate_limit_headers(config: &Config, statuses: &[RuleStatus]) -> Vec<(&'st
                 .iter()
                 .map(|s| {
                     let rule = &config.rules[s.rule];
-                    format!("\"{}\";q={};w={}", rule.name, rule.limit, seconds_up(rule.window.as_nanos() as u64).max(1))
+                    format!(
+                        "\"{}\";q={};w={}",
+                        rule.name,
+                        rule.limit,
+                        seconds_up(rule.window.as_nanos() as u64).max(1)
+                    )
                 })
                 .collect();
             let current: Vec<String> = statuses
                 .iter()
-                .map(|s| format!("\"{}\";r={};t={}", config.rules[s.rule].name, s.remaining, seconds_up(s.reset_ns)))
+                .map(|s| {
+                    format!(
+                        "\"{}\";r={};t={}",
+                        config.rules[s.rule].name,
+                        s.remaining,
+                        seconds_up(s.reset_ns)
+                    )
+                })
                 .collect();
-            vec![("ratelimit-policy", policy.join(", ")), ("ratelimit", current.join(", "))]
+            vec![
+                ("ratelimit-policy", policy.join(", ")),
+                ("ratelimit", current.join(", ")),
+            ]
         }
         HeaderStyle::XRateLimit => {
             // The most restrictive rule: fewest remaining, then longest reset.
-            let Some(tightest) = statuses.iter().min_by_key(|s| (s.remaining, u64::MAX - s.reset_ns)) else { return Vec::new() };
+            let Some(tightest) = statuses
+                .iter()
+                .min_by_key(|s| (s.remaining, u64::MAX - s.reset_ns))
+            else {
+                return Vec::new();
+            };
             vec![
-                ("x-ratelimit-limit", config.rules[tightest.rule].limit.to_string()),
+                (
+                    "x-ratelimit-limit",
+                    config.rules[tightest.rule].limit.to_string(),
+                ),
                 ("x-ratelimit-remaining", tightest.remaining.to_string()),
-                ("x-ratelimit-reset", seconds_up(tightest.reset_ns).to_string()),
+                (
+                    "x-ratelimit-reset",
+                    seconds_up(tightest.reset_ns).to_string(),
+                ),
             ]
         }
     }
@@ -59,17 +85,59 @@ mod tests {
 
     #[test]
     fn ietf_lists_every_matching_rule() {
-        let statuses = [RuleStatus { rule: 0, limited: false, remaining: 9, reset_ns: 6 * NANOS }, RuleStatus { rule: 1, limited: true, remaining: 0, reset_ns: 1 }];
+        let statuses = [
+            RuleStatus {
+                rule: 0,
+                limited: false,
+                remaining: 9,
+                reset_ns: 6 * NANOS,
+            },
+            RuleStatus {
+                rule: 1,
+                limited: true,
+                remaining: 0,
+                reset_ns: 1,
+            },
+        ];
         let headers = rate_limit_headers(&config("ietf"), &statuses);
-        assert_eq!(headers[0], ("ratelimit-policy", "\"a\";q=10;w=60, \"b\";q=5;w=1".to_string()));
-        assert_eq!(headers[1], ("ratelimit", "\"a\";r=9;t=6, \"b\";r=0;t=1".to_string()));
+        assert_eq!(
+            headers[0],
+            (
+                "ratelimit-policy",
+                "\"a\";q=10;w=60, \"b\";q=5;w=1".to_string()
+            )
+        );
+        assert_eq!(
+            headers[1],
+            ("ratelimit", "\"a\";r=9;t=6, \"b\";r=0;t=1".to_string())
+        );
     }
 
     #[test]
     fn x_ratelimit_reports_the_tightest_rule() {
-        let statuses = [RuleStatus { rule: 0, limited: false, remaining: 9, reset_ns: NANOS }, RuleStatus { rule: 1, limited: false, remaining: 2, reset_ns: NANOS / 2 }];
+        let statuses = [
+            RuleStatus {
+                rule: 0,
+                limited: false,
+                remaining: 9,
+                reset_ns: NANOS,
+            },
+            RuleStatus {
+                rule: 1,
+                limited: false,
+                remaining: 2,
+                reset_ns: NANOS / 2,
+            },
+        ];
         let headers = rate_limit_headers(&config("x-ratelimit"), &statuses);
-        assert_eq!(headers, vec![("x-ratelimit-limit", "5".into()), ("x-ratelimit-remaining", "2".into()), ("x-ratelimit-reset", "1".into())]);
+        assert_eq!(
+            headers,
+            vec![
+                ("x-ratelimit-limit", "5".into()),
+                ("x-ratelimit-remaining", "2".into()),
+                ("x-ratelimit-reset", "1".into())
+            ]
+        );
         assert!(rate_limit_headers(&config("none"), &statuses).is_empty());
     }
 

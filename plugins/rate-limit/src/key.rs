@@ -20,11 +20,19 @@ pub fn fingerprint(seed: u64, data: &[u8]) -> u64 {
 /// The client IP from `source.address` ("1.2.3.4:5678", "[::1]:80") or, with
 /// `ForwardedFor`, the trusted_hops-th X-Forwarded-For entry from the right. When that
 /// entry is missing or not an IP address, the peer address is used.
-pub fn client_ip(source: ClientIpSource, peer: Option<&[u8]>, forwarded_for: Option<&[u8]>) -> Option<Vec<u8>> {
+pub fn client_ip(
+    source: ClientIpSource,
+    peer: Option<&[u8]>,
+    forwarded_for: Option<&[u8]>,
+) -> Option<Vec<u8>> {
     if let ClientIpSource::ForwardedFor { trusted_hops } = source {
         if let Some(list) = forwarded_for {
             let entries: Vec<&[u8]> = list.split(|b| *b == b',').map(trim).collect();
-            if let Some(entry) = entries.len().checked_sub(trusted_hops as usize).and_then(|i| entries.get(i)) {
+            if let Some(entry) = entries
+                .len()
+                .checked_sub(trusted_hops as usize)
+                .and_then(|i| entries.get(i))
+            {
                 if let Some(ip) = parse_ip(entry) {
                     return Some(ip);
                 }
@@ -41,8 +49,15 @@ pub fn client_ip(source: ClientIpSource, peer: Option<&[u8]>, forwarded_for: Opt
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map(|e| e + 1).unwrap_or(start);
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map(|e| e + 1)
+        .unwrap_or(start);
     &bytes[start..end]
 }
 
@@ -53,7 +68,9 @@ fn parse_ip(bytes: &[u8]) -> Option<Vec<u8>> {
     if let Ok(ip) = text.parse::<std::net::IpAddr>() {
         return Some(ip.to_string().into_bytes());
     }
-    text.parse::<std::net::SocketAddr>().ok().map(|a| a.ip().to_string().into_bytes())
+    text.parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.ip().to_string().into_bytes())
 }
 
 pub use edgewise_support::request::cookie;
@@ -77,7 +94,11 @@ pub struct KeyContext<'a> {
 
 /// Builds the key for one rule: each part's bytes, length-prefixed so composite keys cannot
 /// collide by concatenation. None when any part has no value: the rule does not apply.
-pub fn build_key(parts: &[KeyPart], request: &mut impl RequestView, context: &mut KeyContext<'_>) -> Option<Vec<u8>> {
+pub fn build_key(
+    parts: &[KeyPart],
+    request: &mut impl RequestView,
+    context: &mut KeyContext<'_>,
+) -> Option<Vec<u8>> {
     let mut key = Vec::new();
     for part in parts {
         let value = match part {
@@ -102,9 +123,18 @@ mod tests {
 
     #[test]
     fn client_ip_from_peer() {
-        assert_eq!(client_ip(ClientIpSource::Peer, Some(b"203.0.113.7:5555"), None).unwrap(), b"203.0.113.7");
-        assert_eq!(client_ip(ClientIpSource::Peer, Some(b"[2001:db8::1]:80"), None).unwrap(), b"2001:db8::1");
-        assert_eq!(client_ip(ClientIpSource::Peer, Some(b"garbage"), None), None);
+        assert_eq!(
+            client_ip(ClientIpSource::Peer, Some(b"203.0.113.7:5555"), None).unwrap(),
+            b"203.0.113.7"
+        );
+        assert_eq!(
+            client_ip(ClientIpSource::Peer, Some(b"[2001:db8::1]:80"), None).unwrap(),
+            b"2001:db8::1"
+        );
+        assert_eq!(
+            client_ip(ClientIpSource::Peer, Some(b"garbage"), None),
+            None
+        );
     }
 
     #[test]
@@ -118,8 +148,14 @@ mod tests {
         assert_eq!(client_ip(hops(3), peer, xff).unwrap(), b"6.6.6.6");
         // Too few entries, or garbage: the peer address.
         assert_eq!(client_ip(hops(4), peer, xff).unwrap(), b"10.0.0.9");
-        assert_eq!(client_ip(hops(1), peer, Some(b"not-an-ip")).unwrap(), b"10.0.0.9");
-        assert_eq!(client_ip(hops(1), peer, Some(b"\xff\xfe")).unwrap(), b"10.0.0.9");
+        assert_eq!(
+            client_ip(hops(1), peer, Some(b"not-an-ip")).unwrap(),
+            b"10.0.0.9"
+        );
+        assert_eq!(
+            client_ip(hops(1), peer, Some(b"\xff\xfe")).unwrap(),
+            b"10.0.0.9"
+        );
     }
 
     #[test]
@@ -136,11 +172,20 @@ mod tests {
         let mut ip = || Some(b"1.2.3.4".to_vec());
         let mut context = KeyContext { client_ip: &mut ip };
         let parts = [KeyPart::Header("a".into()), KeyPart::Header("b".into())];
-        let mut r1: Vec<(String, Vec<u8>)> = vec![("a".into(), b"xy".to_vec()), ("b".into(), b"z".to_vec())];
-        let mut r2: Vec<(String, Vec<u8>)> = vec![("a".into(), b"x".to_vec()), ("b".into(), b"yz".to_vec())];
-        assert_ne!(build_key(&parts, &mut r1, &mut context), build_key(&parts, &mut r2, &mut context));
+        let mut r1: Vec<(String, Vec<u8>)> =
+            vec![("a".into(), b"xy".to_vec()), ("b".into(), b"z".to_vec())];
+        let mut r2: Vec<(String, Vec<u8>)> =
+            vec![("a".into(), b"x".to_vec()), ("b".into(), b"yz".to_vec())];
+        assert_ne!(
+            build_key(&parts, &mut r1, &mut context),
+            build_key(&parts, &mut r2, &mut context)
+        );
         let mut missing: Vec<(String, Vec<u8>)> = vec![("a".into(), b"x".to_vec())];
-        assert_eq!(build_key(&parts, &mut missing, &mut context), None, "a missing part means the rule does not apply");
+        assert_eq!(
+            build_key(&parts, &mut missing, &mut context),
+            None,
+            "a missing part means the rule does not apply"
+        );
     }
 
     #[test]

@@ -39,9 +39,14 @@ pub struct RuleStatus {
 pub enum Outcome {
     Allowed,
     /// Admitted after a wait (queueing): hold the request for `delay_ns`.
-    Delayed { delay_ns: u64 },
+    Delayed {
+        delay_ns: u64,
+    },
     /// `rule` refused; the request would be admitted after `retry_after_ns`.
-    Denied { rule: usize, retry_after_ns: u64 },
+    Denied {
+        rule: usize,
+        retry_after_ns: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,12 +69,19 @@ fn waiting_key(rule: &Rule) -> String {
 }
 
 /// The rules that match the request and have a key value, with their table location.
-pub fn applicable_rules(config: &Config, request: &mut impl RequestView, peer: &mut dyn FnMut() -> Option<Vec<u8>>) -> Vec<Applicable> {
+pub fn applicable_rules(
+    config: &Config,
+    request: &mut impl RequestView,
+    peer: &mut dyn FnMut() -> Option<Vec<u8>>,
+) -> Vec<Applicable> {
     let mut ip_cache: Option<Option<Vec<u8>>> = None;
     let source = config.client_ip;
     let mut forwarded = None;
     if matches!(source, crate::config::ClientIpSource::ForwardedFor { .. })
-        && config.rules.iter().any(|r| r.key.contains(&crate::config::KeyPart::ClientIp))
+        && config
+            .rules
+            .iter()
+            .any(|r| r.key.contains(&crate::config::KeyPart::ClientIp))
     {
         forwarded = request.header("x-forwarded-for");
     }
@@ -78,11 +90,24 @@ pub fn applicable_rules(config: &Config, request: &mut impl RequestView, peer: &
         if !rule.matcher.matches(request) {
             continue;
         }
-        let mut ip = || ip_cache.get_or_insert_with(|| client_ip(source, peer().as_deref(), forwarded.as_deref())).clone();
+        let mut ip = || {
+            ip_cache
+                .get_or_insert_with(|| client_ip(source, peer().as_deref(), forwarded.as_deref()))
+                .clone()
+        };
         let mut context = KeyContext { client_ip: &mut ip };
-        let Some(key) = build_key(&rule.key, request, &mut context) else { continue };
-        let fp = fingerprint(config.hash_seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), &key);
-        applicable.push(Applicable { rule: index, fingerprint: fp, set_key: set_key(rule, (fp >> 32) % rule.sets) });
+        let Some(key) = build_key(&rule.key, request, &mut context) else {
+            continue;
+        };
+        let fp = fingerprint(
+            config.hash_seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            &key,
+        );
+        applicable.push(Applicable {
+            rule: index,
+            fingerprint: fp,
+            set_key: set_key(rule, (fp >> 32) % rule.sets),
+        });
     }
     applicable
 }
@@ -95,29 +120,75 @@ struct Pending {
     verdict: Verdict,
 }
 
-fn read(store: &impl CasStore, rule: &Rule, a: &Applicable, now: u64, queueing: bool) -> Result<Pending, ()> {
+fn read(
+    store: &impl CasStore,
+    rule: &Rule,
+    a: &Applicable,
+    now: u64,
+    queueing: bool,
+) -> Result<Pending, ()> {
     let (set, cas) = match store.get(&a.set_key) {
         Ok(Some((bytes, cas))) => (Set::decode(&bytes), Some(cas)),
         Ok(None) => (Set::default(), None),
         Err(_) => return Err(()),
     };
     let slot = set.slot(a.fingerprint, &rule.algorithm, now);
-    let max_delay = if queueing { rule.queue.map(|q| q.max_delay_ns).unwrap_or(0) } else { 0 };
-    let verdict = decide_one(&rule.algorithm, &set.state(slot, a.fingerprint), now, max_delay);
-    Ok(Pending { at: 0, set, slot, cas, verdict })
+    let max_delay = if queueing {
+        rule.queue.map(|q| q.max_delay_ns).unwrap_or(0)
+    } else {
+        0
+    };
+    let verdict = decide_one(
+        &rule.algorithm,
+        &set.state(slot, a.fingerprint),
+        now,
+        max_delay,
+    );
+    Ok(Pending {
+        at: 0,
+        set,
+        slot,
+        cas,
+        verdict,
+    })
 }
 
 fn status(rule: usize, verdict: &Verdict, consumed: bool) -> RuleStatus {
     match *verdict {
-        Verdict::Allow { remaining, reset_ns, .. } => RuleStatus { rule, limited: false, remaining: if consumed { remaining } else { remaining + 1 }, reset_ns },
-        Verdict::Delay { reset_ns, .. } => RuleStatus { rule, limited: false, remaining: 0, reset_ns },
-        Verdict::Deny { reset_ns, .. } => RuleStatus { rule, limited: true, remaining: 0, reset_ns },
+        Verdict::Allow {
+            remaining,
+            reset_ns,
+            ..
+        } => RuleStatus {
+            rule,
+            limited: false,
+            remaining: if consumed { remaining } else { remaining + 1 },
+            reset_ns,
+        },
+        Verdict::Delay { reset_ns, .. } => RuleStatus {
+            rule,
+            limited: false,
+            remaining: 0,
+            reset_ns,
+        },
+        Verdict::Deny { reset_ns, .. } => RuleStatus {
+            rule,
+            limited: true,
+            remaining: 0,
+            reset_ns,
+        },
     }
 }
 
 /// Decides one request. In shadow mode nothing is held: a request that would wait or be
 /// denied is reported as denied (the adapter lets it through) and consumes nothing.
-pub fn decide(config: &Config, store: &impl CasStore, applicable: &[Applicable], now: u64, shadow: bool) -> Decision {
+pub fn decide(
+    config: &Config,
+    store: &impl CasStore,
+    applicable: &[Applicable],
+    now: u64,
+    shadow: bool,
+) -> Decision {
     let mut errors = Vec::new();
     let mut pending = Vec::with_capacity(applicable.len());
     for (at, a) in applicable.iter().enumerate() {
@@ -145,8 +216,19 @@ pub fn decide(config: &Config, store: &impl CasStore, applicable: &[Applicable],
             })
             .max()
             .unwrap_or(0);
-        let rules = pending.iter().map(|p| status(applicable[p.at].rule, &p.verdict, false)).collect();
-        return Decision { outcome: Outcome::Denied { rule: applicable[denier.at].rule, retry_after_ns }, rules, errors, waiting: Vec::new() };
+        let rules = pending
+            .iter()
+            .map(|p| status(applicable[p.at].rule, &p.verdict, false))
+            .collect();
+        return Decision {
+            outcome: Outcome::Denied {
+                rule: applicable[denier.at].rule,
+                retry_after_ns,
+            },
+            rules,
+            errors,
+            waiting: Vec::new(),
+        };
     }
 
     let mut statuses = Vec::with_capacity(pending.len());
@@ -161,14 +243,37 @@ pub fn decide(config: &Config, store: &impl CasStore, applicable: &[Applicable],
             if let Verdict::Deny { retry_after_ns, .. } = p.verdict {
                 statuses.push(status(a.rule, &p.verdict, false));
                 release_all(config, store, &waiting);
-                return Decision { outcome: Outcome::Denied { rule: a.rule, retry_after_ns }, rules: statuses, errors, waiting: Vec::new() };
+                return Decision {
+                    outcome: Outcome::Denied {
+                        rule: a.rule,
+                        retry_after_ns,
+                    },
+                    rules: statuses,
+                    errors,
+                    waiting: Vec::new(),
+                };
             }
-            let (Verdict::Allow { state, .. } | Verdict::Delay { state, .. }) = p.verdict else { break };
+            let (Verdict::Allow { state, .. } | Verdict::Delay { state, .. }) = p.verdict else {
+                break;
+            };
             if let Verdict::Delay { delay_ns, .. } = p.verdict {
                 if !waiting.contains(&a.rule) && !take_waiting_place(store, rule) {
-                    statuses.push(RuleStatus { rule: a.rule, limited: true, remaining: 0, reset_ns: 0 });
+                    statuses.push(RuleStatus {
+                        rule: a.rule,
+                        limited: true,
+                        remaining: 0,
+                        reset_ns: 0,
+                    });
                     release_all(config, store, &waiting);
-                    return Decision { outcome: Outcome::Denied { rule: a.rule, retry_after_ns: delay_ns }, rules: statuses, errors, waiting: Vec::new() };
+                    return Decision {
+                        outcome: Outcome::Denied {
+                            rule: a.rule,
+                            retry_after_ns: delay_ns,
+                        },
+                        rules: statuses,
+                        errors,
+                        waiting: Vec::new(),
+                    };
                 }
                 if !waiting.contains(&a.rule) {
                     waiting.push(a.rule);
@@ -188,13 +293,15 @@ pub fn decide(config: &Config, store: &impl CasStore, applicable: &[Applicable],
                     statuses.push(status(a.rule, &p.verdict, true));
                     break;
                 }
-                Ok(SetOutcome::CasMismatch) if attempts < MAX_CAS_ATTEMPTS => match read(store, rule, a, now, true) {
-                    Ok(fresh) => p = Pending { at: p.at, ..fresh },
-                    Err(()) => {
-                        errors.push(a.rule);
-                        break;
+                Ok(SetOutcome::CasMismatch) if attempts < MAX_CAS_ATTEMPTS => {
+                    match read(store, rule, a, now, true) {
+                        Ok(fresh) => p = Pending { at: p.at, ..fresh },
+                        Err(()) => {
+                            errors.push(a.rule);
+                            break;
+                        }
                     }
-                },
+                }
                 _ => {
                     errors.push(a.rule);
                     break;
@@ -202,18 +309,32 @@ pub fn decide(config: &Config, store: &impl CasStore, applicable: &[Applicable],
             }
         }
     }
-    let outcome = if delay > 0 { Outcome::Delayed { delay_ns: delay } } else { Outcome::Allowed };
+    let outcome = if delay > 0 {
+        Outcome::Delayed { delay_ns: delay }
+    } else {
+        Outcome::Allowed
+    };
     if delay == 0 {
         release_all(config, store, &waiting);
         waiting.clear();
     }
-    Decision { outcome, rules: statuses, errors, waiting }
+    Decision {
+        outcome,
+        rules: statuses,
+        errors,
+        waiting,
+    }
 }
 
 fn take_waiting_place(store: &impl CasStore, rule: &Rule) -> bool {
-    let Some(queue) = rule.queue else { return false };
+    let Some(queue) = rule.queue else {
+        return false;
+    };
     let result = update_with_cas(store, &waiting_key(rule), MAX_CAS_ATTEMPTS, |value| {
-        let current = value.and_then(|v| v.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+        let current = value
+            .and_then(|v| v.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0);
         if current >= queue.max_waiting {
             (None, false)
         } else {
@@ -226,7 +347,10 @@ fn take_waiting_place(store: &impl CasStore, rule: &Rule) -> bool {
 /// Frees a place in a rule's queue (the held request was released or went away).
 pub fn release_waiting(store: &impl CasStore, rule: &Rule) {
     let _ = update_with_cas(store, &waiting_key(rule), MAX_CAS_ATTEMPTS, |value| {
-        let current = value.and_then(|v| v.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+        let current = value
+            .and_then(|v| v.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0);
         (Some(current.saturating_sub(1).to_le_bytes().to_vec()), ())
     });
 }
@@ -239,5 +363,11 @@ fn release_all(config: &Config, store: &impl CasStore, rules: &[usize]) {
 
 /// Requests currently waiting in a rule's queue (all workers).
 pub fn waiting_count(store: &impl CasStore, rule: &Rule) -> u64 {
-    store.get(&waiting_key(rule)).ok().flatten().and_then(|(v, _)| v.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
+    store
+        .get(&waiting_key(rule))
+        .ok()
+        .flatten()
+        .and_then(|(v, _)| v.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0)
 }

@@ -31,7 +31,10 @@ pub enum Slot {
 
 impl Default for Set {
     fn default() -> Self {
-        Set { entries: [(0, FRESH); WAYS_USIZE], overflow: FRESH }
+        Set {
+            entries: [(0, FRESH); WAYS_USIZE],
+            overflow: FRESH,
+        }
     }
 }
 
@@ -39,13 +42,17 @@ impl Set {
     /// Decodes a stored set; anything malformed (or empty) reads as an empty set.
     pub fn decode(bytes: &[u8]) -> Set {
         let mut set = Set::default();
-        let Ok(bytes) = <&[u8; SET_BYTES]>::try_from(bytes) else { return set };
+        let Ok(bytes) = <&[u8; SET_BYTES]>::try_from(bytes) else {
+            return set;
+        };
         for (entry, chunk) in set.entries.iter_mut().zip(bytes.chunks_exact(ENTRY_BYTES)) {
             let (fp, state) = chunk.split_at(8);
             entry.0 = u64::from_le_bytes(fp.try_into().unwrap_or_default());
             entry.1 = state.try_into().unwrap_or_default();
         }
-        set.overflow = bytes[WAYS_USIZE * ENTRY_BYTES..].try_into().unwrap_or_default();
+        set.overflow = bytes[WAYS_USIZE * ENTRY_BYTES..]
+            .try_into()
+            .unwrap_or_default();
         set
     }
 
@@ -65,7 +72,11 @@ impl Set {
         if let Some(i) = self.entries.iter().position(|(fp, _)| *fp == fingerprint) {
             return Slot::Entry(i);
         }
-        match self.entries.iter().position(|(fp, state)| *fp == 0 || is_fresh(algorithm, state, now)) {
+        match self
+            .entries
+            .iter()
+            .position(|(fp, state)| *fp == 0 || is_fresh(algorithm, state, now))
+        {
             Some(i) => Slot::Entry(i),
             None => Slot::Overflow,
         }
@@ -95,7 +106,10 @@ mod tests {
 
     const SEC: u64 = 1_000_000_000;
     const NOW: u64 = 1_767_225_600 * SEC;
-    const ALG: Algorithm = Algorithm::TokenBucket { interval_ns: SEC, burst: 2 };
+    const ALG: Algorithm = Algorithm::TokenBucket {
+        interval_ns: SEC,
+        burst: 2,
+    };
 
     fn take(set: &mut Set, fp: u64, now: u64) -> (Slot, Verdict) {
         let slot = set.slot(fp, &ALG, now);
@@ -123,9 +137,15 @@ mod tests {
         // A fifth key while all four are active: overflow bucket, never a reused entry.
         assert_eq!(take(&mut set, 5, NOW).0, Slot::Overflow);
         assert_eq!(take(&mut set, 6, NOW).0, Slot::Overflow);
-        assert!(matches!(take(&mut set, 7, NOW).1, Verdict::Deny { .. }), "overflow keys share one bucket");
+        assert!(
+            matches!(take(&mut set, 7, NOW).1, Verdict::Deny { .. }),
+            "overflow keys share one bucket"
+        );
         // Key 1 still has its own (spent-once) bucket.
-        assert!(matches!(take(&mut set, 1, NOW).1, Verdict::Allow { remaining: 0, .. }));
+        assert!(matches!(
+            take(&mut set, 1, NOW).1,
+            Verdict::Allow { remaining: 0, .. }
+        ));
     }
 
     #[test]

@@ -15,22 +15,44 @@ fn config(json: &str) -> Config {
 }
 
 fn request(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect()
 }
 
 fn run(config: &Config, store: &MemoryStore, pairs: &[(&str, &str)], now: u64) -> Decision {
     let mut req = request(pairs);
-    let applicable = applicable_rules(config, &mut req, &mut || Some(b"198.51.100.1:4000".to_vec()));
-    decide(config, store, &applicable, now, config.mode == rate_limit::config::Mode::Shadow)
+    let applicable = applicable_rules(config, &mut req, &mut || {
+        Some(b"198.51.100.1:4000".to_vec())
+    });
+    decide(
+        config,
+        store,
+        &applicable,
+        now,
+        config.mode == rate_limit::config::Mode::Shadow,
+    )
 }
 
 #[test]
 fn a_denial_by_one_rule_takes_no_token_from_the_others() {
-    let c = config(r#"{"rules":[{"name":"wide","limit":100,"window":"1m"},{"name":"per-key","key":"header:x-k","limit":1,"window":"1m"}]}"#);
+    let c = config(
+        r#"{"rules":[{"name":"wide","limit":100,"window":"1m"},{"name":"per-key","key":"header:x-k","limit":1,"window":"1m"}]}"#,
+    );
     let store = MemoryStore::new();
-    assert_eq!(run(&c, &store, &[("x-k", "a")], T0).outcome, Outcome::Allowed);
+    assert_eq!(
+        run(&c, &store, &[("x-k", "a")], T0).outcome,
+        Outcome::Allowed
+    );
     let denied = run(&c, &store, &[("x-k", "a")], T0);
-    assert_eq!(denied.outcome, Outcome::Denied { rule: 1, retry_after_ns: 60 * SEC });
+    assert_eq!(
+        denied.outcome,
+        Outcome::Denied {
+            rule: 1,
+            retry_after_ns: 60 * SEC
+        }
+    );
     // The wide rule's remaining count is unchanged by the denial: 98 left after one more.
     let next = run(&c, &store, &[("x-k", "b")], T0);
     assert_eq!(next.outcome, Outcome::Allowed);
@@ -60,36 +82,65 @@ fn shadow_mode_reports_denials_but_consumes_nothing_for_them() {
 
 #[test]
 fn queueing_holds_up_to_max_waiting_and_releases_places() {
-    let c = config(r#"{"rules":[{"name":"q","limit":10,"window":"1s","burst":1,"queue":{"max_delay":"1s","max_waiting":2}}]}"#);
+    let c = config(
+        r#"{"rules":[{"name":"q","limit":10,"window":"1s","burst":1,"queue":{"max_delay":"1s","max_waiting":2}}]}"#,
+    );
     let store = MemoryStore::new();
     assert_eq!(run(&c, &store, &[], T0).outcome, Outcome::Allowed);
     let first = run(&c, &store, &[], T0);
     assert_eq!(first.outcome, Outcome::Delayed { delay_ns: SEC / 10 });
     assert_eq!(first.waiting, vec![0]);
-    assert_eq!(run(&c, &store, &[], T0).outcome, Outcome::Delayed { delay_ns: 2 * SEC / 10 });
+    assert_eq!(
+        run(&c, &store, &[], T0).outcome,
+        Outcome::Delayed {
+            delay_ns: 2 * SEC / 10
+        }
+    );
     assert_eq!(waiting_count(&store, &c.rules[0]), 2);
     // Two are waiting: the third is refused even though its slot would be within max_delay.
-    assert!(matches!(run(&c, &store, &[], T0).outcome, Outcome::Denied { .. }));
+    assert!(matches!(
+        run(&c, &store, &[], T0).outcome,
+        Outcome::Denied { .. }
+    ));
     rate_limit::limiter::release_waiting(&store, &c.rules[0]);
     assert_eq!(waiting_count(&store, &c.rules[0]), 1);
-    assert_eq!(run(&c, &store, &[], T0).outcome, Outcome::Delayed { delay_ns: 3 * SEC / 10 });
+    assert_eq!(
+        run(&c, &store, &[], T0).outcome,
+        Outcome::Delayed {
+            delay_ns: 3 * SEC / 10
+        }
+    );
 }
 
 #[test]
 fn a_million_distinct_keys_stay_within_the_table_bound() {
-    let c = config(r#"{"rules":[{"name":"ip","key":"header:x-k","limit":5,"window":"1m","max_keys":1000}]}"#);
+    let c = config(
+        r#"{"rules":[{"name":"ip","key":"header:x-k","limit":5,"window":"1m","max_keys":1000}]}"#,
+    );
     let store = MemoryStore::new();
     // A victim who is active throughout.
-    assert_eq!(run(&c, &store, &[("x-k", "victim")], T0).outcome, Outcome::Allowed);
+    assert_eq!(
+        run(&c, &store, &[("x-k", "victim")], T0).outcome,
+        Outcome::Allowed
+    );
     for i in 0..1_000_000u64 {
         let key = format!("spray-{i}");
         run(&c, &store, &[("x-k", &key)], T0 + i);
     }
-    assert!(store.len() <= 250, "{} shared-data keys for max_keys 1000 (250 sets)", store.len());
+    assert!(
+        store.len() <= 250,
+        "{} shared-data keys for max_keys 1000 (250 sets)",
+        store.len()
+    );
     // The victim kept its own bucket: exactly 4 more within the minute, then denied.
-    let victim: Vec<Outcome> = (0..5).map(|_| run(&c, &store, &[("x-k", "victim")], T0 + 2 * SEC).outcome).collect();
+    let victim: Vec<Outcome> = (0..5)
+        .map(|_| run(&c, &store, &[("x-k", "victim")], T0 + 2 * SEC).outcome)
+        .collect();
     let allowed = victim.iter().filter(|o| **o == Outcome::Allowed).count();
-    assert_eq!(allowed, 4, "the victim keeps its own bucket, never a fresh one: {victim:?}");
+    assert_eq!(
+        allowed, 4,
+        "the victim keeps its own bucket, never a fresh one: {victim:?}"
+    );
 }
 
 #[test]
@@ -98,11 +149,20 @@ fn threads_sharing_the_store_never_exceed_the_limit() {
     let store = MemoryStore::new();
     let admitted: usize = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| (0..600).filter(|_| run(&c, &store, &[], T0).outcome == Outcome::Allowed).count()))
+            .map(|_| {
+                s.spawn(|| {
+                    (0..600)
+                        .filter(|_| run(&c, &store, &[], T0).outcome == Outcome::Allowed)
+                        .count()
+                })
+            })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
-    assert_eq!(admitted, 1000, "exactly the burst, across 4 contending threads");
+    assert_eq!(
+        admitted, 1000,
+        "exactly the burst, across 4 contending threads"
+    );
 }
 
 #[test]
@@ -118,7 +178,9 @@ fn racing_first_requests_on_a_new_key_are_counted_exactly() {
                 .map(|_| {
                     s.spawn(|| {
                         barrier.wait();
-                        (0..2).filter(|_| run(&c, &store, &[], T0).outcome == Outcome::Allowed).count()
+                        (0..2)
+                            .filter(|_| run(&c, &store, &[], T0).outcome == Outcome::Allowed)
+                            .count()
                     })
                 })
                 .collect();

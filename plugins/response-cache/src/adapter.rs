@@ -63,7 +63,10 @@ impl RootContext for CacheRoot {
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(bytes) => bytes.unwrap_or_default(),
             Err(status) => {
-                log(LogLevel::Error, &format!("response_cache: cannot read the plugin configuration: {status:?}"));
+                log(
+                    LogLevel::Error,
+                    &format!("response_cache: cannot read the plugin configuration: {status:?}"),
+                );
                 return false;
             }
         };
@@ -81,7 +84,13 @@ impl RootContext for CacheRoot {
                     stale_served: Metric::counter(&m("stale_served")),
                     bytes: Metric::gauge(&m("bytes_in_use")),
                 };
-                log(LogLevel::Info, &format!("response_cache {VERSION}: {} bytes, {} entries", config.layout.max_bytes, config.layout.slots));
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "response_cache {VERSION}: {} bytes, {} entries",
+                        config.layout.max_bytes, config.layout.slots
+                    ),
+                );
                 self.shared = Some(Rc::new(Shared { config, metrics }));
                 true
             }
@@ -97,7 +106,14 @@ impl RootContext for CacheRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(CacheStream { shared: self.shared.clone(), pending: None, request: Vec::new(), served: None, response: None, replacing: None }))
+        Some(Box::new(CacheStream {
+            shared: self.shared.clone(),
+            pending: None,
+            request: Vec::new(),
+            served: None,
+            response: None,
+            replacing: None,
+        }))
     }
 }
 
@@ -121,15 +137,32 @@ struct CacheStream {
 }
 
 fn text_pairs(headers: &[(String, Vec<u8>)]) -> Vec<(&str, &str)> {
-    headers.iter().filter_map(|(k, v)| std::str::from_utf8(v).ok().map(|v| (k.as_str(), v))).collect()
+    headers
+        .iter()
+        .filter_map(|(k, v)| std::str::from_utf8(v).ok().map(|v| (k.as_str(), v)))
+        .collect()
 }
 
 impl CacheStream {
     fn finish_store(&mut self, shared: &Shared) {
-        let (Some(filling), Some(pending)) = (self.response.take(), self.pending.as_ref()) else { return };
+        let (Some(filling), Some(pending)) = (self.response.take(), self.pending.as_ref()) else {
+            return;
+        };
         let request = &self.request;
-        let mut header = |name: &str| request.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let Some(entry) = entry_for(pending, filling.status, &filling.headers, filling.body, now_seconds(), &mut header) else {
+        let mut header = |name: &str| {
+            request
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let Some(entry) = entry_for(
+            pending,
+            filling.status,
+            &filling.headers,
+            filling.body,
+            now_seconds(),
+            &mut header,
+        ) else {
             shared.metrics.not_stored.increment(1);
             return;
         };
@@ -140,7 +173,14 @@ impl CacheStream {
             seed ^= seed << 17;
             seed
         };
-        match storage::insert(&SharedData, &shared.config.layout, pending.key_hash, &entry.encode(), now_seconds() as u64, &mut random) {
+        match storage::insert(
+            &SharedData,
+            &shared.config.layout,
+            pending.key_hash,
+            &entry.encode(),
+            now_seconds() as u64,
+            &mut random,
+        ) {
             Insert::Stored { evicted } => {
                 shared.metrics.stored.increment(1);
                 if evicted > 0 {
@@ -157,18 +197,37 @@ impl Context for CacheStream {}
 
 impl HttpContext for CacheStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else { return Action::Continue };
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
         // The cache looks at many request headers: one map read beats a call per header.
-        let mut request: Vec<(String, Vec<u8>)> = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        let mut request: Vec<(String, Vec<u8>)> =
+            hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
         match on_request(&shared.config, &SharedData, &mut request, now_seconds()) {
-            RequestDecision::Serve { status, headers, body } => {
+            RequestDecision::Serve {
+                status,
+                headers,
+                body,
+            } => {
                 shared.metrics.hits.increment(1);
                 // Stored fields go out with the reply; Envoy adds its own content-type to a
                 // local reply, so the stored one replaces it when the reply passes through.
-                let content_type = headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.clone());
-                let rest: Vec<(String, Vec<u8>)> = headers.into_iter().filter(|(k, _)| k != "content-type").collect();
-                self.served = Some(content_type.map(|v| vec![("content-type".to_string(), v)]).unwrap_or_default());
-                if hostcalls::send_http_response(status as u32, text_pairs(&rest), Some(&body)).is_err() {
+                let content_type = headers
+                    .iter()
+                    .find(|(k, _)| k == "content-type")
+                    .map(|(_, v)| v.clone());
+                let rest: Vec<(String, Vec<u8>)> = headers
+                    .into_iter()
+                    .filter(|(k, _)| k != "content-type")
+                    .collect();
+                self.served = Some(
+                    content_type
+                        .map(|v| vec![("content-type".to_string(), v)])
+                        .unwrap_or_default(),
+                );
+                if hostcalls::send_http_response(status as u32, text_pairs(&rest), Some(&body))
+                    .is_err()
+                {
                     return Action::Continue;
                 }
                 Action::Pause
@@ -178,7 +237,10 @@ impl HttpContext for CacheStream {
                 let _ = hostcalls::send_http_response(504, text_pairs(&headers), Some(b""));
                 Action::Pause
             }
-            RequestDecision::Purge { key_hash, authorized } => {
+            RequestDecision::Purge {
+                key_hash,
+                authorized,
+            } => {
                 let (status, body): (u32, &[u8]) = if !authorized {
                     (403, b"purge not allowed\n")
                 } else if storage::remove(&SharedData, &shared.config.layout, key_hash) {
@@ -195,7 +257,8 @@ impl HttpContext for CacheStream {
                 if matches!(pending.outcome, Outcome::Miss | Outcome::Stale) {
                     shared.metrics.misses.increment(1);
                     // Vary is only known from the response, when request headers are gone.
-                    self.request = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+                    self.request =
+                        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
                 }
                 self.pending = Some(pending);
                 Action::Continue
@@ -204,16 +267,24 @@ impl HttpContext for CacheStream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else { return Action::Continue };
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
         if let Some(served) = self.served.take() {
             for (name, value) in text_pairs(&served) {
                 let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
             }
             return Action::Continue;
         }
-        let Some(pending) = self.pending.clone() else { return Action::Continue };
+        let Some(pending) = self.pending.clone() else {
+            return Action::Continue;
+        };
         let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
-        let status = headers.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok()).unwrap_or(0);
+        let status = headers
+            .iter()
+            .find(|(k, _)| k == ":status")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
+            .unwrap_or(0);
         if invalidates(&pending, status) {
             if storage::remove(&SharedData, &shared.config.layout, pending.key_hash) {
                 shared.metrics.invalidated.increment(1);
@@ -226,19 +297,35 @@ impl HttpContext for CacheStream {
         // RFC 5861 §4: an origin error (or Envoy's own, e.g. connect failure) with a stale entry
         // in its window is answered with the entry. The error's body is replaced at its end, so
         // this needs an error with a body (Envoy's local errors have one).
-        if let (Some((stored_status, stored_headers, body)), true, false) = (pending.fallback.clone(), status >= 500, end_of_stream) {
+        if let (Some((stored_status, stored_headers, body)), true, false) =
+            (pending.fallback.clone(), status >= 500, end_of_stream)
+        {
             shared.metrics.stale_served.increment(1);
-            let mut pairs: Vec<(String, Vec<u8>)> = vec![(":status".into(), stored_status.to_string().into_bytes()), ("content-length".into(), body.len().to_string().into_bytes())];
+            let mut pairs: Vec<(String, Vec<u8>)> = vec![
+                (":status".into(), stored_status.to_string().into_bytes()),
+                ("content-length".into(), body.len().to_string().into_bytes()),
+            ];
             pairs.extend(stored_headers);
             let _ = hostcalls::set_map(MapType::HttpResponseHeaders, text_pairs(&pairs));
             self.replacing = Some(body);
             return Action::Continue;
         }
         let storing = storable(&shared.config, &pending, status, &headers).is_ok();
-        let value = cache_status(&shared.config.cache_status, pending.outcome, None, storing, None);
-        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, "cache-status", Some(&value));
+        let value = cache_status(
+            &shared.config.cache_status,
+            pending.outcome,
+            None,
+            storing,
+            None,
+        );
+        let _ =
+            hostcalls::set_map_value(MapType::HttpResponseHeaders, "cache-status", Some(&value));
         if storing {
-            self.response = Some(Filling { status, headers, body: Vec::new() });
+            self.response = Some(Filling {
+                status,
+                headers,
+                body: Vec::new(),
+            });
             if end_of_stream {
                 self.finish_store(&shared);
             }
@@ -249,7 +336,9 @@ impl HttpContext for CacheStream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else { return Action::Continue };
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
         if self.replacing.is_some() {
             if !end_of_stream {
                 return Action::Pause; // hold the error body until its end
@@ -261,7 +350,9 @@ impl HttpContext for CacheStream {
         }
         if let Some(filling) = self.response.as_mut() {
             // Each chunk passes on at once; we keep a copy until the end.
-            if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
+            if let Ok(Some(chunk)) =
+                hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+            {
                 filling.body.extend_from_slice(&chunk);
             }
             if filling.body.len() as u64 > shared.config.layout.max_entry_bytes {

@@ -55,7 +55,11 @@ fn split_list(text: &str) -> Vec<&str> {
         }
     }
     items.push(&text[start..]);
-    items.into_iter().map(str::trim).filter(|s| !s.is_empty()).collect()
+    items
+        .into_iter()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 impl CacheControl {
@@ -69,7 +73,10 @@ impl CacheControl {
             };
             for item in split_list(text) {
                 let (name, value) = match item.split_once('=') {
-                    Some((n, v)) => (n.trim().to_ascii_lowercase(), Some(v.trim().trim_matches('"'))),
+                    Some((n, v)) => (
+                        n.trim().to_ascii_lowercase(),
+                        Some(v.trim().trim_matches('"')),
+                    ),
                     None => (item.to_ascii_lowercase(), None),
                 };
                 cc.apply(&name, value);
@@ -97,8 +104,12 @@ impl CacheControl {
             "max-age" => CacheControl::set_delta(&mut self.max_age, &mut self.invalid, value),
             "s-maxage" => CacheControl::set_delta(&mut self.s_maxage, &mut self.invalid, value),
             "min-fresh" => CacheControl::set_delta(&mut self.min_fresh, &mut self.invalid, value),
-            "stale-while-revalidate" => CacheControl::set_delta(&mut self.stale_while_revalidate, &mut self.invalid, value),
-            "stale-if-error" => CacheControl::set_delta(&mut self.stale_if_error, &mut self.invalid, value),
+            "stale-while-revalidate" => {
+                CacheControl::set_delta(&mut self.stale_while_revalidate, &mut self.invalid, value)
+            }
+            "stale-if-error" => {
+                CacheControl::set_delta(&mut self.stale_if_error, &mut self.invalid, value)
+            }
             "max-stale" => match value {
                 None => self.max_stale = Some(MAX_DELTA),
                 Some(v) => CacheControl::set_delta(&mut self.max_stale, &mut self.invalid, Some(v)),
@@ -130,22 +141,37 @@ mod tests {
 
     #[test]
     fn directives_from_several_lines_and_cases() {
-        let c = cc(&["Max-Age=60, public", "s-maxage=\"120\", stale-while-revalidate=30, stale-if-error=600"]);
-        assert_eq!((c.max_age, c.s_maxage, c.public), (Some(60), Some(120), true));
-        assert_eq!((c.stale_while_revalidate, c.stale_if_error), (Some(30), Some(600)));
+        let c = cc(&[
+            "Max-Age=60, public",
+            "s-maxage=\"120\", stale-while-revalidate=30, stale-if-error=600",
+        ]);
+        assert_eq!(
+            (c.max_age, c.s_maxage, c.public),
+            (Some(60), Some(120), true)
+        );
+        assert_eq!(
+            (c.stale_while_revalidate, c.stale_if_error),
+            (Some(30), Some(600))
+        );
         assert!(!c.invalid);
     }
 
     #[test]
     fn qualified_no_cache_and_private_are_taken_unqualified() {
         let c = cc(&["private=\"x-a, x-b\", no-cache=\"set-cookie\""]);
-        assert!(c.private && c.no_cache, "commas inside quotes do not split: {c:?}");
+        assert!(
+            c.private && c.no_cache,
+            "commas inside quotes do not split: {c:?}"
+        );
     }
 
     /// §1.2.2: a delta-seconds too large is 2^31; a malformed one is invalid.
     #[test]
     fn delta_seconds_rules() {
-        assert_eq!(cc(&["max-age=99999999999999999999"]).max_age, Some(MAX_DELTA));
+        assert_eq!(
+            cc(&["max-age=99999999999999999999"]).max_age,
+            Some(MAX_DELTA)
+        );
         let bad = cc(&["max-age=-1"]);
         assert!(bad.invalid && bad.max_age.is_none());
         assert!(cc(&["max-age=1.5"]).invalid);
@@ -158,14 +184,20 @@ mod tests {
         let c = cc(&["max-age=600", "max-age=60"]);
         assert_eq!(c.max_age, Some(60));
         assert!(c.invalid);
-        assert!(!cc(&["max-age=60, max-age=60"]).invalid, "identical duplicates are fine");
+        assert!(
+            !cc(&["max-age=60, max-age=60"]).invalid,
+            "identical duplicates are fine"
+        );
     }
 
     /// §5.2.1.2: max-stale without a value accepts any staleness.
     #[test]
     fn request_directives() {
         let c = cc(&["max-stale, min-fresh=5, only-if-cached, no-cache"]);
-        assert_eq!((c.max_stale, c.min_fresh, c.only_if_cached, c.no_cache), (Some(MAX_DELTA), Some(5), true, true));
+        assert_eq!(
+            (c.max_stale, c.min_fresh, c.only_if_cached, c.no_cache),
+            (Some(MAX_DELTA), Some(5), true, true)
+        );
     }
 
     #[test]

@@ -14,28 +14,51 @@ pub fn if_none_match_matches(if_none_match: &[u8], etag: Option<&[u8]>) -> bool 
         return true;
     }
     let Some(etag) = etag else { return false };
-    if_none_match.split(|b| *b == b',').any(|candidate| !candidate.trim_ascii().is_empty() && opaque(candidate) == opaque(etag))
+    if_none_match
+        .split(|b| *b == b',')
+        .any(|candidate| !candidate.trim_ascii().is_empty() && opaque(candidate) == opaque(etag))
 }
 
 /// Whether a GET/HEAD with these conditionals gets 304 Not Modified from the stored
 /// response (RFC 9110 §13.2.2: If-None-Match takes precedence; If-Modified-Since only
 /// without it, and only with a valid date and a stored Last-Modified).
-pub fn not_modified(if_none_match: Option<&[u8]>, if_modified_since: Option<i64>, etag: Option<&[u8]>, last_modified: Option<i64>) -> bool {
+pub fn not_modified(
+    if_none_match: Option<&[u8]>,
+    if_modified_since: Option<i64>,
+    etag: Option<&[u8]>,
+    last_modified: Option<i64>,
+) -> bool {
     match if_none_match {
         Some(inm) => if_none_match_matches(inm, etag),
-        None => matches!((if_modified_since, last_modified), (Some(since), Some(modified)) if modified <= since),
+        None => {
+            matches!((if_modified_since, last_modified), (Some(since), Some(modified)) if modified <= since)
+        }
     }
 }
 
 /// Header fields a 304 must not overwrite in the stored response (RFC 9111 §3.2: the
 /// content-describing ones stay from the stored response).
-const KEEP_FROM_STORED: [&str; 4] = ["content-length", "content-encoding", "content-range", "transfer-encoding"];
+const KEEP_FROM_STORED: [&str; 4] = [
+    "content-length",
+    "content-encoding",
+    "content-range",
+    "transfer-encoding",
+];
 
 /// RFC 9111 §4.3.4: the stored response's headers updated with those of a 304: every field
 /// the 304 carries replaces the stored one, except framing/content fields.
-pub fn refresh_headers(stored: &[(String, Vec<u8>)], not_modified: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
-    let replaced = |name: &str| !KEEP_FROM_STORED.contains(&name) && not_modified.iter().any(|(k, _)| k == name);
-    let mut headers: Vec<(String, Vec<u8>)> = stored.iter().filter(|(k, _)| !replaced(k)).cloned().collect();
+pub fn refresh_headers(
+    stored: &[(String, Vec<u8>)],
+    not_modified: &[(String, Vec<u8>)],
+) -> Vec<(String, Vec<u8>)> {
+    let replaced = |name: &str| {
+        !KEEP_FROM_STORED.contains(&name) && not_modified.iter().any(|(k, _)| k == name)
+    };
+    let mut headers: Vec<(String, Vec<u8>)> = stored
+        .iter()
+        .filter(|(k, _)| !replaced(k))
+        .cloned()
+        .collect();
     for (k, v) in not_modified {
         if !KEEP_FROM_STORED.contains(&k.as_str()) && k != ":status" {
             headers.push((k.clone(), v.clone()));
@@ -64,7 +87,10 @@ mod tests {
     fn precedence() {
         assert!(not_modified(None, Some(100), None, Some(100)));
         assert!(!not_modified(None, Some(99), None, Some(100)));
-        assert!(!not_modified(Some(b"\"other\""), Some(200), Some(b"\"v1\""), Some(100)), "If-None-Match decides alone");
+        assert!(
+            !not_modified(Some(b"\"other\""), Some(200), Some(b"\"v1\""), Some(100)),
+            "If-None-Match decides alone"
+        );
         assert!(!not_modified(None, Some(100), None, None));
     }
 
@@ -77,7 +103,11 @@ mod tests {
             ("etag".to_string(), b"\"v1\"".to_vec()),
             ("x-old".to_string(), b"1".to_vec()),
         ];
-        let fresh = vec![(":status".to_string(), b"304".to_vec()), ("cache-control".to_string(), b"max-age=600".to_vec()), ("content-length".to_string(), b"0".to_vec())];
+        let fresh = vec![
+            (":status".to_string(), b"304".to_vec()),
+            ("cache-control".to_string(), b"max-age=600".to_vec()),
+            ("content-length".to_string(), b"0".to_vec()),
+        ];
         let merged = refresh_headers(&stored, &fresh);
         let get = |n: &str| merged.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
         assert_eq!(get("cache-control").unwrap(), b"max-age=600");

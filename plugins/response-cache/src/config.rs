@@ -63,7 +63,11 @@ pub struct Config {
     pub stale_if_error: u64,
 }
 
-fn err(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+fn err(
+    field: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
     ConfigError::new(field, problem, fix)
 }
 
@@ -71,64 +75,136 @@ impl Config {
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         let raw: RawConfig = parse_config(bytes)?;
         for (name, present) in [
-            ("stale_while_revalidate", raw.stale_while_revalidate.is_some()),
+            (
+                "stale_while_revalidate",
+                raw.stale_while_revalidate.is_some(),
+            ),
             ("coalesce", raw.coalesce.is_some()),
         ] {
             if present {
-                return Err(err(name, "is not implemented yet in this version of response_cache", "remove it; see the README's status of the cache"));
+                return Err(err(
+                    name,
+                    "is not implemented yet in this version of response_cache",
+                    "remove it; see the README's status of the cache",
+                ));
             }
         }
         let max_bytes = raw.max_bytes.unwrap_or(64 << 20);
         if !(1024..=(1 << 34)).contains(&max_bytes) {
-            return Err(err("max_bytes", format!("{max_bytes} is out of range"), "use 1024 to 17179869184 (default 67108864)"));
+            return Err(err(
+                "max_bytes",
+                format!("{max_bytes} is out of range"),
+                "use 1024 to 17179869184 (default 67108864)",
+            ));
         }
         let max_entry_bytes = raw.max_entry_bytes.unwrap_or(1 << 20);
         if max_entry_bytes == 0 || max_entry_bytes > max_bytes {
-            return Err(err("max_entry_bytes", format!("{max_entry_bytes} must be between 1 and max_bytes ({max_bytes})"), "lower it or raise max_bytes (default 1048576)"));
+            return Err(err(
+                "max_entry_bytes",
+                format!("{max_entry_bytes} must be between 1 and max_bytes ({max_bytes})"),
+                "lower it or raise max_bytes (default 1048576)",
+            ));
         }
         let slots = raw.max_entries.unwrap_or(4096);
         if !(8..=1_000_000).contains(&slots) {
-            return Err(err("max_entries", format!("{slots} is out of range"), "use 8 to 1000000 (default 4096)"));
+            return Err(err(
+                "max_entries",
+                format!("{slots} is out of range"),
+                "use 8 to 1000000 (default 4096)",
+            ));
         }
         let eviction = match raw.eviction.as_deref().unwrap_or("lru") {
             "lru" => Eviction::Lru,
             "lfu" => Eviction::Lfu,
             "fifo" => Eviction::Fifo,
-            other => return Err(err("eviction", format!("{other:?} is not an eviction policy"), "use lru, lfu or fifo")),
+            other => {
+                return Err(err(
+                    "eviction",
+                    format!("{other:?} is not an eviction policy"),
+                    "use lru, lfu or fifo",
+                ))
+            }
         };
         let raw_key = raw.key.unwrap_or_default();
         let mut headers = Vec::new();
         for (i, h) in raw_key.headers.unwrap_or_default().iter().enumerate() {
-            if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return Err(err(format!("key.headers[{i}]"), format!("{h:?} is not a header name"), "use names like \"x-device\""));
+            if h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(err(
+                    format!("key.headers[{i}]"),
+                    format!("{h:?} is not a header name"),
+                    "use names like \"x-device\"",
+                ));
             }
             headers.push(h.to_ascii_lowercase());
         }
-        let key = KeyRules { include_query: raw_key.include_query.unwrap_or(true), ignore_query_params: raw_key.ignore_query_params.unwrap_or_default(), headers };
+        let key = KeyRules {
+            include_query: raw_key.include_query.unwrap_or(true),
+            ignore_query_params: raw_key.ignore_query_params.unwrap_or_default(),
+            headers,
+        };
         let default_ttl = match &raw.default_ttl {
             Some(text) => parse_duration("default_ttl", text)?.as_secs(),
             None => 0,
         };
         let cache_status = raw.cache_status.unwrap_or_else(|| "edgewise".into());
-        if cache_status.is_empty() || !cache_status.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(err("cache_status", format!("{cache_status:?} is not a usable cache name"), "use letters, digits, - _ ."));
+        if cache_status.is_empty()
+            || !cache_status
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(err(
+                "cache_status",
+                format!("{cache_status:?} is not a usable cache name"),
+                "use letters, digits, - _ .",
+            ));
         }
         let purge = match &raw.purge {
             None => None,
             Some(p) => {
                 let method = p.method.clone().unwrap_or_else(|| "PURGE".into());
-                if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) || ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"].contains(&method.as_str()) {
-                    return Err(err("purge.method", format!("{method:?} is not a usable purge method"), "use an upper-case method of its own, like \"PURGE\""));
+                if method.is_empty()
+                    || !method.bytes().all(|b| b.is_ascii_uppercase())
+                    || ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+                        .contains(&method.as_str())
+                {
+                    return Err(err(
+                        "purge.method",
+                        format!("{method:?} is not a usable purge method"),
+                        "use an upper-case method of its own, like \"PURGE\"",
+                    ));
                 }
-                let token_header = p.token_header.clone().unwrap_or_else(|| "x-purge-token".into());
-                if token_header.is_empty() || !token_header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                    return Err(err("purge.token_header", format!("{token_header:?} is not a header name"), "use a name like \"x-purge-token\""));
+                let token_header = p
+                    .token_header
+                    .clone()
+                    .unwrap_or_else(|| "x-purge-token".into());
+                if token_header.is_empty()
+                    || !token_header
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(err(
+                        "purge.token_header",
+                        format!("{token_header:?} is not a header name"),
+                        "use a name like \"x-purge-token\"",
+                    ));
                 }
                 let token = p.token.clone().unwrap_or_default();
                 if token.len() < 8 {
-                    return Err(err("purge.token", "is missing or shorter than 8 characters: anyone could purge", "set a long random secret"));
+                    return Err(err(
+                        "purge.token",
+                        "is missing or shorter than 8 characters: anyone could purge",
+                        "set a long random secret",
+                    ));
                 }
-                Some(Purge { method: method.into_bytes(), token_header: token_header.to_ascii_lowercase(), token: token.into_bytes() })
+                Some(Purge {
+                    method: method.into_bytes(),
+                    token_header: token_header.to_ascii_lowercase(),
+                    token: token.into_bytes(),
+                })
             }
         };
         let stale_if_error = match &raw.stale_if_error {
@@ -138,9 +214,19 @@ impl Config {
         Ok(Config {
             stale_if_error,
             purge,
-            layout: Layout { slots, max_bytes, max_entry_bytes, eviction, sample: 16 },
+            layout: Layout {
+                slots,
+                max_bytes,
+                max_entry_bytes,
+                eviction,
+                sample: 16,
+            },
             key,
-            heuristic: Heuristic { enabled: raw.heuristic_freshness.unwrap_or(true), default_ttl, ..Heuristic::default() },
+            heuristic: Heuristic {
+                enabled: raw.heuristic_freshness.unwrap_or(true),
+                default_ttl,
+                ..Heuristic::default()
+            },
             cache_status,
             cache_set_cookie: raw.cache_set_cookie.unwrap_or(false),
         })

@@ -31,10 +31,14 @@ impl<'a> Reader<'a> {
         Some(slice)
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
+        self.take(4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
     }
     fn i64(&mut self) -> Option<i64> {
-        self.take(8).and_then(|b| b.try_into().ok()).map(i64::from_le_bytes)
+        self.take(8)
+            .and_then(|b| b.try_into().ok())
+            .map(i64::from_le_bytes)
     }
     fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = self.u32()? as usize;
@@ -44,7 +48,14 @@ impl<'a> Reader<'a> {
 
 impl Entry {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.body.len() + self.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>());
+        let mut out = Vec::with_capacity(
+            64 + self.body.len()
+                + self
+                    .headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 8)
+                    .sum::<usize>(),
+        );
         put_bytes(&mut out, &self.key);
         out.extend_from_slice(&(self.status as u32).to_le_bytes());
         out.extend_from_slice(&self.request_time.to_le_bytes());
@@ -91,15 +102,30 @@ impl Entry {
             });
         }
         let body = r.bytes()?.to_vec();
-        (r.at == bytes.len()).then_some(Entry { key, status, headers, request_time, response_time, vary_fields, vary_values, body })
+        (r.at == bytes.len()).then_some(Entry {
+            key,
+            status,
+            headers,
+            request_time,
+            response_time,
+            vary_fields,
+            vary_values,
+            body,
+        })
     }
 
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
     }
 
     pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_slice())
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
     }
 }
 
@@ -113,7 +139,10 @@ mod tests {
         let e = Entry {
             key: b"http://h/p".to_vec(),
             status: 200,
-            headers: vec![("cache-control".into(), b"max-age=60".to_vec()), ("etag".into(), b"\"v1\"".to_vec())],
+            headers: vec![
+                ("cache-control".into(), b"max-age=60".to_vec()),
+                ("etag".into(), b"\"v1\"".to_vec()),
+            ],
             request_time: 10,
             response_time: 11,
             vary_fields: vec!["accept-encoding".into(), "x-absent".into()],

@@ -51,7 +51,12 @@ pub struct Heuristic {
 
 impl Default for Heuristic {
     fn default() -> Self {
-        Heuristic { enabled: true, fraction: 0.1, max_seconds: 86_400, default_ttl: 0 }
+        Heuristic {
+            enabled: true,
+            fraction: 0.1,
+            max_seconds: 86_400,
+            default_ttl: 0,
+        }
     }
 }
 
@@ -70,7 +75,9 @@ pub fn lifetime(stored: &Stored, heuristic: &Heuristic) -> Lifetime {
     }
     if let Some(expires) = stored.expires {
         // §5.3: an invalid Expires (e.g. "0") is in the past.
-        let Some(expires) = expires else { return Lifetime::Zero };
+        let Some(expires) = expires else {
+            return Lifetime::Zero;
+        };
         // Without Date, the time the response was received stands in (RFC 9110 §6.6.1).
         let date = stored.date.unwrap_or(stored.response_time);
         return Lifetime::Explicit((expires - date).max(0) as u64);
@@ -123,7 +130,13 @@ pub fn usable(stored: &Stored, request: &CacheControl, heuristic: &Heuristic, no
     let lifetime = lifetime(stored, heuristic).seconds();
     let age = current_age(stored, now);
     let stale_if_error = request.stale_if_error.or(cc.stale_if_error);
-    let validate = Use::Validate { stale_if_error: if cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() { None } else { stale_if_error } };
+    let validate = Use::Validate {
+        stale_if_error: if cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() {
+            None
+        } else {
+            stale_if_error
+        },
+    };
     // §5.2.2.4 / §5.2.1.4: no-cache (either side) always validates.
     if cc.no_cache || request.no_cache {
         return validate;
@@ -147,7 +160,10 @@ pub fn usable(stored: &Stored, request: &CacheControl, heuristic: &Heuristic, no
         if request.max_stale.is_some_and(|max| staleness <= max) {
             return Use::StaleAllowed;
         }
-        if cc.stale_while_revalidate.is_some_and(|window| staleness <= window) {
+        if cc
+            .stale_while_revalidate
+            .is_some_and(|window| staleness <= window)
+        {
             return Use::StaleWhileRevalidate;
         }
     }
@@ -182,45 +198,113 @@ mod tests {
     #[test]
     fn explicit_lifetime_precedence() {
         let h = Heuristic::default();
-        assert_eq!(lifetime(&stored("max-age=60, s-maxage=120"), &h), Lifetime::Explicit(120));
-        let with_expires = Stored { expires: Some(Some(T + 300)), ..stored("max-age=60") };
+        assert_eq!(
+            lifetime(&stored("max-age=60, s-maxage=120"), &h),
+            Lifetime::Explicit(120)
+        );
+        let with_expires = Stored {
+            expires: Some(Some(T + 300)),
+            ..stored("max-age=60")
+        };
         assert_eq!(lifetime(&with_expires, &h), Lifetime::Explicit(60));
-        assert_eq!(lifetime(&Stored { expires: Some(Some(T + 300)), ..stored("") }, &h), Lifetime::Explicit(300));
+        assert_eq!(
+            lifetime(
+                &Stored {
+                    expires: Some(Some(T + 300)),
+                    ..stored("")
+                },
+                &h
+            ),
+            Lifetime::Explicit(300)
+        );
     }
 
     /// §5.3: an invalid Expires means already expired.
     #[test]
     fn invalid_expires_is_in_the_past() {
-        assert_eq!(lifetime(&Stored { expires: Some(None), ..stored("") }, &Heuristic::default()), Lifetime::Zero);
+        assert_eq!(
+            lifetime(
+                &Stored {
+                    expires: Some(None),
+                    ..stored("")
+                },
+                &Heuristic::default()
+            ),
+            Lifetime::Zero
+        );
     }
 
     /// §4.2.2: 10% of the time since Last-Modified, only without explicit freshness.
     #[test]
     fn heuristic_freshness() {
-        let s = Stored { last_modified: Some(T - 10_000), ..stored("") };
-        assert_eq!(lifetime(&s, &Heuristic::default()), Lifetime::Heuristic(1_000));
-        assert_eq!(lifetime(&s, &Heuristic { enabled: false, ..Heuristic::default() }), Lifetime::Zero);
-        let capped = Stored { last_modified: Some(T - 100_000_000), ..stored("") };
-        assert_eq!(lifetime(&capped, &Heuristic::default()), Lifetime::Heuristic(86_400));
-        let not_cacheable = Stored { status: 500, last_modified: Some(T - 10_000), ..stored("") };
-        assert_eq!(lifetime(&not_cacheable, &Heuristic::default()), Lifetime::Zero);
+        let s = Stored {
+            last_modified: Some(T - 10_000),
+            ..stored("")
+        };
+        assert_eq!(
+            lifetime(&s, &Heuristic::default()),
+            Lifetime::Heuristic(1_000)
+        );
+        assert_eq!(
+            lifetime(
+                &s,
+                &Heuristic {
+                    enabled: false,
+                    ..Heuristic::default()
+                }
+            ),
+            Lifetime::Zero
+        );
+        let capped = Stored {
+            last_modified: Some(T - 100_000_000),
+            ..stored("")
+        };
+        assert_eq!(
+            lifetime(&capped, &Heuristic::default()),
+            Lifetime::Heuristic(86_400)
+        );
+        let not_cacheable = Stored {
+            status: 500,
+            last_modified: Some(T - 10_000),
+            ..stored("")
+        };
+        assert_eq!(
+            lifetime(&not_cacheable, &Heuristic::default()),
+            Lifetime::Zero
+        );
     }
 
     /// §4.2.1: conflicting max-age values make it stale.
     #[test]
     fn conflicting_directives_are_stale() {
-        let s = Stored { cc: CacheControl::parse([&b"max-age=60"[..], b"max-age=600"]), ..stored("") };
+        let s = Stored {
+            cc: CacheControl::parse([&b"max-age=60"[..], b"max-age=600"]),
+            ..stored("")
+        };
         assert_eq!(lifetime(&s, &Heuristic::default()), Lifetime::Zero);
     }
 
     /// §4.2.3: apparent age, response delay and the Age header.
     #[test]
     fn current_age_calculation() {
-        let s = Stored { request_time: T - 2, response_time: T, date: Some(T - 5), age: Some(10), ..stored("") };
+        let s = Stored {
+            request_time: T - 2,
+            response_time: T,
+            date: Some(T - 5),
+            age: Some(10),
+            ..stored("")
+        };
         // apparent 5; corrected age value 10 + 2 = 12; initial 12; resident 30.
         assert_eq!(current_age(&s, T + 30), 42);
-        let clock_skew = Stored { date: Some(T + 100), ..stored("") };
-        assert_eq!(current_age(&clock_skew, T), 0, "a Date in the future does not make age negative");
+        let clock_skew = Stored {
+            date: Some(T + 100),
+            ..stored("")
+        };
+        assert_eq!(
+            current_age(&clock_skew, T),
+            0,
+            "a Date in the future does not make age negative"
+        );
     }
 
     /// §4.2.4, §5.2.1, RFC 5861.
@@ -229,17 +313,60 @@ mod tests {
         let h = Heuristic::default();
         let s = stored("max-age=60, stale-while-revalidate=30, stale-if-error=600");
         assert_eq!(usable(&s, &request(""), &h, T + 59), Use::Fresh);
-        assert_eq!(usable(&s, &request(""), &h, T + 60), Use::StaleWhileRevalidate);
-        assert_eq!(usable(&s, &request(""), &h, T + 91), Use::Validate { stale_if_error: Some(600) });
-        assert_eq!(usable(&s, &request("max-age=10"), &h, T + 20), Use::Validate { stale_if_error: Some(600) });
-        assert_eq!(usable(&s, &request("min-fresh=30"), &h, T + 40), Use::Validate { stale_if_error: Some(600) });
-        assert_eq!(usable(&s, &request("max-stale=100"), &h, T + 150), Use::StaleAllowed);
-        assert_eq!(usable(&s, &request("no-cache"), &h, T), Use::Validate { stale_if_error: Some(600) });
+        assert_eq!(
+            usable(&s, &request(""), &h, T + 60),
+            Use::StaleWhileRevalidate
+        );
+        assert_eq!(
+            usable(&s, &request(""), &h, T + 91),
+            Use::Validate {
+                stale_if_error: Some(600)
+            }
+        );
+        assert_eq!(
+            usable(&s, &request("max-age=10"), &h, T + 20),
+            Use::Validate {
+                stale_if_error: Some(600)
+            }
+        );
+        assert_eq!(
+            usable(&s, &request("min-fresh=30"), &h, T + 40),
+            Use::Validate {
+                stale_if_error: Some(600)
+            }
+        );
+        assert_eq!(
+            usable(&s, &request("max-stale=100"), &h, T + 150),
+            Use::StaleAllowed
+        );
+        assert_eq!(
+            usable(&s, &request("no-cache"), &h, T),
+            Use::Validate {
+                stale_if_error: Some(600)
+            }
+        );
         let strict = stored("max-age=60, must-revalidate, stale-while-revalidate=30");
-        assert_eq!(usable(&strict, &request("max-stale"), &h, T + 61), Use::Validate { stale_if_error: None }, "must-revalidate forbids stale");
+        assert_eq!(
+            usable(&strict, &request("max-stale"), &h, T + 61),
+            Use::Validate {
+                stale_if_error: None
+            },
+            "must-revalidate forbids stale"
+        );
         let shared = stored("s-maxage=60, stale-while-revalidate=30");
-        assert_eq!(usable(&shared, &request(""), &h, T + 61), Use::Validate { stale_if_error: None }, "s-maxage implies proxy-revalidate");
-        assert_eq!(usable(&stored("no-cache, max-age=600"), &request(""), &h, T), Use::Validate { stale_if_error: None });
+        assert_eq!(
+            usable(&shared, &request(""), &h, T + 61),
+            Use::Validate {
+                stale_if_error: None
+            },
+            "s-maxage implies proxy-revalidate"
+        );
+        assert_eq!(
+            usable(&stored("no-cache, max-age=600"), &request(""), &h, T),
+            Use::Validate {
+                stale_if_error: None
+            }
+        );
     }
 
     proptest! {

@@ -1,7 +1,9 @@
 //! HTTP-date (RFC 9110 §5.6.7): IMF-fixdate, and the obsolete RFC 850 and asctime formats a
 //! recipient must also accept. Parsed to seconds since the Unix epoch; anything else is None.
 
-const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
@@ -15,9 +17,14 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 
 fn time_of_day(text: &str) -> Option<i64> {
     let parts: Vec<&str> = text.split(':').collect();
-    let [h, m, s] = parts.as_slice() else { return None };
+    let [h, m, s] = parts.as_slice() else {
+        return None;
+    };
     let field = |t: &str, max: i64| -> Option<i64> {
-        (t.len() == 2 && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok()).flatten().filter(|v| *v <= max)
+        (t.len() == 2 && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse().ok())
+            .flatten()
+            .filter(|v| *v <= max)
     };
     // Seconds up to 60 (a leap second).
     Some(field(h, 23)? * 3600 + field(m, 59)? * 60 + field(s, 60)?)
@@ -42,13 +49,21 @@ pub fn parse(bytes: &[u8]) -> Option<i64> {
         // 50 years in the future is taken as the past century).
         [weekday, dmy, time, "GMT"] if weekday.ends_with(',') => {
             let parts: Vec<&str> = dmy.split('-').collect();
-            let [day, month, year] = parts.as_slice() else { return None };
+            let [day, month, year] = parts.as_slice() else {
+                return None;
+            };
             let short: i64 = year.parse().ok().filter(|_| year.len() == 2)?;
-            let year = if short >= 70 { 1900 + short } else { 2000 + short };
+            let year = if short >= 70 {
+                1900 + short
+            } else {
+                2000 + short
+            };
             (date(year, month, day)?, time_of_day(time)?)
         }
         // asctime: Sun Nov  6 08:49:37 1994
-        [_weekday, month, day, time, year] if year.len() == 4 => (date(year.parse().ok()?, month, day)?, time_of_day(time)?),
+        [_weekday, month, day, time, year] if year.len() == 4 => {
+            (date(year.parse().ok()?, month, day)?, time_of_day(time)?)
+        }
         _ => return None,
     };
     Some(days_and_time.0 * 86_400 + days_and_time.1)
@@ -93,7 +108,17 @@ mod tests {
 
     #[test]
     fn garbage_is_none() {
-        for bad in [&b""[..], b"0", b"-1", b"tomorrow", b"Sun, 06 Nov 1994 25:00:00 GMT", b"Sun, 32 Nov 1994 08:49:37 GMT", b"Sun, 06 Foo 1994 08:49:37 GMT", b"Sun, 06 Nov 1994 08:49:37 PST", b"\xff\xfe"] {
+        for bad in [
+            &b""[..],
+            b"0",
+            b"-1",
+            b"tomorrow",
+            b"Sun, 06 Nov 1994 25:00:00 GMT",
+            b"Sun, 32 Nov 1994 08:49:37 GMT",
+            b"Sun, 06 Foo 1994 08:49:37 GMT",
+            b"Sun, 06 Nov 1994 08:49:37 PST",
+            b"\xff\xfe",
+        ] {
             assert_eq!(parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }

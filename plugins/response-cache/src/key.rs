@@ -14,7 +14,13 @@ pub struct KeyRules {
 
 /// The primary key: scheme, lowercased host, path, and — if configured — the query with
 /// ignored parameters removed and the rest sorted (so `?a=1&b=2` and `?b=2&a=1` share an entry).
-pub fn primary_key(rules: &KeyRules, scheme: &[u8], host: &[u8], path_and_query: &[u8], header: &mut dyn FnMut(&str) -> Option<Vec<u8>>) -> Vec<u8> {
+pub fn primary_key(
+    rules: &KeyRules,
+    scheme: &[u8],
+    host: &[u8],
+    path_and_query: &[u8],
+    header: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
+) -> Vec<u8> {
     let (path, query) = match path_and_query.iter().position(|b| *b == b'?') {
         Some(i) => (&path_and_query[..i], Some(&path_and_query[i + 1..])),
         None => (path_and_query, None),
@@ -31,7 +37,10 @@ pub fn primary_key(rules: &KeyRules, scheme: &[u8], host: &[u8], path_and_query:
                 .filter(|p| !p.is_empty())
                 .filter(|p| {
                     let name = p.split(|b| *b == b'=').next().unwrap_or_default();
-                    !rules.ignore_query_params.iter().any(|ignored| ignored.as_bytes() == name)
+                    !rules
+                        .ignore_query_params
+                        .iter()
+                        .any(|ignored| ignored.as_bytes() == name)
                 })
                 .collect();
             params.sort_unstable();
@@ -70,7 +79,10 @@ pub fn vary_fields(vary: Option<&[u8]>) -> Option<Vec<String>> {
 
 /// The values of the varied headers in a request, normalized (§4.1: whitespace around
 /// commas and case of the field name do not matter), as stored alongside the response.
-pub fn vary_values(fields: &[String], header: &mut dyn FnMut(&str) -> Option<Vec<u8>>) -> Vec<Option<Vec<u8>>> {
+pub fn vary_values(
+    fields: &[String],
+    header: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
+) -> Vec<Option<Vec<u8>>> {
     fields
         .iter()
         .map(|name| {
@@ -84,7 +96,11 @@ pub fn vary_values(fields: &[String], header: &mut dyn FnMut(&str) -> Option<Vec
 
 /// §4.1: a stored response matches when every varied header has the same normalized value
 /// (absent in both counts as the same).
-pub fn vary_matches(fields: &[String], stored: &[Option<Vec<u8>>], header: &mut dyn FnMut(&str) -> Option<Vec<u8>>) -> bool {
+pub fn vary_matches(
+    fields: &[String],
+    stored: &[Option<Vec<u8>>],
+    header: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
+) -> bool {
     stored.len() == fields.len() && vary_values(fields, header) == stored
 }
 
@@ -98,35 +114,77 @@ mod tests {
 
     #[test]
     fn primary_key_normalizes_host_and_query() {
-        let rules = KeyRules { include_query: true, ignore_query_params: vec!["utm_source".into()], headers: vec![] };
-        let a = primary_key(&rules, b"https", b"Shop.Example.com", b"/p?b=2&utm_source=x&a=1", &mut no_headers);
-        let b = primary_key(&rules, b"https", b"shop.example.com", b"/p?a=1&b=2", &mut no_headers);
+        let rules = KeyRules {
+            include_query: true,
+            ignore_query_params: vec!["utm_source".into()],
+            headers: vec![],
+        };
+        let a = primary_key(
+            &rules,
+            b"https",
+            b"Shop.Example.com",
+            b"/p?b=2&utm_source=x&a=1",
+            &mut no_headers,
+        );
+        let b = primary_key(
+            &rules,
+            b"https",
+            b"shop.example.com",
+            b"/p?a=1&b=2",
+            &mut no_headers,
+        );
         assert_eq!(a, b);
         assert_eq!(a, b"https://shop.example.com/p?a=1&b=2");
-        let without = KeyRules { include_query: false, ..rules.clone() };
-        assert_eq!(primary_key(&without, b"http", b"h", b"/p?a=1", &mut no_headers), b"http://h/p");
-        assert_ne!(primary_key(&rules, b"http", b"h", b"/p", &mut no_headers), primary_key(&rules, b"https", b"h", b"/p", &mut no_headers), "scheme is part of the key");
+        let without = KeyRules {
+            include_query: false,
+            ..rules.clone()
+        };
+        assert_eq!(
+            primary_key(&without, b"http", b"h", b"/p?a=1", &mut no_headers),
+            b"http://h/p"
+        );
+        assert_ne!(
+            primary_key(&rules, b"http", b"h", b"/p", &mut no_headers),
+            primary_key(&rules, b"https", b"h", b"/p", &mut no_headers),
+            "scheme is part of the key"
+        );
     }
 
     #[test]
     fn configured_headers_join_the_key() {
-        let rules = KeyRules { headers: vec!["x-device".into()], ..KeyRules::default() };
+        let rules = KeyRules {
+            headers: vec!["x-device".into()],
+            ..KeyRules::default()
+        };
         let mut mobile = |n: &str| (n == "x-device").then(|| b"mobile".to_vec());
-        assert_ne!(primary_key(&rules, b"http", b"h", b"/", &mut mobile), primary_key(&rules, b"http", b"h", b"/", &mut no_headers));
+        assert_ne!(
+            primary_key(&rules, b"http", b"h", b"/", &mut mobile),
+            primary_key(&rules, b"http", b"h", b"/", &mut no_headers)
+        );
     }
 
     /// §4.1: Vary matching, normalization, and `*`.
     #[test]
     fn vary() {
-        assert_eq!(vary_fields(Some(b"Accept-Encoding, accept-language, ACCEPT-ENCODING")), Some(vec!["accept-encoding".into(), "accept-language".into()]));
+        assert_eq!(
+            vary_fields(Some(b"Accept-Encoding, accept-language, ACCEPT-ENCODING")),
+            Some(vec!["accept-encoding".into(), "accept-language".into()])
+        );
         assert_eq!(vary_fields(Some(b"accept, *")), None);
         assert_eq!(vary_fields(None), Some(vec![]));
         let fields = vec!["accept-encoding".to_string()];
         let stored = vary_values(&fields, &mut |_| Some(b"gzip,  br".to_vec()));
-        assert!(vary_matches(&fields, &stored, &mut |_| Some(b"gzip , br".to_vec())));
-        assert!(!vary_matches(&fields, &stored, &mut |_| Some(b"br".to_vec())));
+        assert!(vary_matches(&fields, &stored, &mut |_| Some(
+            b"gzip , br".to_vec()
+        )));
+        assert!(!vary_matches(&fields, &stored, &mut |_| Some(
+            b"br".to_vec()
+        )));
         assert!(!vary_matches(&fields, &stored, &mut no_headers));
         let absent = vary_values(&fields, &mut no_headers);
-        assert!(vary_matches(&fields, &absent, &mut no_headers), "absent in both matches");
+        assert!(
+            vary_matches(&fields, &absent, &mut no_headers),
+            "absent in both matches"
+        );
     }
 }

@@ -20,7 +20,13 @@ pub enum Outcome {
 
 /// A `Cache-Status` member for cache `name` (RFC 9211 §2): `name; hit; ttl=N`,
 /// `name; fwd=miss; stored`, ...
-pub fn cache_status(name: &str, outcome: Outcome, ttl: Option<i64>, stored: bool, detail: Option<&str>) -> String {
+pub fn cache_status(
+    name: &str,
+    outcome: Outcome,
+    ttl: Option<i64>,
+    stored: bool,
+    detail: Option<&str>,
+) -> String {
     let mut value = name.to_string();
     match outcome {
         Outcome::Hit | Outcome::StaleServed => value.push_str("; hit"),
@@ -53,9 +59,24 @@ mod tests {
     /// RFC 9211 §2 examples' shapes.
     #[test]
     fn members() {
-        assert_eq!(cache_status("edgewise", Outcome::Hit, Some(376), false, None), "edgewise; hit; ttl=376");
-        assert_eq!(cache_status("edgewise", Outcome::Miss, None, true, None), "edgewise; fwd=miss; stored");
-        assert_eq!(cache_status("edgewise", Outcome::StaleServed, Some(-5), false, Some("stale-while-revalidate")), "edgewise; hit; ttl=-5; detail=stale-while-revalidate");
+        assert_eq!(
+            cache_status("edgewise", Outcome::Hit, Some(376), false, None),
+            "edgewise; hit; ttl=376"
+        );
+        assert_eq!(
+            cache_status("edgewise", Outcome::Miss, None, true, None),
+            "edgewise; fwd=miss; stored"
+        );
+        assert_eq!(
+            cache_status(
+                "edgewise",
+                Outcome::StaleServed,
+                Some(-5),
+                false,
+                Some("stale-while-revalidate")
+            ),
+            "edgewise; hit; ttl=-5; detail=stale-while-revalidate"
+        );
         assert_eq!(age_header(42), "42");
     }
 }

@@ -4,7 +4,8 @@
 use crate::cache_control::CacheControl;
 
 /// Status codes defined as heuristically cacheable (RFC 9110 §15.1).
-pub const HEURISTICALLY_CACHEABLE: [u16; 12] = [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
+pub const HEURISTICALLY_CACHEABLE: [u16; 12] =
+    [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NotStorable {
@@ -75,10 +76,16 @@ pub fn check(e: &Exchange<'_>) -> Result<(), NotStorable> {
     }
     // §3.5: a shared cache may reuse a response to a request with Authorization only if the
     // response has must-revalidate, public or s-maxage.
-    if e.request_has_authorization && !(e.response_cc.must_revalidate || e.response_cc.public || e.response_cc.s_maxage.is_some()) {
+    if e.request_has_authorization
+        && !(e.response_cc.must_revalidate
+            || e.response_cc.public
+            || e.response_cc.s_maxage.is_some())
+    {
         return Err(NotStorable::Authorization);
     }
-    if e.vary.is_some_and(|v| v.split(|b| *b == b',').any(|f| f.trim_ascii() == b"*")) {
+    if e.vary
+        .is_some_and(|v| v.split(|b| *b == b',').any(|f| f.trim_ascii() == b"*"))
+    {
         return Err(NotStorable::VaryStar);
     }
     if e.has_set_cookie && !e.cache_set_cookie {
@@ -86,8 +93,14 @@ pub fn check(e: &Exchange<'_>) -> Result<(), NotStorable> {
     }
     // §3: one of Expires, max-age, s-maxage, public, a heuristically cacheable status; or
     // no-cache (stored, always revalidated). A configured default TTL counts as explicit.
-    let explicit = e.has_expires || e.response_cc.max_age.is_some() || e.response_cc.s_maxage.is_some();
-    if explicit || e.response_cc.public || e.response_cc.no_cache || e.default_ttl || HEURISTICALLY_CACHEABLE.contains(&e.status) {
+    let explicit =
+        e.has_expires || e.response_cc.max_age.is_some() || e.response_cc.s_maxage.is_some();
+    if explicit
+        || e.response_cc.public
+        || e.response_cc.no_cache
+        || e.default_ttl
+        || HEURISTICALLY_CACHEABLE.contains(&e.status)
+    {
         return Ok(());
     }
     Err(NotStorable::NoFreshness)
@@ -125,30 +138,77 @@ mod tests {
     #[test]
     fn method_and_status() {
         let (a, b) = (cc(""), cc("max-age=60"));
-        assert_eq!(check(&Exchange { method: b"POST", ..exchange(&a, &b) }), Err(NotStorable::Method));
+        assert_eq!(
+            check(&Exchange {
+                method: b"POST",
+                ..exchange(&a, &b)
+            }),
+            Err(NotStorable::Method)
+        );
         for status in [100, 206, 304, 600] {
-            assert_eq!(check(&Exchange { status, ..exchange(&a, &b) }), Err(NotStorable::Status), "{status}");
+            assert_eq!(
+                check(&Exchange {
+                    status,
+                    ..exchange(&a, &b)
+                }),
+                Err(NotStorable::Status),
+                "{status}"
+            );
         }
-        assert_eq!(check(&Exchange { status: 500, ..exchange(&a, &cc("")) }), Err(NotStorable::NoFreshness), "500 is not heuristically cacheable");
-        assert_eq!(check(&Exchange { status: 500, ..exchange(&a, &b) }), Ok(()), "but may be stored with explicit freshness");
+        assert_eq!(
+            check(&Exchange {
+                status: 500,
+                ..exchange(&a, &cc(""))
+            }),
+            Err(NotStorable::NoFreshness),
+            "500 is not heuristically cacheable"
+        );
+        assert_eq!(
+            check(&Exchange {
+                status: 500,
+                ..exchange(&a, &b)
+            }),
+            Ok(()),
+            "but may be stored with explicit freshness"
+        );
     }
 
     /// §5.2.1.5 / §5.2.2.5 / §5.2.2.7.
     #[test]
     fn no_store_and_private() {
-        assert_eq!(check(&exchange(&cc("no-store"), &cc("max-age=60"))), Err(NotStorable::NoStore));
-        assert_eq!(check(&exchange(&cc(""), &cc("no-store, max-age=60"))), Err(NotStorable::NoStore));
-        assert_eq!(check(&exchange(&cc(""), &cc("private, max-age=60"))), Err(NotStorable::Private));
-        assert_eq!(check(&exchange(&cc(""), &cc("private=\"x\""))), Err(NotStorable::Private));
+        assert_eq!(
+            check(&exchange(&cc("no-store"), &cc("max-age=60"))),
+            Err(NotStorable::NoStore)
+        );
+        assert_eq!(
+            check(&exchange(&cc(""), &cc("no-store, max-age=60"))),
+            Err(NotStorable::NoStore)
+        );
+        assert_eq!(
+            check(&exchange(&cc(""), &cc("private, max-age=60"))),
+            Err(NotStorable::Private)
+        );
+        assert_eq!(
+            check(&exchange(&cc(""), &cc("private=\"x\""))),
+            Err(NotStorable::Private)
+        );
     }
 
     /// §3.5.
     #[test]
     fn authorization_needs_an_explicit_allowance() {
         let req = cc("");
-        for (resp, ok) in [("max-age=60", false), ("public", true), ("s-maxage=10", true), ("must-revalidate, max-age=5", true)] {
+        for (resp, ok) in [
+            ("max-age=60", false),
+            ("public", true),
+            ("s-maxage=10", true),
+            ("must-revalidate, max-age=5", true),
+        ] {
             let r = cc(resp);
-            let got = check(&Exchange { request_has_authorization: true, ..exchange(&req, &r) });
+            let got = check(&Exchange {
+                request_has_authorization: true,
+                ..exchange(&req, &r)
+            });
             assert_eq!(got.is_ok(), ok, "{resp}");
         }
     }
@@ -157,15 +217,46 @@ mod tests {
     #[test]
     fn vary_star_and_set_cookie() {
         let (a, b) = (cc(""), cc("max-age=60"));
-        assert_eq!(check(&Exchange { vary: Some(b"accept, *"), ..exchange(&a, &b) }), Err(NotStorable::VaryStar));
-        assert_eq!(check(&Exchange { vary: Some(b"accept-encoding"), ..exchange(&a, &b) }), Ok(()));
-        assert_eq!(check(&Exchange { has_set_cookie: true, ..exchange(&a, &b) }), Err(NotStorable::SetCookie));
-        assert_eq!(check(&Exchange { has_set_cookie: true, cache_set_cookie: true, ..exchange(&a, &b) }), Ok(()));
+        assert_eq!(
+            check(&Exchange {
+                vary: Some(b"accept, *"),
+                ..exchange(&a, &b)
+            }),
+            Err(NotStorable::VaryStar)
+        );
+        assert_eq!(
+            check(&Exchange {
+                vary: Some(b"accept-encoding"),
+                ..exchange(&a, &b)
+            }),
+            Ok(())
+        );
+        assert_eq!(
+            check(&Exchange {
+                has_set_cookie: true,
+                ..exchange(&a, &b)
+            }),
+            Err(NotStorable::SetCookie)
+        );
+        assert_eq!(
+            check(&Exchange {
+                has_set_cookie: true,
+                cache_set_cookie: true,
+                ..exchange(&a, &b)
+            }),
+            Ok(())
+        );
     }
 
     /// §5.2.2.4: no-cache responses may be stored (they are always revalidated).
     #[test]
     fn no_cache_is_storable() {
-        assert_eq!(check(&Exchange { status: 500, ..exchange(&cc(""), &cc("no-cache")) }), Ok(()));
+        assert_eq!(
+            check(&Exchange {
+                status: 500,
+                ..exchange(&cc(""), &cc("no-cache"))
+            }),
+            Ok(())
+        );
     }
 }

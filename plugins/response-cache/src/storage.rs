@@ -45,11 +45,21 @@ impl Meta {
         if bytes.len() != META_BYTES {
             return Meta::default();
         }
-        let u64_at = |at: usize| bytes.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+        let u64_at = |at: usize| {
+            bytes
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .unwrap_or(0)
+        };
         Meta {
             key_hash: u64_at(0),
             state: bytes[8],
-            hits: bytes.get(12..16).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes).unwrap_or(0),
+            hits: bytes
+                .get(12..16)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_le_bytes)
+                .unwrap_or(0),
             size: u64_at(16),
             inserted: u64_at(24),
             last_access: u64_at(32),
@@ -100,13 +110,25 @@ fn read_meta(store: &impl CasStore, slot: u64) -> (Meta, Option<u32>) {
 
 /// Bytes of stored entries (all workers).
 pub fn bytes_in_use(store: &impl CasStore) -> u64 {
-    store.get(BYTES_KEY).ok().flatten().and_then(|(v, _)| v.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
+    store
+        .get(BYTES_KEY)
+        .ok()
+        .flatten()
+        .and_then(|(v, _)| v.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0)
 }
 
 fn add_bytes(store: &impl CasStore, delta: i64) {
     let _ = update_with_cas(store, BYTES_KEY, 64, |v| {
-        let current = v.and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
-        (Some((current as i64 + delta).max(0).to_le_bytes().to_vec()), ())
+        let current = v
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0);
+        (
+            Some((current as i64 + delta).max(0).to_le_bytes().to_vec()),
+            (),
+        )
     });
 }
 
@@ -126,7 +148,12 @@ pub fn lookup(store: &impl CasStore, layout: &Layout, key_hash: u64) -> Option<F
             return None;
         }
         let (entry, _) = store.get(&entry_key(slot)).ok().flatten()?;
-        (entry.len() as u64 == meta.size).then_some(Found { slot, meta, meta_cas, entry })
+        (entry.len() as u64 == meta.size).then_some(Found {
+            slot,
+            meta,
+            meta_cas,
+            entry,
+        })
     })
 }
 
@@ -144,7 +171,11 @@ pub fn touch(store: &impl CasStore, layout: &Layout, found: &Found, now: u64) {
 
 /// Empties a slot if it still holds what `expected` describes; returns the bytes freed.
 fn evict(store: &impl CasStore, slot: u64, expected: &Meta, cas: Option<u32>) -> u64 {
-    match store.set(&meta_key(slot), &Meta::default().encode(), Some(cas.unwrap_or(CREATE_CAS))) {
+    match store.set(
+        &meta_key(slot),
+        &Meta::default().encode(),
+        Some(cas.unwrap_or(CREATE_CAS)),
+    ) {
         Ok(SetOutcome::Stored) => {
             let _ = store.set(&entry_key(slot), b"", None);
             if expected.state == 2 {
@@ -159,7 +190,9 @@ fn evict(store: &impl CasStore, slot: u64, expected: &Meta, cas: Option<u32>) ->
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Insert {
-    Stored { evicted: u32 },
+    Stored {
+        evicted: u32,
+    },
     TooLarge,
     /// Another worker was writing this slot at the same moment.
     Raced,
@@ -168,34 +201,64 @@ pub enum Insert {
 /// Stores an entry for `key_hash`: replaces its own slot, else takes an empty one among its
 /// candidates, else evicts the candidate ranked lowest by the policy; then evicts sampled
 /// slots until the byte budget holds. `random` picks samples.
-pub fn insert(store: &impl CasStore, layout: &Layout, key_hash: u64, entry: &[u8], now: u64, random: &mut dyn FnMut() -> u64) -> Insert {
+pub fn insert(
+    store: &impl CasStore,
+    layout: &Layout,
+    key_hash: u64,
+    entry: &[u8],
+    now: u64,
+    random: &mut dyn FnMut() -> u64,
+) -> Insert {
     let size = entry.len() as u64;
     if size > layout.max_entry_bytes || size > layout.max_bytes {
         return Insert::TooLarge;
     }
     let mut evicted = 0;
-    let slots: Vec<(u64, Meta, Option<u32>)> = candidates(layout, key_hash).map(|s| {
-        let (m, c) = read_meta(store, s);
-        (s, m, c)
-    }).collect();
-    if slots.iter().any(|(_, m, _)| m.state == 1 && m.key_hash == key_hash) {
+    let slots: Vec<(u64, Meta, Option<u32>)> = candidates(layout, key_hash)
+        .map(|s| {
+            let (m, c) = read_meta(store, s);
+            (s, m, c)
+        })
+        .collect();
+    if slots
+        .iter()
+        .any(|(_, m, _)| m.state == 1 && m.key_hash == key_hash)
+    {
         return Insert::Raced; // another worker is storing this key right now
     }
     let chosen = slots
         .iter()
         .find(|(_, m, _)| m.key_hash == key_hash && m.state == 2)
         .or_else(|| slots.iter().find(|(_, m, _)| m.state == 0))
-        .or_else(|| slots.iter().filter(|(_, m, _)| m.state == 2).min_by_key(|(_, m, _)| m.rank(layout.eviction)))
+        .or_else(|| {
+            slots
+                .iter()
+                .filter(|(_, m, _)| m.state == 2)
+                .min_by_key(|(_, m, _)| m.rank(layout.eviction))
+        })
         .copied();
-    let Some((slot, old, cas)) = chosen else { return Insert::Raced };
+    let Some((slot, old, cas)) = chosen else {
+        return Insert::Raced;
+    };
     if old.state == 2 && old.key_hash != key_hash {
         evicted += 1;
     }
     // Claim the slot (a nonce in `hits` makes the claim ours alone): readers ignore it while
     // it is being written. The replaced entry's bytes are released with the claim.
     let nonce = (random() as u32) | 1;
-    let claim = Meta { key_hash, state: 1, size, inserted: now, last_access: now, hits: nonce };
-    match store.set(&meta_key(slot), &claim.encode(), Some(cas.unwrap_or(CREATE_CAS))) {
+    let claim = Meta {
+        key_hash,
+        state: 1,
+        size,
+        inserted: now,
+        last_access: now,
+        hits: nonce,
+    };
+    match store.set(
+        &meta_key(slot),
+        &claim.encode(),
+        Some(cas.unwrap_or(CREATE_CAS)),
+    ) {
         Ok(SetOutcome::Stored) => {}
         _ => return Insert::Raced,
     }
@@ -208,7 +271,11 @@ pub fn insert(store: &impl CasStore, layout: &Layout, key_hash: u64, entry: &[u8
     if current != claim {
         return Insert::Raced;
     }
-    let ready = Meta { state: 2, hits: 0, ..claim };
+    let ready = Meta {
+        state: 2,
+        hits: 0,
+        ..claim
+    };
     match store.set(&meta_key(slot), &ready.encode(), current_cas) {
         Ok(SetOutcome::Stored) => add_bytes(store, size as i64),
         _ => return Insert::Raced,
@@ -251,7 +318,13 @@ mod tests {
     use edgewise_support::store::MemoryStore;
 
     fn layout(eviction: Eviction) -> Layout {
-        Layout { slots: 64, max_bytes: 1000, max_entry_bytes: 400, eviction, sample: 64 }
+        Layout {
+            slots: 64,
+            max_bytes: 1000,
+            max_entry_bytes: 400,
+            eviction,
+            sample: 64,
+        }
     }
 
     fn rng() -> impl FnMut() -> u64 {
@@ -268,7 +341,10 @@ mod tests {
     fn stores_finds_replaces_and_removes() {
         let store = MemoryStore::new();
         let l = layout(Eviction::Lru);
-        assert_eq!(insert(&store, &l, 7, b"hello", 1, &mut rng()), Insert::Stored { evicted: 0 });
+        assert_eq!(
+            insert(&store, &l, 7, b"hello", 1, &mut rng()),
+            Insert::Stored { evicted: 0 }
+        );
         assert_eq!(lookup(&store, &l, 7).unwrap().entry, b"hello");
         insert(&store, &l, 7, b"hello, world", 2, &mut rng());
         assert_eq!(lookup(&store, &l, 7).unwrap().entry, b"hello, world");
@@ -276,7 +352,10 @@ mod tests {
         assert!(remove(&store, &l, 7));
         assert!(lookup(&store, &l, 7).is_none());
         assert_eq!(bytes_in_use(&store), 0);
-        assert_eq!(insert(&store, &l, 8, &[0u8; 401], 3, &mut rng()), Insert::TooLarge);
+        assert_eq!(
+            insert(&store, &l, 8, &[0u8; 401], 3, &mut rng()),
+            Insert::TooLarge
+        );
     }
 
     #[test]
@@ -285,15 +364,32 @@ mod tests {
         let l = layout(Eviction::Fifo);
         let mut r = rng();
         for i in 0..5_000u64 {
-            insert(&store, &l, i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, &[1u8; 100], i, &mut r);
+            insert(
+                &store,
+                &l,
+                i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+                &[1u8; 100],
+                i,
+                &mut r,
+            );
             assert!(bytes_in_use(&store) <= l.max_bytes, "over budget after {i}");
         }
-        assert!(store.len() <= 2 * l.slots as usize + 1, "{} keys", store.len());
+        assert!(
+            store.len() <= 2 * l.slots as usize + 1,
+            "{} keys",
+            store.len()
+        );
     }
 
     fn survivors(eviction: Eviction, touch_first: bool) -> Vec<u64> {
         let store = MemoryStore::new();
-        let l = Layout { slots: 64, max_bytes: 500, max_entry_bytes: 100, eviction, sample: 64 };
+        let l = Layout {
+            slots: 64,
+            max_bytes: 500,
+            max_entry_bytes: 100,
+            eviction,
+            sample: 64,
+        };
         let mut r = rng();
         for k in 1..=5u64 {
             insert(&store, &l, k * 1000 + 1, &[0u8; 100], k, &mut r);
@@ -306,35 +402,68 @@ mod tests {
             }
         }
         insert(&store, &l, 6001, &[0u8; 100], 30, &mut r);
-        (1..=6u64).map(|k| k * 1000 + 1).filter(|k| lookup(&store, &l, *k).is_some()).collect()
+        (1..=6u64)
+            .map(|k| k * 1000 + 1)
+            .filter(|k| lookup(&store, &l, *k).is_some())
+            .collect()
     }
 
     #[test]
     fn each_policy_evicts_its_own_victim() {
-        assert!(!survivors(Eviction::Fifo, true).contains(&1001), "FIFO evicts the oldest insert, used or not");
+        assert!(
+            !survivors(Eviction::Fifo, true).contains(&1001),
+            "FIFO evicts the oldest insert, used or not"
+        );
         let lru = survivors(Eviction::Lru, true);
-        assert!(lru.contains(&1001) && !lru.contains(&2001), "LRU keeps the recently used one: {lru:?}");
+        assert!(
+            lru.contains(&1001) && !lru.contains(&2001),
+            "LRU keeps the recently used one: {lru:?}"
+        );
         let lfu = survivors(Eviction::Lfu, true);
-        assert!(lfu.contains(&1001), "LFU keeps the frequently used one: {lfu:?}");
+        assert!(
+            lfu.contains(&1001),
+            "LFU keeps the frequently used one: {lfu:?}"
+        );
     }
 
     #[test]
     fn concurrent_writers_keep_the_accounting_exact() {
         let store = MemoryStore::new();
-        let l = Layout { slots: 32, max_bytes: 10_000, max_entry_bytes: 1_000, eviction: Eviction::Lru, sample: 8 };
+        let l = Layout {
+            slots: 32,
+            max_bytes: 10_000,
+            max_entry_bytes: 1_000,
+            eviction: Eviction::Lru,
+            sample: 8,
+        };
         std::thread::scope(|s| {
             for t in 0..4u64 {
                 let store = &store;
                 s.spawn(move || {
                     let mut r = rng();
                     for i in 0..300u64 {
-                        insert(store, &l, (t * 7 + i % 40) | 1, &vec![0u8; (i % 50 + 10) as usize], i, &mut r);
+                        insert(
+                            store,
+                            &l,
+                            (t * 7 + i % 40) | 1,
+                            &vec![0u8; (i % 50 + 10) as usize],
+                            i,
+                            &mut r,
+                        );
                     }
                 });
             }
         });
-        let stored: u64 = (0..l.slots).map(|s| read_meta(&store, s).0).filter(|m| m.state == 2).map(|m| m.size).sum();
-        assert_eq!(bytes_in_use(&store), stored, "the byte counter matches the ready entries");
+        let stored: u64 = (0..l.slots)
+            .map(|s| read_meta(&store, s).0)
+            .filter(|m| m.state == 2)
+            .map(|m| m.size)
+            .sum();
+        assert_eq!(
+            bytes_in_use(&store),
+            stored,
+            "the byte counter matches the ready entries"
+        );
         assert!(stored <= l.max_bytes);
     }
 }

@@ -11,7 +11,10 @@ fn cas_update(c: &mut Criterion) {
     c.bench_function("memory_store_cas_increment", |b| {
         b.iter(|| {
             update_with_cas(&store, black_box("counter"), 8, |v| {
-                let n = v.map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).unwrap_or(0) + 1;
+                let n = v
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                    .unwrap_or(0)
+                    + 1;
                 (Some(n.to_le_bytes().to_vec()), n)
             })
         })
@@ -19,7 +22,9 @@ fn cas_update(c: &mut Criterion) {
 }
 
 fn durations(c: &mut Criterion) {
-    c.bench_function("parse_duration", |b| b.iter(|| parse_duration("window", black_box("250ms"))));
+    c.bench_function("parse_duration", |b| {
+        b.iter(|| parse_duration("window", black_box("250ms")))
+    });
 }
 
 criterion_group!(benches, cas_update, durations);

@@ -76,8 +76,17 @@ pub struct Published {
 
 pub fn read_header(bytes: &[u8]) -> Option<Published> {
     let header = bytes.get(..HEADER_BYTES)?;
-    let u64_at = |at: usize| header.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
-    Some(Published { identity_hash: u64_at(0)?, state: BreakerState::from_code(header[8]), open_until: u64_at(16)? })
+    let u64_at = |at: usize| {
+        header
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    Some(Published {
+        identity_hash: u64_at(0)?,
+        state: BreakerState::from_code(header[8]),
+        open_until: u64_at(16)?,
+    })
 }
 
 pub fn write_header(out: &mut [u8], published: &Published) {
@@ -115,7 +124,10 @@ mod tests {
 
     #[test]
     fn probing_wraps_and_is_bounded() {
-        assert_eq!(candidate_slots(10, 12).collect::<Vec<_>>(), vec![10, 11, 0, 1]);
+        assert_eq!(
+            candidate_slots(10, 12).collect::<Vec<_>>(),
+            vec![10, 11, 0, 1]
+        );
         assert_eq!(candidate_slots(5, 2).collect::<Vec<_>>(), vec![1, 0]);
     }
 
@@ -124,7 +136,14 @@ mod tests {
         let store = MemoryStore::new();
         let hash = identity_hash(b"api-v2");
         let mut value = vec![0u8; 64];
-        write_header(&mut value, &Published { identity_hash: hash, state: BreakerState::Open, open_until: 42 });
+        write_header(
+            &mut value,
+            &Published {
+                identity_hash: hash,
+                state: BreakerState::Open,
+                open_until: 42,
+            },
+        );
         let slot = candidate_slots(hash, 256).nth(1).unwrap();
         store.set(&slot_key(slot), &value, None).unwrap();
         let found = lookup(&store, b"api-v2", 256, 0).unwrap();

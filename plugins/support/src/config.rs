@@ -16,14 +16,26 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub fn new(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
-        ConfigError { field: field.into(), problem: problem.into(), fix: fix.into() }
+    pub fn new(
+        field: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            field: field.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration at `{}`: {}", self.field, self.problem)?;
+        write!(
+            f,
+            "invalid configuration at `{}`: {}",
+            self.field, self.problem
+        )?;
         if !self.fix.is_empty() {
             write!(f, "; {}", self.fix)?;
         }
@@ -36,8 +48,13 @@ impl std::error::Error for ConfigError {}
 /// Parses a plugin configuration into the raw serde struct `T` (which should use
 /// `deny_unknown_fields`). Empty input is treated as `{}` so defaults apply.
 pub fn parse_config<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| ConfigError::new("<json>", format!("configuration is not UTF-8 ({e})"), "pass the configuration as a JSON string"))?;
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ConfigError::new(
+            "<json>",
+            format!("configuration is not UTF-8 ({e})"),
+            "pass the configuration as a JSON string",
+        )
+    })?;
     let text = if text.trim().is_empty() { "{}" } else { text };
     serde_json::from_str(text).map_err(|e| {
         let message = e.to_string();
@@ -96,6 +113,9 @@ mod tests {
 
     #[test]
     fn non_utf8_is_rejected_not_panicked_on() {
-        assert_eq!(parse_config::<Raw>(b"\xff\xfe").unwrap_err().field, "<json>");
+        assert_eq!(
+            parse_config::<Raw>(b"\xff\xfe").unwrap_err().field,
+            "<json>"
+        );
     }
 }

@@ -9,10 +9,16 @@ use crate::config::ConfigError;
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
     let fix = "use a whole number followed by ms, s, m or h, like \"250ms\", \"1s\" or \"5m\"";
     let trimmed = text.trim();
-    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);
     if number.is_empty() {
-        return Err(ConfigError::new(field, format!("{text:?} is not a duration"), fix));
+        return Err(ConfigError::new(
+            field,
+            format!("{text:?} is not a duration"),
+            fix,
+        ));
     }
     let value: u64 = number
         .parse()
@@ -22,8 +28,20 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> 
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
-        "" => return Err(ConfigError::new(field, format!("{text:?} has no unit"), fix)),
-        other => return Err(ConfigError::new(field, format!("{text:?} has unknown unit {other:?}"), fix)),
+        "" => {
+            return Err(ConfigError::new(
+                field,
+                format!("{text:?} has no unit"),
+                fix,
+            ))
+        }
+        other => {
+            return Err(ConfigError::new(
+                field,
+                format!("{text:?} has unknown unit {other:?}"),
+                fix,
+            ))
+        }
     };
     value
         .checked_mul(millis_per_unit)
@@ -49,16 +67,31 @@ mod tests {
 
     #[test]
     fn parses_each_unit() {
-        assert_eq!(parse_duration("w", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            parse_duration("w", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
         assert_eq!(parse_duration("w", "1s").unwrap(), Duration::from_secs(1));
         assert_eq!(parse_duration("w", "5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("w", "2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(
+            parse_duration("w", "2h").unwrap(),
+            Duration::from_secs(7200)
+        );
         assert_eq!(parse_duration("w", "0s").unwrap(), Duration::ZERO);
     }
 
     #[test]
     fn rejects_with_the_field_named() {
-        for bad in ["", "s", "5", "5x", "-1s", "1.5s", "99999999999999999999ms", "5 m"] {
+        for bad in [
+            "",
+            "s",
+            "5",
+            "5x",
+            "-1s",
+            "1.5s",
+            "99999999999999999999ms",
+            "5 m",
+        ] {
             let err = parse_duration("rules[0].window", bad).unwrap_err();
             assert_eq!(err.field, "rules[0].window", "{bad}");
         }

@@ -16,4 +16,6 @@ pub mod wasm;
 pub use config::{parse_config, ConfigError};
 pub use duration::parse_duration;
 pub use request::{Matcher, RawMatch, RequestView};
-pub use store::{update_with_cas, CasStore, CREATE_CAS, MemoryStore, SetOutcome, StoreError, UpdateError};
+pub use store::{
+    update_with_cas, CasStore, MemoryStore, SetOutcome, StoreError, UpdateError, CREATE_CAS,
+};

@@ -23,7 +23,10 @@ mod tests {
 
     #[test]
     fn sanitizes_user_parts() {
-        assert_eq!(metric_name(&["rate_limit", "Per API key!", "allowed"]), "edgewise.rate_limit.per_api_key_.allowed");
+        assert_eq!(
+            metric_name(&["rate_limit", "Per API key!", "allowed"]),
+            "edgewise.rate_limit.per_api_key_.allowed"
+        );
         assert_eq!(metric_name(&["x", "", "y"]), "edgewise.x._.y");
         assert_eq!(metric_name(&["a.b"]), "edgewise.a_b");
     }

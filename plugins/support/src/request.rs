@@ -30,7 +30,11 @@ pub fn host_only(authority: &[u8]) -> Vec<u8> {
     let text = authority.to_ascii_lowercase();
     if text.first() == Some(&b'[') {
         // IPv6 literal: keep through the closing bracket.
-        return text.iter().position(|b| *b == b']').map(|end| text[..=end].to_vec()).unwrap_or(text);
+        return text
+            .iter()
+            .position(|b| *b == b']')
+            .map(|end| text[..=end].to_vec())
+            .unwrap_or(text);
     }
     match text.iter().rposition(|b| *b == b':') {
         Some(colon) if text[colon + 1..].iter().all(u8::is_ascii_digit) => text[..colon].to_vec(),
@@ -41,8 +45,15 @@ pub fn host_only(authority: &[u8]) -> Vec<u8> {
 /// The value of cookie `name` in a Cookie header ("a=1; b=2"), per RFC 6265 §4.2.1.
 pub fn cookie(header: &[u8], name: &str) -> Option<Vec<u8>> {
     fn trim(bytes: &[u8]) -> &[u8] {
-        let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
-        let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map(|e| e + 1).unwrap_or(start);
+        let start = bytes
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(bytes.len());
+        let end = bytes
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map(|e| e + 1)
+            .unwrap_or(start);
         &bytes[start..end]
     }
     header.split(|b| *b == b';').map(trim).find_map(|pair| {
@@ -77,17 +88,30 @@ pub struct Matcher {
 impl Matcher {
     /// Validates and compiles; `field` is the config path of this `match` (for errors).
     pub fn compile(field: &str, raw: Option<&RawMatch>) -> Result<Matcher, ConfigError> {
-        let Some(raw) = raw else { return Ok(Matcher::default()) };
-        for (name, value) in [("path_prefix", &raw.path_prefix), ("path_exact", &raw.path_exact)] {
+        let Some(raw) = raw else {
+            return Ok(Matcher::default());
+        };
+        for (name, value) in [
+            ("path_prefix", &raw.path_prefix),
+            ("path_exact", &raw.path_exact),
+        ] {
             if let Some(path) = value {
                 if !path.starts_with('/') {
-                    return Err(ConfigError::new(format!("{field}.{name}"), format!("{path:?} does not start with '/'"), "write a path like \"/api/\""));
+                    return Err(ConfigError::new(
+                        format!("{field}.{name}"),
+                        format!("{path:?} does not start with '/'"),
+                        "write a path like \"/api/\"",
+                    ));
                 }
             }
         }
         let list = |name: &str, values: &Option<Vec<String>>| -> Result<Vec<String>, ConfigError> {
             match values {
-                Some(v) if v.is_empty() => Err(ConfigError::new(format!("{field}.{name}"), "is an empty list, which would match nothing", format!("remove `{name}` to match all, or list at least one"))),
+                Some(v) if v.is_empty() => Err(ConfigError::new(
+                    format!("{field}.{name}"),
+                    "is an empty list, which would match nothing",
+                    format!("remove `{name}` to match all, or list at least one"),
+                )),
                 Some(v) => Ok(v.clone()),
                 None => Ok(Vec::new()),
             }
@@ -95,21 +119,36 @@ impl Matcher {
         let methods = list("methods", &raw.methods)?;
         for method in &methods {
             if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-                return Err(ConfigError::new(format!("{field}.methods"), format!("{method:?} is not an HTTP method"), "use names like \"GET\" or \"POST\""));
+                return Err(ConfigError::new(
+                    format!("{field}.methods"),
+                    format!("{method:?} is not an HTTP method"),
+                    "use names like \"GET\" or \"POST\"",
+                ));
             }
         }
         let hosts = list("hosts", &raw.hosts)?;
         let mut headers = Vec::new();
         for (name, value) in raw.headers.iter().flatten() {
-            if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b == b':' && name.len() == 1) {
-                return Err(ConfigError::new(format!("{field}.headers"), format!("{name:?} is not a header name"), "use a header name like \"x-tier\""));
+            if name.is_empty()
+                || name
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b == b':' && name.len() == 1)
+            {
+                return Err(ConfigError::new(
+                    format!("{field}.headers"),
+                    format!("{name:?} is not a header name"),
+                    "use a header name like \"x-tier\"",
+                ));
             }
             headers.push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
         }
         Ok(Matcher {
             path_prefix: raw.path_prefix.as_ref().map(|p| p.as_bytes().to_vec()),
             path_exact: raw.path_exact.as_ref().map(|p| p.as_bytes().to_vec()),
-            methods: methods.iter().map(|m| m.to_ascii_uppercase().into_bytes()).collect(),
+            methods: methods
+                .iter()
+                .map(|m| m.to_ascii_uppercase().into_bytes())
+                .collect(),
             hosts: hosts.iter().map(|h| host_only(h.as_bytes())).collect(),
             headers,
         })
@@ -120,7 +159,9 @@ impl Matcher {
     /// exact value of the first occurrence.
     pub fn matches(&self, request: &mut impl RequestView) -> bool {
         if self.path_prefix.is_some() || self.path_exact.is_some() {
-            let Some(path) = request.header(":path") else { return false };
+            let Some(path) = request.header(":path") else {
+                return false;
+            };
             let path = path_only(&path);
             if let Some(prefix) = &self.path_prefix {
                 if !path.starts_with(prefix) {
@@ -134,18 +175,24 @@ impl Matcher {
             }
         }
         if !self.methods.is_empty() {
-            let Some(method) = request.header(":method") else { return false };
+            let Some(method) = request.header(":method") else {
+                return false;
+            };
             if !self.methods.contains(&method) {
                 return false;
             }
         }
         if !self.hosts.is_empty() {
-            let Some(authority) = request.header(":authority") else { return false };
+            let Some(authority) = request.header(":authority") else {
+                return false;
+            };
             if !self.hosts.contains(&host_only(&authority)) {
                 return false;
             }
         }
-        self.headers.iter().all(|(name, value)| request.header(name).as_deref() == Some(value.as_slice()))
+        self.headers
+            .iter()
+            .all(|(name, value)| request.header(name).as_deref() == Some(value.as_slice()))
     }
 }
 
@@ -154,7 +201,10 @@ mod tests {
     use super::*;
 
     fn request(pairs: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect()
     }
 
     fn matcher(json: &str) -> Result<Matcher, ConfigError> {
@@ -165,27 +215,60 @@ mod tests {
     #[test]
     fn every_condition_must_hold() {
         let m = matcher(r#"{"path_prefix":"/api/","methods":["get","POST"],"hosts":["API.example.com"],"headers":{"X-Tier":"free"}}"#).unwrap();
-        let mut ok = request(&[(":path", b"/api/x?y=1"), (":method", b"GET"), (":authority", b"api.example.com:8080"), ("x-tier", b"free")]);
+        let mut ok = request(&[
+            (":path", b"/api/x?y=1"),
+            (":method", b"GET"),
+            (":authority", b"api.example.com:8080"),
+            ("x-tier", b"free"),
+        ]);
         assert!(m.matches(&mut ok));
-        let mut wrong_tier = request(&[(":path", b"/api/x"), (":method", b"GET"), (":authority", b"api.example.com"), ("x-tier", b"paid")]);
+        let mut wrong_tier = request(&[
+            (":path", b"/api/x"),
+            (":method", b"GET"),
+            (":authority", b"api.example.com"),
+            ("x-tier", b"paid"),
+        ]);
         assert!(!m.matches(&mut wrong_tier));
-        let mut query_not_path = request(&[(":path", b"/x?/api/"), (":method", b"GET"), (":authority", b"api.example.com"), ("x-tier", b"free")]);
+        let mut query_not_path = request(&[
+            (":path", b"/x?/api/"),
+            (":method", b"GET"),
+            (":authority", b"api.example.com"),
+            ("x-tier", b"free"),
+        ]);
         assert!(!m.matches(&mut query_not_path));
-        let mut no_method = request(&[(":path", b"/api/x"), (":authority", b"api.example.com"), ("x-tier", b"free")]);
+        let mut no_method = request(&[
+            (":path", b"/api/x"),
+            (":authority", b"api.example.com"),
+            ("x-tier", b"free"),
+        ]);
         assert!(!m.matches(&mut no_method));
     }
 
     #[test]
     fn absent_match_matches_everything() {
-        assert!(Matcher::compile("m", None).unwrap().matches(&mut request(&[])));
+        assert!(Matcher::compile("m", None)
+            .unwrap()
+            .matches(&mut request(&[])));
     }
 
     #[test]
     fn bad_matches_name_the_field() {
-        assert_eq!(matcher(r#"{"path_prefix":"api"}"#).unwrap_err().field, "rules[0].match.path_prefix");
-        assert_eq!(matcher(r#"{"methods":[]}"#).unwrap_err().field, "rules[0].match.methods");
-        assert_eq!(matcher(r#"{"methods":["G ET"]}"#).unwrap_err().field, "rules[0].match.methods");
-        assert!(serde_json::from_str::<RawMatch>(r#"{"path":"/"}"#).is_err(), "unknown fields are rejected");
+        assert_eq!(
+            matcher(r#"{"path_prefix":"api"}"#).unwrap_err().field,
+            "rules[0].match.path_prefix"
+        );
+        assert_eq!(
+            matcher(r#"{"methods":[]}"#).unwrap_err().field,
+            "rules[0].match.methods"
+        );
+        assert_eq!(
+            matcher(r#"{"methods":["G ET"]}"#).unwrap_err().field,
+            "rules[0].match.methods"
+        );
+        assert!(
+            serde_json::from_str::<RawMatch>(r#"{"path":"/"}"#).is_err(),
+            "unknown fields are rejected"
+        );
     }
 
     #[test]

@@ -33,7 +33,9 @@ pub trait CasStore {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UpdateError {
     /// Lost the race `attempts` times in a row.
-    Contended { attempts: u32 },
+    Contended {
+        attempts: u32,
+    },
     Store(StoreError),
 }
 
@@ -49,15 +51,22 @@ pub fn update_with_cas<S: CasStore + ?Sized, T>(
     for _ in 0..max_attempts {
         let current = store.get(key).map_err(UpdateError::Store)?;
         let (new_value, result) = update(current.as_ref().map(|(v, _)| v.as_slice()));
-        let Some(new_value) = new_value else { return Ok(result) };
+        let Some(new_value) = new_value else {
+            return Ok(result);
+        };
         // An absent key is created with CREATE_CAS, so a racing creator is not overwritten.
         let cas = Some(current.map(|(_, cas)| cas).unwrap_or(CREATE_CAS));
-        match store.set(key, &new_value, cas).map_err(UpdateError::Store)? {
+        match store
+            .set(key, &new_value, cas)
+            .map_err(UpdateError::Store)?
+        {
             SetOutcome::Stored => return Ok(result),
             SetOutcome::CasMismatch => continue,
         }
     }
-    Err(UpdateError::Contended { attempts: max_attempts })
+    Err(UpdateError::Contended {
+        attempts: max_attempts,
+    })
 }
 
 /// Values with their CAS tokens, and the last token handed out.
@@ -85,12 +94,18 @@ impl MemoryStore {
 
 impl CasStore for MemoryStore {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        let guard = self.inner.lock().map_err(|_| StoreError("store lock poisoned".into()))?;
+        let guard = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError("store lock poisoned".into()))?;
         Ok(guard.0.get(key).cloned())
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<SetOutcome, StoreError> {
-        let mut guard = self.inner.lock().map_err(|_| StoreError("store lock poisoned".into()))?;
+        let mut guard = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError("store lock poisoned".into()))?;
         let (map, counter) = &mut *guard;
         if let (Some(expected), Some((_, current))) = (cas.filter(|c| *c != 0), map.get(key)) {
             if *current != expected {
@@ -113,7 +128,10 @@ mod tests {
 
     fn incr(store: &MemoryStore, key: &str) -> Result<u64, UpdateError> {
         update_with_cas(store, key, 10, |v| {
-            let n = v.and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok()).unwrap_or(0) + 1;
+            let n = v
+                .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
+                .unwrap_or(0)
+                + 1;
             (Some(n.to_string().into_bytes()), n)
         })
     }
@@ -122,9 +140,16 @@ mod tests {
     fn follows_envoys_cas_rules() {
         let store = MemoryStore::new();
         assert_eq!(store.get("k").unwrap(), None);
-        assert_eq!(store.set("k", b"1", Some(999)).unwrap(), SetOutcome::Stored, "cas is ignored for a missing key");
+        assert_eq!(
+            store.set("k", b"1", Some(999)).unwrap(),
+            SetOutcome::Stored,
+            "cas is ignored for a missing key"
+        );
         let (_, cas) = store.get("k").unwrap().unwrap();
-        assert_eq!(store.set("k", b"2", Some(cas + 1)).unwrap(), SetOutcome::CasMismatch);
+        assert_eq!(
+            store.set("k", b"2", Some(cas + 1)).unwrap(),
+            SetOutcome::CasMismatch
+        );
         assert_eq!(store.set("k", b"2", Some(cas)).unwrap(), SetOutcome::Stored);
         assert_eq!(store.set("k", b"3", None).unwrap(), SetOutcome::Stored);
         assert_eq!(store.get("k").unwrap().unwrap().0, b"3");
@@ -133,8 +158,14 @@ mod tests {
     #[test]
     fn creating_a_key_does_not_overwrite_a_racing_creator() {
         let store = MemoryStore::new();
-        assert_eq!(store.set("k", b"first", Some(CREATE_CAS)).unwrap(), SetOutcome::Stored);
-        assert_eq!(store.set("k", b"second", Some(CREATE_CAS)).unwrap(), SetOutcome::CasMismatch);
+        assert_eq!(
+            store.set("k", b"first", Some(CREATE_CAS)).unwrap(),
+            SetOutcome::Stored
+        );
+        assert_eq!(
+            store.set("k", b"second", Some(CREATE_CAS)).unwrap(),
+            SetOutcome::CasMismatch
+        );
         assert_eq!(store.get("k").unwrap().unwrap().0, b"first");
     }
 
@@ -146,7 +177,10 @@ mod tests {
                 s.spawn(|| {
                     for _ in 0..500 {
                         update_with_cas(&store, "n", u32::MAX, |v| {
-                            let n = v.and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok()).unwrap_or(0) + 1;
+                            let n = v
+                                .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
+                                .unwrap_or(0)
+                                + 1;
                             (Some(n.to_string().into_bytes()), ())
                         })
                         .unwrap();
@@ -154,7 +188,11 @@ mod tests {
                 });
             }
         });
-        assert_eq!(store.get("n").unwrap().unwrap().0, b"2000", "including the racing creation of the key");
+        assert_eq!(
+            store.get("n").unwrap().unwrap().0,
+            b"2000",
+            "including the racing creation of the key"
+        );
     }
 
     /// A store whose sets lose the race a given number of times first.

@@ -19,7 +19,10 @@ impl RequestView for RequestHeaders {
         if let Some((_, value)) = self.cache.iter().find(|(k, _)| k == name) {
             return value.clone();
         }
-        let value = hostcalls::get_map_value_bytes(proxy_wasm::types::MapType::HttpRequestHeaders, name).ok().flatten();
+        let value =
+            hostcalls::get_map_value_bytes(proxy_wasm::types::MapType::HttpRequestHeaders, name)
+                .ok()
+                .flatten();
         self.cache.push((name.to_string(), value.clone()));
         value
     }
@@ -28,7 +31,9 @@ impl RequestView for RequestHeaders {
 /// The current time in nanoseconds since the Unix epoch, from the host.
 pub fn now_nanos() -> Option<u64> {
     let now = hostcalls::get_current_time().ok()?;
-    now.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_nanos() as u64)
+    now.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_nanos() as u64)
 }
 
 /// proxy-wasm shared data (per `vm_id`, shared by every worker VM).
@@ -56,7 +61,10 @@ impl CasStore for SharedData {
 /// died is in Envoy's log, and logs the plugin's name and version once.
 pub fn install_panic_hook(plugin: &'static str, version: &'static str) {
     std::panic::set_hook(Box::new(move |info| {
-        let _ = hostcalls::log(LogLevel::Critical, &format!("{plugin} {version} panicked: {info}"));
+        let _ = hostcalls::log(
+            LogLevel::Critical,
+            &format!("{plugin} {version} panicked: {info}"),
+        );
     }));
 }
 

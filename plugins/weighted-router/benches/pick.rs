@@ -9,7 +9,9 @@ use weighted_router::strategy::{rendezvous, WrrTable};
 fn benches(c: &mut Criterion) {
     for n in [2usize, 8] {
         let weights: Vec<u32> = (0..n as u32).map(|i| 10 + 7 * i).collect();
-        let seeds: Vec<u64> = (0..n).map(|i| identity_hash(format!("cluster-{i}").as_bytes())).collect();
+        let seeds: Vec<u64> = (0..n)
+            .map(|i| identity_hash(format!("cluster-{i}").as_bytes()))
+            .collect();
         let table = WrrTable::build(&weights).unwrap();
         let mut position = 0u64;
         c.bench_function(&format!("pick/wrr/{n}_targets"), |b| {
@@ -19,7 +21,14 @@ fn benches(c: &mut Criterion) {
             })
         });
         c.bench_function(&format!("pick/hash/{n}_targets"), |b| {
-            b.iter(|| rendezvous(&weights, &seeds, identity_hash(black_box(b"user-12345")), |_| true))
+            b.iter(|| {
+                rendezvous(
+                    &weights,
+                    &seeds,
+                    identity_hash(black_box(b"user-12345")),
+                    |_| true,
+                )
+            })
         });
     }
 }

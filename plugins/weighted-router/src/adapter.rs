@@ -56,7 +56,10 @@ impl RootContext for RouterRoot {
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(bytes) => bytes.unwrap_or_default(),
             Err(status) => {
-                log(LogLevel::Error, &format!("weighted_router: cannot read the plugin configuration: {status:?}"));
+                log(
+                    LogLevel::Error,
+                    &format!("weighted_router: cannot read the plugin configuration: {status:?}"),
+                );
                 return false;
             }
         };
@@ -66,15 +69,30 @@ impl RootContext for RouterRoot {
                     .routes
                     .iter()
                     .map(|r| RouteMetrics {
-                        requests: r.targets.iter().map(|t| Metric::counter(&t.metric_requests)).collect(),
+                        requests: r
+                            .targets
+                            .iter()
+                            .map(|t| Metric::counter(&t.metric_requests))
+                            .collect(),
                         failovers: Metric::counter(&r.metric_failovers),
                         overrides: Metric::counter(&r.metric_overrides),
                     })
                     .collect();
                 let seed = now_nanos().unwrap_or(0x5eed) | 1;
-                log(LogLevel::Info, &format!("weighted_router {VERSION}: {} route(s)", config.routes.len()));
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "weighted_router {VERSION}: {} route(s)",
+                        config.routes.len()
+                    ),
+                );
                 let routes = config.routes.len();
-                self.shared = Some(Rc::new(Shared { config, metrics, cursors: RefCell::new(vec![0; routes]), rng: RefCell::new(seed) }));
+                self.shared = Some(Rc::new(Shared {
+                    config,
+                    metrics,
+                    cursors: RefCell::new(vec![0; routes]),
+                    rng: RefCell::new(seed),
+                }));
                 true
             }
             Err(error) => {
@@ -89,7 +107,10 @@ impl RootContext for RouterRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(RouterStream { shared: self.shared.clone(), in_flight: None }))
+        Some(Box::new(RouterStream {
+            shared: self.shared.clone(),
+            in_flight: None,
+        }))
     }
 }
 
@@ -110,20 +131,31 @@ impl Context for RouterStream {
 
 impl HttpContext for RouterStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else { return Action::Continue };
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
         let config = &shared.config;
         // The clock is read only if a failover route asks about a breaker.
         let mut now: Option<u64> = None;
         let mut request = RequestHeaders::default();
         let mut acquired: Option<(String, usize)> = None;
         let mut client_ip = || {
-            let peer = hostcalls::get_property(vec!["source", "address"]).ok().flatten()?;
+            let peer = hostcalls::get_property(vec!["source", "address"])
+                .ok()
+                .flatten()?;
             let text = String::from_utf8(peer).ok()?;
-            let ip = text.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or(text);
+            let ip = text
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.ip().to_string())
+                .unwrap_or(text);
             Some(ip.into_bytes())
         };
         let mut cursor = |route: &crate::config::Route| -> u64 {
-            let index = config.routes.iter().position(|r| r.name == route.name).unwrap_or(0);
+            let index = config
+                .routes
+                .iter()
+                .position(|r| r.name == route.name)
+                .unwrap_or(0);
             if route.shared_cursor {
                 if let Some(n) = shared_cursor(&SharedData, route) {
                     return n;
@@ -159,12 +191,22 @@ impl HttpContext for RouterStream {
             pick
         };
         let selection = {
-            let mut env = Env { client_ip: &mut client_ip, cursor: &mut cursor, random: &mut random, is_open: &mut is_open, acquire_least: &mut least };
+            let mut env = Env {
+                client_ip: &mut client_ip,
+                cursor: &mut cursor,
+                random: &mut random,
+                is_open: &mut is_open,
+                acquire_least: &mut least,
+            };
             select(config, &mut request, &mut env)
         };
         match selection {
             Some(selection) => {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &config.cluster_header, Some(&selection.cluster));
+                let _ = hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    &config.cluster_header,
+                    Some(&selection.cluster),
+                );
                 let metrics = &shared.metrics[selection.route];
                 if let Some(target) = selection.target {
                     if let Some(m) = metrics.requests.get(target) {
@@ -177,13 +219,20 @@ impl HttpContext for RouterStream {
                     Reason::Picked | Reason::HashKeyMissing => {}
                 }
                 if let Some((route_name, target)) = acquired {
-                    let route = config.routes.iter().position(|r| r.name == route_name).unwrap_or(selection.route);
+                    let route = config
+                        .routes
+                        .iter()
+                        .position(|r| r.name == route_name)
+                        .unwrap_or(selection.route);
                     self.in_flight = Some((route, target));
                 }
             }
             None => {
                 // No route of ours: a client must not pick a cluster by sending the header.
-                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, &config.cluster_header);
+                let _ = hostcalls::remove_map_value(
+                    MapType::HttpRequestHeaders,
+                    &config.cluster_header,
+                );
             }
         }
         Action::Continue

@@ -111,13 +111,25 @@ pub struct Config {
     pub breaker_slots: u64,
 }
 
-fn err(field: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+fn err(
+    field: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
     ConfigError::new(field, problem, fix)
 }
 
 fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(err(field, format!("{name:?} is not a header name"), "use a name like \"x-route-cluster\""));
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(err(
+            field,
+            format!("{name:?} is not a header name"),
+            "use a name like \"x-route-cluster\"",
+        ));
     }
     Ok(name.to_ascii_lowercase())
 }
@@ -129,74 +141,156 @@ impl Config {
     }
 
     pub fn compile(raw: &RawConfig) -> Result<Config, ConfigError> {
-        let cluster_header = header_name("cluster_header", raw.cluster_header.as_deref().unwrap_or("x-route-cluster"))?;
+        let cluster_header = header_name(
+            "cluster_header",
+            raw.cluster_header.as_deref().unwrap_or("x-route-cluster"),
+        )?;
         if raw.routes.is_empty() {
-            return Err(err("routes", "is empty", "add at least one route with targets"));
+            return Err(err(
+                "routes",
+                "is empty",
+                "add at least one route with targets",
+            ));
         }
         let mut routes: Vec<Route> = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             let route = compile_route(i, r)?;
             if routes.iter().any(|other| other.name == route.name) {
-                return Err(err(format!("routes[{i}].name"), format!("{:?} is used by another route", route.name), "give every route its own name"));
+                return Err(err(
+                    format!("routes[{i}].name"),
+                    format!("{:?} is used by another route", route.name),
+                    "give every route its own name",
+                ));
             }
             routes.push(route);
         }
         let breaker_slots = raw.breaker_slots.unwrap_or(256);
         if !(1..=65_536).contains(&breaker_slots) {
-            return Err(err("breaker_slots", format!("{breaker_slots} is out of range"), "use the circuit breaker's max_upstreams (default 256)"));
+            return Err(err(
+                "breaker_slots",
+                format!("{breaker_slots} is out of range"),
+                "use the circuit breaker's max_upstreams (default 256)",
+            ));
         }
-        Ok(Config { cluster_header, routes, breaker_slots })
+        Ok(Config {
+            cluster_header,
+            routes,
+            breaker_slots,
+        })
     }
 }
 
 fn compile_route(i: usize, raw: &RawRoute) -> Result<Route, ConfigError> {
     let field = format!("routes[{i}]");
     let name = raw.name.clone().unwrap_or_else(|| format!("route{i}"));
-    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-        return Err(err(format!("{field}.name"), format!("{name:?} is not a valid route name"), "use 1-64 characters from A-Z a-z 0-9 - _ ."));
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(err(
+            format!("{field}.name"),
+            format!("{name:?} is not a valid route name"),
+            "use 1-64 characters from A-Z a-z 0-9 - _ .",
+        ));
     }
     let matcher = Matcher::compile(&format!("{field}.match"), raw.matcher.as_ref())?;
     if raw.targets.is_empty() {
-        return Err(err(format!("{field}.targets"), "is empty", "list at least one {\"cluster\", \"weight\"}"));
+        return Err(err(
+            format!("{field}.targets"),
+            "is empty",
+            "list at least one {\"cluster\", \"weight\"}",
+        ));
     }
     if raw.targets.len() > 64 {
-        return Err(err(format!("{field}.targets"), format!("has {} targets", raw.targets.len()), "use at most 64 targets"));
+        return Err(err(
+            format!("{field}.targets"),
+            format!("has {} targets", raw.targets.len()),
+            "use at most 64 targets",
+        ));
     }
     let mut targets: Vec<Target> = Vec::new();
     for (j, t) in raw.targets.iter().enumerate() {
         let tf = format!("{field}.targets[{j}]");
         if t.cluster.is_empty() || t.cluster.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err(err(format!("{tf}.cluster"), format!("{:?} is not a cluster name", t.cluster), "name an Envoy cluster"));
+            return Err(err(
+                format!("{tf}.cluster"),
+                format!("{:?} is not a cluster name", t.cluster),
+                "name an Envoy cluster",
+            ));
         }
         if targets.iter().any(|o| o.cluster == t.cluster) {
-            return Err(err(format!("{tf}.cluster"), format!("{:?} is listed twice", t.cluster), "list each cluster once and give it the combined weight"));
+            return Err(err(
+                format!("{tf}.cluster"),
+                format!("{:?} is listed twice", t.cluster),
+                "list each cluster once and give it the combined weight",
+            ));
         }
         let weight = match t.weight.as_u64() {
             Some(w) if w <= 1_000_000 => w as u32,
-            _ => return Err(err(format!("{tf}.weight"), format!("{} is not a weight", t.weight), "use a whole number from 0 to 1000000 (0 takes the target out)")),
+            _ => {
+                return Err(err(
+                    format!("{tf}.weight"),
+                    format!("{} is not a weight", t.weight),
+                    "use a whole number from 0 to 1000000 (0 takes the target out)",
+                ))
+            }
         };
-        targets.push(Target { cluster: t.cluster.clone(), weight, metric_requests: metric_name(&["weighted_router", &name, &t.cluster, "requests"]) });
+        targets.push(Target {
+            cluster: t.cluster.clone(),
+            weight,
+            metric_requests: metric_name(&["weighted_router", &name, &t.cluster, "requests"]),
+        });
     }
     if targets.iter().all(|t| t.weight == 0) {
-        return Err(err(format!("{field}.targets"), "all weights are 0, so nothing could be picked", "give at least one target a positive weight"));
+        return Err(err(
+            format!("{field}.targets"),
+            "all weights are 0, so nothing could be picked",
+            "give at least one target a positive weight",
+        ));
     }
     let strategy = match raw.strategy.as_deref().unwrap_or("weighted_round_robin") {
         "weighted_round_robin" => Strategy::WeightedRoundRobin,
         "random" => Strategy::Random,
         "least_requests" => Strategy::LeastRequests,
         "hash" => Strategy::Hash,
-        other => return Err(err(format!("{field}.strategy"), format!("{other:?} is not a strategy"), "use weighted_round_robin, random, least_requests or hash")),
+        other => {
+            return Err(err(
+                format!("{field}.strategy"),
+                format!("{other:?} is not a strategy"),
+                "use weighted_round_robin, random, least_requests or hash",
+            ))
+        }
     };
     let hash_on = match &raw.hash_on {
-        None if strategy == Strategy::Hash => return Err(err(format!("{field}.hash_on"), "is required by strategy hash", "set it to header:NAME, cookie:NAME or client_ip")),
+        None if strategy == Strategy::Hash => {
+            return Err(err(
+                format!("{field}.hash_on"),
+                "is required by strategy hash",
+                "set it to header:NAME, cookie:NAME or client_ip",
+            ))
+        }
         None => None,
-        Some(_) if strategy != Strategy::Hash => return Err(err(format!("{field}.hash_on"), "only applies to strategy hash", "remove it or use strategy hash")),
+        Some(_) if strategy != Strategy::Hash => {
+            return Err(err(
+                format!("{field}.hash_on"),
+                "only applies to strategy hash",
+                "remove it or use strategy hash",
+            ))
+        }
         Some(text) => Some(match text.as_str() {
             "client_ip" => HashOn::ClientIp,
             t => match (t.strip_prefix("header:"), t.strip_prefix("cookie:")) {
                 (Some(h), _) => HashOn::Header(header_name(&format!("{field}.hash_on"), h)?),
                 (_, Some(c)) if !c.is_empty() => HashOn::Cookie(c.to_string()),
-                _ => return Err(err(format!("{field}.hash_on"), format!("{t:?} is not a hash source"), "use header:NAME, cookie:NAME or client_ip")),
+                _ => {
+                    return Err(err(
+                        format!("{field}.hash_on"),
+                        format!("{t:?} is not a hash source"),
+                        "use header:NAME, cookie:NAME or client_ip",
+                    ))
+                }
             },
         }),
     };
@@ -206,24 +300,50 @@ fn compile_route(i: usize, raw: &RawRoute) -> Result<Route, ConfigError> {
         let source = match (&o.header, &o.cookie) {
             (Some(h), None) => OverrideSource::Header(header_name(&format!("{of}.header"), h)?),
             (None, Some(c)) if !c.is_empty() => OverrideSource::Cookie(c.clone()),
-            _ => return Err(err(of, "needs exactly one of header or cookie", "write {\"header\": \"x-canary\", \"equals\": \"always\", \"cluster\": \"api-v2\"}")),
+            _ => return Err(err(
+                of,
+                "needs exactly one of header or cookie",
+                "write {\"header\": \"x-canary\", \"equals\": \"always\", \"cluster\": \"api-v2\"}",
+            )),
         };
         if o.cluster.is_empty() {
-            return Err(err(format!("{of}.cluster"), "is empty", "name the cluster to pin these requests to"));
+            return Err(err(
+                format!("{of}.cluster"),
+                "is empty",
+                "name the cluster to pin these requests to",
+            ));
         }
-        overrides.push(Override { source, equals: o.equals.as_bytes().to_vec(), cluster: o.cluster.clone() });
+        overrides.push(Override {
+            source,
+            equals: o.equals.as_bytes().to_vec(),
+            cluster: o.cluster.clone(),
+        });
     }
     let shared_cursor = raw.shared_cursor.unwrap_or(false);
     if shared_cursor && strategy != Strategy::WeightedRoundRobin {
-        return Err(err(format!("{field}.shared_cursor"), "only applies to weighted_round_robin", "remove it"));
+        return Err(err(
+            format!("{field}.shared_cursor"),
+            "only applies to weighted_round_robin",
+            "remove it",
+        ));
     }
     let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
-    let seeds: Vec<u64> = targets.iter().map(|t| edgewise_support::breaker_state::identity_hash(t.cluster.as_bytes())).collect();
+    let seeds: Vec<u64> = targets
+        .iter()
+        .map(|t| edgewise_support::breaker_state::identity_hash(t.cluster.as_bytes()))
+        .collect();
     let wrr = WrrTable::build(&weights).ok_or_else(|| {
-        err(format!("{field}.targets"), "the weights make a round-robin cycle longer than 1000000 picks", "use smaller weights or ones with a common divisor")
+        err(
+            format!("{field}.targets"),
+            "the weights make a round-robin cycle longer than 1000000 picks",
+            "use smaller weights or ones with a common divisor",
+        )
     })?;
     let clusters: Vec<&str> = targets.iter().map(|t| t.cluster.as_str()).collect();
-    let state_key = format!("edgewise.wr.{name}.{:016x}", edgewise_support::breaker_state::identity_hash(clusters.join("\0").as_bytes()));
+    let state_key = format!(
+        "edgewise.wr.{name}.{:016x}",
+        edgewise_support::breaker_state::identity_hash(clusters.join("\0").as_bytes())
+    );
     Ok(Route {
         metric_failovers: metric_name(&["weighted_router", &name, "failovers"]),
         metric_overrides: metric_name(&["weighted_router", &name, "overrides"]),

@@ -56,7 +56,11 @@ pub struct Env<'a> {
     pub acquire_least: LeastPicker<'a>,
 }
 
-fn override_matches(source: &OverrideSource, equals: &[u8], request: &mut impl RequestView) -> bool {
+fn override_matches(
+    source: &OverrideSource,
+    equals: &[u8],
+    request: &mut impl RequestView,
+) -> bool {
     let value = match source {
         OverrideSource::Header(name) => request.header(name),
         OverrideSource::Cookie(name) => request.header("cookie").and_then(|c| cookie(&c, name)),
@@ -67,15 +71,34 @@ fn override_matches(source: &OverrideSource, equals: &[u8], request: &mut impl R
 /// Picks the cluster for a request: the first matching route; its first matching override;
 /// else its strategy, skipping targets with an open breaker when `failover` is on (with every
 /// target open, the normal pick stands and the breaker answers). None: no route matched.
-pub fn select(config: &Config, request: &mut impl RequestView, env: &mut Env<'_>) -> Option<Selection> {
-    let (route_index, route) = config.routes.iter().enumerate().find(|(_, r)| r.matcher.matches(request))?;
+pub fn select(
+    config: &Config,
+    request: &mut impl RequestView,
+    env: &mut Env<'_>,
+) -> Option<Selection> {
+    let (route_index, route) = config
+        .routes
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.matcher.matches(request))?;
     for o in &route.overrides {
         if override_matches(&o.source, &o.equals, request) {
             let target = route.targets.iter().position(|t| t.cluster == o.cluster);
-            return Some(Selection { route: route_index, target, cluster: o.cluster.clone(), reason: Reason::Override });
+            return Some(Selection {
+                route: route_index,
+                target,
+                cluster: o.cluster.clone(),
+                reason: Reason::Override,
+            });
         }
     }
-    let Env { client_ip, cursor, random, is_open, acquire_least } = env;
+    let Env {
+        client_ip,
+        cursor,
+        random,
+        is_open,
+        acquire_least,
+    } = env;
     // Breaker states asked once per target per request.
     let mut open: Vec<Option<bool>> = vec![None; route.targets.len()];
     let mut available = |i: usize| -> bool {
@@ -92,9 +115,16 @@ pub fn select(config: &Config, request: &mut impl RequestView, env: &mut Env<'_>
             if available(pick) {
                 (pick, Reason::Picked)
             } else {
-                let masked: Vec<u32> = weights.iter().enumerate().map(|(i, w)| if available(i) { *w } else { 0 }).collect();
+                let masked: Vec<u32> = weights
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| if available(i) { *w } else { 0 })
+                    .collect();
                 if masked.iter().any(|w| *w > 0) {
-                    (strategy::weighted_random(&masked, random()), Reason::Failover)
+                    (
+                        strategy::weighted_random(&masked, random()),
+                        Reason::Failover,
+                    )
                 } else {
                     (pick, Reason::Picked)
                 }
@@ -103,18 +133,28 @@ pub fn select(config: &Config, request: &mut impl RequestView, env: &mut Env<'_>
         Strategy::Hash => {
             let key = match &route.hash_on {
                 Some(HashOn::Header(name)) => request.header(name),
-                Some(HashOn::Cookie(name)) => request.header("cookie").and_then(|c| cookie(&c, name)),
+                Some(HashOn::Cookie(name)) => {
+                    request.header("cookie").and_then(|c| cookie(&c, name))
+                }
                 Some(HashOn::ClientIp) => client_ip(),
                 None => None,
             };
             match key.filter(|k| !k.is_empty()) {
                 None => {
                     let (pick, reason) = wrr(route, cursor(route), &mut available);
-                    (pick, if reason == Reason::Picked { Reason::HashKeyMissing } else { reason })
+                    (
+                        pick,
+                        if reason == Reason::Picked {
+                            Reason::HashKeyMissing
+                        } else {
+                            reason
+                        },
+                    )
                 }
                 Some(key) => {
                     let key_hash = identity_hash(&key);
-                    let natural = strategy::rendezvous(weights, &route.seeds, key_hash, |_| true).unwrap_or(0);
+                    let natural = strategy::rendezvous(weights, &route.seeds, key_hash, |_| true)
+                        .unwrap_or(0);
                     if available(natural) {
                         (natural, Reason::Picked)
                     } else {
@@ -133,15 +173,31 @@ pub fn select(config: &Config, request: &mut impl RequestView, env: &mut Env<'_>
             let states: Vec<bool> = (0..weights.len()).map(&mut available).collect();
             let skipped = states.iter().zip(weights).any(|(ok, w)| !ok && *w > 0);
             match acquire_least(route, &|i| states[i]) {
-                Some(i) => (i, if skipped { Reason::Failover } else { Reason::Picked }),
+                Some(i) => (
+                    i,
+                    if skipped {
+                        Reason::Failover
+                    } else {
+                        Reason::Picked
+                    },
+                ),
                 None => {
                     let fallback = acquire_least(route, &|_| true);
-                    (fallback.unwrap_or_else(|| weights.iter().position(|w| *w > 0).unwrap_or(0)), Reason::Picked)
+                    (
+                        fallback
+                            .unwrap_or_else(|| weights.iter().position(|w| *w > 0).unwrap_or(0)),
+                        Reason::Picked,
+                    )
                 }
             }
         }
     };
-    Some(Selection { route: route_index, target: Some(target), cluster: route.targets[target].cluster.clone(), reason })
+    Some(Selection {
+        route: route_index,
+        target: Some(target),
+        cluster: route.targets[target].cluster.clone(),
+        reason,
+    })
 }
 
 fn wrr(route: &Route, n: u64, available: &mut impl FnMut(usize) -> bool) -> (usize, Reason) {
@@ -171,7 +227,11 @@ fn encode_counts(counts: &[u32]) -> Vec<u8> {
 
 /// least_requests: picks the allowed target with the fewest in-flight requests (shared across
 /// workers) relative to its weight, and counts it, in one CAS.
-pub fn acquire_least(store: &impl CasStore, route: &Route, allowed: &dyn Fn(usize) -> bool) -> Option<usize> {
+pub fn acquire_least(
+    store: &impl CasStore,
+    route: &Route,
+    allowed: &dyn Fn(usize) -> bool,
+) -> Option<usize> {
     let key = format!("{}.inflight", route.state_key);
     let n = route.targets.len();
     update_with_cas(store, &key, 16, |value| {
@@ -212,7 +272,10 @@ pub fn in_flight(store: &impl CasStore, route: &Route) -> Vec<u32> {
 pub fn shared_cursor(store: &impl CasStore, route: &Route) -> Option<u64> {
     let key = format!("{}.cursor", route.state_key);
     update_with_cas(store, &key, 16, |value| {
-        let n = value.and_then(|v| v.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+        let n = value
+            .and_then(|v| v.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0);
         (Some((n + 1).to_le_bytes().to_vec()), n)
     })
     .ok()

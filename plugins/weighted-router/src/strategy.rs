@@ -20,7 +20,10 @@ fn gcd(a: u64, b: u64) -> u64 {
 impl WrrTable {
     /// Builds the cycle; None if it would exceed 1,000,000 picks.
     pub fn build(weights: &[u32]) -> Option<WrrTable> {
-        let g = weights.iter().filter(|w| **w > 0).fold(0u64, |g, w| gcd(g, *w as u64));
+        let g = weights
+            .iter()
+            .filter(|w| **w > 0)
+            .fold(0u64, |g, w| gcd(g, *w as u64));
         if g == 0 {
             return None;
         }
@@ -60,12 +63,19 @@ impl WrrTable {
 
     /// The target at cycle position `n` (any n; the cycle repeats).
     pub fn at(&self, n: u64) -> usize {
-        self.sequence.get((n % self.sequence.len().max(1) as u64) as usize).copied().unwrap_or(0) as usize
+        self.sequence
+            .get((n % self.sequence.len().max(1) as u64) as usize)
+            .copied()
+            .unwrap_or(0) as usize
     }
 
     /// The first target at or after position `n` that is available, within one cycle;
     /// also returns how many positions were skipped. None if nothing is available.
-    pub fn next_available(&self, n: u64, mut available: impl FnMut(usize) -> bool) -> Option<(usize, u64)> {
+    pub fn next_available(
+        &self,
+        n: u64,
+        mut available: impl FnMut(usize) -> bool,
+    ) -> Option<(usize, u64)> {
         let mut checked: u64 = 0; // bit set of targets already found unavailable (≤ 64)
         for skip in 0..self.sequence.len() as u64 {
             let target = self.at(n + skip);
@@ -106,7 +116,11 @@ const LN_TABLE_BITS: u32 = 12;
 /// ln(1 + k/4096) for k in 0..=4096, built once per VM.
 fn ln_table() -> &'static [f64] {
     static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| (0..=(1u32 << LN_TABLE_BITS)).map(|k| (1.0 + k as f64 / (1u32 << LN_TABLE_BITS) as f64).ln()).collect())
+    TABLE.get_or_init(|| {
+        (0..=(1u32 << LN_TABLE_BITS))
+            .map(|k| (1.0 + k as f64 / (1u32 << LN_TABLE_BITS) as f64).ln())
+            .collect()
+    })
 }
 
 /// −ln(u) for u in (0, 1): exponent × ln 2 plus ln of the mantissa, linearly interpolated
@@ -117,7 +131,8 @@ fn neg_ln_with(table: &[f64], u: f64) -> f64 {
     let exponent = ((bits >> 52) & 0x7ff) as i64 - 1023;
     let mantissa = bits & 0x000f_ffff_ffff_ffff;
     let index = (mantissa >> (52 - LN_TABLE_BITS)) as usize;
-    let fraction = (mantissa & ((1u64 << (52 - LN_TABLE_BITS)) - 1)) as f64 * (1.0 / (1u64 << (52 - LN_TABLE_BITS)) as f64);
+    let fraction = (mantissa & ((1u64 << (52 - LN_TABLE_BITS)) - 1)) as f64
+        * (1.0 / (1u64 << (52 - LN_TABLE_BITS)) as f64);
     let (low, high) = match (table.get(index), table.get(index + 1)) {
         (Some(low), Some(high)) => (*low, *high),
         _ => return -u.ln(),
@@ -128,7 +143,12 @@ fn neg_ln_with(table: &[f64], u: f64) -> f64 {
 /// Weighted rendezvous hashing: each target scores w / −ln(u), u uniform in (0, 1) from
 /// hash(target, key); the highest score wins. Raising one target's weight only raises its
 /// own scores, so keys move only towards it; removing a target moves only its keys.
-pub fn rendezvous(weights: &[u32], target_seeds: &[u64], key_hash: u64, available: impl Fn(usize) -> bool) -> Option<usize> {
+pub fn rendezvous(
+    weights: &[u32],
+    target_seeds: &[u64],
+    key_hash: u64,
+    available: impl Fn(usize) -> bool,
+) -> Option<usize> {
     // Best so far as (index, weight, −ln u); compare w_i / l_i > w_b / l_b as w_i·l_b > w_b·l_i.
     let table = ln_table();
     let mut best: Option<(usize, f64, f64)> = None;
@@ -147,13 +167,22 @@ pub fn rendezvous(weights: &[u32], target_seeds: &[u64], key_hash: u64, availabl
 
 /// The available target with the fewest in-flight requests relative to its weight:
 /// minimal (in_flight + 1) / weight, compared exactly; ties go to the larger weight.
-pub fn least_requests(weights: &[u32], in_flight: &[u32], available: impl Fn(usize) -> bool) -> Option<usize> {
+pub fn least_requests(
+    weights: &[u32],
+    in_flight: &[u32],
+    available: impl Fn(usize) -> bool,
+) -> Option<usize> {
     let mut best: Option<usize> = None;
     for (i, w) in weights.iter().enumerate() {
         if *w == 0 || !available(i) {
             continue;
         }
-        let load = |j: usize| (in_flight.get(j).copied().unwrap_or(0) as u64 + 1, weights[j] as u64);
+        let load = |j: usize| {
+            (
+                in_flight.get(j).copied().unwrap_or(0) as u64 + 1,
+                weights[j] as u64,
+            )
+        };
         best = match best {
             None => Some(i),
             Some(b) => {
@@ -179,7 +208,11 @@ mod tests {
         let t = WrrTable::build(&[5, 1, 1]).unwrap();
         let seq: Vec<usize> = (0..7).map(|n| t.at(n)).collect();
         assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0], "NGINX's example: a a b a c a a");
-        assert_eq!(WrrTable::build(&[90, 10]).unwrap().len(), 10, "gcd-reduced cycle");
+        assert_eq!(
+            WrrTable::build(&[90, 10]).unwrap().len(),
+            10,
+            "gcd-reduced cycle"
+        );
         assert_eq!(WrrTable::build(&[0, 3]).unwrap().len(), 1);
         assert!(WrrTable::build(&[0, 0]).is_none());
     }
@@ -202,7 +235,11 @@ mod tests {
         for i in 1..100_000u64 {
             let u = i as f64 / 100_000.0;
             let approx = neg_ln_with(ln_table(), u);
-            assert!((approx + u.ln()).abs() < 1e-8, "{u}: {approx} vs {}", -u.ln());
+            assert!(
+                (approx + u.ln()).abs() < 1e-8,
+                "{u}: {approx} vs {}",
+                -u.ln()
+            );
             assert!(approx < previous, "strictly decreasing in u at {u}");
             previous = approx;
         }
@@ -230,7 +267,11 @@ mod tests {
 
     #[test]
     fn least_requests_is_relative_to_weight() {
-        assert_eq!(least_requests(&[1, 3], &[0, 2], |_| true), Some(1), "(0+1)/1 = 1 > (2+1)/3 = 1? tie goes to weight 3");
+        assert_eq!(
+            least_requests(&[1, 3], &[0, 2], |_| true),
+            Some(1),
+            "(0+1)/1 = 1 > (2+1)/3 = 1? tie goes to weight 3"
+        );
         assert_eq!(least_requests(&[1, 3], &[0, 3], |_| true), Some(0));
         assert_eq!(least_requests(&[1, 1], &[5, 0], |i| i == 0), Some(0));
     }
