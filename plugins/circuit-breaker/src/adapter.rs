@@ -4,15 +4,16 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
 use edgewise_support::breaker_state::BreakerState;
 use edgewise_support::metrics::metric_name;
-use edgewise_support::request::host_only;
-use edgewise_support::wasm::{install_panic_hook, Metric, SharedData};
+use edgewise_support::request::{host_only, RequestView};
+use edgewise_support::wasm::{
+    install_panic_hook, load_config, log, now_nanos, Metric, RequestHeaders, SharedData,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 use crate::breaker::{Admission, Transition};
 use crate::config::{Config, UpstreamKey};
@@ -64,17 +65,6 @@ struct BreakerRoot {
     shared: Option<Rc<Shared>>,
 }
 
-fn now_nanos() -> Option<u64> {
-    let now = hostcalls::get_current_time().ok()?;
-    now.duration_since(UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_nanos() as u64)
-}
-
-fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
-}
-
 impl Context for BreakerRoot {}
 
 impl RootContext for BreakerRoot {
@@ -84,39 +74,24 @@ impl RootContext for BreakerRoot {
     }
 
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(bytes) => bytes.unwrap_or_default(),
-            Err(status) => {
-                log(
-                    LogLevel::Error,
-                    &format!("circuit_breaker: cannot read the plugin configuration: {status:?}"),
-                );
-                return false;
-            }
+        let Some(config) = load_config("circuit_breaker", Config::from_json) else {
+            return false;
         };
-        match Config::from_json(&bytes) {
-            Ok(config) => {
-                log(
-                    LogLevel::Info,
-                    &format!(
-                        "circuit_breaker {VERSION}: upstream by {:?}, {} override(s)",
-                        config.upstream,
-                        config.overrides.len()
-                    ),
-                );
-                self.shared = Some(Rc::new(Shared {
-                    config,
-                    upstreams: RefCell::new(HashMap::new()),
-                    untracked: Metric::counter(&metric_name(&["circuit_breaker", "untracked"])),
-                    errors: Metric::counter(&metric_name(&["circuit_breaker", "errors"])),
-                }));
-                true
-            }
-            Err(error) => {
-                log(LogLevel::Error, &format!("circuit_breaker: {error}"));
-                false
-            }
-        }
+        log(
+            LogLevel::Info,
+            &format!(
+                "circuit_breaker {VERSION}: upstream by {:?}, {} override(s)",
+                config.upstream,
+                config.overrides.len()
+            ),
+        );
+        self.shared = Some(Rc::new(Shared {
+            config,
+            upstreams: RefCell::new(HashMap::new()),
+            untracked: Metric::counter(&metric_name(&["circuit_breaker", "untracked"])),
+            errors: Metric::counter(&metric_name(&["circuit_breaker", "errors"])),
+        }));
+        true
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -142,12 +117,6 @@ struct BreakerStream {
     probe: Option<u32>,
     replied: bool,
     recorded: bool,
-}
-
-fn header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
 }
 
 fn report(shared: &Shared, identity: &str, transition: Transition) {
@@ -221,12 +190,13 @@ impl HttpContext for BreakerStream {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
+        let mut request = RequestHeaders::default();
         let identity = match &shared.config.upstream {
             UpstreamKey::Route => hostcalls::get_property(vec!["xds", "route_name"])
                 .ok()
                 .flatten(),
-            UpstreamKey::Host => header(":authority").map(|a| host_only(&a)),
-            UpstreamKey::Header(name) => header(name),
+            UpstreamKey::Host => request.header(":authority").map(|a| host_only(&a)),
+            UpstreamKey::Header(name) => request.header(name),
         };
         // No identity (unnamed route, missing header): no breaker applies.
         let Some(identity) = identity

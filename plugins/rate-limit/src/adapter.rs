@@ -5,10 +5,12 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use edgewise_support::wasm::{install_panic_hook, now_nanos, Metric, RequestHeaders, SharedData};
+use edgewise_support::wasm::{
+    install_panic_hook, load_config, log, now_nanos, Metric, RequestHeaders, SharedData,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 use crate::config::{Config, Mode};
 use crate::headers::{rate_limit_headers, seconds_up};
@@ -50,10 +52,6 @@ struct RateLimitRoot {
     waiters: Waiters,
 }
 
-fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
-}
-
 impl Context for RateLimitRoot {}
 
 impl RootContext for RateLimitRoot {
@@ -63,45 +61,30 @@ impl RootContext for RateLimitRoot {
     }
 
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(bytes) => bytes.unwrap_or_default(),
-            Err(status) => {
-                log(
-                    LogLevel::Error,
-                    &format!("rate_limit: cannot read the plugin configuration: {status:?}"),
-                );
-                return false;
-            }
+        let Some(config) = load_config("rate_limit", Config::from_json) else {
+            return false;
         };
-        match Config::from_json(&bytes) {
-            Ok(config) => {
-                let metrics = config
-                    .rules
-                    .iter()
-                    .map(|r| RuleMetrics {
-                        allowed: Metric::counter(&r.metric_allowed),
-                        denied: Metric::counter(&r.metric_denied),
-                        shadow_denied: Metric::counter(&r.metric_shadow_denied),
-                        queued: Metric::counter(&r.metric_queued),
-                        errors: Metric::counter(&r.metric_errors),
-                    })
-                    .collect();
-                log(
-                    LogLevel::Info,
-                    &format!(
-                        "rate_limit {VERSION}: {} rule(s), mode {:?}",
-                        config.rules.len(),
-                        config.mode
-                    ),
-                );
-                self.shared = Some(Rc::new(Shared { config, metrics }));
-                true
-            }
-            Err(error) => {
-                log(LogLevel::Error, &format!("rate_limit: {error}"));
-                false
-            }
-        }
+        let metrics = config
+            .rules
+            .iter()
+            .map(|r| RuleMetrics {
+                allowed: Metric::counter(&r.metric_allowed),
+                denied: Metric::counter(&r.metric_denied),
+                shadow_denied: Metric::counter(&r.metric_shadow_denied),
+                queued: Metric::counter(&r.metric_queued),
+                errors: Metric::counter(&r.metric_errors),
+            })
+            .collect();
+        log(
+            LogLevel::Info,
+            &format!(
+                "rate_limit {VERSION}: {} rule(s), mode {:?}",
+                config.rules.len(),
+                config.mode
+            ),
+        );
+        self.shared = Some(Rc::new(Shared { config, metrics }));
+        true
     }
 
     fn on_tick(&mut self) {

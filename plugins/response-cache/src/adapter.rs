@@ -5,7 +5,7 @@
 use std::rc::Rc;
 
 use edgewise_support::metrics::metric_name;
-use edgewise_support::wasm::{install_panic_hook, now_nanos, Metric, SharedData};
+use edgewise_support::wasm::{install_panic_hook, load_config, log, now_nanos, Metric, SharedData};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
@@ -43,10 +43,6 @@ struct CacheRoot {
     shared: Option<Rc<Shared>>,
 }
 
-fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
-}
-
 fn now_seconds() -> i64 {
     (now_nanos().unwrap_or(0) / 1_000_000_000) as i64
 }
@@ -60,45 +56,30 @@ impl RootContext for CacheRoot {
     }
 
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(bytes) => bytes.unwrap_or_default(),
-            Err(status) => {
-                log(
-                    LogLevel::Error,
-                    &format!("response_cache: cannot read the plugin configuration: {status:?}"),
-                );
-                return false;
-            }
+        let Some(config) = load_config("response_cache", Config::from_json) else {
+            return false;
         };
-        match Config::from_json(&bytes) {
-            Ok(config) => {
-                let m = |what: &str| metric_name(&["response_cache", what]);
-                let metrics = Metrics {
-                    hits: Metric::counter(&m("hits")),
-                    misses: Metric::counter(&m("misses")),
-                    stored: Metric::counter(&m("stored")),
-                    evicted: Metric::counter(&m("evicted")),
-                    not_stored: Metric::counter(&m("not_stored")),
-                    invalidated: Metric::counter(&m("invalidated")),
-                    purged: Metric::counter(&m("purged")),
-                    stale_served: Metric::counter(&m("stale_served")),
-                    bytes: Metric::gauge(&m("bytes_in_use")),
-                };
-                log(
-                    LogLevel::Info,
-                    &format!(
-                        "response_cache {VERSION}: {} bytes, {} entries",
-                        config.layout.max_bytes, config.layout.slots
-                    ),
-                );
-                self.shared = Some(Rc::new(Shared { config, metrics }));
-                true
-            }
-            Err(error) => {
-                log(LogLevel::Error, &format!("response_cache: {error}"));
-                false
-            }
-        }
+        let m = |what: &str| metric_name(&["response_cache", what]);
+        let metrics = Metrics {
+            hits: Metric::counter(&m("hits")),
+            misses: Metric::counter(&m("misses")),
+            stored: Metric::counter(&m("stored")),
+            evicted: Metric::counter(&m("evicted")),
+            not_stored: Metric::counter(&m("not_stored")),
+            invalidated: Metric::counter(&m("invalidated")),
+            purged: Metric::counter(&m("purged")),
+            stale_served: Metric::counter(&m("stale_served")),
+            bytes: Metric::gauge(&m("bytes_in_use")),
+        };
+        log(
+            LogLevel::Info,
+            &format!(
+                "response_cache {VERSION}: {} bytes, {} entries",
+                config.layout.max_bytes, config.layout.slots
+            ),
+        );
+        self.shared = Some(Rc::new(Shared { config, metrics }));
+        true
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -94,3 +94,38 @@ impl Metric {
         }
     }
 }
+
+/// Writes a line to Envoy's log (a failure to log is not worth failing traffic for).
+pub fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+/// Reads the plugin configuration and compiles it with `compile`. On failure, logs
+/// "`plugin`: <error>" at error level and returns None, so `on_configure` can return false
+/// and Envoy refuses the configuration.
+pub fn load_config<T>(
+    plugin: &str,
+    compile: impl FnOnce(&[u8]) -> Result<T, crate::config::ConfigError>,
+) -> Option<T> {
+    let bytes = match hostcalls::get_buffer(
+        proxy_wasm::types::BufferType::PluginConfiguration,
+        0,
+        usize::MAX,
+    ) {
+        Ok(bytes) => bytes.unwrap_or_default(),
+        Err(status) => {
+            log(
+                LogLevel::Error,
+                &format!("{plugin}: cannot read the plugin configuration: {status:?}"),
+            );
+            return None;
+        }
+    };
+    match compile(&bytes) {
+        Ok(config) => Some(config),
+        Err(error) => {
+            log(LogLevel::Error, &format!("{plugin}: {error}"));
+            None
+        }
+    }
+}

@@ -7,10 +7,12 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use edgewise_support::breaker_state::{lookup, BreakerState};
-use edgewise_support::wasm::{install_panic_hook, now_nanos, Metric, RequestHeaders, SharedData};
+use edgewise_support::wasm::{
+    install_panic_hook, load_config, log, now_nanos, Metric, RequestHeaders, SharedData,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 use crate::config::Config;
 use crate::{acquire_least, release_least, select, shared_cursor, Env, Reason};
@@ -40,10 +42,6 @@ struct RouterRoot {
     shared: Option<Rc<Shared>>,
 }
 
-fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
-}
-
 impl Context for RouterRoot {}
 
 impl RootContext for RouterRoot {
@@ -53,53 +51,38 @@ impl RootContext for RouterRoot {
     }
 
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(bytes) => bytes.unwrap_or_default(),
-            Err(status) => {
-                log(
-                    LogLevel::Error,
-                    &format!("weighted_router: cannot read the plugin configuration: {status:?}"),
-                );
-                return false;
-            }
+        let Some(config) = load_config("weighted_router", Config::from_json) else {
+            return false;
         };
-        match Config::from_json(&bytes) {
-            Ok(config) => {
-                let metrics = config
-                    .routes
+        let metrics = config
+            .routes
+            .iter()
+            .map(|r| RouteMetrics {
+                requests: r
+                    .targets
                     .iter()
-                    .map(|r| RouteMetrics {
-                        requests: r
-                            .targets
-                            .iter()
-                            .map(|t| Metric::counter(&t.metric_requests))
-                            .collect(),
-                        failovers: Metric::counter(&r.metric_failovers),
-                        overrides: Metric::counter(&r.metric_overrides),
-                    })
-                    .collect();
-                let seed = now_nanos().unwrap_or(0x5eed) | 1;
-                log(
-                    LogLevel::Info,
-                    &format!(
-                        "weighted_router {VERSION}: {} route(s)",
-                        config.routes.len()
-                    ),
-                );
-                let routes = config.routes.len();
-                self.shared = Some(Rc::new(Shared {
-                    config,
-                    metrics,
-                    cursors: RefCell::new(vec![0; routes]),
-                    rng: RefCell::new(seed),
-                }));
-                true
-            }
-            Err(error) => {
-                log(LogLevel::Error, &format!("weighted_router: {error}"));
-                false
-            }
-        }
+                    .map(|t| Metric::counter(&t.metric_requests))
+                    .collect(),
+                failovers: Metric::counter(&r.metric_failovers),
+                overrides: Metric::counter(&r.metric_overrides),
+            })
+            .collect();
+        let seed = now_nanos().unwrap_or(0x5eed) | 1;
+        log(
+            LogLevel::Info,
+            &format!(
+                "weighted_router {VERSION}: {} route(s)",
+                config.routes.len()
+            ),
+        );
+        let routes = config.routes.len();
+        self.shared = Some(Rc::new(Shared {
+            config,
+            metrics,
+            cursors: RefCell::new(vec![0; routes]),
+            rng: RefCell::new(seed),
+        }));
+        true
     }
 
     fn get_type(&self) -> Option<ContextType> {
