@@ -290,13 +290,7 @@ impl HttpContext for BreakerStream {
         // Envoy's response details only matter for a 5xx the status list does not already
         // count: read them (one host call) only then.
         let needs_details = params.local_failures
-            && status.is_some_and(|code| {
-                code >= 500
-                    && !params
-                        .failure_statuses
-                        .iter()
-                        .any(|(low, high)| (*low..=*high).contains(&code))
-            });
+            && status.is_some_and(|code| code >= 500 && !params.counts_status(code));
         let details = if needs_details {
             hostcalls::get_property(vec!["response", "code_details"])
                 .ok()

@@ -99,6 +99,15 @@ pub struct Params {
     pub probes: u32,
 }
 
+impl Params {
+    /// Whether `code` is in `failure.statuses`.
+    pub fn counts_status(&self, code: u16) -> bool {
+        self.failure_statuses
+            .iter()
+            .any(|(low, high)| (*low..=*high).contains(&code))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fallback {
     pub status: u32,

@@ -25,10 +25,7 @@ pub fn classify(
         // A response without a usable status counts as a failure.
         None => true,
         Some(code) => {
-            params
-                .failure_statuses
-                .iter()
-                .any(|(low, high)| (*low..=*high).contains(&code))
+            params.counts_status(code)
                 || (params.local_failures
                     && code >= 500
                     && details.is_some_and(|d| d != b"via_upstream"))

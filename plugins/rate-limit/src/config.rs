@@ -149,6 +149,8 @@ pub struct Config {
     pub deny: DenyResponse,
     pub response_headers: HeaderStyle,
     pub hash_seed: u64,
+    /// Some rule keys on the client IP taken from X-Forwarded-For: read that header.
+    pub reads_forwarded_for: bool,
 }
 
 /// Entries per set of a key table (see `table`).
@@ -469,7 +471,10 @@ impl Config {
             .map(str::as_bytes)
             .unwrap_or(source);
         let hash_seed = crate::key::fingerprint(0x5eed, seed_source);
+        let reads_forwarded_for = matches!(client_ip, ClientIpSource::ForwardedFor { .. })
+            && rules.iter().any(|r| r.key.contains(&KeyPart::ClientIp));
         Ok(Config {
+            reads_forwarded_for,
             rules,
             mode,
             client_ip,

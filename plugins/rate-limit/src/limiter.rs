@@ -76,15 +76,11 @@ pub fn applicable_rules(
 ) -> Vec<Applicable> {
     let mut ip_cache: Option<Option<Vec<u8>>> = None;
     let source = config.client_ip;
-    let mut forwarded = None;
-    if matches!(source, crate::config::ClientIpSource::ForwardedFor { .. })
-        && config
-            .rules
-            .iter()
-            .any(|r| r.key.contains(&crate::config::KeyPart::ClientIp))
-    {
-        forwarded = request.header("x-forwarded-for");
-    }
+    let forwarded = if config.reads_forwarded_for {
+        request.header("x-forwarded-for")
+    } else {
+        None
+    };
     let mut applicable = Vec::new();
     for (index, rule) in config.rules.iter().enumerate() {
         if !rule.matcher.matches(request) {

@@ -121,7 +121,8 @@ impl HttpContext for RouterStream {
         // The clock is read only if a failover route asks about a breaker.
         let mut now: Option<u64> = None;
         let mut request = RequestHeaders::default();
-        let mut acquired: Option<(String, usize)> = None;
+        // The least_requests target counted in flight (always on the selected route).
+        let mut acquired: Option<usize> = None;
         let mut client_ip = || {
             let peer = hostcalls::get_property(vec!["source", "address"])
                 .ok()
@@ -134,11 +135,7 @@ impl HttpContext for RouterStream {
             Some(ip.into_bytes())
         };
         let mut cursor = |route: &crate::config::Route| -> u64 {
-            let index = config
-                .routes
-                .iter()
-                .position(|r| r.name == route.name)
-                .unwrap_or(0);
+            let index = route.index;
             if route.shared_cursor {
                 if let Some(n) = shared_cursor(&SharedData, route) {
                     return n;
@@ -169,7 +166,7 @@ impl HttpContext for RouterStream {
         let mut least = |route: &crate::config::Route, allowed: &dyn Fn(usize) -> bool| {
             let pick = acquire_least(&SharedData, route, allowed);
             if let Some(target) = pick {
-                acquired = Some((route.name.clone(), target));
+                acquired = Some(target);
             }
             pick
         };
@@ -201,13 +198,8 @@ impl HttpContext for RouterStream {
                     Reason::Override => metrics.overrides.increment(1),
                     Reason::Picked | Reason::HashKeyMissing => {}
                 }
-                if let Some((route_name, target)) = acquired {
-                    let route = config
-                        .routes
-                        .iter()
-                        .position(|r| r.name == route_name)
-                        .unwrap_or(selection.route);
-                    self.in_flight = Some((route, target));
+                if let Some(target) = acquired {
+                    self.in_flight = Some((selection.route, target));
                 }
             }
             None => {

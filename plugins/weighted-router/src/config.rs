@@ -83,6 +83,8 @@ pub struct Target {
 
 #[derive(Clone, Debug)]
 pub struct Route {
+    /// Position in `Config::routes` (per-worker cursors are kept by it).
+    pub index: usize,
     pub name: String,
     pub matcher: Matcher,
     /// All targets, including weight 0 ones (kept for metrics; never picked).
@@ -347,6 +349,7 @@ fn compile_route(i: usize, raw: &RawRoute) -> Result<Route, ConfigError> {
     Ok(Route {
         metric_failovers: metric_name(&["weighted_router", &name, "failovers"]),
         metric_overrides: metric_name(&["weighted_router", &name, "overrides"]),
+        index: i,
         name,
         matcher,
         targets,
