@@ -48,3 +48,33 @@ pub fn scratch_dir(label: &str) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// Builds the given wasm crates (release, wasm32-wasip1); a no-op when up to date.
+pub fn build_wasm(packages: &[&str]) -> anyhow::Result<()> {
+    let mut args = vec!["build", "--quiet", "--release", "--target", "wasm32-wasip1"];
+    for package in packages {
+        args.extend(["-p", package]);
+    }
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace_root())
+            .args(&args)
+            .status()?;
+    anyhow::ensure!(status.success(), "building {packages:?} failed");
+    Ok(())
+}
+
+/// Validates an example config under `envoy/examples/` with Envoy, pointing the relative
+/// `target/wasm32-wasip1/release/<module>.wasm` paths it names (each must appear) at
+/// wherever the modules were built (CI builds outside the clone).
+pub fn validate_example(file: &str, modules: &[&str]) -> anyhow::Result<()> {
+    let mut text = std::fs::read_to_string(workspace_root().join("envoy/examples").join(file))?;
+    for module in modules {
+        let relative = format!("target/wasm32-wasip1/release/{module}.wasm");
+        anyhow::ensure!(text.contains(&relative), "{file} does not name {relative}");
+        text = text.replace(&relative, &wasm_path(module).to_string_lossy());
+    }
+    let path = scratch_dir("example")?.join(file);
+    std::fs::write(&path, text)?;
+    envoy::validate_file(&path)
+}

@@ -6,21 +6,7 @@ use std::time::{Duration, Instant};
 use envoy_harness::{wasm_path, Backend, Envoy, EnvoyConfig, WasmFilter};
 
 fn build() {
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(envoy_harness::workspace_root())
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "-p",
-                "circuit-breaker",
-            ])
-            .status()
-            .unwrap();
-    assert!(status.success());
+    envoy_harness::build_wasm(&["circuit-breaker"]).unwrap();
 }
 
 fn start(backend: &Backend, config: &str) -> Envoy {
@@ -179,16 +165,6 @@ fn envoy_refuses_an_invalid_breaker_configuration() {
 #[test]
 fn the_example_envoy_config_is_valid() {
     build();
-    let example = std::fs::read_to_string(
-        envoy_harness::workspace_root().join("envoy/examples/circuit-breaker.yaml"),
-    )
-    .unwrap();
-    let relative = "target/wasm32-wasip1/release/circuit_breaker.wasm";
-    assert!(example.contains(relative));
-    let adjusted = example.replace(relative, &wasm_path("circuit_breaker").to_string_lossy());
-    let path = envoy_harness::scratch_dir("example")
-        .unwrap()
-        .join("circuit-breaker.yaml");
-    std::fs::write(&path, adjusted).unwrap();
-    envoy_harness::envoy::validate_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    envoy_harness::validate_example("circuit-breaker.yaml", &["circuit_breaker"])
+        .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -5,21 +5,7 @@
 use envoy_harness::{wasm_path, Backend, Envoy, EnvoyConfig, WasmFilter};
 
 fn build_probe() {
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(envoy_harness::workspace_root())
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "-p",
-                "probe",
-            ])
-            .status()
-            .unwrap();
-    assert!(status.success());
+    envoy_harness::build_wasm(&["probe"]).unwrap();
 }
 
 #[test]

@@ -8,21 +8,7 @@ use std::time::{Duration, Instant};
 use envoy_harness::{wasm_path, Backend, Envoy, EnvoyConfig, WasmFilter};
 
 fn build() {
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(envoy_harness::workspace_root())
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "-p",
-                "rate-limit",
-            ])
-            .status()
-            .unwrap();
-    assert!(status.success());
+    envoy_harness::build_wasm(&["rate-limit"]).unwrap();
 }
 
 fn start(config: &str) -> (Backend, Envoy) {
@@ -205,18 +191,6 @@ fn envoy_refuses_an_invalid_rate_limit_configuration() {
 #[test]
 fn the_example_envoy_config_is_valid() {
     build();
-    let example = std::fs::read_to_string(
-        envoy_harness::workspace_root().join("envoy/examples/rate-limit.yaml"),
-    )
-    .unwrap();
-    // The example points at the default target dir; validate it against wherever the
-    // module was actually built (CI builds outside the clone).
-    let relative = "target/wasm32-wasip1/release/rate_limit.wasm";
-    assert!(example.contains(relative));
-    let adjusted = example.replace(relative, &wasm_path("rate_limit").to_string_lossy());
-    let path = envoy_harness::scratch_dir("example")
-        .unwrap()
-        .join("rate-limit.yaml");
-    std::fs::write(&path, adjusted).unwrap();
-    envoy_harness::envoy::validate_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    envoy_harness::validate_example("rate-limit.yaml", &["rate_limit"])
+        .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -3,21 +3,7 @@
 use envoy_harness::{wasm_path, Backend, Envoy, EnvoyConfig, WasmFilter};
 
 fn build() {
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(envoy_harness::workspace_root())
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "-p",
-                "response-cache",
-            ])
-            .status()
-            .unwrap();
-    assert!(status.success());
+    envoy_harness::build_wasm(&["response-cache"]).unwrap();
 }
 
 fn start() -> (Backend, Envoy) {

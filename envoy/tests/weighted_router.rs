@@ -8,23 +8,7 @@ use std::time::{Duration, Instant};
 use envoy_harness::{wasm_path, Backend, Envoy, EnvoyConfig, Route, WasmFilter};
 
 fn build() {
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(envoy_harness::workspace_root())
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "-p",
-                "weighted-router",
-                "-p",
-                "circuit-breaker",
-            ])
-            .status()
-            .unwrap();
-    assert!(status.success());
+    envoy_harness::build_wasm(&["weighted-router", "circuit-breaker"]).unwrap();
 }
 
 const ROUTER: &str = r#"{"cluster_header":"x-route-cluster","routes":[{"name":"api","match":{"path_prefix":"/api/"},
@@ -194,21 +178,9 @@ fn failover_when_a_backends_breaker_opens_and_return_after_it_closes() {
 #[test]
 fn the_example_envoy_config_is_valid() {
     build();
-    let example = std::fs::read_to_string(
-        envoy_harness::workspace_root().join("envoy/examples/weighted-router.yaml"),
+    envoy_harness::validate_example(
+        "weighted-router.yaml",
+        &["weighted_router", "circuit_breaker"],
     )
-    .unwrap();
-    let relative = "target/wasm32-wasip1/release/weighted_router.wasm";
-    assert!(example.contains(relative));
-    let adjusted = example
-        .replace(relative, &wasm_path("weighted_router").to_string_lossy())
-        .replace(
-            "target/wasm32-wasip1/release/circuit_breaker.wasm",
-            &wasm_path("circuit_breaker").to_string_lossy(),
-        );
-    let path = envoy_harness::scratch_dir("example")
-        .unwrap()
-        .join("weighted-router.yaml");
-    std::fs::write(&path, adjusted).unwrap();
-    envoy_harness::envoy::validate_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -838,10 +838,10 @@ impl VmInner {
             s.in_log_phase = true;
         }
         let ctx = Val::I32(context as i32);
-        let logged = self.call("proxy_on_log", &[ctx.clone()]);
+        let logged = self.call("proxy_on_log", &[ctx]);
         self.stream_mut(context).in_log_phase = false;
         logged?;
-        self.call("proxy_on_done", &[ctx.clone()])?;
+        self.call("proxy_on_done", &[ctx])?;
         self.call("proxy_on_delete", &[ctx])?;
         let index = self.store.data().index;
         let mut world = self.store.data().world.lock();

@@ -130,9 +130,11 @@ pub(crate) struct WorldState {
     pub ticks: HashMap<usize, (u64, u64)>,
     pub vms: Vec<Weak<Mutex<VmInner>>>,
     pub rng_state: u64,
-    pub foreign_functions:
-        HashMap<String, Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, Status> + Send + Sync>>,
+    pub foreign_functions: HashMap<String, ForeignFunction>,
 }
+
+/// A test-registered function reachable through `proxy_call_foreign_function`.
+pub(crate) type ForeignFunction = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, Status> + Send + Sync>;
 
 impl WorldState {
     pub fn next_cas(&mut self) -> u32 {
@@ -276,7 +278,10 @@ impl World {
             };
             match next {
                 Some((at, kind, which)) if at <= target => {
-                    self.lock().now_nanos = self.lock_now_max(at);
+                    {
+                        let mut state = self.lock();
+                        state.now_nanos = state.now_nanos.max(at);
+                    }
                     if kind == 0 {
                         let vm = which as usize;
                         {
@@ -312,10 +317,6 @@ impl World {
         }
         self.lock().now_nanos = target;
         self.deliver_posted()
-    }
-
-    fn lock_now_max(&self, at: u64) -> u64 {
-        at.max(self.lock().now_nanos)
     }
 
     /// Delivers everything posted for later (shared-queue notifications), as each worker's

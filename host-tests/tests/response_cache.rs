@@ -119,7 +119,9 @@ fn age_grows_and_a_stale_entry_goes_back_to_the_origin() {
 fn what_a_shared_cache_must_not_store() {
     let world = World::new();
     let vms = start(&world, "{}", 1);
-    let cases: &[(&[(&str, &str)], &[(&str, &str)])] = &[
+    // (request headers, response headers)
+    type Fields = &'static [(&'static str, &'static str)];
+    let cases: &[(Fields, Fields)] = &[
         (&[], &[("cache-control", "no-store")]),
         (&[], &[("cache-control", "private, max-age=60")]),
         (

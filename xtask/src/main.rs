@@ -114,6 +114,8 @@ fn test() -> Result<()> {
     let started = Instant::now();
     setup()?;
     build_wasm()?;
+    step("format: cargo fmt --check");
+    cargo(&["fmt", "--all", "--", "--check"])?;
     step("lint: clippy on the plugin crates (unwrap/expect/panic denied), wasm target");
     cargo(&[
         "clippy",
