@@ -187,27 +187,10 @@ impl Config {
                         "use 200 to 599 (default 503)",
                     ));
                 }
-                let mut headers = Vec::new();
-                for (name, value) in f.headers.iter().flatten() {
-                    if name.is_empty()
-                        || name.starts_with(':')
-                        || !name.bytes().all(|b| b.is_ascii_graphic())
-                    {
-                        return Err(err(
-                            "fallback.headers",
-                            format!("{name:?} is not a header name"),
-                            "use names like \"content-type\"",
-                        ));
-                    }
-                    if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                        return Err(err(
-                            format!("fallback.headers.{name}"),
-                            "contains a control character",
-                            "remove CR, LF and NUL",
-                        ));
-                    }
-                    headers.push((name.to_ascii_lowercase(), value.clone()));
-                }
+                let headers = edgewise_support::config::response_headers(
+                    "fallback.headers",
+                    f.headers.as_ref(),
+                )?;
                 Fallback {
                     status,
                     body: f

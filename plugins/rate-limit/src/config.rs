@@ -423,27 +423,8 @@ impl Config {
                         "use a status from 200 to 599 (default 429)",
                     ));
                 }
-                let mut headers = Vec::new();
-                for (name, value) in d.headers.iter().flatten() {
-                    if name.is_empty()
-                        || name.starts_with(':')
-                        || !name.bytes().all(|b| b.is_ascii_graphic())
-                    {
-                        return Err(err(
-                            "deny.headers",
-                            format!("{name:?} is not a header name"),
-                            "use names like \"content-type\"",
-                        ));
-                    }
-                    if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                        return Err(err(
-                            format!("deny.headers.{name}"),
-                            "contains a control character",
-                            "remove CR, LF and NUL from the value",
-                        ));
-                    }
-                    headers.push((name.to_ascii_lowercase(), value.clone()));
-                }
+                let headers =
+                    edgewise_support::config::response_headers("deny.headers", d.headers.as_ref())?;
                 DenyResponse {
                     status,
                     body: d.body.clone().unwrap_or_else(|| "rate limited\n".into()),

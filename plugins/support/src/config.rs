@@ -77,6 +77,34 @@ pub fn parse_config<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError>
     })
 }
 
+/// Validates configured response header fields (`field` names them in errors): names must
+/// be visible ASCII and not pseudo-headers, values free of CR, LF and NUL. Names are
+/// lowercased, as Envoy keeps them.
+pub fn response_headers(
+    field: &str,
+    headers: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for (name, value) in headers.into_iter().flatten() {
+        if name.is_empty() || name.starts_with(':') || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                field,
+                format!("{name:?} is not a header name"),
+                "use names like \"content-type\"",
+            ));
+        }
+        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(ConfigError::new(
+                format!("{field}.{name}"),
+                "contains a control character",
+                "remove CR, LF and NUL from the value",
+            ));
+        }
+        out.push((name.to_ascii_lowercase(), value.clone()));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +137,35 @@ mod tests {
         let err = parse_config::<Raw>(b"{\"limit\": ").unwrap_err();
         assert_eq!(err.field, "<json>");
         assert!(err.problem.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn response_headers_name_the_bad_field() {
+        let map =
+            |k: &str, v: &str| std::collections::BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert_eq!(
+            response_headers("deny.headers", Some(&map("X-A", "1"))).unwrap(),
+            vec![("x-a".to_string(), "1".to_string())]
+        );
+        assert_eq!(
+            response_headers("deny.headers", Some(&map(":status", "1")))
+                .unwrap_err()
+                .field,
+            "deny.headers"
+        );
+        assert_eq!(
+            response_headers("deny.headers", Some(&map("a b", "1")))
+                .unwrap_err()
+                .field,
+            "deny.headers"
+        );
+        assert_eq!(
+            response_headers("deny.headers", Some(&map("x", "a\r\nb")))
+                .unwrap_err()
+                .field,
+            "deny.headers.x"
+        );
+        assert!(response_headers("deny.headers", None).unwrap().is_empty());
     }
 
     #[test]

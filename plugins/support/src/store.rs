@@ -126,16 +126,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn incr(store: &MemoryStore, key: &str) -> Result<u64, UpdateError> {
-        update_with_cas(store, key, 10, |v| {
-            let n = v
-                .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
-                .unwrap_or(0)
-                + 1;
-            (Some(n.to_string().into_bytes()), n)
-        })
-    }
-
     #[test]
     fn follows_envoys_cas_rules() {
         let store = MemoryStore::new();
