@@ -2,7 +2,8 @@
 //! statuses and delays, RFC 9110 validators with 304 answers, and a runtime fault switch.
 //!
 //! Usage: `edgewise-backend --name api-v1 --listen 127.0.0.1:0` prints
-//! `listening on <addr>` once ready.
+//! `listening on <addr>` once ready. `edgewise-backend --check http://HOST:PORT/PATH` is a
+//! health probe for containers without a shell: it exits 0 when the URL answers 200.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,8 +46,18 @@ fn main() {
         match arg.as_str() {
             "--name" => name = args.next().unwrap_or(name),
             "--listen" => listen = args.next().unwrap_or(listen),
+            "--check" => {
+                let url = args.next().unwrap_or_default();
+                std::process::exit(match check(&url) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("check {url}: {e}");
+                        1
+                    }
+                });
+            }
             "--help" | "-h" => {
-                println!("edgewise-backend [--name NAME] [--listen ADDR:PORT]");
+                println!("edgewise-backend [--name NAME] [--listen ADDR:PORT] | --check http://HOST:PORT/PATH");
                 return;
             }
             other => {
@@ -85,12 +96,51 @@ async fn serve(name: String, listen: String) -> std::io::Result<()> {
     use std::io::Write;
     std::io::stdout().flush()?;
     let app = Router::new().fallback(handle).with_state(state);
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+    // Containers stop their first process with SIGTERM; a terminal sends SIGINT.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
     };
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// One HTTP/1.1 GET with a 2 s budget; Ok when the status is 200.
+fn check(url: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("the URL must start with http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("the host has no address")?;
+    let budget = Duration::from_secs(2);
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, budget).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(budget))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).map_err(|e| e.to_string())?;
+    if &head[9..12] == b"200" {
+        Ok(())
+    } else {
+        Err(format!("status {}", String::from_utf8_lossy(&head[9..12])))
+    }
 }
 
 fn respond(

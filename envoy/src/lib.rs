@@ -1,13 +1,16 @@
 //! Runs real Envoy (pinned 1.40.0, V8) and our backend on loopback for tests, the demo and
-//! benchmarks: install on demand, ephemeral ports, wait for readiness, stats, logs, cleanup.
+//! benchmarks: install on demand, ephemeral ports, wait for readiness, stats, logs, cleanup;
+//! and the docker-compose cluster built from the same binaries.
 
 pub mod backend;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod envoy;
 
 pub use backend::Backend;
 pub use client::{http_request, HttpResponse};
+pub use cluster::{build_images, docker_available, Cluster, Ports};
 pub use config::{EnvoyConfig, Route, WasmFilter};
 pub use envoy::{ensure_envoy_installed, Envoy, ENVOY_VERSION};
 

@@ -241,7 +241,7 @@ impl HttpContext for CacheStream {
                     self.request =
                         hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
                 }
-                self.pending = Some(pending);
+                self.pending = Some(*pending);
                 Action::Continue
             }
         }

