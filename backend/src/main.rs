@@ -288,7 +288,13 @@ async fn handle(State(backend): State<Shared>, request: Request<Body>) -> Respon
                 format!("delayed {ms}ms\n"),
             )
         }
-        ["cache", ..] => cacheable(&backend, &parts.headers, &path, &query),
+        ["cache", ..] => {
+            // `delay_ms=N` holds the answer, so concurrent requests overlap (coalescing tests).
+            if let Some(ms) = query_param(&query, "delay_ms").and_then(|v| v.parse().ok()) {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            cacheable(&backend, &parts.headers, &path, &query)
+        }
         _ => echo(
             &backend,
             &parts.method,

@@ -162,3 +162,99 @@ fn stale_if_error_serves_the_stale_entry_when_the_origin_is_gone() {
         Some(1)
     );
 }
+
+/// RFC 9111 §4.3: a stale entry (max-age=0) is revalidated with If-None-Match; the origin's
+/// 304 refreshes it and the client gets the stored 200 with its body, counted at the origin as
+/// one conditional request each time.
+#[test]
+fn stale_entries_are_revalidated_with_a_304_and_served_whole() {
+    let (backend, envoy) = start();
+    let path = "/cache/r?cache_control=max-age%3D0&etag=v7&body=the-stored-body";
+    let first = envoy.get(path).unwrap();
+    assert_eq!(
+        first.header("cache-status"),
+        Some("edgewise; fwd=miss; stored")
+    );
+    for n in 2..=4 {
+        let again = envoy.get(path).unwrap();
+        assert_eq!(
+            (again.status, again.text().as_str()),
+            (200, "the-stored-body"),
+            "{:?}",
+            again.headers
+        );
+        assert_eq!(
+            again.header("cache-status"),
+            Some("edgewise; fwd=stale; ttl=0; stored; fwd-status=304"),
+            "{:?}",
+            again.headers
+        );
+        assert_eq!(again.header("etag"), Some("\"v7\""));
+        assert_eq!(
+            again
+                .headers
+                .iter()
+                .filter(|(k, _)| k == "content-type")
+                .count(),
+            1,
+            "{:?}",
+            again.headers
+        );
+        assert_eq!(
+            backend.requests().unwrap(),
+            n,
+            "one conditional request per revalidation"
+        );
+    }
+    assert_eq!(
+        envoy.stat("edgewise.response_cache.revalidated").unwrap(),
+        Some(3)
+    );
+}
+
+/// Coalescing across Envoy's workers: 50 concurrent misses for one URL (the origin takes
+/// 300 ms to answer) make exactly one origin request; every client gets the body.
+#[test]
+fn fifty_concurrent_misses_make_one_origin_request() {
+    let (backend, envoy) = start();
+    let path = "/cache/hot?cache_control=max-age%3D60&delay_ms=300&body=hot-body";
+    let addr = envoy.listener;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(50));
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                envoy_harness::http_request(addr, "GET", path, &[], b"").unwrap()
+            })
+        })
+        .collect();
+    let responses: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    for r in &responses {
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "hot-body"),
+            "{:?}",
+            r.headers
+        );
+    }
+    assert_eq!(
+        backend.requests().unwrap(),
+        1,
+        "one origin request for 50 misses"
+    );
+    let coalesced = envoy
+        .stat("edgewise.response_cache.coalesced")
+        .unwrap()
+        .unwrap_or(0);
+    let hits = envoy
+        .stat("edgewise.response_cache.hits")
+        .unwrap()
+        .unwrap_or(0);
+    println!("50 concurrent misses: {coalesced} coalesced, {hits} later hits, 1 origin request");
+    assert_eq!(coalesced + hits, 49);
+    assert!(
+        coalesced > 0,
+        "no request waited: the misses did not overlap"
+    );
+}

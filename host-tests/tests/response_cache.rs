@@ -230,7 +230,8 @@ fn memory_stays_within_the_byte_budget_and_key_set() {
         );
     }
     let (keys, bytes) = world.shared_data_footprint("edgewise");
-    assert!(keys <= 2 * 16 + 1, "{keys} keys");
+    // 16 metadata + 16 entry slots, the byte counter, 16 fill locks (coalescing).
+    assert!(keys <= 3 * 16 + 1, "{keys} keys");
     assert!(bytes <= 4096 + 16 * 40 + 1024, "{bytes} bytes");
     assert!(world.metric("edgewise.response_cache.evicted").unwrap_or(0) > 0);
     let (big, _) = exchange(&vms[0], "/big", &[], CACHEABLE, &[b'x'; 2000]);
@@ -264,7 +265,9 @@ fn invalid_configurations_are_refused_naming_the_field() {
             r#"{"purge":{"method":"GET","token":"0123456789"}}"#,
             "purge.method",
         ),
-        (r#"{"coalesce":{"enabled":true}}"#, "coalesce"),
+        (r#"{"coalesce":{"wait":"0s"}}"#, "coalesce.wait"),
+        (r#"{"coalesce":{"wait":"2m"}}"#, "coalesce.wait"),
+        (r#"{"coalesce":{"wait":"soon"}}"#, "coalesce.wait"),
         (
             r#"{"stale_while_revalidate":"10s"}"#,
             "stale_while_revalidate",
@@ -401,4 +404,110 @@ fn stale_if_error_answers_an_origin_error_with_the_stale_entry() {
     strict.send_response_headers([(":status", "502"), ("content-length", "3")], false);
     strict.send_response_body(b"bad", true);
     assert_eq!(strict.response().unwrap().status(), Some(502));
+}
+
+/// Coalescing: concurrent misses for one key on three workers make one origin request; the
+/// others wait (paused) and are answered from the stored result on their worker's tick.
+#[test]
+fn concurrent_misses_on_different_workers_make_one_origin_request() {
+    let world = World::new();
+    let vms = start(&world, r#"{"coalesce":{"wait":"2s"}}"#, 3);
+    let mut leader = get(&vms[0], "GET", "/hot", &[]);
+    assert!(
+        leader.upstream_request().is_some(),
+        "the first miss goes to the origin"
+    );
+    let followers: Vec<Stream> = (1..3).map(|i| get(&vms[i], "GET", "/hot", &[])).collect();
+    for f in &followers {
+        assert!(f.upstream_request().is_none(), "a concurrent miss waits");
+        assert!(f.response().is_none());
+    }
+    world.advance(Duration::from_millis(50)).unwrap();
+    for f in &followers {
+        assert!(
+            f.upstream_request().is_none() && f.response().is_none(),
+            "still waiting"
+        );
+    }
+    leader.respond(200, CACHEABLE, b"hot body");
+    world.advance(Duration::from_millis(10)).unwrap();
+    for f in &followers {
+        let r = f.response().expect("served after the fill");
+        assert_eq!(r.body, b"hot body");
+        assert!(f.upstream_request().is_none(), "never reached the origin");
+        let status = header(f, "cache-status").unwrap();
+        assert!(status.ends_with("; collapsed"), "{status}");
+        assert_eq!(header(f, "content-type").as_deref(), Some("text/html"));
+    }
+    assert_eq!(world.metric("edgewise.response_cache.coalesced"), Some(2));
+}
+
+/// A fill that ends without a storable response releases the waiters to the origin; one
+/// that never ends holds them at most `coalesce.wait`; a waiter whose client left is dropped.
+#[test]
+fn waiters_go_to_the_origin_when_the_fill_fails_or_takes_too_long() {
+    let world = World::new();
+    let vms = start(&world, r#"{"coalesce":{"wait":"1s"}}"#, 2);
+    // Not storable (private): the waiter is resumed to the origin.
+    let mut leader = get(&vms[0], "GET", "/private-hot", &[]);
+    let waiter = get(&vms[1], "GET", "/private-hot", &[]);
+    assert!(waiter.upstream_request().is_none());
+    leader.respond(200, &[("cache-control", "private, max-age=60")], b"mine");
+    world.advance(Duration::from_millis(10)).unwrap();
+    assert!(waiter.upstream_request().is_some(), "resumed to the origin");
+    assert!(waiter.response().is_none());
+
+    // The leader never answers: waiters go to the origin after the wait.
+    let _stuck = get(&vms[0], "GET", "/slow", &[]);
+    let waiter = get(&vms[1], "GET", "/slow", &[]);
+    let gone = get(&vms[1], "GET", "/slow", &[]);
+    drop(gone); // its client left while waiting
+    world.advance(Duration::from_millis(900)).unwrap();
+    assert!(
+        waiter.upstream_request().is_none(),
+        "waits up to coalesce.wait"
+    );
+    world.advance(Duration::from_millis(150)).unwrap();
+    assert!(
+        waiter.upstream_request().is_some(),
+        "gave up waiting after 1 s"
+    );
+    assert_eq!(world.metric("edgewise.response_cache.coalesced"), Some(0));
+}
+
+/// RFC 9111 §4.3: a stale entry is revalidated with its validators; the 304 refreshes the
+/// entry and the client gets the stored 200 with its body.
+#[test]
+fn a_stale_entry_is_revalidated_and_a_304_serves_the_stored_body() {
+    let world = World::new();
+    let vms = start(&world, "{}", 2);
+    let resp = &[
+        ("cache-control", "max-age=10"),
+        ("content-type", "text/html"),
+        ("etag", "\"v1\""),
+    ];
+    exchange(&vms[0], "/doc", &[], resp, b"stored body");
+    world.advance(Duration::from_secs(11)).unwrap();
+    let mut s = get(&vms[1], "GET", "/doc", &[]);
+    let upstream = s.upstream_request().expect("stale: goes to the origin");
+    assert_eq!(
+        upstream.headers.get("if-none-match").as_deref(),
+        Some("\"v1\"")
+    );
+    s.respond(
+        304,
+        &[("cache-control", "max-age=600"), ("etag", "\"v1\"")],
+        b"",
+    );
+    let r = s.response().expect("answered");
+    assert_eq!(r.status(), Some(200));
+    assert_eq!(r.body, b"stored body");
+    assert_eq!(
+        header(&s, "cache-status").as_deref(),
+        Some("edgewise; fwd=stale; ttl=600; stored; fwd-status=304")
+    );
+    // Refreshed: fresh for 600 s more, on any worker.
+    let (hit, forwarded) = exchange(&vms[0], "/doc", &[], resp, b"");
+    assert!(!forwarded);
+    assert_eq!(hit.response().unwrap().body, b"stored body");
 }

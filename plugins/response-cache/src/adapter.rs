@@ -1,8 +1,11 @@
 //! The proxy-wasm adapter: looks requests up in shared data and answers hits with a local
 //! reply; on a miss, lets the response stream through while copying it, and stores it when
-//! complete and storable.
+//! complete and storable. Concurrent misses for one key wait (paused) for the first one's
+//! result, checked on the worker's tick.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::Duration;
 
 use edgewise_support::metrics::metric_name;
 use edgewise_support::wasm::{install_panic_hook, load_config, log, now_nanos, Metric, SharedData};
@@ -10,7 +13,10 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
-use crate::cache::{entry_for, invalidates, on_request, storable, Pending, RequestDecision};
+use crate::cache::{
+    entry_for, invalidates, on_request, revalidated, storable, Pending, RequestDecision,
+};
+use crate::coalesce::{self, Fill};
 use crate::config::Config;
 use crate::status::{cache_status, Outcome};
 use crate::storage::{self, Insert};
@@ -31,12 +37,33 @@ struct Metrics {
     invalidated: Metric,
     purged: Metric,
     stale_served: Metric,
+    revalidated: Metric,
+    coalesced: Metric,
     bytes: Metric,
 }
+
+/// Headers of a cached local reply still to be applied when Envoy sends it (see `reply`).
+type Served = Rc<RefCell<Option<Vec<(String, Vec<u8>)>>>>;
+
+/// A request paused while another request fills its key.
+struct Waiter {
+    context_id: u32,
+    key_hash: u64,
+    until_ms: u64,
+    /// The client's request headers, to decide again once the entry is there.
+    request: Vec<(String, Vec<u8>)>,
+    served: Served,
+    alive: Rc<Cell<bool>>,
+}
+
+/// How often a worker with waiting requests looks for their entries.
+const WAIT_TICK: Duration = Duration::from_millis(5);
 
 struct Shared {
     config: Config,
     metrics: Metrics,
+    waiters: RefCell<Vec<Waiter>>,
+    ticking: Cell<bool>,
 }
 
 struct CacheRoot {
@@ -45,6 +72,43 @@ struct CacheRoot {
 
 fn now_seconds() -> i64 {
     (now_nanos().unwrap_or(0) / 1_000_000_000) as i64
+}
+
+fn now_millis() -> u64 {
+    now_nanos().unwrap_or(0) / 1_000_000
+}
+
+/// A per-call random word (xorshift seeded from the clock), for nonces and sampling.
+fn random_word() -> u64 {
+    let mut x = now_nanos().unwrap_or(1) | 1;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+/// Answers the current stream with a stored response as a local reply. Stored fields go out
+/// with the reply; Envoy adds its own content-type to a local reply, so the stored one
+/// replaces it when the reply passes through on_http_response_headers (via `served`).
+fn reply(served: &Served, status: u16, headers: Vec<(String, Vec<u8>)>, body: &[u8]) -> bool {
+    let content_type = headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.clone());
+    let rest: Vec<(String, Vec<u8>)> = headers
+        .into_iter()
+        .filter(|(k, _)| k != "content-type")
+        .collect();
+    *served.borrow_mut() = Some(
+        content_type
+            .map(|v| vec![("content-type".to_string(), v)])
+            .unwrap_or_default(),
+    );
+    if hostcalls::send_http_response(status as u32, text_pairs(&rest), Some(body)).is_err() {
+        *served.borrow_mut() = None;
+        return false;
+    }
+    true
 }
 
 impl Context for CacheRoot {}
@@ -69,6 +133,8 @@ impl RootContext for CacheRoot {
             invalidated: Metric::counter(&m("invalidated")),
             purged: Metric::counter(&m("purged")),
             stale_served: Metric::counter(&m("stale_served")),
+            revalidated: Metric::counter(&m("revalidated")),
+            coalesced: Metric::counter(&m("coalesced")),
             bytes: Metric::gauge(&m("bytes_in_use")),
         };
         log(
@@ -78,22 +144,85 @@ impl RootContext for CacheRoot {
                 config.layout.max_bytes, config.layout.slots
             ),
         );
-        self.shared = Some(Rc::new(Shared { config, metrics }));
+        self.shared = Some(Rc::new(Shared {
+            config,
+            metrics,
+            waiters: RefCell::new(Vec::new()),
+            ticking: Cell::new(false),
+        }));
         true
+    }
+
+    /// Serves waiting requests whose entry arrived; sends the others to the origin when their
+    /// fill ended without a usable entry or their wait ran out.
+    fn on_tick(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Some(coalescing) = shared.config.coalesce else {
+            return;
+        };
+        let (now_ms, now_s) = (now_millis(), now_seconds());
+        let waiting: Vec<Waiter> = shared.waiters.borrow_mut().drain(..).collect();
+        let mut still = Vec::new();
+        for waiter in waiting {
+            if !waiter.alive.get() {
+                continue;
+            }
+            let mut request = waiter.request.clone();
+            let decision = on_request(&shared.config, &SharedData, &mut request, now_s);
+            if let RequestDecision::Serve {
+                status,
+                mut headers,
+                body,
+            } = decision
+            {
+                for (name, value) in headers.iter_mut() {
+                    if name == "cache-status" {
+                        value.extend_from_slice(b"; collapsed");
+                    }
+                }
+                if hostcalls::set_effective_context(waiter.context_id).is_ok()
+                    && reply(&waiter.served, status, headers, &body)
+                {
+                    shared.metrics.coalesced.increment(1);
+                    continue;
+                }
+            }
+            if now_ms < waiter.until_ms
+                && coalesce::filling(&SharedData, coalescing.slots, waiter.key_hash, now_ms)
+            {
+                still.push(waiter);
+                continue;
+            }
+            // The fill ended without a usable entry (not storable, failed) or took too long:
+            // this request goes to the origin itself.
+            if hostcalls::set_effective_context(waiter.context_id).is_ok() {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+        if still.is_empty() {
+            let _ = hostcalls::set_tick_period(Duration::ZERO);
+            shared.ticking.set(false);
+        }
+        shared.waiters.borrow_mut().extend(still);
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(CacheStream {
+            context_id,
             shared: self.shared.clone(),
             pending: None,
             request: Vec::new(),
-            served: None,
+            served: Served::default(),
             response: None,
             replacing: None,
+            leader: None,
+            alive: Rc::new(Cell::new(true)),
         }))
     }
 }
@@ -106,15 +235,20 @@ struct Filling {
 }
 
 struct CacheStream {
+    context_id: u32,
     shared: Option<Rc<Shared>>,
     pending: Option<Pending>,
     /// The request's headers, kept for Vary on a storable miss.
     request: Vec<(String, Vec<u8>)>,
     /// Headers of our own cached reply, applied when Envoy sends it.
-    served: Option<Vec<(String, Vec<u8>)>>,
+    served: Served,
     response: Option<Filling>,
     /// Body of a stale entry replacing an origin error's body (stale-if-error).
     replacing: Option<Vec<u8>>,
+    /// The fill-lock nonce while this request fills its key for waiting requests.
+    leader: Option<u64>,
+    /// Cleared when the stream ends, so a waiter whose client left is dropped.
+    alive: Rc<Cell<bool>>,
 }
 
 fn text_pairs(headers: &[(String, Vec<u8>)]) -> Vec<(&str, &str)> {
@@ -125,7 +259,81 @@ fn text_pairs(headers: &[(String, Vec<u8>)]) -> Vec<(&str, &str)> {
 }
 
 impl CacheStream {
+    fn reply(&mut self, status: u16, headers: Vec<(String, Vec<u8>)>, body: &[u8]) -> Action {
+        if reply(&self.served, status, headers, body) {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    /// Ends this request's fill, so waiting requests look again (at once on their tick).
+    /// Remembers a forwarded request: its decision, its headers (Vary is only known from the
+    /// response, when request headers are gone), and adds revalidation's validators.
+    fn prepare_forward(
+        &mut self,
+        shared: &Shared,
+        pending: Pending,
+        request: Vec<(String, Vec<u8>)>,
+    ) {
+        // RFC 9111 §4.3.1: a stale entry goes to the origin as a conditional request.
+        for (name, value) in text_pairs(&pending.validators) {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+        }
+        if matches!(pending.outcome, Outcome::Miss | Outcome::Stale) {
+            shared.metrics.misses.increment(1);
+            self.request = request;
+        }
+        self.pending = Some(pending);
+    }
+
+    fn release_fill(&mut self) {
+        if let (Some(nonce), Some(shared), Some(pending)) = (
+            self.leader.take(),
+            self.shared.as_ref(),
+            self.pending.as_ref(),
+        ) {
+            if let Some(coalescing) = shared.config.coalesce {
+                coalesce::release(&SharedData, coalescing.slots, pending.key_hash, nonce);
+            }
+        }
+    }
+
+    /// Inserts an encoded entry, counting stored / evicted / not stored and the bytes gauge.
+    fn store_entry(&self, shared: &Shared, key_hash: u64, encoded: &[u8]) {
+        let mut seed = random_word();
+        let mut random = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        match storage::insert(
+            &SharedData,
+            &shared.config.layout,
+            key_hash,
+            encoded,
+            now_seconds() as u64,
+            &mut random,
+        ) {
+            Insert::Stored { evicted } => {
+                shared.metrics.stored.increment(1);
+                if evicted > 0 {
+                    shared.metrics.evicted.increment(evicted as i64);
+                }
+                shared.metrics.bytes.set(storage::bytes_in_use(&SharedData));
+            }
+            Insert::TooLarge | Insert::Raced => shared.metrics.not_stored.increment(1),
+        }
+    }
+
+    /// Stores the complete response (if it can be), then lets waiting requests look.
     fn finish_store(&mut self, shared: &Shared) {
+        self.store_response(shared);
+        self.release_fill();
+    }
+
+    fn store_response(&mut self, shared: &Shared) {
         let (Some(filling), Some(pending)) = (self.response.take(), self.pending.as_ref()) else {
             return;
         };
@@ -147,34 +355,17 @@ impl CacheStream {
             shared.metrics.not_stored.increment(1);
             return;
         };
-        let mut seed = now_nanos().unwrap_or(1) | 1;
-        let mut random = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        match storage::insert(
-            &SharedData,
-            &shared.config.layout,
-            pending.key_hash,
-            &entry.encode(),
-            now_seconds() as u64,
-            &mut random,
-        ) {
-            Insert::Stored { evicted } => {
-                shared.metrics.stored.increment(1);
-                if evicted > 0 {
-                    shared.metrics.evicted.increment(evicted as i64);
-                }
-                shared.metrics.bytes.set(storage::bytes_in_use(&SharedData));
-            }
-            Insert::TooLarge | Insert::Raced => shared.metrics.not_stored.increment(1),
-        }
+        self.store_entry(shared, pending.key_hash, &entry.encode());
     }
 }
 
-impl Context for CacheStream {}
+impl Context for CacheStream {
+    fn on_done(&mut self) -> bool {
+        self.alive.set(false);
+        self.release_fill();
+        true
+    }
+}
 
 impl HttpContext for CacheStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -191,27 +382,7 @@ impl HttpContext for CacheStream {
                 body,
             } => {
                 shared.metrics.hits.increment(1);
-                // Stored fields go out with the reply; Envoy adds its own content-type to a
-                // local reply, so the stored one replaces it when the reply passes through.
-                let content_type = headers
-                    .iter()
-                    .find(|(k, _)| k == "content-type")
-                    .map(|(_, v)| v.clone());
-                let rest: Vec<(String, Vec<u8>)> = headers
-                    .into_iter()
-                    .filter(|(k, _)| k != "content-type")
-                    .collect();
-                self.served = Some(
-                    content_type
-                        .map(|v| vec![("content-type".to_string(), v)])
-                        .unwrap_or_default(),
-                );
-                if hostcalls::send_http_response(status as u32, text_pairs(&rest), Some(&body))
-                    .is_err()
-                {
-                    return Action::Continue;
-                }
-                Action::Pause
+                self.reply(status, headers, &body)
             }
             RequestDecision::GatewayTimeout { headers } => {
                 shared.metrics.misses.increment(1);
@@ -235,13 +406,39 @@ impl HttpContext for CacheStream {
                 Action::Pause
             }
             RequestDecision::Forward(pending) => {
-                if matches!(pending.outcome, Outcome::Miss | Outcome::Stale) {
-                    shared.metrics.misses.increment(1);
-                    // Vary is only known from the response, when request headers are gone.
-                    self.request =
-                        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+                let fills = matches!(pending.outcome, Outcome::Miss | Outcome::Stale);
+                // Coalescing: the first miss for a key fills it; later ones, on any worker,
+                // wait for its result.
+                if let (true, Some(coalescing)) = (fills, shared.config.coalesce) {
+                    let nonce = random_word();
+                    match coalesce::acquire(
+                        &SharedData,
+                        coalescing.slots,
+                        pending.key_hash,
+                        now_millis(),
+                        coalescing.wait_ms,
+                        nonce,
+                    ) {
+                        Fill::Leader => self.leader = Some(nonce),
+                        Fill::Follow { until_ms } => {
+                            shared.waiters.borrow_mut().push(Waiter {
+                                context_id: self.context_id,
+                                key_hash: pending.key_hash,
+                                until_ms,
+                                request: request.clone(),
+                                served: self.served.clone(),
+                                alive: self.alive.clone(),
+                            });
+                            if !shared.ticking.replace(true) {
+                                let _ = hostcalls::set_tick_period(WAIT_TICK);
+                            }
+                            self.prepare_forward(&shared, *pending, request);
+                            return Action::Pause;
+                        }
+                        Fill::Alone => {}
+                    }
                 }
-                self.pending = Some(*pending);
+                self.prepare_forward(&shared, *pending, request);
                 Action::Continue
             }
         }
@@ -251,7 +448,8 @@ impl HttpContext for CacheStream {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
-        if let Some(served) = self.served.take() {
+        let served = self.served.borrow_mut().take();
+        if let Some(served) = served {
             for (name, value) in text_pairs(&served) {
                 let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
             }
@@ -274,6 +472,17 @@ impl HttpContext for CacheStream {
         }
         if pending.outcome == Outcome::Bypass {
             return Action::Continue;
+        }
+        // RFC 9111 §4.3.3: our revalidation came back 304: refresh the entry and answer with
+        // the stored response (a local reply replaces the 304 before it goes downstream).
+        if status == 304 {
+            if let Some((refreshed, (status, headers, body))) =
+                revalidated(&shared.config, &pending, &headers, now_seconds())
+            {
+                shared.metrics.revalidated.increment(1);
+                self.store_entry(&shared, pending.key_hash, &refreshed.encode());
+                return self.reply(status, headers, &body);
+            }
         }
         // RFC 5861 §4: an origin error (or Envoy's own, e.g. connect failure) with a stale entry
         // in its window is answered with the entry. The error's body is replaced at its end, so
@@ -312,6 +521,7 @@ impl HttpContext for CacheStream {
             }
         } else {
             shared.metrics.not_stored.increment(1);
+            self.release_fill();
         }
         Action::Continue
     }
@@ -339,6 +549,7 @@ impl HttpContext for CacheStream {
             if filling.body.len() as u64 > shared.config.layout.max_entry_bytes {
                 self.response = None;
                 shared.metrics.not_stored.increment(1);
+                self.release_fill();
             } else if end_of_stream {
                 self.finish_store(&shared);
             }

@@ -23,7 +23,7 @@ pub struct RawConfig {
     // Part of the configuration contract, not implemented yet: refused by name.
     pub stale_while_revalidate: Option<serde_json::Value>,
     pub stale_if_error: Option<String>,
-    pub coalesce: Option<serde_json::Value>,
+    pub coalesce: Option<RawCoalesce>,
     pub purge: Option<RawPurge>,
 }
 
@@ -41,6 +41,22 @@ pub struct Purge {
     pub method: Vec<u8>,
     pub token_header: String,
     pub token: Vec<u8>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCoalesce {
+    pub enabled: Option<bool>,
+    pub wait: Option<String>,
+}
+
+/// Coalescing of concurrent misses across workers (see `coalesce`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coalesce {
+    /// How long followers wait for the leader's response before going to the origin.
+    pub wait_ms: u64,
+    /// Fill-lock keys in shared data.
+    pub slots: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -61,6 +77,8 @@ pub struct Config {
     pub purge: Option<Purge>,
     /// RFC 5861 §4 window when the origin sends no stale-if-error (0: none).
     pub stale_if_error: u64,
+    /// None when coalescing is disabled.
+    pub coalesce: Option<Coalesce>,
 }
 
 fn err(
@@ -74,13 +92,10 @@ fn err(
 impl Config {
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         let raw: RawConfig = parse_config(bytes)?;
-        for (name, present) in [
-            (
-                "stale_while_revalidate",
-                raw.stale_while_revalidate.is_some(),
-            ),
-            ("coalesce", raw.coalesce.is_some()),
-        ] {
+        for (name, present) in [(
+            "stale_while_revalidate",
+            raw.stale_while_revalidate.is_some(),
+        )] {
             if present {
                 return Err(err(
                     name,
@@ -211,7 +226,31 @@ impl Config {
             Some(text) => parse_duration("stale_if_error", text)?.as_secs(),
             None => 0,
         };
+        let coalesce = match &raw.coalesce {
+            Some(RawCoalesce {
+                enabled: Some(false),
+                ..
+            }) => None,
+            other => {
+                let wait = match other.as_ref().and_then(|c| c.wait.as_deref()) {
+                    Some(text) => parse_duration("coalesce.wait", text)?,
+                    None => std::time::Duration::from_secs(5),
+                };
+                if wait.is_zero() || wait.as_secs() > 60 {
+                    return Err(err(
+                        "coalesce.wait",
+                        format!("{wait:?} is out of range"),
+                        "use a duration from \"1ms\" to \"60s\" (default \"5s\"), or \"enabled\": false",
+                    ));
+                }
+                Some(Coalesce {
+                    wait_ms: wait.as_millis() as u64,
+                    slots: slots.min(4096),
+                })
+            }
+        };
         Ok(Config {
+            coalesce,
             stale_if_error,
             purge,
             layout: Layout {

@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod cache_control;
+pub mod coalesce;
 pub mod conditional;
 pub mod config;
 pub mod entry;
