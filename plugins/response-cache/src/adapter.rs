@@ -14,7 +14,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 use crate::cache::{
-    entry_for, invalidates, on_request, revalidated, storable, Pending, RequestDecision,
+    entry_for, invalidated_keys, invalidates, on_request, revalidated, storable, Pending,
+    RequestDecision,
 };
 use crate::coalesce::{self, Fill};
 use crate::config::Config;
@@ -465,8 +466,10 @@ impl HttpContext for CacheStream {
             .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
             .unwrap_or(0);
         if invalidates(&pending, status) {
-            if storage::remove(&SharedData, &shared.config.layout, pending.key_hash) {
-                shared.metrics.invalidated.increment(1);
+            for key_hash in invalidated_keys(&shared.config, &pending, status, &headers) {
+                if storage::remove(&SharedData, &shared.config.layout, key_hash) {
+                    shared.metrics.invalidated.increment(1);
+                }
             }
             return Action::Continue;
         }

@@ -68,6 +68,10 @@ pub struct Pending {
     pub outcome: Outcome,
     /// Unsafe method: a non-error response invalidates the key (RFC 9111 §4.4).
     pub invalidate: bool,
+    /// The request's scheme and host, and its values of the configured key headers, to key
+    /// same-origin `Location` / `Content-Location` targets of an invalidation.
+    pub origin: (Vec<u8>, Vec<u8>),
+    pub key_header_values: Vec<(String, Vec<u8>)>,
     /// A stale entry that may answer instead of an origin error (RFC 5861 §4), as a ready
     /// reply: status, headers, body.
     pub fallback: Option<Reply>,
@@ -133,6 +137,8 @@ pub fn on_request(
         has_authorization: false,
         outcome,
         invalidate: false,
+        origin: (scheme.clone(), host.clone()),
+        key_header_values: Vec::new(),
         fallback: None,
         revalidating: None,
         validators: Vec::new(),
@@ -147,8 +153,15 @@ pub fn on_request(
         };
     }
     if method != b"GET" && method != b"HEAD" {
+        let key_header_values = config
+            .key
+            .headers
+            .iter()
+            .filter_map(|name| Some((name.clone(), request.header(name)?)))
+            .collect();
         return RequestDecision::Forward(Box::new(Pending {
             invalidate: is_unsafe(&method),
+            key_header_values,
             ..pending(Outcome::Bypass)
         }));
     }
@@ -434,6 +447,49 @@ pub fn invalidates(pending: &Pending, status: u16) -> bool {
     pending.invalidate && (200..400).contains(&status)
 }
 
+/// RFC 9111 §4.4: the key hashes a non-error response to an unsafe method invalidates — the
+/// target URI, and the URIs in `Location` and `Content-Location` when they have the same
+/// origin (a path, or an absolute URI with the request's scheme and host).
+pub fn invalidated_keys(
+    config: &Config,
+    pending: &Pending,
+    status: u16,
+    response_headers: &[(String, Vec<u8>)],
+) -> Vec<u64> {
+    if !invalidates(pending, status) {
+        return Vec::new();
+    }
+    let (scheme, host) = &pending.origin;
+    let mut keys = vec![pending.key_hash];
+    for field in ["location", "content-location"] {
+        let Some((_, value)) = response_headers.iter().find(|(k, _)| k == field) else {
+            continue;
+        };
+        let mut origin_form = scheme.clone();
+        origin_form.extend_from_slice(b"://");
+        origin_form.extend_from_slice(host);
+        let path = if value.starts_with(b"/") && !value.starts_with(b"//") {
+            value.as_slice()
+        } else if value.len() > origin_form.len()
+            && value[..origin_form.len()].eq_ignore_ascii_case(&origin_form)
+            && value[origin_form.len()] == b'/'
+        {
+            &value[origin_form.len()..]
+        } else {
+            continue; // another origin, or a relative reference we do not resolve
+        };
+        let key = primary_key(&config.key, scheme, host, path, &mut |name| {
+            pending
+                .key_header_values
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        });
+        keys.push(identity_hash(&key));
+    }
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -595,6 +651,53 @@ mod tests {
             on_request(&config, &store, &mut request(&[]), 1030),
             RequestDecision::Serve { status: 200, .. }
         ));
+    }
+
+    /// RFC 9111 §4.4: a POST's success invalidates its target and same-origin Location /
+    /// Content-Location, never another origin's URI; an error invalidates nothing.
+    #[test]
+    fn unsafe_methods_invalidate_target_and_same_origin_locations() {
+        let config = Config::from_json(b"{}").unwrap();
+        let store = MemoryStore::default();
+        let mut post = request(&[]);
+        post.retain(|(k, _)| k != ":method");
+        post.push((":method".into(), b"POST".to_vec()));
+        let RequestDecision::Forward(pending) = on_request(&config, &store, &mut post, 1000) else {
+            panic!("POST is forwarded");
+        };
+        let key_of = |path: &str| {
+            let mut get: Vec<(String, Vec<u8>)> = request(&[])
+                .into_iter()
+                .map(|(k, v)| {
+                    if k == ":path" {
+                        (k, path.as_bytes().to_vec())
+                    } else {
+                        (k, v)
+                    }
+                })
+                .collect();
+            let RequestDecision::Forward(p) = on_request(&config, &store, &mut get, 1000) else {
+                panic!("GET miss is forwarded");
+            };
+            p.key_hash
+        };
+        let response = pairs(&[
+            ("location", "/doc/42"),
+            ("content-location", "http://example.com/doc/latest"),
+        ]);
+        assert_eq!(
+            invalidated_keys(&config, &pending, 201, &response),
+            vec![pending.key_hash, key_of("/doc/42"), key_of("/doc/latest")]
+        );
+        let elsewhere = pairs(&[
+            ("location", "http://other.example/doc/42"),
+            ("content-location", "//other.example/x"),
+        ]);
+        assert_eq!(
+            invalidated_keys(&config, &pending, 303, &elsewhere),
+            vec![pending.key_hash]
+        );
+        assert!(invalidated_keys(&config, &pending, 500, &response).is_empty());
     }
 
     /// A 304 to a request that was not our revalidation is not turned into a stored reply.
