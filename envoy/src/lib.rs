@@ -16,9 +16,13 @@ pub use envoy::{ensure_envoy_installed, Envoy, ENVOY_VERSION};
 
 use std::path::PathBuf;
 
-/// The workspace root.
+/// The workspace root: the parent of the running crate's manifest directory (every crate that
+/// uses the harness sits one level below the root). Read at run time, so a build shared
+/// between checkouts through one CARGO_TARGET_DIR never points into another checkout.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .map(PathBuf::from)
         .unwrap_or_default()

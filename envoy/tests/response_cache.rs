@@ -258,3 +258,10 @@ fn fifty_concurrent_misses_make_one_origin_request() {
         "no request waited: the misses did not overlap"
     );
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    build();
+    envoy_harness::validate_example("response-cache.yaml", &["response_cache"])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
