@@ -102,6 +102,23 @@ fn stored_view(entry: &Entry) -> Stored {
     }
 }
 
+/// The header fields of a reply from a stored response: the stored ones with our own `Age`
+/// (RFC 9111 §5.1) and `Cache-Status` (RFC 9211) in place of any stored copies.
+fn reply_headers(
+    stored: &[(String, Vec<u8>)],
+    age: u64,
+    cache_status: String,
+) -> Vec<(String, Vec<u8>)> {
+    let mut headers: Vec<(String, Vec<u8>)> = stored
+        .iter()
+        .filter(|(k, _)| k != "age" && k != "cache-status")
+        .cloned()
+        .collect();
+    headers.push(("age".into(), age.to_string().into_bytes()));
+    headers.push(("cache-status".into(), cache_status.into_bytes()));
+    headers
+}
+
 /// Decides a request at `now` (seconds since the epoch).
 pub fn on_request(
     config: &Config,
@@ -228,24 +245,14 @@ pub fn on_request(
             _ => None,
         };
         let fallback = window.filter(|w| staleness <= *w).map(|_| {
-            let mut headers: Vec<(String, Vec<u8>)> = entry
-                .headers
-                .iter()
-                .filter(|(k, _)| k != "age" && k != "cache-status")
-                .cloned()
-                .collect();
-            headers.push(("age".into(), age.to_string().into_bytes()));
-            headers.push((
-                "cache-status".into(),
-                cache_status(
-                    &config.cache_status,
-                    Outcome::StaleServed,
-                    None,
-                    false,
-                    Some("stale-if-error"),
-                )
-                .into_bytes(),
-            ));
+            let status = cache_status(
+                &config.cache_status,
+                Outcome::StaleServed,
+                None,
+                false,
+                Some("stale-if-error"),
+            );
+            let headers = reply_headers(&entry.headers, age, status);
             (entry.status, headers, entry.body.clone())
         });
         // RFC 9111 §4.3.1: revalidate with the stored validators, unless the client sent its
@@ -268,18 +275,12 @@ pub fn on_request(
     storage::touch(store, &config.layout, &found, now as u64);
     let age = current_age(&view, now);
     let ttl = lifetime(&view, &config.heuristic).seconds() as i64 - age as i64;
-    let mut headers: Vec<(String, Vec<u8>)> = entry
-        .headers
-        .iter()
-        .filter(|(k, _)| k != "age" && k != "cache-status")
-        .cloned()
-        .collect();
-    headers.push(("age".into(), age.to_string().into_bytes()));
     let detail = (decision == Use::StaleAllowed).then_some("max-stale");
-    headers.push((
-        "cache-status".into(),
-        cache_status(&config.cache_status, Outcome::Hit, Some(ttl), false, detail).into_bytes(),
-    ));
+    let headers = reply_headers(
+        &entry.headers,
+        age,
+        cache_status(&config.cache_status, Outcome::Hit, Some(ttl), false, detail),
+    );
     // Client conditionals answered from the stored validators (RFC 9110 §13.2.2).
     let if_none_match = request.header("if-none-match");
     let if_modified_since = request
@@ -351,17 +352,10 @@ pub fn revalidated(
     let view = stored_view(&refreshed);
     let age = current_age(&view, now);
     let ttl = lifetime(&view, &config.heuristic).seconds() as i64 - age as i64;
-    let mut headers: Vec<(String, Vec<u8>)> = refreshed
-        .headers
-        .iter()
-        .filter(|(k, _)| k != "age" && k != "cache-status")
-        .cloned()
-        .collect();
-    headers.push(("age".into(), age.to_string().into_bytes()));
     let mut status_value =
         cache_status(&config.cache_status, Outcome::Stale, Some(ttl), true, None);
     status_value.push_str("; fwd-status=304");
-    headers.push(("cache-status".into(), status_value.into_bytes()));
+    let headers = reply_headers(&refreshed.headers, age, status_value);
     let body = if pending.method == b"HEAD" {
         Vec::new()
     } else {
