@@ -259,6 +259,71 @@ fn fifty_concurrent_misses_make_one_origin_request() {
     );
 }
 
+/// RFC 5861 §3 across Envoy's workers: 20 concurrent requests for a stale entry (the origin
+/// takes 1 s to answer) are all served the stale entry at once; the origin sees exactly one
+/// background refresh, a conditional GET sent to the route's cluster, answered 304.
+#[test]
+fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background() {
+    let (backend, envoy) = start();
+    let path = "/cache/swr?cache_control=max-age%3D0%2C+stale-while-revalidate%3D60&etag=v3&delay_ms=1000&body=swr-body";
+    let first = envoy.get(path).unwrap();
+    assert_eq!(
+        first.header("cache-status"),
+        Some("edgewise; fwd=miss; stored")
+    );
+    let addr = envoy.listener;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(20));
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                envoy_harness::http_request(addr, "GET", path, &[], b"").unwrap()
+            })
+        })
+        .collect();
+    for client in clients {
+        let r = client.join().unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "swr-body"));
+        let status = r.header("cache-status").unwrap_or_default();
+        assert!(
+            status.starts_with("edgewise; hit;")
+                && status.ends_with("detail=stale-while-revalidate"),
+            "{status}"
+        );
+    }
+    // The refresh is still at the origin (1 s); wait for it to land (polled, bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while envoy
+        .stat("edgewise.response_cache.refreshed")
+        .unwrap()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refresh landed in 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(backend.requests().unwrap(), 2, "the miss and one refresh");
+    assert_eq!(
+        envoy.stat("edgewise.response_cache.revalidated").unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        envoy.stat("edgewise.response_cache.stale_served").unwrap(),
+        Some(20)
+    );
+    assert_eq!(
+        envoy
+            .stat("edgewise.response_cache.refresh_failed")
+            .unwrap()
+            .unwrap_or(0),
+        0
+    );
+}
+
 #[test]
 fn the_example_config_is_valid() {
     build();

@@ -25,7 +25,7 @@ pub struct PluginOptions {
     pub environment: Vec<(String, String)>,
     /// `xds.route_name` seen by streams.
     pub route_name: String,
-    /// `xds.cluster_name` once a request has been forwarded.
+    /// `xds.cluster_name` seen by streams (once their request headers arrived).
     pub cluster_name: String,
 }
 

@@ -269,8 +269,16 @@ fn invalid_configurations_are_refused_naming_the_field() {
         (r#"{"coalesce":{"wait":"2m"}}"#, "coalesce.wait"),
         (r#"{"coalesce":{"wait":"soon"}}"#, "coalesce.wait"),
         (
-            r#"{"stale_while_revalidate":"10s"}"#,
+            r#"{"stale_while_revalidate":"10"}"#,
             "stale_while_revalidate",
+        ),
+        (
+            r#"{"background_refresh":{"timeout":"0s"}}"#,
+            "background_refresh.timeout",
+        ),
+        (
+            r#"{"background_refresh":{"cluster":" "}}"#,
+            "background_refresh.cluster",
         ),
         (r#"{"stale_if_error":"a while"}"#, "stale_if_error"),
         (r#"{"ttl":"1s"}"#, "ttl"),
@@ -510,4 +518,191 @@ fn a_stale_entry_is_revalidated_and_a_304_serves_the_stored_body() {
     let (hit, forwarded) = exchange(&vms[0], "/doc", &[], resp, b"");
     assert!(!forwarded);
     assert_eq!(hit.response().unwrap().body, b"stored body");
+}
+
+const SWR: &[(&str, &str)] = &[
+    ("cache-control", "max-age=10, stale-while-revalidate=60"),
+    ("content-type", "text/html"),
+    ("etag", "\"v1\""),
+];
+
+/// RFC 5861 §3: within the window the stale entry is served at once on every worker, and the
+/// origin is asked again exactly once, in the background, from a root context.
+#[test]
+fn stale_while_revalidate_serves_at_once_and_refreshes_once_in_the_background() {
+    let world = World::new();
+    world.add_cluster("origin");
+    let vms = start(
+        &world,
+        r#"{"background_refresh":{"cluster":"origin","timeout":"2s"}}"#,
+        2,
+    );
+    exchange(&vms[0], "/news", &[], SWR, b"v1 body");
+    world.advance(Duration::from_secs(15)).unwrap();
+    let mut served = Vec::new();
+    for round in 0..3 {
+        for vm in &vms {
+            let (s, forwarded) = exchange(vm, "/news", &[("accept-language", "de")], SWR, b"");
+            assert!(
+                !forwarded,
+                "round {round}: served without waiting for the origin"
+            );
+            let r = s.response().expect("answered at once");
+            assert_eq!(
+                (r.status(), r.body.as_slice()),
+                (Some(200), b"v1 body".as_slice())
+            );
+            served.push(header(&s, "cache-status").unwrap_or_default());
+        }
+        world.advance(Duration::from_millis(20)).unwrap();
+    }
+    assert!(
+        served
+            .iter()
+            .all(|s| s == "edgewise; hit; ttl=-5; detail=stale-while-revalidate"),
+        "{served:?}"
+    );
+    let calls = world.pending_http_calls();
+    assert_eq!(calls.len(), 1, "one refresh for 6 stale hits on 2 workers");
+    let call = &calls[0];
+    assert_eq!(call.upstream, "origin");
+    assert_eq!(call.timeout, Duration::from_secs(2));
+    assert_eq!(call.header(":method").as_deref(), Some("GET"));
+    assert_eq!(call.header(":path").as_deref(), Some("/news"));
+    assert_eq!(
+        call.header(":authority").as_deref(),
+        Some("shop.example.com")
+    );
+    assert_eq!(call.header("if-none-match").as_deref(), Some("\"v1\""));
+    assert_eq!(call.header("accept-language").as_deref(), Some("de"));
+
+    world
+        .respond_http_call(
+            call.id,
+            200,
+            &[("cache-control", "max-age=60"), ("etag", "\"v2\"")],
+            b"v2 body",
+        )
+        .unwrap();
+    for vm in &vms {
+        let (s, forwarded) = exchange(vm, "/news", &[], SWR, b"");
+        assert!(!forwarded);
+        assert_eq!(
+            s.response().unwrap().body,
+            b"v2 body",
+            "the refreshed entry"
+        );
+        assert_eq!(
+            header(&s, "cache-status").as_deref(),
+            Some("edgewise; hit; ttl=60")
+        );
+    }
+    assert_eq!(world.metric("edgewise.response_cache.refreshed"), Some(1));
+    assert_eq!(
+        world.metric("edgewise.response_cache.stale_served"),
+        Some(6)
+    );
+    assert!(world.pending_http_calls().is_empty());
+}
+
+/// A 304 to the refresh renews the stored entry (RFC 9111 §4.3.4); a failed refresh keeps
+/// the stale entry and frees the key, so the next stale hit tries again.
+#[test]
+fn a_304_refresh_renews_and_a_failed_refresh_is_retried_by_the_next_hit() {
+    let world = World::new();
+    world.add_cluster("origin");
+    let vms = start(&world, r#"{"background_refresh":{"cluster":"origin"}}"#, 2);
+    exchange(&vms[0], "/doc", &[], SWR, b"stored body");
+    world.advance(Duration::from_secs(11)).unwrap();
+    exchange(&vms[1], "/doc", &[], SWR, b"");
+    world.advance(Duration::from_millis(10)).unwrap();
+    let call = world.pending_http_calls().remove(0);
+    world
+        .respond_http_call(
+            call.id,
+            304,
+            &[
+                ("cache-control", "max-age=30, stale-while-revalidate=60"),
+                ("etag", "\"v1\""),
+            ],
+            b"",
+        )
+        .unwrap();
+    let (s, forwarded) = exchange(&vms[0], "/doc", &[], SWR, b"");
+    assert!(!forwarded);
+    assert_eq!(s.response().unwrap().body, b"stored body");
+    assert_eq!(
+        header(&s, "cache-status").as_deref(),
+        Some("edgewise; hit; ttl=30"),
+        "renewed by the 304"
+    );
+    assert_eq!(world.metric("edgewise.response_cache.revalidated"), Some(1));
+
+    // Stale again; this refresh fails (reset), then the next one times out (the host answers
+    // a call past its timeout as Envoy does); each later hit sends a new one.
+    world.advance(Duration::from_secs(31)).unwrap();
+    exchange(&vms[0], "/doc", &[], SWR, b"");
+    world.advance(Duration::from_millis(10)).unwrap();
+    let call = world.pending_http_calls().remove(0);
+    world.reset_http_call(call.id).unwrap();
+    let (s, forwarded) = exchange(&vms[1], "/doc", &[], SWR, b"");
+    assert!(!forwarded, "still served stale after the failed refresh");
+    assert_eq!(s.response().unwrap().body, b"stored body");
+    world.advance(Duration::from_millis(10)).unwrap();
+    assert_eq!(world.pending_http_calls().len(), 1, "tried again");
+    world.advance(Duration::from_secs(6)).unwrap();
+    assert!(world.pending_http_calls().is_empty(), "timed out");
+    assert_eq!(
+        world.metric("edgewise.response_cache.refresh_failed"),
+        Some(2)
+    );
+    exchange(&vms[1], "/doc", &[], SWR, b"");
+    world.advance(Duration::from_millis(10)).unwrap();
+    assert_eq!(
+        world.pending_http_calls().len(),
+        1,
+        "and again after the timeout"
+    );
+}
+
+/// Without `background_refresh.cluster` the refresh goes to the cluster the route picked;
+/// with neither, the stale entry is revalidated in-band (the request waits for the origin).
+#[test]
+fn the_refresh_goes_to_the_routes_cluster_or_falls_back_to_in_band_revalidation() {
+    let world = World::new();
+    world.add_cluster("shop");
+    let options = PluginOptions::new()
+        .vm_id("edgewise")
+        .configuration("{}")
+        .cluster_name("shop");
+    let vm = world
+        .start_vm(&load_module("response_cache"), &options)
+        .unwrap();
+    exchange(&vm, "/a", &[], SWR, b"a");
+    world.advance(Duration::from_secs(11)).unwrap();
+    let (_, forwarded) = exchange(&vm, "/a", &[], SWR, b"");
+    assert!(!forwarded);
+    world.advance(Duration::from_millis(10)).unwrap();
+    let calls = world.pending_http_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].upstream, "shop");
+
+    let world = World::new();
+    let options = PluginOptions::new()
+        .vm_id("edgewise")
+        .configuration("{}")
+        .cluster_name("");
+    let vm = world
+        .start_vm(&load_module("response_cache"), &options)
+        .unwrap();
+    exchange(&vm, "/a", &[], SWR, b"a");
+    world.advance(Duration::from_secs(11)).unwrap();
+    let s = get(&vm, "GET", "/a", &[]);
+    let upstream = s.upstream_request().expect("revalidated in-band");
+    assert_eq!(
+        upstream.headers.get("if-none-match").as_deref(),
+        Some("\"v1\"")
+    );
+    world.advance(Duration::from_millis(10)).unwrap();
+    assert!(world.pending_http_calls().is_empty());
 }

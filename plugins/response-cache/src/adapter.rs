@@ -4,6 +4,7 @@
 //! result, checked on the worker's tick.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -14,8 +15,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 use crate::cache::{
-    entry_for, invalidated_keys, invalidates, on_request, revalidated, storable, Pending,
-    RequestDecision,
+    entry_for, invalidated_keys, invalidates, on_request, refresh_outcome, refresh_request,
+    revalidated, storable, Pending, Refreshed, RequestDecision,
 };
 use crate::coalesce::{self, Fill};
 use crate::config::Config;
@@ -26,7 +27,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CacheRoot { shared: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CacheRoot { shared: None, in_flight: HashMap::new() }) });
 }}
 
 struct Metrics {
@@ -40,6 +41,8 @@ struct Metrics {
     stale_served: Metric,
     revalidated: Metric,
     coalesced: Metric,
+    refreshed: Metric,
+    refresh_failed: Metric,
     bytes: Metric,
 }
 
@@ -57,18 +60,41 @@ struct Waiter {
     alive: Rc<Cell<bool>>,
 }
 
-/// How often a worker with waiting requests looks for their entries.
+/// A background refresh (RFC 5861 §3) this worker holds the key's fill lock for.
+struct Refresh {
+    pending: Box<Pending>,
+    /// The request to send, and to answer Vary from when storing.
+    request: Vec<(String, Vec<u8>)>,
+    cluster: String,
+    nonce: u64,
+}
+
+/// How often a worker with waiting requests or queued refreshes looks at them.
 const WAIT_TICK: Duration = Duration::from_millis(5);
 
 struct Shared {
     config: Config,
     metrics: Metrics,
     waiters: RefCell<Vec<Waiter>>,
+    /// Refreshes to send from the root context on the next tick: a callout made from a
+    /// stream's context would be cancelled when that stream ends, which for a stale hit is
+    /// at once.
+    refreshes: RefCell<Vec<Refresh>>,
     ticking: Cell<bool>,
+}
+
+impl Shared {
+    fn start_ticking(&self) {
+        if !self.ticking.replace(true) {
+            let _ = hostcalls::set_tick_period(WAIT_TICK);
+        }
+    }
 }
 
 struct CacheRoot {
     shared: Option<Rc<Shared>>,
+    /// Refreshes sent, by callout token.
+    in_flight: HashMap<u32, Refresh>,
 }
 
 fn now_seconds() -> i64 {
@@ -112,7 +138,149 @@ fn reply(served: &Served, status: u16, headers: Vec<(String, Vec<u8>)>, body: &[
     true
 }
 
-impl Context for CacheRoot {}
+/// Inserts an encoded entry, counting stored / evicted / not stored and the bytes gauge.
+fn store_entry(shared: &Shared, key_hash: u64, encoded: &[u8]) {
+    let mut seed = random_word();
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    match storage::insert(
+        &SharedData,
+        &shared.config.layout,
+        key_hash,
+        encoded,
+        now_seconds() as u64,
+        &mut random,
+    ) {
+        Insert::Stored { evicted } => {
+            shared.metrics.stored.increment(1);
+            if evicted > 0 {
+                shared.metrics.evicted.increment(evicted as i64);
+            }
+            shared.metrics.bytes.set(storage::bytes_in_use(&SharedData));
+        }
+        Insert::TooLarge | Insert::Raced => shared.metrics.not_stored.increment(1),
+    }
+}
+
+impl CacheRoot {
+    /// Sends queued refreshes (from the root context, so their answers outlive the streams
+    /// that asked for them).
+    fn send_refreshes(&mut self, shared: &Shared) {
+        let queued: Vec<Refresh> = shared.refreshes.borrow_mut().drain(..).collect();
+        let timeout = Duration::from_millis(shared.config.refresh.timeout_ms);
+        for refresh in queued {
+            match hostcalls::dispatch_http_call(
+                &refresh.cluster,
+                text_pairs(&refresh.request),
+                None,
+                vec![],
+                timeout,
+            ) {
+                Ok(token) => {
+                    self.in_flight.insert(token, refresh);
+                }
+                Err(status) => {
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "response_cache: background refresh to cluster {:?} not sent: {status:?}",
+                            refresh.cluster
+                        ),
+                    );
+                    shared.metrics.refresh_failed.increment(1);
+                    coalesce::release(
+                        &SharedData,
+                        shared.config.refresh.slots,
+                        refresh.pending.key_hash,
+                        refresh.nonce,
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Context for CacheRoot {
+    /// A background refresh came back: store what it brought, then free the key's lock.
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let (Some(shared), Some(refresh)) = (self.shared.clone(), self.in_flight.remove(&token_id))
+        else {
+            return;
+        };
+        let headers = if num_headers == 0 {
+            Vec::new() // reset or no answer
+        } else {
+            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default()
+        };
+        let status = status_of(&headers);
+        let body = if (body_size as u64) > shared.config.layout.max_entry_bytes {
+            None
+        } else if body_size == 0 {
+            Some(Vec::new())
+        } else {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .map(Option::unwrap_or_default)
+        };
+        let request = &refresh.request;
+        let mut header = |name: &str| {
+            request
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let key_hash = refresh.pending.key_hash;
+        match refresh_outcome(
+            &shared.config,
+            &refresh.pending,
+            status,
+            &headers,
+            body,
+            now_seconds(),
+            &mut header,
+        ) {
+            Refreshed::Store(entry) => {
+                shared.metrics.refreshed.increment(1);
+                if status == 304 {
+                    shared.metrics.revalidated.increment(1);
+                }
+                store_entry(&shared, key_hash, &entry.encode());
+            }
+            Refreshed::Remove => {
+                shared.metrics.not_stored.increment(1);
+                if storage::remove(&SharedData, &shared.config.layout, key_hash) {
+                    shared.metrics.bytes.set(storage::bytes_in_use(&SharedData));
+                }
+            }
+            Refreshed::Keep => shared.metrics.refresh_failed.increment(1),
+        }
+        coalesce::release(
+            &SharedData,
+            shared.config.refresh.slots,
+            key_hash,
+            refresh.nonce,
+        );
+    }
+}
+
+/// The numeric `:status` of a header list; 0 when absent or malformed.
+fn status_of(headers: &[(String, Vec<u8>)]) -> u16 {
+    headers
+        .iter()
+        .find(|(k, _)| k == ":status")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
+        .unwrap_or(0)
+}
 
 impl RootContext for CacheRoot {
     fn on_vm_start(&mut self, _size: usize) -> bool {
@@ -136,6 +304,8 @@ impl RootContext for CacheRoot {
             stale_served: Metric::counter(&m("stale_served")),
             revalidated: Metric::counter(&m("revalidated")),
             coalesced: Metric::counter(&m("coalesced")),
+            refreshed: Metric::counter(&m("refreshed")),
+            refresh_failed: Metric::counter(&m("refresh_failed")),
             bytes: Metric::gauge(&m("bytes_in_use")),
         };
         log(
@@ -149,64 +319,25 @@ impl RootContext for CacheRoot {
             config,
             metrics,
             waiters: RefCell::new(Vec::new()),
+            refreshes: RefCell::new(Vec::new()),
             ticking: Cell::new(false),
         }));
         true
     }
 
-    /// Serves waiting requests whose entry arrived; sends the others to the origin when their
-    /// fill ended without a usable entry or their wait ran out.
+    /// Sends queued background refreshes and looks after waiting requests.
     fn on_tick(&mut self) {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let Some(coalescing) = shared.config.coalesce else {
-            return;
-        };
-        let (now_ms, now_s) = (now_millis(), now_seconds());
-        let waiting: Vec<Waiter> = shared.waiters.borrow_mut().drain(..).collect();
-        let mut still = Vec::new();
-        for waiter in waiting {
-            if !waiter.alive.get() {
-                continue;
-            }
-            let mut request = waiter.request.clone();
-            let decision = on_request(&shared.config, &SharedData, &mut request, now_s);
-            if let RequestDecision::Serve {
-                status,
-                mut headers,
-                body,
-            } = decision
-            {
-                for (name, value) in headers.iter_mut() {
-                    if name == "cache-status" {
-                        value.extend_from_slice(b"; collapsed");
-                    }
-                }
-                if hostcalls::set_effective_context(waiter.context_id).is_ok()
-                    && reply(&waiter.served, status, headers, &body)
-                {
-                    shared.metrics.coalesced.increment(1);
-                    continue;
-                }
-            }
-            if now_ms < waiter.until_ms
-                && coalesce::filling(&SharedData, coalescing.slots, waiter.key_hash, now_ms)
-            {
-                still.push(waiter);
-                continue;
-            }
-            // The fill ended without a usable entry (not storable, failed) or took too long:
-            // this request goes to the origin itself.
-            if hostcalls::set_effective_context(waiter.context_id).is_ok() {
-                let _ = hostcalls::resume_http_request();
-            }
+        self.send_refreshes(&shared);
+        if let Some(coalescing) = shared.config.coalesce {
+            serve_waiters(&shared, coalescing.slots);
         }
-        if still.is_empty() {
+        if shared.waiters.borrow().is_empty() && shared.refreshes.borrow().is_empty() {
             let _ = hostcalls::set_tick_period(Duration::ZERO);
             shared.ticking.set(false);
         }
-        shared.waiters.borrow_mut().extend(still);
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -226,6 +357,52 @@ impl RootContext for CacheRoot {
             alive: Rc::new(Cell::new(true)),
         }))
     }
+}
+
+/// Serves waiting requests whose entry arrived; sends the others to the origin when their
+/// fill ended without a usable entry or their wait ran out.
+fn serve_waiters(shared: &Shared, slots: u64) {
+    let (now_ms, now_s) = (now_millis(), now_seconds());
+    let waiting: Vec<Waiter> = shared.waiters.borrow_mut().drain(..).collect();
+    let mut still = Vec::new();
+    for waiter in waiting {
+        if !waiter.alive.get() {
+            continue;
+        }
+        let mut request = waiter.request.clone();
+        let decision = on_request(&shared.config, &SharedData, &mut request, now_s);
+        if let RequestDecision::Serve {
+            status,
+            mut headers,
+            body,
+            ..
+        } = decision
+        {
+            for (name, value) in headers.iter_mut() {
+                if name == "cache-status" {
+                    value.extend_from_slice(b"; collapsed");
+                }
+            }
+            if hostcalls::set_effective_context(waiter.context_id).is_ok()
+                && reply(&waiter.served, status, headers, &body)
+            {
+                shared.metrics.coalesced.increment(1);
+                continue;
+            }
+        }
+        if now_ms < waiter.until_ms
+            && coalesce::filling(&SharedData, slots, waiter.key_hash, now_ms)
+        {
+            still.push(waiter);
+            continue;
+        }
+        // The fill ended without a usable entry (not storable, failed) or took too long:
+        // this request goes to the origin itself.
+        if hostcalls::set_effective_context(waiter.context_id).is_ok() {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+    shared.waiters.borrow_mut().extend(still);
 }
 
 /// A response being copied for storage.
@@ -300,32 +477,85 @@ impl CacheStream {
         }
     }
 
-    /// Inserts an encoded entry, counting stored / evicted / not stored and the bytes gauge.
-    fn store_entry(&self, shared: &Shared, key_hash: u64, encoded: &[u8]) {
-        let mut seed = random_word();
-        let mut random = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        match storage::insert(
-            &SharedData,
-            &shared.config.layout,
-            key_hash,
-            encoded,
-            now_seconds() as u64,
-            &mut random,
-        ) {
-            Insert::Stored { evicted } => {
-                shared.metrics.stored.increment(1);
-                if evicted > 0 {
-                    shared.metrics.evicted.increment(evicted as i64);
+    /// Sends a request on to the origin. The first miss for a key fills it; later ones, on
+    /// any worker, wait (paused) for its result.
+    fn forward(
+        &mut self,
+        shared: &Shared,
+        pending: Box<Pending>,
+        request: Vec<(String, Vec<u8>)>,
+    ) -> Action {
+        let fills = matches!(pending.outcome, Outcome::Miss | Outcome::Stale);
+        if let (true, Some(coalescing)) = (fills, shared.config.coalesce) {
+            let nonce = random_word();
+            match coalesce::acquire(
+                &SharedData,
+                coalescing.slots,
+                pending.key_hash,
+                now_millis(),
+                coalescing.wait_ms,
+                nonce,
+            ) {
+                Fill::Leader => self.leader = Some(nonce),
+                Fill::Follow { until_ms } => {
+                    shared.waiters.borrow_mut().push(Waiter {
+                        context_id: self.context_id,
+                        key_hash: pending.key_hash,
+                        until_ms,
+                        request: request.clone(),
+                        served: self.served.clone(),
+                        alive: self.alive.clone(),
+                    });
+                    shared.start_ticking();
+                    self.prepare_forward(shared, *pending, request);
+                    return Action::Pause;
                 }
-                shared.metrics.bytes.set(storage::bytes_in_use(&SharedData));
+                Fill::Alone => {}
             }
-            Insert::TooLarge | Insert::Raced => shared.metrics.not_stored.increment(1),
         }
+        self.prepare_forward(shared, *pending, request);
+        Action::Continue
+    }
+
+    /// RFC 5861 §3: queues the background refresh of an entry served stale, unless another
+    /// request (on any worker) already refreshes it. False when there is no cluster to send
+    /// it to (none configured and the route names none).
+    fn queue_refresh(
+        &self,
+        shared: &Shared,
+        refresh: &Pending,
+        request: &[(String, Vec<u8>)],
+    ) -> bool {
+        let cluster = shared.config.refresh.cluster.clone().or_else(|| {
+            hostcalls::get_property(vec!["xds", "cluster_name"])
+                .ok()
+                .flatten()
+                .and_then(|name| String::from_utf8(name).ok())
+                .filter(|name| !name.is_empty())
+        });
+        let Some(cluster) = cluster else {
+            return false;
+        };
+        let nonce = random_word();
+        let lock_ms = shared.config.refresh.timeout_ms.saturating_add(1_000);
+        if coalesce::acquire(
+            &SharedData,
+            shared.config.refresh.slots,
+            refresh.key_hash,
+            now_millis(),
+            lock_ms,
+            nonce,
+        ) == Fill::Leader
+        {
+            shared.refreshes.borrow_mut().push(Refresh {
+                pending: Box::new(refresh.clone()),
+                request: refresh_request(request, refresh),
+                cluster,
+                nonce,
+            });
+            shared.start_ticking();
+        }
+        true
     }
 
     /// Stores the complete response (if it can be), then lets waiting requests look.
@@ -356,7 +586,7 @@ impl CacheStream {
             shared.metrics.not_stored.increment(1);
             return;
         };
-        self.store_entry(shared, pending.key_hash, &entry.encode());
+        store_entry(shared, pending.key_hash, &entry.encode());
     }
 }
 
@@ -381,7 +611,15 @@ impl HttpContext for CacheStream {
                 status,
                 headers,
                 body,
+                refresh,
             } => {
+                if let Some(refresh) = refresh {
+                    if !self.queue_refresh(&shared, &refresh, &request) {
+                        // No cluster to refresh from: revalidate in-band instead.
+                        return self.forward(&shared, refresh, request);
+                    }
+                    shared.metrics.stale_served.increment(1);
+                }
                 shared.metrics.hits.increment(1);
                 self.reply(status, headers, &body)
             }
@@ -406,42 +644,7 @@ impl HttpContext for CacheStream {
                 let _ = hostcalls::send_http_response(status, vec![], Some(body));
                 Action::Pause
             }
-            RequestDecision::Forward(pending) => {
-                let fills = matches!(pending.outcome, Outcome::Miss | Outcome::Stale);
-                // Coalescing: the first miss for a key fills it; later ones, on any worker,
-                // wait for its result.
-                if let (true, Some(coalescing)) = (fills, shared.config.coalesce) {
-                    let nonce = random_word();
-                    match coalesce::acquire(
-                        &SharedData,
-                        coalescing.slots,
-                        pending.key_hash,
-                        now_millis(),
-                        coalescing.wait_ms,
-                        nonce,
-                    ) {
-                        Fill::Leader => self.leader = Some(nonce),
-                        Fill::Follow { until_ms } => {
-                            shared.waiters.borrow_mut().push(Waiter {
-                                context_id: self.context_id,
-                                key_hash: pending.key_hash,
-                                until_ms,
-                                request: request.clone(),
-                                served: self.served.clone(),
-                                alive: self.alive.clone(),
-                            });
-                            if !shared.ticking.replace(true) {
-                                let _ = hostcalls::set_tick_period(WAIT_TICK);
-                            }
-                            self.prepare_forward(&shared, *pending, request);
-                            return Action::Pause;
-                        }
-                        Fill::Alone => {}
-                    }
-                }
-                self.prepare_forward(&shared, *pending, request);
-                Action::Continue
-            }
+            RequestDecision::Forward(pending) => self.forward(&shared, pending, request),
         }
     }
 
@@ -460,11 +663,7 @@ impl HttpContext for CacheStream {
             return Action::Continue;
         };
         let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
-        let status = headers
-            .iter()
-            .find(|(k, _)| k == ":status")
-            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
-            .unwrap_or(0);
+        let status = status_of(&headers);
         if invalidates(&pending, status) {
             for key_hash in invalidated_keys(&shared.config, &pending, status, &headers) {
                 if storage::remove(&SharedData, &shared.config.layout, key_hash) {
@@ -483,7 +682,7 @@ impl HttpContext for CacheStream {
                 revalidated(&shared.config, &pending, &headers, now_seconds())
             {
                 shared.metrics.revalidated.increment(1);
-                self.store_entry(&shared, pending.key_hash, &refreshed.encode());
+                store_entry(&shared, pending.key_hash, &refreshed.encode());
                 return self.reply(status, headers, &body);
             }
         }

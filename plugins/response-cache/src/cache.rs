@@ -33,11 +33,14 @@ const NOT_STORED: [&str; 11] = [
 /// What to do with a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RequestDecision {
-    /// Answer from the cache: status, headers (with Age and Cache-Status) and body.
+    /// Answer from the cache: status, headers (with Age and Cache-Status) and body. With
+    /// `refresh`, the entry was served stale under stale-while-revalidate (RFC 5861 §3) and
+    /// the origin should be asked again in the background as `refresh` describes.
     Serve {
         status: u16,
         headers: Vec<(String, Vec<u8>)>,
         body: Vec<u8>,
+        refresh: Option<Box<Pending>>,
     },
     /// `only-if-cached` and nothing usable stored (RFC 9111 §5.2.1.7): 504.
     GatewayTimeout { headers: Vec<(String, Vec<u8>)> },
@@ -214,7 +217,10 @@ pub fn on_request(
     };
     let view = stored_view(&entry);
     let decision = usable(&view, &request_cc, &config.heuristic, now);
-    if !matches!(decision, Use::Fresh | Use::StaleAllowed) {
+    if !matches!(
+        decision,
+        Use::Fresh | Use::StaleAllowed | Use::StaleWhileRevalidate
+    ) {
         if request_cc.only_if_cached {
             return RequestDecision::GatewayTimeout {
                 headers: vec![(
@@ -275,7 +281,23 @@ pub fn on_request(
     storage::touch(store, &config.layout, &found, now as u64);
     let age = current_age(&view, now);
     let ttl = lifetime(&view, &config.heuristic).seconds() as i64 - age as i64;
-    let detail = (decision == Use::StaleAllowed).then_some("max-stale");
+    let detail = match decision {
+        Use::StaleAllowed => Some("max-stale"),
+        Use::StaleWhileRevalidate => Some("stale-while-revalidate"),
+        _ => None,
+    };
+    // RFC 5861 §3: served stale now, refreshed in the background — conditionally when the
+    // entry has validators, so a 304 refreshes it without a body.
+    let refresh = (decision == Use::StaleWhileRevalidate).then(|| {
+        let validators = validators(&entry);
+        Box::new(Pending {
+            has_authorization,
+            method: b"GET".to_vec(),
+            revalidating: (!validators.is_empty()).then(|| Box::new(entry.clone())),
+            validators,
+            ..pending(Outcome::Stale)
+        })
+    });
     let headers = reply_headers(
         &entry.headers,
         age,
@@ -298,6 +320,7 @@ pub fn on_request(
             status: 304,
             headers,
             body: Vec::new(),
+            refresh,
         };
     }
     let body = if method == b"HEAD" {
@@ -309,6 +332,7 @@ pub fn on_request(
         status: entry.status,
         headers,
         body,
+        refresh,
     }
 }
 
@@ -363,6 +387,91 @@ pub fn revalidated(
     };
     let reply = (refreshed.status, headers, body);
     Some((refreshed, reply))
+}
+
+/// Request header fields a background refresh does not copy from the client's request:
+/// hop-by-hop and framing (RFC 9110 §7.6.1), the client's own conditionals and cache
+/// directives (the refresh asks for the entry, not for what this client wanted), its id.
+const NOT_REFRESHED: [&str; 17] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "proxy-authorization",
+    "content-length",
+    "expect",
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "if-range",
+    "range",
+    "cache-control",
+    "pragma",
+];
+
+/// RFC 5861 §3: the request a background refresh sends — a GET for the same target with the
+/// client's other header fields (so Vary selects the same variant) and the entry's
+/// validators (RFC 9111 §4.3.1).
+pub fn refresh_request(
+    client_request: &[(String, Vec<u8>)],
+    refresh: &Pending,
+) -> Vec<(String, Vec<u8>)> {
+    let mut headers: Vec<(String, Vec<u8>)> = vec![(":method".into(), b"GET".to_vec())];
+    headers.extend(
+        client_request
+            .iter()
+            .filter(|(k, _)| {
+                k != ":method" && k != "x-request-id" && !NOT_REFRESHED.contains(&k.as_str())
+            })
+            .cloned(),
+    );
+    headers.extend(refresh.validators.iter().cloned());
+    headers
+}
+
+/// What the response to a background refresh does to the stored entry.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refreshed {
+    /// Store this: the entry refreshed by a 304 (RFC 9111 §4.3.4), or the new response.
+    Store(Box<Entry>),
+    /// The origin now answers with something not storable: drop the stale entry so it is
+    /// not served again.
+    Remove,
+    /// An error, a reset or a timeout: the stale entry stays as it is (its windows still
+    /// bound how long it is served).
+    Keep,
+}
+
+/// Decides what a background refresh's response (`status` 0: none, the call failed) does.
+/// `body` is None when the response's body was over the entry limit.
+pub fn refresh_outcome(
+    config: &Config,
+    refresh: &Pending,
+    status: u16,
+    headers: &[(String, Vec<u8>)],
+    body: Option<Vec<u8>>,
+    now: i64,
+    request: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
+) -> Refreshed {
+    if status == 304 {
+        return match revalidated(config, refresh, headers, now) {
+            Some((entry, _)) => Refreshed::Store(Box::new(entry)),
+            None => Refreshed::Keep,
+        };
+    }
+    if status == 0 || status >= 500 {
+        return Refreshed::Keep;
+    }
+    if storable(config, refresh, status, headers).is_err() {
+        return Refreshed::Remove;
+    }
+    match body.and_then(|body| entry_for(refresh, status, headers, body, now, request)) {
+        Some(entry) => Refreshed::Store(Box::new(entry)),
+        None => Refreshed::Remove,
+    }
 }
 
 /// Whether a forwarded response may be stored (RFC 9111 §3), given its headers.
@@ -519,6 +628,15 @@ mod tests {
         at: i64,
         extra: &[(&str, &str)],
     ) -> Pending {
+        store_doc(config, store, response);
+        match on_request(config, store, &mut request(extra), at) {
+            RequestDecision::Forward(pending) => *pending,
+            other => panic!("expected a forward at {at}, got {other:?}"),
+        }
+    }
+
+    /// Stores a 200 with body "body" for /doc at t=1000.
+    fn store_doc(config: &Config, store: &MemoryStore, response: &[(&str, &str)]) {
         let RequestDecision::Forward(pending) = on_request(config, store, &mut request(&[]), 1000)
         else {
             panic!("first request must be forwarded");
@@ -542,10 +660,169 @@ mod tests {
             },
         );
         assert!(matches!(inserted, storage::Insert::Stored { .. }));
-        match on_request(config, store, &mut request(extra), at) {
-            RequestDecision::Forward(pending) => *pending,
-            other => panic!("expected a forward at {at}, got {other:?}"),
+    }
+
+    fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| std::str::from_utf8(v).unwrap())
+    }
+
+    /// RFC 5861 §3: within the window a stale entry is served at once, with a refresh to
+    /// send in the background; past the window the request goes to the origin.
+    #[test]
+    fn stale_while_revalidate_serves_stale_and_asks_for_a_refresh() {
+        let config = Config::from_json(b"{}").unwrap();
+        let store = MemoryStore::default();
+        let response = [
+            ("cache-control", "max-age=10, stale-while-revalidate=30"),
+            ("etag", "\"v1\""),
+        ];
+        store_doc(&config, &store, &response);
+        let RequestDecision::Serve {
+            status,
+            headers,
+            body,
+            refresh: Some(refresh),
+        } = on_request(&config, &store, &mut request(&[]), 1025)
+        else {
+            panic!("expected a stale serve with a refresh");
+        };
+        assert_eq!((status, body.as_slice()), (200, b"body".as_slice()));
+        assert_eq!(header(&headers, "age"), Some("25"));
+        assert_eq!(
+            header(&headers, "cache-status"),
+            Some("edgewise; hit; ttl=-15; detail=stale-while-revalidate")
+        );
+        assert_eq!(refresh.outcome, Outcome::Stale);
+        assert_eq!(refresh.validators, pairs(&[("if-none-match", "\"v1\"")]));
+        assert!(refresh.revalidating.is_some());
+
+        // Fresh: no refresh. Past the window (staleness 31 > 30): forwarded.
+        assert!(matches!(
+            on_request(&config, &store, &mut request(&[]), 1005),
+            RequestDecision::Serve { refresh: None, .. }
+        ));
+        assert!(matches!(
+            on_request(&config, &store, &mut request(&[]), 1041),
+            RequestDecision::Forward(_)
+        ));
+    }
+
+    /// The configured `stale_while_revalidate` stands in when the origin names no window.
+    #[test]
+    fn configured_window_applies_without_the_directive() {
+        let config = Config::from_json(br#"{"stale_while_revalidate":"1m"}"#).unwrap();
+        let store = MemoryStore::default();
+        store_doc(&config, &store, &[("cache-control", "max-age=10")]);
+        let decision = on_request(&config, &store, &mut request(&[]), 1060);
+        let RequestDecision::Serve {
+            refresh: Some(refresh),
+            ..
+        } = decision
+        else {
+            panic!("expected a stale serve, got {decision:?}");
+        };
+        assert!(refresh.validators.is_empty() && refresh.revalidating.is_none());
+        assert!(matches!(
+            on_request(&config, &store, &mut request(&[]), 1071),
+            RequestDecision::Forward(_)
+        ));
+    }
+
+    /// The refresh is a GET for the same target with the client's other fields (Vary) and
+    /// the entry's validators, never the client's own conditionals or cache directives.
+    #[test]
+    fn refresh_request_asks_for_the_entry() {
+        let config = Config::from_json(b"{}").unwrap();
+        let store = MemoryStore::default();
+        let response = [
+            ("cache-control", "max-age=10, stale-while-revalidate=30"),
+            ("etag", "\"v1\""),
+        ];
+        store_doc(&config, &store, &response);
+        let client = request(&[
+            ("accept-language", "de"),
+            ("if-none-match", "\"other\""),
+            ("cache-control", "max-stale=0"),
+            ("x-request-id", "abc"),
+            ("connection", "keep-alive"),
+        ]);
+        let RequestDecision::Serve {
+            refresh: Some(refresh),
+            ..
+        } = on_request(&config, &store, &mut client.clone(), 1020)
+        else {
+            panic!("expected a stale serve");
+        };
+        let sent = refresh_request(&client, &refresh);
+        assert_eq!(header(&sent, ":method"), Some("GET"));
+        assert_eq!(header(&sent, ":path"), Some("/doc"));
+        assert_eq!(header(&sent, ":authority"), Some("example.com"));
+        assert_eq!(header(&sent, "accept-language"), Some("de"));
+        assert_eq!(header(&sent, "if-none-match"), Some("\"v1\""));
+        for gone in ["cache-control", "x-request-id", "connection"] {
+            assert_eq!(header(&sent, gone), None, "{gone}");
         }
+        assert_eq!(sent.iter().filter(|(k, _)| k == "if-none-match").count(), 1);
+    }
+
+    /// What the refresh's answer does: a 304 refreshes (RFC 9111 §4.3.4), a storable 200
+    /// replaces, an error or failure keeps the stale entry, anything unstorable removes it.
+    #[test]
+    fn refresh_outcomes() {
+        let config = Config::from_json(b"{}").unwrap();
+        let store = MemoryStore::default();
+        let response = [
+            ("cache-control", "max-age=10, stale-while-revalidate=30"),
+            ("etag", "\"v1\""),
+            ("x-version", "1"),
+        ];
+        store_doc(&config, &store, &response);
+        let RequestDecision::Serve {
+            refresh: Some(refresh),
+            ..
+        } = on_request(&config, &store, &mut request(&[]), 1020)
+        else {
+            panic!("expected a stale serve");
+        };
+        let outcome = |status, headers: &[(&str, &str)], body: Option<&[u8]>| {
+            refresh_outcome(
+                &config,
+                &refresh,
+                status,
+                &pairs(headers),
+                body.map(|b| b.to_vec()),
+                1021,
+                &mut |_| None,
+            )
+        };
+        let Refreshed::Store(entry) = outcome(304, &[("x-version", "2")], None) else {
+            panic!("a 304 refreshes");
+        };
+        assert_eq!(entry.body, b"body");
+        assert_eq!(entry.header("x-version"), Some(b"2".as_slice()));
+        assert_eq!(entry.response_time, 1021);
+        let Refreshed::Store(entry) = outcome(
+            200,
+            &[("cache-control", "max-age=10"), ("etag", "\"v2\"")],
+            Some(b"new"),
+        ) else {
+            panic!("a storable 200 replaces");
+        };
+        assert_eq!(entry.body, b"new");
+        assert_eq!(outcome(503, &[], Some(b"down")), Refreshed::Keep);
+        assert_eq!(outcome(0, &[], None), Refreshed::Keep);
+        assert_eq!(
+            outcome(200, &[("cache-control", "no-store")], Some(b"x")),
+            Refreshed::Remove
+        );
+        assert_eq!(
+            outcome(200, &[("cache-control", "max-age=10")], None),
+            Refreshed::Remove,
+            "over max_entry_bytes"
+        );
     }
 
     /// RFC 9111 §4.3.1: a stale entry is revalidated with its ETag and Last-Modified.

@@ -20,9 +20,9 @@ pub struct RawConfig {
     pub heuristic_freshness: Option<bool>,
     pub cache_status: Option<String>,
     pub cache_set_cookie: Option<bool>,
-    // Part of the configuration contract, not implemented yet: refused by name.
-    pub stale_while_revalidate: Option<serde_json::Value>,
+    pub stale_while_revalidate: Option<String>,
     pub stale_if_error: Option<String>,
+    pub background_refresh: Option<RawBackgroundRefresh>,
     pub coalesce: Option<RawCoalesce>,
     pub purge: Option<RawPurge>,
 }
@@ -59,6 +59,24 @@ pub struct Coalesce {
     pub slots: u64,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackgroundRefresh {
+    pub cluster: Option<String>,
+    pub timeout: Option<String>,
+}
+
+/// Background refreshes of entries served under stale-while-revalidate (RFC 5861 §3): sent
+/// from the worker's root context, one per key at a time (the fill locks of `coalesce`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackgroundRefresh {
+    /// Envoy cluster to send refreshes to; None: the cluster the request's route picked.
+    pub cluster: Option<String>,
+    pub timeout_ms: u64,
+    /// Fill-lock keys in shared data (shared with coalescing).
+    pub slots: u64,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawKey {
@@ -79,6 +97,7 @@ pub struct Config {
     pub stale_if_error: u64,
     /// None when coalescing is disabled.
     pub coalesce: Option<Coalesce>,
+    pub refresh: BackgroundRefresh,
 }
 
 fn err(
@@ -92,18 +111,6 @@ fn err(
 impl Config {
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         let raw: RawConfig = parse_config(bytes)?;
-        for (name, present) in [(
-            "stale_while_revalidate",
-            raw.stale_while_revalidate.is_some(),
-        )] {
-            if present {
-                return Err(err(
-                    name,
-                    "is not implemented yet in this version of response_cache",
-                    "remove it; see the README's status of the cache",
-                ));
-            }
-        }
         let max_bytes = raw.max_bytes.unwrap_or(64 << 20);
         if !(1024..=(1 << 34)).contains(&max_bytes) {
             return Err(err(
@@ -226,6 +233,37 @@ impl Config {
             Some(text) => parse_duration("stale_if_error", text)?.as_secs(),
             None => 0,
         };
+        let stale_while_revalidate = match &raw.stale_while_revalidate {
+            Some(text) => parse_duration("stale_while_revalidate", text)?.as_secs(),
+            None => 0,
+        };
+        let refresh = {
+            let raw_refresh = raw.background_refresh.as_ref();
+            let timeout = match raw_refresh.and_then(|r| r.timeout.as_deref()) {
+                Some(text) => parse_duration("background_refresh.timeout", text)?,
+                None => std::time::Duration::from_secs(5),
+            };
+            if timeout.is_zero() || timeout.as_secs() > 60 {
+                return Err(err(
+                    "background_refresh.timeout",
+                    format!("{timeout:?} is out of range"),
+                    "use a duration from \"1ms\" to \"60s\" (default \"5s\")",
+                ));
+            }
+            let cluster = raw_refresh.and_then(|r| r.cluster.clone());
+            if cluster.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                return Err(err(
+                    "background_refresh.cluster",
+                    "is empty",
+                    "name an Envoy cluster, or leave it out to use the route's cluster",
+                ));
+            }
+            BackgroundRefresh {
+                cluster,
+                timeout_ms: timeout.as_millis() as u64,
+                slots: slots.min(4096),
+            }
+        };
         let coalesce = match &raw.coalesce {
             Some(RawCoalesce {
                 enabled: Some(false),
@@ -251,6 +289,7 @@ impl Config {
         };
         Ok(Config {
             coalesce,
+            refresh,
             stale_if_error,
             purge,
             layout: Layout {
@@ -264,6 +303,7 @@ impl Config {
             heuristic: Heuristic {
                 enabled: raw.heuristic_freshness.unwrap_or(true),
                 default_ttl,
+                stale_while_revalidate,
                 ..Heuristic::default()
             },
             cache_status,

@@ -47,6 +47,9 @@ pub struct Heuristic {
     pub max_seconds: u64,
     /// Lifetime for responses with no explicit freshness (configured `default_ttl`; 0 = none).
     pub default_ttl: u64,
+    /// RFC 5861 §3 window assumed for responses that carry no `stale-while-revalidate`
+    /// (configured `stale_while_revalidate`; 0 = none).
+    pub stale_while_revalidate: u64,
 }
 
 impl Default for Heuristic {
@@ -56,6 +59,7 @@ impl Default for Heuristic {
             fraction: 0.1,
             max_seconds: 86_400,
             default_ttl: 0,
+            stale_while_revalidate: 0,
         }
     }
 }
@@ -160,10 +164,10 @@ pub fn usable(stored: &Stored, request: &CacheControl, heuristic: &Heuristic, no
         if request.max_stale.is_some_and(|max| staleness <= max) {
             return Use::StaleAllowed;
         }
-        if cc
+        let window = cc
             .stale_while_revalidate
-            .is_some_and(|window| staleness <= window)
-        {
+            .or((heuristic.stale_while_revalidate > 0).then_some(heuristic.stale_while_revalidate));
+        if window.is_some_and(|window| staleness <= window) {
             return Use::StaleWhileRevalidate;
         }
     }
@@ -304,6 +308,49 @@ mod tests {
             current_age(&clock_skew, T),
             0,
             "a Date in the future does not make age negative"
+        );
+    }
+
+    /// RFC 5861 §3: the configured window applies only when the response names none, and
+    /// never where stale is forbidden (must-revalidate, s-maxage) or the request wants
+    /// validation (no-cache).
+    #[test]
+    fn configured_stale_while_revalidate_window() {
+        let h = Heuristic {
+            stale_while_revalidate: 30,
+            ..Heuristic::default()
+        };
+        let validate = Use::Validate {
+            stale_if_error: None,
+        };
+        let plain = stored("max-age=60");
+        assert_eq!(
+            usable(&plain, &request(""), &h, T + 90),
+            Use::StaleWhileRevalidate
+        );
+        assert_eq!(usable(&plain, &request(""), &h, T + 91), validate);
+        let own = stored("max-age=60, stale-while-revalidate=5");
+        assert_eq!(
+            usable(&own, &request(""), &h, T + 66),
+            validate,
+            "the origin's own window wins"
+        );
+        for forbidden in [
+            "max-age=60, must-revalidate",
+            "s-maxage=60",
+            "max-age=60, proxy-revalidate",
+        ] {
+            assert_eq!(
+                usable(&stored(forbidden), &request(""), &h, T + 61),
+                validate,
+                "{forbidden}"
+            );
+        }
+        assert_eq!(usable(&plain, &request("no-cache"), &h, T + 61), validate);
+        assert_eq!(
+            usable(&plain, &request(""), &Heuristic::default(), T + 61),
+            validate,
+            "no window configured"
         );
     }
 
