@@ -167,6 +167,45 @@ fn vary_makes_variants_match_only_their_request() {
     );
 }
 
+/// RFC 9111 §4.1: several variants of one URL live side by side, each served to its own
+/// requests on every worker; an unsafe method's invalidation drops them all.
+#[test]
+fn every_variant_of_a_url_is_kept_and_invalidated_together() {
+    let world = World::new();
+    let vms = start(&world, "{}", 2);
+    let resp = &[("cache-control", "max-age=60"), ("vary", "Accept-Language")];
+    let languages = ["en", "de", "fr", "ja"];
+    for (i, lang) in languages.iter().enumerate() {
+        let (_, forwarded) = exchange(
+            &vms[i % 2],
+            "/v",
+            &[("accept-language", lang)],
+            resp,
+            lang.as_bytes(),
+        );
+        assert!(forwarded, "{lang}: first request misses");
+    }
+    for vm in &vms {
+        for lang in languages {
+            let (s, forwarded) = exchange(vm, "/v", &[("accept-language", lang)], resp, b"origin");
+            assert!(!forwarded, "{lang}: a hit");
+            assert_eq!(s.response().unwrap().body, lang.as_bytes());
+        }
+    }
+    let mut post = get(&vms[0], "POST", "/v", &[]);
+    post.respond(200, &[], b"");
+    for lang in languages {
+        let (_, forwarded) = exchange(
+            &vms[1],
+            "/v",
+            &[("accept-language", lang)],
+            resp,
+            lang.as_bytes(),
+        );
+        assert!(forwarded, "{lang}: invalidated with the URL");
+    }
+}
+
 #[test]
 fn head_conditionals_and_only_if_cached() {
     let world = World::new();

@@ -15,11 +15,12 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 use crate::cache::{
-    entry_for, invalidated_keys, invalidates, on_request, refresh_outcome, refresh_request,
+    self, entry_for, invalidated_keys, invalidates, on_request, refresh_outcome, refresh_request,
     revalidated, storable, Pending, Refreshed, RequestDecision,
 };
 use crate::coalesce::{self, Fill};
 use crate::config::Config;
+use crate::entry::Entry;
 use crate::status::{cache_status, Outcome};
 use crate::storage::{self, Insert};
 
@@ -105,13 +106,26 @@ fn now_millis() -> u64 {
     now_nanos().unwrap_or(0) / 1_000_000
 }
 
-/// A per-call random word (xorshift seeded from the clock), for nonces and sampling.
+thread_local! {
+    /// This VM's random state: seeded once from WASI `random_get` (through std's hash keys)
+    /// and the clock, so workers started at the same instant still draw different words.
+    static RANDOM_STATE: Cell<u64> = Cell::new({
+        use std::hash::{BuildHasher, Hasher};
+        std::collections::hash_map::RandomState::new().build_hasher().finish()
+            ^ now_nanos().unwrap_or(0)
+    });
+}
+
+/// A fresh random word per call (splitmix64), for nonces, generations and sampling.
 fn random_word() -> u64 {
-    let mut x = now_nanos().unwrap_or(1) | 1;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
+    RANDOM_STATE.with(|state| {
+        let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(next);
+        let mut z = next;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
 }
 
 /// Answers the current stream with a stored response as a local reply. Stored fields go out
@@ -138,8 +152,9 @@ fn reply(served: &Served, status: u16, headers: Vec<(String, Vec<u8>)>, body: &[
     true
 }
 
-/// Inserts an encoded entry, counting stored / evicted / not stored and the bytes gauge.
-fn store_entry(shared: &Shared, key_hash: u64, encoded: &[u8]) {
+/// Stores an entry among its URL's variants, counting stored / evicted / not stored and the
+/// bytes gauge.
+fn store_entry(shared: &Shared, key_hash: u64, entry: Entry) {
     let mut seed = random_word();
     let mut random = move || {
         seed ^= seed << 13;
@@ -147,11 +162,11 @@ fn store_entry(shared: &Shared, key_hash: u64, encoded: &[u8]) {
         seed ^= seed << 17;
         seed
     };
-    match storage::insert(
+    match cache::store(
+        &shared.config,
         &SharedData,
-        &shared.config.layout,
         key_hash,
-        encoded,
+        entry,
         now_seconds() as u64,
         &mut random,
     ) {
@@ -254,7 +269,7 @@ impl Context for CacheRoot {
                 if status == 304 {
                     shared.metrics.revalidated.increment(1);
                 }
-                store_entry(&shared, key_hash, &entry.encode());
+                store_entry(&shared, key_hash, *entry);
             }
             Refreshed::Remove => {
                 shared.metrics.not_stored.increment(1);
@@ -586,7 +601,7 @@ impl CacheStream {
             shared.metrics.not_stored.increment(1);
             return;
         };
-        store_entry(shared, pending.key_hash, &entry.encode());
+        store_entry(shared, pending.key_hash, entry);
     }
 }
 
@@ -682,7 +697,7 @@ impl HttpContext for CacheStream {
                 revalidated(&shared.config, &pending, &headers, now_seconds())
             {
                 shared.metrics.revalidated.increment(1);
-                store_entry(&shared, pending.key_hash, &refreshed.encode());
+                store_entry(&shared, pending.key_hash, refreshed);
                 return self.reply(status, headers, &body);
             }
         }

@@ -10,7 +10,7 @@ use crate::conditional::{not_modified, refresh_headers};
 use crate::config::Config;
 use crate::entry::Entry;
 use crate::freshness::{current_age, lifetime, usable, Stored, Use};
-use crate::key::{primary_key, vary_fields, vary_matches, vary_values};
+use crate::key::{primary_key, variant_hash, vary_fields, vary_matches, vary_values};
 use crate::status::{cache_status, Outcome};
 use crate::storable::{self, Exchange, NotStorable};
 use crate::{http_date, storage};
@@ -186,13 +186,8 @@ pub fn on_request(
         }));
     }
     let has_authorization = request.header("authorization").is_some();
-    let found = storage::lookup(store, &config.layout, key_hash)
-        .and_then(|found| Entry::decode(&found.entry).map(|e| (found, e)));
-    let usable_entry = found.filter(|(_, e)| {
-        e.key == key
-            && vary_matches(&e.vary_fields, &e.vary_values, &mut |name| {
-                request.header(name)
-            })
+    let usable_entry = find_variant(config, store, key_hash, &key, &mut |name| {
+        request.header(name)
     });
     let Some((found, entry)) = usable_entry else {
         if request_cc.only_if_cached {
@@ -334,6 +329,81 @@ pub fn on_request(
         body,
         refresh,
     }
+}
+
+/// RFC 9111 §4.1: the stored response for `key` whose Vary fields match the request. The
+/// URL's own slot holds one variant; when the request wants another, its slot follows from
+/// that entry's Vary fields and generation.
+fn find_variant(
+    config: &Config,
+    store: &impl CasStore,
+    key_hash: u64,
+    key: &[u8],
+    header: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
+) -> Option<(storage::Found, Entry)> {
+    let (found, entry) = storage::lookup(store, &config.layout, key_hash)
+        .and_then(|found| Entry::decode(&found.entry).map(|e| (found, e)))
+        .filter(|(_, e)| e.key == key)?;
+    let values = vary_values(&entry.vary_fields, header);
+    if values == entry.vary_values {
+        return Some((found, entry));
+    }
+    if entry.vary_fields.is_empty() {
+        return None;
+    }
+    let generation = entry.generation;
+    let slot = variant_hash(key, generation, &values);
+    storage::lookup(store, &config.layout, slot)
+        .and_then(|found| Entry::decode(&found.entry).map(|e| (found, e)))
+        .filter(|(_, e)| {
+            e.key == key
+                && e.generation == generation
+                && vary_matches(&e.vary_fields, &e.vary_values, header)
+        })
+}
+
+/// Where `entry` (a response for the URL `primary_hash` keys) goes, with its generation set:
+/// - the URL's own slot when it is empty, holds another URL, or holds a response with other
+///   Vary fields (a new generation: earlier variants become unreachable);
+/// - the URL's own slot, keeping the generation, when it replaces the same variant;
+/// - a variant slot keyed by the generation of the entry in the URL's slot otherwise.
+pub fn placement(
+    config: &Config,
+    store: &impl CasStore,
+    primary_hash: u64,
+    entry: &mut Entry,
+    random: &mut dyn FnMut() -> u64,
+) -> u64 {
+    let current = storage::lookup(store, &config.layout, primary_hash)
+        .and_then(|found| Entry::decode(&found.entry))
+        .filter(|e| e.key == entry.key && e.vary_fields == entry.vary_fields);
+    match current {
+        Some(current) if current.vary_values != entry.vary_values => {
+            entry.generation = current.generation;
+            variant_hash(&entry.key, current.generation, &entry.vary_values)
+        }
+        Some(current) => {
+            entry.generation = current.generation;
+            primary_hash
+        }
+        None => {
+            entry.generation = random() | 1;
+            primary_hash
+        }
+    }
+}
+
+/// Stores `entry` for the URL `primary_hash` keys, among its variants (see `placement`).
+pub fn store(
+    config: &Config,
+    store: &impl CasStore,
+    primary_hash: u64,
+    mut entry: Entry,
+    now: u64,
+    random: &mut dyn FnMut() -> u64,
+) -> storage::Insert {
+    let slot = placement(config, store, primary_hash, &mut entry, random);
+    storage::insert(store, &config.layout, slot, &entry.encode(), now, random)
 }
 
 /// RFC 9111 §4.3.1: the conditional header fields that validate `entry` — If-None-Match with
@@ -539,6 +609,7 @@ pub fn entry_for(
             .collect(),
         request_time: pending.request_time,
         response_time: now,
+        generation: 0,
         vary_fields: fields,
         vary_values: values,
         body,
@@ -667,6 +738,128 @@ mod tests {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| std::str::from_utf8(v).unwrap())
+    }
+
+    /// Stores a response to `client` for /doc at t=1000 through `cache::store`.
+    fn store_variant(
+        config: &Config,
+        store_: &MemoryStore,
+        client: &[(&str, &str)],
+        response: &[(&str, &str)],
+        body: &[u8],
+    ) {
+        // no-cache: forwarded whatever is stored, as a replacement would be.
+        let mut request = request(&[client, &[("cache-control", "no-cache")]].concat());
+        let RequestDecision::Forward(pending) = on_request(config, store_, &mut request, 1000)
+        else {
+            panic!("must be forwarded");
+        };
+        let mut header = |name: &str| {
+            request
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let entry = entry_for(
+            &pending,
+            200,
+            &pairs(response),
+            body.to_vec(),
+            1000,
+            &mut header,
+        )
+        .unwrap();
+        static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(99);
+        let mut seed = SEED.fetch_add(7919, std::sync::atomic::Ordering::Relaxed);
+        let inserted = store(config, store_, pending.key_hash, entry, 1000, &mut || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            seed
+        });
+        assert!(matches!(inserted, storage::Insert::Stored { .. }));
+    }
+
+    fn served_body(
+        config: &Config,
+        store_: &MemoryStore,
+        client: &[(&str, &str)],
+    ) -> Option<Vec<u8>> {
+        match on_request(config, store_, &mut request(client), 1001) {
+            RequestDecision::Serve { body, .. } => Some(body),
+            _ => None,
+        }
+    }
+
+    /// RFC 9111 §4.1: each Vary variant of a URL is stored and served to its own requests;
+    /// a variant replaces only itself; a change of the Vary fields, an invalidation or a
+    /// purge of the URL drops every variant.
+    #[test]
+    fn several_variants_of_one_url() {
+        let config = Config::from_json(b"{}").unwrap();
+        let s = MemoryStore::default();
+        let vary = [("cache-control", "max-age=60"), ("vary", "Accept-Language")];
+        let (en, de, fr) = (
+            [("accept-language", "en")],
+            [("accept-language", "de")],
+            [("accept-language", "fr")],
+        );
+        store_variant(&config, &s, &en, &vary, b"hello");
+        store_variant(&config, &s, &de, &vary, b"hallo");
+        assert_eq!(
+            served_body(&config, &s, &en).as_deref(),
+            Some(b"hello".as_slice())
+        );
+        assert_eq!(
+            served_body(&config, &s, &de).as_deref(),
+            Some(b"hallo".as_slice())
+        );
+        assert_eq!(served_body(&config, &s, &fr), None, "no variant for fr");
+        assert_eq!(served_body(&config, &s, &[]), None, "nor for no header");
+        store_variant(&config, &s, &de, &vary, b"servus");
+        assert_eq!(
+            served_body(&config, &s, &de).as_deref(),
+            Some(b"servus".as_slice())
+        );
+        assert_eq!(
+            served_body(&config, &s, &en).as_deref(),
+            Some(b"hello".as_slice())
+        );
+
+        // The origin now varies on another field: the old variants are gone.
+        let other = [("cache-control", "max-age=60"), ("vary", "Accept-Encoding")];
+        store_variant(&config, &s, &en, &other, b"by encoding");
+        assert_eq!(
+            served_body(&config, &s, &de),
+            Some(b"by encoding".to_vec()),
+            "de no longer varies"
+        );
+
+        // Removing the URL's own entry (invalidation, purge) makes its variants unreachable.
+        let s = MemoryStore::default();
+        store_variant(&config, &s, &en, &vary, b"hello");
+        store_variant(&config, &s, &de, &vary, b"hallo");
+        let key_hash = match on_request(&config, &s, &mut request(&en), 1001) {
+            RequestDecision::Serve { .. } => {
+                let RequestDecision::Forward(p) = on_request(
+                    &config,
+                    &s,
+                    &mut request(&[("accept-language", "xx")]),
+                    1001,
+                ) else {
+                    panic!()
+                };
+                p.key_hash
+            }
+            other => panic!("{other:?}"),
+        };
+        assert!(storage::remove(&s, &config.layout, key_hash));
+        assert_eq!(served_body(&config, &s, &en), None);
+        assert_eq!(
+            served_body(&config, &s, &de),
+            None,
+            "the variant went with it"
+        );
+        store_variant(&config, &s, &en, &vary, b"hello again");
+        assert_eq!(served_body(&config, &s, &de), None, "and stays gone");
     }
 
     /// RFC 5861 §3: within the window a stale entry is served at once, with a refresh to

@@ -1,5 +1,6 @@
-//! A stored response as bytes: status, header pairs, the times §4.2.3 needs, the Vary
-//! fields and the request's values for them, then the body. Decoding never trusts input.
+//! A stored response as bytes: status, header pairs, the times §4.2.3 needs, the variant
+//! generation, the Vary fields and the request's values for them, then the body. Decoding
+//! never trusts input.
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -9,6 +10,10 @@ pub struct Entry {
     pub headers: Vec<(String, Vec<u8>)>,
     pub request_time: i64,
     pub response_time: i64,
+    /// Ties the variants of one URL together (see `cache::store`): the entry in the URL's
+    /// own slot draws it; its other variants are keyed by it, so removing that entry makes
+    /// them all unreachable at once.
+    pub generation: u64,
     pub vary_fields: Vec<String>,
     pub vary_values: Vec<Option<Vec<u8>>>,
     pub body: Vec<u8>,
@@ -60,6 +65,7 @@ impl Entry {
         out.extend_from_slice(&(self.status as u32).to_le_bytes());
         out.extend_from_slice(&self.request_time.to_le_bytes());
         out.extend_from_slice(&self.response_time.to_le_bytes());
+        out.extend_from_slice(&self.generation.to_le_bytes());
         out.extend_from_slice(&(self.headers.len() as u32).to_le_bytes());
         for (k, v) in &self.headers {
             put_bytes(&mut out, k.as_bytes());
@@ -86,6 +92,7 @@ impl Entry {
         let status = u16::try_from(r.u32()?).ok()?;
         let request_time = r.i64()?;
         let response_time = r.i64()?;
+        let generation = r.i64()? as u64;
         let n = r.u32()? as usize;
         let mut headers = Vec::with_capacity(n.min(256));
         for _ in 0..n {
@@ -108,6 +115,7 @@ impl Entry {
             headers,
             request_time,
             response_time,
+            generation,
             vary_fields,
             vary_values,
             body,
@@ -145,6 +153,7 @@ mod tests {
             ],
             request_time: 10,
             response_time: 11,
+            generation: u64::MAX - 3,
             vary_fields: vec!["accept-encoding".into(), "x-absent".into()],
             vary_values: vec![Some(b"gzip".to_vec()), None],
             body: b"hello".to_vec(),

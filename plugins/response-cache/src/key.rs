@@ -104,6 +104,26 @@ pub fn vary_matches(
     stored.len() == fields.len() && vary_values(fields, header) == stored
 }
 
+/// The slot hash of one variant of a URL (RFC 9111 §4.1 secondary key): the primary key,
+/// the generation of the URL's entry, and the request's normalized values of its Vary fields.
+pub fn variant_hash(key: &[u8], generation: u64, values: &[Option<Vec<u8>>]) -> u64 {
+    let mut bytes = Vec::with_capacity(key.len() + 16 + values.len() * 16);
+    bytes.extend_from_slice(key);
+    bytes.extend_from_slice(b"\0variant\0");
+    bytes.extend_from_slice(&generation.to_le_bytes());
+    for value in values {
+        match value {
+            Some(v) => {
+                bytes.push(1);
+                bytes.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                bytes.extend_from_slice(v);
+            }
+            None => bytes.push(0),
+        }
+    }
+    edgewise_support::breaker_state::identity_hash(&bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
