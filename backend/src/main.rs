@@ -341,7 +341,7 @@ fn echo(
     )
 }
 
-/// `/cache/...?cache_control=..&etag=..&last_modified=..&body=..`: a response with the
+/// `/cache/...?cache_control=..&etag=..&last_modified=..&body=..&size=..`: a response with the
 /// chosen caching headers, and `304 Not Modified` to a matching conditional GET/HEAD.
 fn cacheable(backend: &Backend, headers: &HeaderMap, path: &str, query: &str) -> Response<Body> {
     let etag = query_param(query, "etag").map(|e| {
@@ -390,7 +390,13 @@ fn cacheable(backend: &Backend, headers: &HeaderMap, path: &str, query: &str) ->
     if not_modified {
         return respond(backend, 304, &out, Body::empty());
     }
-    let body = query_param(query, "body").unwrap_or_else(|| format!("cacheable {path}\n"));
+    // `size=N`: a body of N bytes (at most 8 MiB), for memory-bound tests.
+    let sized = query_param(query, "size")
+        .and_then(|n| n.parse::<usize>().ok())
+        .map(|n| "x".repeat(n.min(8 << 20)));
+    let body = sized
+        .or_else(|| query_param(query, "body"))
+        .unwrap_or_else(|| format!("cacheable {path}\n"));
     respond(backend, 200, &out, body)
 }
 

@@ -324,6 +324,64 @@ fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background() {
     );
 }
 
+/// Memory stays bounded under many distinct URLs: 3,000 URLs of 4 KiB each through a cache
+/// of 256 KiB. The cache's byte gauge never exceeds its budget, and Envoy's resident memory
+/// grows by far less between the first 1,000 and all 3,000 than the 8 MiB an unbounded cache
+/// would add (tolerance: 4 MiB, for allocator noise).
+#[test]
+fn memory_stays_bounded_under_many_distinct_urls() {
+    build();
+    let backend = Backend::start("origin").unwrap();
+    let config = r#"{"max_bytes":262144,"max_entry_bytes":8192,"max_entries":256}"#;
+    let envoy = Envoy::start(
+        &EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new(
+            "response_cache",
+            wasm_path("response_cache"),
+            config,
+        )),
+    )
+    .unwrap();
+    let mut rss_after_1000 = 0;
+    for n in 0..3000 {
+        let path = format!("/cache/u{n}?cache_control=max-age%3D600&size=4096");
+        let r = envoy.get(&path).unwrap();
+        assert_eq!((r.status, r.body.len()), (200, 4096));
+        if n == 999 {
+            rss_after_1000 = envoy.rss_kib().unwrap();
+        }
+    }
+    let rss_after_3000 = envoy.rss_kib().unwrap();
+    let bytes = envoy
+        .stat("edgewise.response_cache.bytes_in_use")
+        .unwrap()
+        .unwrap_or(0);
+    let stored = envoy
+        .stat("edgewise.response_cache.stored")
+        .unwrap()
+        .unwrap_or(0);
+    let evicted = envoy
+        .stat("edgewise.response_cache.evicted")
+        .unwrap()
+        .unwrap_or(0);
+    println!(
+        "3000 URLs x 4 KiB: stored {stored}, evicted {evicted}, bytes in use {bytes}, \
+         Envoy RSS {rss_after_1000} KiB -> {rss_after_3000} KiB"
+    );
+    assert!(bytes > 0 && bytes <= 262_144, "bytes in use {bytes}");
+    assert_eq!(stored, 3000);
+    assert!(evicted >= 3000 - 64, "evicted {evicted}");
+    let growth = rss_after_3000.saturating_sub(rss_after_1000);
+    assert!(growth < 4096, "RSS grew {growth} KiB over 2,000 more URLs");
+    // The newest URL is still served from the cache.
+    let last = envoy
+        .get("/cache/u2999?cache_control=max-age%3D600&size=4096")
+        .unwrap();
+    assert!(last
+        .header("cache-status")
+        .unwrap_or_default()
+        .starts_with("edgewise; hit"));
+}
+
 #[test]
 fn the_example_config_is_valid() {
     build();
