@@ -242,6 +242,11 @@ impl Envoy {
     }
 
     /// Resident memory of the Envoy process in KiB (from /proc).
+    /// The Envoy process id (for profilers).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         status

@@ -430,3 +430,118 @@ fn svg(scenarios: &[Scenario], medians: &[Sample]) -> String {
     out.push_str("</svg>\n");
     out
 }
+
+/// `cargo xtask bench profile [scenario]`: Envoy under wrk load, sampled by `perf record`
+/// (8 s) for each scenario whose name contains `scenario` (default: the local-reply and
+/// caching scenarios). Envoy's binary is stripped and V8's wasm code has no symbols for perf,
+/// so the split is by where the time is spent: Envoy's code (HTTP, host calls, V8's runtime),
+/// the JIT's code (the compiled .wasm, V8 stubs), the kernel (sockets), libc. With the worker
+/// core saturated, a share × 1/(req/s) is CPU time per request. Writes
+/// `target/bench/profiles.md` and prints it.
+pub fn profile(wanted: Option<&str>) -> Result<()> {
+    ensure_wrk()?;
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace_root())
+        .args(["build", "--release", "--target", "wasm32-wasip1"])
+        .status()?;
+    if !status.success() {
+        bail!("building the .wasm modules failed");
+    }
+    let backend = Backend::start_for_benchmark("bench-origin", 1)?;
+    let all = scenarios(backend.addr);
+    let default_set = [
+        "plain proxy",
+        "direct_response (no upstream)",
+        "wasm do-nothing filter",
+        "rate_limit, denying",
+        "response_cache, every request a hit",
+        "native cache filter, every request a hit",
+    ];
+    let chosen: Vec<&Scenario> = all
+        .iter()
+        .filter(|s| match wanted {
+            Some(w) => s.name.contains(w),
+            None => default_set.contains(&s.name),
+        })
+        .collect();
+    if chosen.is_empty() {
+        let names: Vec<&str> = all.iter().map(|s| s.name).collect();
+        bail!("no scenario matches {wanted:?}; scenarios: {names:?}");
+    }
+    let dir = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let groups = ["envoy", "JIT", "kernel", "libc", "other"];
+    let mut table = format!(
+        "# Where a request's CPU time goes (perf, Envoy 1 worker pinned, wrk -c32)\n\n\
+         | Scenario | req/s | µs/request | {} |\n|---|---:|---:|{}\n",
+        groups.map(|g| format!("{g} µs")).join(" | "),
+        "---:|".repeat(groups.len())
+    );
+    for scenario in chosen {
+        let envoy = Envoy::start(&scenario.config)?;
+        let _ = envoy.get(scenario.path);
+        run_wrk(&envoy, scenario.path, 2)?;
+        let data = dir.join("perf.data");
+        let pid = envoy.pid().to_string();
+        let mut perf = Command::new("perf")
+            .args(["record", "-q", "-F", "999", "-o"])
+            .arg(&data)
+            .args(["-p", &pid, "--", "sleep", "8"])
+            .spawn()
+            .context("running perf record")?;
+        let sample = run_wrk(&envoy, scenario.path, 9)?;
+        perf.wait()?;
+        let report = Command::new("perf")
+            .args(["report", "--stdio", "--no-children", "--sort", "dso", "-i"])
+            .arg(&data)
+            .output()
+            .context("running perf report")?;
+        let mut shares = [0.0f64; 5];
+        for line in String::from_utf8_lossy(&report.stdout).lines() {
+            let line = line.trim();
+            let Some((pct, dso)) = line.split_once("%  ") else {
+                continue;
+            };
+            let Ok(pct) = pct.trim().parse::<f64>() else {
+                continue;
+            };
+            let dso = dso.trim();
+            let group = if dso == "envoy" {
+                0
+            } else if dso.starts_with("[JIT]") || dso.starts_with("perf-") || dso == "[unknown]" {
+                1
+            } else if dso.starts_with("[kernel") {
+                2
+            } else if dso.starts_with("libc") {
+                3
+            } else {
+                4
+            };
+            shares[group] += pct / 100.0;
+        }
+        let per_request = 1e6 / sample.rps;
+        let cells: Vec<String> = shares
+            .iter()
+            .map(|s| format!("{:.1}", s * per_request))
+            .collect();
+        let _ = writeln!(
+            table,
+            "| {} | {:.0} | {:.1} | {} |",
+            scenario.name,
+            sample.rps,
+            per_request,
+            cells.join(" | ")
+        );
+        println!(
+            "  {:<48} {:>9.0} req/s  {}",
+            scenario.name,
+            sample.rps,
+            cells.join(" / ")
+        );
+        let _ = std::fs::remove_file(&data);
+    }
+    let out = dir.join("profiles.md");
+    std::fs::write(&out, &table)?;
+    println!("\n{table}\nwritten to {}", out.display());
+    Ok(())
+}

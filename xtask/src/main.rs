@@ -8,7 +8,8 @@
 //!   cluster up|down|status   the docker-compose cluster (project `edgewise`)
 //!   demo    the cluster demo (Docker), or `demo local`: each filter in a local Envoy
 //!   bench   load benchmark against real Envoy (BENCHMARKS.md); `bench criterion` for the
-//!           cores' criterion benchmarks; `bench quick` for a short load run
+//!           cores' criterion benchmarks; `bench quick` for a short load run;
+//!           `bench profile [scenario]` for perf profiles under load
 
 mod bench;
 mod cluster;
@@ -58,10 +59,11 @@ fn main() -> ExitCode {
                 "noop",
             ]),
             Some("quick") => bench::run(2, 1),
+            Some("profile") => bench::profile(args.get(2).map(String::as_str)),
             _ => bench::run(5, 3),
         },
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|cluster up|down|status|demo [local]|bench [criterion|quick]>");
+            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|cluster up|down|status|demo [local]|bench [criterion|quick|profile [scenario]]>");
             return ExitCode::from(2);
         }
     };

@@ -158,10 +158,13 @@ pub fn lookup(store: &impl CasStore, layout: &Layout, key_hash: u64) -> Option<F
 }
 
 /// Records a hit for LRU / LFU with the metadata read by `lookup` (one write; FIFO needs
-/// none). Best effort: losing a race only loses one count.
+/// none, LRU none when the entry was already used this second — its clock's resolution).
+/// Best effort: losing a race only loses one count.
 pub fn touch(store: &impl CasStore, layout: &Layout, found: &Found, now: u64) {
-    if layout.eviction == Eviction::Fifo {
-        return;
+    match layout.eviction {
+        Eviction::Fifo => return,
+        Eviction::Lru if found.meta.last_access == now => return,
+        _ => {}
     }
     let mut meta = found.meta;
     meta.last_access = now;
