@@ -71,6 +71,28 @@ pub fn build_wasm(packages: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds the composed module (its own workspace, `plugins/edge-chain`, so its `embedded`
+/// filter features never reach the standalone builds) into `<target>/edge-chain`, and copies
+/// `edge_chain.wasm` next to the other modules.
+pub fn build_edge_chain() -> anyhow::Result<()> {
+    let target = target_dir().join("edge-chain");
+    let manifest = workspace_root().join("plugins/edge-chain/Cargo.toml");
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .arg("build")
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target)
+            .args(["--quiet", "--release", "--target", "wasm32-wasip1"])
+            .status()?;
+    anyhow::ensure!(status.success(), "building {} failed", manifest.display());
+    let built = target.join("wasm32-wasip1/release/edge_chain.wasm");
+    std::fs::create_dir_all(target_dir().join("wasm32-wasip1/release"))?;
+    std::fs::copy(&built, wasm_path("edge_chain"))?;
+    Ok(())
+}
+
 /// Validates an example config under `envoy/examples/` with Envoy, pointing the relative
 /// `target/wasm32-wasip1/release/<module>.wasm` paths it names (each must appear) at
 /// wherever the modules were built (CI builds outside the clone).

@@ -119,6 +119,7 @@ fn setup() -> Result<()> {
 pub(crate) fn build_wasm() -> Result<()> {
     step("building the .wasm modules (release, wasm32-wasip1)");
     cargo(&["build", "--release", "--target", "wasm32-wasip1"])?;
+    envoy_harness::build_edge_chain()?;
     for entry in std::fs::read_dir(envoy_harness::target_dir().join("wasm32-wasip1/release"))? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "wasm") {
@@ -136,11 +137,29 @@ fn test() -> Result<()> {
     let started = Instant::now();
     setup()?;
     build_wasm()?;
+    let chain_manifest = workspace_root().join("plugins/edge-chain/Cargo.toml");
+    let chain_manifest = chain_manifest.to_string_lossy().to_string();
+    let chain_target = envoy_harness::target_dir().join("edge-chain");
+    let chain_target = chain_target.to_string_lossy().to_string();
     step("format: cargo fmt --check");
     cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&["fmt", "--manifest-path", &chain_manifest, "--", "--check"])?;
     step("lint: clippy on the plugin crates (unwrap/expect/panic denied), wasm target");
     cargo(&[
         "clippy",
+        "--release",
+        "--target",
+        "wasm32-wasip1",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&[
+        "clippy",
+        "--manifest-path",
+        &chain_manifest,
+        "--target-dir",
+        &chain_target,
         "--release",
         "--target",
         "wasm32-wasip1",
@@ -158,6 +177,13 @@ fn test() -> Result<()> {
         "host-tests",
         "--exclude",
         "envoy-harness",
+    ])?;
+    cargo(&[
+        "test",
+        "--manifest-path",
+        &chain_manifest,
+        "--target-dir",
+        &chain_target,
     ])?;
     step("layer 2: host-tests (our wasmtime proxy-wasm host), incl. probe parity with real Envoy");
     cargo(&["test", "-p", "host-tests"])?;

@@ -21,12 +21,16 @@ use crate::table;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+#[cfg(not(feature = "embedded"))]
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(BreakerRoot { shared: None })
-    });
+    proxy_wasm::set_root_context(|_| new_root());
 }}
+
+/// This filter's root context, for this module's entry point or a composed module.
+pub fn new_root() -> Box<dyn RootContext> {
+    Box::new(BreakerRoot { shared: None })
+}
 
 /// Metrics of one upstream, defined on first use in this VM.
 struct UpstreamMetrics {

@@ -8,6 +8,8 @@ pub mod table;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;
+#[cfg(target_arch = "wasm32")]
+pub use adapter::new_root;
 
 pub use breaker::{Admission, Breaker, Outcome, Transition};
 pub use config::Config;

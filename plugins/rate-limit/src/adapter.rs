@@ -18,12 +18,19 @@ use crate::limiter::{applicable_rules, decide, release_waiting, Outcome, RuleSta
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+#[cfg(not(feature = "embedded"))]
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(RateLimitRoot { shared: None, waiters: Rc::new(RefCell::new(Vec::new())) })
-    });
+    proxy_wasm::set_root_context(|_| new_root());
 }}
+
+/// This filter's root context, for this module's entry point or a composed module.
+pub fn new_root() -> Box<dyn RootContext> {
+    Box::new(RateLimitRoot {
+        shared: None,
+        waiters: Rc::new(RefCell::new(Vec::new())),
+    })
+}
 
 struct RuleMetrics {
     allowed: Metric,
@@ -102,11 +109,11 @@ impl RootContext for RateLimitRoot {
                 }
             }
             if hostcalls::set_effective_context(waiter.context_id).is_ok() {
-                let _ = hostcalls::resume_http_request();
+                edgewise_support::wasm::resume_request(waiter.context_id);
             }
         }
         if self.waiters.borrow().is_empty() {
-            let _ = hostcalls::set_tick_period(std::time::Duration::ZERO);
+            edgewise_support::wasm::set_tick_period(std::time::Duration::ZERO);
         }
     }
 
@@ -194,7 +201,7 @@ impl HttpContext for RateLimitStream {
                     release_at: now + delay_ns,
                     rules: decision.waiting.clone(),
                 });
-                let _ = hostcalls::set_tick_period(std::time::Duration::from_millis(1));
+                edgewise_support::wasm::set_tick_period(std::time::Duration::from_millis(1));
                 Action::Pause
             }
             Outcome::Denied { retry_after_ns, .. } if shadow => {

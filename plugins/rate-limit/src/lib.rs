@@ -12,6 +12,8 @@ pub mod table;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;
+#[cfg(target_arch = "wasm32")]
+pub use adapter::new_root;
 
 pub use config::Config;
 pub use limiter::{applicable_rules, decide, Decision, Outcome};

@@ -26,10 +26,19 @@ use crate::storage::{self, Insert};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+#[cfg(not(feature = "embedded"))]
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CacheRoot { shared: None, in_flight: HashMap::new() }) });
+    proxy_wasm::set_root_context(|_| new_root());
 }}
+
+/// This filter's root context, for this module's entry point or a composed module.
+pub fn new_root() -> Box<dyn RootContext> {
+    Box::new(CacheRoot {
+        shared: None,
+        in_flight: HashMap::new(),
+    })
+}
 
 struct Metrics {
     hits: Metric,
@@ -87,7 +96,7 @@ struct Shared {
 impl Shared {
     fn start_ticking(&self) {
         if !self.ticking.replace(true) {
-            let _ = hostcalls::set_tick_period(WAIT_TICK);
+            edgewise_support::wasm::set_tick_period(WAIT_TICK);
         }
     }
 }
@@ -350,7 +359,7 @@ impl RootContext for CacheRoot {
             serve_waiters(&shared, coalescing.slots);
         }
         if shared.waiters.borrow().is_empty() && shared.refreshes.borrow().is_empty() {
-            let _ = hostcalls::set_tick_period(Duration::ZERO);
+            edgewise_support::wasm::set_tick_period(Duration::ZERO);
             shared.ticking.set(false);
         }
     }
@@ -414,7 +423,7 @@ fn serve_waiters(shared: &Shared, slots: u64) {
         // The fill ended without a usable entry (not storable, failed) or took too long:
         // this request goes to the origin itself.
         if hostcalls::set_effective_context(waiter.context_id).is_ok() {
-            let _ = hostcalls::resume_http_request();
+            edgewise_support::wasm::resume_request(waiter.context_id);
         }
     }
     shared.waiters.borrow_mut().extend(still);

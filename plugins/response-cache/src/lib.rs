@@ -17,4 +17,6 @@ pub mod storage;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;
+#[cfg(target_arch = "wasm32")]
+pub use adapter::new_root;
 pub mod storable;

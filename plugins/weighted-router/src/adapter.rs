@@ -19,10 +19,16 @@ use crate::{acquire_least, release_least, select, shared_cursor, Env, Reason};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+#[cfg(not(feature = "embedded"))]
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(RouterRoot { shared: None }) });
+    proxy_wasm::set_root_context(|_| new_root());
 }}
+
+/// This filter's root context, for this module's entry point or a composed module.
+pub fn new_root() -> Box<dyn RootContext> {
+    Box::new(RouterRoot { shared: None })
+}
 
 struct RouteMetrics {
     requests: Vec<Metric>,

@@ -9,6 +9,8 @@ pub mod strategy;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;
+#[cfg(target_arch = "wasm32")]
+pub use adapter::new_root;
 
 use edgewise_support::breaker_state::identity_hash;
 use edgewise_support::request::{cookie, RequestView};

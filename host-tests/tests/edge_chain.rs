@@ -1,0 +1,164 @@
+//! edge_chain.wasm (the four filters composed in one VM) in our host: the edge order, local
+//! replies that stop the chain, and paused requests that run the rest of the chain when
+//! their filter resumes them.
+
+use std::time::Duration;
+
+use proxy_host::{load_module, Action, FailureKind, Headers, PluginOptions, Stream, Vm, World};
+
+fn start(world: &World, config: &str, workers: usize) -> Vec<Vm> {
+    let options = PluginOptions::new()
+        .vm_id("edgewise")
+        .plugin_name("edge_chain")
+        .configuration(config);
+    world
+        .start_vms(&load_module("edge_chain"), &options, workers)
+        .unwrap_or_else(|f| panic!("{f}"))
+}
+
+fn send(vm: &Vm, path: &str, user: &str) -> (Stream, Action) {
+    let mut s = vm.stream();
+    let action = s.send_request_headers(
+        Headers::from([
+            (":method", "GET"),
+            (":path", path),
+            (":authority", "shop.example.com"),
+            ("x-user", user),
+        ]),
+        true,
+    );
+    (s, action)
+}
+
+const ALL_FOUR: &str = r#"{
+  "rate_limit": {"rules":[{"name":"per_user","key":"header:x-user","limit":3,"window":"1m"}]},
+  "response_cache": {"coalesce":{"wait":"2s"}},
+  "weighted_router": {"routes":[{"name":"api","targets":[{"cluster":"api-v1","weight":1}]}]},
+  "circuit_breaker": {"upstream":"header:x-route-cluster","trip":{"consecutive_failures":2}}
+}"#;
+
+#[test]
+fn the_filters_run_in_the_edge_order_and_a_local_reply_stops_the_chain() {
+    let world = World::new();
+    let vms = start(&world, ALL_FOUR, 2);
+    // A miss: limited, not cached yet, routed, through the (closed) breaker.
+    let (mut first, action) = send(&vms[0], "/p", "ann");
+    assert_eq!(action, Action::Continue);
+    let upstream = first.upstream_request().expect("forwarded");
+    assert_eq!(
+        upstream.headers.get("x-route-cluster").as_deref(),
+        Some("api-v1"),
+        "the router ran"
+    );
+    first.respond(200, &[("cache-control", "max-age=60")], b"page");
+    let r = first.response().unwrap();
+    assert_eq!(
+        r.header("cache-status").as_deref(),
+        Some("edgewise; fwd=miss; stored")
+    );
+    assert!(
+        r.header("ratelimit").is_some(),
+        "the limiter's headers: {r:?}"
+    );
+    // A hit on the other worker: the cache answers; the router and breaker never see it.
+    let (hit, action) = send(&vms[1], "/p", "ann");
+    assert_eq!(action, Action::Pause);
+    assert!(hit.upstream_request().is_none());
+    assert_eq!(hit.response().unwrap().body, b"page");
+    assert!(hit.response().unwrap().header("ratelimit").is_some());
+    // The limiter comes first: over the limit, even a cached page is refused.
+    send(&vms[0], "/p", "ann");
+    let (denied, _) = send(&vms[0], "/p", "ann");
+    assert_eq!(denied.response().unwrap().status(), Some(429));
+    assert_eq!(
+        world.metric("edgewise.rate_limit.per_user.allowed"),
+        Some(3)
+    );
+    assert_eq!(world.metric("edgewise.response_cache.hits"), Some(2));
+    assert_eq!(
+        world.metric("edgewise.weighted_router.api.api-v1.requests"),
+        Some(1),
+        "only the miss was routed"
+    );
+}
+
+/// A request the cache paused (coalescing) and then let go to the origin runs the router
+/// and the breaker before Envoy forwards it.
+#[test]
+fn a_resumed_request_runs_the_rest_of_the_chain() {
+    let world = World::new();
+    let vms = start(&world, ALL_FOUR, 2);
+    let (mut leader, _) = send(&vms[0], "/hot", "ann");
+    let (waiter, action) = send(&vms[1], "/hot", "bob");
+    assert_eq!(action, Action::Pause, "a concurrent miss waits");
+    assert!(waiter.upstream_request().is_none());
+    leader.respond(200, &[("cache-control", "private")], b"mine");
+    world.advance(Duration::from_millis(10)).unwrap();
+    let upstream = waiter.upstream_request().expect("resumed to the origin");
+    assert_eq!(
+        upstream.headers.get("x-route-cluster").as_deref(),
+        Some("api-v1"),
+        "routed after the resume"
+    );
+    assert_eq!(
+        world.metric("edgewise.weighted_router.api.api-v1.requests"),
+        Some(2)
+    );
+}
+
+/// The breaker in the chain opens on failures and answers with its fallback.
+#[test]
+fn the_breaker_sees_the_routed_cluster() {
+    let world = World::new();
+    let vms = start(&world, ALL_FOUR, 1);
+    for user in ["a", "b"] {
+        let (mut s, _) = send(&vms[0], "/fail", user);
+        s.respond(503, &[], b"down");
+    }
+    let (open, action) = send(&vms[0], "/fail", "c");
+    assert_eq!(action, Action::Pause);
+    assert_eq!(open.response().unwrap().status(), Some(503));
+    assert!(
+        open.upstream_request().is_none(),
+        "the open breaker answered"
+    );
+    assert_eq!(
+        world.metric("edgewise.circuit_breaker.api-v1.opened"),
+        Some(1)
+    );
+}
+
+#[test]
+fn invalid_chains_are_refused_naming_the_section_and_field() {
+    let cases: &[(&str, &str)] = &[
+        (r#"{}"#, "edge_chain: invalid configuration at `<json>`"),
+        (
+            r#"{"rate_limiter":{}}"#,
+            "edge_chain: invalid configuration at `rate_limiter`",
+        ),
+        (
+            r#"{"rate_limit":{"rules":[{"name":"r","limit":0,"window":"1s"}]}}"#,
+            "rate_limit: invalid configuration",
+        ),
+        (
+            r#"{"weighted_router":{"routes":[{"targets":[]}]},"rate_limit":{"rules":[]}}"#,
+            "invalid configuration",
+        ),
+    ];
+    for (config, logged) in cases {
+        let world = World::new();
+        let failure = world
+            .start_vm(
+                &load_module("edge_chain"),
+                &PluginOptions::new().configuration(config),
+            )
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {config}"));
+        assert_eq!(failure.kind, FailureKind::Rejected, "{config}");
+        assert!(
+            !world.logs_containing(logged).is_empty(),
+            "{config}: expected {logged:?} in {:?}",
+            world.logs()
+        );
+    }
+}

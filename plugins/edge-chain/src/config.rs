@@ -1,0 +1,88 @@
+//! The composed module's configuration: one optional section per filter, each exactly the
+//! JSON that filter takes on its own, run in a fixed order.
+
+use edgewise_support::config::{parse_config, ConfigError};
+use serde::Deserialize;
+
+/// The filters a composed module can hold, in the order a request meets them.
+pub const ORDER: [&str; 4] = [
+    "rate_limit",
+    "response_cache",
+    "weighted_router",
+    "circuit_breaker",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChain {
+    rate_limit: Option<serde_json::Value>,
+    response_cache: Option<serde_json::Value>,
+    weighted_router: Option<serde_json::Value>,
+    circuit_breaker: Option<serde_json::Value>,
+}
+
+/// Each present filter (by its name in `ORDER`) with its own configuration's JSON.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Chain {
+    pub sections: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl Chain {
+    pub fn from_json(bytes: &[u8]) -> Result<Chain, ConfigError> {
+        let raw: RawChain = parse_config(bytes)?;
+        let values = [
+            raw.rate_limit,
+            raw.response_cache,
+            raw.weighted_router,
+            raw.circuit_breaker,
+        ];
+        let mut sections = Vec::new();
+        for (name, value) in ORDER.iter().zip(values) {
+            let Some(value) = value else { continue };
+            if !value.is_object() {
+                return Err(ConfigError::new(
+                    *name,
+                    "must be an object: that filter's own configuration",
+                    format!("write \"{name}\": {{ ... }} as you would configure {name}.wasm"),
+                ));
+            }
+            sections.push((*name, value.to_string().into_bytes()));
+        }
+        if sections.is_empty() {
+            return Err(ConfigError::new(
+                "<json>",
+                "names no filter",
+                "add at least one of \"rate_limit\", \"response_cache\", \"weighted_router\", \"circuit_breaker\"",
+            ));
+        }
+        Ok(Chain { sections })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_come_in_the_edge_order() {
+        let chain = Chain::from_json(
+            br#"{"circuit_breaker":{"trip":{}},"rate_limit":{"rules":[]},"weighted_router":{}}"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = chain.sections.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["rate_limit", "weighted_router", "circuit_breaker"]);
+        assert_eq!(chain.sections[0].1, br#"{"rules":[]}"#);
+    }
+
+    #[test]
+    fn bad_chains_name_the_field() {
+        for (json, field) in [
+            (r#"{}"#, "<json>"),
+            (r#"{"rate_limiter":{}}"#, "rate_limiter"),
+            (r#"{"response_cache":true}"#, "response_cache"),
+        ] {
+            let error = Chain::from_json(json.as_bytes()).unwrap_err();
+            assert!(error.to_string().contains(field), "{json}: {error}");
+        }
+    }
+}
