@@ -98,6 +98,8 @@ pub struct EnvoyConfig {
     pub native_filters: Vec<Value>,
     /// Pin Envoy to this CPU (taskset), for benchmarks.
     pub pin_cpu: Option<u32>,
+    /// Extra fields for every cluster (e.g. `outlier_detection`), merged into its JSON.
+    pub cluster_options: Option<Value>,
 }
 
 impl EnvoyConfig {
@@ -110,6 +112,7 @@ impl EnvoyConfig {
             clusters: vec![("backend".into(), vec![backend])],
             native_filters: Vec::new(),
             pin_cpu: None,
+            cluster_options: None,
         }
     }
 
@@ -198,12 +201,18 @@ impl EnvoyConfig {
                     .iter()
                     .map(|a| json!({ "endpoint": { "address": { "socket_address": { "address": a.ip().to_string(), "port_value": a.port() } } } }))
                     .collect();
-                json!({
+                let mut cluster = json!({
                     "name": name,
                     "type": "STATIC",
                     "connect_timeout": "1s",
                     "load_assignment": { "cluster_name": name, "endpoints": [ { "lb_endpoints": lb_endpoints } ] }
-                })
+                });
+                if let (Some(Value::Object(extra)), Value::Object(fields)) =
+                    (&self.cluster_options, &mut cluster)
+                {
+                    fields.extend(extra.clone());
+                }
+                cluster
             })
             .collect();
         json!({

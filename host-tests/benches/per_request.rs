@@ -33,6 +33,16 @@ fn benches(c: &mut Criterion) {
             r#"{"routes":[{"targets":[{"cluster":"a","weight":70},{"cluster":"b","weight":30}]}]}"#,
         ),
         ("response_cache (hit)", "response_cache", "{}"),
+        (
+            "edge_chain (rate_limit + response_cache hit)",
+            "edge_chain",
+            r#"{"rate_limit":{"rules":[{"name":"r","key":"header:x-api-key","limit":1000000000,"window":"1s"}]},"response_cache":{}}"#,
+        ),
+        (
+            "edge_chain (all four, pass path: the 2-byte body is over max_entry_bytes)",
+            "edge_chain",
+            r#"{"rate_limit":{"rules":[{"name":"r","key":"header:x-api-key","limit":1000000000,"window":"1s"}]},"response_cache":{"max_bytes":1024,"max_entry_bytes":1},"weighted_router":{"routes":[{"targets":[{"cluster":"a","weight":70},{"cluster":"b","weight":30}]}]},"circuit_breaker":{"upstream":"header:x-route-cluster","trip":{"consecutive_failures":5}}}"#,
+        ),
     ];
     for (label, module, config) in cases {
         let world = World::new();

@@ -308,6 +308,10 @@ fn invalid_configurations_are_refused_naming_the_field() {
         (r#"{"coalesce":{"wait":"2m"}}"#, "coalesce.wait"),
         (r#"{"coalesce":{"wait":"soon"}}"#, "coalesce.wait"),
         (
+            r#"{"coalesce":{"hit_for_miss":"2h"}}"#,
+            "coalesce.hit_for_miss",
+        ),
+        (
             r#"{"stale_while_revalidate":"10"}"#,
             "stale_while_revalidate",
         ),
@@ -520,6 +524,42 @@ fn waiters_go_to_the_origin_when_the_fill_fails_or_takes_too_long() {
         "gave up waiting after 1 s"
     );
     assert_eq!(world.metric("edgewise.response_cache.coalesced"), Some(0));
+}
+
+/// Hit-for-miss: once a fill ends with a response the cache may not store, concurrent
+/// misses for that URL go to the origin at once (they could not share the response) for
+/// `coalesce.hit_for_miss`; after that, misses coalesce again.
+#[test]
+fn uncacheable_urls_are_not_coalesced_for_a_while() {
+    let world = World::new();
+    let vms = start(
+        &world,
+        r#"{"coalesce":{"wait":"2s","hit_for_miss":"10s"}}"#,
+        2,
+    );
+    let mut leader = get(&vms[0], "GET", "/live", &[]);
+    let waiter = get(&vms[1], "GET", "/live", &[]);
+    assert!(
+        waiter.upstream_request().is_none(),
+        "the first pair coalesces"
+    );
+    leader.respond(200, &[("cache-control", "no-store")], b"now");
+    world.advance(Duration::from_millis(10)).unwrap();
+    assert!(waiter.upstream_request().is_some(), "let go after the fill");
+    for round in 0..3 {
+        let a = get(&vms[0], "GET", "/live", &[]);
+        let b = get(&vms[1], "GET", "/live", &[]);
+        assert!(
+            a.upstream_request().is_some() && b.upstream_request().is_some(),
+            "round {round}: both at once, no waiting"
+        );
+        world.advance(Duration::from_secs(3)).unwrap();
+    }
+    // 10 s later the marker is gone: the next pair coalesces again.
+    world.advance(Duration::from_secs(2)).unwrap();
+    let _first = get(&vms[0], "GET", "/live", &[]);
+    let second = get(&vms[1], "GET", "/live", &[]);
+    assert!(second.upstream_request().is_none(), "coalesced again");
 }
 
 /// RFC 9111 §4.3: a stale entry is revalidated with its validators; the 304 refreshes the
@@ -744,4 +784,72 @@ fn the_refresh_goes_to_the_routes_cluster_or_falls_back_to_in_band_revalidation(
     );
     world.advance(Duration::from_millis(10)).unwrap();
     assert!(world.pending_http_calls().is_empty());
+}
+
+/// Bad input has a defined behaviour and never traps: a response whose stream ends before
+/// its body does is never stored (no partial body); malformed or non-UTF-8 caching fields
+/// and huge header values are handled (not stored, or stored with the stale/ignored value)
+/// without a panic.
+#[test]
+fn bad_input_never_traps_and_never_stores_a_partial_body() {
+    let world = World::new();
+    let vms = start(&world, "{}", 1);
+    // Reset mid-body: headers and one chunk, then the stream ends without end_of_stream.
+    let mut cut = get(&vms[0], "GET", "/cut", &[]);
+    let mut response = Headers::from([(":status", "200"), ("cache-control", "max-age=60")]);
+    response.add("content-type", "text/plain");
+    cut.send_response_headers(response, false);
+    cut.send_response_body(b"first half", false);
+    cut.finish();
+    assert!(
+        exchange(&vms[0], "/cut", &[], CACHEABLE, b"whole").1,
+        "nothing was stored from the cut response"
+    );
+    assert!(
+        !exchange(&vms[0], "/cut", &[], CACHEABLE, b"").1,
+        "the whole one was"
+    );
+
+    // Malformed fields: each response passes through, and a request never traps.
+    let huge = "x".repeat(64 * 1024);
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "/cc",
+            vec![("cache-control", "max-age=ten, s-maxage=, =, ,,")],
+        ),
+        (
+            "/expires",
+            vec![("expires", "not a date"), ("date", "yesterday")],
+        ),
+        ("/age", vec![("cache-control", "max-age=60"), ("age", "-5")]),
+        (
+            "/vary",
+            vec![("cache-control", "max-age=60"), ("vary", ", ,accept,,")],
+        ),
+        (
+            "/huge",
+            vec![("cache-control", "max-age=60"), ("x-huge", &huge)],
+        ),
+    ];
+    for (path, headers) in &cases {
+        let (s, forwarded) = exchange(&vms[0], path, &[], headers, b"body");
+        assert!(forwarded, "{path}");
+        assert_eq!(s.response().unwrap().body, b"body", "{path}");
+        let (again, _) = exchange(&vms[0], path, &[], headers, b"body");
+        assert_eq!(again.response().unwrap().body, b"body", "{path}");
+    }
+    // Non-UTF-8 values in the request and the response.
+    let mut s = vms[0].stream();
+    let mut request = Headers::from([(":method", "GET"), (":path", "/bytes"), (":authority", "a")]);
+    request.add("cache-control", [0xff, 0xfe, b'=', 0x80]);
+    request.add("accept", [0xc3, 0x28]);
+    s.send_request_headers(request, true);
+    let mut response = Headers::from([(":status", "200"), ("cache-control", "max-age=60")]);
+    response.add("x-binary", [0xff, 0x00, 0xfe]);
+    s.send_response_headers(response, true);
+    assert_eq!(s.response().unwrap().status(), Some(200));
+    assert!(
+        exchange(&vms[0], "/bytes", &[], CACHEABLE, b"x").1,
+        "a response with a non-UTF-8 value is not stored"
+    );
 }

@@ -490,13 +490,31 @@ impl CacheStream {
     }
 
     fn release_fill(&mut self) {
+        self.end_fill(false);
+    }
+
+    /// Ends this request's fill; after a response the cache may not store, later misses for
+    /// the key skip coalescing for `coalesce.hit_for_miss` (they could not share it).
+    fn end_fill(&mut self, uncacheable: bool) {
         if let (Some(nonce), Some(shared), Some(pending)) = (
             self.leader.take(),
             self.shared.as_ref(),
             self.pending.as_ref(),
         ) {
             if let Some(coalescing) = shared.config.coalesce {
-                coalesce::release(&SharedData, coalescing.slots, pending.key_hash, nonce);
+                let slots = coalescing.slots;
+                if uncacheable && coalescing.hit_for_miss_ms > 0 {
+                    let until = now_millis().saturating_add(coalescing.hit_for_miss_ms);
+                    coalesce::release_uncacheable(
+                        &SharedData,
+                        slots,
+                        pending.key_hash,
+                        nonce,
+                        until,
+                    );
+                } else {
+                    coalesce::release(&SharedData, slots, pending.key_hash, nonce);
+                }
             }
         }
     }
@@ -511,7 +529,7 @@ impl CacheStream {
     ) -> Action {
         let fills = matches!(pending.outcome, Outcome::Miss | Outcome::Stale);
         if let (true, Some(coalescing)) = (fills, shared.config.coalesce) {
-            let nonce = random_word();
+            let nonce = coalesce::leader_nonce(random_word());
             match coalesce::acquire(
                 &SharedData,
                 coalescing.slots,
@@ -560,7 +578,7 @@ impl CacheStream {
         let Some(cluster) = cluster else {
             return false;
         };
-        let nonce = random_word();
+        let nonce = coalesce::leader_nonce(random_word());
         let lock_ms = shared.config.refresh.timeout_ms.saturating_add(1_000);
         if coalesce::acquire(
             &SharedData,
@@ -584,13 +602,14 @@ impl CacheStream {
 
     /// Stores the complete response (if it can be), then lets waiting requests look.
     fn finish_store(&mut self, shared: &Shared) {
-        self.store_response(shared);
-        self.release_fill();
+        let stored = self.store_response(shared);
+        self.end_fill(!stored);
     }
 
-    fn store_response(&mut self, shared: &Shared) {
+    /// Stores the complete response; false when it turned out not storable (`Vary: *`).
+    fn store_response(&mut self, shared: &Shared) -> bool {
         let (Some(filling), Some(pending)) = (self.response.take(), self.pending.as_ref()) else {
-            return;
+            return false;
         };
         let request = &self.request;
         let mut header = |name: &str| {
@@ -608,9 +627,10 @@ impl CacheStream {
             &mut header,
         ) else {
             shared.metrics.not_stored.increment(1);
-            return;
+            return false;
         };
         store_entry(shared, pending.key_hash, entry);
+        true
     }
 }
 
@@ -747,7 +767,8 @@ impl HttpContext for CacheStream {
             }
         } else {
             shared.metrics.not_stored.increment(1);
-            self.release_fill();
+            // An origin error is transient: the next miss may fill again.
+            self.end_fill(status < 500);
         }
         Action::Continue
     }
@@ -775,7 +796,7 @@ impl HttpContext for CacheStream {
             if filling.body.len() as u64 > shared.config.layout.max_entry_bytes {
                 self.response = None;
                 shared.metrics.not_stored.increment(1);
-                self.release_fill();
+                self.end_fill(true);
             } else if end_of_stream {
                 self.finish_store(&shared);
             }

@@ -6,6 +6,10 @@
 //! is free — a leader that died (worker crash, stream reset before release) delays its key's
 //! followers by at most the coalescing wait. Two keys sharing a slot do not wait for each
 //! other: the second is simply not coalesced while the first fills.
+//!
+//! Hit-for-miss: a fill that ends with a response the cache may not store leaves a marker
+//! (nonce 0) in the slot for a while, so later misses for that key go to the origin at once
+//! instead of queueing behind one another for a response they cannot share.
 
 use edgewise_support::store::{CasStore, SetOutcome, CREATE_CAS};
 
@@ -80,7 +84,7 @@ pub fn acquire(
             Err(_) => return Fill::Alone,
         };
         if let Some(lock) = current.filter(|l| l.until_ms > now_ms) {
-            return if lock.key_hash == key_hash {
+            return if lock.key_hash == key_hash && lock.nonce != UNCACHEABLE {
                 Fill::Follow {
                     until_ms: lock.until_ms,
                 }
@@ -101,13 +105,38 @@ pub fn acquire(
 pub fn filling(store: &impl CasStore, slots: u64, key_hash: u64, now_ms: u64) -> bool {
     matches!(
         store.get(&lock_key(key_hash, slots)),
-        Ok(Some((bytes, _))) if Lock::decode(&bytes)
-            .is_some_and(|l| l.key_hash == key_hash && l.until_ms > now_ms)
+        Ok(Some((bytes, _))) if Lock::decode(&bytes).is_some_and(|l| {
+            l.key_hash == key_hash && l.until_ms > now_ms && l.nonce != UNCACHEABLE
+        })
     )
+}
+
+/// The nonce of a hit-for-miss marker; leaders' nonces are never 0 (see `leader_nonce`).
+const UNCACHEABLE: u64 = 0;
+
+/// A leader's nonce from a random word: never the hit-for-miss marker's.
+pub fn leader_nonce(random: u64) -> u64 {
+    random | 1
 }
 
 /// Releases the leader's lock (only if it is still the leader's): followers stop waiting.
 pub fn release(store: &impl CasStore, slots: u64, key_hash: u64, nonce: u64) {
+    end_fill(store, slots, key_hash, nonce, 0);
+}
+
+/// Releases the leader's lock after a response the cache may not store: followers stop
+/// waiting, and misses for the key skip coalescing until `until_ms` (hit-for-miss).
+pub fn release_uncacheable(
+    store: &impl CasStore,
+    slots: u64,
+    key_hash: u64,
+    nonce: u64,
+    until_ms: u64,
+) {
+    end_fill(store, slots, key_hash, nonce, until_ms);
+}
+
+fn end_fill(store: &impl CasStore, slots: u64, key_hash: u64, nonce: u64, uncacheable_until: u64) {
     let key = lock_key(key_hash, slots);
     for _ in 0..ATTEMPTS {
         let Ok(Some((bytes, cas))) = store.get(&key) else {
@@ -119,7 +148,12 @@ pub fn release(store: &impl CasStore, slots: u64, key_hash: u64, nonce: u64) {
             return;
         };
         let released = Lock {
-            until_ms: 0,
+            until_ms: uncacheable_until,
+            nonce: if uncacheable_until > 0 {
+                UNCACHEABLE
+            } else {
+                nonce
+            },
             ..lock
         };
         match store.set(&key, &released.encode(), Some(cas)) {
@@ -148,6 +182,21 @@ mod tests {
         release(&store, 64, 7, 1);
         assert!(!filling(&store, 64, 7, 1_002));
         assert_eq!(acquire(&store, 64, 7, 1_003, 5_000, 3), Fill::Leader);
+    }
+
+    /// Hit-for-miss: after an unstorable response, misses for the key go to the origin
+    /// uncoalesced until the marker expires; then the next miss leads again.
+    #[test]
+    fn an_uncacheable_fill_lets_later_misses_through() {
+        let store = MemoryStore::new();
+        let nonce = leader_nonce(6);
+        assert_eq!(acquire(&store, 64, 7, 1_000, 5_000, nonce), Fill::Leader);
+        release_uncacheable(&store, 64, 7, nonce, 11_000);
+        assert!(!filling(&store, 64, 7, 1_001), "waiters are let go");
+        assert_eq!(acquire(&store, 64, 7, 1_001, 5_000, 3), Fill::Alone);
+        assert_eq!(acquire(&store, 64, 7, 10_999, 5_000, 5), Fill::Alone);
+        assert_eq!(acquire(&store, 64, 7, 11_000, 5_000, 7), Fill::Leader);
+        assert_eq!(leader_nonce(0), 1);
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub struct Purge {
 pub struct RawCoalesce {
     pub enabled: Option<bool>,
     pub wait: Option<String>,
+    pub hit_for_miss: Option<String>,
 }
 
 /// Coalescing of concurrent misses across workers (see `coalesce`).
@@ -57,6 +58,9 @@ pub struct Coalesce {
     pub wait_ms: u64,
     /// Fill-lock keys in shared data.
     pub slots: u64,
+    /// After a response the cache may not store, misses for its key skip coalescing this
+    /// long (0: never skip).
+    pub hit_for_miss_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,9 +285,21 @@ impl Config {
                         "use a duration from \"1ms\" to \"60s\" (default \"5s\"), or \"enabled\": false",
                     ));
                 }
+                let hit_for_miss = match other.as_ref().and_then(|c| c.hit_for_miss.as_deref()) {
+                    Some(text) => parse_duration("coalesce.hit_for_miss", text)?,
+                    None => std::time::Duration::from_secs(10),
+                };
+                if hit_for_miss.as_secs() > 3600 {
+                    return Err(err(
+                        "coalesce.hit_for_miss",
+                        format!("{hit_for_miss:?} is out of range"),
+                        "use a duration from \"0s\" (off) to \"1h\" (default \"10s\")",
+                    ));
+                }
                 Some(Coalesce {
                     wait_ms: wait.as_millis() as u64,
                     slots: slots.min(4096),
+                    hit_for_miss_ms: hit_for_miss.as_millis() as u64,
                 })
             }
         };
