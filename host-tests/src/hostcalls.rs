@@ -81,7 +81,8 @@ fn code(result: Result<(), Status>) -> i32 {
 }
 
 /// Envoy stubs restricted capabilities while `_initialize` runs: the call fails and logs.
-fn restricted(c: &mut C<'_>, name: &str) -> bool {
+fn restricted(c: &mut C<'_>, name: &'static str) -> bool {
+    *c.data_mut().host_calls.entry(name).or_insert(0) += 1;
     if c.data().starting && !ALLOWED_DURING_START.contains(&name) {
         c.data().log(
             LogLevel::Error,

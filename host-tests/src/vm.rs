@@ -177,6 +177,8 @@ pub(crate) struct VmState {
     pub next_http_token: u32,
     pub next_grpc_token: u32,
     pub done_called: bool,
+    /// proxy_* host calls the module made, by name (see `Vm::host_calls`).
+    pub host_calls: HashMap<&'static str, u64>,
 }
 
 impl VmState {
@@ -247,6 +249,7 @@ impl Vm {
             next_http_token: 1,
             next_grpc_token: 1,
             done_called: false,
+            host_calls: HashMap::new(),
         };
         let mut store = Store::new(crate::module::engine(), state);
         let linker = hostcalls::linker()?;
@@ -303,6 +306,19 @@ impl Vm {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, VmInner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The proxy_* host calls this module made since the last call of this method, by name
+    /// (WASI calls not counted) — what a request costs in crossings, measured.
+    pub fn host_calls(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut guard = self.lock();
+        guard
+            .store
+            .data_mut()
+            .host_calls
+            .drain()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
     }
 
     /// This VM's index in its world (the simulated worker number).

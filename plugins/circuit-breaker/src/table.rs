@@ -1,6 +1,7 @@
 //! Breakers in shared data: placement in the bounded slot table (see
 //! `edgewise_support::breaker_state` for the published layout), and the CAS loops around the
-//! pure state machine. One read per request while closed; at most one CAS per response.
+//! pure state machine. One read per request while closed (an upstream's first request claims
+//! an empty slot); at most one CAS per response.
 
 use edgewise_support::breaker_state::{candidate_slots, identity_hash, slot_key};
 use edgewise_support::store::{CasStore, SetOutcome, CREATE_CAS};
@@ -94,6 +95,7 @@ fn update<T>(
     slots: u64,
     params: &Params,
     now: u64,
+    claim_empty: bool,
     mut change: impl FnMut(&Breaker) -> (Option<Breaker>, T),
 ) -> Result<Option<T>, TableError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
@@ -101,7 +103,10 @@ fn update<T>(
             return Ok(None);
         };
         let (next, result) = change(&located.breaker);
-        let Some(next) = next else {
+        // A fresh breaker in an empty slot is written once even with nothing to record, so
+        // later requests find it at its slot instead of reading every candidate.
+        let claim = (claim_empty && located.cas.is_none()).then(|| located.breaker.clone());
+        let Some(next) = next.or(claim) else {
             return Ok(Some(result));
         };
         match store
@@ -127,7 +132,7 @@ pub fn admit(
     params: &Params,
     now: u64,
 ) -> Result<Option<(Admission, Transition)>, TableError> {
-    update(store, identity, slots, params, now, |b| {
+    update(store, identity, slots, params, now, true, |b| {
         let (admission, next, transition) = b.admit(params, now);
         (next, (admission, transition))
     })
@@ -143,7 +148,7 @@ pub fn record(
     probe: Option<u32>,
     now: u64,
 ) -> Result<Option<Transition>, TableError> {
-    update(store, identity, slots, params, now, |b| {
+    update(store, identity, slots, params, now, false, |b| {
         b.record(params, outcome, probe, now)
     })
 }
@@ -157,7 +162,7 @@ pub fn abandon_probe(
     episode: u32,
     now: u64,
 ) -> Result<(), TableError> {
-    update(store, identity, slots, params, now, |b| {
+    update(store, identity, slots, params, now, false, |b| {
         (b.abandon_probe(episode), ())
     })
     .map(|_| ())

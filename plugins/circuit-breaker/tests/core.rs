@@ -68,7 +68,19 @@ fn trips_publishes_open_state_and_recovers_through_probes() {
         admit(&store, b"payments", c.slots, p, T0).unwrap(),
         Some((Admission::Pass, Transition::None))
     );
-    assert!(store.is_empty(), "a healthy upstream writes nothing");
+    assert_eq!(
+        store.len(),
+        1,
+        "the first request claims the upstream's slot"
+    );
+    let written = store.last_cas();
+    admit(&store, b"payments", c.slots, p, T0).unwrap();
+    record(&store, b"payments", c.slots, p, OK, None, T0).unwrap();
+    assert_eq!(
+        store.last_cas(),
+        written,
+        "then a healthy upstream writes nothing"
+    );
     record(&store, b"payments", c.slots, p, FAIL, None, T0).unwrap();
     record(&store, b"payments", c.slots, p, FAIL, None, T0).unwrap();
     let t = record(&store, b"payments", c.slots, p, FAIL, None, T0).unwrap();

@@ -378,6 +378,7 @@ impl RootContext for CacheRoot {
             response: None,
             replacing: None,
             leader: None,
+            now_ms: 0,
             alive: Rc::new(Cell::new(true)),
         }))
     }
@@ -386,7 +387,8 @@ impl RootContext for CacheRoot {
 /// Serves waiting requests whose entry arrived; sends the others to the origin when their
 /// fill ended without a usable entry or their wait ran out.
 fn serve_waiters(shared: &Shared, slots: u64) {
-    let (now_ms, now_s) = (now_millis(), now_seconds());
+    let now_ms = now_millis();
+    let now_s = (now_ms / 1000) as i64;
     let waiting: Vec<Waiter> = shared.waiters.borrow_mut().drain(..).collect();
     let mut still = Vec::new();
     for waiter in waiting {
@@ -451,6 +453,8 @@ struct CacheStream {
     leader: Option<u64>,
     /// Cleared when the stream ends, so a waiter whose client left is dropped.
     alive: Rc<Cell<bool>>,
+    /// The clock when the request arrived (ms since the epoch).
+    now_ms: u64,
 }
 
 fn text_pairs(headers: &[(String, Vec<u8>)]) -> Vec<(&str, &str)> {
@@ -534,7 +538,7 @@ impl CacheStream {
                 &SharedData,
                 coalescing.slots,
                 pending.key_hash,
-                now_millis(),
+                self.now_ms,
                 coalescing.wait_ms,
                 nonce,
             ) {
@@ -584,7 +588,7 @@ impl CacheStream {
             &SharedData,
             shared.config.refresh.slots,
             refresh.key_hash,
-            now_millis(),
+            self.now_ms,
             lock_ms,
             nonce,
         ) == Fill::Leader
@@ -650,7 +654,10 @@ impl HttpContext for CacheStream {
         // The cache looks at many request headers: one map read beats a call per header.
         let mut request: Vec<(String, Vec<u8>)> =
             hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-        match on_request(&shared.config, &SharedData, &mut request, now_seconds()) {
+        // One clock read per request: the decision and the fill lock use the same instant.
+        self.now_ms = now_millis();
+        let now = (self.now_ms / 1000) as i64;
+        match on_request(&shared.config, &SharedData, &mut request, now) {
             RequestDecision::Serve {
                 status,
                 headers,

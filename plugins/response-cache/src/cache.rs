@@ -374,6 +374,12 @@ pub fn placement(
     entry: &mut Entry,
     random: &mut dyn FnMut() -> u64,
 ) -> u64 {
+    if entry.vary_fields.is_empty() {
+        // No variants: the URL's own slot, and a generation no variant slot uses (any
+        // variants of an earlier Vary response become unreachable).
+        entry.generation = random() | 1;
+        return primary_hash;
+    }
     let current = storage::lookup(store, &config.layout, primary_hash)
         .and_then(|found| Entry::decode(&found.entry))
         .filter(|e| e.key == entry.key && e.vary_fields == entry.vary_fields);

@@ -90,6 +90,11 @@ impl MemoryStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The last CAS token handed out: unchanged exactly when nothing was written.
+    pub fn last_cas(&self) -> u32 {
+        self.inner.lock().map(|g| g.1).unwrap_or(0)
+    }
 }
 
 impl CasStore for MemoryStore {

@@ -1,0 +1,159 @@
+//! How many times each module crosses into the host for one request, per path — measured in
+//! our host (Envoy makes the same calls: the probe parity test keeps the two in step). Each
+//! crossing into V8 and back costs far more than the filters' own logic, so these counts are
+//! what the pass paths cost; the bounds keep them from creeping up.
+
+use std::collections::BTreeMap;
+
+use proxy_host::{load_module, Headers, PluginOptions, Vm, World};
+
+fn vm(world: &World, module: &str, config: &str) -> Vm {
+    world.add_cluster("api-v1");
+    world
+        .start_vm(
+            &load_module(module),
+            &PluginOptions::new().vm_id("edgewise").configuration(config),
+        )
+        .unwrap_or_else(|f| panic!("{f}"))
+}
+
+/// One request through `vm` (answered by the origin with `response` when forwarded);
+/// returns the host calls it made.
+fn calls(vm: &Vm, path: &str, response: &[(&str, &str)]) -> BTreeMap<String, u64> {
+    vm.host_calls();
+    let mut s = vm.stream();
+    s.send_request_headers(
+        Headers::from([
+            (":method", "GET"),
+            (":path", path),
+            (":authority", "shop.example.com"),
+            ("x-user", "ann"),
+            ("x-route-cluster", "api-v1"),
+        ]),
+        true,
+    );
+    if s.local_reply().is_none() {
+        s.respond(200, response, b"ok");
+    }
+    s.finish();
+    vm.host_calls()
+}
+
+fn total(calls: &BTreeMap<String, u64>) -> u64 {
+    calls.values().sum()
+}
+
+const CACHEABLE: &[(&str, &str)] = &[("cache-control", "max-age=600")];
+const NO_STORE: &[(&str, &str)] = &[("cache-control", "no-store")];
+const RL: &str =
+    r#"{"rules":[{"name":"r","key":"header:x-user","limit":1000000000,"window":"1s"}]}"#;
+const RL_DENY: &str = r#"{"rules":[{"name":"r","key":"header:x-user","limit":1,"window":"1h"}]}"#;
+const CB: &str = r#"{"upstream":"header:x-route-cluster","trip":{"consecutive_failures":5}}"#;
+const WR: &str = r#"{"routes":[{"name":"api","targets":[{"cluster":"api-v1","weight":1}]}]}"#;
+
+#[test]
+fn host_calls_per_request_stay_within_their_bounds() {
+    // (label, module, config, path, response, warm-up requests, bound)
+    let chain = format!(
+        r#"{{"rate_limit":{RL},"response_cache":{{}},"weighted_router":{WR},"circuit_breaker":{CB}}}"#
+    );
+    let cases: Vec<(&str, &str, String, &str, &[(&str, &str)], usize, u64)> = vec![
+        ("noop", "noop", String::new(), "/", CACHEABLE, 1, 0),
+        (
+            "rate_limit, passing",
+            "rate_limit",
+            RL.into(),
+            "/",
+            CACHEABLE,
+            1,
+            7,
+        ),
+        (
+            "rate_limit, denying",
+            "rate_limit",
+            RL_DENY.into(),
+            "/",
+            CACHEABLE,
+            2,
+            5,
+        ),
+        (
+            "circuit_breaker, closed",
+            "circuit_breaker",
+            CB.into(),
+            "/",
+            CACHEABLE,
+            1,
+            6,
+        ),
+        (
+            "weighted_router",
+            "weighted_router",
+            WR.into(),
+            "/",
+            CACHEABLE,
+            1,
+            2,
+        ),
+        (
+            "response_cache, hit",
+            "response_cache",
+            "{}".into(),
+            "/hit",
+            CACHEABLE,
+            1,
+            6,
+        ),
+        (
+            "response_cache, miss (stored)",
+            "response_cache",
+            "{}".into(),
+            "/new",
+            CACHEABLE,
+            0,
+            31,
+        ),
+        (
+            "response_cache, miss (no-store)",
+            "response_cache",
+            "{}".into(),
+            "/live",
+            NO_STORE,
+            2,
+            11,
+        ),
+        (
+            "edge_chain, all four passing",
+            "edge_chain",
+            chain.clone(),
+            "/live",
+            NO_STORE,
+            2,
+            26,
+        ),
+    ];
+    let mut report = String::from("\n| path | host calls | by name |\n|---|---:|---|\n");
+    let mut over = Vec::new();
+    for (label, module, config, path, response, warm, bound) in &cases {
+        let world = World::new();
+        let vm = vm(&world, module, config);
+        for _ in 0..*warm {
+            calls(&vm, path, response);
+        }
+        let counted = calls(&vm, path, response);
+        let by_name: Vec<String> = counted
+            .iter()
+            .map(|(k, v)| format!("{} ×{v}", k.trim_start_matches("proxy_")))
+            .collect();
+        report.push_str(&format!(
+            "| {label} | {} | {} |\n",
+            total(&counted),
+            by_name.join(", ")
+        ));
+        if total(&counted) > *bound {
+            over.push(format!("{label}: {} > {bound}", total(&counted)));
+        }
+    }
+    println!("{report}");
+    assert!(over.is_empty(), "over their bounds: {over:?}\n{report}");
+}
