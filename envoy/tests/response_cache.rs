@@ -20,6 +20,27 @@ fn start() -> (Backend, Envoy) {
     (backend, envoy)
 }
 
+/// `n` GETs of `path` released together from `n` threads (a barrier), each on its own
+/// connection; their responses.
+fn concurrent_gets(
+    envoy: &Envoy,
+    path: &'static str,
+    n: usize,
+) -> Vec<envoy_harness::HttpResponse> {
+    let addr = envoy.listener;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let clients: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                envoy_harness::http_request(addr, "GET", path, &[], b"").unwrap()
+            })
+        })
+        .collect();
+    clients.into_iter().map(|c| c.join().unwrap()).collect()
+}
+
 const PATH: &str = "/cache/a?cache_control=max-age%3D60&etag=v1&body=cached-body";
 
 #[test]
@@ -218,18 +239,7 @@ fn stale_entries_are_revalidated_with_a_304_and_served_whole() {
 fn fifty_concurrent_misses_make_one_origin_request() {
     let (backend, envoy) = start();
     let path = "/cache/hot?cache_control=max-age%3D60&delay_ms=300&body=hot-body";
-    let addr = envoy.listener;
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(50));
-    let clients: Vec<_> = (0..50)
-        .map(|_| {
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                barrier.wait();
-                envoy_harness::http_request(addr, "GET", path, &[], b"").unwrap()
-            })
-        })
-        .collect();
-    let responses: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let responses = concurrent_gets(&envoy, path, 50);
     for r in &responses {
         assert_eq!(
             (r.status, r.text().as_str()),
@@ -271,19 +281,7 @@ fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background() {
         first.header("cache-status"),
         Some("edgewise; fwd=miss; stored")
     );
-    let addr = envoy.listener;
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(20));
-    let clients: Vec<_> = (0..20)
-        .map(|_| {
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                barrier.wait();
-                envoy_harness::http_request(addr, "GET", path, &[], b"").unwrap()
-            })
-        })
-        .collect();
-    for client in clients {
-        let r = client.join().unwrap();
+    for r in concurrent_gets(&envoy, path, 20) {
         assert_eq!((r.status, r.text().as_str()), (200, "swr-body"));
         let status = r.header("cache-status").unwrap_or_default();
         assert!(

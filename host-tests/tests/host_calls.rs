@@ -57,7 +57,17 @@ fn host_calls_per_request_stay_within_their_bounds() {
     let chain = format!(
         r#"{{"rate_limit":{RL},"response_cache":{{}},"weighted_router":{WR},"circuit_breaker":{CB}}}"#
     );
-    let cases: Vec<(&str, &str, String, &str, &[(&str, &str)], usize, u64)> = vec![
+    // (label, module, config, path, response, warm-up requests, bound)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        String,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        usize,
+        u64,
+    );
+    let cases: Vec<Case> = vec![
         ("noop", "noop", String::new(), "/", CACHEABLE, 1, 0),
         (
             "rate_limit, passing",

@@ -258,6 +258,18 @@ fn run_wrk(envoy: &Envoy, path: &str, seconds: u32) -> Result<Sample> {
     Ok(sample)
 }
 
+/// Builds every .wasm (release) and the composed module.
+fn build_modules() -> Result<()> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace_root())
+        .args(["build", "--release", "--target", "wasm32-wasip1"])
+        .status()?;
+    if !status.success() {
+        bail!("building the .wasm modules failed");
+    }
+    envoy_harness::build_edge_chain()
+}
+
 fn median(mut samples: Vec<Sample>) -> Sample {
     samples.sort_by(|a, b| a.rps.total_cmp(&b.rps));
     samples[samples.len() / 2]
@@ -266,14 +278,7 @@ fn median(mut samples: Vec<Sample>) -> Sample {
 pub fn run(seconds: u32, rounds: usize) -> Result<()> {
     ensure_wrk()?;
     println!("\n==> building: .wasm (release) and the optimized backend");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(workspace_root())
-        .args(["build", "--release", "--target", "wasm32-wasip1"])
-        .status()?;
-    if !status.success() {
-        bail!("building the .wasm modules failed");
-    }
-    envoy_harness::build_edge_chain()?;
+    build_modules()?;
     let backend = Backend::start_for_benchmark("bench-origin", 1)?;
     let scenarios = scenarios(backend.addr);
     println!(
@@ -491,18 +496,23 @@ fn write_report(
     writeln!(
         md,
         "\n## Where the time goes\n\n\
-Every stream through a Rust proxy-wasm filter costs the VM calls the SDK makes (context create, \
-request headers, response headers, log, done, delete) — the do-nothing row — and each host call \
-on top costs a crossing, plus a second one into the module's allocator when the host returns \
-data. Host calls per request on the pass path, beyond the do-nothing filter:\n\n\
-| Filter | Host calls on the pass path |\n|---|---|\n\
-| rate_limit (client_ip key, IETF headers) | clock, `source.address`, shared-data get (+alloc) and CAS set per rule, 1 counter, 2 response headers |\n\
-| circuit_breaker (closed) | `xds.route_name` (+alloc), clock ×2, shared-data get (+alloc), `:status` (+alloc); no write while healthy |\n\
-| weighted_router (WRR) | set `cluster_header`, 1 counter (the clock only for failover routes) |\n\n\
-The criterion figures (decisions of 17–110 ns, picks of 4–65 ns) show the filters' own logic is a \
-small part of this; the rest is crossings into and out of V8. Chained, three separate VMs pay the \
-per-stream VM calls three times: composing the filters inside one module would pay them once."
-    )?;
+A filter's cost is mostly its crossings between Envoy and V8, not its logic (criterion: decisions \
+of 5–600 ns). Host calls per request, counted in our host by `host-tests/tests/host_calls.rs` \
+(which fails if any path makes more):\n\n\
+| Path | Host calls per request |\n|---|---|\n\
+| do-nothing filter | 0 (the SDK's per-stream callbacks only) |\n\
+| rate_limit passing | 7: clock, key header, shared-data get + CAS set, counter, 2 RateLimit response headers |\n\
+| rate_limit denying | 5: clock, key header, shared-data get, counter, local reply |\n\
+| circuit_breaker closed | 6: upstream header, clock + slot read on request and on response, `:status` |\n\
+| weighted_router | 2: cluster header, counter |\n\
+| response_cache hit | 6: request header map, clock, slot metadata + entry, counter, local reply (+1: its content-type) |\n\
+| response_cache miss, not storable | 11: request and response header maps, clock, 4 slot probes + fill lock, 2 counters, Cache-Status |\n\
+| all four, composed (edge_chain) | 26 |\n\n\
+`cargo xtask bench profile` samples Envoy with perf under the same load and splits a request's CPU \
+time into Envoy's code (HTTP, the host side of every call, V8's runtime), the JIT's code (the \
+compiled .wasm) and the kernel (see the note in README, Benchmarks). Composing the four filters \
+in one VM removes three VMs' per-stream callbacks but none of the filters' own host calls, which \
+is why it gains little.")?;
     std::fs::write(workspace_root().join("BENCHMARKS.md"), md)?;
     std::fs::write(
         workspace_root().join("benchmarks.svg"),
@@ -559,23 +569,22 @@ fn svg(scenarios: &[Scenario], medians: &[Sample]) -> String {
 /// `target/bench/profiles.md` and prints it.
 pub fn profile(wanted: Option<&str>) -> Result<()> {
     ensure_wrk()?;
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(workspace_root())
-        .args(["build", "--release", "--target", "wasm32-wasip1"])
-        .status()?;
-    if !status.success() {
-        bail!("building the .wasm modules failed");
-    }
-    envoy_harness::build_edge_chain()?;
+    build_modules()?;
     let backend = Backend::start_for_benchmark("bench-origin", 1)?;
     let all = scenarios(backend.addr);
     let default_set = [
         "plain proxy",
         "direct_response (no upstream)",
         "wasm do-nothing filter",
+        "rate_limit, passing",
         "rate_limit, denying",
+        "circuit_breaker, closed",
+        "weighted_router (smooth WRR)",
         "response_cache, every request a hit",
+        "response_cache, every request a miss (no-store)",
         "native cache filter, every request a hit",
+        "all four chained (4 VMs)",
+        "all four composed (edge_chain, 1 VM)",
     ];
     let chosen: Vec<&Scenario> = all
         .iter()

@@ -257,10 +257,11 @@ struct ChainStream {
 }
 
 impl ChainStream {
-    /// Calls the filters that saw the request, last first (Envoy's encoder order), until one
-    /// does not continue.
-    fn response_path(
+    /// Calls the filters that saw the request — last first on the response path (Envoy's
+    /// encoder order), first first on the request path — until one does not continue.
+    fn each_seen(
         &mut self,
+        response_path: bool,
         mut call: impl FnMut(&mut Box<dyn HttpContext>) -> Action,
     ) -> Action {
         let Ok(mut streams) = self.streams.try_borrow_mut() else {
@@ -269,31 +270,12 @@ impl ChainStream {
         let Some(reached) = streams.reached else {
             return Action::Continue;
         };
-        for index in (0..=reached).rev() {
-            set_current(index);
-            let Some(filter) = streams.filters.get_mut(index) else {
-                continue;
-            };
-            let action = call(filter);
-            if action != Action::Continue {
-                return action;
-            }
-        }
-        Action::Continue
-    }
-
-    /// Calls the filters that saw the request, first first, until one does not continue.
-    fn request_path(
-        &mut self,
-        mut call: impl FnMut(&mut Box<dyn HttpContext>) -> Action,
-    ) -> Action {
-        let Ok(mut streams) = self.streams.try_borrow_mut() else {
-            return Action::Continue;
+        let order: Vec<usize> = if response_path {
+            (0..=reached).rev().collect()
+        } else {
+            (0..=reached).collect()
         };
-        let Some(reached) = streams.reached else {
-            return Action::Continue;
-        };
-        for index in 0..=reached {
+        for index in order {
             set_current(index);
             let Some(filter) = streams.filters.get_mut(index) else {
                 continue;
@@ -334,23 +316,25 @@ impl HttpContext for ChainStream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.request_path(|f| f.on_http_request_body(body_size, end_of_stream))
+        self.each_seen(false, |f| f.on_http_request_body(body_size, end_of_stream))
     }
 
     fn on_http_request_trailers(&mut self, num_trailers: usize) -> Action {
-        self.request_path(|f| f.on_http_request_trailers(num_trailers))
+        self.each_seen(false, |f| f.on_http_request_trailers(num_trailers))
     }
 
     fn on_http_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
-        self.response_path(|f| f.on_http_response_headers(num_headers, end_of_stream))
+        self.each_seen(true, |f| {
+            f.on_http_response_headers(num_headers, end_of_stream)
+        })
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.response_path(|f| f.on_http_response_body(body_size, end_of_stream))
+        self.each_seen(true, |f| f.on_http_response_body(body_size, end_of_stream))
     }
 
     fn on_http_response_trailers(&mut self, num_trailers: usize) -> Action {
-        self.response_path(|f| f.on_http_response_trailers(num_trailers))
+        self.each_seen(true, |f| f.on_http_response_trailers(num_trailers))
     }
 
     fn on_log(&mut self) {

@@ -868,17 +868,25 @@ mod tests {
         assert_eq!(served_body(&config, &s, &de), None, "and stays gone");
     }
 
+    /// /doc stored at t=1000 with max-age=10, stale-while-revalidate=30, ETag "v1" and
+    /// `extra` header fields.
+    fn swr_doc(extra: &[(&str, &str)]) -> (Config, MemoryStore) {
+        let config = Config::from_json(b"{}").unwrap();
+        let store = MemoryStore::default();
+        let mut response = vec![
+            ("cache-control", "max-age=10, stale-while-revalidate=30"),
+            ("etag", "\"v1\""),
+        ];
+        response.extend_from_slice(extra);
+        store_doc(&config, &store, &response);
+        (config, store)
+    }
+
     /// RFC 5861 §3: within the window a stale entry is served at once, with a refresh to
     /// send in the background; past the window the request goes to the origin.
     #[test]
     fn stale_while_revalidate_serves_stale_and_asks_for_a_refresh() {
-        let config = Config::from_json(b"{}").unwrap();
-        let store = MemoryStore::default();
-        let response = [
-            ("cache-control", "max-age=10, stale-while-revalidate=30"),
-            ("etag", "\"v1\""),
-        ];
-        store_doc(&config, &store, &response);
+        let (config, store) = swr_doc(&[]);
         let RequestDecision::Serve {
             status,
             headers,
@@ -934,13 +942,7 @@ mod tests {
     /// the entry's validators, never the client's own conditionals or cache directives.
     #[test]
     fn refresh_request_asks_for_the_entry() {
-        let config = Config::from_json(b"{}").unwrap();
-        let store = MemoryStore::default();
-        let response = [
-            ("cache-control", "max-age=10, stale-while-revalidate=30"),
-            ("etag", "\"v1\""),
-        ];
-        store_doc(&config, &store, &response);
+        let (config, store) = swr_doc(&[]);
         let client = request(&[
             ("accept-language", "de"),
             ("if-none-match", "\"other\""),
@@ -971,14 +973,7 @@ mod tests {
     /// replaces, an error or failure keeps the stale entry, anything unstorable removes it.
     #[test]
     fn refresh_outcomes() {
-        let config = Config::from_json(b"{}").unwrap();
-        let store = MemoryStore::default();
-        let response = [
-            ("cache-control", "max-age=10, stale-while-revalidate=30"),
-            ("etag", "\"v1\""),
-            ("x-version", "1"),
-        ];
-        store_doc(&config, &store, &response);
+        let (config, store) = swr_doc(&[("x-version", "1")]);
         let RequestDecision::Serve {
             refresh: Some(refresh),
             ..
