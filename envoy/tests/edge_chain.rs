@@ -67,3 +67,10 @@ fn the_composed_module_limits_caches_routes_and_guards_in_one_vm() {
         Some(1)
     );
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    envoy_harness::build_edge_chain().unwrap();
+    envoy_harness::validate_example("edge-chain.yaml", &["edge_chain"])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
