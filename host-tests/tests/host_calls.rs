@@ -121,7 +121,7 @@ fn host_calls_per_request_stay_within_their_bounds() {
             "/new",
             CACHEABLE,
             0,
-            31,
+            28,
         ),
         (
             "response_cache, miss (no-store)",
@@ -130,7 +130,7 @@ fn host_calls_per_request_stay_within_their_bounds() {
             "/live",
             NO_STORE,
             2,
-            11,
+            8,
         ),
         (
             "edge_chain, all four passing",
@@ -139,7 +139,7 @@ fn host_calls_per_request_stay_within_their_bounds() {
             "/live",
             NO_STORE,
             2,
-            26,
+            23,
         ),
     ];
     let mut report = String::from("\n| path | host calls | by name |\n|---|---:|---|\n");

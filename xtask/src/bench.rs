@@ -506,8 +506,8 @@ of 5–600 ns). Host calls per request, counted in our host by `host-tests/tests
 | circuit_breaker closed | 6: upstream header, clock + slot read on request and on response, `:status` |\n\
 | weighted_router | 2: cluster header, counter |\n\
 | response_cache hit | 6: request header map, clock, slot metadata + entry, counter, local reply (+1: its content-type) |\n\
-| response_cache miss, not storable | 11: request and response header maps, clock, 4 slot probes + fill lock, 2 counters, Cache-Status |\n\
-| all four, composed (edge_chain) | 26 |\n\n\
+| response_cache miss, not storable | 8: request and response header maps, clock, home slot + fill lock, 2 counters, Cache-Status |\n\
+| all four, composed (edge_chain) | 23 |\n\n\
 `cargo xtask bench profile` samples Envoy with perf under the same load and splits a request's CPU \
 time into Envoy's code (HTTP, the host side of every call, V8's runtime), the JIT's code (the \
 compiled .wasm) and the kernel (see the note in README, Benchmarks). Composing the four filters \

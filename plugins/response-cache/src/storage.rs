@@ -6,6 +6,12 @@
 //! the `PROBES` slots after its hash. Writers claim a slot's metadata with CAS (state
 //! `writing`), write the entry, then mark it `ready`; readers use only `ready` slots.
 //! Eviction empties the entry (setting "" frees the value) and the metadata.
+//!
+//! A key's first candidate is its home. Each slot's metadata also counts the keys homed
+//! there that live in a later candidate (`displaced`), so a lookup whose home neither holds
+//! the key nor has displaced keys ends after one read — a miss usually costs one read, not
+//! one per candidate. The count may run high (a lost decrement: only extra reads) and is
+//! repaired when it reads zero for a displaced key (an insert sets it again).
 
 use edgewise_support::store::{update_with_cas, CasStore, SetOutcome, CREATE_CAS};
 
@@ -13,6 +19,8 @@ use edgewise_support::store::{update_with_cas, CasStore, SetOutcome, CREATE_CAS}
 /// placement still keeps colliding hot keys apart.
 pub const PROBES: u64 = 4;
 const META_BYTES: usize = 40;
+/// How long (s) a slot claimed for writing stays reserved for its writer.
+const CLAIM_SECONDS: u64 = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Eviction {
@@ -40,6 +48,9 @@ pub struct Meta {
     pub inserted: u64,
     pub last_access: u64,
     pub hits: u32,
+    /// Keys homed at this slot stored in a later candidate (belongs to the slot, not to the
+    /// entry in it: every write of the slot's metadata keeps it).
+    pub displaced: u8,
 }
 
 impl Meta {
@@ -57,6 +68,7 @@ impl Meta {
         Meta {
             key_hash: u64_at(0),
             state: bytes[8],
+            displaced: bytes[9],
             hits: bytes
                 .get(12..16)
                 .and_then(|b| b.try_into().ok())
@@ -72,11 +84,16 @@ impl Meta {
         let mut out = vec![0u8; META_BYTES];
         out[..8].copy_from_slice(&self.key_hash.to_le_bytes());
         out[8] = self.state;
+        out[9] = self.displaced;
         out[12..16].copy_from_slice(&self.hits.to_le_bytes());
         out[16..24].copy_from_slice(&self.size.to_le_bytes());
         out[24..32].copy_from_slice(&self.inserted.to_le_bytes());
         out[32..40].copy_from_slice(&self.last_access.to_le_bytes());
         out
+    }
+
+    fn with_displaced(self, displaced: u8) -> Meta {
+        Meta { displaced, ..self }
     }
 
     /// Lower ranks are evicted first.
@@ -98,6 +115,10 @@ fn entry_key(slot: u64) -> String {
 }
 
 const BYTES_KEY: &str = "edgewise.cache.bytes";
+
+fn home(layout: &Layout, key_hash: u64) -> u64 {
+    key_hash % layout.slots.max(1)
+}
 
 fn candidates(layout: &Layout, key_hash: u64) -> impl Iterator<Item = u64> + '_ {
     (0..PROBES.min(layout.slots)).map(move |i| (key_hash % layout.slots + i) % layout.slots)
@@ -142,10 +163,18 @@ pub struct Found {
     pub entry: Vec<u8>,
 }
 
-/// The ready entry for `key_hash`.
+/// The ready entry for `key_hash`: its home slot, then — only when keys homed there were
+/// displaced — the other candidates.
 pub fn lookup(store: &impl CasStore, layout: &Layout, key_hash: u64) -> Option<Found> {
+    let mut displaced = true;
     candidates(layout, key_hash).find_map(|slot| {
+        if !displaced {
+            return None;
+        }
         let (meta, meta_cas) = read_meta(store, slot);
+        if slot == home(layout, key_hash) {
+            displaced = meta.displaced > 0;
+        }
         if meta.state != 2 || meta.key_hash != key_hash {
             return None;
         }
@@ -174,22 +203,57 @@ pub fn touch(store: &impl CasStore, layout: &Layout, found: &Found, now: u64) {
     let _ = store.set(&meta_key(found.slot), &meta.encode(), found.meta_cas);
 }
 
-/// Empties a slot if it still holds what `expected` describes; returns the bytes freed.
-fn evict(store: &impl CasStore, slot: u64, expected: &Meta, cas: Option<u32>) -> u64 {
+/// Empties a slot if it still holds what `expected` describes (keeping the slot's own
+/// displaced count); returns the bytes freed.
+fn evict(
+    store: &impl CasStore,
+    layout: &Layout,
+    slot: u64,
+    expected: &Meta,
+    cas: Option<u32>,
+) -> u64 {
+    let empty = Meta::default().with_displaced(expected.displaced);
     match store.set(
         &meta_key(slot),
-        &Meta::default().encode(),
+        &empty.encode(),
         Some(cas.unwrap_or(CREATE_CAS)),
     ) {
         Ok(SetOutcome::Stored) => {
             let _ = store.set(&entry_key(slot), b"", None);
             if expected.state == 2 {
                 add_bytes(store, -(expected.size as i64));
+                if slot != home(layout, expected.key_hash) {
+                    adjust_displaced(store, home(layout, expected.key_hash), -1);
+                }
                 return expected.size;
             }
             0
         }
         _ => 0,
+    }
+}
+
+/// Changes a slot's displaced count by `delta` (CAS, a few attempts: a lost update only
+/// costs extra reads, or is repaired by the next insert).
+fn adjust_displaced(store: &impl CasStore, slot: u64, delta: i8) {
+    for _ in 0..8 {
+        let (meta, cas) = read_meta(store, slot);
+        let count = if delta > 0 {
+            meta.displaced.saturating_add(delta as u8)
+        } else {
+            meta.displaced.saturating_sub(delta.unsigned_abs())
+        };
+        if count == meta.displaced {
+            return;
+        }
+        match store.set(
+            &meta_key(slot),
+            &meta.with_displaced(count).encode(),
+            Some(cas.unwrap_or(CREATE_CAS)),
+        ) {
+            Ok(SetOutcome::CasMismatch) => continue,
+            _ => return,
+        }
     }
 }
 
@@ -225,16 +289,19 @@ pub fn insert(
             (s, m, c)
         })
         .collect();
+    // A claim older than CLAIM_SECONDS belongs to a writer that died (its worker crashed
+    // between claim and publish): its slot is free again.
+    let abandoned = |m: &Meta| m.state == 1 && now.saturating_sub(m.inserted) > CLAIM_SECONDS;
     if slots
         .iter()
-        .any(|(_, m, _)| m.state == 1 && m.key_hash == key_hash)
+        .any(|(_, m, _)| m.state == 1 && m.key_hash == key_hash && !abandoned(m))
     {
         return Insert::Raced; // another worker is storing this key right now
     }
     let chosen = slots
         .iter()
         .find(|(_, m, _)| m.key_hash == key_hash && m.state == 2)
-        .or_else(|| slots.iter().find(|(_, m, _)| m.state == 0))
+        .or_else(|| slots.iter().find(|(_, m, _)| m.state == 0 || abandoned(m)))
         .or_else(|| {
             slots
                 .iter()
@@ -258,6 +325,7 @@ pub fn insert(
         inserted: now,
         last_access: now,
         hits: nonce,
+        displaced: old.displaced,
     };
     match store.set(
         &meta_key(slot),
@@ -269,21 +337,43 @@ pub fn insert(
     }
     if old.state == 2 {
         add_bytes(store, -(old.size as i64));
+        if old.key_hash != key_hash && slot != home(layout, old.key_hash) {
+            adjust_displaced(store, home(layout, old.key_hash), -1);
+        }
     }
     let _ = store.set(&entry_key(slot), entry, None);
-    // Mark it ready only if the claim is still ours; count its bytes only then.
-    let (current, current_cas) = read_meta(store, slot);
-    if current != claim {
+    // Mark it ready only if the claim is still ours (the slot's displaced count may have
+    // moved meanwhile: it is not part of the claim); count its bytes only then.
+    let mut published = false;
+    for _ in 0..8 {
+        let (current, current_cas) = read_meta(store, slot);
+        if current.with_displaced(0) != claim.with_displaced(0) {
+            return Insert::Raced;
+        }
+        let ready = Meta {
+            state: 2,
+            hits: 0,
+            displaced: current.displaced,
+            ..claim
+        };
+        match store.set(&meta_key(slot), &ready.encode(), current_cas) {
+            Ok(SetOutcome::Stored) => {
+                add_bytes(store, size as i64);
+                published = true;
+                break;
+            }
+            Ok(SetOutcome::CasMismatch) => continue, // its displaced count moved
+            Err(_) => break,
+        }
+    }
+    if !published {
         return Insert::Raced;
     }
-    let ready = Meta {
-        state: 2,
-        hits: 0,
-        ..claim
-    };
-    match store.set(&meta_key(slot), &ready.encode(), current_cas) {
-        Ok(SetOutcome::Stored) => add_bytes(store, size as i64),
-        _ => return Insert::Raced,
+    // Away from home: count it there (new here, or the count was lost).
+    let home_slot = home(layout, key_hash);
+    let home_count = slots.first().map(|(_, m, _)| m.displaced).unwrap_or(0);
+    if slot != home_slot && (old.key_hash != key_hash || old.state != 2 || home_count == 0) {
+        adjust_displaced(store, home_slot, 1);
     }
     // Keep within the byte budget: evict the lowest-ranked of a random sample.
     let mut rounds = 0;
@@ -301,7 +391,7 @@ pub fn insert(
             .filter(|(_, m, _)| m.state == 2)
             .min_by_key(|(_, m, _)| m.rank(layout.eviction));
         if let Some((s, m, c)) = victim {
-            if evict(store, s, &m, c) > 0 {
+            if evict(store, layout, s, &m, c) > 0 {
                 evicted += 1;
             }
         }
@@ -313,7 +403,7 @@ pub fn insert(
 pub fn remove(store: &impl CasStore, layout: &Layout, key_hash: u64) -> bool {
     candidates(layout, key_hash).any(|slot| {
         let (meta, cas) = read_meta(store, slot);
-        meta.key_hash == key_hash && meta.state == 2 && evict(store, slot, &meta, cas) > 0
+        meta.key_hash == key_hash && meta.state == 2 && evict(store, layout, slot, &meta, cas) > 0
     })
 }
 
@@ -431,6 +521,100 @@ mod tests {
         );
     }
 
+    /// Counts reads, to show what a lookup costs.
+    struct Counting<'a>(&'a MemoryStore, std::cell::Cell<u32>);
+
+    impl CasStore for Counting<'_> {
+        fn get(
+            &self,
+            key: &str,
+        ) -> Result<Option<(Vec<u8>, u32)>, edgewise_support::store::StoreError> {
+            self.1.set(self.1.get() + 1);
+            self.0.get(key)
+        }
+        fn set(
+            &self,
+            key: &str,
+            value: &[u8],
+            cas: Option<u32>,
+        ) -> Result<SetOutcome, edgewise_support::store::StoreError> {
+            self.0.set(key, value, cas)
+        }
+    }
+
+    fn reads(store: &MemoryStore, l: &Layout, key_hash: u64) -> (bool, u32) {
+        let counting = Counting(store, std::cell::Cell::new(0));
+        let found = lookup(&counting, l, key_hash).is_some();
+        (found, counting.1.get())
+    }
+
+    /// A miss reads one slot unless keys homed there were displaced; displaced keys are
+    /// found, counted at their home, and uncounted when they leave.
+    #[test]
+    fn misses_read_one_slot_and_displaced_keys_are_found() {
+        let store = MemoryStore::new();
+        let l = layout(Eviction::Lru);
+        insert(&store, &l, 5, b"five", 1, &mut rng());
+        assert_eq!(reads(&store, &l, 6), (false, 1), "empty home: one read");
+        assert_eq!(
+            reads(&store, &l, 5 + 64),
+            (false, 1),
+            "home holds another key"
+        );
+        assert_eq!(reads(&store, &l, 5), (true, 2), "a hit: metadata and entry");
+        // Three more keys homed at slot 5 go to its other candidates.
+        for k in [5 + 64, 5 + 128, 5 + 192] {
+            assert!(matches!(
+                insert(&store, &l, k, b"x", 2, &mut rng()),
+                Insert::Stored { .. }
+            ));
+        }
+        assert_eq!(read_meta(&store, 5).0.displaced, 3);
+        for k in [5, 5 + 64, 5 + 128, 5 + 192] {
+            assert!(reads(&store, &l, k).0, "{k} found");
+        }
+        assert_eq!(
+            reads(&store, &l, 5 + 256),
+            (false, 4),
+            "displaced: all candidates"
+        );
+        assert!(remove(&store, &l, 5 + 128));
+        assert_eq!(read_meta(&store, 5).0.displaced, 2);
+        assert!(remove(&store, &l, 5 + 64) && remove(&store, &l, 5 + 192));
+        assert_eq!(read_meta(&store, 5).0.displaced, 0);
+        assert_eq!(reads(&store, &l, 5 + 256), (false, 1), "back to one read");
+        assert!(reads(&store, &l, 5).0);
+        // A lost count is repaired by the next insert of a displaced key.
+        insert(&store, &l, 5 + 64, b"y", 3, &mut rng());
+        let (meta, cas) = read_meta(&store, 5);
+        store
+            .set(&meta_key(5), &meta.with_displaced(0).encode(), cas)
+            .unwrap();
+        assert!(!reads(&store, &l, 5 + 64).0, "hidden by the lost count");
+        insert(&store, &l, 5 + 64, b"z", 4, &mut rng());
+        assert_eq!(lookup(&store, &l, 5 + 64).unwrap().entry, b"z");
+    }
+
+    /// A slot claimed by a writer that died is free again after CLAIM_SECONDS.
+    #[test]
+    fn an_abandoned_claim_is_reclaimed() {
+        let store = MemoryStore::new();
+        let l = layout(Eviction::Lru);
+        let claim = Meta {
+            key_hash: 9,
+            state: 1,
+            inserted: 100,
+            ..Meta::default()
+        };
+        store.set(&meta_key(9), &claim.encode(), None).unwrap();
+        assert_eq!(insert(&store, &l, 9, b"v", 105, &mut rng()), Insert::Raced);
+        assert!(matches!(
+            insert(&store, &l, 9, b"v", 111, &mut rng()),
+            Insert::Stored { .. }
+        ));
+        assert_eq!(lookup(&store, &l, 9).unwrap().entry, b"v");
+    }
+
     #[test]
     fn concurrent_writers_keep_the_accounting_exact() {
         let store = MemoryStore::new();
@@ -470,5 +654,15 @@ mod tests {
             "the byte counter matches the ready entries"
         );
         assert!(stored <= l.max_bytes);
+        for slot in 0..l.slots {
+            let meta = read_meta(&store, slot).0;
+            if meta.state == 2 {
+                assert!(
+                    lookup(&store, &l, meta.key_hash).is_some(),
+                    "key {} in slot {slot} is findable",
+                    meta.key_hash
+                );
+            }
+        }
     }
 }
