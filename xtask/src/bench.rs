@@ -330,9 +330,11 @@ pub fn run(seconds: u32, rounds: usize) -> Result<()> {
     }
     println!("\n==> shared-data memory: the cache full, 1,000,000 rate-limit keys");
     let memory = shared_data_memory(backend.addr)?;
+    println!("\n==> perf profiles (8 s per scenario)");
+    let profiles = profile_table(backend.addr, None)?;
     let medians: Vec<Sample> = results.into_iter().map(median).collect();
     write_report(
-        &scenarios, &medians, &rss, &rss_two, &memory, seconds, rounds,
+        &scenarios, &medians, &rss, &rss_two, &memory, &profiles, seconds, rounds,
     )
 }
 
@@ -342,6 +344,7 @@ fn write_report(
     rss: &[Option<u64>],
     rss_two: &[Option<u64>],
     memory: &[String],
+    profiles: &str,
     seconds: u32,
     rounds: usize,
 ) -> Result<()> {
@@ -510,9 +513,11 @@ of 5–600 ns). Host calls per request, counted in our host by `host-tests/tests
 | all four, composed (edge_chain) | 23 |\n\n\
 `cargo xtask bench profile` samples Envoy with perf under the same load and splits a request's CPU \
 time into Envoy's code (HTTP, the host side of every call, V8's runtime), the JIT's code (the \
-compiled .wasm) and the kernel (see the note in README, Benchmarks). Composing the four filters \
+compiled .wasm) and the kernel (table below; the perf runs are separate from the load rounds, so \
+their req/s differ by the machine's run-to-run noise). Composing the four filters \
 in one VM removes three VMs' per-stream callbacks but none of the filters' own host calls, which \
 is why it gains little.")?;
+    writeln!(md, "\n{profiles}")?;
     std::fs::write(workspace_root().join("BENCHMARKS.md"), md)?;
     std::fs::write(
         workspace_root().join("benchmarks.svg"),
@@ -571,7 +576,16 @@ pub fn profile(wanted: Option<&str>) -> Result<()> {
     ensure_wrk()?;
     build_modules()?;
     let backend = Backend::start_for_benchmark("bench-origin", 1)?;
-    let all = scenarios(backend.addr);
+    let table = profile_table(backend.addr, wanted)?;
+    let out = workspace_root().join("target/bench/profiles.md");
+    std::fs::write(&out, &table)?;
+    println!("\n{table}\nwritten to {}", out.display());
+    Ok(())
+}
+
+/// The perf split of each chosen scenario (see `profile`), as a markdown table.
+fn profile_table(backend: std::net::SocketAddr, wanted: Option<&str>) -> Result<String> {
+    let all = scenarios(backend);
     let default_set = [
         "plain proxy",
         "direct_response (no upstream)",
@@ -601,7 +615,7 @@ pub fn profile(wanted: Option<&str>) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let groups = ["envoy", "JIT", "kernel", "libc", "other"];
     let mut table = format!(
-        "# Where a request's CPU time goes (perf, Envoy 1 worker pinned, wrk -c32)\n\n\
+        "### Where a request's CPU time goes (perf, Envoy 1 worker pinned, wrk -c32)\n\n\
          | Scenario | req/s | µs/request | {} |\n|---|---:|---:|{}\n",
         groups.map(|g| format!("{g} µs")).join(" | "),
         "---:|".repeat(groups.len())
@@ -669,10 +683,7 @@ pub fn profile(wanted: Option<&str>) -> Result<()> {
         );
         let _ = std::fs::remove_file(&data);
     }
-    let out = dir.join("profiles.md");
-    std::fs::write(&out, &table)?;
-    println!("\n{table}\nwritten to {}", out.display());
-    Ok(())
+    Ok(table)
 }
 
 /// Envoy's resident memory before and after filling shared data: the cache to its byte
