@@ -341,9 +341,34 @@ fn echo(
     )
 }
 
-/// `/cache/...?cache_control=..&etag=..&last_modified=..&body=..&size=..`: a response with the
-/// chosen caching headers, and `304 Not Modified` to a matching conditional GET/HEAD.
+/// `/cache/...?cache_control=..&etag=..&last_modified=..&vary=..&body=..&size=..`: a response
+/// with the chosen caching headers, and `304 Not Modified` to a matching conditional GET/HEAD.
+/// Also `status=N` (the status instead of 200), `header=name:value` (repeatable, any field
+/// as given) and `expires_in=N` (an `Expires` N seconds from now).
 fn cacheable(backend: &Backend, headers: &HeaderMap, path: &str, query: &str) -> Response<Body> {
+    let extra: Vec<(String, String)> = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| *k == "header")
+        .filter_map(|(_, v)| {
+            let field = percent_decode(v);
+            let (name, value) = field.split_once(':')?;
+            Some((name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        })
+        .collect();
+    let expires = query_param(query, "expires_in")
+        .and_then(|n| n.parse::<i64>().ok())
+        .map(|n| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            response_cache::http_date::format(now + n)
+        });
+    let status = query_param(query, "status")
+        .and_then(|n| n.parse::<u16>().ok())
+        .filter(|n| (200..600).contains(n))
+        .unwrap_or(200);
     let etag = query_param(query, "etag").map(|e| {
         if e.starts_with('"') || e.starts_with("W/") {
             e
@@ -365,6 +390,10 @@ fn cacheable(backend: &Backend, headers: &HeaderMap, path: &str, query: &str) ->
     if let Some(vary) = query_param(query, "vary") {
         out.push(("vary", vary));
     }
+    if let Some(expires) = expires {
+        out.push(("expires", expires));
+    }
+    out.extend(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let header = |name: &str| {
         headers
             .get(name)
@@ -397,7 +426,7 @@ fn cacheable(backend: &Backend, headers: &HeaderMap, path: &str, query: &str) ->
     let body = sized
         .or_else(|| query_param(query, "body"))
         .unwrap_or_else(|| format!("cacheable {path}\n"));
-    respond(backend, 200, &out, body)
+    respond(backend, status, &out, body)
 }
 
 /// An HTTP-date (RFC 9110 §5.6.7, all three formats) in seconds since the epoch.

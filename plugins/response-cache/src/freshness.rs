@@ -146,7 +146,10 @@ pub fn usable(stored: &Stored, request: &CacheControl, heuristic: &Heuristic, no
         return validate;
     }
     // §5.2.1.1 max-age: not older than this; §5.2.1.3 min-fresh: fresh for at least this.
-    if request.max_age.is_some_and(|max| age > max) {
+    // Ages here are whole seconds, rounded down: a stored response's true age is almost
+    // always above its integer age, so integer age == max already exceeds max (and
+    // `max-age=0` — a browser's reload — always goes to the origin).
+    if request.max_age.is_some_and(|max| age >= max) {
         return validate;
     }
     let remaining = lifetime as i64 - age as i64;

@@ -178,8 +178,19 @@ pub fn lookup(store: &impl CasStore, layout: &Layout, key_hash: u64) -> Option<F
         if meta.state != 2 || meta.key_hash != key_hash {
             return None;
         }
-        let (entry, _) = store.get(&entry_key(slot)).ok().flatten()?;
-        (entry.len() as u64 == meta.size).then_some(Found {
+        let entry = store
+            .get(&entry_key(slot))
+            .ok()
+            .flatten()
+            .map(|(bytes, _)| bytes)
+            .unwrap_or_default();
+        if entry.len() as u64 != meta.size {
+            // The entry was wiped under a ready slot (an eviction's clear that landed after
+            // a new writer's entry): never served; free the slot and its budget now.
+            evict(store, layout, slot, &meta, meta_cas);
+            return None;
+        }
+        Some(Found {
             slot,
             meta,
             meta_cas,
@@ -654,15 +665,28 @@ mod tests {
             "the byte counter matches the ready entries"
         );
         assert!(stored <= l.max_bytes);
+        // Every ready entry is found — or, when a racing eviction wiped its bytes, the lookup
+        // frees its slot (never serving it).
         for slot in 0..l.slots {
             let meta = read_meta(&store, slot).0;
-            if meta.state == 2 {
-                assert!(
-                    lookup(&store, &l, meta.key_hash).is_some(),
-                    "key {} in slot {slot} is findable",
+            if meta.state == 2 && lookup(&store, &l, meta.key_hash).is_none() {
+                assert_ne!(
+                    read_meta(&store, slot).0.state,
+                    2,
+                    "key {} in slot {slot} is neither found nor freed",
                     meta.key_hash
                 );
             }
         }
+        let stored: u64 = (0..l.slots)
+            .map(|s| read_meta(&store, s).0)
+            .filter(|m| m.state == 2)
+            .map(|m| m.size)
+            .sum();
+        assert_eq!(
+            bytes_in_use(&store),
+            stored,
+            "still exact after the repairs"
+        );
     }
 }
