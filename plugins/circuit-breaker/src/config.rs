@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use edgewise_support::config::{parse_config, ConfigError};
+use edgewise_support::config::{err, parse_config, ConfigError};
 use edgewise_support::duration::parse_duration;
 use serde::Deserialize;
 
@@ -53,13 +53,8 @@ pub struct RawHalfOpen {
     pub probes: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawFallback {
-    pub status: Option<u32>,
-    pub body: Option<String>,
-    pub headers: Option<BTreeMap<String, String>>,
-}
+/// The `fallback` local reply's JSON shape (shared with the rate limiter's denial).
+pub type RawFallback = edgewise_support::config::RawLocalReply;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,12 +103,8 @@ impl Params {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fallback {
-    pub status: u32,
-    pub body: String,
-    pub headers: Vec<(String, String)>,
-}
+/// The local reply for a request the breaker rejects.
+pub type Fallback = edgewise_support::config::LocalReply;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -172,35 +163,12 @@ impl Config {
                 compile_params(&format!("overrides.{identity}."), over, &base)?,
             );
         }
-        let fallback = match &raw.fallback {
-            None => Fallback {
-                status: 503,
-                body: "upstream temporarily unavailable\n".into(),
-                headers: vec![("content-type".into(), "text/plain".into())],
-            },
-            Some(f) => {
-                let status = f.status.unwrap_or(503);
-                if !(200..=599).contains(&status) {
-                    return Err(err(
-                        "fallback.status",
-                        format!("{status} is not a usable status"),
-                        "use 200 to 599 (default 503)",
-                    ));
-                }
-                let headers = edgewise_support::config::response_headers(
-                    "fallback.headers",
-                    f.headers.as_ref(),
-                )?;
-                Fallback {
-                    status,
-                    body: f
-                        .body
-                        .clone()
-                        .unwrap_or_else(|| "upstream temporarily unavailable\n".into()),
-                    headers,
-                }
-            }
-        };
+        let fallback = edgewise_support::config::local_reply(
+            "fallback",
+            raw.fallback.as_ref(),
+            503,
+            "upstream temporarily unavailable\n",
+        )?;
         let slots = raw.max_upstreams.unwrap_or(256);
         if !(1..=65_536).contains(&slots) {
             return Err(err(
@@ -217,14 +185,6 @@ impl Config {
             slots,
         })
     }
-}
-
-fn err(
-    field: impl Into<String>,
-    problem: impl Into<String>,
-    fix: impl Into<String>,
-) -> ConfigError {
-    ConfigError::new(field, problem, fix)
 }
 
 /// Parses "5xx", "503" / 503, "500-504" into inclusive ranges.

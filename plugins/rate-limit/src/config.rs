@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use edgewise_support::config::{parse_config, ConfigError};
+use edgewise_support::config::{err, parse_config, ConfigError};
 use edgewise_support::duration::parse_duration;
 use edgewise_support::metrics::metric_name;
 use edgewise_support::request::{Matcher, RawMatch};
@@ -56,13 +56,8 @@ pub struct RawClientIp {
     pub trusted_hops: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDeny {
-    pub status: Option<u32>,
-    pub body: Option<String>,
-    pub headers: Option<std::collections::BTreeMap<String, String>>,
-}
+/// The `deny` local reply's JSON shape (shared with the circuit breaker's fallback).
+pub type RawDeny = edgewise_support::config::RawLocalReply;
 
 /// Where a rule's key comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,12 +129,8 @@ pub enum HeaderStyle {
     None,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DenyResponse {
-    pub status: u32,
-    pub body: String,
-    pub headers: Vec<(String, String)>,
-}
+/// The local reply a denied request gets.
+pub type DenyResponse = edgewise_support::config::LocalReply;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -157,14 +148,6 @@ pub struct Config {
 pub const WAYS: u64 = 4;
 pub const DEFAULT_MAX_KEYS: u64 = 10_000;
 pub const MAX_MAX_KEYS: u64 = 1_000_000;
-
-fn err(
-    field: impl Into<String>,
-    problem: impl Into<String>,
-    fix: impl Into<String>,
-) -> ConfigError {
-    ConfigError::new(field, problem, fix)
-}
 
 fn parse_key_part(field: &str, text: &str) -> Result<KeyPart, ConfigError> {
     let named = |prefix: &str| -> Option<Result<String, ConfigError>> {
@@ -408,30 +391,12 @@ impl Config {
                 other => return Err(err("client_ip.from", format!("{other:?} is not a source"), "use peer or x-forwarded-for")),
             },
         };
-        let deny = match &raw.deny {
-            None => DenyResponse {
-                status: 429,
-                body: "rate limited\n".into(),
-                headers: vec![("content-type".into(), "text/plain".into())],
-            },
-            Some(d) => {
-                let status = d.status.unwrap_or(429);
-                if !(200..=599).contains(&status) {
-                    return Err(err(
-                        "deny.status",
-                        format!("{status} is not a usable status"),
-                        "use a status from 200 to 599 (default 429)",
-                    ));
-                }
-                let headers =
-                    edgewise_support::config::response_headers("deny.headers", d.headers.as_ref())?;
-                DenyResponse {
-                    status,
-                    body: d.body.clone().unwrap_or_else(|| "rate limited\n".into()),
-                    headers,
-                }
-            }
-        };
+        let deny = edgewise_support::config::local_reply(
+            "deny",
+            raw.deny.as_ref(),
+            429,
+            "rate limited\n",
+        )?;
         let response_headers = match raw.response_headers.as_deref().unwrap_or("ietf") {
             "ietf" => HeaderStyle::Ietf,
             "x-ratelimit" => HeaderStyle::XRateLimit,

@@ -1,6 +1,6 @@
 //! The response cache's configuration: JSON shape (unknown fields rejected), validated.
 
-use edgewise_support::config::{parse_config, ConfigError};
+use edgewise_support::config::{err, parse_config, ConfigError};
 use edgewise_support::duration::parse_duration;
 use serde::Deserialize;
 
@@ -102,14 +102,6 @@ pub struct Config {
     /// None when coalescing is disabled.
     pub coalesce: Option<Coalesce>,
     pub refresh: BackgroundRefresh,
-}
-
-fn err(
-    field: impl Into<String>,
-    problem: impl Into<String>,
-    fix: impl Into<String>,
-) -> ConfigError {
-    ConfigError::new(field, problem, fix)
 }
 
 impl Config {

@@ -77,6 +77,64 @@ pub fn parse_config<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError>
     })
 }
 
+/// A `ConfigError` naming `field`, what is wrong and how to fix it (shorthand for the
+/// compile steps of every filter's configuration).
+pub fn err(
+    field: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
+    ConfigError::new(field, problem, fix)
+}
+
+/// A configured local reply (the rate limiter's denial, the breaker's fallback): JSON shape.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocalReply {
+    pub status: Option<u32>,
+    pub body: Option<String>,
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A validated local reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Compiles the local reply configured at `field` (`deny`, `fallback`): a status from 200 to
+/// 599, a body, valid header fields; absent parts take the defaults, whose headers are
+/// `content-type: text/plain` when nothing is configured at all.
+pub fn local_reply(
+    field: &str,
+    raw: Option<&RawLocalReply>,
+    default_status: u32,
+    default_body: &str,
+) -> Result<LocalReply, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(LocalReply {
+            status: default_status,
+            body: default_body.into(),
+            headers: vec![("content-type".into(), "text/plain".into())],
+        });
+    };
+    let status = raw.status.unwrap_or(default_status);
+    if !(200..=599).contains(&status) {
+        return Err(err(
+            format!("{field}.status"),
+            format!("{status} is not a usable status"),
+            format!("use a status from 200 to 599 (default {default_status})"),
+        ));
+    }
+    Ok(LocalReply {
+        status,
+        body: raw.body.clone().unwrap_or_else(|| default_body.into()),
+        headers: response_headers(&format!("{field}.headers"), raw.headers.as_ref())?,
+    })
+}
+
 /// Validates configured response header fields (`field` names them in errors): names must
 /// be visible ASCII and not pseudo-headers, values free of CR, LF and NUL. Names are
 /// lowercased, as Envoy keeps them.

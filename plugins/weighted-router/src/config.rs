@@ -1,7 +1,7 @@
 //! The weighted router's configuration: routes (match, targets and weights, strategy,
 //! overrides, failover), validated and compiled into tables at configure time.
 
-use edgewise_support::config::{parse_config, ConfigError};
+use edgewise_support::config::{err, parse_config, ConfigError};
 use edgewise_support::metrics::metric_name;
 use edgewise_support::request::{Matcher, RawMatch};
 use serde::Deserialize;
@@ -111,14 +111,6 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Must equal the circuit breaker's `max_upstreams` for failover lookups.
     pub breaker_slots: u64,
-}
-
-fn err(
-    field: impl Into<String>,
-    problem: impl Into<String>,
-    fix: impl Into<String>,
-) -> ConfigError {
-    ConfigError::new(field, problem, fix)
 }
 
 fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
