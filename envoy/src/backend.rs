@@ -111,17 +111,7 @@ impl Backend {
 
     /// Sets the fault switch, e.g. `{"mode":"fail","ratio":1.0,"status":503}`.
     pub fn set_fault(&self, json: &str) -> Result<()> {
-        let response = http_request(
-            self.addr,
-            "POST",
-            "/admin/fault",
-            &[("content-type", "application/json")],
-            json.as_bytes(),
-        )?;
-        if response.status != 200 {
-            bail!("fault switch refused {json}: {}", response.text());
-        }
-        Ok(())
+        set_fault_at(self.addr, json)
     }
 
     pub fn reset_counters(&self) -> Result<()> {
@@ -140,4 +130,20 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Sets the fault switch of the backend at `addr` (a local process or a published container
+/// port), e.g. `{"mode":"fail","ratio":1.0,"status":503}`.
+pub(crate) fn set_fault_at(addr: std::net::SocketAddr, json: &str) -> Result<()> {
+    let response = http_request(
+        addr,
+        "POST",
+        "/admin/fault",
+        &[("content-type", "application/json")],
+        json.as_bytes(),
+    )?;
+    if response.status != 200 {
+        bail!("fault switch refused {json}: {}", response.text());
+    }
+    Ok(())
 }

@@ -379,17 +379,8 @@ impl Cluster {
     /// Sets a backend's fault switch (`{"mode":"fail","ratio":1.0,"status":503}`, ...).
     pub fn set_fault(&self, service: &str, json: &str) -> Result<()> {
         let port = self.backend_port(service)?;
-        let response = http_request(
-            Self::local(port),
-            "POST",
-            "/admin/fault",
-            &[("content-type", "application/json")],
-            json.as_bytes(),
-        )?;
-        if response.status != 200 {
-            bail!("fault switch of {service}: {}", response.status);
-        }
-        Ok(())
+        crate::backend::set_fault_at(Self::local(port), json)
+            .with_context(|| format!("fault switch of {service}"))
     }
 }
 

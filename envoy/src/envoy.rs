@@ -293,22 +293,8 @@ pub fn validate_file(path: &Path) -> Result<()> {
 
 /// Asks Envoy to validate a config without serving (`--mode validate`): Ok or its error.
 pub fn validate(config: &EnvoyConfig) -> Result<()> {
-    let envoy = ensure_envoy_installed()?;
     let dir = crate::scratch_dir("validate")?;
     let path = dir.join("envoy.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&config.to_json())?)?;
-    let out = Command::new(envoy)
-        .arg("-c")
-        .arg(&path)
-        .args(["--mode", "validate", "--disable-hot-restart"])
-        .output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        bail!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    }
+    validate_file(&path)
 }

@@ -30,12 +30,15 @@ fn wasm(name: &str, config: &str) -> WasmFilter {
     WasmFilter::new(name, wasm_path(name), config).vm_id("edgewise")
 }
 
+/// Envoy with 1 worker pinned to CPU 0 in front of `backend`: every scenario's base.
+fn pinned(backend: std::net::SocketAddr) -> EnvoyConfig {
+    let mut c = EnvoyConfig::proxy_to(backend, 1);
+    c.pin_cpu = Some(0);
+    c
+}
+
 fn scenarios(backend: std::net::SocketAddr) -> Vec<Scenario> {
-    let base = || {
-        let mut c = EnvoyConfig::proxy_to(backend, 1);
-        c.pin_cpu = Some(0);
-        c
-    };
+    let base = || pinned(backend);
     let three_clusters = |c: EnvoyConfig| {
         c.cluster("api-v1", vec![backend])
             .cluster("api-v2", vec![backend])
@@ -332,22 +335,41 @@ pub fn run(seconds: u32, rounds: usize) -> Result<()> {
     let memory = shared_data_memory(backend.addr)?;
     println!("\n==> perf profiles (8 s per scenario)");
     let profiles = profile_table(backend.addr, None)?;
-    let medians: Vec<Sample> = results.into_iter().map(median).collect();
-    write_report(
-        &scenarios, &medians, &rss, &rss_two, &memory, &profiles, seconds, rounds,
-    )
+    let measured = Measured {
+        medians: results.into_iter().map(median).collect(),
+        rss,
+        rss_two,
+        memory,
+        profiles,
+    };
+    write_report(&scenarios, &measured, seconds, rounds)
+}
+
+/// Everything one benchmark run measured, per scenario where it is a list.
+struct Measured {
+    medians: Vec<Sample>,
+    /// Envoy RSS (KiB) with 1 worker, and with 2.
+    rss: Vec<Option<u64>>,
+    rss_two: Vec<Option<u64>>,
+    /// Shared-data memory findings, one line each.
+    memory: Vec<String>,
+    /// The perf split table.
+    profiles: String,
 }
 
 fn write_report(
     scenarios: &[Scenario],
-    medians: &[Sample],
-    rss: &[Option<u64>],
-    rss_two: &[Option<u64>],
-    memory: &[String],
-    profiles: &str,
+    measured: &Measured,
     seconds: u32,
     rounds: usize,
 ) -> Result<()> {
+    let Measured {
+        medians,
+        rss,
+        rss_two,
+        memory,
+        profiles,
+    } = measured;
     let find = |name: &str| {
         scenarios
             .iter()
@@ -691,11 +713,7 @@ fn profile_table(backend: std::net::SocketAddr, wanted: Option<&str>) -> Result<
 /// `x-user` per request). Shared data lives in Envoy's heap, so its growth shows in RSS.
 fn shared_data_memory(backend: std::net::SocketAddr) -> Result<Vec<String>> {
     let mut lines = Vec::new();
-    let base = || {
-        let mut c = EnvoyConfig::proxy_to(backend, 1);
-        c.pin_cpu = Some(0);
-        c
-    };
+    let base = || pinned(backend);
     // The cache: 64 MiB budget, 96 × 1 MiB responses offered.
     let cache = r#"{"max_bytes":67108864,"max_entry_bytes":2097152,"max_entries":4096}"#;
     let envoy = Envoy::start(&base().filter(wasm("response_cache", cache)))?;

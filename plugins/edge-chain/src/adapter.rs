@@ -205,9 +205,14 @@ impl RootContext for ChainRoot {
     }
 
     fn on_tick(&mut self) {
-        let periods = VM.with(|vm| vm.borrow().tick_periods.clone());
         for (index, filter) in self.filters.iter_mut().enumerate() {
-            if periods.get(index).is_some_and(|p| !p.is_zero()) {
+            let ticking = VM.with(|vm| {
+                vm.borrow()
+                    .tick_periods
+                    .get(index)
+                    .is_some_and(|p| !p.is_zero())
+            });
+            if ticking {
                 set_current(index);
                 filter.on_tick();
             }
@@ -270,12 +275,8 @@ impl ChainStream {
         let Some(reached) = streams.reached else {
             return Action::Continue;
         };
-        let order: Vec<usize> = if response_path {
-            (0..=reached).rev().collect()
-        } else {
-            (0..=reached).collect()
-        };
-        for index in order {
+        for step in 0..=reached {
+            let index = if response_path { reached - step } else { step };
             set_current(index);
             let Some(filter) = streams.filters.get_mut(index) else {
                 continue;

@@ -164,20 +164,13 @@ fn reply(served: &Served, status: u16, headers: Vec<(String, Vec<u8>)>, body: &[
 /// Stores an entry among its URL's variants, counting stored / evicted / not stored and the
 /// bytes gauge.
 fn store_entry(shared: &Shared, key_hash: u64, entry: Entry) {
-    let mut seed = random_word();
-    let mut random = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
     match cache::store(
         &shared.config,
         &SharedData,
         key_hash,
         entry,
         now_seconds() as u64,
-        &mut random,
+        &mut random_word,
     ) {
         Insert::Stored { evicted } => {
             shared.metrics.stored.increment(1);

@@ -626,6 +626,15 @@ mod tests {
         assert_eq!(lookup(&store, &l, 9).unwrap().entry, b"v");
     }
 
+    /// The sizes of all ready entries, from their metadata.
+    fn ready_bytes(store: &MemoryStore, l: &Layout) -> u64 {
+        (0..l.slots)
+            .map(|s| read_meta(store, s).0)
+            .filter(|m| m.state == 2)
+            .map(|m| m.size)
+            .sum()
+    }
+
     #[test]
     fn concurrent_writers_keep_the_accounting_exact() {
         let store = MemoryStore::new();
@@ -654,11 +663,7 @@ mod tests {
                 });
             }
         });
-        let stored: u64 = (0..l.slots)
-            .map(|s| read_meta(&store, s).0)
-            .filter(|m| m.state == 2)
-            .map(|m| m.size)
-            .sum();
+        let stored = ready_bytes(&store, &l);
         assert_eq!(
             bytes_in_use(&store),
             stored,
@@ -678,11 +683,7 @@ mod tests {
                 );
             }
         }
-        let stored: u64 = (0..l.slots)
-            .map(|s| read_meta(&store, s).0)
-            .filter(|m| m.state == 2)
-            .map(|m| m.size)
-            .sum();
+        let stored = ready_bytes(&store, &l);
         assert_eq!(
             bytes_in_use(&store),
             stored,
