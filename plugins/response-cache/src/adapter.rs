@@ -15,8 +15,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 use crate::cache::{
-    self, entry_for, invalidated_keys, invalidates, on_request, refresh_outcome, refresh_request,
-    revalidated, storable, Pending, Refreshed, RequestDecision,
+    self, decide, entry_for, invalidated_keys, invalidates, on_request, refresh_outcome,
+    refresh_request, revalidated, storable, Pending, Refreshed, RequestDecision, Revalidated,
 };
 use crate::coalesce::{self, Fill};
 use crate::config::Config;
@@ -54,6 +54,7 @@ struct Metrics {
     refreshed: Metric,
     refresh_failed: Metric,
     bytes: Metric,
+    abandoned: Metric,
 }
 
 /// Headers of a cached local reply still to be applied when Envoy sends it (see `reply`).
@@ -91,6 +92,9 @@ struct Shared {
     /// at once.
     refreshes: RefCell<Vec<Refresh>>,
     ticking: Cell<bool>,
+    /// Bytes this worker holds for responses being copied for storage, and for stale
+    /// entries kept to revalidate or to answer an error (bounded by max_inflight_bytes).
+    inflight: Cell<u64>,
 }
 
 impl Shared {
@@ -177,6 +181,11 @@ fn store_entry(shared: &Shared, key_hash: u64, entry: Entry) {
             if evicted > 0 {
                 shared.metrics.evicted.increment(evicted as i64);
             }
+            shared.metrics.bytes.set(storage::bytes_in_use(&SharedData));
+        }
+        Insert::NoRoom { evicted } => {
+            shared.metrics.not_stored.increment(1);
+            shared.metrics.evicted.increment(evicted as i64);
             shared.metrics.bytes.set(storage::bytes_in_use(&SharedData));
         }
         Insert::TooLarge | Insert::Raced => shared.metrics.not_stored.increment(1),
@@ -324,6 +333,7 @@ impl RootContext for CacheRoot {
             refreshed: Metric::counter(&m("refreshed")),
             refresh_failed: Metric::counter(&m("refresh_failed")),
             bytes: Metric::gauge(&m("bytes_in_use")),
+            abandoned: Metric::counter(&m("store_abandoned")),
         };
         log(
             LogLevel::Info,
@@ -338,6 +348,7 @@ impl RootContext for CacheRoot {
             waiters: RefCell::new(Vec::new()),
             refreshes: RefCell::new(Vec::new()),
             ticking: Cell::new(false),
+            inflight: Cell::new(0),
         }));
         true
     }
@@ -371,21 +382,32 @@ impl RootContext for CacheRoot {
             response: None,
             replacing: None,
             leader: None,
+            held: 0,
             now_ms: 0,
             alive: Rc::new(Cell::new(true)),
         }))
     }
 }
 
-/// Serves waiting requests whose entry arrived; sends the others to the origin when their
-/// fill ended without a usable entry or their wait ran out.
+/// Looks after waiting requests at O(1) per waiter: one fill-lock read per key per tick
+/// while their fill goes on; only once it ended (or their wait ran out) is the entry looked
+/// up and decoded — served when usable, else the request goes to the origin itself.
 fn serve_waiters(shared: &Shared, slots: u64) {
     let now_ms = now_millis();
     let now_s = (now_ms / 1000) as i64;
     let waiting: Vec<Waiter> = shared.waiters.borrow_mut().drain(..).collect();
     let mut still = Vec::new();
+    let mut filling: HashMap<u64, bool> = HashMap::new();
     for waiter in waiting {
         if !waiter.alive.get() {
+            continue;
+        }
+        if now_ms < waiter.until_ms
+            && *filling
+                .entry(waiter.key_hash)
+                .or_insert_with(|| coalesce::filling(&SharedData, slots, waiter.key_hash, now_ms))
+        {
+            still.push(waiter);
             continue;
         }
         let mut request = waiter.request.clone();
@@ -408,12 +430,6 @@ fn serve_waiters(shared: &Shared, slots: u64) {
                 shared.metrics.coalesced.increment(1);
                 continue;
             }
-        }
-        if now_ms < waiter.until_ms
-            && coalesce::filling(&SharedData, slots, waiter.key_hash, now_ms)
-        {
-            still.push(waiter);
-            continue;
         }
         // The fill ended without a usable entry (not storable, failed) or took too long:
         // this request goes to the origin itself.
@@ -444,6 +460,8 @@ struct CacheStream {
     replacing: Option<Vec<u8>>,
     /// The fill-lock nonce while this request fills its key for waiting requests.
     leader: Option<u64>,
+    /// Bytes this stream counts in the worker's in-flight budget.
+    held: u64,
     /// Cleared when the stream ends, so a waiter whose client left is dropped.
     alive: Rc<Cell<bool>>,
     /// The clock when the request arrived (ms since the epoch).
@@ -479,6 +497,10 @@ impl CacheStream {
         for (name, value) in text_pairs(&pending.validators) {
             let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
         }
+        // Unkeyed fields an origin may reflect never reach it (`unkeyed_headers: "strip"`).
+        for name in &pending.strip {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+        }
         if matches!(pending.outcome, Outcome::Miss | Outcome::Stale) {
             shared.metrics.misses.increment(1);
             self.request = request;
@@ -488,6 +510,28 @@ impl CacheStream {
 
     fn release_fill(&mut self) {
         self.end_fill(false);
+    }
+
+    /// Counts `bytes` more in the worker's in-flight budget; false (nothing counted) when
+    /// they do not fit.
+    fn hold(&mut self, shared: &Shared, bytes: u64) -> bool {
+        let inflight = shared.inflight.get();
+        if inflight.saturating_add(bytes) > shared.config.max_inflight_bytes {
+            return false;
+        }
+        shared.inflight.set(inflight + bytes);
+        self.held += bytes;
+        true
+    }
+
+    /// Gives back everything this stream counted in the in-flight budget.
+    fn release_held(&mut self) {
+        if let Some(shared) = self.shared.as_ref() {
+            shared
+                .inflight
+                .set(shared.inflight.get().saturating_sub(self.held));
+        }
+        self.held = 0;
     }
 
     /// Ends this request's fill; after a response the cache may not store, later misses for
@@ -524,8 +568,18 @@ impl CacheStream {
         pending: Box<Pending>,
         request: Vec<(String, Vec<u8>)>,
     ) -> Action {
-        let fills = matches!(pending.outcome, Outcome::Miss | Outcome::Stale);
-        if let (true, Some(coalescing)) = (fills, shared.config.coalesce) {
+        let mut pending = pending;
+        // A stale entry kept to revalidate or to answer an error costs its body on this
+        // worker until the response: within the budget, else the request goes as a miss.
+        let kept = pending.fallback.as_ref().map_or(0, |(_, _, b)| b.len())
+            + pending.revalidating.as_ref().map_or(0, |e| e.body.len());
+        if kept > 0 && !self.hold(shared, kept as u64) {
+            shared.metrics.abandoned.increment(1);
+            pending.fallback = None;
+            pending.revalidating = None;
+            pending.validators.clear();
+        }
+        if let (true, Some(coalescing)) = (pending.fills, shared.config.coalesce) {
             let nonce = coalesce::leader_nonce(random_word());
             match coalesce::acquire(
                 &SharedData,
@@ -635,12 +689,13 @@ impl Context for CacheStream {
     fn on_done(&mut self) -> bool {
         self.alive.set(false);
         self.release_fill();
+        self.release_held();
         true
     }
 }
 
 impl HttpContext for CacheStream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
@@ -650,7 +705,13 @@ impl HttpContext for CacheStream {
         // One clock read per request: the decision and the fill lock use the same instant.
         self.now_ms = now_millis();
         let now = (self.now_ms / 1000) as i64;
-        match on_request(&shared.config, &SharedData, &mut request, now) {
+        match decide(
+            &shared.config,
+            &SharedData,
+            &mut request,
+            now,
+            !end_of_stream,
+        ) {
             RequestDecision::Serve {
                 status,
                 headers,
@@ -722,11 +783,22 @@ impl HttpContext for CacheStream {
         // RFC 9111 §4.3.3: our revalidation came back 304: refresh the entry and answer with
         // the stored response (a local reply replaces the 304 before it goes downstream).
         if status == 304 {
-            if let Some((refreshed, (status, headers, body))) =
-                revalidated(&shared.config, &pending, &headers, now_seconds())
+            if let Some(Revalidated {
+                store,
+                reply: (status, headers, body),
+            }) = revalidated(&shared.config, &pending, &headers, now_seconds())
             {
                 shared.metrics.revalidated.increment(1);
-                store_entry(&shared, pending.key_hash, refreshed);
+                match store {
+                    Some(refreshed) => store_entry(&shared, pending.key_hash, refreshed),
+                    None => {
+                        // The 304 made the entry unshareable: drop it (and its variants).
+                        shared.metrics.not_stored.increment(1);
+                        if storage::remove(&SharedData, &shared.config.layout, pending.key_hash) {
+                            shared.metrics.bytes.set(storage::bytes_in_use(&SharedData));
+                        }
+                    }
+                }
                 return self.reply(status, headers, &body);
             }
         }
@@ -746,13 +818,20 @@ impl HttpContext for CacheStream {
             self.replacing = Some(body);
             return Action::Continue;
         }
-        let storing = storable(&shared.config, &pending, status, &headers).is_ok();
+        let mut storing = storable(&shared.config, &pending, status, &headers).is_ok();
+        let declared = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+        if storing && declared.is_some_and(|n| n > shared.config.layout.max_entry_bytes) {
+            storing = false; // over max_entry_bytes: not copied at all
+        }
         let value = cache_status(
             &shared.config.cache_status,
             pending.outcome,
             None,
             storing,
-            None,
+            pending.detail,
         );
         let _ =
             hostcalls::set_map_value(MapType::HttpResponseHeaders, "cache-status", Some(&value));
@@ -764,11 +843,13 @@ impl HttpContext for CacheStream {
             });
             if end_of_stream {
                 self.finish_store(&shared);
+                self.release_held();
             }
         } else {
             shared.metrics.not_stored.increment(1);
             // An origin error is transient: the next miss may fill again.
             self.end_fill(status < 500);
+            self.release_held();
         }
         Action::Continue
     }
@@ -786,19 +867,35 @@ impl HttpContext for CacheStream {
             }
             return Action::Continue;
         }
-        if let Some(filling) = self.response.as_mut() {
-            // Each chunk passes on at once; we keep a copy until the end.
-            if let Ok(Some(chunk)) =
-                hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
-            {
-                filling.body.extend_from_slice(&chunk);
-            }
-            if filling.body.len() as u64 > shared.config.layout.max_entry_bytes {
+        if let Some(copied) = self.response.as_ref().map(|f| f.body.len() as u64) {
+            let limit = shared.config.layout.max_entry_bytes;
+            if copied.saturating_add(body_size as u64) > limit {
                 self.response = None;
                 shared.metrics.not_stored.increment(1);
                 self.end_fill(true);
-            } else if end_of_stream {
+                self.release_held();
+                return Action::Continue;
+            }
+            // The worker's copies of responses being stored share one budget: beyond it this
+            // store is abandoned (the response still flows to the client).
+            if !self.hold(&shared, body_size as u64) {
+                self.response = None;
+                shared.metrics.not_stored.increment(1);
+                shared.metrics.abandoned.increment(1);
+                self.end_fill(false);
+                self.release_held();
+                return Action::Continue;
+            }
+            // Each chunk passes on at once; we keep a copy until the end.
+            if let (Ok(Some(chunk)), Some(filling)) = (
+                hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size),
+                self.response.as_mut(),
+            ) {
+                filling.body.extend_from_slice(&chunk);
+            }
+            if end_of_stream {
                 self.finish_store(&shared);
+                self.release_held();
             }
         }
         Action::Continue

@@ -7,12 +7,12 @@ use edgewise_support::store::CasStore;
 
 use crate::cache_control::CacheControl;
 use crate::conditional::{not_modified, refresh_headers};
-use crate::config::Config;
+use crate::config::{Config, UnkeyedAction};
 use crate::entry::Entry;
 use crate::freshness::{current_age, lifetime, usable, Stored, Use};
 use crate::key::{primary_key, variant_hash, vary_fields, vary_matches, vary_values};
 use crate::status::{cache_status, Outcome};
-use crate::storable::{self, Exchange, NotStorable};
+use crate::storable::{self, CookieRequests, Exchange, NotStorable};
 use crate::{http_date, storage};
 
 /// Header fields never stored or replayed (hop-by-hop, RFC 9110 §7.6.1; framing; Envoy's own).
@@ -67,6 +67,17 @@ pub struct Pending {
     pub method: Vec<u8>,
     pub request_cc: CacheControl,
     pub has_authorization: bool,
+    /// The request carried Cookie (configuration `cookie_requests`).
+    pub has_cookie: bool,
+    /// A plain GET that may fill the key for others (lead coalescing, mark hit-for-miss):
+    /// not HEAD, Range, a conditional or `no-store` request, whose answer is not the
+    /// shared one.
+    pub fills: bool,
+    /// Why the cache was bypassed (Cache-Status `detail`), when it was.
+    pub detail: Option<&'static str>,
+    /// Unkeyed request header fields to remove before the origin sees the request
+    /// (`unkeyed_headers.action: "strip"`).
+    pub strip: Vec<String>,
     /// The request's values of every header, for Vary (captured lazily by the adapter).
     pub outcome: Outcome,
     /// Unsafe method: a non-error response invalidates the key (RFC 9111 §4.4).
@@ -122,12 +133,33 @@ fn reply_headers(
     headers
 }
 
+/// Request header fields that make a request conditional (RFC 9110 §13.1).
+const CONDITIONALS: [&str; 5] = [
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "if-range",
+];
+
 /// Decides a request at `now` (seconds since the epoch).
 pub fn on_request(
     config: &Config,
     store: &impl CasStore,
     request: &mut impl RequestView,
     now: i64,
+) -> RequestDecision {
+    decide(config, store, request, now, false)
+}
+
+/// Decides a request at `now`; `has_body` when the request's headers did not end the stream
+/// (a body follows, even without Content-Length on HTTP/2).
+pub fn decide(
+    config: &Config,
+    store: &impl CasStore,
+    request: &mut impl RequestView,
+    now: i64,
+    has_body: bool,
 ) -> RequestDecision {
     let method = request.header(":method").unwrap_or_default();
     let scheme = request
@@ -148,13 +180,19 @@ pub fn on_request(
     {
         request_cc.no_cache = true;
     }
+    let has_authorization = request.header("authorization").is_some();
+    let has_cookie = request.header("cookie").is_some();
     let pending = |outcome| Pending {
         key: key.clone(),
         key_hash,
         request_time: now,
         method: method.clone(),
         request_cc: request_cc.clone(),
-        has_authorization: false,
+        has_authorization,
+        has_cookie,
+        fills: false,
+        detail: None,
+        strip: Vec::new(),
         outcome,
         invalidate: false,
         origin: (scheme.clone(), host.clone()),
@@ -185,7 +223,46 @@ pub fn on_request(
             ..pending(Outcome::Bypass)
         }));
     }
-    let has_authorization = request.header("authorization").is_some();
+    // Requests whose answer may not be the shared one go to the origin untouched, and their
+    // responses are not stored: a body on GET/HEAD (RFC 9110 §9.3.1: no defined meaning, but
+    // an origin may act on it), Cookie under `cookie_requests: "bypass"`, and unkeyed header
+    // fields an origin may reflect (web cache poisoning) under `unkeyed_headers: "bypass"`.
+    let bypass = |detail| {
+        RequestDecision::Forward(Box::new(Pending {
+            detail: Some(detail),
+            ..pending(Outcome::Bypass)
+        }))
+    };
+    let has_body = has_body
+        || request.header("transfer-encoding").is_some()
+        || request
+            .header("content-length")
+            .is_some_and(|n| n.trim_ascii() != b"0");
+    if has_body {
+        return bypass("request-body");
+    }
+    if has_cookie && config.cookie_requests == CookieRequests::Bypass {
+        return bypass("cookie");
+    }
+    let mut strip = Vec::new();
+    for name in &config.unkeyed.names {
+        if request.header(name).is_some() {
+            match config.unkeyed.action {
+                UnkeyedAction::Bypass => return bypass("unkeyed-header"),
+                UnkeyedAction::Strip => strip.push(name.clone()),
+            }
+        }
+    }
+    let client_conditional = CONDITIONALS.iter().any(|c| request.header(c).is_some());
+    let fills = method == b"GET"
+        && !client_conditional
+        && !request_cc.no_store
+        && request.header("range").is_none();
+    let pending = |outcome| Pending {
+        fills,
+        strip: strip.clone(),
+        ..pending(outcome)
+    };
     let usable_entry = find_variant(config, store, key_hash, &key, &mut |name| {
         request.header(name)
     });
@@ -205,10 +282,7 @@ pub fn on_request(
                 )],
             };
         }
-        return RequestDecision::Forward(Box::new(Pending {
-            has_authorization,
-            ..pending(Outcome::Miss)
-        }));
+        return RequestDecision::Forward(Box::new(pending(Outcome::Miss)));
     };
     let view = stored_view(&entry);
     let decision = usable(&view, &request_cc, &config.heuristic, now);
@@ -238,11 +312,14 @@ pub fn on_request(
         let staleness = age.saturating_sub(lifetime(&view, &config.heuristic).seconds());
         let forbidden =
             view.cc.must_revalidate || view.cc.proxy_revalidate || view.cc.s_maxage.is_some();
+        // The configured window only for responses the origin made explicitly cacheable.
         let window = match decision {
             Use::Validate {
                 stale_if_error: Some(window),
             } => Some(window),
-            _ if !forbidden && config.stale_if_error > 0 => Some(config.stale_if_error),
+            _ if !forbidden && config.stale_if_error > 0 && view.explicitly_cacheable() => {
+                Some(config.stale_if_error)
+            }
             _ => None,
         };
         let fallback = window.filter(|w| staleness <= *w).map(|_| {
@@ -258,15 +335,12 @@ pub fn on_request(
         });
         // RFC 9111 §4.3.1: revalidate with the stored validators, unless the client sent its
         // own conditionals (then its request goes as it is and a 200 replaces the entry).
-        let client_conditional = request.header("if-none-match").is_some()
-            || request.header("if-modified-since").is_some();
         let validators = if client_conditional {
             Vec::new()
         } else {
             validators(&entry)
         };
         return RequestDecision::Forward(Box::new(Pending {
-            has_authorization,
             fallback,
             revalidating: (!validators.is_empty()).then(|| Box::new(entry)),
             validators,
@@ -286,8 +360,8 @@ pub fn on_request(
     let refresh = (decision == Use::StaleWhileRevalidate).then(|| {
         let validators = validators(&entry);
         Box::new(Pending {
-            has_authorization,
             method: b"GET".to_vec(),
+            fills: true,
             revalidating: (!validators.is_empty()).then(|| Box::new(entry.clone())),
             validators,
             ..pending(Outcome::Stale)
@@ -427,20 +501,35 @@ pub fn validators(entry: &Entry) -> Vec<(String, Vec<u8>)> {
     fields
 }
 
-/// RFC 9111 §4.3.3–§4.3.4: the origin answered our revalidation with 304. Returns the entry
-/// refreshed with the 304's header fields (to store) and the full stored response for the
-/// client (RFC 9111 §4.3.3: "the cache ... uses the stored response"), or None when this
-/// exchange was not a revalidation of ours.
+/// What a 304 to our revalidation does (RFC 9111 §4.3.3–§4.3.4).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Revalidated {
+    /// The entry refreshed with the 304's fields, to store; None when the refreshed entry
+    /// would not be storable (the 304 says `private` or `no-store`, changes `Vary`, or the
+    /// revalidating request's credentials do not allow sharing it): the entry is dropped.
+    pub store: Option<Entry>,
+    /// The full response for the revalidating client: the refreshed entry, plus the 304's
+    /// own fields the entry does not keep (its Set-Cookie).
+    pub reply: Reply,
+}
+
+/// RFC 9111 §4.3.3–§4.3.4: the origin answered our revalidation with 304. The stored header
+/// fields are updated from the 304, except fields personal to the revalidating client
+/// (Set-Cookie, unless `cache_set_cookie`), which reach only that client. The refreshed
+/// entry passes the same storability rules as a new response (§3). None when this exchange
+/// was not a revalidation of ours.
 pub fn revalidated(
     config: &Config,
     pending: &Pending,
     not_modified_headers: &[(String, Vec<u8>)],
     now: i64,
-) -> Option<(Entry, Reply)> {
+) -> Option<Revalidated> {
     let stored = pending.revalidating.as_deref()?;
+    let personal = |name: &str| name == "set-cookie" && !config.cache_set_cookie;
     let update: Vec<(String, Vec<u8>)> = not_modified_headers
         .iter()
         .filter(|(k, _)| !k.starts_with(':') && !NOT_STORED.contains(&k.as_str()))
+        .filter(|(k, _)| !personal(k))
         .cloned()
         .collect();
     let refreshed = Entry {
@@ -449,20 +538,44 @@ pub fn revalidated(
         response_time: now,
         ..stored.clone()
     };
+    // §4.3.4 with §3: the refreshed response must still be one a shared cache may store,
+    // for the same variant (a 304 with other Vary fields describes another resource shape).
+    let vary = refreshed
+        .headers
+        .iter()
+        .find(|(k, _)| k == "vary")
+        .map(|(_, v)| v.as_slice());
+    let same_variant = vary_fields(vary).is_some_and(|fields| fields == stored.vary_fields);
+    let check = Pending {
+        method: b"GET".to_vec(),
+        outcome: Outcome::Stale,
+        ..pending.clone()
+    };
+    let keep =
+        same_variant && storable(config, &check, refreshed.status, &refreshed.headers).is_ok();
     let view = stored_view(&refreshed);
     let age = current_age(&view, now);
     let ttl = lifetime(&view, &config.heuristic).seconds() as i64 - age as i64;
     let mut status_value =
-        cache_status(&config.cache_status, Outcome::Stale, Some(ttl), true, None);
+        cache_status(&config.cache_status, Outcome::Stale, Some(ttl), keep, None);
     status_value.push_str("; fwd-status=304");
-    let headers = reply_headers(&refreshed.headers, age, status_value);
+    let mut headers = reply_headers(&refreshed.headers, age, status_value);
+    headers.extend(
+        not_modified_headers
+            .iter()
+            .filter(|(k, _)| personal(k))
+            .cloned(),
+    );
     let body = if pending.method == b"HEAD" {
         Vec::new()
     } else {
         refreshed.body.clone()
     };
     let reply = (refreshed.status, headers, body);
-    Some((refreshed, reply))
+    Some(Revalidated {
+        store: keep.then_some(refreshed),
+        reply,
+    })
 }
 
 /// Request header fields a background refresh does not copy from the client's request:
@@ -534,7 +647,10 @@ pub fn refresh_outcome(
 ) -> Refreshed {
     if status == 304 {
         return match revalidated(config, refresh, headers, now) {
-            Some((entry, _)) => Refreshed::Store(Box::new(entry)),
+            Some(Revalidated {
+                store: Some(entry), ..
+            }) => Refreshed::Store(Box::new(entry)),
+            Some(Revalidated { store: None, .. }) => Refreshed::Remove,
             None => Refreshed::Keep,
         };
     }
@@ -582,11 +698,15 @@ pub fn storable(
         request_cc: &pending.request_cc,
         response_cc: &response_cc,
         request_has_authorization: pending.has_authorization,
+        request_has_cookie: pending.has_cookie,
         has_expires: get("expires").is_some(),
+        has_validator: get("etag").is_some()
+            || get("last-modified").is_some_and(|d| http_date::parse(d).is_some()),
         vary: get("vary"),
         has_set_cookie: get("set-cookie").is_some(),
         cache_set_cookie: config.cache_set_cookie,
         default_ttl: config.heuristic.default_ttl > 0,
+        cookie_requests: config.cookie_requests,
     })
 }
 
@@ -1086,8 +1206,13 @@ mod tests {
             ("x-version", "2"),
             ("content-length", "0"),
         ]);
-        let (refreshed, (status, headers, body)) =
-            revalidated(&config, &pending, &not_modified, 1021).unwrap();
+        let Some(Revalidated {
+            store: Some(refreshed),
+            reply: (status, headers, body),
+        }) = revalidated(&config, &pending, &not_modified, 1021)
+        else {
+            panic!("a 304 refreshes a storable entry");
+        };
         assert_eq!(status, 200);
         assert_eq!(body, b"body");
         assert_eq!(refreshed.header("x-version").unwrap(), b"2");
@@ -1163,6 +1288,182 @@ mod tests {
             vec![pending.key_hash]
         );
         assert!(invalidated_keys(&config, &pending, 500, &response).is_empty());
+    }
+
+    fn forwarded(config: &Config, store: &MemoryStore, extra: &[(&str, &str)]) -> Box<Pending> {
+        match on_request(config, store, &mut request(extra), 1000) {
+            RequestDecision::Forward(p) => p,
+            other => panic!("expected a forward, got {other:?}"),
+        }
+    }
+
+    /// Requests whose answer may not be the shared one: a body on GET, Cookie under
+    /// `cookie_requests: "bypass"`, unkeyed fields an origin may reflect (bypassed, or
+    /// stripped and cached); which requests may fill a key for others.
+    #[test]
+    fn requests_that_bypass_strip_or_do_not_fill() {
+        let config = Config::from_json(b"{}").unwrap();
+        let store = MemoryStore::default();
+        for (extra, detail) in [
+            (&[("content-length", "5")][..], "request-body"),
+            (&[("transfer-encoding", "chunked")][..], "request-body"),
+            (
+                &[("x-forwarded-host", "evil.example")][..],
+                "unkeyed-header",
+            ),
+            (&[("x-original-url", "/admin")][..], "unkeyed-header"),
+            (
+                &[("x-http-method-override", "DELETE")][..],
+                "unkeyed-header",
+            ),
+        ] {
+            let p = forwarded(&config, &store, extra);
+            assert_eq!(
+                (p.outcome, p.detail, p.invalidate, p.fills),
+                (Outcome::Bypass, Some(detail), false, false),
+                "{extra:?}"
+            );
+        }
+        assert!(matches!(
+            decide(&config, &store, &mut request(&[]), 1000, true),
+            RequestDecision::Forward(p) if p.detail == Some("request-body")
+        ));
+        assert_eq!(
+            forwarded(&config, &store, &[("content-length", "0")]).outcome,
+            Outcome::Miss
+        );
+        assert_eq!(
+            forwarded(&config, &store, &[("cookie", "s=1")]).outcome,
+            Outcome::Miss,
+            "Cookie is looked up by default (only what may be shared is stored)"
+        );
+        let bypass = Config::from_json(br#"{"cookie_requests":"bypass"}"#).unwrap();
+        assert_eq!(
+            forwarded(&bypass, &store, &[("cookie", "s=1")]).detail,
+            Some("cookie")
+        );
+        let strip = Config::from_json(
+            br#"{"unkeyed_headers":{"action":"strip","names":["X-Forwarded-Host","x-tenant"]}}"#,
+        )
+        .unwrap();
+        let p = forwarded(
+            &strip,
+            &store,
+            &[("x-forwarded-host", "evil"), ("x-tenant", "a")],
+        );
+        assert_eq!(p.outcome, Outcome::Miss);
+        assert_eq!(p.strip, vec!["x-forwarded-host", "x-tenant"]);
+        let keyed = Config::from_json(br#"{"key":{"headers":["x-forwarded-host"]}}"#).unwrap();
+        assert_eq!(
+            forwarded(&keyed, &store, &[("x-forwarded-host", "a")]).outcome,
+            Outcome::Miss,
+            "a keyed field is not unkeyed"
+        );
+        // Only a plain GET fills a key for others (leads coalescing, sets hit-for-miss).
+        assert!(forwarded(&config, &store, &[]).fills);
+        for extra in [
+            ("range", "bytes=0-10"),
+            ("if-none-match", "\"x\""),
+            ("if-modified-since", "Sat, 21 Nov 2026 10:00:00 GMT"),
+            ("cache-control", "no-store"),
+        ] {
+            assert!(!forwarded(&config, &store, &[extra]).fills, "{extra:?}");
+        }
+        let mut head = request(&[]);
+        head.retain(|(k, _)| k != ":method");
+        head.push((":method".into(), b"HEAD".to_vec()));
+        let RequestDecision::Forward(p) = on_request(&config, &store, &mut head, 1000) else {
+            panic!("HEAD miss is forwarded");
+        };
+        assert!(!p.fills);
+    }
+
+    /// A response to a request with Cookie or Authorization is stored only with an explicit
+    /// allowance (RFC 9111 §3.5; `cookie_requests: "explicit"`); a page without any cache
+    /// header or validator is never stored.
+    #[test]
+    fn credentials_and_pages_without_cache_headers() {
+        let config = Config::from_json(b"{}").unwrap();
+        let store = MemoryStore::default();
+        let cookie = forwarded(&config, &store, &[("cookie", "session=alice")]);
+        let auth = forwarded(&config, &store, &[("authorization", "Bearer a")]);
+        let plain = forwarded(&config, &store, &[]);
+        let check =
+            |p: &Pending, response: &[(&str, &str)]| storable(&config, p, 200, &pairs(response));
+        assert_eq!(check(&cookie, &[]), Err(NotStorable::Cookie));
+        assert_eq!(
+            check(&cookie, &[("etag", "\"a\"")]),
+            Err(NotStorable::Cookie)
+        );
+        assert_eq!(check(&cookie, &[("cache-control", "max-age=60")]), Ok(()));
+        assert_eq!(
+            check(&cookie, &[("cache-control", "public")]),
+            Err(NotStorable::NoFreshness)
+        );
+        assert_eq!(
+            check(&auth, &[("cache-control", "max-age=60")]),
+            Err(NotStorable::Authorization)
+        );
+        assert_eq!(check(&auth, &[("cache-control", "s-maxage=60")]), Ok(()));
+        assert_eq!(check(&plain, &[]), Err(NotStorable::NoFreshness));
+        assert_eq!(check(&plain, &[("etag", "\"a\"")]), Ok(()));
+    }
+
+    /// RFC 9111 §4.3.4 with §3: a 304's Set-Cookie reaches the revalidating client only;
+    /// a 304 with `private`, `no-store` or another Vary drops the entry; the revalidating
+    /// request's credentials apply to the refreshed entry.
+    #[test]
+    fn a_304_refresh_keeps_personal_fields_out_of_the_entry() {
+        let config = Config::from_json(b"{}").unwrap();
+        let store = MemoryStore::default();
+        let response = [("cache-control", "max-age=10"), ("etag", "\"v1\"")];
+        let pending = stale_decision(&config, &store, &response, 1020, &[]);
+        let refresh = |fields: &[(&str, &str)]| {
+            let mut not_modified = pairs(&[(":status", "304")]);
+            not_modified.extend(pairs(fields));
+            revalidated(&config, &pending, &not_modified, 1021).unwrap()
+        };
+        let r = refresh(&[("set-cookie", "session=alice"), ("x-version", "2")]);
+        let entry = r.store.expect("still storable");
+        assert_eq!(entry.header("set-cookie"), None, "never stored");
+        assert_eq!(entry.header("x-version"), Some(b"2".as_slice()));
+        assert_eq!(header(&r.reply.1, "set-cookie"), Some("session=alice"));
+        for dropping in [
+            &[("cache-control", "private, max-age=10")][..],
+            &[("cache-control", "no-store")][..],
+            &[("vary", "cookie")][..],
+        ] {
+            let r = refresh(dropping);
+            assert!(r.store.is_none(), "{dropping:?}");
+            assert_eq!(r.reply.2, b"body", "the client still gets the response");
+            assert!(!header(&r.reply.1, "cache-status")
+                .unwrap()
+                .contains("stored"));
+        }
+        // The revalidating request had Authorization: the refreshed entry needs §3.5.
+        let auth = Pending {
+            has_authorization: true,
+            ..pending.clone()
+        };
+        let mut not_modified = pairs(&[(":status", "304")]);
+        not_modified.extend(pairs(&[("cache-control", "max-age=10")]));
+        assert!(revalidated(&config, &auth, &not_modified, 1021)
+            .unwrap()
+            .store
+            .is_none());
+        // Background refreshes follow the same rule.
+        assert_eq!(
+            refresh_outcome(
+                &config,
+                &pending,
+                304,
+                &pairs(&[(":status", "304"), ("cache-control", "private")]),
+                None,
+                1021,
+                &mut |_| None
+            ),
+            Refreshed::Remove
+        );
     }
 
     /// A 304 to a request that was not our revalidation is not turned into a stored reply.

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use crate::freshness::Heuristic;
 use crate::key::KeyRules;
+use crate::storable::CookieRequests;
 use crate::storage::{Eviction, Layout};
 
 #[derive(Debug, Deserialize)]
@@ -13,6 +14,9 @@ use crate::storage::{Eviction, Layout};
 pub struct RawConfig {
     pub max_bytes: Option<u64>,
     pub max_entry_bytes: Option<u64>,
+    pub max_inflight_bytes: Option<u64>,
+    pub cookie_requests: Option<String>,
+    pub unkeyed_headers: Option<RawUnkeyed>,
     pub max_entries: Option<u64>,
     pub eviction: Option<String>,
     pub key: Option<RawKey>,
@@ -26,6 +30,49 @@ pub struct RawConfig {
     pub coalesce: Option<RawCoalesce>,
     pub purge: Option<RawPurge>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUnkeyed {
+    pub names: Option<Vec<String>>,
+    pub action: Option<String>,
+}
+
+/// Request header fields that are not part of the key but that origins commonly reflect
+/// (web cache poisoning): origins build links from X-Forwarded-Host, route on X-Original-URL.
+pub const DEFAULT_UNKEYED: [&str; 8] = [
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-host",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// What a request carrying one of the unkeyed headers gets (configuration
+/// `unkeyed_headers.action`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnkeyedAction {
+    /// The request goes to the origin unchanged and its response is neither served from nor
+    /// stored in the cache. The default.
+    Bypass,
+    /// The fields are removed before the origin sees the request; it is cached as usual.
+    Strip,
+}
+
+/// Unkeyed request headers and what to do with them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unkeyed {
+    /// Lowercase names; fields named in `key.headers` are keyed and so left out.
+    pub names: Vec<String>,
+    pub action: UnkeyedAction,
+}
+
+/// Largest `max_entry_bytes`: an entry is copied into the worker's Wasm heap while it is
+/// stored and when it is served, so it stays far below the 4 GiB wasm32 address space.
+pub const MAX_ENTRY_BYTES_LIMIT: u64 = 32 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +143,10 @@ pub struct Config {
     pub heuristic: Heuristic,
     pub cache_status: String,
     pub cache_set_cookie: bool,
+    pub cookie_requests: CookieRequests,
+    pub unkeyed: Unkeyed,
+    /// Bytes of responses being copied for storage across all streams of one worker.
+    pub max_inflight_bytes: u64,
     pub purge: Option<Purge>,
     /// RFC 5861 §4 window when the origin sends no stale-if-error (0: none).
     pub stale_if_error: u64,
@@ -123,6 +174,35 @@ impl Config {
                 "lower it or raise max_bytes (default 1048576)",
             ));
         }
+        if max_entry_bytes > MAX_ENTRY_BYTES_LIMIT {
+            return Err(err(
+                "max_entry_bytes",
+                format!("{max_entry_bytes} is above 33554432 (32 MiB)"),
+                "entries are copied into the Wasm heap; use at most 33554432 (default 1048576)",
+            ));
+        }
+        let max_inflight_bytes = raw.max_inflight_bytes.unwrap_or(32 << 20);
+        if max_inflight_bytes < max_entry_bytes || max_inflight_bytes > (1 << 30) {
+            return Err(err(
+                "max_inflight_bytes",
+                format!(
+                    "{max_inflight_bytes} must be between max_entry_bytes ({max_entry_bytes}) and 1073741824"
+                ),
+                "use at least max_entry_bytes, at most 1 GiB (default 33554432)",
+            ));
+        }
+        let cookie_requests = match raw.cookie_requests.as_deref().unwrap_or("explicit") {
+            "bypass" => CookieRequests::Bypass,
+            "explicit" => CookieRequests::Explicit,
+            "store" => CookieRequests::Store,
+            other => {
+                return Err(err(
+                    "cookie_requests",
+                    format!("{other:?} is not a cookie rule"),
+                    "use \"bypass\", \"explicit\" (default) or \"store\"",
+                ))
+            }
+        };
         let slots = raw.max_entries.unwrap_or(4096);
         if !(8..=1_000_000).contains(&slots) {
             return Err(err(
@@ -159,6 +239,45 @@ impl Config {
             }
             headers.push(h.to_ascii_lowercase());
         }
+        let raw_unkeyed = raw.unkeyed_headers.as_ref();
+        let mut unkeyed_names = Vec::new();
+        match raw_unkeyed.and_then(|u| u.names.as_ref()) {
+            None => unkeyed_names.extend(DEFAULT_UNKEYED.iter().map(|n| n.to_string())),
+            Some(names) => {
+                for (i, name) in names.iter().enumerate() {
+                    if name.is_empty()
+                        || !name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    {
+                        return Err(err(
+                            format!("unkeyed_headers.names[{i}]"),
+                            format!("{name:?} is not a header name"),
+                            "use names like \"x-forwarded-host\"",
+                        ));
+                    }
+                    unkeyed_names.push(name.to_ascii_lowercase());
+                }
+            }
+        }
+        unkeyed_names.retain(|n| !headers.contains(n));
+        let unkeyed = Unkeyed {
+            names: unkeyed_names,
+            action: match raw_unkeyed
+                .and_then(|u| u.action.as_deref())
+                .unwrap_or("bypass")
+            {
+                "bypass" => UnkeyedAction::Bypass,
+                "strip" => UnkeyedAction::Strip,
+                other => {
+                    return Err(err(
+                        "unkeyed_headers.action",
+                        format!("{other:?} is not an action"),
+                        "use \"bypass\" (default) or \"strip\"",
+                    ))
+                }
+            },
+        };
         let key = KeyRules {
             include_query: raw_key.include_query.unwrap_or(true),
             ignore_query_params: raw_key.ignore_query_params.unwrap_or_default(),
@@ -316,6 +435,9 @@ impl Config {
             },
             cache_status,
             cache_set_cookie: raw.cache_set_cookie.unwrap_or(false),
+            cookie_requests,
+            unkeyed,
+            max_inflight_bytes,
         })
     }
 }

@@ -21,6 +21,19 @@ pub struct Stored {
     pub cc: CacheControl,
 }
 
+impl Stored {
+    /// The origin made it explicitly cacheable: `max-age`, `s-maxage`, `Expires` or `public`.
+    /// Only such responses get the configured stale windows (`stale_while_revalidate`,
+    /// `stale_if_error`): a configured default must not turn a page the origin said nothing
+    /// about into a shared stale answer.
+    pub fn explicitly_cacheable(&self) -> bool {
+        self.cc.max_age.is_some()
+            || self.cc.s_maxage.is_some()
+            || self.expires.is_some()
+            || self.cc.public
+    }
+}
+
 /// How long the response is fresh, and where that came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lifetime {
@@ -167,9 +180,9 @@ pub fn usable(stored: &Stored, request: &CacheControl, heuristic: &Heuristic, no
         if request.max_stale.is_some_and(|max| staleness <= max) {
             return Use::StaleAllowed;
         }
-        let window = cc
-            .stale_while_revalidate
-            .or((heuristic.stale_while_revalidate > 0).then_some(heuristic.stale_while_revalidate));
+        let configured = (heuristic.stale_while_revalidate > 0 && stored.explicitly_cacheable())
+            .then_some(heuristic.stale_while_revalidate);
+        let window = cc.stale_while_revalidate.or(configured);
         if window.is_some_and(|window| staleness <= window) {
             return Use::StaleWhileRevalidate;
         }
@@ -332,6 +345,15 @@ mod tests {
             Use::StaleWhileRevalidate
         );
         assert_eq!(usable(&plain, &request(""), &h, T + 91), validate);
+        // Not explicitly cacheable (only a Last-Modified heuristic, or nothing): no configured
+        // window, so a configured default never makes such a page a shared stale answer.
+        let heuristic = Stored {
+            last_modified: Some(T - 100),
+            ..stored("")
+        };
+        assert_eq!(usable(&heuristic, &request(""), &h, T + 20), validate);
+        assert!(!stored("no-cache").explicitly_cacheable());
+        assert!(stored("public").explicitly_cacheable());
         let own = stored("max-age=60, stale-while-revalidate=5");
         assert_eq!(
             usable(&own, &request(""), &h, T + 66),

@@ -32,22 +32,7 @@ pub fn primary_key(
     key.extend_from_slice(path);
     if rules.include_query {
         if let Some(query) = query {
-            let mut params: Vec<&[u8]> = query
-                .split(|b| *b == b'&')
-                .filter(|p| !p.is_empty())
-                .filter(|p| {
-                    let name = p.split(|b| *b == b'=').next().unwrap_or_default();
-                    !rules
-                        .ignore_query_params
-                        .iter()
-                        .any(|ignored| ignored.as_bytes() == name)
-                })
-                .collect();
-            params.sort_unstable();
-            if !params.is_empty() {
-                key.push(b'?');
-                key.extend_from_slice(&params.join(&b'&'));
-            }
+            push_query(&mut key, query, &rules.ignore_query_params);
         }
     }
     for name in &rules.headers {
@@ -59,6 +44,54 @@ pub fn primary_key(
         }
     }
     key
+}
+
+/// Appends the query to `key` without the ignored parameters. Parameters are split on both
+/// `&` and `;` (frameworks such as Rails and many PHP/Java setups accept `;`), so a
+/// parameter hidden behind `;` in an ignored one (`?utm_x=1;callback=evil`) stays keyed.
+/// With `&` only, the kept parameters are sorted (`?a=1&b=2` and `?b=2&a=1` share an entry);
+/// with any `;` they keep their order and separators, so `?a=1;b=2` never shares an entry
+/// with `?a=1&b=2` (an origin that does not split on `;` sees them differently).
+fn push_query(key: &mut Vec<u8>, query: &[u8], ignored: &[String]) {
+    let is_separator = |b: &u8| *b == b'&' || *b == b';';
+    let kept = |p: &&[u8]| {
+        if p.is_empty() {
+            return false;
+        }
+        let name = p.split(|b| *b == b'=').next().unwrap_or_default();
+        !ignored.iter().any(|ignored| ignored.as_bytes() == name)
+    };
+    if !query.contains(&b';') {
+        let mut params: Vec<&[u8]> = query.split(is_separator).filter(kept).collect();
+        params.sort_unstable();
+        if !params.is_empty() {
+            key.push(b'?');
+            key.extend_from_slice(&params.join(&b'&'));
+        }
+        return;
+    }
+    // Each kept parameter after the first is written with the separator that preceded it.
+    let mut first = true;
+    let mut preceding = b'&';
+    let mut rest = query;
+    loop {
+        let end = rest.iter().position(is_separator).unwrap_or(rest.len());
+        let param = &rest[..end];
+        if kept(&param) {
+            if first {
+                key.push(b'?');
+            } else {
+                key.extend_from_slice(&[0x1f, preceding]);
+            }
+            key.extend_from_slice(param);
+            first = false;
+        }
+        let Some(separator) = rest.get(end).copied() else {
+            break;
+        };
+        preceding = separator;
+        rest = &rest[end + 1..];
+    }
 }
 
 /// The header names a response varies on (lowercased), or None for `Vary: *`.
@@ -168,6 +201,27 @@ mod tests {
             primary_key(&rules, b"https", b"h", b"/p", &mut no_headers),
             "scheme is part of the key"
         );
+    }
+
+    /// Parameter cloaking: `;` separates parameters too, so an ignored parameter cannot hide
+    /// a keyed one, and `;` / `&` forms never share an entry.
+    #[test]
+    fn semicolons_split_parameters_without_merging_forms() {
+        let rules = KeyRules {
+            include_query: true,
+            ignore_query_params: vec!["utm_content".into()],
+            headers: vec![],
+        };
+        let key = |q: &str| primary_key(&rules, b"http", b"h", q.as_bytes(), &mut no_headers);
+        assert_ne!(
+            key("/p?callback=a&utm_content=x;callback=evil"),
+            key("/p?callback=a"),
+            "the hidden callback stays in the key"
+        );
+        assert_eq!(key("/p?utm_content=x;a=1"), key("/p?a=1"));
+        assert_ne!(key("/p?a=1;b=2"), key("/p?a=1&b=2"));
+        assert_eq!(key("/p?a=1&utm_content=2&b=3"), key("/p?b=3&a=1"));
+        assert_eq!(key("/p?utm_content=1;utm_content=2"), key("/p"));
     }
 
     #[test]

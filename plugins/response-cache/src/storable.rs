@@ -23,8 +23,16 @@ pub enum NotStorable {
     VaryStar,
     /// Set-Cookie, unless configured otherwise: one user's cookie must not reach another.
     SetCookie,
-    /// No explicit freshness, no validator-free heuristic allowed, not `public` (§3, §4.2.2).
+    /// Neither explicit freshness (max-age, s-maxage, Expires, a configured default TTL) nor
+    /// a validator (ETag, Last-Modified): it could only ever be served stale, so it is not
+    /// stored (§3, §4.2.2, §4.2.4).
     NoFreshness,
+    /// The request had Cookie and the response does not explicitly allow a shared cache to
+    /// reuse it (configuration `cookie_requests`).
+    Cookie,
+    /// Not the plain request a shared entry is filled from: Range, a body on GET, an unkeyed
+    /// header the origin may reflect, a client conditional the origin answered.
+    Request,
 }
 
 impl NotStorable {
@@ -38,8 +46,25 @@ impl NotStorable {
             NotStorable::VaryStar => "vary_star",
             NotStorable::SetCookie => "set_cookie",
             NotStorable::NoFreshness => "no_freshness",
+            NotStorable::Cookie => "cookie",
+            NotStorable::Request => "request",
         }
     }
+}
+
+/// What a response to a request carrying `Cookie` needs before a shared cache stores it
+/// (configuration `cookie_requests`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CookieRequests {
+    /// Requests with Cookie never use the cache: not looked up, not stored (Varnish's
+    /// built-in logic).
+    Bypass,
+    /// Stored only with an explicit allowance from the origin: `public`, `s-maxage`,
+    /// `max-age` or `Expires` (a configured `default_ttl` does not count). The default.
+    Explicit,
+    /// Cookie makes no difference (nginx's default; safe only when the origin marks every
+    /// personal page `private` or `no-store`).
+    Store,
 }
 
 /// What §3 looks at.
@@ -49,13 +74,18 @@ pub struct Exchange<'a> {
     pub request_cc: &'a CacheControl,
     pub response_cc: &'a CacheControl,
     pub request_has_authorization: bool,
+    pub request_has_cookie: bool,
     pub has_expires: bool,
+    /// The response carries ETag or a valid Last-Modified (it can be revalidated).
+    pub has_validator: bool,
     pub vary: Option<&'a [u8]>,
     pub has_set_cookie: bool,
     /// Configuration: store responses with Set-Cookie.
     pub cache_set_cookie: bool,
     /// Configuration: a default TTL applies to responses without explicit freshness.
     pub default_ttl: bool,
+    /// Configuration: the rule for responses to requests with Cookie.
+    pub cookie_requests: CookieRequests,
 }
 
 /// RFC 9111 §3: Ok when a shared cache may store the response.
@@ -91,16 +121,29 @@ pub fn check(e: &Exchange<'_>) -> Result<(), NotStorable> {
     if e.has_set_cookie && !e.cache_set_cookie {
         return Err(NotStorable::SetCookie);
     }
-    // §3: one of Expires, max-age, s-maxage, public, a heuristically cacheable status; or
-    // no-cache (stored, always revalidated). A configured default TTL counts as explicit.
+    // Freshness the origin gave explicitly (§4.2.1).
     let explicit =
         e.has_expires || e.response_cc.max_age.is_some() || e.response_cc.s_maxage.is_some();
-    if explicit
+    // A request with Cookie is usually a personal page: it takes an explicit allowance.
+    if e.request_has_cookie {
+        match e.cookie_requests {
+            CookieRequests::Bypass => return Err(NotStorable::Cookie),
+            CookieRequests::Explicit if !(explicit || e.response_cc.public) => {
+                return Err(NotStorable::Cookie)
+            }
+            _ => {}
+        }
+    }
+    // §3: one of Expires, max-age, s-maxage, public or a heuristically cacheable status
+    // makes it storable; but a response with no freshness (explicit, configured, or
+    // heuristic from Last-Modified) and no validator could only ever be served stale —
+    // to a client's max-stale, or within a stale window — so it is not stored at all.
+    let storable_status = explicit
         || e.response_cc.public
         || e.response_cc.no_cache
         || e.default_ttl
-        || HEURISTICALLY_CACHEABLE.contains(&e.status)
-    {
+        || HEURISTICALLY_CACHEABLE.contains(&e.status);
+    if storable_status && (explicit || e.default_ttl || e.has_validator) {
         return Ok(());
     }
     Err(NotStorable::NoFreshness)
@@ -117,11 +160,14 @@ mod tests {
             request_cc: req,
             response_cc: resp,
             request_has_authorization: false,
+            request_has_cookie: false,
             has_expires: false,
+            has_validator: false,
             vary: None,
             has_set_cookie: false,
             cache_set_cookie: false,
             default_ttl: false,
+            cookie_requests: CookieRequests::Explicit,
         }
     }
 
@@ -129,9 +175,76 @@ mod tests {
         CacheControl::parse([s.as_bytes()])
     }
 
+    /// §4.2.2: a plain 200 with a validator is stored (heuristic freshness, or revalidated);
+    /// without any freshness or validator it could only be served stale: not stored.
     #[test]
-    fn a_plain_200_is_storable_heuristically() {
-        assert_eq!(check(&exchange(&cc(""), &cc(""))), Ok(()));
+    fn a_plain_200_needs_a_validator_or_freshness() {
+        assert_eq!(
+            check(&Exchange {
+                has_validator: true,
+                ..exchange(&cc(""), &cc(""))
+            }),
+            Ok(())
+        );
+        assert_eq!(
+            check(&exchange(&cc(""), &cc(""))),
+            Err(NotStorable::NoFreshness)
+        );
+        for (response, ok) in [("public", false), ("no-cache", false), ("max-age=0", true)] {
+            assert_eq!(
+                check(&exchange(&cc(""), &cc(response))).is_ok(),
+                ok,
+                "{response}"
+            );
+        }
+        assert_eq!(
+            check(&Exchange {
+                default_ttl: true,
+                ..exchange(&cc(""), &cc(""))
+            }),
+            Ok(()),
+            "a configured default TTL is freshness"
+        );
+    }
+
+    /// Requests with Cookie: `cookie_requests` decides; the default takes an explicit
+    /// allowance from the origin (public, s-maxage, max-age, Expires), never the configured
+    /// default TTL nor a heuristic.
+    #[test]
+    fn cookie_requests_need_an_explicit_allowance() {
+        let req = cc("");
+        let cases: [(&str, bool, bool, bool, bool); 7] = [
+            // (response Cache-Control, has Expires, bypass, explicit, store)
+            ("", false, false, false, true),
+            ("max-age=60", false, false, true, true),
+            ("s-maxage=60", false, false, true, true),
+            ("public", false, false, true, true),
+            ("", true, false, true, true),
+            ("no-cache", false, false, false, true),
+            ("private, max-age=60", false, false, false, false),
+        ];
+        for (response, has_expires, bypass, explicit, store) in cases {
+            let r = cc(response);
+            for (rule, want) in [
+                (CookieRequests::Bypass, bypass),
+                (CookieRequests::Explicit, explicit),
+                (CookieRequests::Store, store),
+            ] {
+                let got = check(&Exchange {
+                    request_has_cookie: true,
+                    has_expires,
+                    has_validator: true,
+                    default_ttl: true,
+                    cookie_requests: rule,
+                    ..exchange(&req, &r)
+                });
+                assert_eq!(
+                    got.is_ok(),
+                    want,
+                    "{response:?} expires={has_expires} {rule:?}"
+                );
+            }
+        }
     }
 
     /// §3: only what the cache understands; we store GET.
@@ -207,6 +320,7 @@ mod tests {
             let r = cc(resp);
             let got = check(&Exchange {
                 request_has_authorization: true,
+                has_validator: true,
                 ..exchange(&req, &r)
             });
             assert_eq!(got.is_ok(), ok, "{resp}");
@@ -248,12 +362,14 @@ mod tests {
         );
     }
 
-    /// §5.2.2.4: no-cache responses may be stored (they are always revalidated).
+    /// §5.2.2.4: no-cache responses may be stored (they are always revalidated), when they
+    /// can be revalidated.
     #[test]
     fn no_cache_is_storable() {
         assert_eq!(
             check(&Exchange {
                 status: 500,
+                has_validator: true,
                 ..exchange(&cc(""), &cc("no-cache"))
             }),
             Ok(())

@@ -116,6 +116,38 @@ fn entry_key(slot: u64) -> String {
 
 const BYTES_KEY: &str = "edgewise.cache.bytes";
 
+/// The slots of the most recent inserts (a ring of RECENT little-endian u32 after a u32
+/// write position): victims for a table too sparse for random windows to find entries.
+const RECENT_KEY: &str = "edgewise.cache.recent";
+const RECENT: usize = 256;
+
+/// Records `slot` in the ring of recent inserts.
+fn remember_insert(store: &impl CasStore, slot: u64) {
+    let _ = update_with_cas(store, RECENT_KEY, 8, |v| {
+        let mut ring = v
+            .filter(|v| v.len() == 4 * (RECENT + 1))
+            .map(<[u8]>::to_vec)
+            .unwrap_or_else(|| vec![0xff; 4 * (RECENT + 1)]);
+        let at = u32::from_le_bytes([ring[0], ring[1], ring[2], ring[3]]) as usize % RECENT;
+        ring[4 + 4 * at..8 + 4 * at].copy_from_slice(&(slot as u32).to_le_bytes());
+        ring[..4].copy_from_slice(&(((at + 1) % RECENT) as u32).to_le_bytes());
+        (Some(ring), ())
+    });
+}
+
+/// The slots in the ring of recent inserts.
+fn recent_inserts(store: &impl CasStore, layout: &Layout) -> Vec<u64> {
+    let Ok(Some((ring, _))) = store.get(RECENT_KEY) else {
+        return Vec::new();
+    };
+    ring.get(4..)
+        .unwrap_or_default()
+        .chunks_exact(4)
+        .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+        .filter(|slot| *slot < layout.slots)
+        .collect()
+}
+
 fn home(layout: &Layout, key_hash: u64) -> u64 {
     key_hash % layout.slots.max(1)
 }
@@ -276,7 +308,15 @@ pub enum Insert {
     TooLarge,
     /// Another worker was writing this slot at the same moment.
     Raced,
+    /// Over the byte budget and no victim found within the bounded search (a sparse table
+    /// of large entries): the new entry was removed again, so `max_bytes` still holds.
+    NoRoom {
+        evicted: u32,
+    },
 }
+
+/// Slot reads one insert may spend looking for victims when over the byte budget.
+const VICTIM_READS: u64 = 4096;
 
 /// Stores an entry for `key_hash`: replaces its own slot, else takes an empty one among its
 /// candidates, else evicts the candidate ranked lowest by the policy; then evicts sampled
@@ -386,13 +426,18 @@ pub fn insert(
     if slot != home_slot && (old.key_hash != key_hash || old.state != 2 || home_count == 0) {
         adjust_displaced(store, home_slot, 1);
     }
-    // Keep within the byte budget: evict the lowest-ranked of a random sample.
-    let mut rounds = 0;
-    while bytes_in_use(store) > layout.max_bytes && rounds < 64 {
-        rounds += 1;
+    remember_insert(store, slot);
+    // Keep within the byte budget: evict the lowest-ranked of a random window of slots. The
+    // window doubles each time it holds no entry (a sparse table), up to VICTIM_READS reads.
+    let mut reads = 0;
+    let mut window = layout.sample.clamp(1, layout.slots);
+    let mut over = bytes_in_use(store) > layout.max_bytes;
+    while over && reads < VICTIM_READS {
+        window = window.min(layout.slots).min(VICTIM_READS - reads);
+        reads += window;
         // A window of distinct slots from a random start (the whole table if sample ≥ slots).
         let start = random() % layout.slots;
-        let victim = (0..layout.sample.clamp(1, layout.slots))
+        let victim = (0..window)
             .map(|i| (start + i) % layout.slots)
             .filter(|s| *s != slot)
             .map(|s| {
@@ -401,11 +446,45 @@ pub fn insert(
             })
             .filter(|(_, m, _)| m.state == 2)
             .min_by_key(|(_, m, _)| m.rank(layout.eviction));
-        if let Some((s, m, c)) = victim {
+        match victim {
+            Some((s, m, c)) => {
+                if evict(store, layout, s, &m, c) > 0 {
+                    evicted += 1;
+                }
+                over = bytes_in_use(store) > layout.max_bytes;
+            }
+            None => window = window.saturating_mul(2),
+        }
+    }
+    // Still over: the table is sparse; the recent inserts are where its entries are.
+    if over {
+        let mut recent: Vec<(u64, Meta, Option<u32>)> = recent_inserts(store, layout)
+            .into_iter()
+            .filter(|s| *s != slot)
+            .map(|s| {
+                let (m, c) = read_meta(store, s);
+                (s, m, c)
+            })
+            .filter(|(_, m, _)| m.state == 2)
+            .collect();
+        recent.sort_by_key(|(_, m, _)| m.rank(layout.eviction));
+        for (s, m, c) in recent {
             if evict(store, layout, s, &m, c) > 0 {
                 evicted += 1;
+                over = bytes_in_use(store) > layout.max_bytes;
+                if !over {
+                    break;
+                }
             }
         }
+    }
+    if over {
+        // No victim within the search: the budget wins over the new entry.
+        let (meta, cas) = read_meta(store, slot);
+        if meta.key_hash == key_hash && meta.state == 2 {
+            evict(store, layout, slot, &meta, cas);
+        }
+        return Insert::NoRoom { evicted };
     }
     Insert::Stored { evicted }
 }
@@ -481,10 +560,37 @@ mod tests {
             assert!(bytes_in_use(&store) <= l.max_bytes, "over budget after {i}");
         }
         assert!(
-            store.len() <= 2 * l.slots as usize + 1,
+            store.len() <= 2 * l.slots as usize + 2,
             "{} keys",
             store.len()
         );
+    }
+
+    /// A sparse table (a million slots, entries of a tenth of the budget, a sample of 16)
+    /// still finds victims — the window grows while it finds none — and the byte budget
+    /// holds after every insert; the newest entry is kept whenever a victim was found.
+    #[test]
+    fn the_byte_budget_holds_in_a_sparse_table() {
+        let store = MemoryStore::new();
+        let l = Layout {
+            slots: 1_000_000,
+            max_bytes: 10_000,
+            max_entry_bytes: 1_000,
+            eviction: Eviction::Lru,
+            sample: 16,
+        };
+        let mut r = rng();
+        let mut kept = 0;
+        for i in 0..300u64 {
+            let key = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            match insert(&store, &l, key, &[1u8; 1_000], i, &mut r) {
+                Insert::Stored { .. } => kept += 1,
+                Insert::NoRoom { .. } => {}
+                other => panic!("{other:?}"),
+            }
+            assert!(bytes_in_use(&store) <= l.max_bytes, "over budget after {i}");
+        }
+        assert!(kept > 250, "only {kept} of 300 stored");
     }
 
     fn survivors(eviction: Eviction, touch_first: bool) -> Vec<u64> {
