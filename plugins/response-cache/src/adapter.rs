@@ -778,6 +778,21 @@ impl HttpContext for CacheStream {
             return Action::Continue;
         }
         if pending.outcome == Outcome::Bypass {
+            // Say why the cache stood aside, when it was for the request's own reasons.
+            if let Some(detail) = pending.detail {
+                let value = cache_status(
+                    &shared.config.cache_status,
+                    Outcome::Bypass,
+                    None,
+                    false,
+                    Some(detail),
+                );
+                let _ = hostcalls::set_map_value(
+                    MapType::HttpResponseHeaders,
+                    "cache-status",
+                    Some(&value),
+                );
+            }
             return Action::Continue;
         }
         // RFC 9111 §4.3.3: our revalidation came back 304: refresh the entry and answer with
@@ -799,6 +814,8 @@ impl HttpContext for CacheStream {
                         }
                     }
                 }
+                // Waiting requests look again now (served, or sent on if it was dropped).
+                self.end_fill(false);
                 return self.reply(status, headers, &body);
             }
         }
