@@ -240,7 +240,11 @@ fn a_304_that_makes_the_entry_unshareable_drops_it() {
         alice.respond(304, fields, b"");
         assert_eq!(body(&alice), "shared");
         let (bob, forwarded) = fetch(&vms[1], &path, &[], &[], "fresh from origin");
-        assert!(forwarded, "{fields:?}: the entry was dropped, got {:?}", body(&bob));
+        assert!(
+            forwarded,
+            "{fields:?}: the entry was dropped, got {:?}",
+            body(&bob)
+        );
         assert_eq!(body(&bob), "fresh from origin");
     }
 

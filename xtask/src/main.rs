@@ -6,6 +6,7 @@
 //!   envoy   run Envoy (2 workers) with one of our filters in front of a backend
 //!   images  build the cluster's images locally (edgewise/envoy, edgewise/backend)
 //!   cluster up|down|status   the docker-compose cluster (project `edgewise`)
+//!   fuzz    the cache privacy property test through our host, long: `fuzz [steps] [seed]`
 //!   demo    the cluster demo (Docker), or `demo local`: each filter in a local Envoy
 //!   bench   load benchmark against real Envoy (BENCHMARKS.md); `bench criterion` for the
 //!           cores' criterion benchmarks; `bench quick` for a short load run;
@@ -32,6 +33,10 @@ fn main() -> ExitCode {
         "envoy" => run_envoy(
             args.get(1).map(String::as_str).unwrap_or("probe"),
             args.get(2).map(String::as_str).unwrap_or(""),
+        ),
+        "fuzz" => fuzz(
+            args.get(1).map(String::as_str).unwrap_or("400000"),
+            args.get(2).map(String::as_str),
         ),
         "images" => cluster::images(),
         "cluster" => cluster::cluster(args.get(1).map(String::as_str).unwrap_or("status")),
@@ -201,6 +206,29 @@ fn test() -> Result<()> {
     ])?;
     println!("\nall test layers passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// A long run of the cache privacy property test (host-tests/tests/cache_fuzz.rs): random
+/// users, requests and origin answers on two worker VMs; CI runs a short fixed budget.
+fn fuzz(steps: &str, seed: Option<&str>) -> Result<()> {
+    if steps.parse::<u64>().is_err() {
+        bail!("usage: cargo xtask fuzz [steps] [seed] (steps is a number, e.g. 400000)");
+    }
+    build_wasm()?;
+    step(&format!("cache privacy property test, {steps} steps"));
+    std::env::set_var("EDGEWISE_CACHE_FUZZ_STEPS", steps);
+    if let Some(seed) = seed {
+        std::env::set_var("EDGEWISE_CACHE_FUZZ_SEED", seed);
+    }
+    cargo(&[
+        "test",
+        "-p",
+        "host-tests",
+        "--test",
+        "cache_fuzz",
+        "--",
+        "--nocapture",
+    ])
 }
 
 fn run_envoy(module: &str, configuration: &str) -> Result<()> {
