@@ -345,6 +345,9 @@ fn echo(
 /// with the chosen caching headers, and `304 Not Modified` to a matching conditional GET/HEAD.
 /// Also `status=N` (the status instead of 200), `header=name:value` (repeatable, any field
 /// as given) and `expires_in=N` (an `Expires` N seconds from now).
+/// A session app's page: `personal=1` makes the body name the request's Cookie (or
+/// "anonymous") and any X-Forwarded-Host it was given, as apps that build links from it do;
+/// `cookie_on_304=1` adds `Set-Cookie: seen=<that cookie>` to a 304 (a session refresh).
 fn cacheable(backend: &Backend, headers: &HeaderMap, path: &str, query: &str) -> Response<Body> {
     let extra: Vec<(String, String)> = query
         .split('&')
@@ -416,8 +419,18 @@ fn cacheable(backend: &Backend, headers: &HeaderMap, path: &str, query: &str) ->
             _ => false,
         },
     };
+    let cookie = header("cookie").unwrap_or_else(|| "anonymous".into());
     if not_modified {
+        if query_param(query, "cookie_on_304").as_deref() == Some("1") {
+            out.push(("set-cookie", format!("seen={cookie}")));
+        }
         return respond(backend, 304, &out, Body::empty());
+    }
+    if query_param(query, "personal").as_deref() == Some("1") {
+        let via = header("x-forwarded-host")
+            .map(|h| format!(" via {h}"))
+            .unwrap_or_default();
+        return respond(backend, status, &out, format!("page for {cookie}{via}\n"));
     }
     // `size=N`: a body of N bytes (at most 8 MiB), for memory-bound tests.
     let sized = query_param(query, "size")
@@ -426,7 +439,29 @@ fn cacheable(backend: &Backend, headers: &HeaderMap, path: &str, query: &str) ->
     let body = sized
         .or_else(|| query_param(query, "body"))
         .unwrap_or_else(|| format!("cacheable {path}\n"));
+    // `trickle_ms=N`: the body goes out in 16 parts, N ms apart (a slow origin, so many
+    // responses are part-way through at once).
+    if let Some(ms) = query_param(query, "trickle_ms").and_then(|v| v.parse::<u64>().ok()) {
+        return respond(backend, status, &out, trickled(body.into_bytes(), ms));
+    }
     respond(backend, status, &out, body)
+}
+
+/// A body sent in 16 parts, the first at once and each next one `ms` later.
+fn trickled(body: Vec<u8>, ms: u64) -> Body {
+    let part = body.len().div_ceil(16).max(1);
+    let parts: Vec<axum::body::Bytes> = body
+        .chunks(part)
+        .map(|c| axum::body::Bytes::copy_from_slice(c))
+        .collect();
+    let stream = futures_util::stream::unfold((parts, 0usize), move |(parts, i)| async move {
+        let part = parts.get(i)?.clone();
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        Some((Ok::<_, std::convert::Infallible>(part), (parts, i + 1)))
+    });
+    Body::from_stream(stream)
 }
 
 /// An HTTP-date (RFC 9110 §5.6.7, all three formats) in seconds since the epoch.
