@@ -124,7 +124,7 @@ fn lost_cas_races_are_retried_not_double_counted() {
     );
     assert_eq!(status(&send(&vms[0], "/", &[])), 200);
     let (count, _) = world.shared_data_footprint(VM_ID);
-    assert_eq!(count, 1);
+    assert_eq!(count, 2, "the key's set and the shared hash seed");
     let key = (0..2500)
         .map(|set| format!("edgewise.rl.g.{set}"))
         .find(|k| world.shared_data(VM_ID, k).is_some())
@@ -302,8 +302,8 @@ fn a_key_spray_stays_within_the_table_bound() {
     }
     let (keys, bytes) = world.shared_data_footprint(VM_ID);
     assert!(
-        keys <= 10,
-        "{keys} shared-data keys for max_keys 40 (10 sets)"
+        keys <= 10 + 1,
+        "{keys} shared-data keys for max_keys 40 (10 sets, and the shared hash seed)"
     );
     assert!(bytes <= 10 * (112 + 24), "{bytes} bytes");
 }
@@ -471,4 +471,47 @@ fn invalid_configurations_are_refused_naming_the_field() {
             "{config}: expected field {field}, logged {logged:?}"
         );
     }
+}
+
+/// A configuration change keeps every client's budget (issue: the default hash seed came from
+/// the whole configuration text, so any edit moved every key to a fresh bucket): the seed is
+/// a random word the VMs share in shared data, and each rule's keys are hashed with its name,
+/// so changing the deny body — or adding a rule before it — leaves the spent budget spent.
+#[test]
+fn a_configuration_change_keeps_the_spent_budget() {
+    let world = World::new();
+    let rule = r#"{"name":"per-user","key":"header:x-user","limit":10,"window":"1h"}"#;
+    let before = format!(r#"{{"rules":[{rule}]}}"#);
+    let vms = start(&world, &before, 2);
+    for i in 0..6 {
+        assert_eq!(status(&send(&vms[i % 2], "/", &[("x-user", "ann")])), 200);
+    }
+    let changed = [
+        format!(r#"{{"rules":[{rule}],"deny":{{"body":"slow down\n"}}}}"#),
+        format!(
+            r#"{{"rules":[{{"name":"other","key":"header:x-team","limit":5,"window":"1m"}},{rule}],"deny":{{"body":"slow down\n"}}}}"#
+        ),
+    ];
+    for vm in &vms {
+        vm.reconfigure(&changed[0]).unwrap();
+    }
+    let mut allowed = 0;
+    for i in 0..6 {
+        if status(&send(&vms[i % 2], "/", &[("x-user", "ann")])) == 200 {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 4, "6 of 10 were spent before the change");
+    for vm in &vms {
+        vm.reconfigure(&changed[1]).unwrap();
+    }
+    let denied = send(&vms[0], "/", &[("x-user", "ann")]);
+    assert_eq!(
+        status(&denied),
+        429,
+        "still spent after a rule was added before it"
+    );
+    assert_eq!(denied.response().unwrap().body_text(), "slow down\n");
+    // Another user still has a full budget.
+    assert_eq!(status(&send(&vms[1], "/", &[("x-user", "bob")])), 200);
 }

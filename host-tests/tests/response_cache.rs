@@ -326,6 +326,25 @@ fn invalid_configurations_are_refused_naming_the_field() {
         ),
         (r#"{"stale_if_error":"a while"}"#, "stale_if_error"),
         (r#"{"ttl":"1s"}"#, "ttl"),
+        (
+            r#"{"max_bytes":1073741824,"max_entry_bytes":67108864}"#,
+            "max_entry_bytes",
+        ),
+        (
+            r#"{"max_entry_bytes":1048576,"max_inflight_bytes":1024}"#,
+            "max_inflight_bytes",
+        ),
+        (r#"{"cookie_requests":"sometimes"}"#, "cookie_requests"),
+        (r#"{"stale_if_error":"500ms"}"#, "stale_if_error"),
+        (r#"{"default_ttl":"1500ms"}"#, "default_ttl"),
+        (
+            r#"{"unkeyed_headers":{"action":"drop"}}"#,
+            "unkeyed_headers.action",
+        ),
+        (
+            r#"{"unkeyed_headers":{"names":["x ok"]}}"#,
+            "unkeyed_headers.names[0]",
+        ),
     ];
     for (config, field) in cases {
         let world = World::new();

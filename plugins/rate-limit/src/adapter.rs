@@ -61,6 +61,29 @@ struct RateLimitRoot {
 
 impl Context for RateLimitRoot {}
 
+/// The key-hash seed every VM of this vm_id shares: random, created once in shared data by
+/// the first VM to configure, and kept across reconfigurations and VM restarts (shared data
+/// lives as long as Envoy), so a configuration change never resets rate limits. None when
+/// shared data fails (the configuration-derived seed is used instead).
+fn shared_seed() -> Option<u64> {
+    use edgewise_support::store::update_with_cas;
+    use std::hash::{BuildHasher, Hasher};
+    let fresh = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        ^ now_nanos().unwrap_or(0);
+    update_with_cas(
+        &SharedData,
+        "edgewise.rate_limit.seed",
+        4,
+        |current| match current.and_then(|v| <[u8; 8]>::try_from(v).ok()) {
+            Some(seed) => (None, u64::from_le_bytes(seed)),
+            None => (Some(fresh.to_le_bytes().to_vec()), fresh),
+        },
+    )
+    .ok()
+}
+
 impl RootContext for RateLimitRoot {
     fn on_vm_start(&mut self, _size: usize) -> bool {
         install_panic_hook("rate_limit", VERSION);
@@ -68,9 +91,14 @@ impl RootContext for RateLimitRoot {
     }
 
     fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(config) = load_config("rate_limit", Config::from_json) else {
+        let Some(mut config) = load_config("rate_limit", Config::from_json) else {
             return false;
         };
+        if !config.hash_seed_configured {
+            if let Some(seed) = shared_seed() {
+                config.hash_seed = seed;
+            }
+        }
         let metrics = config
             .rules
             .iter()

@@ -100,6 +100,9 @@ pub struct Rule {
     pub queue: Option<Queue>,
     /// Sets in this rule's key table (`max_keys / WAYS`).
     pub sets: u64,
+    /// Mixed into the hash of this rule's keys: from the rule's name, so reordering rules or
+    /// editing anything else keeps every key in its bucket.
+    pub name_seed: u64,
     pub metric_allowed: String,
     pub metric_denied: String,
     pub metric_shadow_denied: String,
@@ -140,6 +143,9 @@ pub struct Config {
     pub deny: DenyResponse,
     pub response_headers: HeaderStyle,
     pub hash_seed: u64,
+    /// `hash_seed` was configured; otherwise the adapter takes the random seed every VM of
+    /// this vm_id shares (`shared_seed`), kept across reconfigurations.
+    pub hash_seed_configured: bool,
     /// Some rule keys on the client IP taken from X-Forwarded-For: read that header.
     pub reads_forwarded_for: bool,
 }
@@ -332,6 +338,7 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
         window,
         queue,
         sets: max_keys.div_ceil(WAYS),
+        name_seed: crate::key::fingerprint(0x6e61_6d65, raw.name.as_bytes()),
         metric_allowed: metric("allowed"),
         metric_denied: metric("denied"),
         metric_shadow_denied: metric("shadow_denied"),
@@ -409,14 +416,16 @@ impl Config {
                 ))
             }
         };
-        // Keys are hashed with a seed so clients cannot aim many keys at one table set.
-        // Default: derived from the configuration text (same in every worker).
+        // Keys are hashed with a seed so clients cannot aim many keys at one table set. The
+        // default is a random seed the adapter keeps in shared data (so a configuration change
+        // never moves keys to fresh buckets); this one stands in if shared data fails.
         let seed_source = raw
             .hash_seed
             .as_deref()
             .map(str::as_bytes)
             .unwrap_or(source);
         let hash_seed = crate::key::fingerprint(0x5eed, seed_source);
+        let hash_seed_configured = raw.hash_seed.is_some();
         let reads_forwarded_for = matches!(client_ip, ClientIpSource::ForwardedFor { .. })
             && rules.iter().any(|r| r.key.contains(&KeyPart::ClientIp));
         Ok(Config {
@@ -427,6 +436,7 @@ impl Config {
             deny,
             response_headers,
             hash_seed,
+            hash_seed_configured,
         })
     }
 }

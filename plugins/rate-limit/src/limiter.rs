@@ -95,10 +95,7 @@ pub fn applicable_rules(
         let Some(key) = build_key(&rule.key, request, &mut context) else {
             continue;
         };
-        let fp = fingerprint(
-            config.hash_seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            &key,
-        );
+        let fp = fingerprint(config.hash_seed ^ rule.name_seed, &key);
         applicable.push(Applicable {
             rule: index,
             fingerprint: fp,

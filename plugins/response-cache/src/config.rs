@@ -1,7 +1,7 @@
 //! The response cache's configuration: JSON shape (unknown fields rejected), validated.
 
 use edgewise_support::config::{err, parse_config, ConfigError};
-use edgewise_support::duration::parse_duration;
+use edgewise_support::duration::{parse_duration, parse_whole_seconds};
 use serde::Deserialize;
 
 use crate::freshness::Heuristic;
@@ -284,7 +284,7 @@ impl Config {
             headers,
         };
         let default_ttl = match &raw.default_ttl {
-            Some(text) => parse_duration("default_ttl", text)?.as_secs(),
+            Some(text) => parse_whole_seconds("default_ttl", text)?,
             None => 0,
         };
         let cache_status = raw.cache_status.unwrap_or_else(|| "edgewise".into());
@@ -345,11 +345,11 @@ impl Config {
             }
         };
         let stale_if_error = match &raw.stale_if_error {
-            Some(text) => parse_duration("stale_if_error", text)?.as_secs(),
+            Some(text) => parse_whole_seconds("stale_if_error", text)?,
             None => 0,
         };
         let stale_while_revalidate = match &raw.stale_while_revalidate {
-            Some(text) => parse_duration("stale_while_revalidate", text)?.as_secs(),
+            Some(text) => parse_whole_seconds("stale_while_revalidate", text)?,
             None => 0,
         };
         let refresh = {

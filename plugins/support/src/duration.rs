@@ -49,6 +49,21 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> 
         .ok_or_else(|| ConfigError::new(field, format!("{text:?} is too large"), fix))
 }
 
+/// Parses a duration that must be whole seconds (HTTP ages and lifetimes are, RFC 9111
+/// §1.2.2): "1500ms" is refused with a message rather than silently cut to 1 s — or "500ms"
+/// to nothing. Returns the seconds.
+pub fn parse_whole_seconds(field: &str, text: &str) -> Result<u64, ConfigError> {
+    let duration = parse_duration(field, text)?;
+    if duration.subsec_millis() != 0 {
+        return Err(ConfigError::new(
+            field,
+            format!("{text:?} is not a whole number of seconds"),
+            "HTTP ages are whole seconds: use a value like \"1s\", \"30s\" or \"5m\"",
+        ));
+    }
+    Ok(duration.as_secs())
+}
+
 /// Formats a duration in the largest unit that represents it exactly.
 pub fn format_duration(duration: Duration) -> String {
     let ms = duration.as_millis();
@@ -63,6 +78,18 @@ pub fn format_duration(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_seconds_refuse_fractions_instead_of_cutting_them() {
+        assert_eq!(parse_whole_seconds("f", "2s").unwrap(), 2);
+        assert_eq!(parse_whole_seconds("f", "2000ms").unwrap(), 2);
+        assert_eq!(parse_whole_seconds("f", "0ms").unwrap(), 0);
+        for bad in ["500ms", "1500ms"] {
+            let e = parse_whole_seconds("stale_if_error", bad).unwrap_err();
+            assert!(e.to_string().contains("whole number of seconds"), "{e}");
+            assert!(e.to_string().contains("stale_if_error"), "{e}");
+        }
+    }
     use proptest::prelude::*;
 
     #[test]
