@@ -515,3 +515,93 @@ fn a_configuration_change_keeps_the_spent_budget() {
     // Another user still has a full budget.
     assert_eq!(status(&send(&vms[1], "/", &[("x-user", "bob")])), 200);
 }
+
+/// Bypasses that do not work: a second value of the keyed header (shared bucket for every
+/// ambiguous request), other spellings of a matched path or host, and rotating addresses
+/// within one IPv6 /64.
+#[test]
+fn rate_limit_bypasses_by_spelling_duplicates_or_ipv6_rotation_fail() {
+    let world = World::new();
+    let config = r#"{"rules":[
+        {"name":"api","match":{"path_prefix":"/api/","hosts":["api.example.com"]},"key":"header:x-api-key","limit":2,"window":"1h"},
+        {"name":"per-ip","match":{"path_prefix":"/ip/"},"key":"client_ip","limit":2,"window":"1h"}]}"#;
+    let vms = start(&world, config, 2);
+    let send_as = |vm: &Vm, path: &str, authority: &str, headers: &[(&str, &str)], peer: &str| {
+        let mut h = Headers::from([
+            (":method", "GET"),
+            (":path", path),
+            (":authority", authority),
+        ]);
+        for (k, v) in headers {
+            h.add(k, v);
+        }
+        let mut s = vm.stream().with_source_address(peer);
+        if s.send_request_headers(h, true) == Action::Continue {
+            s.respond(200, &[], b"ok");
+        }
+        status(&s)
+    };
+    let peer = "203.0.113.9:4000";
+    // Spend key "k1" with spellings of the same path and host.
+    assert_eq!(
+        send_as(
+            &vms[0],
+            "/api/x",
+            "api.example.com",
+            &[("x-api-key", "k1")],
+            peer
+        ),
+        200
+    );
+    assert_eq!(
+        send_as(
+            &vms[1],
+            "//api/x",
+            "API.example.com.",
+            &[("x-api-key", "k1")],
+            peer
+        ),
+        200
+    );
+    for (path, host) in [
+        ("/%61pi/x", "api.example.com"),
+        ("/static/../api/x", "api.example.com:443"),
+    ] {
+        assert_eq!(
+            send_as(&vms[0], path, host, &[("x-api-key", "k1")], peer),
+            429,
+            "{path} {host}"
+        );
+    }
+    // Duplicates: every request with two different values shares one bucket.
+    let mut ambiguous = Vec::new();
+    for i in 0..4 {
+        let fresh = format!("fresh-{i}");
+        ambiguous.push(send_as(
+            &vms[i % 2],
+            "/api/x",
+            "api.example.com",
+            &[("x-api-key", "k1"), ("x-api-key", &fresh)],
+            peer,
+        ));
+    }
+    assert_eq!(ambiguous, [200, 200, 429, 429]);
+    // IPv6: every address of one /64 is one client.
+    let statuses: Vec<u16> = (1..=4)
+        .map(|i| {
+            send_as(
+                &vms[i % 2],
+                "/ip/x",
+                "h",
+                &[],
+                &format!("[2001:db8:1:2::{i:x}]:5000"),
+            )
+        })
+        .collect();
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    assert_eq!(
+        send_as(&vms[0], "/ip/x", "h", &[], "[2001:db8:1:3::1]:5000"),
+        200,
+        "another /64"
+    );
+}

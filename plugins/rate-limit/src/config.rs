@@ -6,7 +6,7 @@ use std::time::Duration;
 use edgewise_support::config::{err, parse_config, ConfigError};
 use edgewise_support::duration::parse_duration;
 use edgewise_support::metrics::metric_name;
-use edgewise_support::request::{Matcher, RawMatch};
+use edgewise_support::request::{Duplicates, Matcher, RawMatch};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub deny: Option<RawDeny>,
     pub response_headers: Option<String>,
     pub hash_seed: Option<String>,
+    pub duplicates: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +55,8 @@ pub struct RawQueue {
 pub struct RawClientIp {
     pub from: Option<String>,
     pub trusted_hops: Option<u32>,
+    pub ipv4_prefix: Option<u8>,
+    pub ipv6_prefix: Option<u8>,
 }
 
 /// The `deny` local reply's JSON shape (shared with the circuit breaker's fallback).
@@ -140,6 +143,12 @@ pub struct Config {
     pub rules: Vec<Rule>,
     pub mode: Mode,
     pub client_ip: ClientIpSource,
+    /// `client_ip` keys count per network: the address masked to these prefix lengths
+    /// (IPv4 /32 — one address — and IPv6 /64 — one customer's subnet — by default).
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    /// What header/cookie/query keys take from ambiguous duplicate values.
+    pub duplicates: Duplicates,
     pub deny: DenyResponse,
     pub response_headers: HeaderStyle,
     pub hash_seed: u64,
@@ -398,6 +407,42 @@ impl Config {
                 other => return Err(err("client_ip.from", format!("{other:?} is not a source"), "use peer or x-forwarded-for")),
             },
         };
+        let ipv4_prefix = raw
+            .client_ip
+            .as_ref()
+            .and_then(|c| c.ipv4_prefix)
+            .unwrap_or(32);
+        if !(8..=32).contains(&ipv4_prefix) {
+            return Err(err(
+                "client_ip.ipv4_prefix",
+                format!("{ipv4_prefix} is out of range"),
+                "use 8 to 32 (default 32: one address)",
+            ));
+        }
+        let ipv6_prefix = raw
+            .client_ip
+            .as_ref()
+            .and_then(|c| c.ipv6_prefix)
+            .unwrap_or(64);
+        if !(16..=128).contains(&ipv6_prefix) {
+            return Err(err(
+                "client_ip.ipv6_prefix",
+                format!("{ipv6_prefix} is out of range"),
+                "use 16 to 128 (default 64: a client can use every address of its /64)",
+            ));
+        }
+        let duplicates = match raw.duplicates.as_deref().unwrap_or("shared_bucket") {
+            "shared_bucket" => Duplicates::SharedBucket,
+            "first" => Duplicates::First,
+            "last" => Duplicates::Last,
+            other => {
+                return Err(err(
+                    "duplicates",
+                    format!("{other:?} is not a duplicates rule"),
+                    "use shared_bucket (default), first or last",
+                ))
+            }
+        };
         let deny = edgewise_support::config::local_reply(
             "deny",
             raw.deny.as_ref(),
@@ -433,6 +478,9 @@ impl Config {
             rules,
             mode,
             client_ip,
+            ipv4_prefix,
+            ipv6_prefix,
+            duplicates,
             deny,
             response_headers,
             hash_seed,

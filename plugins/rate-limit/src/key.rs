@@ -4,7 +4,7 @@
 
 use std::hash::{Hash, Hasher};
 
-use edgewise_support::request::{host_only, path_only, RequestView};
+use edgewise_support::request::{host_only, normalize_path, pick, Duplicates, RequestView};
 
 use crate::config::{ClientIpSource, KeyPart};
 
@@ -75,21 +75,76 @@ fn parse_ip(bytes: &[u8]) -> Option<Vec<u8>> {
 
 pub use edgewise_support::request::cookie;
 
-/// The raw (not percent-decoded) value of the first query parameter `name`.
+/// The address's network for keying: masked to `ipv4_prefix` / `ipv6_prefix` bits and written
+/// "2001:db8:1:2::/64" (the address alone at /32 and /128). An IPv4-mapped IPv6 address
+/// counts as IPv4. Text that is not an address is returned as it is.
+pub fn ip_network(ip: &[u8], ipv4_prefix: u8, ipv6_prefix: u8) -> Vec<u8> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let Some(addr) = std::str::from_utf8(ip)
+        .ok()
+        .and_then(|t| t.parse::<IpAddr>().ok())
+    else {
+        return ip.to_vec();
+    };
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+        v4 => v4,
+    };
+    match addr {
+        IpAddr::V4(v4) if ipv4_prefix < 32 => {
+            let mask = u32::MAX << (32 - u32::from(ipv4_prefix));
+            let net = Ipv4Addr::from(u32::from(v4) & mask);
+            format!("{net}/{ipv4_prefix}").into_bytes()
+        }
+        IpAddr::V6(v6) if ipv6_prefix < 128 => {
+            let mask = u128::MAX << (128 - u32::from(ipv6_prefix));
+            let net = Ipv6Addr::from(u128::from(v6) & mask);
+            format!("{net}/{ipv6_prefix}").into_bytes()
+        }
+        other => other.to_string().into_bytes(),
+    }
+}
+
+/// The raw (not percent-decoded) values of query parameter `name`, split on `&` and `;`.
+pub fn query_values(path: &[u8], name: &str) -> Vec<Vec<u8>> {
+    let Some(start) = path.iter().position(|b| *b == b'?') else {
+        return Vec::new();
+    };
+    path[start + 1..]
+        .split(|b| *b == b'&' || *b == b';')
+        .filter_map(|pair| {
+            let (key, value) = match pair.iter().position(|b| *b == b'=') {
+                Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+                None => (pair, &b""[..]),
+            };
+            (key == name.as_bytes()).then(|| value.to_vec())
+        })
+        .collect()
+}
+
+/// The value of query parameter `name` (its first value).
 pub fn query(path: &[u8], name: &str) -> Option<Vec<u8>> {
-    let start = path.iter().position(|b| *b == b'?')? + 1;
-    path[start..].split(|b| *b == b'&').find_map(|pair| {
-        let (key, value) = match pair.iter().position(|b| *b == b'=') {
-            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
-            None => (pair, &b""[..]),
-        };
-        (key == name.as_bytes()).then(|| value.to_vec())
-    })
+    query_values(path, name).into_iter().next()
+}
+
+/// Every value of cookie `name` across the request's Cookie fields.
+fn cookie_values(request: &mut impl RequestView, name: &str) -> Vec<Vec<u8>> {
+    let mut values = Vec::new();
+    for field in request.header_values("cookie") {
+        for pair in field.split(|b| *b == b';') {
+            if let Some(value) = cookie(pair, name) {
+                values.push(value);
+            }
+        }
+    }
+    values
 }
 
 /// Everything key extraction may need besides headers.
 pub struct KeyContext<'a> {
     pub client_ip: &'a mut dyn FnMut() -> Option<Vec<u8>>,
+    /// What a part takes from a field, cookie or parameter sent with different values.
+    pub duplicates: Duplicates,
 }
 
 /// Builds the key for one rule: each part's bytes, length-prefixed so composite keys cannot
@@ -104,10 +159,13 @@ pub fn build_key(
         let value = match part {
             KeyPart::Global => Vec::new(),
             KeyPart::ClientIp => (context.client_ip)()?,
-            KeyPart::Header(name) => request.header(name)?,
-            KeyPart::Cookie(name) => cookie(&request.header("cookie")?, name)?,
-            KeyPart::Query(name) => query(&request.header(":path")?, name)?,
-            KeyPart::Path => path_only(&request.header(":path")?).to_vec(),
+            KeyPart::Header(name) => pick(request.header_values(name), context.duplicates)?,
+            KeyPart::Cookie(name) => pick(cookie_values(request, name), context.duplicates)?,
+            KeyPart::Query(name) => pick(
+                query_values(&request.header(":path")?, name),
+                context.duplicates,
+            )?,
+            KeyPart::Path => normalize_path(&request.header(":path")?),
             KeyPart::Method => request.header(":method")?,
             KeyPart::Host => host_only(&request.header(":authority")?),
         };
@@ -167,10 +225,97 @@ mod tests {
         assert_eq!(query(b"/p", "a"), None);
     }
 
+    /// Per-network client keys: a client rotating within its IPv6 /64 stays one key.
+    #[test]
+    fn client_networks() {
+        let net = |ip: &str, v4, v6| String::from_utf8(ip_network(ip.as_bytes(), v4, v6)).unwrap();
+        assert_eq!(net("2001:db8:1:2:aaaa::1", 32, 64), "2001:db8:1:2::/64");
+        assert_eq!(
+            net("2001:db8:1:2:ffff:ffff:ffff:ffff", 32, 64),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(net("2001:db8::1", 32, 128), "2001:db8::1");
+        assert_eq!(net("203.0.113.7", 32, 64), "203.0.113.7");
+        assert_eq!(net("203.0.113.7", 24, 64), "203.0.113.0/24");
+        assert_eq!(net("::ffff:203.0.113.7", 32, 64), "203.0.113.7", "mapped");
+        assert_eq!(net("garbage", 32, 64), "garbage");
+    }
+
+    /// Duplicates: a second value never moves a client to a bucket of its choosing.
+    #[test]
+    fn duplicate_values_share_one_bucket_by_default() {
+        let key = |request: &[(&str, &str)], part: KeyPart, rule: Duplicates| {
+            let mut request: Vec<(String, Vec<u8>)> = request
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect();
+            let mut ip = || None;
+            let mut context = KeyContext {
+                client_ip: &mut ip,
+                duplicates: rule,
+            };
+            build_key(&[part], &mut request, &mut context)
+        };
+        let header = || KeyPart::Header("x-api-key".into());
+        let two = [("x-api-key", "victim"), ("x-api-key", "mine")];
+        let three = [("x-api-key", "victim"), ("x-api-key", "other")];
+        assert_eq!(
+            key(&two, header(), Duplicates::SharedBucket),
+            key(&three, header(), Duplicates::SharedBucket),
+            "every ambiguous request shares one bucket"
+        );
+        assert_ne!(
+            key(&two, header(), Duplicates::SharedBucket),
+            key(
+                &[("x-api-key", "victim")],
+                header(),
+                Duplicates::SharedBucket
+            )
+        );
+        assert_eq!(
+            key(&two, header(), Duplicates::Last),
+            key(&[("x-api-key", "mine")], header(), Duplicates::Last)
+        );
+        let cookie = || KeyPart::Cookie("sid".into());
+        assert_eq!(
+            key(&[("cookie", "sid=a; sid=b")], cookie(), Duplicates::First),
+            key(&[("cookie", "sid=a")], cookie(), Duplicates::First)
+        );
+        assert_eq!(
+            key(
+                &[("cookie", "sid=a"), ("cookie", "sid=b")],
+                cookie(),
+                Duplicates::SharedBucket
+            ),
+            key(
+                &[("cookie", "sid=c; sid=d")],
+                cookie(),
+                Duplicates::SharedBucket
+            )
+        );
+        let query = || KeyPart::Query("k".into());
+        assert_eq!(
+            key(&[(":path", "/?k=a;k=b")], query(), Duplicates::Last),
+            key(&[(":path", "/?k=b")], query(), Duplicates::Last)
+        );
+        let path = || KeyPart::Path;
+        assert_eq!(
+            key(
+                &[(":path", "//%61pi/./x?q")],
+                path(),
+                Duplicates::SharedBucket
+            ),
+            key(&[(":path", "/api/x")], path(), Duplicates::SharedBucket)
+        );
+    }
+
     #[test]
     fn composite_keys_do_not_collide_by_concatenation() {
         let mut ip = || Some(b"1.2.3.4".to_vec());
-        let mut context = KeyContext { client_ip: &mut ip };
+        let mut context = KeyContext {
+            client_ip: &mut ip,
+            duplicates: Duplicates::SharedBucket,
+        };
         let parts = [KeyPart::Header("a".into()), KeyPart::Header("b".into())];
         let mut r1: Vec<(String, Vec<u8>)> =
             vec![("a".into(), b"xy".to_vec()), ("b".into(), b"z".to_vec())];

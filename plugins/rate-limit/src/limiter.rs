@@ -12,7 +12,7 @@ use edgewise_support::store::{update_with_cas, CasStore, SetOutcome, CREATE_CAS}
 
 use crate::algorithm::{decide as decide_one, Verdict};
 use crate::config::{Config, Rule};
-use crate::key::{build_key, client_ip, fingerprint, KeyContext};
+use crate::key::{build_key, client_ip, fingerprint, ip_network, KeyContext};
 use crate::table::{Set, Slot};
 
 /// Attempts per rule before giving up on a contended set (then fail open).
@@ -88,10 +88,16 @@ pub fn applicable_rules(
         }
         let mut ip = || {
             ip_cache
-                .get_or_insert_with(|| client_ip(source, peer().as_deref(), forwarded.as_deref()))
+                .get_or_insert_with(|| {
+                    client_ip(source, peer().as_deref(), forwarded.as_deref())
+                        .map(|ip| ip_network(&ip, config.ipv4_prefix, config.ipv6_prefix))
+                })
                 .clone()
         };
-        let mut context = KeyContext { client_ip: &mut ip };
+        let mut context = KeyContext {
+            client_ip: &mut ip,
+            duplicates: config.duplicates,
+        };
         let Some(key) = build_key(&rule.key, request, &mut context) else {
             continue;
         };
@@ -224,9 +230,47 @@ pub fn decide(
         };
     }
 
+    // Queue places first, for every rule that would delay the request: a full queue denies it
+    // before any rule's token is taken (no rule is charged for a request that is refused).
+    let mut waiting = Vec::new();
+    for p in &pending {
+        let a = &applicable[p.at];
+        if matches!(p.verdict, Verdict::Delay { .. }) && !waiting.contains(&a.rule) {
+            if !take_waiting_place(store, &config.rules[a.rule]) {
+                release_all(config, store, &waiting);
+                // Retry-After: when every rule would admit it (the longest wait among them).
+                let retry_after_ns = pending
+                    .iter()
+                    .map(|p| match p.verdict {
+                        Verdict::Deny { retry_after_ns, .. } => retry_after_ns,
+                        Verdict::Delay { delay_ns, .. } => delay_ns,
+                        Verdict::Allow { .. } => 0,
+                    })
+                    .max()
+                    .unwrap_or(0);
+                let rules = pending
+                    .iter()
+                    .map(|q| {
+                        let mut s = status(applicable[q.at].rule, &q.verdict, false);
+                        s.limited |= q.at == p.at;
+                        s
+                    })
+                    .collect();
+                return Decision {
+                    outcome: Outcome::Denied {
+                        rule: a.rule,
+                        retry_after_ns,
+                    },
+                    rules,
+                    errors,
+                    waiting: Vec::new(),
+                };
+            }
+            waiting.push(a.rule);
+        }
+    }
     let mut statuses = Vec::with_capacity(pending.len());
     let mut delay = 0u64;
-    let mut waiting = Vec::new();
     for mut p in pending {
         let a = &applicable[p.at];
         let rule = &config.rules[a.rule];

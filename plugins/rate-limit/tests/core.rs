@@ -189,3 +189,32 @@ fn racing_first_requests_on_a_new_key_are_counted_exactly() {
         assert_eq!(admitted, 2, "round {round}");
     }
 }
+
+/// A full queue on a later rule denies the request before any rule is charged, and
+/// Retry-After is the longest wait of all the rules.
+#[test]
+fn a_full_queue_charges_no_rule_and_retry_after_covers_every_rule() {
+    let c = config(
+        r#"{"rules":[{"name":"wide","limit":10,"window":"1m"},{"name":"narrow","limit":1,"window":"10s","queue":{"max_delay":"30s","max_waiting":1}}]}"#,
+    );
+    let store = MemoryStore::new();
+    assert_eq!(run(&c, &store, &[], T0).outcome, Outcome::Allowed);
+    assert!(matches!(
+        run(&c, &store, &[], T0).outcome,
+        Outcome::Delayed { .. }
+    ));
+    // The queue's one place is taken: refused, and "wide" keeps its 8 tokens.
+    let refused = run(&c, &store, &[], T0);
+    let Outcome::Denied {
+        rule,
+        retry_after_ns,
+    } = refused.outcome
+    else {
+        panic!("{:?}", refused.outcome);
+    };
+    assert_eq!(rule, 1);
+    assert!(retry_after_ns >= 10 * SEC, "{retry_after_ns}");
+    assert_eq!(refused.rules[0].remaining, 8, "wide was not charged");
+    assert!(refused.rules[1].limited);
+    assert_eq!(waiting_count(&store, &c.rules[1]), 1);
+}

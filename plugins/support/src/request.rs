@@ -10,7 +10,12 @@ use crate::config::ConfigError;
 /// Read access to request headers. Names are lowercase; pseudo-headers `:path`,
 /// `:method`, `:authority` included. Values are raw bytes (they may not be UTF-8).
 pub trait RequestView {
+    /// The first value of `name`.
     fn header(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// Every value of `name`, in order (a field may be sent more than once).
+    fn header_values(&mut self, name: &str) -> Vec<Vec<u8>> {
+        self.header(name).into_iter().collect()
+    }
 }
 
 /// A test/native view over a list of headers.
@@ -18,6 +23,104 @@ impl RequestView for Vec<(String, Vec<u8>)> {
     fn header(&mut self, name: &str) -> Option<Vec<u8>> {
         self.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
+    fn header_values(&mut self, name: &str) -> Vec<Vec<u8>> {
+        self.iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+/// What a key takes when a field, cookie or query parameter it names comes more than once
+/// with different values — where frameworks disagree (some take the first, many the last),
+/// so a client could be counted under one value and served under another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Duplicates {
+    /// Every such request shares one bucket per rule: sending duplicates never escapes a
+    /// limit. The default.
+    SharedBucket,
+    First,
+    Last,
+}
+
+/// The bucket value of requests with ambiguous duplicates (`Duplicates::SharedBucket`).
+pub const AMBIGUOUS: &[u8] = b"\0ambiguous";
+
+/// One value from `values` by the duplicates rule; None when there is none.
+pub fn pick(values: Vec<Vec<u8>>, rule: Duplicates) -> Option<Vec<u8>> {
+    let first = values.first()?;
+    if values.iter().all(|v| v == first) {
+        return values.into_iter().next();
+    }
+    match rule {
+        Duplicates::SharedBucket => Some(AMBIGUOUS.to_vec()),
+        Duplicates::First => values.into_iter().next(),
+        Duplicates::Last => values.into_iter().last(),
+    }
+}
+
+/// The path as an origin would resolve it (RFC 3986 §6.2.2): without the query,
+/// percent-encoded unreserved characters decoded (`/%61pi` → `/api`), other escapes with
+/// upper-case hex, repeated slashes merged, dot-segments removed (§5.2.4: `/a/../api` →
+/// `/api`). Encoded slashes (`%2F`) stay encoded.
+pub fn normalize_path(path: &[u8]) -> Vec<u8> {
+    let path = path_only(path);
+    let plain = !path.contains(&b'%')
+        && !path.windows(2).any(|w| w == b"//" || w == b"/.")
+        && path.first() == Some(&b'/');
+    if plain {
+        return path.to_vec();
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut decoded = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        let b = path[i];
+        if b == b'%' && i + 2 < path.len() {
+            if let (Some(h), Some(l)) = (hex(path[i + 1]), hex(path[i + 2])) {
+                let c = h * 16 + l;
+                if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                    decoded.push(c);
+                } else {
+                    decoded.push(b'%');
+                    decoded.push(path[i + 1].to_ascii_uppercase());
+                    decoded.push(path[i + 2].to_ascii_uppercase());
+                }
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(b);
+        i += 1;
+    }
+    // Segments, with empty ones (repeated slashes) merged and dot-segments resolved.
+    let mut out: Vec<&[u8]> = Vec::new();
+    let segments: Vec<&[u8]> = decoded.split(|b| *b == b'/').collect();
+    let last = segments.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (index, segment) in segments.iter().enumerate() {
+        match *segment {
+            b"" => trailing_slash = index == last,
+            b"." => trailing_slash = index == last,
+            b".." => {
+                out.pop();
+                trailing_slash = index == last;
+            }
+            other => {
+                out.push(other);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut normalized = Vec::with_capacity(decoded.len());
+    for segment in &out {
+        normalized.push(b'/');
+        normalized.extend_from_slice(segment);
+    }
+    if trailing_slash || normalized.is_empty() {
+        normalized.push(b'/');
+    }
+    normalized
 }
 
 /// The path without its query string.
@@ -25,8 +128,17 @@ pub fn path_only(path: &[u8]) -> &[u8] {
     path.split(|b| *b == b'?').next().unwrap_or_default()
 }
 
-/// The host without a port, lowercased ("Api.Example.com:8080" → "api.example.com").
+/// The host without a port or a trailing dot, lowercased ("Api.Example.com.:8080" →
+/// "api.example.com"): the forms a client can use for one host all compare equal.
 pub fn host_only(authority: &[u8]) -> Vec<u8> {
+    let mut host = host_with_dot(authority);
+    if host.len() > 1 && host.last() == Some(&b'.') {
+        host.pop();
+    }
+    host
+}
+
+fn host_with_dot(authority: &[u8]) -> Vec<u8> {
     let text = authority.to_ascii_lowercase();
     if text.first() == Some(&b'[') {
         // IPv6 literal: keep through the closing bracket.
@@ -143,8 +255,18 @@ impl Matcher {
             headers.push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
         }
         Ok(Matcher {
-            path_prefix: raw.path_prefix.as_ref().map(|p| p.as_bytes().to_vec()),
-            path_exact: raw.path_exact.as_ref().map(|p| p.as_bytes().to_vec()),
+            // A prefix keeps its trailing slash ("/api/" must not match "/apix").
+            path_prefix: raw.path_prefix.as_ref().map(|p| {
+                let mut n = normalize_path(p.as_bytes());
+                if p.ends_with('/') && n.last() != Some(&b'/') {
+                    n.push(b'/');
+                }
+                n
+            }),
+            path_exact: raw
+                .path_exact
+                .as_ref()
+                .map(|p| normalize_path(p.as_bytes())),
             methods: methods
                 .iter()
                 .map(|m| m.to_ascii_uppercase().into_bytes())
@@ -154,15 +276,17 @@ impl Matcher {
         })
     }
 
-    /// True when every condition holds. Paths are compared without the query string;
-    /// methods exactly (upper case); hosts without port, case-insensitively; headers by
-    /// exact value of the first occurrence.
+    /// True when every condition holds. Paths are compared normalised (`normalize_path`:
+    /// without the query string, unreserved escapes decoded, slashes merged, dot-segments
+    /// removed); methods exactly (upper case); hosts without port or trailing dot,
+    /// case-insensitively; headers by exact value of the first occurrence.
     pub fn matches(&self, request: &mut impl RequestView) -> bool {
         if self.path_prefix.is_some() || self.path_exact.is_some() {
             let Some(path) = request.header(":path") else {
                 return false;
             };
-            let path = path_only(&path);
+            let path = normalize_path(&path);
+            let path = path.as_slice();
             if let Some(prefix) = &self.path_prefix {
                 if !path.starts_with(prefix) {
                     return false;
@@ -276,6 +400,59 @@ mod tests {
         assert_eq!(host_only(b"Api.Example.COM:443"), b"api.example.com");
         assert_eq!(host_only(b"[::1]:8080"), b"[::1]");
         assert_eq!(host_only(b"example.com"), b"example.com");
+    }
+
+    /// RFC 3986 §6.2.2: the spellings of one path an origin resolves alike.
+    #[test]
+    fn paths_are_normalised_before_matching() {
+        for (raw, want) in [
+            ("/api/x", "/api/x"),
+            ("/%61pi/x", "/api/x"),
+            ("//api//x", "/api/x"),
+            ("/a/../api/x?q=/b", "/api/x"),
+            ("/./api/./x/", "/api/x/"),
+            ("/%2e%2e/api", "/api"),
+            ("/api/%2f", "/api/%2F"),
+            ("/api/%zz", "/api/%zz"),
+            ("/..", "/"),
+            ("", "/"),
+            ("/api/x/..", "/api/"),
+            ("/a%", "/a%"),
+        ] {
+            assert_eq!(
+                String::from_utf8(normalize_path(raw.as_bytes())).unwrap(),
+                want,
+                "{raw}"
+            );
+        }
+        let m = matcher(r#"{"path_prefix":"/api/","hosts":["api.example.com"]}"#).unwrap();
+        for path in ["//api/x", "/%61pi/x", "/static/../api/x", "/API/../api/x"] {
+            let mut r = request(&[
+                (":path", path.as_bytes()),
+                (":authority", b"api.example.com."),
+            ]);
+            assert!(m.matches(&mut r), "{path}");
+        }
+        let mut other = request(&[(":path", b"/apix"), (":authority", b"api.example.com")]);
+        assert!(!m.matches(&mut other));
+        assert_eq!(host_only(b"API.example.com.:443"), b"api.example.com");
+    }
+
+    #[test]
+    fn duplicates_pick_by_rule() {
+        let values = || vec![b"a".to_vec(), b"b".to_vec()];
+        assert_eq!(
+            pick(values(), Duplicates::SharedBucket),
+            Some(AMBIGUOUS.to_vec())
+        );
+        assert_eq!(pick(values(), Duplicates::First), Some(b"a".to_vec()));
+        assert_eq!(pick(values(), Duplicates::Last), Some(b"b".to_vec()));
+        assert_eq!(
+            pick(vec![b"a".to_vec(), b"a".to_vec()], Duplicates::SharedBucket),
+            Some(b"a".to_vec()),
+            "repeats of one value are not ambiguous"
+        );
+        assert_eq!(pick(vec![], Duplicates::Last), None);
     }
 
     #[test]

@@ -8,10 +8,12 @@ use crate::request::RequestView;
 use crate::store::{CasStore, SetOutcome, StoreError};
 
 /// Request headers read on demand, each at most once (one host call per header, bytes
-/// getter: values need not be UTF-8). Never copies the whole header map.
+/// getter: values need not be UTF-8). The whole map is copied only when every value of a
+/// field is asked for (Envoy's single-value getter returns the first one), once per request.
 #[derive(Default)]
 pub struct RequestHeaders {
     cache: Vec<(String, Option<Vec<u8>>)>,
+    all: Option<Vec<(String, Vec<u8>)>>,
 }
 
 impl RequestView for RequestHeaders {
@@ -25,6 +27,17 @@ impl RequestView for RequestHeaders {
                 .flatten();
         self.cache.push((name.to_string(), value.clone()));
         value
+    }
+
+    fn header_values(&mut self, name: &str) -> Vec<Vec<u8>> {
+        let all = self.all.get_or_insert_with(|| {
+            hostcalls::get_map_bytes(proxy_wasm::types::MapType::HttpRequestHeaders)
+                .unwrap_or_default()
+        });
+        all.iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 }
 
