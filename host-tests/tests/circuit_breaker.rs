@@ -277,6 +277,56 @@ fn odd_statuses_are_failures_and_only_configured_codes_count() {
     );
 }
 
+/// A spray of `:authority` values (client-chosen identities) defines no stats beyond the
+/// listed upstreams and the shared `unlisted` ones, healthy or tripping; the listed upstream
+/// keeps its own.
+#[test]
+fn an_identity_spray_never_grows_the_stats() {
+    let world = World::new();
+    let vms = start(
+        &world,
+        r#"{"upstream":"host","max_upstreams":64,"stats_upstreams":["api.example.com"],"trip":{"consecutive_failures":2}}"#,
+        2,
+    );
+    let send = |vm: &Vm, host: &str, status: u16| {
+        let mut s = vm.stream();
+        s.send_request_headers(
+            Headers::from([(":method", "GET"), (":path", "/"), (":authority", host)]),
+            true,
+        );
+        if s.local_reply().is_none() {
+            s.respond(status, &[], b"");
+        }
+    };
+    for _ in 0..2 {
+        send(&vms[0], "api.example.com", 500);
+    }
+    for i in 0..3000 {
+        let host = format!("h{i}.example.com");
+        // Every third identity fails twice: it trips (a transition with stats).
+        let status = if i % 3 == 0 { 500 } else { 200 };
+        send(&vms[i % 2], &host, status);
+        send(&vms[(i + 1) % 2], &host, status);
+    }
+    let names: Vec<String> = world
+        .metrics()
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|n| n.starts_with("edgewise.circuit_breaker."))
+        .collect();
+    assert!(names.len() <= 12, "{} stats: {names:?}", names.len());
+    assert!(
+        world
+            .metric("edgewise.circuit_breaker.unlisted.opened")
+            .unwrap_or(0)
+            > 0
+    );
+    assert_eq!(
+        world.metric("edgewise.circuit_breaker.api_example_com.opened"),
+        Some(1)
+    );
+}
+
 #[test]
 fn upstream_identities_beyond_the_table_are_untracked_not_unbounded() {
     let world = World::new();

@@ -34,7 +34,7 @@ const ALL_FOUR: &str = r#"{
   "rate_limit": {"rules":[{"name":"per_user","key":"header:x-user","limit":3,"window":"1m"}]},
   "response_cache": {"coalesce":{"wait":"2s"}},
   "weighted_router": {"routes":[{"name":"api","targets":[{"cluster":"api-v1","weight":1}]}]},
-  "circuit_breaker": {"upstream":"header:x-route-cluster","trip":{"consecutive_failures":2}}
+  "circuit_breaker": {"upstream":"header:x-route-cluster","stats_upstreams":["api-v1","api-v2"],"trip":{"consecutive_failures":2}}
 }"#;
 
 #[test]

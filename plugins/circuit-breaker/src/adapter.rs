@@ -32,9 +32,10 @@ pub fn new_root() -> Box<dyn RootContext> {
     Box::new(BreakerRoot { shared: None })
 }
 
-/// Metrics of one upstream, defined on first use in this VM.
+/// Metrics of one upstream (or of all unlisted ones), defined on first use in this VM.
 struct UpstreamMetrics {
-    state: Metric,
+    /// None for the unlisted upstreams together (a state of many breakers is no number).
+    state: Option<Metric>,
     rejected: Metric,
     opened: Metric,
     probes: Metric,
@@ -42,26 +43,35 @@ struct UpstreamMetrics {
 
 struct Shared {
     config: Config,
+    /// Bounded: routes (from Envoy's configuration) or the listed identities only.
     upstreams: RefCell<HashMap<String, Rc<UpstreamMetrics>>>,
+    unlisted: Rc<UpstreamMetrics>,
     untracked: Metric,
     errors: Metric,
 }
 
 impl Shared {
     fn metrics(&self, identity: &str) -> Rc<UpstreamMetrics> {
+        if !self.config.own_stats(identity) {
+            return self.unlisted.clone();
+        }
         let mut map = self.upstreams.borrow_mut();
         if let Some(m) = map.get(identity) {
             return m.clone();
         }
-        let name = |what: &str| metric_name(&["circuit_breaker", identity, what]);
-        let metrics = Rc::new(UpstreamMetrics {
-            state: Metric::gauge(&name("state")),
-            rejected: Metric::counter(&name("rejected")),
-            opened: Metric::counter(&name("opened")),
-            probes: Metric::counter(&name("half_open_probes")),
-        });
+        let metrics = Rc::new(upstream_metrics(identity, true));
         map.insert(identity.to_string(), metrics.clone());
         metrics
+    }
+}
+
+fn upstream_metrics(identity: &str, with_state: bool) -> UpstreamMetrics {
+    let name = |what: &str| metric_name(&["circuit_breaker", identity, what]);
+    UpstreamMetrics {
+        state: with_state.then(|| Metric::gauge(&name("state"))),
+        rejected: Metric::counter(&name("rejected")),
+        opened: Metric::counter(&name("opened")),
+        probes: Metric::counter(&name("half_open_probes")),
     }
 }
 
@@ -92,6 +102,7 @@ impl RootContext for BreakerRoot {
         self.shared = Some(Rc::new(Shared {
             config,
             upstreams: RefCell::new(HashMap::new()),
+            unlisted: Rc::new(upstream_metrics(crate::config::UNLISTED, false)),
             untracked: Metric::counter(&metric_name(&["circuit_breaker", "untracked"])),
             errors: Metric::counter(&metric_name(&["circuit_breaker", "errors"])),
         }));
@@ -124,11 +135,19 @@ struct BreakerStream {
 }
 
 fn report(shared: &Shared, identity: &str, transition: Transition) {
+    if transition == Transition::None {
+        return; // the common case: no stats touched, none defined
+    }
     let metrics = shared.metrics(identity);
+    let set_state = |state: BreakerState| {
+        if let Some(gauge) = &metrics.state {
+            gauge.set(state.code() as u64);
+        }
+    };
     match transition {
         Transition::Opened { for_ns, reason } => {
             metrics.opened.increment(1);
-            metrics.state.set(BreakerState::Open.code() as u64);
+            set_state(BreakerState::Open);
             log(
                 LogLevel::Warn,
                 &format!(
@@ -139,7 +158,7 @@ fn report(shared: &Shared, identity: &str, transition: Transition) {
         }
         Transition::Reopened { for_ns } => {
             metrics.opened.increment(1);
-            metrics.state.set(BreakerState::Open.code() as u64);
+            set_state(BreakerState::Open);
             log(
                 LogLevel::Warn,
                 &format!(
@@ -149,14 +168,14 @@ fn report(shared: &Shared, identity: &str, transition: Transition) {
             );
         }
         Transition::HalfOpened => {
-            metrics.state.set(BreakerState::HalfOpen.code() as u64);
+            set_state(BreakerState::HalfOpen);
             log(
                 LogLevel::Info,
                 &format!("circuit_breaker: {identity} half-open, probing"),
             );
         }
         Transition::Closed => {
-            metrics.state.set(BreakerState::Closed.code() as u64);
+            set_state(BreakerState::Closed);
             log(
                 LogLevel::Info,
                 &format!("circuit_breaker: {identity} closed after successful probes"),

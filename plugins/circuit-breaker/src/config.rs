@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub fallback: Option<RawFallback>,
     pub overrides: Option<BTreeMap<String, RawOverride>>,
     pub max_upstreams: Option<u64>,
+    pub stats_upstreams: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -114,11 +115,24 @@ pub struct Config {
     pub fallback: Fallback,
     /// Shared-data slots for breakers (`edgewise.cb.0` .. `edgewise.cb.<n-1>`).
     pub slots: u64,
+    /// Identities with their own stats when clients choose identities (`host`,
+    /// `header:NAME`): `stats_upstreams` and the `overrides` names. Others share the
+    /// `unlisted` stats, so a spray of identities never grows Envoy's stats.
+    pub stats_upstreams: Vec<String>,
 }
+
+/// The stats name the identities without their own stats share.
+pub const UNLISTED: &str = "unlisted";
 
 impl Config {
     pub fn params(&self, identity: &str) -> &Params {
         self.overrides.get(identity).unwrap_or(&self.defaults)
+    }
+
+    /// Whether `identity` has its own stats: every route (route names come from Envoy's
+    /// configuration, a bounded set); for client-chosen identities only the listed ones.
+    pub fn own_stats(&self, identity: &str) -> bool {
+        self.upstream == UpstreamKey::Route || self.stats_upstreams.iter().any(|n| n == identity)
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
@@ -177,12 +191,33 @@ impl Config {
                 "use 1 to 65536 (default 256)",
             ));
         }
+        let mut stats_upstreams: Vec<String> = overrides.keys().cloned().collect();
+        for (i, name) in raw.stats_upstreams.iter().flatten().enumerate() {
+            if name.is_empty() || name.len() > 128 {
+                return Err(err(
+                    format!("stats_upstreams[{i}]"),
+                    format!("{name:?} is not an upstream name"),
+                    "name the upstream as the `upstream` mode identifies it (1 to 128 characters)",
+                ));
+            }
+            if !stats_upstreams.contains(name) {
+                stats_upstreams.push(name.clone());
+            }
+        }
+        if stats_upstreams.iter().any(|n| n == UNLISTED) {
+            return Err(err(
+                "stats_upstreams",
+                format!("{UNLISTED:?} names the shared stats of unlisted upstreams"),
+                "rename that upstream",
+            ));
+        }
         Ok(Config {
             upstream,
             defaults,
             overrides,
             fallback,
             slots,
+            stats_upstreams,
         })
     }
 }
