@@ -168,3 +168,111 @@ fn the_example_envoy_config_is_valid() {
     envoy_harness::validate_example("circuit-breaker.yaml", &["circuit_breaker"])
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// Sends `n` GETs on one keep-alive connection, each with its own `:authority`
+/// (`h<i>.spray.test`, i from `first`), to /status/500 for every third host and
+/// /status/200 otherwise; returns the statuses seen.
+fn spray(addr: std::net::SocketAddr, first: usize, n: usize) -> Vec<u16> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut statuses = Vec::with_capacity(n);
+    for i in first..first + n {
+        let path = if i % 3 == 0 {
+            "/status/500"
+        } else {
+            "/status/200"
+        };
+        // One write per request: `write!` sends each piece as its own segment, and the
+        // request then waits on delayed ACKs (~40 ms each).
+        let request = format!("GET {path} HTTP/1.1\r\nhost: h{i}.spray.test\r\n\r\n");
+        writer.write_all(request.as_bytes()).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        statuses.push(
+            line.split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+        );
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+    }
+    statuses
+}
+
+/// An attacker sprays 50,000 distinct `:authority` values (a third of them failing, so their
+/// breakers trip) at a breaker keyed on `host`: Envoy's breaker stats stay at the listed
+/// upstream plus the shared `unlisted` ones, and Envoy's RSS does not grow with the spray
+/// (wide tolerance: 16 MiB between 10,000 and 50,000 hosts).
+#[test]
+fn a_host_spray_leaves_stats_and_memory_bounded() {
+    let backend = Backend::start("origin").unwrap();
+    let envoy = start(
+        &backend,
+        r#"{"upstream":"host","max_upstreams":64,"stats_upstreams":["api.example.com"],"trip":{"consecutive_failures":1}}"#,
+    );
+    let breaker_stats = || {
+        envoy
+            .stats()
+            .unwrap()
+            .keys()
+            .filter(|k| k.contains("edgewise.circuit_breaker"))
+            .count()
+    };
+    let addr = envoy.listener;
+    let run = |first: usize, total: usize| {
+        let threads = 4;
+        let each = total / threads;
+        let handles: Vec<_> = (0..threads)
+            .map(|t| std::thread::spawn(move || spray(addr, first + t * each, each)))
+            .collect();
+        for h in handles {
+            let statuses = h.join().unwrap();
+            assert!(statuses.iter().all(|s| *s == 200 || *s == 500 || *s == 503));
+        }
+    };
+    let t = Instant::now();
+    run(0, 10_000);
+    println!("10,000 hosts in {:?}", t.elapsed());
+    let rss_10k = envoy.rss_kib().unwrap();
+    let stats_10k = breaker_stats();
+    run(10_000, 40_000);
+    let rss_50k = envoy.rss_kib().unwrap();
+    let stats_50k = breaker_stats();
+    let stat = |name: &str| envoy.stat(name).unwrap().unwrap_or(0);
+    let opened = stat("edgewise.circuit_breaker.unlisted.opened");
+    let untracked = stat("edgewise.circuit_breaker.untracked");
+    println!(
+        "50,000 hosts: breaker stats {stats_10k} -> {stats_50k}, unlisted opened {opened}, \
+         untracked {untracked}, Envoy RSS {rss_10k} KiB -> {rss_50k} KiB"
+    );
+    // Open breakers are never evicted: once the 64 slots hold tripped ones, further hosts
+    // pass untracked (fail open) until those half-open and close.
+    assert!(opened >= 64, "the spray tripped breakers: {opened}");
+    assert!(untracked > 0);
+    assert!(stats_50k <= 12, "{stats_50k} breaker stats");
+    assert_eq!(stats_50k, stats_10k, "no stat added by 40,000 more hosts");
+    assert!(
+        rss_50k.saturating_sub(rss_10k) < 16 * 1024,
+        "RSS grew {} KiB",
+        rss_50k.saturating_sub(rss_10k)
+    );
+}
