@@ -93,10 +93,27 @@ fn restricted(c: &mut C<'_>, name: &'static str) -> bool {
     false
 }
 
+/// A failure the test injected for this call (`World::fail_host_call`), if any is left.
+fn injected(c: &mut C<'_>, name: &'static str) -> Option<i32> {
+    let state = c.data();
+    let mut world = state.world.lock();
+    let (status, left) = world.faults.get_mut(name)?;
+    if *left == 0 {
+        return None;
+    }
+    if *left != u32::MAX {
+        *left -= 1;
+    }
+    Some(*status)
+}
+
 macro_rules! guard {
     ($c:expr, $name:literal) => {
         if restricted(&mut $c, $name) {
             return Status::InternalFailure.code();
+        }
+        if let Some(status) = injected(&mut $c, $name) {
+            return status;
         }
     };
 }

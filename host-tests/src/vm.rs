@@ -321,6 +321,11 @@ impl Vm {
             .collect()
     }
 
+    /// The failure (trap, panic) that ended this VM, if one did.
+    pub fn failure(&self) -> Option<VmFailure> {
+        self.lock().failed.clone()
+    }
+
     /// This VM's index in its world (the simulated worker number).
     pub fn index(&self) -> usize {
         self.index

@@ -131,6 +131,8 @@ pub(crate) struct WorldState {
     pub vms: Vec<Weak<Mutex<VmInner>>>,
     pub rng_state: u64,
     pub foreign_functions: HashMap<String, ForeignFunction>,
+    /// Injected host-call failures: ABI function name → (status code, calls left to fail).
+    pub faults: HashMap<String, (i32, u32)>,
 }
 
 /// A test-registered function reachable through `proxy_call_foreign_function`.
@@ -192,6 +194,7 @@ impl World {
                 vms: Vec::new(),
                 rng_state: 0x5EED,
                 foreign_functions: HashMap::new(),
+                faults: HashMap::new(),
             })),
         }
     }
@@ -423,6 +426,28 @@ impl World {
         self.lock()
             .interference
             .insert((vm_id.to_string(), key.to_string()), times);
+    }
+
+    /// Makes the next `times` calls of the ABI function `name` (e.g.
+    /// "proxy_get_shared_data") from any VM fail with `status`, as Envoy can (u32::MAX
+    /// times: until `clear_host_call_faults`). The call has no other effect.
+    pub fn fail_host_call(&self, name: &str, status: Status, times: u32) {
+        self.lock()
+            .faults
+            .insert(name.to_string(), (status.code(), times));
+    }
+
+    pub fn clear_host_call_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// Steps the wall clock back by `by` (NTP correcting a fast clock): no tick fires, and
+    /// the monotonic clock (WASI) does not move.
+    pub fn step_clock_back(&self, by: Duration) {
+        let mut state = self.lock();
+        let by = (by.as_nanos() as u64).min(state.now_nanos);
+        state.now_nanos -= by;
+        state.monotonic_base -= by.min(state.monotonic_base);
     }
 
     /// Callouts dispatched and not yet answered, oldest first.

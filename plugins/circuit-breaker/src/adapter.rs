@@ -215,9 +215,7 @@ impl HttpContext for BreakerStream {
         };
         let mut request = RequestHeaders::default();
         let identity = match &shared.config.upstream {
-            UpstreamKey::Route => hostcalls::get_property(vec!["xds", "route_name"])
-                .ok()
-                .flatten(),
+            UpstreamKey::Route => edgewise_support::wasm::property(&["xds", "route_name"]),
             UpstreamKey::Host => request.header(":authority").map(|a| host_only(&a)),
             UpstreamKey::Header(name) => request.header(name),
         };
@@ -315,9 +313,7 @@ impl HttpContext for BreakerStream {
         let needs_details = params.local_failures
             && status.is_some_and(|code| code >= 500 && !params.counts_status(code));
         let details = if needs_details {
-            hostcalls::get_property(vec!["response", "code_details"])
-                .ok()
-                .flatten()
+            edgewise_support::wasm::property(&["response", "code_details"])
         } else {
             None
         };

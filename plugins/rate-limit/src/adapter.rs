@@ -195,11 +195,7 @@ impl HttpContext for RateLimitStream {
         };
         let config = &shared.config;
         let mut request = RequestHeaders::default();
-        let mut peer = || {
-            hostcalls::get_property(vec!["source", "address"])
-                .ok()
-                .flatten()
-        };
+        let mut peer = || edgewise_support::wasm::property(&["source", "address"]);
         let applicable = applicable_rules(config, &mut request, &mut peer);
         if applicable.is_empty() {
             return Action::Continue;

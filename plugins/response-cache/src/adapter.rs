@@ -9,7 +9,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use edgewise_support::metrics::metric_name;
-use edgewise_support::wasm::{install_panic_hook, load_config, log, now_nanos, Metric, SharedData};
+use edgewise_support::wasm::{
+    install_panic_hook, load_config, log, now_nanos, wall_nanos, Metric, SharedData,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
@@ -112,7 +114,8 @@ struct CacheRoot {
 }
 
 fn now_seconds() -> i64 {
-    (now_nanos().unwrap_or(0) / 1_000_000_000) as i64
+    // HTTP ages and dates follow the wall clock, corrections included (RFC 9111 §4.2.3).
+    (wall_nanos().unwrap_or(0) / 1_000_000_000) as i64
 }
 
 fn now_millis() -> u64 {
@@ -620,9 +623,7 @@ impl CacheStream {
         request: &[(String, Vec<u8>)],
     ) -> bool {
         let cluster = shared.config.refresh.cluster.clone().or_else(|| {
-            hostcalls::get_property(vec!["xds", "cluster_name"])
-                .ok()
-                .flatten()
+            edgewise_support::wasm::property(&["xds", "cluster_name"])
                 .and_then(|name| String::from_utf8(name).ok())
                 .filter(|name| !name.is_empty())
         });

@@ -4,6 +4,8 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+#[cfg(target_arch = "wasm32")]
+pub mod abi;
 pub mod breaker_state;
 pub mod config;
 pub mod duration;

@@ -2,7 +2,7 @@
 //! message in Envoy's log before the VM aborts, and metric handles that never panic.
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel, MetricType, Status};
+use proxy_wasm::types::{LogLevel, MetricType};
 
 use crate::request::RequestView;
 use crate::store::{CasStore, SetOutcome, StoreError};
@@ -41,12 +41,42 @@ impl RequestView for RequestHeaders {
     }
 }
 
-/// The current time in nanoseconds since the Unix epoch, from the host.
+/// The host's wall clock in nanoseconds since the Unix epoch (HTTP dates and ages follow it,
+/// corrections included). None when the host cannot tell the time.
+pub fn wall_nanos() -> Option<u64> {
+    crate::abi::current_time_nanos().ok()
+}
+
+thread_local! {
+    /// (latest time handed out, offset added to the host's clock) for `now_nanos`.
+    static STEADY: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Time for rate limits, windows, open periods and leases: the host's wall clock that never
+/// runs backwards in this VM and keeps its pace through a step back. When the clock steps
+/// back by Δ (NTP correcting a fast clock), the step is absorbed into an offset: time goes on
+/// from the latest value handed out instead of repeating Δ (which would deny every recently
+/// active key for Δ and keep breakers open Δ longer). Each VM absorbs a step on its first
+/// read after it, so busy workers agree to within their gap between reads; forward steps
+/// pass through. None when the host cannot tell the time (every filter then fails open).
 pub fn now_nanos() -> Option<u64> {
-    let now = hostcalls::get_current_time().ok()?;
-    now.duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_nanos() as u64)
+    let host = wall_nanos()?;
+    Some(STEADY.with(|steady| {
+        let (latest, mut offset) = steady.get();
+        let mut now = host.saturating_add(offset);
+        if now < latest {
+            offset += latest - now;
+            now = latest;
+        }
+        steady.set((now, offset));
+        now
+    }))
+}
+
+/// A property of the stream or the plugin (`xds.route_name`, ...); None when absent or
+/// when the host fails to give it (never a trap).
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    crate::abi::get_property(path).ok().flatten()
 }
 
 /// proxy-wasm shared data (per `vm_id`, shared by every worker VM).
@@ -54,18 +84,18 @@ pub struct SharedData;
 
 impl CasStore for SharedData {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(value), Some(cas))) => Ok(Some((value, cas))),
-            Ok(_) => Ok(None),
-            Err(status) => Err(StoreError(format!("get_shared_data({key}): {status:?}"))),
-        }
+        crate::abi::get_shared_data(key)
+            .map_err(|status| StoreError(format!("get_shared_data({key}): status {}", status.0)))
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<SetOutcome, StoreError> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
-            Ok(()) => Ok(SetOutcome::Stored),
-            Err(Status::CasMismatch) => Ok(SetOutcome::CasMismatch),
-            Err(status) => Err(StoreError(format!("set_shared_data({key}): {status:?}"))),
+        match crate::abi::set_shared_data(key, value, cas.unwrap_or(0)) {
+            Ok(true) => Ok(SetOutcome::Stored),
+            Ok(false) => Ok(SetOutcome::CasMismatch),
+            Err(status) => Err(StoreError(format!(
+                "set_shared_data({key}): status {}",
+                status.0
+            ))),
         }
     }
 }
@@ -74,8 +104,8 @@ impl CasStore for SharedData {
 /// died is in Envoy's log, and logs the plugin's name and version once.
 pub fn install_panic_hook(plugin: &'static str, version: &'static str) {
     std::panic::set_hook(Box::new(move |info| {
-        let _ = hostcalls::log(
-            LogLevel::Critical,
+        let _ = crate::abi::log(
+            LogLevel::Critical as u32,
             &format!("{plugin} {version} panicked: {info}"),
         );
     }));
@@ -88,29 +118,29 @@ pub struct Metric(Option<u32>);
 
 impl Metric {
     pub fn counter(name: &str) -> Metric {
-        Metric(hostcalls::define_metric(MetricType::Counter, name).ok())
+        Metric(crate::abi::define_metric(MetricType::Counter as u32, name).ok())
     }
 
     pub fn gauge(name: &str) -> Metric {
-        Metric(hostcalls::define_metric(MetricType::Gauge, name).ok())
+        Metric(crate::abi::define_metric(MetricType::Gauge as u32, name).ok())
     }
 
     pub fn increment(&self, by: i64) {
         if let Some(id) = self.0 {
-            let _ = hostcalls::increment_metric(id, by);
+            let _ = crate::abi::increment_metric(id, by);
         }
     }
 
     pub fn set(&self, value: u64) {
         if let Some(id) = self.0 {
-            let _ = hostcalls::record_metric(id, value);
+            let _ = crate::abi::record_metric(id, value);
         }
     }
 }
 
 /// Writes a line to Envoy's log (a failure to log is not worth failing traffic for).
 pub fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
+    let _ = crate::abi::log(level as u32, message);
 }
 
 /// Reads the plugin configuration and compiles it with `compile`. On failure, logs

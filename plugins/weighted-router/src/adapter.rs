@@ -130,9 +130,7 @@ impl HttpContext for RouterStream {
         // The least_requests target counted in flight (always on the selected route).
         let mut acquired: Option<usize> = None;
         let mut client_ip = || {
-            let peer = hostcalls::get_property(vec!["source", "address"])
-                .ok()
-                .flatten()?;
+            let peer = edgewise_support::wasm::property(&["source", "address"])?;
             let text = String::from_utf8(peer).ok()?;
             let ip = text
                 .parse::<std::net::SocketAddr>()
