@@ -183,3 +183,35 @@ fn a_clock_stepping_back_neither_reverses_nor_repeats_time() {
         "half-open after 5 s of progress, not an hour"
     );
 }
+
+/// With shared data failing, the router still splits by weight (per-worker round robin) for
+/// `least_requests` and a shared cursor, instead of sending everything to one target.
+#[test]
+fn the_router_keeps_splitting_when_shared_data_fails() {
+    for strategy in [
+        r#""strategy":"least_requests""#,
+        r#""strategy":"weighted_round_robin","shared_cursor":true"#,
+    ] {
+        let world = World::new();
+        let config = format!(
+            r#"{{"routes":[{{"name":"api","targets":[{{"cluster":"api-v1","weight":1}},{{"cluster":"api-v2","weight":1}}],{strategy}}}]}}"#
+        );
+        let vm = start(&world, "weighted_router", &config);
+        world.fail_host_call("proxy_get_shared_data", Status::InternalFailure, u32::MAX);
+        let mut v2 = 0;
+        for i in 0..10 {
+            let mut s = vm.stream();
+            s.try_send_request_headers(
+                Headers::from([(":method", "GET"), (":path", "/"), (":authority", "a")]),
+                true,
+            )
+            .unwrap_or_else(|f| panic!("trap ({strategy}, request {i}): {f}"));
+            let sent = s.upstream_request().expect("routed");
+            if sent.header("x-route-cluster").as_deref() == Some("api-v2") {
+                v2 += 1;
+            }
+            s.respond(200, &[], b"ok");
+        }
+        assert_eq!(v2, 5, "{strategy}: 1:1 split kept");
+    }
+}

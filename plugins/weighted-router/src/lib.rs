@@ -183,14 +183,12 @@ pub fn select(
                         Reason::Picked
                     },
                 ),
-                None => {
-                    let fallback = acquire_least(route, &|_| true);
-                    (
-                        fallback
-                            .unwrap_or_else(|| weights.iter().position(|w| *w > 0).unwrap_or(0)),
-                        Reason::Picked,
-                    )
-                }
+                None => match acquire_least(route, &|_| true) {
+                    Some(i) => (i, Reason::Picked),
+                    // The shared counts cannot be read or written: the weighted round-robin
+                    // pick keeps the split (never all traffic on one target).
+                    None => wrr(route, cursor(route), &mut |_| true),
+                },
             }
         }
     };
