@@ -15,8 +15,10 @@ pub struct WasmFilter {
     pub wasm: PathBuf,
     /// The JSON (or any string) handed to `on_configure`.
     pub configuration: String,
-    /// Envoy default is fail closed (503); set true to pass traffic when the VM fails.
-    pub fail_open: bool,
+    /// What Envoy does with a VM that failed (trapped): `FAIL_RELOAD` (default, as in the
+    /// example configs: a new VM, state kept in shared data), `FAIL_CLOSED` (503) or
+    /// `FAIL_OPEN` (skip the filter).
+    pub failure_policy: &'static str,
 }
 
 impl WasmFilter {
@@ -26,7 +28,7 @@ impl WasmFilter {
             vm_id: name.into(),
             wasm,
             configuration: configuration.into(),
-            fail_open: false,
+            failure_policy: "FAIL_RELOAD",
         }
     }
     pub fn vm_id(mut self, vm_id: &str) -> Self {
@@ -155,7 +157,7 @@ impl EnvoyConfig {
                     "config": {
                         "name": f.name,
                         "root_id": "",
-                        "fail_open": f.fail_open,
+                        "failure_policy": f.failure_policy,
                         "vm_config": {
                             "vm_id": f.vm_id,
                             "runtime": "envoy.wasm.runtime.v8",

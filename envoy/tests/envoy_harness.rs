@@ -95,3 +95,63 @@ fn envoy_refuses_a_plugin_whose_on_configure_returns_false() {
         "{err}"
     );
 }
+
+/// A VM that traps (the probe panics on request) behaves as the plugin's `failure_policy`
+/// says, in real Envoy with 2 workers: FAIL_RELOAD (our configs) brings the filter back on a
+/// new VM; FAIL_CLOSED answers 503 on the dead VM's worker from then on; FAIL_OPEN passes
+/// that worker's requests without the filter. Waits are bounded by deadlines (10 s).
+#[test]
+fn a_trapped_vm_behaves_as_its_failure_policy_says() {
+    build_probe();
+    let backend = Backend::start("api-v1").unwrap();
+    for policy in ["FAIL_RELOAD", "FAIL_CLOSED", "FAIL_OPEN"] {
+        let mut filter = WasmFilter::new("probe", wasm_path("probe"), "policy");
+        filter.failure_policy = policy;
+        let envoy = Envoy::start(&EnvoyConfig::proxy_to(backend.addr, 2).filter(filter)).unwrap();
+        let probe = |scenario: &str| {
+            envoy
+                .request(
+                    "GET",
+                    "/echo/x",
+                    &[("x-probe", scenario), ("x-probe-id", "f")],
+                    b"",
+                )
+                .unwrap()
+        };
+        let before = probe("headers");
+        assert_eq!(before.status, 200);
+        assert!(before.header("x-probe-saw").is_some(), "{policy}");
+        let trapped = probe("panic");
+        assert_eq!(trapped.status, 503, "{policy}: the trapping request");
+        // What the next requests get, over both workers (each request a new connection).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut seen: Vec<(u16, bool)> = Vec::new();
+        loop {
+            let r = probe("headers");
+            seen.push((r.status, r.header("x-probe-saw").is_some()));
+            let window = &seen[seen.len().saturating_sub(20)..];
+            let done = match policy {
+                // Back on a new VM: 20 in a row filtered and served.
+                "FAIL_RELOAD" => window.len() == 20 && window.iter().all(|s| *s == (200, true)),
+                // The dead worker keeps failing: 503s keep coming after 2 s.
+                "FAIL_CLOSED" => {
+                    seen.len() >= 40 && seen[20..].iter().any(|(status, _)| *status == 503)
+                }
+                // The dead worker passes requests unfiltered; nothing fails.
+                _ => seen.len() >= 40 && seen.iter().any(|s| *s == (200, false)),
+            };
+            if done {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{policy}: not seen within 10 s: {seen:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if policy == "FAIL_OPEN" {
+            assert!(seen.iter().all(|(status, _)| *status == 200), "{seen:?}");
+        }
+        println!("{policy}: {} requests until settled", seen.len());
+    }
+}

@@ -209,7 +209,7 @@ impl Context for BreakerStream {
 }
 
 impl HttpContext for BreakerStream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
@@ -251,7 +251,9 @@ impl HttpContext for BreakerStream {
                 return Action::Continue;
             }
         };
-        self.started = now;
+        // Slow-call time runs from the end of the request (the upstream's time to answer),
+        // so a client trickling its body cannot make a healthy upstream look slow.
+        self.started = if end_of_stream { now } else { 0 };
         match admission {
             Admission::Pass => {
                 self.identity = Some(identity);
@@ -285,6 +287,13 @@ impl HttpContext for BreakerStream {
                 Action::Pause
             }
         }
+    }
+
+    fn on_http_request_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
+        if end_of_stream && self.identity.is_some() && self.started == 0 {
+            self.started = now_nanos().unwrap_or(0);
+        }
+        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -321,7 +330,11 @@ impl HttpContext for BreakerStream {
             params,
             status,
             details.as_deref(),
-            now.saturating_sub(self.started),
+            if self.started == 0 {
+                0 // answered before the request ended: no upstream time to judge
+            } else {
+                now.saturating_sub(self.started)
+            },
         );
         match table::record(
             &SharedData,

@@ -193,12 +193,27 @@ impl Breaker {
                 next.state = BreakerState::HalfOpen;
                 next.probes_issued = 1;
                 next.probes_succeeded = 0;
+                // While half-open, `open_until` is the probes' deadline.
+                next.open_until = now.saturating_add(params.probe_timeout_ns);
                 (
                     Admission::Probe {
                         episode: next.opens,
                     },
                     Some(next),
                     Transition::HalfOpened,
+                )
+            }
+            // The probes did not all succeed in time (one hangs, or its client trickles): the
+            // upstream is not shown healthy, so it opens again.
+            BreakerState::HalfOpen if now >= self.open_until => {
+                let mut next = self.clone();
+                let for_ns = next.open(params, now);
+                (
+                    Admission::Reject {
+                        state: BreakerState::Open,
+                    },
+                    Some(next),
+                    Transition::Reopened { for_ns },
                 )
             }
             BreakerState::HalfOpen if self.probes_issued < params.probes => {
@@ -367,6 +382,43 @@ mod tests {
             transitions.push(t);
         }
         (b, transitions)
+    }
+
+    /// Half-open has `probe_timeout` to show the upstream healthy: a probe that hangs (or is
+    /// held by a trickling client) opens the breaker again at the deadline, with backoff,
+    /// and its late answer counts for nothing.
+    #[test]
+    fn half_open_probes_have_a_deadline() {
+        let p = params(
+            r#"{"trip":{"consecutive_failures":1},"open":{"duration":"5s"},"half_open":{"probes":1,"probe_timeout":"2s"}}"#,
+        );
+        let (open, _) = feed(&Breaker::new(1), &p, &[FAIL], T0);
+        let (admission, half, t) = open.admit(&p, T0 + 5 * SEC);
+        let half = half.unwrap();
+        assert_eq!(
+            (admission, t),
+            (Admission::Probe { episode: 1 }, Transition::HalfOpened)
+        );
+        // Before the deadline others are rejected as half-open; at it, the breaker reopens.
+        assert_eq!(
+            half.admit(&p, T0 + 6 * SEC).0,
+            Admission::Reject {
+                state: BreakerState::HalfOpen
+            }
+        );
+        let (admission, reopened, t) = half.admit(&p, T0 + 7 * SEC);
+        let reopened = reopened.unwrap();
+        assert_eq!(
+            admission,
+            Admission::Reject {
+                state: BreakerState::Open
+            }
+        );
+        assert_eq!(t, Transition::Reopened { for_ns: 10 * SEC }, "backed off");
+        assert_eq!(reopened.state, BreakerState::Open);
+        // The hung probe's answer arrives late: ignored (another episode).
+        let (late, _) = reopened.record(&p, OK, Some(1), T0 + 8 * SEC);
+        assert!(late.is_none());
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub struct RawOpen {
 #[serde(deny_unknown_fields)]
 pub struct RawHalfOpen {
     pub probes: Option<u32>,
+    pub probe_timeout: Option<String>,
 }
 
 /// The `fallback` local reply's JSON shape (shared with the rate limiter's denial).
@@ -93,6 +94,9 @@ pub struct Params {
     pub max_open_ns: u64,
     pub backoff: f64,
     pub probes: u32,
+    /// Half-open gives its probes this long to succeed; past it the breaker opens again (a
+    /// probe that hangs, or a client holding it, cannot keep half-open for ever).
+    pub probe_timeout_ns: u64,
 }
 
 impl Params {
@@ -414,6 +418,21 @@ fn compile_params(
             "use 1 to 1000 (default 3)",
         ));
     }
+    let probe_timeout = match half
+        .probe_timeout
+        .as_deref()
+        .or(base_half.probe_timeout.as_deref())
+    {
+        Some(text) => parse_duration(&format!("{prefix}half_open.probe_timeout"), text)?,
+        None => std::time::Duration::from_secs(10),
+    };
+    if probe_timeout.is_zero() || probe_timeout.as_secs() > 600 {
+        return Err(err(
+            format!("{prefix}half_open.probe_timeout"),
+            format!("{probe_timeout:?} is out of range"),
+            "use \"1ms\" to \"10m\" (default \"10s\")",
+        ));
+    }
     Ok(Params {
         failure_statuses,
         local_failures: failure
@@ -430,6 +449,7 @@ fn compile_params(
         max_open_ns: max_duration.as_nanos() as u64,
         backoff,
         probes,
+        probe_timeout_ns: probe_timeout.as_nanos() as u64,
     })
 }
 
