@@ -102,6 +102,9 @@ pub struct EnvoyConfig {
     pub pin_cpu: Option<u32>,
     /// Extra fields for every cluster (e.g. `outlier_detection`), merged into its JSON.
     pub cluster_options: Option<Value>,
+    /// Serve the listener through file-based LDS on this port (see `Envoy::update_listener`)
+    /// instead of a static listener on an ephemeral port.
+    pub lds_port: Option<u16>,
 }
 
 impl EnvoyConfig {
@@ -115,7 +118,19 @@ impl EnvoyConfig {
             native_filters: Vec::new(),
             pin_cpu: None,
             cluster_options: None,
+            lds_port: None,
         }
+    }
+
+    /// The listener comes from a watched file (`dynamic_resources.lds_config` with a
+    /// `path_config_source`), on a free port picked now: Envoy applies a rewritten file as a
+    /// live listener update, as a control plane's LDS push would.
+    pub fn with_lds(mut self) -> Self {
+        self.lds_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .ok();
+        self
     }
 
     /// Adds a native HTTP filter (its JSON) before the wasm filters.
@@ -147,7 +162,14 @@ impl EnvoyConfig {
         self
     }
 
+    /// The bootstrap Envoy starts with (with LDS, the listener comes from `lds.json` beside
+    /// it; see `bootstrap_and_lds`).
     pub fn to_json(&self) -> Value {
+        self.bootstrap_and_lds(std::path::Path::new("lds.json")).0
+    }
+
+    /// The bootstrap with the listener also under a top-level `listener` key.
+    fn full_json(&self) -> Value {
         let mut http_filters: Vec<Value> = self.native_filters.clone();
         for f in &self.filters {
             http_filters.push(json!({
@@ -217,12 +239,9 @@ impl EnvoyConfig {
                 cluster
             })
             .collect();
-        json!({
-            "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } } },
-            "static_resources": {
-                "listeners": [{
+        let listener = json!({
                     "name": "ingress",
-                    "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
+                    "address": { "socket_address": { "address": "127.0.0.1", "port_value": self.lds_port.unwrap_or(0) } },
                     "filter_chains": [{
                         "filters": [{
                             "name": "envoy.filters.network.http_connection_manager",
@@ -234,9 +253,45 @@ impl EnvoyConfig {
                             }
                         }]
                     }]
-                }],
+        });
+        json!({
+            "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } } },
+            "static_resources": {
+                "listeners": if self.lds_port.is_some() { json!([]) } else { json!([listener]) },
                 "clusters": clusters
-            }
+            },
+            "listener": listener
         })
+    }
+
+    /// The bootstrap (and, with LDS, the listener resource file's contents) for Envoy.
+    pub fn bootstrap_and_lds(&self, lds_path: &std::path::Path) -> (Value, Option<Value>) {
+        let mut all = self.full_json();
+        let listener = all
+            .as_object_mut()
+            .and_then(|o| o.remove("listener"))
+            .unwrap_or(Value::Null);
+        if self.lds_port.is_none() {
+            return (all, None);
+        }
+        if let Some(o) = all.as_object_mut() {
+            o.insert(
+                "dynamic_resources".into(),
+                json!({ "lds_config": { "path_config_source": { "path": lds_path.to_string_lossy() }, "resource_api_version": "V3" } }),
+            );
+            // Dynamic resources need a node identity.
+            o.insert(
+                "node".into(),
+                json!({ "id": "edgewise-test", "cluster": "edgewise" }),
+            );
+        }
+        let mut resource = listener;
+        if let Some(o) = resource.as_object_mut() {
+            o.insert(
+                "@type".into(),
+                json!("type.googleapis.com/envoy.config.listener.v3.Listener"),
+            );
+        }
+        (all, Some(json!({ "resources": [resource] })))
     }
 }

@@ -93,7 +93,11 @@ impl Envoy {
         let envoy = ensure_envoy_installed()?;
         let dir = crate::scratch_dir("envoy")?;
         let config_path = dir.join("envoy.json");
-        std::fs::write(&config_path, serde_json::to_vec_pretty(&config.to_json())?)?;
+        let (bootstrap, lds) = config.bootstrap_and_lds(&dir.join("lds.json"));
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&bootstrap)?)?;
+        if let Some(lds) = lds {
+            std::fs::write(dir.join("lds.json"), serde_json::to_vec_pretty(&lds)?)?;
+        }
         let log_path = dir.join("envoy.log");
         let admin_path = dir.join("admin-address");
         let mut command = match config.pin_cpu {
@@ -173,6 +177,47 @@ impl Envoy {
             .as_u64()
             .ok_or_else(|| anyhow!("no listener port in {listeners}"))?;
         Ok(format!("{address}:{port}").parse()?)
+    }
+
+    /// With `EnvoyConfig::with_lds`: replaces the listener by `config`'s (same port) the way a
+    /// control plane would — the LDS file is rewritten atomically (written aside, renamed over)
+    /// — and waits until Envoy reports the update applied (`listener_manager.lds.update_success`
+    /// grew) and the new listener is the one in use, or fails after `limit`.
+    pub fn update_listener(&self, config: &EnvoyConfig, limit: Duration) -> Result<()> {
+        let lds_path = self.dir.join("lds.json");
+        let (_, lds) = config.bootstrap_and_lds(&lds_path);
+        let lds = lds.ok_or_else(|| anyhow!("update_listener needs EnvoyConfig::with_lds"))?;
+        let stat = |name: &str| -> Result<i64> {
+            Ok(crate::envoy::parse_stats(&self.admin_get("/stats")?.text())
+                .get(name)
+                .copied()
+                .unwrap_or(0))
+        };
+        let before = stat("listener_manager.lds.update_success")?;
+        let aside = self.dir.join("lds.json.new");
+        std::fs::write(&aside, serde_json::to_vec_pretty(&lds)?)?;
+        std::fs::rename(&aside, &lds_path)?;
+        let deadline = Instant::now() + limit;
+        loop {
+            let applied = stat("listener_manager.lds.update_success")? > before;
+            let warming = stat("listener_manager.total_listeners_warming")?;
+            if applied && warming == 0 {
+                return Ok(());
+            }
+            if stat("listener_manager.lds.update_rejected")? > 0 {
+                bail!(
+                    "Envoy rejected the listener update; log tail:\n{}",
+                    self.log_tail(40)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the listener update was not applied within {limit:?}; log tail:\n{}",
+                    self.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn admin_get(&self, path: &str) -> Result<HttpResponse> {

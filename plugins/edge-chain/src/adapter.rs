@@ -122,6 +122,8 @@ fn resume(context_id: u32) {
 #[derive(Default)]
 struct ChainRoot {
     filters: Vec<Box<dyn RootContext>>,
+    /// Which filter each of `filters` is.
+    names: Vec<&'static str>,
 }
 
 impl ChainRoot {
@@ -164,17 +166,35 @@ impl RootContext for ChainRoot {
         else {
             return false;
         };
+        // Reconfigured with the same filters: each keeps its root (and what it looks after —
+        // waiting requests, queued refreshes) and configures again; otherwise new roots.
+        let names: Vec<&'static str> = chain.sections.iter().map(|(n, _)| *n).collect();
+        let reuse = names == self.names;
+        let mut previous = std::mem::take(&mut self.filters).into_iter();
+        // One tick period per filter, kept across a reconfiguration (a filter may ask for
+        // ticks while it configures: requests it carried over still wait).
+        VM.with(|vm| {
+            vm.borrow_mut()
+                .tick_periods
+                .resize(chain.sections.len(), Duration::ZERO)
+        });
         let mut filters: Vec<Box<dyn RootContext>> = Vec::new();
         for (index, (name, section)) in chain.sections.iter().enumerate() {
-            let mut filter = match *name {
-                "rate_limit" => rate_limit::new_root(),
-                "response_cache" => response_cache::new_root(),
-                "weighted_router" => weighted_router::new_root(),
-                _ => circuit_breaker::new_root(),
+            let (mut filter, fresh) = match previous.next().filter(|_| reuse) {
+                Some(filter) => (filter, false),
+                None => (
+                    match *name {
+                        "rate_limit" => rate_limit::new_root(),
+                        "response_cache" => response_cache::new_root(),
+                        "weighted_router" => weighted_router::new_root(),
+                        _ => circuit_breaker::new_root(),
+                    },
+                    true,
+                ),
             };
             set_current(index);
             COMPOSED.with(|c| c.borrow_mut().configuration = Some(section.clone()));
-            let configured = filter.on_vm_start(0) && filter.on_configure(size);
+            let configured = (!fresh || filter.on_vm_start(0)) && filter.on_configure(size);
             COMPOSED.with(|c| c.borrow_mut().configuration = None);
             if !configured {
                 log(
@@ -185,9 +205,9 @@ impl RootContext for ChainRoot {
             }
             filters.push(filter);
         }
+        self.names = names;
         // The panic hook is the chain's, whichever filter started last.
         install_panic_hook("edge_chain", VERSION);
-        VM.with(|vm| vm.borrow_mut().tick_periods = vec![Duration::ZERO; filters.len()]);
         log(
             LogLevel::Info,
             &format!(

@@ -49,7 +49,19 @@ struct Shared {
 struct Waiter {
     context_id: u32,
     release_at: u64,
+    /// Indices into the rules of `shared`: the configuration the places were taken under
+    /// (a reconfiguration may change the rules while the request waits).
     rules: Vec<usize>,
+    shared: Rc<Shared>,
+}
+
+/// Gives back a waiter's queue places, under the configuration it took them in.
+fn release_places(waiter: &Waiter) {
+    for rule in &waiter.rules {
+        if let Some(rule) = waiter.shared.config.rules.get(*rule) {
+            release_waiting(&SharedData, rule);
+        }
+    }
 }
 
 type Waiters = Rc<RefCell<Vec<Waiter>>>;
@@ -131,11 +143,7 @@ impl RootContext for RateLimitRoot {
             due
         };
         for waiter in due {
-            if let Some(shared) = &self.shared {
-                for rule in &waiter.rules {
-                    release_waiting(&SharedData, &shared.config.rules[*rule]);
-                }
-            }
+            release_places(&waiter);
             if hostcalls::set_effective_context(waiter.context_id).is_ok() {
                 edgewise_support::wasm::resume_request(waiter.context_id);
             }
@@ -174,11 +182,7 @@ impl Context for RateLimitStream {
         let mut waiters = self.waiters.borrow_mut();
         if let Some(position) = waiters.iter().position(|w| w.context_id == self.context_id) {
             let waiter = waiters.remove(position);
-            if let Some(shared) = &self.shared {
-                for rule in &waiter.rules {
-                    release_waiting(&SharedData, &shared.config.rules[*rule]);
-                }
-            }
+            release_places(&waiter);
         }
         true
     }
@@ -224,6 +228,7 @@ impl HttpContext for RateLimitStream {
                     context_id: self.context_id,
                     release_at: now + delay_ns,
                     rules: decision.waiting.clone(),
+                    shared: shared.clone(),
                 });
                 edgewise_support::wasm::set_tick_period(std::time::Duration::from_millis(1));
                 Action::Pause

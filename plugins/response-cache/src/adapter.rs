@@ -345,14 +345,25 @@ impl RootContext for CacheRoot {
                 config.layout.max_bytes, config.layout.slots
             ),
         );
-        self.shared = Some(Rc::new(Shared {
+        // A reconfiguration keeps the requests waiting for a fill and the queued refreshes:
+        // they are looked after under the new configuration (never stranded).
+        let (waiters, refreshes, inflight) = match self.shared.take() {
+            Some(old) => (old.waiters.take(), old.refreshes.take(), old.inflight.get()),
+            None => (Vec::new(), Vec::new(), 0),
+        };
+        let waiting = !waiters.is_empty() || !refreshes.is_empty();
+        let shared = Rc::new(Shared {
             config,
             metrics,
-            waiters: RefCell::new(Vec::new()),
-            refreshes: RefCell::new(Vec::new()),
+            waiters: RefCell::new(waiters),
+            refreshes: RefCell::new(refreshes),
             ticking: Cell::new(false),
-            inflight: Cell::new(0),
-        }));
+            inflight: Cell::new(inflight),
+        });
+        if waiting {
+            shared.start_ticking();
+        }
+        self.shared = Some(shared);
         true
     }
 
