@@ -276,3 +276,65 @@ fn a_host_spray_leaves_stats_and_memory_bounded() {
         rss_50k.saturating_sub(rss_10k)
     );
 }
+
+/// Probe capture: a client makes itself the half-open probe and trickles its request body
+/// (it never ends). Everyone else gets the half-open fallback only until
+/// `half_open.probe_timeout` (1 s); then the breaker opens again and the next probe — an
+/// ordinary request — closes it while the trickler is still sending. Tolerance: served
+/// within 8 s of the capture (probe timeout 1 s + open 0.5 s, polled every 50 ms).
+#[test]
+fn a_trickling_probe_cannot_hold_the_breaker() {
+    use std::io::Write;
+    let backend = Backend::start("payments-v1").unwrap();
+    let envoy = start(
+        &backend,
+        r#"{"trip":{"consecutive_failures":2},"open":{"duration":"500ms","backoff":1.0},"half_open":{"probes":1,"probe_timeout":"1s"}}"#,
+    );
+    backend
+        .set_fault(r#"{"mode":"fail","ratio":1.0,"status":503}"#)
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(envoy.get("/status/200").unwrap().status, 503);
+    }
+    backend.set_fault(r#"{"mode":"off"}"#).unwrap();
+    // Capture the probe: after the open period, a request whose body never ends. While the
+    // breaker is open it is answered at once (503); once admitted, no answer comes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut trickler = loop {
+        let mut stream = std::net::TcpStream::connect(envoy.listener).unwrap();
+        stream
+            .write_all(
+                b"POST /echo/trickle HTTP/1.1\r\nhost: payments\r\ncontent-length: 100000\r\n\r\nx",
+            )
+            .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut first = [0u8; 1];
+        let answered = std::io::Read::read(&mut stream, &mut first).is_ok();
+        if !answered {
+            break stream; // admitted: the only probe place is the trickler's
+        }
+        assert!(Instant::now() < deadline, "never captured the probe");
+    };
+    let other = envoy.get("/status/200").unwrap();
+    assert_eq!(
+        other.header("x-edgewise-circuit"),
+        Some("half-open"),
+        "others are held off while the probe is out"
+    );
+    let captured = Instant::now();
+    let waited = wait_until_admitted(&envoy, Duration::from_secs(8));
+    // The trickler is still sending: its connection is open and takes more bytes.
+    trickler.write_all(b"yyyy").unwrap();
+    println!("trickled probe: others served again after {waited:?}");
+    assert!(captured.elapsed() < Duration::from_secs(8));
+    for _ in 0..5 {
+        let r = envoy.get("/status/200").unwrap();
+        assert_eq!(
+            (r.status, r.header("x-edgewise-circuit")),
+            (200, None),
+            "closed"
+        );
+    }
+}
