@@ -53,13 +53,16 @@ struct Waiter {
     /// (a reconfiguration may change the rules while the request waits).
     rules: Vec<usize>,
     shared: Rc<Shared>,
+    /// When the places were taken (their lease).
+    taken_at: u64,
 }
 
 /// Gives back a waiter's queue places, under the configuration it took them in.
 fn release_places(waiter: &Waiter) {
+    let now = now_nanos().unwrap_or(waiter.taken_at);
     for rule in &waiter.rules {
         if let Some(rule) = waiter.shared.config.rules.get(*rule) {
-            release_waiting(&SharedData, rule);
+            release_waiting(&SharedData, rule, waiter.taken_at, now);
         }
     }
 }
@@ -229,6 +232,7 @@ impl HttpContext for RateLimitStream {
                     release_at: now + delay_ns,
                     rules: decision.waiting.clone(),
                     shared: shared.clone(),
+                    taken_at: decision.taken_at,
                 });
                 edgewise_support::wasm::set_tick_period(std::time::Duration::from_millis(1));
                 Action::Pause

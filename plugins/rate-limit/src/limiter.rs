@@ -57,6 +57,8 @@ pub struct Decision {
     pub errors: Vec<usize>,
     /// Rules whose waiting counter this request holds a place in (release when done).
     pub waiting: Vec<usize>,
+    /// When those places were taken (the lease they belong to, see `take_waiting_place`).
+    pub taken_at: u64,
 }
 
 /// The shared-data key of a rule's set.
@@ -227,6 +229,7 @@ pub fn decide(
             rules,
             errors,
             waiting: Vec::new(),
+            taken_at: now,
         };
     }
 
@@ -236,8 +239,8 @@ pub fn decide(
     for p in &pending {
         let a = &applicable[p.at];
         if matches!(p.verdict, Verdict::Delay { .. }) && !waiting.contains(&a.rule) {
-            if !take_waiting_place(store, &config.rules[a.rule]) {
-                release_all(config, store, &waiting);
+            if !take_waiting_place(store, &config.rules[a.rule], now) {
+                release_all(config, store, &waiting, now);
                 // Retry-After: when every rule would admit it (the longest wait among them).
                 let retry_after_ns = pending
                     .iter()
@@ -264,6 +267,7 @@ pub fn decide(
                     rules,
                     errors,
                     waiting: Vec::new(),
+                    taken_at: now,
                 };
             }
             waiting.push(a.rule);
@@ -279,7 +283,7 @@ pub fn decide(
             attempts += 1;
             if let Verdict::Deny { retry_after_ns, .. } = p.verdict {
                 statuses.push(status(a.rule, &p.verdict, false));
-                release_all(config, store, &waiting);
+                release_all(config, store, &waiting, now);
                 return Decision {
                     outcome: Outcome::Denied {
                         rule: a.rule,
@@ -288,20 +292,21 @@ pub fn decide(
                     rules: statuses,
                     errors,
                     waiting: Vec::new(),
+                    taken_at: now,
                 };
             }
             let (Verdict::Allow { state, .. } | Verdict::Delay { state, .. }) = p.verdict else {
                 break;
             };
             if let Verdict::Delay { delay_ns, .. } = p.verdict {
-                if !waiting.contains(&a.rule) && !take_waiting_place(store, rule) {
+                if !waiting.contains(&a.rule) && !take_waiting_place(store, rule, now) {
                     statuses.push(RuleStatus {
                         rule: a.rule,
                         limited: true,
                         remaining: 0,
                         reset_ns: 0,
                     });
-                    release_all(config, store, &waiting);
+                    release_all(config, store, &waiting, now);
                     return Decision {
                         outcome: Outcome::Denied {
                             rule: a.rule,
@@ -310,6 +315,7 @@ pub fn decide(
                         rules: statuses,
                         errors,
                         waiting: Vec::new(),
+                        taken_at: now,
                     };
                 }
                 if !waiting.contains(&a.rule) {
@@ -324,7 +330,7 @@ pub fn decide(
                         delay = delay.max(delay_ns);
                     } else if waiting.contains(&a.rule) {
                         // Lost a race, re-decided, and no longer needs to wait.
-                        release_waiting(store, rule);
+                        release_waiting(store, rule, now, now);
                         waiting.retain(|r| *r != a.rule);
                     }
                     statuses.push(status(a.rule, &p.verdict, true));
@@ -352,7 +358,7 @@ pub fn decide(
         Outcome::Allowed
     };
     if delay == 0 {
-        release_all(config, store, &waiting);
+        release_all(config, store, &waiting, now);
         waiting.clear();
     }
     Decision {
@@ -360,51 +366,123 @@ pub fn decide(
         rules: statuses,
         errors,
         waiting,
+        taken_at: now,
     }
 }
 
-fn take_waiting_place(store: &impl CasStore, rule: &Rule) -> bool {
+/// A rule's queue places, counted in leases: every place is taken in a lease window of
+/// `max_delay + 1 s` and must be given back by the end of the next one (a held request waits
+/// at most `max_delay`). Places of older windows belonged to a VM that died (trapped, was
+/// replaced) while holding them; they are dropped, so a leak never blocks the queue for good.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Places {
+    window: u64,
+    previous: u64,
+    current: u64,
+}
+
+impl Places {
+    fn decode(value: Option<&[u8]>) -> Places {
+        let word = |v: &[u8], i: usize| {
+            v.get(8 * i..8 * i + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .unwrap_or(0)
+        };
+        match value {
+            Some(v) if v.len() == 24 => Places {
+                window: word(v, 0),
+                previous: word(v, 1),
+                current: word(v, 2),
+            },
+            _ => Places::default(),
+        }
+    }
+
+    fn encode(self) -> Vec<u8> {
+        [self.window, self.previous, self.current]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect()
+    }
+
+    /// The places as of lease window `window`: older windows' places are dropped.
+    fn at(self, window: u64) -> Places {
+        if self.window == window {
+            self
+        } else if self.window.wrapping_add(1) == window {
+            Places {
+                window,
+                previous: self.current,
+                current: 0,
+            }
+        } else {
+            Places {
+                window,
+                ..Places::default()
+            }
+        }
+    }
+
+    fn held(self) -> u64 {
+        self.previous.saturating_add(self.current)
+    }
+}
+
+/// The lease window (ns) of a rule's queue places.
+fn lease_window(rule: &Rule) -> u64 {
+    rule.queue
+        .map(|q| q.max_delay_ns)
+        .unwrap_or(0)
+        .saturating_add(1_000_000_000)
+}
+
+fn take_waiting_place(store: &impl CasStore, rule: &Rule, now: u64) -> bool {
     let Some(queue) = rule.queue else {
         return false;
     };
+    let window = now / lease_window(rule);
     let result = update_with_cas(store, &waiting_key(rule), MAX_CAS_ATTEMPTS, |value| {
-        let current = value
-            .and_then(|v| v.try_into().ok())
-            .map(u64::from_le_bytes)
-            .unwrap_or(0);
-        if current >= queue.max_waiting {
+        let mut places = Places::decode(value).at(window);
+        if places.held() >= queue.max_waiting {
             (None, false)
         } else {
-            (Some((current + 1).to_le_bytes().to_vec()), true)
+            places.current += 1;
+            (Some(places.encode()), true)
         }
     });
     result.unwrap_or(false)
 }
 
-/// Frees a place in a rule's queue (the held request was released or went away).
-pub fn release_waiting(store: &impl CasStore, rule: &Rule) {
+/// Frees a place in a rule's queue, taken at `taken_at` (the held request was released or
+/// went away). A place whose lease already expired is gone: nothing to free.
+pub fn release_waiting(store: &impl CasStore, rule: &Rule, taken_at: u64, now: u64) {
+    let lease = lease_window(rule);
+    let (window, taken) = (now.max(taken_at) / lease, taken_at / lease);
     let _ = update_with_cas(store, &waiting_key(rule), MAX_CAS_ATTEMPTS, |value| {
-        let current = value
-            .and_then(|v| v.try_into().ok())
-            .map(u64::from_le_bytes)
-            .unwrap_or(0);
-        (Some(current.saturating_sub(1).to_le_bytes().to_vec()), ())
+        let mut places = Places::decode(value).at(window);
+        if taken == window {
+            places.current = places.current.saturating_sub(1);
+        } else if taken.wrapping_add(1) == window {
+            places.previous = places.previous.saturating_sub(1);
+        } else {
+            return (None, ());
+        }
+        (Some(places.encode()), ())
     });
 }
 
-fn release_all(config: &Config, store: &impl CasStore, rules: &[usize]) {
+fn release_all(config: &Config, store: &impl CasStore, rules: &[usize], now: u64) {
     for rule in rules {
-        release_waiting(store, &config.rules[*rule]);
+        release_waiting(store, &config.rules[*rule], now, now);
     }
 }
 
-/// Requests currently waiting in a rule's queue (all workers).
-pub fn waiting_count(store: &impl CasStore, rule: &Rule) -> u64 {
-    store
-        .get(&waiting_key(rule))
-        .ok()
-        .flatten()
-        .and_then(|(v, _)| v.try_into().ok())
-        .map(u64::from_le_bytes)
-        .unwrap_or(0)
+/// Requests currently holding places in a rule's queue at `now` (all workers; expired
+/// leases not counted).
+pub fn waiting_count(store: &impl CasStore, rule: &Rule, now: u64) -> u64 {
+    let value = store.get(&waiting_key(rule)).ok().flatten();
+    Places::decode(value.as_ref().map(|(v, _)| v.as_slice()))
+        .at(now / lease_window(rule))
+        .held()
 }

@@ -96,14 +96,14 @@ fn queueing_holds_up_to_max_waiting_and_releases_places() {
             delay_ns: 2 * SEC / 10
         }
     );
-    assert_eq!(waiting_count(&store, &c.rules[0]), 2);
+    assert_eq!(waiting_count(&store, &c.rules[0], T0), 2);
     // Two are waiting: the third is refused even though its slot would be within max_delay.
     assert!(matches!(
         run(&c, &store, &[], T0).outcome,
         Outcome::Denied { .. }
     ));
-    rate_limit::limiter::release_waiting(&store, &c.rules[0]);
-    assert_eq!(waiting_count(&store, &c.rules[0]), 1);
+    rate_limit::limiter::release_waiting(&store, &c.rules[0], T0, T0);
+    assert_eq!(waiting_count(&store, &c.rules[0], T0), 1);
     assert_eq!(
         run(&c, &store, &[], T0).outcome,
         Outcome::Delayed {
@@ -216,5 +216,43 @@ fn a_full_queue_charges_no_rule_and_retry_after_covers_every_rule() {
     assert!(retry_after_ns >= 10 * SEC, "{retry_after_ns}");
     assert_eq!(refused.rules[0].remaining, 8, "wide was not charged");
     assert!(refused.rules[1].limited);
-    assert_eq!(waiting_count(&store, &c.rules[1]), 1);
+    assert_eq!(waiting_count(&store, &c.rules[1], T0), 1);
+}
+
+/// Queue places are leases: places a VM took and never gave back (it trapped or was
+/// replaced while requests waited) expire after two lease windows of `max_delay + 1 s`, so a
+/// leak never blocks the queue for good; places given back late, after their lease, change
+/// nothing.
+#[test]
+fn leaked_queue_places_expire() {
+    let c = config(
+        r#"{"rules":[{"name":"q","limit":10,"window":"1s","burst":1,"queue":{"max_delay":"1s","max_waiting":2}}]}"#,
+    );
+    let store = MemoryStore::new();
+    assert_eq!(run(&c, &store, &[], T0).outcome, Outcome::Allowed);
+    // Two requests queue, and their VM dies: nobody gives their places back.
+    for _ in 0..2 {
+        assert!(matches!(
+            run(&c, &store, &[], T0).outcome,
+            Outcome::Delayed { .. }
+        ));
+    }
+    assert!(matches!(
+        run(&c, &store, &[], T0).outcome,
+        Outcome::Denied { .. }
+    ));
+    // Within the next lease window the places still count (they might be real) ...
+    assert_eq!(waiting_count(&store, &c.rules[0], T0 + 2 * SEC), 2);
+    // ... after it they are gone, and the queue takes requests again.
+    let later = T0 + 5 * SEC;
+    assert_eq!(waiting_count(&store, &c.rules[0], later), 0);
+    assert_eq!(run(&c, &store, &[], later).outcome, Outcome::Allowed);
+    assert!(matches!(
+        run(&c, &store, &[], later).outcome,
+        Outcome::Delayed { .. }
+    ));
+    // A late give-back of an expired place does not free a live one.
+    assert_eq!(waiting_count(&store, &c.rules[0], later), 1);
+    rate_limit::limiter::release_waiting(&store, &c.rules[0], T0, later);
+    assert_eq!(waiting_count(&store, &c.rules[0], later), 1);
 }
