@@ -72,7 +72,16 @@ pub fn build_edge_chain() -> Result<(), String> {
     let target = wasm_dir()
         .parent()
         .and_then(|p| p.parent())
-        .map(|t| t.join("edge-chain"))
+        .map(|t| {
+            // One directory per checkout (as envoy-harness's edge_chain_target_dir).
+            let hash = workspace_root()
+                .to_string_lossy()
+                .bytes()
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                });
+            t.join(format!("edge-chain-{:08x}", hash as u32))
+        })
         .ok_or("no target directory")?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = workspace_root().join("plugins/edge-chain/Cargo.toml");

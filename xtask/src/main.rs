@@ -144,7 +144,7 @@ fn test() -> Result<()> {
     build_wasm()?;
     let chain_manifest = workspace_root().join("plugins/edge-chain/Cargo.toml");
     let chain_manifest = chain_manifest.to_string_lossy().to_string();
-    let chain_target = envoy_harness::target_dir().join("edge-chain");
+    let chain_target = envoy_harness::edge_chain_target_dir();
     let chain_target = chain_target.to_string_lossy().to_string();
     step("format: cargo fmt --check");
     cargo(&["fmt", "--all", "--", "--check"])?;

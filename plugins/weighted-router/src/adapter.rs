@@ -105,14 +105,19 @@ impl RootContext for RouterRoot {
 
 struct RouterStream {
     shared: Option<Rc<Shared>>,
-    /// (route, target) counted in flight by least_requests, released at stream end.
-    in_flight: Option<(usize, usize)>,
+    /// (route, target, when) counted in flight by least_requests, released at stream end.
+    in_flight: Option<(usize, usize, u64)>,
 }
 
 impl Context for RouterStream {
     fn on_done(&mut self) -> bool {
-        if let (Some(shared), Some((route, target))) = (&self.shared, self.in_flight.take()) {
-            release_least(&SharedData, &shared.config.routes[route], target);
+        if let (Some(shared), Some((route, target, taken_at))) =
+            (&self.shared, self.in_flight.take())
+        {
+            if let Some(route) = shared.config.routes.get(route) {
+                let now = now_nanos().unwrap_or(taken_at);
+                release_least(&SharedData, route, target, taken_at, now);
+            }
         }
         true
     }
@@ -124,8 +129,14 @@ impl HttpContext for RouterStream {
             return Action::Continue;
         };
         let config = &shared.config;
-        // The clock is read only if a failover route asks about a breaker.
-        let mut now: Option<u64> = None;
+        // The clock is read only if a failover route asks about a breaker, or least_requests
+        // counts a request (once either way).
+        let now: std::cell::Cell<Option<u64>> = std::cell::Cell::new(None);
+        let clock = || {
+            let value = now.get().unwrap_or_else(|| now_nanos().unwrap_or(0));
+            now.set(Some(value));
+            value
+        };
         let mut request = RequestHeaders::default();
         // The least_requests target counted in flight (always on the selected route).
         let mut acquired: Option<usize> = None;
@@ -163,12 +174,12 @@ impl HttpContext for RouterStream {
         // Open and not yet due for probing: skip. Half-open targets keep their share, so the
         // breaker's probes can reach them and close it.
         let mut is_open = |cluster: &str| {
-            let now = *now.get_or_insert_with(|| now_nanos().unwrap_or(0));
+            let now = clock();
             lookup(&SharedData, cluster.as_bytes(), config.breaker_slots, now)
                 .is_some_and(|p| p.state == BreakerState::Open && now < p.open_until)
         };
         let mut least = |route: &crate::config::Route, allowed: &dyn Fn(usize) -> bool| {
-            let pick = acquire_least(&SharedData, route, allowed);
+            let pick = acquire_least(&SharedData, route, allowed, clock());
             if let Some(target) = pick {
                 acquired = Some(target);
             }
@@ -203,7 +214,7 @@ impl HttpContext for RouterStream {
                     Reason::Picked | Reason::HashKeyMissing => {}
                 }
                 if let Some(target) = acquired {
-                    self.in_flight = Some((selection.route, target));
+                    self.in_flight = Some((selection.route, target, now.get().unwrap_or(0)));
                 }
             }
             None => {

@@ -225,21 +225,84 @@ fn encode_counts(counts: &[u32]) -> Vec<u8> {
     counts.iter().flat_map(|c| c.to_le_bytes()).collect()
 }
 
+/// How long a least_requests in-flight count lasts without being given back: counts are
+/// leases taken in windows of this length and counted through the next window, so counts of
+/// a VM that died (trapped, was replaced) mid-stream expire instead of skewing the split for
+/// ever. Streams longer than two windows stop counting (documented).
+pub const IN_FLIGHT_LEASE_NS: u64 = 60_000_000_000;
+
+/// A route's in-flight counts per target, for the current and the previous lease window.
+struct Leased {
+    window: u64,
+    previous: Vec<u32>,
+    current: Vec<u32>,
+}
+
+impl Leased {
+    fn decode(value: Option<&[u8]>, n: usize) -> Leased {
+        let mut leased = Leased {
+            window: 0,
+            previous: vec![0; n],
+            current: vec![0; n],
+        };
+        if let Some(bytes) = value.filter(|b| b.len() == 8 + 8 * n) {
+            leased.window = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
+            leased.previous = decode_counts(Some(&bytes[8..8 + 4 * n]), n);
+            leased.current = decode_counts(Some(&bytes[8 + 4 * n..]), n);
+        }
+        leased
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.window.to_le_bytes().to_vec();
+        out.extend(encode_counts(&self.previous));
+        out.extend(encode_counts(&self.current));
+        out
+    }
+
+    /// As of lease window `window`: counts of older windows are dropped.
+    fn at(mut self, window: u64) -> Leased {
+        if self.window != window {
+            let n = self.current.len();
+            self.previous = if self.window.wrapping_add(1) == window {
+                std::mem::replace(&mut self.current, vec![0; n])
+            } else {
+                self.current = vec![0; n];
+                vec![0; n]
+            };
+            self.window = window;
+        }
+        self
+    }
+
+    fn totals(&self) -> Vec<u32> {
+        self.previous
+            .iter()
+            .zip(&self.current)
+            .map(|(p, c)| p.saturating_add(*c))
+            .collect()
+    }
+}
+
 /// least_requests: picks the allowed target with the fewest in-flight requests (shared across
-/// workers) relative to its weight, and counts it, in one CAS.
+/// workers) relative to its weight, and counts it, in one CAS, at `now`.
 pub fn acquire_least(
     store: &impl CasStore,
     route: &Route,
     allowed: &dyn Fn(usize) -> bool,
+    now: u64,
 ) -> Option<usize> {
     let key = format!("{}.inflight", route.state_key);
     let n = route.targets.len();
+    let window = now / IN_FLIGHT_LEASE_NS;
     update_with_cas(store, &key, 16, |value| {
-        let mut counts = decode_counts(value, n);
-        match strategy::least_requests(&route.weights, &counts, allowed) {
+        let mut leased = Leased::decode(value, n).at(window);
+        match strategy::least_requests(&route.weights, &leased.totals(), allowed) {
             Some(i) => {
-                counts[i] = counts[i].saturating_add(1);
-                (Some(encode_counts(&counts)), Some(i))
+                if let Some(c) = leased.current.get_mut(i) {
+                    *c = c.saturating_add(1);
+                }
+                (Some(leased.encode()), Some(i))
             }
             None => (None, None),
         }
@@ -248,24 +311,38 @@ pub fn acquire_least(
     .flatten()
 }
 
-/// Ends a least_requests stream: its target has one fewer in flight.
-pub fn release_least(store: &impl CasStore, route: &Route, target: usize) {
+/// Ends a least_requests stream counted at `taken_at`: its target has one fewer in flight
+/// (nothing, when its lease already expired).
+pub fn release_least(store: &impl CasStore, route: &Route, target: usize, taken_at: u64, now: u64) {
     let key = format!("{}.inflight", route.state_key);
     let n = route.targets.len();
+    let (window, taken) = (
+        now.max(taken_at) / IN_FLIGHT_LEASE_NS,
+        taken_at / IN_FLIGHT_LEASE_NS,
+    );
     let _ = update_with_cas(store, &key, 16, |value| {
-        let mut counts = decode_counts(value, n);
+        let mut leased = Leased::decode(value, n).at(window);
+        let counts = if taken == window {
+            &mut leased.current
+        } else if taken.wrapping_add(1) == window {
+            &mut leased.previous
+        } else {
+            return (None, ());
+        };
         if let Some(c) = counts.get_mut(target) {
             *c = c.saturating_sub(1);
         }
-        (Some(encode_counts(&counts)), ())
+        (Some(leased.encode()), ())
     });
 }
 
-/// In-flight counts of a least_requests route, for tests and diagnostics.
-pub fn in_flight(store: &impl CasStore, route: &Route) -> Vec<u32> {
+/// In-flight counts of a least_requests route at `now`, for tests and diagnostics.
+pub fn in_flight(store: &impl CasStore, route: &Route, now: u64) -> Vec<u32> {
     let key = format!("{}.inflight", route.state_key);
     let value = store.get(&key).ok().flatten().map(|(v, _)| v);
-    decode_counts(value.as_deref(), route.targets.len())
+    Leased::decode(value.as_deref(), route.targets.len())
+        .at(now / IN_FLIGHT_LEASE_NS)
+        .totals()
 }
 
 /// The shared round-robin cursor: one CAS per pick makes the split exact across workers.
