@@ -204,9 +204,42 @@ fn open_breaker(world: &World, cluster: &str, until: u64) {
             identity_hash: hash,
             state: BreakerState::Open,
             open_until: until,
+            probes_full: false,
         },
     );
     world.set_shared_data(VM_ID, &slot_key(slot), &value);
+}
+
+/// Publishes a half-open breaker for `cluster`, with or without probe places left.
+fn half_open_breaker(world: &World, cluster: &str, probes_full: bool) {
+    let hash = identity_hash(cluster.as_bytes());
+    let slot = candidate_slots(hash, 256).next().unwrap();
+    let mut value = vec![0u8; 208];
+    write_header(
+        &mut value,
+        &Published {
+            identity_hash: hash,
+            state: BreakerState::HalfOpen,
+            open_until: world.now_nanos() + 10_000_000_000,
+            probes_full,
+        },
+    );
+    world.set_shared_data(VM_ID, &slot_key(slot), &value);
+}
+
+/// While a target's breaker is half-open with every probe place taken, the router sends its
+/// share elsewhere (it would get the fallback); with places left, its share goes to it (the
+/// probes that close it).
+#[test]
+fn half_open_targets_get_traffic_only_while_probe_places_are_left() {
+    let world = World::new();
+    let config = SPLIT.replace(r#""name":"api","#, r#""name":"api","failover":true,"#);
+    let vms = start(&world, &config, 2);
+    half_open_breaker(&world, "api-v2", true);
+    let counts = split(&vms, 100, &[]);
+    assert_eq!(counts.get("api-v2"), None, "{counts:?}");
+    half_open_breaker(&world, "api-v2", false);
+    assert_eq!(split(&vms, 100, &[])["api-v2"], 20);
 }
 
 #[test]

@@ -34,6 +34,8 @@ pub struct Breaker {
     pub consecutive_failures: u32,
     pub probes_issued: u32,
     pub probes_succeeded: u32,
+    /// Published: half-open with every probe place taken (the router's failover skips it).
+    pub probes_full: bool,
     pub buckets: [Bucket; BUCKETS],
 }
 
@@ -84,6 +86,7 @@ impl Breaker {
             consecutive_failures: 0,
             probes_issued: 0,
             probes_succeeded: 0,
+            probes_full: false,
             buckets: [Bucket::default(); BUCKETS],
         }
     }
@@ -109,6 +112,7 @@ impl Breaker {
             consecutive_failures: u32_at(p + 4),
             probes_issued: u32_at(p + 8),
             probes_succeeded: u32_at(p + 12),
+            probes_full: header.probes_full,
             buckets: [Bucket::default(); BUCKETS],
         };
         for (i, bucket) in breaker.buckets.iter_mut().enumerate() {
@@ -131,6 +135,7 @@ impl Breaker {
                 identity_hash: self.identity_hash,
                 state: self.state,
                 open_until: self.open_until,
+                probes_full: self.state == BreakerState::HalfOpen && self.probes_full,
             },
         );
         let p = HEADER_BYTES;
@@ -193,6 +198,7 @@ impl Breaker {
                 next.state = BreakerState::HalfOpen;
                 next.probes_issued = 1;
                 next.probes_succeeded = 0;
+                next.probes_full = params.probes <= 1;
                 // While half-open, `open_until` is the probes' deadline.
                 next.open_until = now.saturating_add(params.probe_timeout_ns);
                 (
@@ -219,6 +225,7 @@ impl Breaker {
             BreakerState::HalfOpen if self.probes_issued < params.probes => {
                 let mut next = self.clone();
                 next.probes_issued += 1;
+                next.probes_full = next.probes_issued >= params.probes;
                 (
                     Admission::Probe {
                         episode: next.opens,
@@ -308,6 +315,7 @@ impl Breaker {
         {
             let mut next = self.clone();
             next.probes_issued -= 1;
+            next.probes_full = false;
             return Some(next);
         }
         None
@@ -345,6 +353,7 @@ impl Breaker {
         self.consecutive_failures = 0;
         self.probes_issued = 0;
         self.probes_succeeded = 0;
+        self.probes_full = false;
         self.buckets = [Bucket::default(); BUCKETS];
         for_ns
     }
@@ -419,6 +428,27 @@ mod tests {
         // The hung probe's answer arrives late: ignored (another episode).
         let (late, _) = reopened.record(&p, OK, Some(1), T0 + 8 * SEC);
         assert!(late.is_none());
+    }
+
+    /// Half-open publishes when every probe place is taken (the router's failover then sends
+    /// other requests elsewhere instead of to the fallback); a place given back clears it.
+    #[test]
+    fn half_open_publishes_when_its_probe_places_are_taken() {
+        let p = params(
+            r#"{"trip":{"consecutive_failures":1},"open":{"duration":"1s"},"half_open":{"probes":2}}"#,
+        );
+        let (open, _) = feed(&Breaker::new(1), &p, &[FAIL], T0);
+        let published = |b: &Breaker| read_header(&b.encode()).unwrap();
+        let (_, first, _) = open.admit(&p, T0 + SEC);
+        let first = first.unwrap();
+        assert!(!published(&first).probes_full && !published(&first).rejects(T0 + SEC));
+        let (_, second, _) = first.admit(&p, T0 + SEC);
+        let second = second.unwrap();
+        assert!(published(&second).probes_full && published(&second).rejects(T0 + SEC));
+        let given_back = second.abandon_probe(second.opens).unwrap();
+        assert!(!published(&given_back).probes_full);
+        let closed = Breaker::decode(&given_back.encode()).unwrap();
+        assert!(!closed.probes_full, "decoded as published");
     }
 
     #[test]

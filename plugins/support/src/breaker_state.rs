@@ -5,7 +5,9 @@
 //! `slots` shared-data keys `edgewise.cb.<n>`, at n = (h + i) mod slots for the first
 //! i in 0..4 whose value starts with h, where h = FNV-1a-64(u) | 1. A value starts with a
 //! 32-byte header: bytes 0..8 h (u64 LE), byte 8 the state (0 closed, 1 open, 2 half-open),
-//! bytes 16..24 `open_until` (ns since the Unix epoch, u64 LE); the rest is private.
+//! byte 9 = 1 when half-open with every probe place taken (other requests get the fallback),
+//! bytes 16..24 `open_until` (ns since the Unix epoch, u64 LE; while half-open, the probes'
+//! deadline); the rest is private.
 
 use crate::store::CasStore;
 
@@ -72,6 +74,20 @@ pub struct Published {
     pub identity_hash: u64,
     pub state: BreakerState,
     pub open_until: u64,
+    /// Half-open with every probe place taken: a request sent there now gets the fallback.
+    pub probes_full: bool,
+}
+
+impl Published {
+    /// Whether a request routed to this upstream now would be answered with the breaker's
+    /// fallback: open and not yet due to probe, or half-open with every probe place taken.
+    pub fn rejects(&self, now: u64) -> bool {
+        match self.state {
+            BreakerState::Open => now < self.open_until,
+            BreakerState::HalfOpen => self.probes_full,
+            BreakerState::Closed => false,
+        }
+    }
 }
 
 pub fn read_header(bytes: &[u8]) -> Option<Published> {
@@ -86,6 +102,7 @@ pub fn read_header(bytes: &[u8]) -> Option<Published> {
         identity_hash: u64_at(0)?,
         state: BreakerState::from_code(header[8]),
         open_until: u64_at(16)?,
+        probes_full: header[9] == 1,
     })
 }
 
@@ -95,6 +112,7 @@ pub fn write_header(out: &mut [u8], published: &Published) {
     }
     out[..8].copy_from_slice(&published.identity_hash.to_le_bytes());
     out[8] = published.state.code();
+    out[9] = published.probes_full as u8;
     out[16..24].copy_from_slice(&published.open_until.to_le_bytes());
 }
 
@@ -142,6 +160,7 @@ mod tests {
                 identity_hash: hash,
                 state: BreakerState::Open,
                 open_until: 42,
+                probes_full: false,
             },
         );
         let slot = candidate_slots(hash, 256).nth(1).unwrap();

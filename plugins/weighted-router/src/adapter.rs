@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use edgewise_support::breaker_state::{lookup, BreakerState};
+use edgewise_support::breaker_state::lookup;
 use edgewise_support::wasm::{
     install_panic_hook, load_config, log, now_nanos, Metric, RequestHeaders, SharedData,
 };
@@ -171,12 +171,13 @@ impl HttpContext for RouterStream {
             *shared.rng.borrow_mut() = x;
             x
         };
-        // Open and not yet due for probing: skip. Half-open targets keep their share, so the
-        // breaker's probes can reach them and close it.
+        // Skipped: open and not yet due for probing, or half-open with every probe place
+        // taken (the request would get the breaker's fallback while a healthy target exists).
+        // A half-open target with places left keeps its share, so probes reach it.
         let mut is_open = |cluster: &str| {
             let now = clock();
             lookup(&SharedData, cluster.as_bytes(), config.breaker_slots, now)
-                .is_some_and(|p| p.state == BreakerState::Open && now < p.open_until)
+                .is_some_and(|p| p.rejects(now))
         };
         let mut least = |route: &crate::config::Route, allowed: &dyn Fn(usize) -> bool| {
             let pick = acquire_least(&SharedData, route, allowed, clock());
