@@ -408,3 +408,45 @@ fn invalid_configurations_are_refused_naming_the_field() {
         );
     }
 }
+
+/// A hung upstream trips the breaker while its requests still hang: requests in flight past
+/// `failure.slow_call` count as slow calls on the root's watch (not when — if ever — they
+/// end), so with a slow-call rate the breaker opens about one threshold after the hang, not
+/// one route timeout later; the hung requests' late answers count for nothing more.
+#[test]
+fn requests_hanging_past_the_slow_call_threshold_trip_before_they_end() {
+    let world = World::new();
+    let vms = start(
+        &world,
+        r#"{"failure":{"slow_call":"1s"},"trip":{"consecutive_failures":100,"slow_call_rate":0.5,"min_requests":4},"open":{"duration":"30s"}}"#,
+        2,
+    );
+    // Four requests hang: the upstream never answers them (yet).
+    let mut hung: Vec<Stream> = (0..4)
+        .map(|i| {
+            let mut s = vms[i % 2].stream();
+            assert_eq!(s.send_request_headers(request(&[]), true), Action::Continue);
+            s
+        })
+        .collect();
+    world.advance(Duration::from_millis(500)).unwrap();
+    assert!(call(&vms[0], 200, &[]).1, "not slow yet: still closed");
+    world.advance(Duration::from_millis(800)).unwrap();
+    let (rejected, forwarded) = call(&vms[1], 200, &[]);
+    assert!(!forwarded, "open while the requests still hang");
+    assert_eq!(circuit(&rejected).as_deref(), Some("open"));
+    assert_eq!(
+        world.metric("edgewise.circuit_breaker.payments.opened"),
+        Some(1)
+    );
+    // The hung requests finally fail: counted once already, nothing changes.
+    for s in hung.iter_mut() {
+        s.respond(504, &[], b"");
+        s.finish();
+    }
+    assert_eq!(
+        world.metric("edgewise.circuit_breaker.payments.opened"),
+        Some(1)
+    );
+    assert!(vms.iter().all(|vm| vm.failure().is_none()));
+}

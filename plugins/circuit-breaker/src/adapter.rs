@@ -1,7 +1,7 @@
 //! The proxy-wasm adapter: names the upstream, asks its breaker for admission, answers with
 //! the fallback while open, classifies responses, and logs and exports state changes.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -41,8 +41,25 @@ struct UpstreamMetrics {
     probes: Metric,
 }
 
+/// A request watched for taking longer than `failure.slow_call`: a hung upstream must count
+/// toward tripping while its requests still hang, not when (if ever) they end.
+struct Watched {
+    identity: String,
+    probe: Option<u32>,
+    /// When the request ended (0 until then): slow-call time runs from there.
+    started: Rc<Cell<u64>>,
+    /// The stream recorded its outcome or ended: no longer watched.
+    done: Rc<Cell<bool>>,
+    /// Counted as slow by the watch (the response then records nothing more).
+    counted: Rc<Cell<bool>>,
+}
+
 struct Shared {
     config: Config,
+    watched: RefCell<Vec<Watched>>,
+    /// How often the watch looks, when any params have `failure.slow_call` (None: never).
+    watch_period: Option<std::time::Duration>,
+    watching: Cell<bool>,
     /// Bounded: routes (from Envoy's configuration) or the listed identities only.
     upstreams: RefCell<HashMap<String, Rc<UpstreamMetrics>>>,
     unlisted: Rc<UpstreamMetrics>,
@@ -81,6 +98,48 @@ struct BreakerRoot {
 
 impl Context for BreakerRoot {}
 
+impl BreakerRoot {
+    /// Counts watched requests past their slow-call threshold as slow calls now (each once),
+    /// and forgets those whose streams are done.
+    fn watch_slow(&self, shared: &Shared) {
+        let Some(now) = now_nanos() else { return };
+        let mut watched = shared.watched.borrow_mut();
+        watched.retain(|w| !w.done.get());
+        for w in watched.iter() {
+            let started = w.started.get();
+            let params = shared.config.params(&w.identity);
+            let Some(slow_ns) = params.slow_call_ns else {
+                continue;
+            };
+            if w.counted.get() || started == 0 || now.saturating_sub(started) < slow_ns {
+                continue;
+            }
+            w.counted.set(true);
+            let outcome = crate::breaker::Outcome {
+                failed: false,
+                slow: true,
+            };
+            match table::record(
+                &SharedData,
+                w.identity.as_bytes(),
+                shared.config.slots,
+                params,
+                outcome,
+                w.probe,
+                now,
+            ) {
+                Ok(Some(transition)) => report(shared, &w.identity, transition),
+                Ok(None) => {}
+                Err(_) => shared.errors.increment(1),
+            }
+        }
+        if watched.is_empty() {
+            shared.watching.set(false);
+            edgewise_support::wasm::set_tick_period(std::time::Duration::ZERO);
+        }
+    }
+}
+
 impl RootContext for BreakerRoot {
     fn on_vm_start(&mut self, _size: usize) -> bool {
         install_panic_hook("circuit_breaker", VERSION);
@@ -99,7 +158,16 @@ impl RootContext for BreakerRoot {
                 config.overrides.len()
             ),
         );
+        // The watch looks every quarter of the shortest slow-call threshold (10 ms – 1 s).
+        let watch_period = std::iter::once(&config.defaults)
+            .chain(config.overrides.values())
+            .filter_map(|p| p.slow_call_ns)
+            .min()
+            .map(|ns| std::time::Duration::from_nanos((ns / 4).clamp(10_000_000, 1_000_000_000)));
         self.shared = Some(Rc::new(Shared {
+            watched: RefCell::new(Vec::new()),
+            watch_period,
+            watching: Cell::new(false),
             config,
             upstreams: RefCell::new(HashMap::new()),
             unlisted: Rc::new(upstream_metrics(crate::config::UNLISTED, false)),
@@ -107,6 +175,12 @@ impl RootContext for BreakerRoot {
             errors: Metric::counter(&metric_name(&["circuit_breaker", "errors"])),
         }));
         true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(shared) = self.shared.clone() {
+            self.watch_slow(&shared);
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -121,6 +195,7 @@ impl RootContext for BreakerRoot {
             probe: None,
             replied: false,
             recorded: false,
+            watch: None,
         }))
     }
 }
@@ -132,6 +207,49 @@ struct BreakerStream {
     probe: Option<u32>,
     replied: bool,
     recorded: bool,
+    /// (started, done, counted) shared with the root's slow-call watch.
+    watch: Option<WatchCells>,
+}
+
+/// A watched request's cells: when it ended, whether it is done, whether it was counted.
+type WatchCells = (Rc<Cell<u64>>, Rc<Cell<bool>>, Rc<Cell<bool>>);
+
+impl BreakerStream {
+    /// Puts an admitted request under the slow-call watch (when slow calls are configured).
+    fn watch(&mut self, shared: &Shared, identity: &str) {
+        let Some(period) = shared.watch_period else {
+            return;
+        };
+        let cells = (
+            Rc::new(Cell::new(self.started)),
+            Rc::new(Cell::new(false)),
+            Rc::new(Cell::new(false)),
+        );
+        shared.watched.borrow_mut().push(Watched {
+            identity: identity.to_string(),
+            probe: self.probe,
+            started: cells.0.clone(),
+            done: cells.1.clone(),
+            counted: cells.2.clone(),
+        });
+        self.watch = Some(cells);
+        if !shared.watching.replace(true) {
+            edgewise_support::wasm::set_tick_period(period);
+        }
+    }
+
+    /// Counted as slow by the watch already.
+    fn counted_early(&self) -> bool {
+        self.watch
+            .as_ref()
+            .is_some_and(|(_, _, counted)| counted.get())
+    }
+
+    fn unwatch(&self) {
+        if let Some((_, done, _)) = &self.watch {
+            done.set(true);
+        }
+    }
 }
 
 fn report(shared: &Shared, identity: &str, transition: Transition) {
@@ -187,11 +305,15 @@ fn report(shared: &Shared, identity: &str, transition: Transition) {
 
 impl Context for BreakerStream {
     fn on_done(&mut self) -> bool {
+        self.unwatch();
         // A probe that ended without a response gives its place back, so half-open cannot
         // stall on clients that went away.
-        if let (Some(shared), Some(identity), Some(episode), false) =
-            (&self.shared, &self.identity, self.probe, self.recorded)
-        {
+        if let (Some(shared), Some(identity), Some(episode), false) = (
+            &self.shared,
+            &self.identity,
+            self.probe,
+            self.recorded || self.counted_early(),
+        ) {
             if let Some(now) = now_nanos() {
                 let params = shared.config.params(identity);
                 let _ = table::abandon_probe(
@@ -256,12 +378,14 @@ impl HttpContext for BreakerStream {
         self.started = if end_of_stream { now } else { 0 };
         match admission {
             Admission::Pass => {
+                self.watch(&shared, &identity);
                 self.identity = Some(identity);
                 Action::Continue
             }
             Admission::Probe { episode } => {
                 shared.metrics(&identity).probes.increment(1);
                 self.probe = Some(episode);
+                self.watch(&shared, &identity);
                 self.identity = Some(identity);
                 Action::Continue
             }
@@ -292,6 +416,9 @@ impl HttpContext for BreakerStream {
     fn on_http_request_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
         if end_of_stream && self.identity.is_some() && self.started == 0 {
             self.started = now_nanos().unwrap_or(0);
+            if let Some((started, _, _)) = &self.watch {
+                started.set(self.started);
+            }
         }
         Action::Continue
     }
@@ -304,6 +431,10 @@ impl HttpContext for BreakerStream {
             return Action::Continue;
         };
         self.recorded = true;
+        self.unwatch();
+        if self.counted_early() {
+            return Action::Continue; // already counted as slow while it hung
+        }
         let Some(now) = now_nanos() else {
             return Action::Continue;
         };
