@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use edgewise_support::lease::LeasedCounts;
 use proxy_host::{load_module, Action, Headers, PluginOptions, Stream, Vm, World};
 
 fn start(world: &World, module: &str, config: &str, workers: usize) -> Vec<Vm> {
@@ -62,13 +63,10 @@ fn a_queued_request_survives_a_configuration_with_fewer_rules() {
         let (value, _) = world
             .shared_data("edgewise", &key)
             .expect("place was taken");
-        // [lease window, places of the previous window, places of this one] (u64 LE each).
-        let held: u64 = value
-            .chunks_exact(8)
-            .skip(1)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-            .sum();
-        assert_eq!((value.len(), held), (24, 0), "{key} given back");
+        // Leased counts (edgewise_support::lease): every place given back.
+        let places = LeasedCounts::decode(Some(&value), 1);
+        assert_eq!(places.encode(), value, "{key}: one leased count");
+        assert_eq!(places.totals(), vec![0], "{key} given back");
     }
 }
 

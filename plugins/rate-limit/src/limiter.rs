@@ -7,6 +7,7 @@
 //! already taken from earlier rules stay taken (rare, and errs on the side of limiting).
 //! Store errors and endless contention fail open for that rule (counted as errors).
 
+use edgewise_support::lease::LeasedCounts;
 use edgewise_support::request::RequestView;
 use edgewise_support::store::{update_with_cas, CasStore, SetOutcome, CREATE_CAS};
 
@@ -181,6 +182,20 @@ fn status(rule: usize, verdict: &Verdict, consumed: bool) -> RuleStatus {
     }
 }
 
+/// Retry-After of a refused request: when every rule would admit it (the longest wait
+/// among them).
+fn longest_wait(pending: &[Pending]) -> u64 {
+    pending
+        .iter()
+        .map(|p| match p.verdict {
+            Verdict::Deny { retry_after_ns, .. } => retry_after_ns,
+            Verdict::Delay { delay_ns, .. } => delay_ns,
+            Verdict::Allow { .. } => 0,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Decides one request. In shadow mode nothing is held: a request that would wait or be
 /// denied is reported as denied (the adapter lets it through) and consumes nothing.
 pub fn decide(
@@ -207,16 +222,7 @@ pub fn decide(
         _ => None,
     };
     if let Some(denier) = pending.iter().find(|p| wait_of(&p.verdict).is_some()) {
-        // Retry-After: when every rule would admit it (the longest wait among them).
-        let retry_after_ns = pending
-            .iter()
-            .map(|p| match p.verdict {
-                Verdict::Deny { retry_after_ns, .. } => retry_after_ns,
-                Verdict::Delay { delay_ns, .. } => delay_ns,
-                Verdict::Allow { .. } => 0,
-            })
-            .max()
-            .unwrap_or(0);
+        let retry_after_ns = longest_wait(&pending);
         let rules = pending
             .iter()
             .map(|p| status(applicable[p.at].rule, &p.verdict, false))
@@ -241,16 +247,7 @@ pub fn decide(
         if matches!(p.verdict, Verdict::Delay { .. }) && !waiting.contains(&a.rule) {
             if !take_waiting_place(store, &config.rules[a.rule], now) {
                 release_all(config, store, &waiting, now);
-                // Retry-After: when every rule would admit it (the longest wait among them).
-                let retry_after_ns = pending
-                    .iter()
-                    .map(|p| match p.verdict {
-                        Verdict::Deny { retry_after_ns, .. } => retry_after_ns,
-                        Verdict::Delay { delay_ns, .. } => delay_ns,
-                        Verdict::Allow { .. } => 0,
-                    })
-                    .max()
-                    .unwrap_or(0);
+                let retry_after_ns = longest_wait(&pending);
                 let rules = pending
                     .iter()
                     .map(|q| {
@@ -370,64 +367,11 @@ pub fn decide(
     }
 }
 
-/// A rule's queue places, counted in leases: every place is taken in a lease window of
-/// `max_delay + 1 s` and must be given back by the end of the next one (a held request waits
-/// at most `max_delay`). Places of older windows belonged to a VM that died (trapped, was
-/// replaced) while holding them; they are dropped, so a leak never blocks the queue for good.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Places {
-    window: u64,
-    previous: u64,
-    current: u64,
-}
-
-impl Places {
-    fn decode(value: Option<&[u8]>) -> Places {
-        let word = |v: &[u8], i: usize| {
-            v.get(8 * i..8 * i + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes)
-                .unwrap_or(0)
-        };
-        match value {
-            Some(v) if v.len() == 24 => Places {
-                window: word(v, 0),
-                previous: word(v, 1),
-                current: word(v, 2),
-            },
-            _ => Places::default(),
-        }
-    }
-
-    fn encode(self) -> Vec<u8> {
-        [self.window, self.previous, self.current]
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect()
-    }
-
-    /// The places as of lease window `window`: older windows' places are dropped.
-    fn at(self, window: u64) -> Places {
-        if self.window == window {
-            self
-        } else if self.window.wrapping_add(1) == window {
-            Places {
-                window,
-                previous: self.current,
-                current: 0,
-            }
-        } else {
-            Places {
-                window,
-                ..Places::default()
-            }
-        }
-    }
-
-    fn held(self) -> u64 {
-        self.previous.saturating_add(self.current)
-    }
-}
+// A rule's queue places are leases (`edgewise_support::lease`): every place is taken in a
+// lease window of `max_delay + 1 s` and must be given back by the end of the next one (a held
+// request waits at most `max_delay`). Places of older windows belonged to a VM that died
+// (trapped, was replaced) while holding them; they are dropped, so a leak never blocks the
+// queue for good.
 
 /// The lease window (ns) of a rule's queue places.
 fn lease_window(rule: &Rule) -> u64 {
@@ -443,11 +387,11 @@ fn take_waiting_place(store: &impl CasStore, rule: &Rule, now: u64) -> bool {
     };
     let window = now / lease_window(rule);
     let result = update_with_cas(store, &waiting_key(rule), MAX_CAS_ATTEMPTS, |value| {
-        let mut places = Places::decode(value).at(window);
-        if places.held() >= queue.max_waiting {
+        let mut places = LeasedCounts::decode(value, 1).at(window);
+        if u64::from(places.totals()[0]) >= queue.max_waiting {
             (None, false)
         } else {
-            places.current += 1;
+            places.take(0);
             (Some(places.encode()), true)
         }
     });
@@ -460,15 +404,12 @@ pub fn release_waiting(store: &impl CasStore, rule: &Rule, taken_at: u64, now: u
     let lease = lease_window(rule);
     let (window, taken) = (now.max(taken_at) / lease, taken_at / lease);
     let _ = update_with_cas(store, &waiting_key(rule), MAX_CAS_ATTEMPTS, |value| {
-        let mut places = Places::decode(value).at(window);
-        if taken == window {
-            places.current = places.current.saturating_sub(1);
-        } else if taken.wrapping_add(1) == window {
-            places.previous = places.previous.saturating_sub(1);
+        let mut places = LeasedCounts::decode(value, 1).at(window);
+        if places.give_back(0, taken) {
+            (Some(places.encode()), ())
         } else {
-            return (None, ());
+            (None, ())
         }
-        (Some(places.encode()), ())
     });
 }
 
@@ -482,7 +423,6 @@ fn release_all(config: &Config, store: &impl CasStore, rules: &[usize], now: u64
 /// leases not counted).
 pub fn waiting_count(store: &impl CasStore, rule: &Rule, now: u64) -> u64 {
     let value = store.get(&waiting_key(rule)).ok().flatten();
-    Places::decode(value.as_ref().map(|(v, _)| v.as_slice()))
-        .at(now / lease_window(rule))
-        .held()
+    let places = LeasedCounts::decode(value.as_ref().map(|(v, _)| v.as_slice()), 1);
+    u64::from(places.at(now / lease_window(rule)).totals()[0])
 }

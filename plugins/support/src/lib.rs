@@ -9,6 +9,7 @@ pub mod abi;
 pub mod breaker_state;
 pub mod config;
 pub mod duration;
+pub mod lease;
 pub mod metrics;
 pub mod request;
 pub mod store;

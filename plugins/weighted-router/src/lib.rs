@@ -13,6 +13,7 @@ mod adapter;
 pub use adapter::new_root;
 
 use edgewise_support::breaker_state::identity_hash;
+use edgewise_support::lease::LeasedCounts;
 use edgewise_support::request::{cookie, RequestView};
 use edgewise_support::store::{update_with_cas, CasStore};
 
@@ -211,78 +212,11 @@ fn wrr(route: &Route, n: u64, available: &mut impl FnMut(usize) -> bool) -> (usi
     }
 }
 
-fn decode_counts(value: Option<&[u8]>, n: usize) -> Vec<u32> {
-    let mut counts = vec![0u32; n];
-    if let Some(bytes) = value.filter(|b| b.len() == n * 4) {
-        for (c, chunk) in counts.iter_mut().zip(bytes.chunks_exact(4)) {
-            *c = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        }
-    }
-    counts
-}
-
-fn encode_counts(counts: &[u32]) -> Vec<u8> {
-    counts.iter().flat_map(|c| c.to_le_bytes()).collect()
-}
-
 /// How long a least_requests in-flight count lasts without being given back: counts are
 /// leases taken in windows of this length and counted through the next window, so counts of
 /// a VM that died (trapped, was replaced) mid-stream expire instead of skewing the split for
 /// ever. Streams longer than two windows stop counting (documented).
 pub const IN_FLIGHT_LEASE_NS: u64 = 60_000_000_000;
-
-/// A route's in-flight counts per target, for the current and the previous lease window.
-struct Leased {
-    window: u64,
-    previous: Vec<u32>,
-    current: Vec<u32>,
-}
-
-impl Leased {
-    fn decode(value: Option<&[u8]>, n: usize) -> Leased {
-        let mut leased = Leased {
-            window: 0,
-            previous: vec![0; n],
-            current: vec![0; n],
-        };
-        if let Some(bytes) = value.filter(|b| b.len() == 8 + 8 * n) {
-            leased.window = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
-            leased.previous = decode_counts(Some(&bytes[8..8 + 4 * n]), n);
-            leased.current = decode_counts(Some(&bytes[8 + 4 * n..]), n);
-        }
-        leased
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let mut out = self.window.to_le_bytes().to_vec();
-        out.extend(encode_counts(&self.previous));
-        out.extend(encode_counts(&self.current));
-        out
-    }
-
-    /// As of lease window `window`: counts of older windows are dropped.
-    fn at(mut self, window: u64) -> Leased {
-        if self.window != window {
-            let n = self.current.len();
-            self.previous = if self.window.wrapping_add(1) == window {
-                std::mem::replace(&mut self.current, vec![0; n])
-            } else {
-                self.current = vec![0; n];
-                vec![0; n]
-            };
-            self.window = window;
-        }
-        self
-    }
-
-    fn totals(&self) -> Vec<u32> {
-        self.previous
-            .iter()
-            .zip(&self.current)
-            .map(|(p, c)| p.saturating_add(*c))
-            .collect()
-    }
-}
 
 /// least_requests: picks the allowed target with the fewest in-flight requests (shared across
 /// workers) relative to its weight, and counts it, in one CAS, at `now`.
@@ -296,12 +230,10 @@ pub fn acquire_least(
     let n = route.targets.len();
     let window = now / IN_FLIGHT_LEASE_NS;
     update_with_cas(store, &key, 16, |value| {
-        let mut leased = Leased::decode(value, n).at(window);
+        let mut leased = LeasedCounts::decode(value, n).at(window);
         match strategy::least_requests(&route.weights, &leased.totals(), allowed) {
             Some(i) => {
-                if let Some(c) = leased.current.get_mut(i) {
-                    *c = c.saturating_add(1);
-                }
+                leased.take(i);
                 (Some(leased.encode()), Some(i))
             }
             None => (None, None),
@@ -321,18 +253,12 @@ pub fn release_least(store: &impl CasStore, route: &Route, target: usize, taken_
         taken_at / IN_FLIGHT_LEASE_NS,
     );
     let _ = update_with_cas(store, &key, 16, |value| {
-        let mut leased = Leased::decode(value, n).at(window);
-        let counts = if taken == window {
-            &mut leased.current
-        } else if taken.wrapping_add(1) == window {
-            &mut leased.previous
+        let mut leased = LeasedCounts::decode(value, n).at(window);
+        if leased.give_back(target, taken) {
+            (Some(leased.encode()), ())
         } else {
-            return (None, ());
-        };
-        if let Some(c) = counts.get_mut(target) {
-            *c = c.saturating_sub(1);
+            (None, ())
         }
-        (Some(leased.encode()), ())
     });
 }
 
@@ -340,7 +266,7 @@ pub fn release_least(store: &impl CasStore, route: &Route, target: usize, taken_
 pub fn in_flight(store: &impl CasStore, route: &Route, now: u64) -> Vec<u32> {
     let key = format!("{}.inflight", route.state_key);
     let value = store.get(&key).ok().flatten().map(|(v, _)| v);
-    Leased::decode(value.as_deref(), route.targets.len())
+    LeasedCounts::decode(value.as_deref(), route.targets.len())
         .at(now / IN_FLIGHT_LEASE_NS)
         .totals()
 }
