@@ -71,23 +71,18 @@ pub fn build_wasm(packages: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the composed module (its own workspace, `plugins/edge-chain`, so its `embedded`
-/// filter features never reach the standalone builds) into `<target>/edge-chain`, and copies
-/// `edge_chain.wasm` next to the other modules.
 /// Where the composed module's own workspace builds: one directory per checkout (named by a
 /// hash of its path), so two checkouts sharing `CARGO_TARGET_DIR` never mix their builds
 /// (cargo's freshness check could take one tree's artifacts for the other's).
 pub fn edge_chain_target_dir() -> PathBuf {
     let root = workspace_root();
-    let hash = root
-        .to_string_lossy()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = edgewise_support::breaker_state::identity_hash(root.to_string_lossy().as_bytes());
     target_dir().join(format!("edge-chain-{:08x}", hash as u32))
 }
 
+/// Builds the composed module (its own workspace, `plugins/edge-chain`, so its `embedded`
+/// filter features never reach the standalone builds) into `edge_chain_target_dir()`, and
+/// copies `edge_chain.wasm` next to the other modules.
 pub fn build_edge_chain() -> anyhow::Result<()> {
     let target = edge_chain_target_dir();
     let manifest = workspace_root().join("plugins/edge-chain/Cargo.toml");

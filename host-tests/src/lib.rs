@@ -67,19 +67,16 @@ pub fn build_wasm_modules() {
 }
 
 /// Builds the composed module (its own workspace, `plugins/edge-chain`) into
-/// `<target>/edge-chain` and copies `edge_chain.wasm` next to the other modules.
+/// `<target>/edge-chain-<hash of the checkout's path>` and copies `edge_chain.wasm` next to the other modules.
 pub fn build_edge_chain() -> Result<(), String> {
     let target = wasm_dir()
         .parent()
         .and_then(|p| p.parent())
         .map(|t| {
             // One directory per checkout (as envoy-harness's edge_chain_target_dir).
-            let hash = workspace_root()
-                .to_string_lossy()
-                .bytes()
-                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-                });
+            let root = workspace_root();
+            let hash =
+                edgewise_support::breaker_state::identity_hash(root.to_string_lossy().as_bytes());
             t.join(format!("edge-chain-{:08x}", hash as u32))
         })
         .ok_or("no target directory")?;

@@ -195,23 +195,29 @@ fn least_requests_counts_in_flight_across_workers_and_releases_on_end_and_reset(
 }
 
 fn open_breaker(world: &World, cluster: &str, until: u64) {
-    let hash = identity_hash(cluster.as_bytes());
-    let slot = candidate_slots(hash, 256).next().unwrap();
-    let mut value = vec![0u8; 208];
-    write_header(
-        &mut value,
-        &Published {
-            identity_hash: hash,
-            state: BreakerState::Open,
-            open_until: until,
-            probes_full: false,
-        },
-    );
-    world.set_shared_data(VM_ID, &slot_key(slot), &value);
+    publish_breaker(world, cluster, BreakerState::Open, until, false);
 }
 
 /// Publishes a half-open breaker for `cluster`, with or without probe places left.
 fn half_open_breaker(world: &World, cluster: &str, probes_full: bool) {
+    let deadline = world.now_nanos() + 10_000_000_000;
+    publish_breaker(
+        world,
+        cluster,
+        BreakerState::HalfOpen,
+        deadline,
+        probes_full,
+    );
+}
+
+/// Writes a breaker's published header for `cluster` where the router looks it up.
+fn publish_breaker(
+    world: &World,
+    cluster: &str,
+    state: BreakerState,
+    open_until: u64,
+    probes_full: bool,
+) {
     let hash = identity_hash(cluster.as_bytes());
     let slot = candidate_slots(hash, 256).next().unwrap();
     let mut value = vec![0u8; 208];
@@ -219,8 +225,8 @@ fn half_open_breaker(world: &World, cluster: &str, probes_full: bool) {
         &mut value,
         &Published {
             identity_hash: hash,
-            state: BreakerState::HalfOpen,
-            open_until: world.now_nanos() + 10_000_000_000,
+            state,
+            open_until,
             probes_full,
         },
     );
