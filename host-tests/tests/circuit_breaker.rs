@@ -389,6 +389,11 @@ fn invalid_configurations_are_refused_naming_the_field() {
             "overrides.p.half_open.probes",
         ),
         (r#"{"max_upstreams":0}"#, "max_upstreams"),
+        (r#"{"max_in_flight":0}"#, "max_in_flight"),
+        (
+            r#"{"overrides":{"p":{"max_in_flight":0}}}"#,
+            "overrides.p.max_in_flight",
+        ),
         (r#"{"trips":{}}"#, "trips"),
     ];
     for (config, field) in cases {
@@ -449,4 +454,81 @@ fn requests_hanging_past_the_slow_call_threshold_trip_before_they_end() {
         Some(1)
     );
     assert!(vms.iter().all(|vm| vm.failure().is_none()));
+}
+
+/// The bulkhead: at most `max_in_flight` requests to an upstream in flight across every
+/// worker; the next gets the fallback (`x-edgewise-circuit: full`) without counting as a
+/// failure; a place frees when its stream ends or is reset, and the place of a stream whose
+/// VM died (its end never reported) expires with its lease (one to two minutes).
+#[test]
+fn the_bulkhead_bounds_requests_in_flight_across_workers() {
+    let world = World::new();
+    let vms = start(
+        &world,
+        r#"{"max_in_flight":2,"trip":{"consecutive_failures":1}}"#,
+        2,
+    );
+    let hang = |vm: &Vm| {
+        let mut s = vm.stream();
+        assert_eq!(s.send_request_headers(request(&[]), true), Action::Continue);
+        s
+    };
+    let mut first = hang(&vms[0]);
+    let second = hang(&vms[1]);
+    let (full, forwarded) = call(&vms[0], 200, &[]);
+    assert!(!forwarded, "two in flight already, on either worker");
+    assert_eq!(full.response().unwrap().status(), Some(503));
+    assert_eq!(circuit(&full).as_deref(), Some("full"));
+    assert_eq!(
+        world.metric("edgewise.circuit_breaker.payments.bulkhead_rejected"),
+        Some(1)
+    );
+    assert_eq!(
+        world.metric("edgewise.circuit_breaker.payments.opened"),
+        Some(0),
+        "a full bulkhead is no failure of the upstream"
+    );
+    first.respond(200, &[], b"");
+    first.finish();
+    let third = hang(&vms[1]);
+    assert!(!call(&vms[0], 200, &[]).1, "full again");
+    drop(second); // reset by its client
+    let fourth = hang(&vms[0]);
+    // Two streams whose VM died: their ends are never reported.
+    std::mem::forget(third);
+    std::mem::forget(fourth);
+    assert!(!call(&vms[1], 200, &[]).1, "their places are still held");
+    world.advance(Duration::from_secs(120)).unwrap();
+    assert!(call(&vms[1], 200, &[]).1, "their leases expired");
+    assert!(vms.iter().all(|vm| vm.failure().is_none()));
+}
+
+/// A half-open probe that finds the bulkhead full (a request from before the breaker opened
+/// still streams its answer) gives its probe place back at once, so the next request probes.
+#[test]
+fn a_probe_refused_by_a_full_bulkhead_gives_its_place_back() {
+    let world = World::new();
+    let vms = start(
+        &world,
+        r#"{"max_in_flight":1,"trip":{"consecutive_failures":1},"open":{"duration":"1s"},"half_open":{"probes":1}}"#,
+        1,
+    );
+    let mut old = vms[0].stream();
+    assert_eq!(
+        old.send_request_headers(request(&[]), true),
+        Action::Continue
+    );
+    // Opens the breaker; the body still streams.
+    old.send_response_headers(Headers::from([(":status", "500")]), false);
+    world.advance(Duration::from_secs(1)).unwrap();
+    let (refused, forwarded) = call(&vms[0], 200, &[]);
+    assert!(!forwarded, "would be the probe, but the bulkhead is full");
+    assert_eq!(circuit(&refused).as_deref(), Some("full"));
+    old.finish();
+    let (_, forwarded) = call(&vms[0], 200, &[]);
+    assert!(
+        forwarded,
+        "the probe place was given back: this request probed"
+    );
+    assert!(call(&vms[0], 200, &[]).1, "and closed the breaker");
 }

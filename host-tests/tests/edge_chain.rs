@@ -128,6 +128,73 @@ fn the_breaker_sees_the_routed_cluster() {
     );
 }
 
+/// A canary that hangs (accepts requests, never answers): the bulkhead bounds the requests
+/// stuck on it, the router fails the rest over instead of handing clients the breaker's
+/// fallback, and the hung requests trip the breaker about one slow-call threshold later.
+/// Client errors: only the requests in flight on the canary when it hung.
+#[test]
+fn a_hung_canary_costs_only_its_bulkhead_then_traffic_fails_over() {
+    let world = World::new();
+    let vms = start(
+        &world,
+        r#"{
+          "weighted_router": {"routes":[{"name":"api","failover":true,
+            "targets":[{"cluster":"api-v1","weight":1},{"cluster":"api-v2","weight":1}]}]},
+          "circuit_breaker": {"upstream":"header:x-route-cluster","max_in_flight":2,
+            "failure":{"slow_call":"1s"},"trip":{"slow_call_rate":0.5,"min_requests":2,"window":"2s"},
+            "open":{"duration":"30s"}}
+        }"#,
+        2,
+    );
+    let mut hung = Vec::new();
+    // Sends n requests; the canary's are left hanging. Returns how many got a local reply.
+    let run = |n: usize, hung: &mut Vec<Stream>| {
+        let mut local_replies = 0;
+        for i in 0..n {
+            let (mut s, action) = send(&vms[i % 2], "/api/x", "u");
+            if action != Action::Continue {
+                local_replies += 1;
+                continue;
+            }
+            let upstream = s.upstream_request().expect("forwarded");
+            match upstream.headers.get("x-route-cluster").as_deref() {
+                Some("api-v2") => hung.push(s), // the canary never answers
+                _ => {
+                    s.respond(200, &[], b"ok");
+                }
+            }
+        }
+        local_replies
+    };
+    let local_replies = run(20, &mut hung);
+    assert_eq!(
+        hung.len(),
+        2,
+        "no more than the bulkhead hang on the canary"
+    );
+    assert_eq!(local_replies, 0, "past it, requests fail over");
+    assert!(
+        world
+            .metric("edgewise.weighted_router.api.failovers")
+            .unwrap_or(0)
+            >= 8
+    );
+    world.advance(Duration::from_millis(1_300)).unwrap();
+    assert_eq!(
+        world.metric("edgewise.circuit_breaker.unlisted.opened"),
+        Some(1),
+        "the hung requests tripped it while they hang"
+    );
+    // The hung requests time out (Envoy's route timeout) and free their places; the
+    // breaker is open, so traffic keeps failing over.
+    for mut s in hung.drain(..) {
+        s.respond(504, &[], b"upstream request timeout");
+    }
+    assert_eq!(run(20, &mut hung), 0);
+    assert!(hung.is_empty(), "none routed to the open canary");
+    assert!(vms.iter().all(|vm| vm.failure().is_none()));
+}
+
 #[test]
 fn invalid_chains_are_refused_naming_the_section_and_field() {
     let cases: &[(&str, &str)] = &[

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use edgewise_support::breaker_state::{
     candidate_slots, identity_hash, slot_key, write_header, BreakerState, Published,
 };
+use edgewise_support::bulkhead::{bulkhead_key, BULKHEAD_LEASE_NS};
+use edgewise_support::lease::LeasedCounts;
 use proxy_host::{load_module, Action, FailureKind, Headers, PluginOptions, Stream, Vm, World};
 
 const VM_ID: &str = "edgewise";
@@ -245,6 +247,40 @@ fn half_open_targets_get_traffic_only_while_probe_places_are_left() {
     let counts = split(&vms, 100, &[]);
     assert_eq!(counts.get("api-v2"), None, "{counts:?}");
     half_open_breaker(&world, "api-v2", false);
+    assert_eq!(split(&vms, 100, &[])["api-v2"], 20);
+}
+
+/// Writes `cluster`'s bulkhead (beside its breaker's slot) with `in_flight` of `max` taken
+/// now, in the layout of `edgewise_support::bulkhead`.
+fn fill_bulkhead(world: &World, cluster: &str, in_flight: u32, max: u32) {
+    let hash = identity_hash(cluster.as_bytes());
+    let slot = candidate_slots(hash, 256).next().unwrap();
+    let mut counts = LeasedCounts::decode(None, 1).at(world.now_nanos() / BULKHEAD_LEASE_NS);
+    for _ in 0..in_flight {
+        counts.take(0);
+    }
+    let mut value = hash.to_le_bytes().to_vec();
+    value.extend_from_slice(&max.to_le_bytes());
+    value.extend_from_slice(&counts.encode());
+    world.set_shared_data(VM_ID, &bulkhead_key(&slot_key(slot)), &value);
+}
+
+/// A target whose breaker's bulkhead is full would answer with the fallback: the router
+/// sends its share elsewhere, and back once a place is free.
+#[test]
+fn failover_skips_targets_whose_bulkhead_is_full() {
+    let world = World::new();
+    let config = SPLIT.replace(r#""name":"api","#, r#""name":"api","failover":true,"#);
+    let vms = start(&world, &config, 2);
+    publish_breaker(&world, "api-v2", BreakerState::Closed, 0, false);
+    fill_bulkhead(&world, "api-v2", 8, 8);
+    let counts = split(&vms, 100, &[]);
+    assert_eq!(counts.get("api-v2"), None, "{counts:?}");
+    assert_eq!(
+        world.metric("edgewise.weighted_router.api.failovers"),
+        Some(20)
+    );
+    fill_bulkhead(&world, "api-v2", 7, 8);
     assert_eq!(split(&vms, 100, &[])["api-v2"], 20);
 }
 

@@ -5,7 +5,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use edgewise_support::breaker_state::BreakerState;
+use edgewise_support::breaker_state::{identity_hash, BreakerState};
+use edgewise_support::bulkhead::{self, bulkhead_key, Acquired};
 use edgewise_support::metrics::metric_name;
 use edgewise_support::request::{host_only, RequestView};
 use edgewise_support::wasm::{
@@ -37,6 +38,7 @@ struct UpstreamMetrics {
     /// None for the unlisted upstreams together (a state of many breakers is no number).
     state: Option<Metric>,
     rejected: Metric,
+    bulkhead_rejected: Metric,
     opened: Metric,
     probes: Metric,
 }
@@ -87,6 +89,7 @@ fn upstream_metrics(identity: &str, with_state: bool) -> UpstreamMetrics {
     UpstreamMetrics {
         state: with_state.then(|| Metric::gauge(&name("state"))),
         rejected: Metric::counter(&name("rejected")),
+        bulkhead_rejected: Metric::counter(&name("bulkhead_rejected")),
         opened: Metric::counter(&name("opened")),
         probes: Metric::counter(&name("half_open_probes")),
     }
@@ -196,6 +199,7 @@ impl RootContext for BreakerRoot {
             replied: false,
             recorded: false,
             watch: None,
+            bulkhead: None,
         }))
     }
 }
@@ -209,6 +213,8 @@ struct BreakerStream {
     recorded: bool,
     /// (started, done, counted) shared with the root's slow-call watch.
     watch: Option<WatchCells>,
+    /// Counted in flight by the upstream's bulkhead: (key, identity hash, taken at).
+    bulkhead: Option<(String, u64, u64)>,
 }
 
 /// A watched request's cells: when it ended, whether it is done, whether it was counted.
@@ -249,6 +255,24 @@ impl BreakerStream {
         if let Some((_, done, _)) = &self.watch {
             done.set(true);
         }
+    }
+
+    /// Answers with the fallback; `circuit` names why (`open`, `half-open`, `full`).
+    fn reject(&mut self, shared: &Shared, circuit: &str) -> Action {
+        let fallback = &shared.config.fallback;
+        let mut headers: Vec<(&str, &str)> = fallback
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        headers.push(("x-edgewise-circuit", circuit));
+        self.replied = true;
+        if hostcalls::send_http_response(fallback.status, headers, Some(fallback.body.as_bytes()))
+            .is_err()
+        {
+            return Action::Continue;
+        }
+        Action::Pause
     }
 }
 
@@ -306,6 +330,11 @@ fn report(shared: &Shared, identity: &str, transition: Transition) {
 impl Context for BreakerStream {
     fn on_done(&mut self) -> bool {
         self.unwatch();
+        // Stream end or reset: its place in the bulkhead is free again.
+        if let Some((key, hash, taken_at)) = self.bulkhead.take() {
+            let now = now_nanos().unwrap_or(taken_at);
+            let _ = bulkhead::release(&SharedData, &key, hash, taken_at, now);
+        }
         // A probe that ended without a response gives its place back, so half-open cannot
         // stall on clients that went away.
         if let (Some(shared), Some(identity), Some(episode), false) = (
@@ -352,16 +381,16 @@ impl HttpContext for BreakerStream {
             return Action::Continue;
         };
         let params = shared.config.params(&identity);
-        let admission = match table::admit(
+        let (admission, slot_key) = match table::admit(
             &SharedData,
             identity.as_bytes(),
             shared.config.slots,
             params,
             now,
         ) {
-            Ok(Some((admission, transition))) => {
+            Ok(Some((admission, transition, slot_key))) => {
                 report(&shared, &identity, transition);
-                admission
+                (admission, slot_key)
             }
             Ok(None) => {
                 shared.untracked.increment(1);
@@ -376,6 +405,32 @@ impl HttpContext for BreakerStream {
         // Slow-call time runs from the end of the request (the upstream's time to answer),
         // so a client trickling its body cannot make a healthy upstream look slow.
         self.started = if end_of_stream { now } else { 0 };
+        // The bulkhead bounds what an admitted request may add to the upstream's load.
+        if let (Some(max), Admission::Pass | Admission::Probe { .. }) =
+            (params.max_in_flight, admission)
+        {
+            let key = bulkhead_key(&slot_key);
+            let hash = identity_hash(identity.as_bytes());
+            match bulkhead::acquire(&SharedData, &key, hash, max, now) {
+                Ok(Acquired::Admitted { taken_at }) => self.bulkhead = Some((key, hash, taken_at)),
+                Ok(Acquired::Full { .. }) => {
+                    if let Admission::Probe { episode } = admission {
+                        let _ = table::abandon_probe(
+                            &SharedData,
+                            identity.as_bytes(),
+                            shared.config.slots,
+                            params,
+                            episode,
+                            now,
+                        );
+                    }
+                    shared.metrics(&identity).bulkhead_rejected.increment(1);
+                    return self.reject(&shared, "full");
+                }
+                // Fail open, as for the breaker itself.
+                Err(_) => shared.errors.increment(1),
+            }
+        }
         match admission {
             Admission::Pass => {
                 self.watch(&shared, &identity);
@@ -391,24 +446,7 @@ impl HttpContext for BreakerStream {
             }
             Admission::Reject { state } => {
                 shared.metrics(&identity).rejected.increment(1);
-                let fallback = &shared.config.fallback;
-                let mut headers: Vec<(&str, &str)> = fallback
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                headers.push(("x-edgewise-circuit", state.name()));
-                self.replied = true;
-                if hostcalls::send_http_response(
-                    fallback.status,
-                    headers,
-                    Some(fallback.body.as_bytes()),
-                )
-                .is_err()
-                {
-                    return Action::Continue;
-                }
-                Action::Pause
+                self.reject(&shared, state.name())
             }
         }
     }

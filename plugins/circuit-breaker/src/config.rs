@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub overrides: Option<BTreeMap<String, RawOverride>>,
     pub max_upstreams: Option<u64>,
     pub stats_upstreams: Option<Vec<String>>,
+    pub max_in_flight: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -65,6 +66,7 @@ pub struct RawOverride {
     pub trip: Option<RawTrip>,
     pub open: Option<RawOpen>,
     pub half_open: Option<RawHalfOpen>,
+    pub max_in_flight: Option<u32>,
 }
 
 /// What names one breaker.
@@ -97,6 +99,10 @@ pub struct Params {
     /// Half-open gives its probes this long to succeed; past it the breaker opens again (a
     /// probe that hangs, or a client holding it, cannot keep half-open for ever).
     pub probe_timeout_ns: u64,
+    /// The bulkhead: at most this many requests in flight to the upstream across every
+    /// worker (None: unbounded). Requests past it get the fallback without counting as
+    /// failures.
+    pub max_in_flight: Option<u32>,
 }
 
 impl Params {
@@ -165,6 +171,7 @@ impl Config {
             trip: raw.trip.clone(),
             open: raw.open.clone(),
             half_open: raw.half_open.clone(),
+            max_in_flight: raw.max_in_flight,
         };
         let defaults = compile_params("", &base, &empty)?;
         let mut overrides = HashMap::new();
@@ -433,6 +440,16 @@ fn compile_params(
             "use \"1ms\" to \"10m\" (default \"10s\")",
         ));
     }
+    let max_in_flight = own.max_in_flight.or(base.max_in_flight);
+    if let Some(n) = max_in_flight {
+        if !(1..=1_000_000).contains(&n) {
+            return Err(err(
+                format!("{prefix}max_in_flight"),
+                format!("{n} is out of range"),
+                "use 1 to 1000000, or omit it for no bulkhead",
+            ));
+        }
+    }
     Ok(Params {
         failure_statuses,
         local_failures: failure
@@ -450,6 +467,7 @@ fn compile_params(
         backoff,
         probes,
         probe_timeout_ns: probe_timeout.as_nanos() as u64,
+        max_in_flight,
     })
 }
 

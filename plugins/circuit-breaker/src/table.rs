@@ -88,7 +88,8 @@ pub fn locate(
     Ok(free)
 }
 
-/// Applies `change` to the upstream's breaker with CAS, retrying lost races.
+/// Applies `change` to the upstream's breaker with CAS, retrying lost races; with the result,
+/// the breaker's slot key.
 fn update<T>(
     store: &impl CasStore,
     identity: &[u8],
@@ -97,7 +98,7 @@ fn update<T>(
     now: u64,
     claim_empty: bool,
     mut change: impl FnMut(&Breaker) -> (Option<Breaker>, T),
-) -> Result<Option<T>, TableError> {
+) -> Result<Option<(T, String)>, TableError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
         let Some(located) = locate(store, identity, slots, params, now)? else {
             return Ok(None);
@@ -107,7 +108,7 @@ fn update<T>(
         // later requests find it at its slot instead of reading every candidate.
         let claim = (claim_empty && located.cas.is_none()).then(|| located.breaker.clone());
         let Some(next) = next.or(claim) else {
-            return Ok(Some(result));
+            return Ok(Some((result, located.key)));
         };
         match store
             .set(
@@ -117,25 +118,27 @@ fn update<T>(
             )
             .map_err(|_| TableError::Store)?
         {
-            SetOutcome::Stored => return Ok(Some(result)),
+            SetOutcome::Stored => return Ok(Some((result, located.key))),
             SetOutcome::CasMismatch => continue,
         }
     }
     Err(TableError::Contended)
 }
 
-/// Admission for a new request. `Ok(None)`: the upstream is not tracked (table full).
+/// Admission for a new request, with the breaker's slot key (its bulkhead sits beside it).
+/// `Ok(None)`: the upstream is not tracked (table full).
 pub fn admit(
     store: &impl CasStore,
     identity: &[u8],
     slots: u64,
     params: &Params,
     now: u64,
-) -> Result<Option<(Admission, Transition)>, TableError> {
+) -> Result<Option<(Admission, Transition, String)>, TableError> {
     update(store, identity, slots, params, now, true, |b| {
         let (admission, next, transition) = b.admit(params, now);
         (next, (admission, transition))
     })
+    .map(|found| found.map(|((admission, transition), key)| (admission, transition, key)))
 }
 
 /// Records a response outcome; returns the transition it caused.
@@ -151,6 +154,7 @@ pub fn record(
     update(store, identity, slots, params, now, false, |b| {
         b.record(params, outcome, probe, now)
     })
+    .map(|found| found.map(|(transition, _)| transition))
 }
 
 /// Gives back the place of a probe whose request ended without a response.

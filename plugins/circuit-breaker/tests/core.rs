@@ -45,7 +45,7 @@ fn half_open_admits_exactly_probes_across_contending_threads() {
                         .filter(|_| {
                             matches!(
                                 admit(&store, b"api", c.slots, p, T0 + SEC).unwrap(),
-                                Some((Admission::Probe { .. }, _))
+                                Some((Admission::Probe { .. }, _, _))
                             )
                         })
                         .count()
@@ -65,7 +65,9 @@ fn trips_publishes_open_state_and_recovers_through_probes() {
     let store = MemoryStore::new();
     let p = c.params("payments");
     assert_eq!(
-        admit(&store, b"payments", c.slots, p, T0).unwrap(),
+        admit(&store, b"payments", c.slots, p, T0)
+            .unwrap()
+            .map(|(a, t, _)| (a, t)),
         Some((Admission::Pass, Transition::None))
     );
     assert_eq!(
@@ -100,14 +102,14 @@ fn trips_publishes_open_state_and_recovers_through_probes() {
             state: BreakerState::Open
         }
     );
-    let (first, t) = admit(&store, b"payments", c.slots, p, T0 + 5 * SEC)
+    let (first, t, _) = admit(&store, b"payments", c.slots, p, T0 + 5 * SEC)
         .unwrap()
         .unwrap();
     assert_eq!(
         (first, t),
         (Admission::Probe { episode: 1 }, Transition::HalfOpened)
     );
-    let (second, _) = admit(&store, b"payments", c.slots, p, T0 + 5 * SEC)
+    let (second, _, _) = admit(&store, b"payments", c.slots, p, T0 + 5 * SEC)
         .unwrap()
         .unwrap();
     assert_eq!(

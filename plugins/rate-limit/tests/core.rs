@@ -147,22 +147,36 @@ fn a_million_distinct_keys_stay_within_the_table_bound() {
 fn threads_sharing_the_store_never_exceed_the_limit() {
     let c = config(r#"{"rules":[{"name":"g","limit":1000,"window":"1h","burst":1000}]}"#);
     let store = MemoryStore::new();
-    let admitted: usize = std::thread::scope(|s| {
+    // (admitted, failed open): a request that lost the CAS race MAX_CAS_ATTEMPTS times in a
+    // row fails open (documented) without taking a token — rare, but possible on 2 loaded
+    // cores; every other admission took exactly one token.
+    let (admitted, failed_open) = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 s.spawn(|| {
-                    (0..600)
-                        .filter(|_| run(&c, &store, &[], T0).outcome == Outcome::Allowed)
-                        .count()
+                    let mut counts = (0usize, 0usize);
+                    for _ in 0..600 {
+                        let decision = run(&c, &store, &[], T0);
+                        if decision.outcome == Outcome::Allowed {
+                            counts.0 += 1;
+                            counts.1 += !decision.errors.is_empty() as usize;
+                        }
+                    }
+                    counts
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).sum()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     });
     assert_eq!(
-        admitted, 1000,
-        "exactly the burst, across 4 contending threads"
+        admitted - failed_open,
+        1000,
+        "exactly the burst by CAS, across 4 contending threads"
     );
+    assert!(failed_open <= 24, "{failed_open} of 2400 failed open");
 }
 
 #[test]

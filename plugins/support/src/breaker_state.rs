@@ -120,12 +120,35 @@ pub fn write_header(out: &mut [u8], published: &Published) {
 /// yet due for probing. (Half-open admits only the breaker's own probes; callers that can
 /// choose another upstream should treat half-open as unavailable too.)
 pub fn lookup(store: &impl CasStore, identity: &[u8], slots: u64, now: u64) -> Option<Published> {
-    let hash = identity_hash(identity);
     let _ = now;
+    lookup_slot(store, identity, slots).map(|(_, published)| published)
+}
+
+/// The breaker's slot and published header, when `identity` has a breaker.
+fn lookup_slot(store: &impl CasStore, identity: &[u8], slots: u64) -> Option<(u64, Published)> {
+    let hash = identity_hash(identity);
     candidate_slots(hash, slots).find_map(|slot| {
         let (bytes, _) = store.get(&slot_key(slot)).ok().flatten()?;
-        read_header(&bytes).filter(|p| p.identity_hash == hash)
+        read_header(&bytes)
+            .filter(|p| p.identity_hash == hash)
+            .map(|p| (slot, p))
     })
+}
+
+/// Whether a request sent to `identity` now would get its breaker's fallback: the breaker
+/// rejects (see [`Published::rejects`]) or its bulkhead is full (one more read, only when
+/// the breaker would admit). Unknown upstreams are available.
+pub fn unavailable(store: &impl CasStore, identity: &[u8], slots: u64, now: u64) -> bool {
+    let Some((slot, published)) = lookup_slot(store, identity, slots) else {
+        return false;
+    };
+    published.rejects(now)
+        || crate::bulkhead::is_full(
+            store,
+            &crate::bulkhead::bulkhead_key(&slot_key(slot)),
+            published.identity_hash,
+            now,
+        )
 }
 
 #[cfg(test)]

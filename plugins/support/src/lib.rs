@@ -7,6 +7,7 @@
 #[cfg(target_arch = "wasm32")]
 pub mod abi;
 pub mod breaker_state;
+pub mod bulkhead;
 pub mod config;
 pub mod duration;
 pub mod lease;

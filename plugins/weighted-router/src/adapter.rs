@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use edgewise_support::breaker_state::lookup;
+use edgewise_support::breaker_state::unavailable;
 use edgewise_support::wasm::{
     install_panic_hook, load_config, log, now_nanos, Metric, RequestHeaders, SharedData,
 };
@@ -171,13 +171,17 @@ impl HttpContext for RouterStream {
             *shared.rng.borrow_mut() = x;
             x
         };
-        // Skipped: open and not yet due for probing, or half-open with every probe place
-        // taken (the request would get the breaker's fallback while a healthy target exists).
-        // A half-open target with places left keeps its share, so probes reach it.
+        // Skipped: open and not yet due for probing, half-open with every probe place taken,
+        // or its bulkhead full (the request would get the breaker's fallback while a healthy
+        // target exists). A half-open target with places left keeps its share, so probes
+        // reach it.
         let mut is_open = |cluster: &str| {
-            let now = clock();
-            lookup(&SharedData, cluster.as_bytes(), config.breaker_slots, now)
-                .is_some_and(|p| p.rejects(now))
+            unavailable(
+                &SharedData,
+                cluster.as_bytes(),
+                config.breaker_slots,
+                clock(),
+            )
         };
         let mut least = |route: &crate::config::Route, allowed: &dyn Fn(usize) -> bool| {
             let pick = acquire_least(&SharedData, route, allowed, clock());
