@@ -53,6 +53,7 @@ fn compose_cluster_filters_and_faults() {
     weighted_split_counted_at_backends(&cluster);
     breaker_stops_traffic_to_failing_flaky(&cluster);
     canary_stop_fails_over_and_start_returns(&cluster);
+    canary_pause_costs_at_most_the_bulkheads(&cluster);
     edge_restart_keeps_front_serving(&cluster);
     println!("compose phases done after {:.0?}", started.elapsed());
 }
@@ -216,6 +217,144 @@ fn canary_stop_fails_over_and_start_returns(cluster: &Cluster) {
         "failover: api-v2 back, serving again {:.1?} after it was healthy",
         back.elapsed()
     );
+}
+
+/// What the load of [`steady_load`] saw: (when it ended, status, backend that answered) per
+/// request, in the order they ended.
+type Seen = Arc<std::sync::Mutex<Vec<(Instant, u16, String)>>>;
+
+/// Open-loop load: a new request every `gap` (each on its own thread, so requests that hang
+/// do not slow the others down, as with many independent clients), GET
+/// /api/pause/<n> (unique paths: no cache hits, no coalescing behind a hung request), until
+/// `stop`. Returns the dispatcher; joining it waits for every request to end.
+fn steady_load(
+    cluster: &Cluster,
+    gap: Duration,
+    stop: &Arc<AtomicBool>,
+    seen: &Seen,
+) -> std::thread::JoinHandle<()> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], cluster.ports.front));
+    let (stop, seen) = (stop.clone(), seen.clone());
+    std::thread::spawn(move || {
+        let mut requests = Vec::new();
+        let mut n = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            let seen = seen.clone();
+            let path = format!("/api/pause/{n}");
+            n += 1;
+            requests.push(std::thread::spawn(move || {
+                let answer = match envoy_harness::http_request(addr, "GET", &path, &[], b"") {
+                    Ok(r) => (
+                        Instant::now(),
+                        r.status,
+                        r.header("x-backend-name").unwrap_or("").to_string(),
+                    ),
+                    Err(_) => (Instant::now(), 0, String::new()),
+                };
+                seen.lock().unwrap().push(answer);
+            }));
+            std::thread::sleep(gap);
+        }
+        for r in requests {
+            let _ = r.join();
+        }
+    })
+}
+
+/// `docker pause api-v2` under ~50 requests/s: the canary accepts connections and never
+/// answers. Per edge at most its bulkhead (5) of requests hang until the 5 s route timeout;
+/// the router fails every other canary pick over to api-v1; the hung requests trip the
+/// breaker by slow-call rate. So client errors ≤ 2 × 5 (the in-flight bound at the hang),
+/// then none. `docker unpause`: api-v2 serves again after the open period and a probe.
+fn canary_pause_costs_at_most_the_bulkheads(cluster: &Cluster) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Seen = Arc::default();
+    let load = steady_load(cluster, Duration::from_millis(20), &stop, &seen);
+    let count = |seen: &Seen| seen.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&seen) < 100 {
+        assert!(Instant::now() < deadline, "no traffic before the pause");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before_pause = count(&seen);
+    cluster.docker("pause", "api-v2").unwrap();
+    let paused = Instant::now();
+    // Load for 9 s: past the 5 s route timeout of every request that hung (they hang
+    // until the breakers trip, 2–3 s after the pause).
+    while paused.elapsed() < Duration::from_secs(9) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let during_pause = count(&seen);
+    let failovers = [0, 1].map(|e| stat(cluster, e, "edgewise.weighted_router.api.failovers"));
+    let opened = [0, 1].map(|e| stat(cluster, e, "edgewise.circuit_breaker.api-v2.opened"));
+    let full = [0, 1].map(|e| {
+        stat(
+            cluster,
+            e,
+            "edgewise.circuit_breaker.api-v2.bulkhead_rejected",
+        )
+    });
+    cluster.docker("unpause", "api-v2").unwrap();
+    let unpaused = Instant::now();
+    // Load until api-v2 answers a client again (open period, then one probe per edge).
+    let returned = loop {
+        let served_by_v2 = seen.lock().unwrap()[during_pause..]
+            .iter()
+            .any(|(_, status, name)| *status == 200 && name == "api-v2");
+        if served_by_v2 {
+            break unpaused.elapsed();
+        }
+        assert!(
+            unpaused.elapsed() < Duration::from_secs(60),
+            "traffic did not return to api-v2 after unpause"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    stop.store(true, Ordering::SeqCst);
+    load.join().unwrap();
+    let seen = seen.lock().unwrap();
+    let window = &seen[before_pause..];
+    let errors: Vec<u16> = window
+        .iter()
+        .map(|(_, s, _)| *s)
+        .filter(|s| *s != 200)
+        .collect();
+    let after_pause = &seen[during_pause..];
+    let later_errors = after_pause.iter().filter(|(_, s, _)| *s != 200).count();
+    // When (ms after the pause) each request api-v2 answered ended, and each error.
+    let timeline: Vec<String> = window
+        .iter()
+        .filter(|(_, s, name)| *s != 200 || name == "api-v2")
+        .map(|(at, s, _)| format!("{s}@{}", at.duration_since(paused).as_millis()))
+        .collect();
+    println!("pause timeline (status@ms after the pause): {timeline:?}");
+    println!(
+        "pause: {} requests from the pause to api-v2's return ({:.1?} after unpause); \
+         client errors {:?}; failovers per edge {failovers:?}; breaker opened {opened:?}; \
+         bulkhead full {full:?}; errors after the pause phase {later_errors}",
+        window.len(),
+        returned,
+        errors
+    );
+    assert!(
+        errors.len() <= 10,
+        "{} client errors; the bulkheads bound them at 2 × 5: {errors:?}",
+        errors.len()
+    );
+    assert!(
+        !errors.is_empty(),
+        "no client error at all: did api-v2 really hang?"
+    );
+    assert!(
+        errors.iter().all(|s| *s == 504),
+        "only the hung requests fail, by the route timeout: {errors:?}"
+    );
+    assert!(failovers.iter().all(|&f| f > 0));
+    assert!(
+        opened.iter().all(|&o| o >= 1),
+        "each edge's breaker tripped on the hung requests: {opened:?}"
+    );
+    assert_eq!(later_errors, 0, "none after the hung requests timed out");
 }
 
 /// `docker restart edge-1` while a client keeps sending: the front's health checks and retries

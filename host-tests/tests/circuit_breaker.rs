@@ -532,3 +532,31 @@ fn a_probe_refused_by_a_full_bulkhead_gives_its_place_back() {
     );
     assert!(call(&vms[0], 200, &[]).1, "and closed the breaker");
 }
+
+/// A request counted slow while it hung, then failed by Envoy's route timeout, is a failure
+/// too (for `consecutive_failures`), though not a second call.
+#[test]
+fn hung_requests_that_time_out_count_as_failures_too() {
+    let world = World::new();
+    let vms = start(
+        &world,
+        r#"{"failure":{"slow_call":"1s"},"trip":{"consecutive_failures":2}}"#,
+        2,
+    );
+    let mut hung: Vec<Stream> = (0..2)
+        .map(|i| {
+            let mut s = vms[i].stream();
+            assert_eq!(s.send_request_headers(request(&[]), true), Action::Continue);
+            s
+        })
+        .collect();
+    world.advance(Duration::from_millis(1_300)).unwrap();
+    assert!(call(&vms[0], 200, &[]).1, "slow alone is no failure streak");
+    for s in hung.iter_mut() {
+        s.respond(504, &[], b"upstream request timeout");
+        s.finish();
+    }
+    let (rejected, forwarded) = call(&vms[1], 200, &[]);
+    assert!(!forwarded, "two timeouts in a row opened it");
+    assert_eq!(circuit(&rejected).as_deref(), Some("open"));
+}

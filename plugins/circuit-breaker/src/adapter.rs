@@ -470,9 +470,6 @@ impl HttpContext for BreakerStream {
         };
         self.recorded = true;
         self.unwatch();
-        if self.counted_early() {
-            return Action::Continue; // already counted as slow while it hung
-        }
         let Some(now) = now_nanos() else {
             return Action::Continue;
         };
@@ -505,15 +502,30 @@ impl HttpContext for BreakerStream {
                 now.saturating_sub(self.started)
             },
         );
-        match table::record(
-            &SharedData,
-            identity.as_bytes(),
-            shared.config.slots,
-            params,
-            outcome,
-            self.probe,
-            now,
-        ) {
+        let recorded = if !self.counted_early() {
+            table::record(
+                &SharedData,
+                identity.as_bytes(),
+                shared.config.slots,
+                params,
+                outcome,
+                self.probe,
+                now,
+            )
+        } else if outcome.failed {
+            // Counted as slow while it hung; ending in a failure (e.g. the route timeout)
+            // makes it a failure too, not another call.
+            table::record_late_failure(
+                &SharedData,
+                identity.as_bytes(),
+                shared.config.slots,
+                params,
+                now,
+            )
+        } else {
+            Ok(None)
+        };
+        match recorded {
             Ok(Some(transition)) => report(&shared, &identity, transition),
             Ok(None) => {}
             Err(_) => shared.errors.increment(1),

@@ -307,6 +307,27 @@ impl Breaker {
         }
     }
 
+    /// A call the slow-call watch already counted (as slow, while it hung) ended failing —
+    /// typically Envoy's route timeout: it is a failure too, for the consecutive count and
+    /// the failure rate, but not another call.
+    pub fn record_late_failure(&self, params: &Params, now: u64) -> (Option<Breaker>, Transition) {
+        if self.state != BreakerState::Closed {
+            return (None, Transition::None);
+        }
+        let mut next = self.clone();
+        next.consecutive_failures = next.consecutive_failures.saturating_add(1);
+        let period = Breaker::period(params, now);
+        let bucket = &mut next.buckets[(period as usize) % BUCKETS];
+        if bucket.period == period && bucket.failures < bucket.calls {
+            bucket.failures += 1;
+        }
+        if let Some(reason) = next.trip_reason(params, now) {
+            let for_ns = next.open(params, now);
+            return (Some(next), Transition::Opened { for_ns, reason });
+        }
+        (Some(next), Transition::None)
+    }
+
     /// A probe that ended without a response (client went away): give its place back.
     pub fn abandon_probe(&self, episode: u32) -> Option<Breaker> {
         if self.state == BreakerState::HalfOpen
@@ -497,6 +518,32 @@ mod tests {
         let (b, _) = feed(&b, &p, &[OK], T0 + 11 * SEC);
         assert_eq!(b.state, BreakerState::Closed);
         assert_eq!(b.totals(&p, T0 + 11 * SEC), (1, 0, 0));
+    }
+
+    #[test]
+    fn a_hung_call_counted_slow_that_times_out_is_also_a_failure_but_not_another_call() {
+        let p = params(r#"{"failure":{"slow_call":"1s"},"trip":{"consecutive_failures":2}}"#);
+        let slow = Outcome {
+            failed: false,
+            slow: true,
+        };
+        let (b, _) = feed(&Breaker::new(1), &p, &[slow, slow], T0);
+        assert_eq!(
+            b.state,
+            BreakerState::Closed,
+            "slow alone is no failure streak"
+        );
+        let (b, t) = b.record_late_failure(&p, T0);
+        assert_eq!(t, Transition::None);
+        let (b, t) = b.unwrap().record_late_failure(&p, T0);
+        assert!(matches!(t, Transition::Opened { .. }), "{t:?}");
+        let b = b.unwrap();
+        let (calls, failures, _) = b.totals(&p, T0);
+        assert!(
+            calls <= 2 && failures <= calls,
+            "{calls} calls, {failures} failures"
+        );
+        assert_eq!(b.record_late_failure(&p, T0), (None, Transition::None));
     }
 
     #[test]

@@ -157,6 +157,20 @@ pub fn record(
     .map(|found| found.map(|(transition, _)| transition))
 }
 
+/// Records the failure of a call the slow-call watch already counted as slow.
+pub fn record_late_failure(
+    store: &impl CasStore,
+    identity: &[u8],
+    slots: u64,
+    params: &Params,
+    now: u64,
+) -> Result<Option<Transition>, TableError> {
+    update(store, identity, slots, params, now, false, |b| {
+        b.record_late_failure(params, now)
+    })
+    .map(|found| found.map(|(transition, _)| transition))
+}
+
 /// Gives back the place of a probe whose request ended without a response.
 pub fn abandon_probe(
     store: &impl CasStore,
