@@ -215,3 +215,91 @@ fn the_router_keeps_splitting_when_shared_data_fails() {
         assert_eq!(v2, 5, "{strategy}: 1:1 split kept");
     }
 }
+
+/// Request- and response-path calls (header maps, bodies) failing
+/// with each status Envoy's host returns for them (NotFound for a missing value, BadArgument
+/// for a map or buffer not reachable now, InternalFailure, InvalidMemoryAccess): no filter
+/// traps, and the request still reaches the upstream (fail open).
+#[test]
+fn every_filter_survives_failing_header_body_and_reply_calls() {
+    // (proxy_http_call stays with the SDK, which must register the callout's token: Envoy
+    // returns BadArgument or InternalFailure for it, which the SDK hands back as errors.)
+    const STREAM_CALLS: [&str; 8] = [
+        "proxy_get_header_map_value",
+        "proxy_replace_header_map_value",
+        "proxy_add_header_map_value",
+        "proxy_remove_header_map_value",
+        "proxy_get_header_map_pairs",
+        "proxy_set_header_map_pairs",
+        "proxy_get_buffer_bytes",
+        "proxy_set_buffer_bytes",
+    ];
+    const STREAM_STATUSES: [Status; 4] = [
+        Status::NotFound,
+        Status::BadArgument,
+        Status::InternalFailure,
+        Status::InvalidMemoryAccess,
+    ];
+    let mut traps = Vec::new();
+    for (module, config) in MODULES {
+        for call in STREAM_CALLS {
+            for status in STREAM_STATUSES {
+                let context = format!("{module}, {call} -> {status:?}");
+                let world = World::new();
+                let vm = start(&world, module, config);
+                world.fail_host_call(call, status, u32::MAX);
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    (0..3).all(|i| request(&vm, &format!("/p{i}"), 200, &context))
+                }));
+                match outcome {
+                    Ok(true) if vm.failure().is_none() => {}
+                    Ok(reached) => {
+                        traps.push(format!("{context}: reached {reached}, {:?}", vm.failure()))
+                    }
+                    Err(_) => traps.push(format!("{context}: trapped")),
+                }
+            }
+        }
+    }
+    assert!(
+        traps.is_empty(),
+        "{} failures:\n{}",
+        traps.len(),
+        traps.join("\n")
+    );
+}
+
+/// A local reply the host refuses (the limiter's 429, the breaker's fallback): the request
+/// goes on to the upstream rather than hang, and nothing traps.
+#[test]
+fn a_refused_local_reply_lets_the_request_through() {
+    for (module, config, setup_status) in [
+        (
+            "rate_limit",
+            r#"{"rules":[{"name":"r","key":"client_ip","limit":1,"window":"1h","burst":1}]}"#,
+            200,
+        ),
+        (
+            "circuit_breaker",
+            r#"{"upstream":"header:x-route-cluster","trip":{"consecutive_failures":1}}"#,
+            500,
+        ),
+    ] {
+        for status in [Status::BadArgument, Status::InternalFailure] {
+            let context = format!("{module}, proxy_send_local_response -> {status:?}");
+            let world = World::new();
+            let vm = start(&world, module, config);
+            // The first request uses the budget (or opens the breaker)...
+            assert!(request(&vm, "/a", setup_status, &context));
+            world.fail_host_call("proxy_send_local_response", status, u32::MAX);
+            // ...the next would get a local reply, which the host refuses.
+            assert!(request(&vm, "/b", 200, &context), "{context}");
+            assert!(vm.failure().is_none(), "{context}");
+            world.clear_host_call_faults();
+            assert!(
+                !request(&vm, "/c", 200, &context),
+                "{context}: replied again"
+            );
+        }
+    }
+}

@@ -5,6 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use edgewise_support::abi;
 use edgewise_support::breaker_state::{identity_hash, BreakerState};
 use edgewise_support::bulkhead::{self, bulkhead_key, Acquired};
 use edgewise_support::metrics::metric_name;
@@ -12,7 +13,6 @@ use edgewise_support::request::{host_only, RequestView};
 use edgewise_support::wasm::{
     install_panic_hook, load_config, log, now_nanos, Metric, RequestHeaders, SharedData,
 };
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
@@ -267,9 +267,7 @@ impl BreakerStream {
             .collect();
         headers.push(("x-edgewise-circuit", circuit));
         self.replied = true;
-        if hostcalls::send_http_response(fallback.status, headers, Some(fallback.body.as_bytes()))
-            .is_err()
-        {
+        if !abi::send_local_response(fallback.status, &headers, fallback.body.as_bytes()) {
             return Action::Continue;
         }
         Action::Pause
@@ -473,9 +471,7 @@ impl HttpContext for BreakerStream {
         let Some(now) = now_nanos() else {
             return Action::Continue;
         };
-        let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
-            .ok()
-            .flatten()
+        let status = abi::get_map_value(MapType::HttpResponseHeaders as u32, ":status")
             .and_then(|s| {
                 std::str::from_utf8(&s)
                     .ok()

@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use edgewise_support::abi;
 use edgewise_support::wasm::{
     install_panic_hook, load_config, log, now_nanos, Metric, RequestHeaders, SharedData,
 };
@@ -260,9 +261,7 @@ impl HttpContext for RateLimitStream {
                 headers.extend(limit_headers.iter().map(|(k, v)| (*k, v.as_str())));
                 headers.push(("retry-after", &retry_after));
                 self.replied = true;
-                if hostcalls::send_http_response(deny.status, headers, Some(deny.body.as_bytes()))
-                    .is_err()
-                {
+                if !abi::send_local_response(deny.status, &headers, deny.body.as_bytes()) {
                     // Could not reply: let the request through rather than hang it.
                     return Action::Continue;
                 }
@@ -277,7 +276,7 @@ impl HttpContext for RateLimitStream {
         }
         if let Some(shared) = &self.shared {
             for (name, value) in rate_limit_headers(&shared.config, &self.statuses) {
-                let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value));
+                abi::replace_map_value(MapType::HttpResponseHeaders as u32, name, value.as_bytes());
             }
         }
         Action::Continue

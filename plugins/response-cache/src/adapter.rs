@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use edgewise_support::abi;
 use edgewise_support::metrics::metric_name;
 use edgewise_support::wasm::{
     install_panic_hook, load_config, log, now_nanos, wall_nanos, Metric, SharedData,
@@ -161,7 +162,7 @@ fn reply(served: &Served, status: u16, headers: Vec<(String, Vec<u8>)>, body: &[
             .map(|v| vec![("content-type".to_string(), v)])
             .unwrap_or_default(),
     );
-    if hostcalls::send_http_response(status as u32, text_pairs(&rest), Some(body)).is_err() {
+    if !abi::send_local_response(status as u32, &text_pairs(&rest), body) {
         *served.borrow_mut() = None;
         return false;
     }
@@ -249,7 +250,7 @@ impl Context for CacheRoot {
         let headers = if num_headers == 0 {
             Vec::new() // reset or no answer
         } else {
-            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default()
+            abi::get_map_pairs(MapType::HttpCallResponseHeaders as u32)
         };
         let status = status_of(&headers);
         let body = if (body_size as u64) > shared.config.layout.max_entry_bytes {
@@ -257,7 +258,7 @@ impl Context for CacheRoot {
         } else if body_size == 0 {
             Some(Vec::new())
         } else {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            abi::get_buffer(BufferType::HttpCallResponseBody as u32, 0, body_size)
                 .ok()
                 .map(Option::unwrap_or_default)
         };
@@ -509,11 +510,11 @@ impl CacheStream {
     ) {
         // RFC 9111 §4.3.1: a stale entry goes to the origin as a conditional request.
         for (name, value) in text_pairs(&pending.validators) {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+            abi::replace_map_value(MapType::HttpRequestHeaders as u32, name, value.as_bytes());
         }
         // Unkeyed fields an origin may reflect never reach it (`unkeyed_headers: "strip"`).
         for name in &pending.strip {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+            abi::remove_map_value(MapType::HttpRequestHeaders as u32, name);
         }
         if matches!(pending.outcome, Outcome::Miss | Outcome::Stale) {
             shared.metrics.misses.increment(1);
@@ -713,7 +714,7 @@ impl HttpContext for CacheStream {
         };
         // The cache looks at many request headers: one map read beats a call per header.
         let mut request: Vec<(String, Vec<u8>)> =
-            hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+            abi::get_map_pairs(MapType::HttpRequestHeaders as u32);
         // One clock read per request: the decision and the fill lock use the same instant.
         self.now_ms = now_millis();
         let now = (self.now_ms / 1000) as i64;
@@ -742,7 +743,7 @@ impl HttpContext for CacheStream {
             }
             RequestDecision::GatewayTimeout { headers } => {
                 shared.metrics.misses.increment(1);
-                let _ = hostcalls::send_http_response(504, text_pairs(&headers), Some(b""));
+                abi::send_local_response(504, &text_pairs(&headers), b"");
                 Action::Pause
             }
             RequestDecision::Purge {
@@ -758,7 +759,7 @@ impl HttpContext for CacheStream {
                 } else {
                     (404, b"not cached\n")
                 };
-                let _ = hostcalls::send_http_response(status, vec![], Some(body));
+                abi::send_local_response(status, &[], body);
                 Action::Pause
             }
             RequestDecision::Forward(pending) => self.forward(&shared, pending, request),
@@ -772,14 +773,14 @@ impl HttpContext for CacheStream {
         let served = self.served.borrow_mut().take();
         if let Some(served) = served {
             for (name, value) in text_pairs(&served) {
-                let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+                abi::replace_map_value(MapType::HttpResponseHeaders as u32, name, value.as_bytes());
             }
             return Action::Continue;
         }
         let Some(pending) = self.pending.clone() else {
             return Action::Continue;
         };
-        let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+        let headers = abi::get_map_pairs(MapType::HttpResponseHeaders as u32);
         let status = status_of(&headers);
         if invalidates(&pending, status) {
             for key_hash in invalidated_keys(&shared.config, &pending, status, &headers) {
@@ -799,10 +800,10 @@ impl HttpContext for CacheStream {
                     false,
                     Some(detail),
                 );
-                let _ = hostcalls::set_map_value(
-                    MapType::HttpResponseHeaders,
+                abi::replace_map_value(
+                    MapType::HttpResponseHeaders as u32,
                     "cache-status",
-                    Some(&value),
+                    value.as_bytes(),
                 );
             }
             return Action::Continue;
@@ -843,7 +844,11 @@ impl HttpContext for CacheStream {
                 ("content-length".into(), body.len().to_string().into_bytes()),
             ];
             pairs.extend(stored_headers);
-            let _ = hostcalls::set_map(MapType::HttpResponseHeaders, text_pairs(&pairs));
+            let pairs: Vec<(&str, &[u8])> = pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect();
+            abi::set_map_pairs(MapType::HttpResponseHeaders as u32, &pairs);
             self.replacing = Some(body);
             return Action::Continue;
         }
@@ -862,8 +867,11 @@ impl HttpContext for CacheStream {
             storing,
             pending.detail,
         );
-        let _ =
-            hostcalls::set_map_value(MapType::HttpResponseHeaders, "cache-status", Some(&value));
+        abi::replace_map_value(
+            MapType::HttpResponseHeaders as u32,
+            "cache-status",
+            value.as_bytes(),
+        );
         if storing {
             self.response = Some(Filling {
                 status,
@@ -892,7 +900,7 @@ impl HttpContext for CacheStream {
                 return Action::Pause; // hold the error body until its end
             }
             if let Some(body) = self.replacing.take() {
-                let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &body);
+                abi::set_buffer(BufferType::HttpResponseBody as u32, 0, body_size, &body);
             }
             return Action::Continue;
         }
@@ -917,7 +925,7 @@ impl HttpContext for CacheStream {
             }
             // Each chunk passes on at once; we keep a copy until the end.
             if let (Ok(Some(chunk)), Some(filling)) = (
-                hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size),
+                abi::get_buffer(BufferType::HttpResponseBody as u32, 0, body_size),
                 self.response.as_mut(),
             ) {
                 filling.body.extend_from_slice(&chunk);

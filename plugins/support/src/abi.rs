@@ -46,6 +46,51 @@ extern "C" {
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
     ) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_set_header_map_pairs(map_type: u32, map_data: *const u8, map_size: usize) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_set_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        size: usize,
+        buffer_data: *const u8,
+        buffer_size: usize,
+    ) -> u32;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
 }
 
 /// Takes ownership of a buffer the host allocated in our memory (through the SDK's
@@ -155,4 +200,146 @@ pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, HostStatus> {
         0 => Ok(id),
         other => Err(HostStatus(other)),
     }
+}
+
+/// A header map's value for `key` (the first, as Envoy returns it); None when absent or when
+/// the map cannot be read now (any status: the caller treats the header as missing).
+pub fn get_map_value(map_type: u32, key: &str) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: pointers to locals; the host writes a buffer it allocated through us.
+    let status = unsafe {
+        proxy_get_header_map_value(map_type, key.as_ptr(), key.len(), &mut data, &mut size)
+    };
+    // SAFETY: the host filled `data` / `size` for this call.
+    (status == 0).then(|| unsafe { take(data, size) })
+}
+
+/// Sets `key` to `value` (replacing every value it had); false when the host refused.
+pub fn replace_map_value(map_type: u32, key: &str, value: &[u8]) -> bool {
+    // SAFETY: the host only reads the given ranges.
+    let status = unsafe {
+        proxy_replace_header_map_value(
+            map_type,
+            key.as_ptr(),
+            key.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    };
+    status == 0
+}
+
+/// Removes `key`; false when the host refused.
+pub fn remove_map_value(map_type: u32, key: &str) -> bool {
+    // SAFETY: the host only reads the given range.
+    unsafe { proxy_remove_header_map_value(map_type, key.as_ptr(), key.len()) == 0 }
+}
+
+/// Every (name, value) of a header map, in order; empty when it cannot be read now.
+pub fn get_map_pairs(map_type: u32) -> Vec<(String, Vec<u8>)> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: pointers to locals; the host writes a buffer it allocated through us.
+    let status = unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) };
+    if status != 0 {
+        return Vec::new();
+    }
+    // SAFETY: the host filled `data` / `size` for this call.
+    decode_pairs(&unsafe { take(data, size) }).unwrap_or_default()
+}
+
+/// Replaces a whole header map; false when the host refused.
+pub fn set_map_pairs(map_type: u32, pairs: &[(&str, &[u8])]) -> bool {
+    let bytes = encode_pairs(pairs);
+    // SAFETY: the host only reads the given range.
+    unsafe { proxy_set_header_map_pairs(map_type, bytes.as_ptr(), bytes.len()) == 0 }
+}
+
+/// Up to `max_size` bytes of a buffer from `start`; Ok(None) when there is none,
+/// Err with the host's status when it cannot be read.
+pub fn get_buffer(
+    buffer_type: u32,
+    start: usize,
+    max_size: usize,
+) -> Result<Option<Vec<u8>>, HostStatus> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: pointers to locals; the host writes a buffer it allocated through us.
+    let status =
+        unsafe { proxy_get_buffer_bytes(buffer_type, start, max_size, &mut data, &mut size) };
+    match status {
+        // SAFETY: the host filled `data` / `size` for this call.
+        0 => Ok((!data.is_null()).then(|| unsafe { take(data, size) })),
+        NOT_FOUND => Ok(None),
+        other => Err(HostStatus(other)),
+    }
+}
+
+/// Replaces `size` bytes of a buffer from `start` with `value`; false when refused.
+pub fn set_buffer(buffer_type: u32, start: usize, size: usize, value: &[u8]) -> bool {
+    // SAFETY: the host only reads the given range.
+    unsafe { proxy_set_buffer_bytes(buffer_type, start, size, value.as_ptr(), value.len()) == 0 }
+}
+
+/// Sends a local reply; false when the host refused it (the request then goes on).
+pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
+    let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    let headers = encode_pairs(&pairs);
+    // SAFETY: the host only reads the given ranges.
+    let status = unsafe {
+        proxy_send_local_response(
+            status,
+            null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    };
+    status == 0
+}
+
+/// The ABI's header-map encoding: count (u32 LE), (name size, value size) per pair, then
+/// each name and value followed by a NUL.
+fn encode_pairs(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+/// Decodes [`encode_pairs`]'s layout; None when it is malformed. Names are lossily UTF-8.
+fn decode_pairs(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+    let u32_at = |at: usize| -> Option<usize> {
+        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
+    let count = u32_at(0)?;
+    let mut sizes = Vec::with_capacity(count.min(1024));
+    for i in 0..count {
+        sizes.push((u32_at(4 + 8 * i)?, u32_at(8 + 8 * i)?));
+    }
+    let mut at = 4 + 8 * count;
+    let mut pairs = Vec::with_capacity(sizes.len());
+    for (k, v) in sizes {
+        let key = bytes.get(at..at + k)?;
+        at += k + 1;
+        let value = bytes.get(at..at + v)?;
+        at += v + 1;
+        pairs.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
+    }
+    Some(pairs)
 }

@@ -22,17 +22,14 @@ impl RequestView for RequestHeaders {
             return value.clone();
         }
         let value =
-            hostcalls::get_map_value_bytes(proxy_wasm::types::MapType::HttpRequestHeaders, name)
-                .ok()
-                .flatten();
+            crate::abi::get_map_value(proxy_wasm::types::MapType::HttpRequestHeaders as u32, name);
         self.cache.push((name.to_string(), value.clone()));
         value
     }
 
     fn header_values(&mut self, name: &str) -> Vec<Vec<u8>> {
         let all = self.all.get_or_insert_with(|| {
-            hostcalls::get_map_bytes(proxy_wasm::types::MapType::HttpRequestHeaders)
-                .unwrap_or_default()
+            crate::abi::get_map_pairs(proxy_wasm::types::MapType::HttpRequestHeaders as u32)
         });
         all.iter()
             .filter(|(k, _)| k == name)
@@ -153,8 +150,8 @@ pub fn load_config<T>(
     let composed = COMPOSED.with(|c| c.borrow().configuration.clone());
     let read = match composed {
         Some(section) => Ok(Some(section)),
-        None => hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::PluginConfiguration,
+        None => crate::abi::get_buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration as u32,
             0,
             usize::MAX,
         ),

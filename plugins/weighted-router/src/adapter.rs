@@ -6,11 +6,11 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use edgewise_support::abi;
 use edgewise_support::breaker_state::unavailable;
 use edgewise_support::wasm::{
     install_panic_hook, load_config, log, now_nanos, Metric, RequestHeaders, SharedData,
 };
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
@@ -202,10 +202,10 @@ impl HttpContext for RouterStream {
         };
         match selection {
             Some(selection) => {
-                let _ = hostcalls::set_map_value(
-                    MapType::HttpRequestHeaders,
+                abi::replace_map_value(
+                    MapType::HttpRequestHeaders as u32,
                     &config.cluster_header,
-                    Some(&selection.cluster),
+                    selection.cluster.as_bytes(),
                 );
                 let metrics = &shared.metrics[selection.route];
                 if let Some(target) = selection.target {
@@ -224,10 +224,7 @@ impl HttpContext for RouterStream {
             }
             None => {
                 // No route of ours: a client must not pick a cluster by sending the header.
-                let _ = hostcalls::remove_map_value(
-                    MapType::HttpRequestHeaders,
-                    &config.cluster_header,
-                );
+                abi::remove_map_value(MapType::HttpRequestHeaders as u32, &config.cluster_header);
             }
         }
         Action::Continue
