@@ -17,6 +17,14 @@ struct Step {
 }
 
 impl Step {
+    /// `name` must be absent from the response.
+    const fn expect_no_field(self, name: &'static str) -> Step {
+        Step {
+            field: (name, ABSENT),
+            ..self
+        }
+    }
+
     const fn expect_field(self, name: &'static str, contains: &'static str) -> Step {
         Step {
             field: (name, contains),
@@ -68,6 +76,9 @@ struct Case {
 }
 
 const AUTH: &[(&str, &str)] = &[("authorization", "Bearer secret")];
+
+/// The `contains` of a field that must be absent.
+const ABSENT: &str = "\u{0}absent";
 
 const CASES: &[Case] = &[
     Case { section: "9111 §3", what: "a 200 with max-age is stored and served", origin: "cache_control=max-age%3D60", steps: &[get(true, 200), get(false, 200), get(false, 200)] },
@@ -139,6 +150,30 @@ const CASES: &[Case] = &[
     ] },
     Case { section: "9211 §2.7", what: "the Cache-Status of a stored miss says stored", origin: "cache_control=max-age%3D60", steps: &[get(true, 200).expect_field("cache-status", "stored")] },
     Case { section: "9111 §4.3.3", what: "a revalidated response says fwd=stale and fwd-status=304", origin: "cache_control=max-age%3D0&etag=v1", steps: &[get(true, 200), get(true, 200).expect_field("cache-status", "fwd-status=304")] },
+    // RFC 9213: targeted fields (default target list: Edgewise-Cache-Control, CDN-Cache-Control).
+    Case { section: "9213 §2.2", what: "CDN-Cache-Control max-age=0 overrides a long Cache-Control", origin: "cache_control=max-age%3D600&header=cdn-cache-control%3Amax-age%3D0", steps: &[get(true, 200), get(true, 200)] },
+    Case { section: "9213 §2.2", what: "CDN-Cache-Control private keeps it out of this cache", origin: "cache_control=max-age%3D600&header=cdn-cache-control%3Aprivate", steps: &[get(true, 200), get(true, 200)] },
+    Case { section: "9213 §2.2", what: "CDN-Cache-Control no-store keeps it out of this cache", origin: "cache_control=public%2C%20max-age%3D600&header=cdn-cache-control%3Ano-store", steps: &[get(true, 200), get(true, 200)] },
+    Case { section: "9213 §2.2", what: "a fresh targeted max-age stores it despite Cache-Control: no-store", origin: "cache_control=no-store&header=cdn-cache-control%3Amax-age%3D60", steps: &[get(true, 200), get(false, 200)] },
+    Case { section: "9213 §2.2", what: "the first valid field of the target list governs (Edgewise-Cache-Control before CDN-Cache-Control)", origin: "header=edgewise-cache-control%3Amax-age%3D60&header=cdn-cache-control%3Ano-store", steps: &[get(true, 200), get(false, 200)] },
+    Case { section: "9213 §2.1", what: "an invalid targeted field (a String max-age) is ignored: Cache-Control governs", origin: "cache_control=no-store&header=cdn-cache-control%3Amax-age%3D%2260%22", steps: &[get(true, 200), get(true, 200)] },
+    Case { section: "9213 §2.1", what: "an invalid targeted field (a Decimal max-age) is ignored: Cache-Control governs", origin: "cache_control=max-age%3D60&header=cdn-cache-control%3Amax-age%3D1.5", steps: &[get(true, 200), get(false, 200)] },
+    Case { section: "9213 §2.1", what: "an invalid first target falls through to the next one", origin: "cache_control=no-store&header=edgewise-cache-control%3Amax-age%3D-1&header=cdn-cache-control%3Amax-age%3D60", steps: &[get(true, 200), get(false, 200)] },
+    Case { section: "9213 §2.2", what: "with a targeted field, Expires is ignored", origin: "expires_in=100&header=cdn-cache-control%3Amust-revalidate", steps: &[get(true, 200), get(true, 200)] },
+    Case { section: "9213 §2.2", what: "targeted must-revalidate forbids max-stale", origin: "cache_control=max-age%3D600&header=cdn-cache-control%3Amax-age%3D0%2C%20must-revalidate&etag=v1", steps: &[get(true, 200), get_with(&[("cache-control", "max-stale=100")], true, 200)] },
+    Case { section: "9213 §3.1", what: "`none` is a valid field with no directive: no freshness, so not stored", origin: "cache_control=max-age%3D600&header=cdn-cache-control%3Anone", steps: &[get(true, 200), get(true, 200)] },
+    Case { section: "9213 §2", what: "our own field is stripped downstream (miss and hit); CDN-Cache-Control passes", origin: "header=edgewise-cache-control%3Amax-age%3D60&header=cdn-cache-control%3Amax-age%3D5", steps: &[
+        get(true, 200).expect_no_field("edgewise-cache-control"),
+        get(false, 200).expect_no_field("edgewise-cache-control"),
+        get(false, 200).expect_field("cdn-cache-control", "max-age=5"),
+    ] },
+    // RFC 9111 edges.
+    Case { section: "9111 §5.1", what: "Age as a list: the first member counts (fresh)", origin: "cache_control=max-age%3D60&header=age%3A5%2C%20100", steps: &[get(true, 200), get(false, 200)] },
+    Case { section: "9111 §5.1", what: "Age as a list: the first member counts (stale)", origin: "cache_control=max-age%3D60&header=age%3A100%2C%205", steps: &[get(true, 200), get(true, 200)] },
+    Case { section: "9111 §5.1", what: "an invalid Age makes the response stale, not fresh", origin: "cache_control=max-age%3D60&header=age%3A-5", steps: &[get(true, 200), get(true, 200)] },
+    Case { section: "9111 §5.3", what: "an Expires that is exactly an HTTP-date gives freshness", origin: "header=expires%3AThu%2C%2001%20Jan%202099%2000%3A00%3A00%20GMT", steps: &[get(true, 200), get(false, 200)] },
+    Case { section: "9111 §5.3", what: "an Expires with an extra space is invalid: already expired", origin: "header=expires%3AThu%2C%20%2001%20Jan%202099%2000%3A00%3A00%20GMT", steps: &[get(true, 200), get(true, 200)] },
+    Case { section: "9111 §3.1", what: "fields the Connection header nominates are not stored", origin: "cache_control=max-age%3D60&header=connection%3Ax-hop&header=x-hop%3Asecret", steps: &[get(true, 200).expect_field("x-hop", "secret"), get(false, 200).expect_no_field("x-hop")] },
 ];
 
 #[test]
@@ -165,8 +200,12 @@ fn rfc9111_cases_through_envoy() {
                 .unwrap();
             let reached = backend.requests().unwrap() > before;
             let (field, contains) = step.field;
-            let field_ok =
-                field.is_empty() || r.header(field).is_some_and(|v| v.contains(contains));
+            let field_ok = field.is_empty()
+                || if contains == ABSENT {
+                    r.header(field).is_none()
+                } else {
+                    r.header(field).is_some_and(|v| v.contains(contains))
+                };
             if reached != step.origin || r.status != step.status || !field_ok {
                 failures.push(format!(
                     "{} {} — step {}: {} {:?}: expected origin={} status {} {field}~{contains:?}, got origin={} status {} (cache-status {:?}, age {:?})",
@@ -191,4 +230,60 @@ fn rfc9111_cases_through_envoy() {
         failures.len()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// RFC 9111 §4.2.4: a disconnected cache may serve stale. With `serve_stale_when_unreachable`,
+/// an origin that cannot be reached (its process gone: Envoy's own 503) is answered with the
+/// stale entry — except entries that forbid stale (must-revalidate, proxy-revalidate,
+/// no-cache, s-maxage), answered with 504 (§5.2.2.2). Without the option the 503 passes.
+#[test]
+fn stale_is_served_when_the_origin_is_unreachable_only_if_configured() {
+    envoy_harness::build_wasm(&["response-cache"]).unwrap();
+    let mut backend = Backend::start("origin").unwrap();
+    let start = |config: &str| {
+        Envoy::start(
+            &EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new(
+                "response_cache",
+                wasm_path("response_cache"),
+                config,
+            )),
+        )
+        .unwrap()
+    };
+    let on = start(r#"{"serve_stale_when_unreachable": true}"#);
+    let off = start("{}");
+    // Stored and stale at once (max-age=0 with a validator).
+    let plain = "/cache/unreachable-plain?cache_control=max-age%3D0&etag=v1";
+    let strict = [
+        "/cache/unreachable-mr?cache_control=max-age%3D0%2C%20must-revalidate&etag=v1",
+        "/cache/unreachable-pr?cache_control=max-age%3D0%2C%20proxy-revalidate&etag=v1",
+        "/cache/unreachable-nc?cache_control=no-cache&etag=v1",
+        "/cache/unreachable-sm?cache_control=s-maxage%3D0&etag=v1",
+    ];
+    for envoy in [&on, &off] {
+        for path in std::iter::once(plain).chain(strict) {
+            assert_eq!(envoy.get(path).unwrap().status, 200, "{path}");
+        }
+    }
+    backend.kill();
+    let stale = on.get(plain).unwrap();
+    assert_eq!(
+        (stale.status, stale.header("cache-status")),
+        (200, Some("edgewise; hit; detail=origin-unreachable")),
+        "§4.2.4: the stale entry"
+    );
+    assert!(
+        stale.text().contains("cacheable /cache/unreachable-plain"),
+        "the stored body: {}",
+        stale.text()
+    );
+    for path in strict {
+        let r = on.get(path).unwrap();
+        assert_eq!(r.status, 504, "{path}: must not be served stale");
+        assert!(r
+            .header("cache-status")
+            .is_some_and(|v| v.contains("origin-unreachable")));
+    }
+    let passed = off.get(plain).unwrap();
+    assert_eq!(passed.status, 503, "off: Envoy's own error passes");
 }

@@ -291,6 +291,22 @@ fn invalid_configurations_are_refused_naming_the_field() {
     let cases: &[(&str, &str)] = &[
         (r#"{"eviction":"random"}"#, "eviction"),
         (
+            r#"{"targeted_fields":["bad header"]}"#,
+            "targeted_fields[0]",
+        ),
+        (
+            r#"{"targeted_fields":["cdn-cache-control","Cache-Control"]}"#,
+            "targeted_fields[1]",
+        ),
+        (
+            r#"{"targeted_fields":["a","b","c","d","e","f","g","h","i"]}"#,
+            "targeted_fields",
+        ),
+        (
+            r#"{"strip_targeted_fields":[""]}"#,
+            "strip_targeted_fields[0]",
+        ),
+        (
             r#"{"max_bytes":2000,"max_entry_bytes":4000}"#,
             "max_entry_bytes",
         ),

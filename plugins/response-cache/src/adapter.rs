@@ -19,7 +19,8 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 use crate::cache::{
     self, decide, entry_for, invalidated_keys, invalidates, on_request, refresh_outcome,
-    refresh_request, revalidated, storable, Pending, Refreshed, RequestDecision, Revalidated,
+    refresh_request, revalidated, storable, FallbackWhen, Pending, Refreshed, RequestDecision,
+    Revalidated,
 };
 use crate::coalesce::{self, Fill};
 use crate::config::Config;
@@ -781,6 +782,13 @@ impl HttpContext for CacheStream {
             return Action::Continue;
         };
         let headers = abi::get_map_pairs(MapType::HttpResponseHeaders as u32);
+        // RFC 9213: targeted fields meant for this cache go no further (they stay in the
+        // stored entry, whose freshness they govern).
+        for name in &shared.config.strip_targeted_fields {
+            if headers.iter().any(|(k, _)| k == name) {
+                abi::remove_map_value(MapType::HttpResponseHeaders as u32, name);
+            }
+        }
         let status = status_of(&headers);
         if invalidates(&pending, status) {
             for key_hash in invalidated_keys(&shared.config, &pending, status, &headers) {
@@ -833,10 +841,41 @@ impl HttpContext for CacheStream {
             }
         }
         // RFC 5861 §4: an origin error (or Envoy's own, e.g. connect failure) with a stale entry
-        // in its window is answered with the entry. The error's body is replaced at its end, so
-        // this needs an error with a body (Envoy's local errors have one).
-        if let (Some((stored_status, stored_headers, body)), true, false) =
-            (pending.fallback.clone(), status >= 500, end_of_stream)
+        // in its window is answered with the entry; with `serve_stale_when_unreachable`, an
+        // error Envoy generated because the origin could not be reached (RFC 9111 §4.2.4) is
+        // answered with the stale entry or, where the entry forbids that, a 504. The error's
+        // body is replaced at its end, so this needs an error with a body (Envoy's local
+        // errors have one). Envoy's details are read (one host call) only for those cases.
+        let unreachable = || {
+            edgewise_support::wasm::property(&["response", "code_details"])
+                .is_some_and(|details| details != b"via_upstream")
+        };
+        let answer_error = status >= 500
+            && !end_of_stream
+            && match (&pending.fallback, pending.fallback_when) {
+                (Some(_), FallbackWhen::Error) => true,
+                (Some(_), FallbackWhen::Unreachable) => unreachable(),
+                (None, _) => pending.timeout_when_unreachable && unreachable(),
+            };
+        if answer_error && pending.fallback.is_none() {
+            let value = cache_status(
+                &shared.config.cache_status,
+                Outcome::Stale,
+                None,
+                false,
+                Some("origin-unreachable"),
+            );
+            let pairs: [(&str, &[u8]); 3] = [
+                (":status", b"504"),
+                ("content-length", b"0"),
+                ("cache-status", value.as_bytes()),
+            ];
+            abi::set_map_pairs(MapType::HttpResponseHeaders as u32, &pairs);
+            self.replacing = Some(Vec::new());
+            return Action::Continue;
+        }
+        if let (Some((stored_status, stored_headers, body)), true) =
+            (pending.fallback.clone(), answer_error)
         {
             shared.metrics.stale_served.increment(1);
             let mut pairs: Vec<(String, Vec<u8>)> = vec![

@@ -87,38 +87,65 @@ pub struct Pending {
     pub origin: (Vec<u8>, Vec<u8>),
     pub key_header_values: Vec<(String, Vec<u8>)>,
     /// A stale entry that may answer instead of an origin error (RFC 5861 §4), as a ready
-    /// reply: status, headers, body.
+    /// reply: status, headers, body; `fallback_when` says for which errors.
     pub fallback: Option<Reply>,
+    pub fallback_when: FallbackWhen,
+    /// `serve_stale_when_unreachable` with a stale entry that forbids serving stale
+    /// (must-revalidate, proxy-revalidate, no-cache, s-maxage): an unreachable origin is
+    /// answered with 504 (RFC 9111 §4.2.4, §5.2.2.2).
+    pub timeout_when_unreachable: bool,
     /// A stale entry being revalidated (RFC 9111 §4.3.1): the adapter adds `validators` to the
     /// forwarded request; a 304 then refreshes and serves the entry.
     pub revalidating: Option<Box<Entry>>,
     pub validators: Vec<(String, Vec<u8>)>,
 }
 
+/// Which origin errors a `Pending::fallback` answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FallbackWhen {
+    /// Any 5xx, the origin's or Envoy's own (RFC 5861 §4 stale-if-error).
+    Error,
+    /// Only when the origin could not be reached — Envoy generated the error (connect
+    /// failure, reset, timeout): RFC 9111 §4.2.4's disconnected cache
+    /// (`serve_stale_when_unreachable`).
+    Unreachable,
+}
+
 fn is_unsafe(method: &[u8]) -> bool {
     !matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE")
 }
 
-/// The stored response's freshness inputs.
-fn stored_view(entry: &Entry) -> Stored {
-    let cc = CacheControl::parse(entry.headers_named("cache-control"));
+/// The stored response's freshness inputs: its governing directives (a targeted field of
+/// ours, RFC 9213, else Cache-Control and Expires).
+fn stored_view(config: &Config, entry: &Entry) -> Stored {
+    let (cc, expires_applies) = crate::targeted::governing(&config.targeted_fields, |name| {
+        entry
+            .headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+            .collect()
+    });
     Stored {
         status: entry.status,
         request_time: entry.request_time,
         response_time: entry.response_time,
         date: entry.header("date").and_then(http_date::parse),
-        age: entry
-            .header("age")
-            .and_then(|a| std::str::from_utf8(a).ok()?.trim().parse().ok()),
-        expires: entry.header("expires").map(http_date::parse),
+        age: crate::freshness::parse_age(entry.header("age")),
+        expires: entry
+            .header("expires")
+            .filter(|_| expires_applies)
+            .map(http_date::parse),
         last_modified: entry.header("last-modified").and_then(http_date::parse),
         cc,
     }
 }
 
 /// The header fields of a reply from a stored response: the stored ones with our own `Age`
-/// (RFC 9111 §5.1) and `Cache-Status` (RFC 9211) in place of any stored copies.
+/// (RFC 9111 §5.1) and `Cache-Status` (RFC 9211) in place of any stored copies, without the
+/// targeted fields configured to be stripped (RFC 9213: they were meant for this cache).
 fn reply_headers(
+    config: &Config,
     stored: &[(String, Vec<u8>)],
     age: u64,
     cache_status: String,
@@ -126,6 +153,7 @@ fn reply_headers(
     let mut headers: Vec<(String, Vec<u8>)> = stored
         .iter()
         .filter(|(k, _)| k != "age" && k != "cache-status")
+        .filter(|(k, _)| !config.strip_targeted_fields.contains(k))
         .cloned()
         .collect();
     headers.push(("age".into(), age.to_string().into_bytes()));
@@ -198,6 +226,8 @@ pub fn decide(
         origin: (scheme.clone(), host.clone()),
         key_header_values: Vec::new(),
         fallback: None,
+        fallback_when: FallbackWhen::Error,
+        timeout_when_unreachable: false,
         revalidating: None,
         validators: Vec::new(),
     };
@@ -284,7 +314,7 @@ pub fn decide(
         }
         return RequestDecision::Forward(Box::new(pending(Outcome::Miss)));
     };
-    let view = stored_view(&entry);
+    let view = stored_view(config, &entry);
     let decision = usable(&view, &request_cc, &config.heuristic, now);
     if !matches!(
         decision,
@@ -322,17 +352,32 @@ pub fn decide(
             }
             _ => None,
         };
-        let fallback = window.filter(|w| staleness <= *w).map(|_| {
+        let stale_reply = |detail: &str| {
             let status = cache_status(
                 &config.cache_status,
                 Outcome::StaleServed,
                 None,
                 false,
-                Some("stale-if-error"),
+                Some(detail),
             );
-            let headers = reply_headers(&entry.headers, age, status);
+            let headers = reply_headers(config, &entry.headers, age, status);
             (entry.status, headers, entry.body.clone())
-        });
+        };
+        let mut fallback = window
+            .filter(|w| staleness <= *w)
+            .map(|_| stale_reply("stale-if-error"));
+        let mut fallback_when = FallbackWhen::Error;
+        let mut timeout_when_unreachable = false;
+        // RFC 9111 §4.2.4: a disconnected cache may serve stale, except what must not be
+        // served without validation (§5.2.2.2, §5.2.2.4, §5.2.2.8, §5.2.2.10): 504.
+        if fallback.is_none() && config.serve_stale_when_unreachable {
+            if forbidden || view.cc.no_cache {
+                timeout_when_unreachable = true;
+            } else {
+                fallback = Some(stale_reply("origin-unreachable"));
+                fallback_when = FallbackWhen::Unreachable;
+            }
+        }
         // RFC 9111 §4.3.1: revalidate with the stored validators, unless the client sent its
         // own conditionals (then its request goes as it is and a 200 replaces the entry).
         let validators = if client_conditional {
@@ -342,6 +387,8 @@ pub fn decide(
         };
         return RequestDecision::Forward(Box::new(Pending {
             fallback,
+            fallback_when,
+            timeout_when_unreachable,
             revalidating: (!validators.is_empty()).then(|| Box::new(entry)),
             validators,
             ..pending(Outcome::Stale)
@@ -368,6 +415,7 @@ pub fn decide(
         })
     });
     let headers = reply_headers(
+        config,
         &entry.headers,
         age,
         cache_status(&config.cache_status, Outcome::Hit, Some(ttl), false, detail),
@@ -526,9 +574,11 @@ pub fn revalidated(
 ) -> Option<Revalidated> {
     let stored = pending.revalidating.as_deref()?;
     let personal = |name: &str| name == "set-cookie" && !config.cache_set_cookie;
+    let nominated = connection_nominated(not_modified_headers);
     let update: Vec<(String, Vec<u8>)> = not_modified_headers
         .iter()
         .filter(|(k, _)| !k.starts_with(':') && !NOT_STORED.contains(&k.as_str()))
+        .filter(|(k, _)| !nominated.iter().any(|n| n == k))
         .filter(|(k, _)| !personal(k))
         .cloned()
         .collect();
@@ -553,13 +603,13 @@ pub fn revalidated(
     };
     let keep =
         same_variant && storable(config, &check, refreshed.status, &refreshed.headers).is_ok();
-    let view = stored_view(&refreshed);
+    let view = stored_view(config, &refreshed);
     let age = current_age(&view, now);
     let ttl = lifetime(&view, &config.heuristic).seconds() as i64 - age as i64;
     let mut status_value =
         cache_status(&config.cache_status, Outcome::Stale, Some(ttl), keep, None);
     status_value.push_str("; fwd-status=304");
-    let mut headers = reply_headers(&refreshed.headers, age, status_value);
+    let mut headers = reply_headers(config, &refreshed.headers, age, status_value);
     headers.extend(
         not_modified_headers
             .iter()
@@ -686,12 +736,15 @@ pub fn storable(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_slice())
     };
-    let response_cc = CacheControl::parse(
-        headers
-            .iter()
-            .filter(|(k, _)| k == "cache-control")
-            .map(|(_, v)| v.as_slice()),
-    );
+    // RFC 9213 §2.2: a targeted field of ours replaces Cache-Control and Expires.
+    let (response_cc, expires_applies) =
+        crate::targeted::governing(&config.targeted_fields, |name| {
+            headers
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.as_slice())
+                .collect()
+        });
     storable::check(&Exchange {
         method: &pending.method,
         status,
@@ -699,7 +752,7 @@ pub fn storable(
         response_cc: &response_cc,
         request_has_authorization: pending.has_authorization,
         request_has_cookie: pending.has_cookie,
-        has_expires: get("expires").is_some(),
+        has_expires: expires_applies && get("expires").is_some(),
         has_validator: get("etag").is_some()
             || get("last-modified").is_some_and(|d| http_date::parse(d).is_some()),
         vary: get("vary"),
@@ -708,6 +761,19 @@ pub fn storable(
         default_ttl: config.heuristic.default_ttl > 0,
         cookie_requests: config.cookie_requests,
     })
+}
+
+/// RFC 9111 §3.1 (RFC 9110 §7.6.1): the fields a response's `Connection` header nominates
+/// are hop-by-hop and are not stored. Lowercased names from every Connection line.
+fn connection_nominated(headers: &[(String, Vec<u8>)]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(k, _)| k == "connection")
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect()
 }
 
 /// Builds the entry to store from a complete response.
@@ -725,12 +791,17 @@ pub fn entry_for(
         .map(|(_, v)| v.as_slice());
     let fields = vary_fields(vary)?;
     let values = vary_values(&fields, request);
+    let nominated = connection_nominated(headers);
     Some(Entry {
         key: pending.key.clone(),
         status,
         headers: headers
             .iter()
-            .filter(|(k, _)| !k.starts_with(':') && !NOT_STORED.contains(&k.as_str()))
+            .filter(|(k, _)| {
+                !k.starts_with(':')
+                    && !NOT_STORED.contains(&k.as_str())
+                    && !nominated.iter().any(|n| n == k)
+            })
             .cloned()
             .collect(),
         request_time: pending.request_time,

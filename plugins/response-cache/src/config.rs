@@ -29,6 +29,9 @@ pub struct RawConfig {
     pub background_refresh: Option<RawBackgroundRefresh>,
     pub coalesce: Option<RawCoalesce>,
     pub purge: Option<RawPurge>,
+    pub targeted_fields: Option<Vec<String>>,
+    pub strip_targeted_fields: Option<Vec<String>>,
+    pub serve_stale_when_unreachable: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +71,41 @@ pub struct Unkeyed {
     /// Lowercase names; fields named in `key.headers` are keyed and so left out.
     pub names: Vec<String>,
     pub action: UnkeyedAction,
+}
+
+/// The default RFC 9213 target list: this cache's own field first, then the CDN class.
+pub const DEFAULT_TARGETED: [&str; 2] = ["edgewise-cache-control", "cdn-cache-control"];
+
+/// Lowercase header names from `names`, each a token (RFC 9110 §5.1), at most `max`.
+fn field_names(field: &str, names: &[String], max: usize) -> Result<Vec<String>, ConfigError> {
+    if names.len() > max {
+        return Err(err(
+            field,
+            format!("lists {} names", names.len()),
+            format!("list at most {max}"),
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if name.is_empty() || !name.bytes().all(token) {
+            return Err(err(
+                format!("{field}[{i}]"),
+                format!("{name:?} is not a header name"),
+                "use names like \"cdn-cache-control\"",
+            ));
+        }
+        let lower = name.to_ascii_lowercase();
+        if lower == "cache-control" || lower == "expires" {
+            return Err(err(
+                format!("{field}[{i}]"),
+                format!("{name:?} is what targeted fields take precedence over"),
+                "list targeted fields only, e.g. \"cdn-cache-control\"",
+            ));
+        }
+        out.push(lower);
+    }
+    Ok(out)
 }
 
 /// Largest `max_entry_bytes`: an entry is copied into the worker's Wasm heap while it is
@@ -153,6 +191,12 @@ pub struct Config {
     /// None when coalescing is disabled.
     pub coalesce: Option<Coalesce>,
     pub refresh: BackgroundRefresh,
+    /// RFC 9213 target list, in order: lowercase field names.
+    pub targeted_fields: Vec<String>,
+    /// Targeted fields removed from responses sent downstream (lowercase).
+    pub strip_targeted_fields: Vec<String>,
+    /// RFC 9111 §4.2.4: serve a stale entry when the origin cannot be reached.
+    pub serve_stale_when_unreachable: bool,
 }
 
 impl Config {
@@ -414,7 +458,18 @@ impl Config {
                 })
             }
         };
+        let targeted_fields = match &raw.targeted_fields {
+            Some(names) => field_names("targeted_fields", names, 8)?,
+            None => DEFAULT_TARGETED.iter().map(|n| n.to_string()).collect(),
+        };
+        let strip_targeted_fields = match &raw.strip_targeted_fields {
+            Some(names) => field_names("strip_targeted_fields", names, 8)?,
+            None => vec![DEFAULT_TARGETED[0].to_string()],
+        };
         Ok(Config {
+            targeted_fields,
+            strip_targeted_fields,
+            serve_stale_when_unreachable: raw.serve_stale_when_unreachable.unwrap_or(false),
             coalesce,
             refresh,
             stale_if_error,

@@ -13,7 +13,7 @@ pub struct Stored {
     pub response_time: i64,
     /// Date header, if valid.
     pub date: Option<i64>,
-    /// Age header, if valid.
+    /// Age header (see [`parse_age`]).
     pub age: Option<u64>,
     /// Expires: None when absent; Some(None) when present but invalid (already expired, §5.3).
     pub expires: Option<Option<i64>>,
@@ -31,6 +31,29 @@ impl Stored {
             || self.cc.s_maxage.is_some()
             || self.expires.is_some()
             || self.cc.public
+    }
+}
+
+/// The largest age the cache works with (RFC 9111 §1.2.2: 2^31 seconds).
+pub const MAX_AGE: u64 = 2_147_483_648;
+
+/// §5.1 Age from its first field line. A list (`Age: 5, 10`, or lines joined) is not what
+/// §5.1 allows; the first member is used when it is a valid non-negative integer (Age is a
+/// singleton: its first value is what a sender meant, the rest repeats or is junk). An
+/// invalid first member (`Age: -5`, `Age: soon`) makes the response as old as can be — stale
+/// — rather than being ignored: ignoring it would treat an unknown age as zero, i.e. as fresh
+/// as possible (§4.2.1 "consider it stale" when freshness cannot be trusted).
+pub fn parse_age(value: Option<&[u8]>) -> Option<u64> {
+    let value = value?;
+    let first = std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.split(',').next())
+        .map(str::trim)
+        .unwrap_or("");
+    if !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()) {
+        Some(first.parse::<u64>().unwrap_or(MAX_AGE).min(MAX_AGE))
+    } else {
+        Some(MAX_AGE)
     }
 }
 
@@ -193,6 +216,18 @@ pub fn usable(stored: &Stored, request: &CacheControl, heuristic: &Heuristic, no
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 9111 §5.1: the first member of a list; an invalid first member means stale.
+    #[test]
+    fn age_takes_the_first_valid_member_and_an_invalid_one_means_stale() {
+        assert_eq!(parse_age(None), None);
+        assert_eq!(parse_age(Some(b"30")), Some(30));
+        assert_eq!(parse_age(Some(b" 30 , 5")), Some(30));
+        assert_eq!(parse_age(Some(b"99999999999999")), Some(MAX_AGE));
+        for bad in [&b"-5"[..], b"soon", b"", b", 5", b"3.5", b"\xff"] {
+            assert_eq!(parse_age(Some(bad)), Some(MAX_AGE), "{bad:?}");
+        }
+    }
     use proptest::prelude::*;
 
     const T: i64 = 1_767_225_600;

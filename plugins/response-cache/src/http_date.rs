@@ -36,23 +36,54 @@ fn date(year: i64, month: &str, day: &str) -> Option<i64> {
     Some(days_from_civil(year, month, day))
 }
 
-/// Parses an HTTP-date to seconds since the epoch.
+const DAY_NAMES: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+const DAY_NAMES_LONG: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+
+/// Exactly `n` ASCII digits.
+fn digits(text: &str, n: usize) -> Option<i64> {
+    (text.len() == n && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse().ok())
+        .flatten()
+}
+
+/// Parses an HTTP-date to seconds since the epoch. The grammar is exact (§5.6.7): single
+/// spaces where it has SP, fixed-width fields, case-sensitive names; so an `Expires` with,
+/// say, two spaces inside is invalid (and means "already expired", RFC 9111 §5.3). Only
+/// whitespace around the whole value is dropped (it is not part of a field value).
 pub fn parse(bytes: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(bytes).ok()?.trim();
-    let fields: Vec<&str> = text.split_ascii_whitespace().collect();
+    let text = std::str::from_utf8(bytes).ok()?.trim_matches([' ', '\t']);
+    let fields: Vec<&str> = text.split(' ').collect();
     let days_and_time = match fields.as_slice() {
         // IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT
-        [weekday, day, month, year, time, "GMT"] if weekday.ends_with(',') && year.len() == 4 => {
-            (date(year.parse().ok()?, month, day)?, time_of_day(time)?)
+        [weekday, day, month, year, time, "GMT"]
+            if DAY_NAMES
+                .iter()
+                .any(|d| weekday.strip_suffix(',') == Some(*d)) =>
+        {
+            digits(day, 2)?;
+            (date(digits(year, 4)?, month, day)?, time_of_day(time)?)
         }
         // RFC 850: Sunday, 06-Nov-94 08:49:37 GMT (two-digit years: §5.6.7, a year more than
         // 50 years in the future is taken as the past century).
-        [weekday, dmy, time, "GMT"] if weekday.ends_with(',') => {
+        [weekday, dmy, time, "GMT"]
+            if DAY_NAMES_LONG
+                .iter()
+                .any(|d| weekday.strip_suffix(',') == Some(*d)) =>
+        {
             let parts: Vec<&str> = dmy.split('-').collect();
             let [day, month, year] = parts.as_slice() else {
                 return None;
             };
-            let short: i64 = year.parse().ok().filter(|_| year.len() == 2)?;
+            digits(day, 2)?;
+            let short = digits(year, 2)?;
             let year = if short >= 70 {
                 1900 + short
             } else {
@@ -60,9 +91,15 @@ pub fn parse(bytes: &[u8]) -> Option<i64> {
             };
             (date(year, month, day)?, time_of_day(time)?)
         }
-        // asctime: Sun Nov  6 08:49:37 1994
-        [_weekday, month, day, time, year] if year.len() == 4 => {
-            (date(year.parse().ok()?, month, day)?, time_of_day(time)?)
+        // asctime: Sun Nov  6 08:49:37 1994 (a one-digit day is preceded by a second space,
+        // which splits into an empty field here).
+        [weekday, month, "", day, time, year] if DAY_NAMES.contains(weekday) => {
+            digits(day, 1)?;
+            (date(digits(year, 4)?, month, day)?, time_of_day(time)?)
+        }
+        [weekday, month, day, time, year] if DAY_NAMES.contains(weekday) => {
+            digits(day, 2)?;
+            (date(digits(year, 4)?, month, day)?, time_of_day(time)?)
         }
         _ => return None,
     };
@@ -118,6 +155,17 @@ mod tests {
             b"Sun, 06 Foo 1994 08:49:37 GMT",
             b"Sun, 06 Nov 1994 08:49:37 PST",
             b"\xff\xfe",
+            // Not exactly the grammar (RFC 9110 §5.6.7): extra or missing spaces, one-digit
+            // day in IMF-fixdate, lowercase names, a made-up day name.
+            b"Sun,  06 Nov 1994 08:49:37 GMT",
+            b"Sun, 06 Nov 1994  08:49:37 GMT",
+            b"Sun,06 Nov 1994 08:49:37 GMT",
+            b"Sun, 6 Nov 1994 08:49:37 GMT",
+            b"sun, 06 nov 1994 08:49:37 GMT",
+            b"Xyz, 06 Nov 1994 08:49:37 GMT",
+            b"Sun, 06 Nov 94 08:49:37 GMT",
+            b"Sun Nov 6 08:49:37 1994",
+            b"Sunday, 6-Nov-94 08:49:37 GMT",
         ] {
             assert_eq!(parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }

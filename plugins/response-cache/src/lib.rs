@@ -14,6 +14,7 @@ pub mod http_date;
 pub mod key;
 pub mod status;
 pub mod storage;
+pub mod targeted;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;
