@@ -7,12 +7,16 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod envoy;
+pub mod ratelimit;
+pub mod redis;
 
 pub use backend::Backend;
 pub use client::{http_request, HttpResponse};
 pub use cluster::{build_images, docker_available, Cluster, Ports};
 pub use config::{EnvoyConfig, Route, WasmFilter};
 pub use envoy::{ensure_envoy_installed, Envoy, ENVOY_VERSION};
+pub use ratelimit::RateLimitService;
+pub use redis::{redis_available, Redis};
 
 use std::path::PathBuf;
 
@@ -33,6 +37,12 @@ pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// A number unique within this process (for temporary file names).
+pub fn unique_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Path of one of our built .wasm modules.

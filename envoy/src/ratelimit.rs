@@ -1,0 +1,132 @@
+//! Starts our rate limit service (`edgewise-ratelimit`) as a real process on ephemeral
+//! loopback ports, with a limits file written for the test.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::client::{http_request, HttpResponse};
+
+/// A running `edgewise-ratelimit`; killed on drop.
+pub struct RateLimitService {
+    child: Option<Child>,
+    /// gRPC (`envoy.service.ratelimit.v3.RateLimitService`).
+    pub grpc: SocketAddr,
+    /// `/healthcheck`, `/metrics`.
+    pub http: SocketAddr,
+    config: PathBuf,
+    redis_url: String,
+}
+
+/// Path of the service binary (debug build), building it once per process if needed.
+pub fn ratelimit_binary() -> Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(crate::workspace_root())
+                .args(["build", "--quiet", "-p", "edgewise-ratelimit"])
+                .status()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if !status.success() {
+                return Err("building edgewise-ratelimit failed".into());
+            }
+            Ok(crate::target_dir().join("debug").join("edgewise-ratelimit"))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+impl RateLimitService {
+    /// Starts the service with the limits in `yaml` (one domain), counting in `redis_url`.
+    pub fn start(yaml: &str, redis_url: &str) -> Result<RateLimitService> {
+        let dir = std::env::temp_dir().join(format!(
+            "edgewise-ratelimit-{}-{}",
+            std::process::id(),
+            crate::unique_id()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("limits.yaml");
+        std::fs::write(&config, yaml)?;
+        let mut service = RateLimitService {
+            child: None,
+            grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            config,
+            redis_url: redis_url.to_string(),
+        };
+        service.spawn("127.0.0.1:0", "127.0.0.1:0")?;
+        Ok(service)
+    }
+
+    fn spawn(&mut self, grpc: &str, http: &str) -> Result<()> {
+        let mut child = Command::new(ratelimit_binary()?)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--redis", &self.redis_url, "--listen", grpc, "--http", http])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning edgewise-ratelimit")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut next = |prefix: &str| -> Result<SocketAddr> {
+            let line = lines.next().transpose()?.unwrap_or_default();
+            match line.trim().strip_prefix(prefix) {
+                Some(addr) => Ok(addr.parse()?),
+                None => bail!("edgewise-ratelimit did not start: {line:?}"),
+            }
+        };
+        let started = next("listening on ").and_then(|g| Ok((g, next("http on ")?)));
+        match started {
+            Ok((g, h)) => {
+                self.grpc = g;
+                self.http = h;
+                self.child = Some(child);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = child.kill();
+                Err(e)
+            }
+        }
+    }
+
+    pub fn healthcheck(&self) -> Result<HttpResponse> {
+        Ok(http_request(self.http, "GET", "/healthcheck", &[], b"")?)
+    }
+
+    /// A counter from `/metrics`, e.g. `edgewise_ratelimit_over_limit_total`.
+    pub fn metric(&self, name: &str) -> Result<u64> {
+        let text = http_request(self.http, "GET", "/metrics", &[], b"")?.text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no {name} in /metrics"))
+    }
+
+    /// Stops the process (its port then refuses connections).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same ports.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let (grpc, http) = (self.grpc.to_string(), self.http.to_string());
+        self.spawn(&grpc, &http)
+    }
+}
+
+impl Drop for RateLimitService {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

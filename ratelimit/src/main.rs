@@ -1,0 +1,191 @@
+//! `edgewise-ratelimit`: a rate limit service for Envoy's global rate limiting (its
+//! `envoy.filters.http.ratelimit` filter, or Edgewise's rate_limit filter with `global`
+//! rules), counting in Redis. Stateless: any number of replicas can share one Redis.
+//!
+//! ```text
+//! edgewise-ratelimit --config limits.yaml [--config more.yaml] --redis redis://127.0.0.1:6379
+//!                    [--listen 127.0.0.1:8081] [--http 127.0.0.1:8080]
+//! ```
+//! gRPC on `--listen`; on `--http`, `/healthcheck` (200 when Redis answers PING, else 503)
+//! and `/metrics` (Prometheus text). Prints `listening on ADDR` and `http on ADDR` once ready.
+
+mod config;
+mod script;
+mod service;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::routing::get;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+
+use crate::config::Config;
+use crate::service::{Limiter, Metrics};
+
+struct Args {
+    configs: Vec<String>,
+    redis: String,
+    listen: String,
+    http: String,
+}
+
+fn args() -> Result<Args, String> {
+    let mut args = Args {
+        configs: Vec::new(),
+        redis: "redis://127.0.0.1:6379".into(),
+        listen: "127.0.0.1:8081".into(),
+        http: "127.0.0.1:8080".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--config" => args.configs.push(value()?),
+            "--redis" => args.redis = value()?,
+            "--listen" => args.listen = value()?,
+            "--http" => args.http = value()?,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if args.configs.is_empty() {
+        return Err("give at least one --config FILE".into());
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("edgewise-ratelimit: {e}");
+        std::process::exit(2);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let args = args()?;
+    let mut config = Config::default();
+    for path in &args.configs {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        config.add_yaml(path, &text)?;
+    }
+    let client = redis::Client::open(args.redis.as_str())?;
+    // Reconnects on its own; a request while Redis is down fails at once (UNAVAILABLE).
+    let redis = redis::aio::ConnectionManager::new_with_config(
+        client,
+        redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(std::time::Duration::from_millis(500))
+            .set_response_timeout(std::time::Duration::from_millis(500))
+            .set_number_of_retries(1),
+    )
+    .await?;
+    let metrics = Arc::new(Metrics::default());
+    let limiter = Limiter {
+        config,
+        redis: redis.clone(),
+        script: service::script(),
+        metrics: metrics.clone(),
+    };
+
+    let grpc = tokio::net::TcpListener::bind(&args.listen).await?;
+    let grpc_addr: SocketAddr = grpc.local_addr()?;
+    let http = tokio::net::TcpListener::bind(&args.http).await?;
+    let http_addr: SocketAddr = http.local_addr()?;
+
+    let health_redis = redis.clone();
+    let app = axum::Router::new()
+        .route(
+            "/healthcheck",
+            get(move || {
+                let mut redis = health_redis.clone();
+                async move {
+                    match redis::cmd("PING").query_async::<String>(&mut redis).await {
+                        Ok(_) => (axum::http::StatusCode::OK, "OK\n".to_string()),
+                        Err(e) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("redis: {e}\n"),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    let line = |name: &str, help: &str, v: u64| {
+                        format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n")
+                    };
+                    [
+                        line(
+                            "edgewise_ratelimit_requests_total",
+                            "ShouldRateLimit calls.",
+                            m.requests.load(Ordering::Relaxed),
+                        ),
+                        line(
+                            "edgewise_ratelimit_over_limit_total",
+                            "Calls answered OVER_LIMIT.",
+                            m.over_limit.load(Ordering::Relaxed),
+                        ),
+                        line(
+                            "edgewise_ratelimit_redis_errors_total",
+                            "Calls failed because Redis did not answer (UNAVAILABLE).",
+                            m.redis_errors.load(Ordering::Relaxed),
+                        ),
+                        line(
+                            "edgewise_ratelimit_unlimited_descriptors_total",
+                            "Descriptors with no configured limit (answered OK).",
+                            m.unlimited_descriptors.load(Ordering::Relaxed),
+                        ),
+                    ]
+                    .concat()
+                }
+            }),
+        );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let http_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.changed().await;
+        }
+    };
+    let grpc_stop = {
+        let mut rx = stop_rx;
+        async move {
+            let _ = rx.changed().await;
+        }
+    };
+    let http_server = tokio::spawn(async move {
+        axum::serve(http, app)
+            .with_graceful_shutdown(http_stop)
+            .await
+    });
+    let grpc_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RateLimitServiceServer::new(limiter))
+            .serve_with_incoming_shutdown(tokio_stream_listener(grpc), grpc_stop),
+    );
+    println!("listening on {grpc_addr}");
+    println!("http on {http_addr}");
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let _ = grpc_server.await;
+    let _ = http_server.await;
+    Ok(())
+}
+
+/// The bound listener as the incoming stream tonic serves.
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener)
+}

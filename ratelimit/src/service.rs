@@ -1,0 +1,210 @@
+//! The gRPC service: `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`. Each
+//! request's descriptors are looked up in the configuration (or carry their own `limit`
+//! override), and all limited ones are decided together by one script call in Redis.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    rate_limit::Unit as ProtoUnit, Code, DescriptorStatus, RateLimit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
+use redis::aio::ConnectionManager;
+use tonic::{Request, Response, Status};
+
+use crate::config::{Config, Limit, Unit};
+use crate::script::{outcomes, GCRA};
+
+/// Counters exported on `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    pub requests: AtomicU64,
+    pub over_limit: AtomicU64,
+    pub redis_errors: AtomicU64,
+    pub unlimited_descriptors: AtomicU64,
+}
+
+pub struct Limiter {
+    pub config: Config,
+    pub redis: ConnectionManager,
+    pub script: redis::Script,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The Redis key of a descriptor: the domain (as a Redis Cluster hash tag, so one request's
+/// keys share a slot) and its entries, with `%`, `=` and `|` escaped so distinct descriptors
+/// never share a key.
+pub fn key(domain: &str, entries: &[(String, String)]) -> String {
+    let escape = |s: &str| {
+        s.replace('%', "%25")
+            .replace('=', "%3D")
+            .replace('|', "%7C")
+            .replace('{', "%7B")
+            .replace('}', "%7D")
+    };
+    let mut out = format!("erl:{{{}}}", escape(domain));
+    for (k, v) in entries {
+        out.push('|');
+        out.push_str(&escape(k));
+        out.push('=');
+        out.push_str(&escape(v));
+    }
+    out
+}
+
+fn proto_unit(unit: Unit) -> i32 {
+    match unit {
+        Unit::Second => ProtoUnit::Second as i32,
+        Unit::Minute => ProtoUnit::Minute as i32,
+        Unit::Hour => ProtoUnit::Hour as i32,
+        Unit::Day => ProtoUnit::Day as i32,
+    }
+}
+
+/// The limit a descriptor carries itself (RateLimitOverride), when valid.
+fn override_limit(d: &RateLimitDescriptor) -> Option<Limit> {
+    let o = d.limit.as_ref()?;
+    let unit = match ProtoUnit::try_from(o.unit).ok()? {
+        ProtoUnit::Second => Unit::Second,
+        ProtoUnit::Minute => Unit::Minute,
+        ProtoUnit::Hour => Unit::Hour,
+        ProtoUnit::Day => Unit::Day,
+        _ => return None,
+    };
+    (o.requests_per_unit > 0).then_some(Limit {
+        requests_per_unit: u64::from(o.requests_per_unit),
+        unit,
+    })
+}
+
+fn millis(ms: u64) -> ProtoDuration {
+    ProtoDuration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for Limiter {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        self.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        let request = request.into_inner();
+        if request.domain.is_empty() || request.descriptors.is_empty() {
+            return Err(Status::invalid_argument(
+                "a request names a domain and at least one descriptor",
+            ));
+        }
+        let request_hits = u64::from(request.hits_addend.max(1));
+        // (index in the request, key, limit, hits) of every limited descriptor.
+        let mut limited = Vec::new();
+        for (i, d) in request.descriptors.iter().enumerate() {
+            let entries: Vec<(String, String)> = d
+                .entries
+                .iter()
+                .map(|e| (e.key.clone(), e.value.clone()))
+                .collect();
+            let limit = override_limit(d).or_else(|| self.config.limit(&request.domain, &entries));
+            let Some(limit) = limit else {
+                self.metrics
+                    .unlimited_descriptors
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let hits = d
+                .hits_addend
+                .as_ref()
+                .map(|h| h.value)
+                .unwrap_or(request_hits);
+            limited.push((i, key(&request.domain, &entries), limit, hits));
+        }
+        let mut statuses: Vec<DescriptorStatus> = request
+            .descriptors
+            .iter()
+            .map(|_| DescriptorStatus {
+                code: Code::Ok as i32,
+                ..Default::default()
+            })
+            .collect();
+        let mut overall = Code::Ok;
+        if !limited.is_empty() {
+            let mut invocation = self.script.prepare_invoke();
+            for (_, key, limit, hits) in &limited {
+                invocation
+                    .key(key)
+                    .arg(limit.unit.seconds() * 1_000_000)
+                    .arg(limit.requests_per_unit)
+                    .arg(*hits);
+            }
+            let mut redis = self.redis.clone();
+            let reply: Vec<i64> = invocation.invoke_async(&mut redis).await.map_err(|e| {
+                self.metrics.redis_errors.fetch_add(1, Ordering::Relaxed);
+                Status::unavailable(format!("redis: {e}"))
+            })?;
+            let decided = outcomes(&reply)
+                .filter(|o| o.len() == limited.len())
+                .ok_or_else(|| Status::internal("unexpected reply from the limit script"))?;
+            for ((i, _, limit, _), outcome) in limited.iter().zip(decided) {
+                if !outcome.admitted {
+                    overall = Code::OverLimit;
+                }
+                statuses[*i] = DescriptorStatus {
+                    code: if outcome.admitted {
+                        Code::Ok as i32
+                    } else {
+                        Code::OverLimit as i32
+                    },
+                    current_limit: Some(RateLimit {
+                        name: String::new(),
+                        requests_per_unit: limit.requests_per_unit.min(u64::from(u32::MAX)) as u32,
+                        unit: proto_unit(limit.unit),
+                    }),
+                    limit_remaining: outcome.remaining.min(u64::from(u32::MAX)) as u32,
+                    // Over the limit: when this request's hits would fit; else when the
+                    // bucket is full again.
+                    duration_until_reset: Some(millis(if outcome.admitted {
+                        outcome.full_in_ms
+                    } else {
+                        outcome.retry_after_ms
+                    })),
+                    ..Default::default()
+                };
+            }
+        }
+        if overall == Code::OverLimit {
+            self.metrics.over_limit.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Response::new(RateLimitResponse {
+            overall_code: overall as i32,
+            statuses,
+            ..Default::default()
+        }))
+    }
+}
+
+/// GCRA's script, for [`Limiter::script`].
+pub fn script() -> redis::Script {
+    redis::Script::new(GCRA)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_never_collide_across_escaping() {
+        let a = key("d", &[("k".into(), "a|b=c".into())]);
+        let b = key("d", &[("k".into(), "a".into()), ("b".into(), "c".into())]);
+        assert_ne!(a, b);
+        assert_eq!(
+            key("edgewise", &[("rule".into(), "x".into())]),
+            "erl:{edgewise}|rule=x"
+        );
+        assert!(key("{x}", &[]).starts_with("erl:{%7Bx%7D}"));
+    }
+}

@@ -1,0 +1,240 @@
+//! The rate limit service as a real process against a real Redis: decisions over gRPC, exact
+//! counts under concurrency, a denial spending nothing, overrides, Redis failures.
+
+use envoy_harness::{redis_available, RateLimitService, Redis};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
+    Entry, RateLimitOverride,
+};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use tonic::transport::Channel;
+
+const LIMITS: &str = r#"
+domain: edgewise
+descriptors:
+  - key: rule
+    value: per-client
+    descriptors:
+      - key: client_ip
+        rate_limit: { unit: minute, requests_per_unit: 10 }
+  - key: rule
+    value: shared
+    rate_limit: { unit: hour, requests_per_unit: 100 }
+  - key: rule
+    value: unlimited
+"#;
+
+fn descriptor(pairs: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: pairs
+            .iter()
+            .map(|(k, v)| Entry {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn request(descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: "edgewise".into(),
+        descriptors,
+        hits_addend: 0,
+    }
+}
+
+async fn client(service: &RateLimitService) -> RateLimitServiceClient<Channel> {
+    RateLimitServiceClient::connect(format!("http://{}", service.grpc))
+        .await
+        .expect("connect")
+}
+
+async fn ask(
+    client: &mut RateLimitServiceClient<Channel>,
+    req: RateLimitRequest,
+) -> Result<RateLimitResponse, tonic::Status> {
+    client.should_rate_limit(req).await.map(|r| r.into_inner())
+}
+
+fn setup() -> (Redis, RateLimitService) {
+    assert!(
+        redis_available(),
+        "needs redis-server (cargo xtask test installs it: apt-get install redis-server)"
+    );
+    let redis = Redis::start().unwrap();
+    let service = RateLimitService::start(LIMITS, &redis.url()).unwrap();
+    (redis, service)
+}
+
+#[tokio::test]
+async fn limits_per_descriptor_value_with_remaining_and_reset() {
+    let (_redis, service) = setup();
+    let mut c = client(&service).await;
+    let ann = || {
+        request(vec![descriptor(&[
+            ("rule", "per-client"),
+            ("client_ip", "192.0.2.1"),
+        ])])
+    };
+    let mut remaining = Vec::new();
+    for _ in 0..10 {
+        let r = ask(&mut c, ann()).await.unwrap();
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        let s = &r.statuses[0];
+        assert_eq!(
+            s.current_limit.as_ref().map(|l| l.requests_per_unit),
+            Some(10)
+        );
+        remaining.push(s.limit_remaining);
+    }
+    assert_eq!(remaining, [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]);
+    let denied = ask(&mut c, ann()).await.unwrap();
+    assert_eq!(denied.overall_code, Code::OverLimit as i32);
+    let wait = denied.statuses[0].duration_until_reset.clone().unwrap();
+    // One token refills every 6 s: the next hit fits in at most 6 s (wide tolerance).
+    assert!(
+        (4..=6).contains(&wait.seconds),
+        "retry after {wait:?}, expected about 6 s"
+    );
+    // Another value of the same key has its own bucket.
+    let bob = request(vec![descriptor(&[
+        ("rule", "per-client"),
+        ("client_ip", "192.0.2.2"),
+    ])]);
+    assert_eq!(
+        ask(&mut c, bob).await.unwrap().overall_code,
+        Code::Ok as i32
+    );
+    // A descriptor without a configured limit is OK and not counted.
+    let free = ask(&mut c, request(vec![descriptor(&[("rule", "unlimited")])]))
+        .await
+        .unwrap();
+    assert_eq!(free.overall_code, Code::Ok as i32);
+    assert!(free.statuses[0].current_limit.is_none());
+    assert_eq!(
+        service
+            .metric("edgewise_ratelimit_over_limit_total")
+            .unwrap(),
+        1
+    );
+}
+
+/// 64 concurrent clients against one limit of 100: exactly 100 admitted (one atomic script
+/// per decision), whichever connection asks.
+#[tokio::test]
+async fn concurrent_callers_get_exactly_the_limit() {
+    let (_redis, service) = setup();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let mut c = client(&service).await;
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for _ in 0..4 {
+                let r = ask(&mut c, request(vec![descriptor(&[("rule", "shared")])]))
+                    .await
+                    .unwrap();
+                ok += (r.overall_code == Code::Ok as i32) as u32;
+            }
+            ok
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += t.await.unwrap();
+    }
+    assert_eq!(admitted, 100, "256 calls against 100 per hour");
+}
+
+/// A request denied by one of its descriptors spends nothing on the others; a descriptor's
+/// own `limit` override is used instead of the configuration.
+#[tokio::test]
+async fn a_denial_spends_nothing_and_overrides_apply() {
+    let (_redis, service) = setup();
+    let mut c = client(&service).await;
+    let mut tight = descriptor(&[("rule", "shared"), ("tenant", "acme")]);
+    tight.limit = Some(RateLimitOverride {
+        requests_per_unit: 2,
+        unit: 2, // minute
+    });
+    let both = || request(vec![descriptor(&[("rule", "shared")]), tight.clone()]);
+    for _ in 0..2 {
+        assert_eq!(
+            ask(&mut c, both()).await.unwrap().overall_code,
+            Code::Ok as i32
+        );
+    }
+    for _ in 0..5 {
+        let r = ask(&mut c, both()).await.unwrap();
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+        assert_eq!(r.statuses[0].code, Code::Ok as i32);
+        assert_eq!(r.statuses[1].code, Code::OverLimit as i32);
+        assert_eq!(
+            r.statuses[1]
+                .current_limit
+                .as_ref()
+                .unwrap()
+                .requests_per_unit,
+            2
+        );
+    }
+    let alone = ask(&mut c, request(vec![descriptor(&[("rule", "shared")])]))
+        .await
+        .unwrap();
+    assert_eq!(
+        alone.statuses[0].limit_remaining, 97,
+        "only the 2 admitted requests and this one were spent"
+    );
+}
+
+/// Redis down: calls fail fast with UNAVAILABLE (the caller's failure mode decides) and the
+/// health check says so; Redis back: decisions resume without restarting the service.
+#[tokio::test]
+async fn redis_failures_are_errors_and_recovery_needs_no_restart() {
+    let (mut redis, service) = setup();
+    let mut c = client(&service).await;
+    let shared = || request(vec![descriptor(&[("rule", "shared")])]);
+    assert!(ask(&mut c, shared()).await.is_ok());
+    redis.stop();
+    let started = std::time::Instant::now();
+    let err = ask(&mut c, shared()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "failed in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(service.healthcheck().unwrap().status, 503);
+    assert!(
+        service
+            .metric("edgewise_ratelimit_redis_errors_total")
+            .unwrap()
+            >= 1
+    );
+    redis.restart().unwrap();
+    let mut recovered = false;
+    for _ in 0..50 {
+        if ask(&mut c, shared()).await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the service reconnected to Redis");
+    assert_eq!(service.healthcheck().unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn a_bad_limits_file_is_refused_naming_the_place() {
+    let redis = Redis::start().unwrap();
+    let err = RateLimitService::start(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n",
+        &redis.url(),
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("did not start"), "{err}");
+}
