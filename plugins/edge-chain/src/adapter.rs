@@ -43,6 +43,9 @@ struct Vm {
     current: usize,
     /// The period the host ticks at now.
     ticking: Duration,
+    /// Streams a filter resumed from inside one of the stream's own callbacks (a gRPC
+    /// answer): run on when that callback returns.
+    deferred: Vec<u32>,
 }
 
 thread_local! {
@@ -107,6 +110,8 @@ fn resume(context_id: u32) {
         return;
     };
     let Ok(mut streams) = streams.try_borrow_mut() else {
+        // Resumed from inside this stream's own callback: run on once it returns.
+        VM.with(|vm| vm.borrow_mut().deferred.push(context_id));
         return;
     };
     // The resuming filter is still running (its tick): its later requests stay its own.
@@ -323,6 +328,31 @@ impl Context for ChainStream {
         }
         VM.with(|vm| vm.borrow_mut().streams.remove(&self.context_id));
         true
+    }
+
+    /// A gRPC answer to a call one of the filters made (the rate limiter's global rules):
+    /// every filter that saw the request is told; each ignores tokens it does not own.
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if let Ok(mut streams) = self.streams.try_borrow_mut() {
+            let Some(reached) = streams.reached else {
+                return;
+            };
+            for index in 0..=reached {
+                set_current(index);
+                if let Some(filter) = streams.filters.get_mut(index) {
+                    filter.on_grpc_call_response(token_id, status_code, response_size);
+                }
+            }
+        }
+        let resumed = VM.with(|vm| {
+            let mut vm = vm.borrow_mut();
+            let before = vm.deferred.len();
+            vm.deferred.retain(|id| *id != self.context_id);
+            vm.deferred.len() != before
+        });
+        if resumed {
+            resume(self.context_id);
+        }
     }
 }
 

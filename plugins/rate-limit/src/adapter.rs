@@ -14,8 +14,11 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 use crate::config::{Config, Mode};
+use crate::global::{self, GlobalWait, Next, Waits};
 use crate::headers::{rate_limit_headers, seconds_up};
-use crate::limiter::{applicable_rules, decide, release_waiting, Outcome, RuleStatus};
+use crate::limiter::{
+    applicable_rules, decide, global_calls, release_waiting, Outcome, RuleStatus,
+};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -30,6 +33,7 @@ pub fn new_root() -> Box<dyn RootContext> {
     Box::new(RateLimitRoot {
         shared: None,
         waiters: Rc::new(RefCell::new(Vec::new())),
+        waits: Rc::new(RefCell::new(Vec::new())),
     })
 }
 
@@ -44,6 +48,8 @@ struct RuleMetrics {
 struct Shared {
     config: Config,
     metrics: Vec<RuleMetrics>,
+    /// Some rule is global (decided by a rate limit service).
+    has_global: bool,
 }
 
 /// A request held by queueing, released by the tick at `release_at`.
@@ -73,6 +79,120 @@ type Waiters = Rc<RefCell<Vec<Waiter>>>;
 struct RateLimitRoot {
     shared: Option<Rc<Shared>>,
     waiters: Waiters,
+    /// Requests waiting for a rate limit service, watched for their deadline.
+    waits: Waits,
+}
+
+impl RateLimitRoot {
+    /// Ticks while anything waits: every 1 ms for queued requests, at the global rules'
+    /// period for requests waiting on a service; not at all otherwise.
+    fn schedule_ticks(&self) {
+        let period = if !self.waiters.borrow().is_empty() {
+            std::time::Duration::from_millis(1)
+        } else if !self.waits.borrow().is_empty() {
+            self.shared
+                .as_ref()
+                .map_or(std::time::Duration::from_millis(5), |s| {
+                    global::tick_period(&s.config)
+                })
+        } else {
+            std::time::Duration::ZERO
+        };
+        edgewise_support::wasm::set_tick_period(period);
+    }
+
+    /// Requests whose service calls passed their deadline: each unanswered call is a
+    /// failure, and the request goes on or is denied by its rules' failure mode.
+    fn expire_global_waits(&self, now: u64) {
+        let expired: Vec<global::Wait> = {
+            let mut waits = self.waits.borrow_mut();
+            waits.retain(|w| !w.borrow().done);
+            let (expired, keep) = waits.drain(..).partition(|w| w.borrow().deadline <= now);
+            *waits = keep;
+            expired
+        };
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        for wait in expired {
+            let (next, failed, context_id) = {
+                let mut w = wait.borrow_mut();
+                let (next, failed) = global::on_deadline(&shared.config, &mut w);
+                (next, failed, w.context_id)
+            };
+            for rule in failed {
+                if let Some(m) = shared.metrics.get(rule) {
+                    m.errors.increment(1);
+                }
+            }
+            if hostcalls::set_effective_context(context_id).is_ok() {
+                let statuses = wait.borrow().statuses.clone();
+                act(&shared, context_id, next, &statuses);
+            }
+        }
+    }
+}
+
+/// Carries out what a request waiting on a service gets, from its own callback or from the
+/// root's tick (after switching to its context).
+fn act(shared: &Shared, context_id: u32, next: Next, statuses: &[RuleStatus]) {
+    match next {
+        Next::Wait => {}
+        Next::Resume => {
+            for s in statuses {
+                if let Some(m) = shared.metrics.get(s.rule) {
+                    m.allowed.increment(1);
+                }
+            }
+            edgewise_support::wasm::resume_request(context_id);
+        }
+        Next::Deny {
+            rule,
+            retry_after_ns,
+        } => deny_or_go_on(shared, context_id, rule, statuses, retry_after_ns),
+        // Retry-After 1 s: the service may be back by then.
+        Next::DenyUnavailable { rule } => {
+            deny_or_go_on(shared, context_id, rule, statuses, 1_000_000_000)
+        }
+    }
+}
+
+/// Denies the request for `rule` (in shadow mode: counts it and lets it go on).
+fn deny_or_go_on(
+    shared: &Shared,
+    context_id: u32,
+    rule: usize,
+    statuses: &[RuleStatus],
+    retry_after_ns: u64,
+) {
+    let shadow = shared.config.mode == Mode::Shadow;
+    if let Some(m) = shared.metrics.get(rule) {
+        if shadow {
+            m.shadow_denied.increment(1);
+        } else {
+            m.denied.increment(1);
+        }
+    }
+    if shadow || !send_deny(shared, statuses, retry_after_ns) {
+        edgewise_support::wasm::resume_request(context_id);
+    }
+}
+
+/// The deny reply: the configured status, body and headers, the rate-limit headers and
+/// Retry-After. False when the host refused it (the request then goes on).
+fn send_deny(shared: &Shared, statuses: &[RuleStatus], retry_after_ns: u64) -> bool {
+    let config = &shared.config;
+    let deny = &config.deny;
+    let retry_after = seconds_up(retry_after_ns).max(1).to_string();
+    let mut headers: Vec<(&str, &str)> = deny
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let limit_headers = rate_limit_headers(config, statuses);
+    headers.extend(limit_headers.iter().map(|(k, v)| (*k, v.as_str())));
+    headers.push(("retry-after", &retry_after));
+    abi::send_local_response(deny.status, &headers, deny.body.as_bytes())
 }
 
 impl Context for RateLimitRoot {}
@@ -134,12 +254,18 @@ impl RootContext for RateLimitRoot {
                 config.mode
             ),
         );
-        self.shared = Some(Rc::new(Shared { config, metrics }));
+        let has_global = config.rules.iter().any(|r| r.global.is_some());
+        self.shared = Some(Rc::new(Shared {
+            config,
+            metrics,
+            has_global,
+        }));
         true
     }
 
     fn on_tick(&mut self) {
         let Some(now) = now_nanos() else { return };
+        self.expire_global_waits(now);
         let due: Vec<Waiter> = {
             let mut waiters = self.waiters.borrow_mut();
             let (due, keep) = waiters.drain(..).partition(|w| w.release_at <= now);
@@ -152,9 +278,7 @@ impl RootContext for RateLimitRoot {
                 edgewise_support::wasm::resume_request(waiter.context_id);
             }
         }
-        if self.waiters.borrow().is_empty() {
-            edgewise_support::wasm::set_tick_period(std::time::Duration::ZERO);
-        }
+        self.schedule_ticks();
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -168,6 +292,8 @@ impl RootContext for RateLimitRoot {
             waiters: self.waiters.clone(),
             statuses: Vec::new(),
             replied: false,
+            waits: self.waits.clone(),
+            wait: None,
         }))
     }
 }
@@ -178,10 +304,114 @@ struct RateLimitStream {
     waiters: Waiters,
     statuses: Vec<RuleStatus>,
     replied: bool,
+    waits: Waits,
+    /// Waiting for (or answered by) rate limit services.
+    wait: Option<global::Wait>,
+}
+
+impl RateLimitStream {
+    /// Asks the rate limit services for the request's global rules (after its local rules
+    /// admitted it): denied at once by a remembered OVER_LIMIT answer, else paused until
+    /// every call is answered or the deadline passes.
+    fn check_global(
+        &mut self,
+        shared: &Rc<Shared>,
+        calls: Vec<crate::limiter::GlobalCall>,
+        now: u64,
+    ) -> Action {
+        if let Some((rule, retry_after_ns)) = global::remembered_denial(&calls, now) {
+            shared.metrics[rule].denied.increment(1);
+            if shared.config.mode == Mode::Shadow {
+                return Action::Continue;
+            }
+            self.replied = true;
+            if !send_deny(shared, &self.statuses, retry_after_ns) {
+                return Action::Continue;
+            }
+            return Action::Pause;
+        }
+        let (service, method) = global::endpoint();
+        let mut pending = Vec::new();
+        let mut longest = std::time::Duration::ZERO;
+        for call in calls {
+            let timeout = global::call_timeout(&shared.config, &call);
+            match self.dispatch_grpc_call(
+                &call.cluster,
+                service,
+                method,
+                Vec::new(),
+                Some(&global::message(&call)),
+                timeout,
+            ) {
+                Ok(token) => {
+                    longest = longest.max(timeout);
+                    pending.push((token, call));
+                }
+                Err(_) => {
+                    for rule in &call.rules {
+                        shared.metrics[*rule].errors.increment(1);
+                    }
+                    if let Some(rule) = global::failure(&shared.config, &call) {
+                        shared.metrics[rule].denied.increment(1);
+                        if shared.config.mode == Mode::Shadow {
+                            continue;
+                        }
+                        self.replied = true;
+                        if send_deny(shared, &self.statuses, 1_000_000_000) {
+                            return Action::Pause;
+                        }
+                        return Action::Continue;
+                    }
+                }
+            }
+        }
+        if pending.is_empty() {
+            return Action::Continue;
+        }
+        let wait = Rc::new(RefCell::new(GlobalWait {
+            context_id: self.context_id,
+            deadline: now.saturating_add(longest.as_nanos() as u64),
+            pending,
+            statuses: Vec::new(),
+            done: false,
+        }));
+        self.waits.borrow_mut().push(wait.clone());
+        self.wait = Some(wait);
+        edgewise_support::wasm::set_tick_period(global::tick_period(&shared.config));
+        Action::Pause
+    }
 }
 
 impl Context for RateLimitStream {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let (Some(shared), Some(wait)) = (self.shared.clone(), self.wait.clone()) else {
+            return;
+        };
+        let Some(now) = now_nanos() else { return };
+        let body = if status_code == 0 {
+            global::answer_body(response_size)
+        } else {
+            None
+        };
+        let (next, failed) =
+            global::on_answer(&shared.config, &mut wait.borrow_mut(), token_id, body, now);
+        for rule in failed {
+            shared.metrics[rule].errors.increment(1);
+        }
+        if shared.config.mode != Mode::Shadow
+            && matches!(next, Next::Deny { .. } | Next::DenyUnavailable { .. })
+        {
+            self.replied = true;
+        }
+        let statuses = wait.borrow().statuses.clone();
+        act(&shared, self.context_id, next, &statuses);
+    }
+
     fn on_done(&mut self) -> bool {
+        // A client that went away while waiting for a service: later answers are ignored.
+        if let Some(wait) = &self.wait {
+            wait.borrow_mut().done = true;
+        }
         // A client that went away while queued frees its place.
         let mut waiters = self.waiters.borrow_mut();
         if let Some(position) = waiters.iter().position(|w| w.context_id == self.context_id) {
@@ -206,6 +436,13 @@ impl HttpContext for RateLimitStream {
         let mut peer = || edgewise_support::wasm::property(&["source", "address"]);
         let applicable = applicable_rules(config, &mut request, &mut peer);
         if applicable.is_empty() {
+            // No local rule applies: only global ones may.
+            if shared.has_global {
+                let calls = global_calls(config, &mut request, &mut peer);
+                if !calls.is_empty() {
+                    return self.check_global(&shared, calls, now);
+                }
+            }
             return Action::Continue;
         }
         let shadow = config.mode == Mode::Shadow;
@@ -218,6 +455,12 @@ impl HttpContext for RateLimitStream {
             Outcome::Allowed => {
                 for status in &decision.rules {
                     shared.metrics[status.rule].allowed.increment(1);
+                }
+                if shared.has_global {
+                    let calls = global_calls(config, &mut request, &mut peer);
+                    if !calls.is_empty() {
+                        return self.check_global(&shared, calls, now);
+                    }
                 }
                 Action::Continue
             }
@@ -250,18 +493,8 @@ impl HttpContext for RateLimitStream {
                 retry_after_ns,
             } => {
                 shared.metrics[rule].denied.increment(1);
-                let deny = &config.deny;
-                let retry_after = seconds_up(retry_after_ns).max(1).to_string();
-                let mut headers: Vec<(&str, &str)> = deny
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                let limit_headers = rate_limit_headers(config, &decision.rules);
-                headers.extend(limit_headers.iter().map(|(k, v)| (*k, v.as_str())));
-                headers.push(("retry-after", &retry_after));
                 self.replied = true;
-                if !abi::send_local_response(deny.status, &headers, deny.body.as_bytes()) {
+                if !send_deny(&shared, &decision.rules, retry_after_ns) {
                     // Could not reply: let the request through rather than hang it.
                     return Action::Continue;
                 }
@@ -271,6 +504,10 @@ impl HttpContext for RateLimitStream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(wait) = &self.wait {
+            let answered = std::mem::take(&mut wait.borrow_mut().statuses);
+            self.statuses.extend(answered);
+        }
         if self.replied || self.statuses.is_empty() {
             return Action::Continue;
         }

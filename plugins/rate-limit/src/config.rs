@@ -29,11 +29,40 @@ pub struct RawRule {
     pub matcher: Option<RawMatch>,
     pub key: Option<RawKey>,
     pub algorithm: Option<String>,
-    pub limit: u64,
-    pub window: String,
+    pub limit: Option<u64>,
+    pub window: Option<String>,
     pub burst: Option<u64>,
     pub queue: Option<RawQueue>,
     pub max_keys: Option<u64>,
+    pub global: Option<RawGlobal>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlobal {
+    pub cluster: String,
+    pub domain: Option<String>,
+    pub timeout: Option<String>,
+    pub failure_mode: Option<String>,
+    pub cache_over_limit: Option<bool>,
+}
+
+/// A rule decided by a rate limit service (Envoy's RLS protocol) instead of in shared data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Global {
+    /// The Envoy cluster of the service (HTTP/2).
+    pub cluster: String,
+    pub domain: String,
+    /// How long a request waits for the answer before `failure_mode` decides.
+    pub timeout: Duration,
+    /// Deny when the service fails or is late (`"deny"`); else let the request through.
+    pub deny_on_failure: bool,
+    /// Remember OVER_LIMIT answers in shared data until their reset: a denied client costs
+    /// no call and is denied on every worker.
+    pub cache_over_limit: bool,
+    /// The descriptor's own limit (`RateLimitOverride`: requests per unit) when the rule
+    /// gives `limit` and `window`; else the service's configuration decides.
+    pub limit: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +140,8 @@ pub struct Rule {
     pub metric_shadow_denied: String,
     pub metric_queued: String,
     pub metric_errors: String,
+    /// Some: decided by a rate limit service; the local algorithm fields are unused.
+    pub global: Option<Global>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,18 +267,35 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
             .map(|(i, text)| parse_key_part(&format!("{field}.key[{i}]"), text))
             .collect::<Result<_, _>>()?,
     };
-    if raw.limit == 0 || raw.limit > 1_000_000_000 {
+    if let Some(global) = &raw.global {
+        return compile_global_rule(index, raw, global, matcher, key);
+    }
+    let Some(limit) = raw.limit else {
         return Err(err(
             format!("{field}.limit"),
-            format!("{} is out of range", raw.limit),
+            "is missing",
+            "give the rule a limit, e.g. \"limit\": 100",
+        ));
+    };
+    let Some(window_text) = raw.window.as_deref() else {
+        return Err(err(
+            format!("{field}.window"),
+            "is missing",
+            "give the rule a window, e.g. \"window\": \"1m\"",
+        ));
+    };
+    if limit == 0 || limit > 1_000_000_000 {
+        return Err(err(
+            format!("{field}.limit"),
+            format!("{limit} is out of range"),
             "use a whole number from 1 to 1000000000",
         ));
     }
-    let window = parse_duration(&format!("{field}.window"), &raw.window)?;
+    let window = parse_duration(&format!("{field}.window"), window_text)?;
     if window < Duration::from_millis(1) || window > Duration::from_secs(86_400) {
         return Err(err(
             format!("{field}.window"),
-            format!("{:?} is out of range", raw.window),
+            format!("{window_text:?} is out of range"),
             "use a window from \"1ms\" to \"24h\"",
         ));
     }
@@ -255,7 +303,7 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
     let algorithm_name = raw.algorithm.as_deref().unwrap_or("token_bucket");
     let algorithm = match algorithm_name {
         "token_bucket" => {
-            let burst = raw.burst.unwrap_or(raw.limit);
+            let burst = raw.burst.unwrap_or(limit);
             if burst == 0 || burst > 1_000_000_000 {
                 return Err(err(
                     format!("{field}.burst"),
@@ -265,7 +313,7 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
             }
             // Rounded up: the bucket never refills faster than configured.
             Algorithm::TokenBucket {
-                interval_ns: window_ns.div_ceil(raw.limit).max(1),
+                interval_ns: window_ns.div_ceil(limit).max(1),
                 burst,
             }
         }
@@ -278,15 +326,9 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
                 ));
             }
             if algorithm_name == "fixed_window" {
-                Algorithm::FixedWindow {
-                    limit: raw.limit,
-                    window_ns,
-                }
+                Algorithm::FixedWindow { limit, window_ns }
             } else {
-                Algorithm::SlidingWindow {
-                    limit: raw.limit,
-                    window_ns,
-                }
+                Algorithm::SlidingWindow { limit, window_ns }
             }
         }
         other => {
@@ -343,7 +385,7 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
         matcher,
         key,
         algorithm,
-        limit: raw.limit,
+        limit,
         window,
         queue,
         sets: max_keys.div_ceil(WAYS),
@@ -353,6 +395,141 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
         metric_shadow_denied: metric("shadow_denied"),
         metric_queued: metric("queued"),
         metric_errors: metric("errors"),
+        global: None,
+    })
+}
+
+/// A `global` rule: the service decides; `limit` and `window` (both or neither) become the
+/// descriptor's own limit, so the window must be exactly one of the protocol's units.
+fn compile_global_rule(
+    index: usize,
+    raw: &RawRule,
+    global: &RawGlobal,
+    matcher: Matcher,
+    key: Vec<KeyPart>,
+) -> Result<Rule, ConfigError> {
+    let field = format!("rules[{index}]");
+    for (name, present) in [
+        ("algorithm", raw.algorithm.is_some()),
+        ("burst", raw.burst.is_some()),
+        ("queue", raw.queue.is_some()),
+        ("max_keys", raw.max_keys.is_some()),
+    ] {
+        if present {
+            return Err(err(
+                format!("{field}.{name}"),
+                "does not apply to a global rule (the service decides)",
+                format!("remove {name}, or remove global for a local rule"),
+            ));
+        }
+    }
+    let g = format!("{field}.global");
+    if global.cluster.is_empty() {
+        return Err(err(
+            format!("{g}.cluster"),
+            "is empty",
+            "name the Envoy cluster of the rate limit service (HTTP/2), e.g. \"ratelimit\"",
+        ));
+    }
+    let domain = global.domain.clone().unwrap_or_else(|| "edgewise".into());
+    if domain.is_empty() {
+        return Err(err(
+            format!("{g}.domain"),
+            "is empty",
+            "name the domain, e.g. \"edgewise\"",
+        ));
+    }
+    let timeout = match &global.timeout {
+        Some(text) => parse_duration(&format!("{g}.timeout"), text)?,
+        None => Duration::from_millis(20),
+    };
+    if timeout.is_zero() || timeout > Duration::from_secs(10) {
+        return Err(err(
+            format!("{g}.timeout"),
+            format!("{timeout:?} is out of range"),
+            "use \"1ms\" to \"10s\" (default \"20ms\")",
+        ));
+    }
+    let deny_on_failure = match global.failure_mode.as_deref().unwrap_or("allow") {
+        "allow" => false,
+        "deny" => true,
+        other => {
+            return Err(err(
+                format!("{g}.failure_mode"),
+                format!("{other:?} is not a failure mode"),
+                "use \"allow\" (default: requests pass while the service fails) or \"deny\"",
+            ))
+        }
+    };
+    let limit = match (raw.limit, raw.window.as_deref()) {
+        (None, None) => None,
+        (Some(limit), Some(window)) => {
+            let window = parse_duration(&format!("{field}.window"), window)?;
+            let unit = crate::rls::unit_of(window.as_secs())
+                .filter(|_| window.subsec_nanos() == 0)
+                .ok_or_else(|| {
+                    err(
+                        format!("{field}.window"),
+                        format!("{window:?} is not one of the protocol's units"),
+                        "use \"1s\", \"1m\", \"1h\" or \"24h\" for a global rule",
+                    )
+                })?;
+            if limit == 0 || limit > u64::from(u32::MAX) {
+                return Err(err(
+                    format!("{field}.limit"),
+                    format!("{limit} is out of range"),
+                    "use a whole number from 1 to 4294967295",
+                ));
+            }
+            Some((limit as u32, unit))
+        }
+        _ => {
+            return Err(err(
+                format!("{field}.limit"),
+                "a global rule takes limit and window together, or neither",
+                "give both (the rule's own limit) or neither (the service's configuration)",
+            ))
+        }
+    };
+    let metric = |what: &str| metric_name(&["rate_limit", &raw.name, what]);
+    let (limit_n, window) = match limit {
+        Some((n, unit)) => (
+            u64::from(n),
+            Duration::from_secs(match unit {
+                1 => 1,
+                2 => 60,
+                3 => 3600,
+                _ => 86_400,
+            }),
+        ),
+        None => (0, Duration::ZERO),
+    };
+    Ok(Rule {
+        name: raw.name.clone(),
+        matcher,
+        key,
+        algorithm: Algorithm::TokenBucket {
+            interval_ns: 1,
+            burst: 1,
+        },
+        limit: limit_n,
+        window,
+        queue: None,
+        sets: 1,
+        name_seed: crate::key::fingerprint(0x6e61_6d65, raw.name.as_bytes()),
+        metric_allowed: metric("allowed"),
+        metric_denied: metric("denied"),
+        metric_shadow_denied: metric("shadow_denied"),
+        metric_queued: metric("queued"),
+        metric_errors: metric("errors"),
+        global: Some(Global {
+            cluster: global.cluster.clone(),
+            domain,
+            timeout,
+            deny_on_failure,
+            cache_over_limit: global.cache_over_limit.unwrap_or(true),
+            limit,
+        }),
     })
 }
 
@@ -378,6 +555,16 @@ impl Config {
                 ));
             }
             rules.push(rule);
+        }
+        if let (Some(queued), true) = (
+            rules.iter().position(|r| r.queue.is_some()),
+            rules.iter().any(|r| r.global.is_some()),
+        ) {
+            return Err(err(
+                format!("rules[{queued}].queue"),
+                "cannot be combined with global rules in one filter (a queued request would wait for the service after its delay)",
+                "remove queue, or put the global rules in a filter of their own",
+            ));
         }
         let mode = match raw.mode.as_deref().unwrap_or("enforce") {
             "enforce" => Mode::Enforce,

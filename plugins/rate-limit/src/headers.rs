@@ -25,12 +25,10 @@ pub fn rate_limit_headers(config: &Config, statuses: &[RuleStatus]) -> Vec<(&'st
                 .iter()
                 .map(|s| {
                     let rule = &config.rules[s.rule];
-                    format!(
-                        "\"{}\";q={};w={}",
-                        rule.name,
-                        rule.limit,
-                        seconds_up(rule.window.as_nanos() as u64).max(1)
-                    )
+                    let (limit, window) = s
+                        .policy
+                        .unwrap_or((rule.limit, seconds_up(rule.window.as_nanos() as u64).max(1)));
+                    format!("\"{}\";q={limit};w={window}", rule.name)
                 })
                 .collect();
             let current: Vec<String> = statuses
@@ -60,7 +58,10 @@ pub fn rate_limit_headers(config: &Config, statuses: &[RuleStatus]) -> Vec<(&'st
             vec![
                 (
                     "x-ratelimit-limit",
-                    config.rules[tightest.rule].limit.to_string(),
+                    tightest
+                        .policy
+                        .map_or(config.rules[tightest.rule].limit, |(limit, _)| limit)
+                        .to_string(),
                 ),
                 ("x-ratelimit-remaining", tightest.remaining.to_string()),
                 (
@@ -87,12 +88,14 @@ mod tests {
     fn ietf_lists_every_matching_rule() {
         let statuses = [
             RuleStatus {
+                policy: None,
                 rule: 0,
                 limited: false,
                 remaining: 9,
                 reset_ns: 6 * NANOS,
             },
             RuleStatus {
+                policy: None,
                 rule: 1,
                 limited: true,
                 remaining: 0,
@@ -117,12 +120,14 @@ mod tests {
     fn x_ratelimit_reports_the_tightest_rule() {
         let statuses = [
             RuleStatus {
+                policy: None,
                 rule: 0,
                 limited: false,
                 remaining: 9,
                 reset_ns: NANOS,
             },
             RuleStatus {
+                policy: None,
                 rule: 1,
                 limited: false,
                 remaining: 2,

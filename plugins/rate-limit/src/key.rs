@@ -156,23 +156,65 @@ pub fn build_key(
 ) -> Option<Vec<u8>> {
     let mut key = Vec::new();
     for part in parts {
-        let value = match part {
-            KeyPart::Global => Vec::new(),
-            KeyPart::ClientIp => (context.client_ip)()?,
-            KeyPart::Header(name) => pick(request.header_values(name), context.duplicates)?,
-            KeyPart::Cookie(name) => pick(cookie_values(request, name), context.duplicates)?,
-            KeyPart::Query(name) => pick(
-                query_values(&request.header(":path")?, name),
-                context.duplicates,
-            )?,
-            KeyPart::Path => normalize_path(&request.header(":path")?),
-            KeyPart::Method => request.header(":method")?,
-            KeyPart::Host => host_only(&request.header(":authority")?),
-        };
+        let value = part_value(part, request, context)?;
         key.extend_from_slice(&(value.len() as u32).to_le_bytes());
         key.extend_from_slice(&value);
     }
     Some(key)
+}
+
+/// One key part's value for a request; None when it has none.
+fn part_value(
+    part: &KeyPart,
+    request: &mut impl RequestView,
+    context: &mut KeyContext<'_>,
+) -> Option<Vec<u8>> {
+    Some(match part {
+        KeyPart::Global => Vec::new(),
+        KeyPart::ClientIp => (context.client_ip)()?,
+        KeyPart::Header(name) => pick(request.header_values(name), context.duplicates)?,
+        KeyPart::Cookie(name) => pick(cookie_values(request, name), context.duplicates)?,
+        KeyPart::Query(name) => pick(
+            query_values(&request.header(":path")?, name),
+            context.duplicates,
+        )?,
+        KeyPart::Path => normalize_path(&request.header(":path")?),
+        KeyPart::Method => request.header(":method")?,
+        KeyPart::Host => host_only(&request.header(":authority")?),
+    })
+}
+
+/// The descriptor entry key a part is sent under to a rate limit service: the part as it
+/// is configured (`client_ip`, `header:x-api-key`, `path`, ...).
+pub fn entry_label(part: &KeyPart) -> String {
+    match part {
+        KeyPart::Global => "global".into(),
+        KeyPart::ClientIp => "client_ip".into(),
+        KeyPart::Header(name) => format!("header:{name}"),
+        KeyPart::Cookie(name) => format!("cookie:{name}"),
+        KeyPart::Query(name) => format!("query:{name}"),
+        KeyPart::Path => "path".into(),
+        KeyPart::Method => "method".into(),
+        KeyPart::Host => "host".into(),
+    }
+}
+
+/// A global rule's descriptor entries: `("rule", name)`, then one `(label, value)` per key
+/// part (none for `global`). None when a part has no value: the rule does not apply.
+pub fn build_entries(
+    rule_name: &str,
+    parts: &[KeyPart],
+    request: &mut impl RequestView,
+    context: &mut KeyContext<'_>,
+) -> Option<Vec<(String, Vec<u8>)>> {
+    let mut entries = vec![("rule".to_string(), rule_name.as_bytes().to_vec())];
+    for part in parts {
+        let value = part_value(part, request, context)?;
+        if *part != KeyPart::Global {
+            entries.push((entry_label(part), value));
+        }
+    }
+    Some(entries)
 }
 
 #[cfg(test)]

@@ -8,10 +8,14 @@ pub mod config;
 pub mod headers;
 pub mod key;
 pub mod limiter;
+pub mod remote;
+pub mod rls;
 pub mod table;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;
+#[cfg(target_arch = "wasm32")]
+mod global;
 #[cfg(target_arch = "wasm32")]
 pub use adapter::new_root;
 

@@ -34,6 +34,9 @@ pub struct RuleStatus {
     pub limited: bool,
     pub remaining: u64,
     pub reset_ns: u64,
+    /// (limit, window seconds) a rate limit service reported for a global rule; None: the
+    /// rule's own `limit` and `window`.
+    pub policy: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +74,90 @@ fn waiting_key(rule: &Rule) -> String {
     format!("edgewise.rl.{}.waiting", rule.name)
 }
 
+/// One call to a rate limit service: the global rules of one (cluster, domain) that apply
+/// to a request, with their descriptors in rule order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GlobalCall {
+    pub cluster: String,
+    pub domain: String,
+    /// The applicable rules (indices) and their descriptors, in the same order.
+    pub rules: Vec<usize>,
+    pub descriptors: Vec<crate::rls::Descriptor>,
+    /// Per rule, the descriptor's fingerprint (for remembered OVER_LIMIT answers).
+    pub fingerprints: Vec<u64>,
+}
+
+/// The global rules that match the request and have key values, grouped into one call per
+/// (cluster, domain), in rule order.
+pub fn global_calls(
+    config: &Config,
+    request: &mut impl RequestView,
+    peer: &mut dyn FnMut() -> Option<Vec<u8>>,
+) -> Vec<GlobalCall> {
+    let mut calls: Vec<GlobalCall> = Vec::new();
+    let forwarded = if config.reads_forwarded_for {
+        request.header("x-forwarded-for")
+    } else {
+        None
+    };
+    let mut ip_cache: Option<Option<Vec<u8>>> = None;
+    for (index, rule) in config.rules.iter().enumerate() {
+        let Some(global) = &rule.global else { continue };
+        if !rule.matcher.matches(request) {
+            continue;
+        }
+        let mut ip = || {
+            ip_cache
+                .get_or_insert_with(|| {
+                    client_ip(config.client_ip, peer().as_deref(), forwarded.as_deref())
+                        .map(|ip| ip_network(&ip, config.ipv4_prefix, config.ipv6_prefix))
+                })
+                .clone()
+        };
+        let mut context = KeyContext {
+            client_ip: &mut ip,
+            duplicates: config.duplicates,
+        };
+        let Some(entries) = crate::key::build_entries(&rule.name, &rule.key, request, &mut context)
+        else {
+            continue;
+        };
+        let mut material = Vec::new();
+        for (k, v) in &entries {
+            material.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            material.extend_from_slice(k.as_bytes());
+            material.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            material.extend_from_slice(v);
+        }
+        let fp = fingerprint(config.hash_seed ^ rule.name_seed, &material);
+        let descriptor = crate::rls::Descriptor {
+            entries,
+            limit: global.limit.map(|(n, unit)| crate::rls::Override {
+                requests_per_unit: n,
+                unit,
+            }),
+        };
+        match calls
+            .iter_mut()
+            .find(|c| c.cluster == global.cluster && c.domain == global.domain)
+        {
+            Some(call) => {
+                call.rules.push(index);
+                call.descriptors.push(descriptor);
+                call.fingerprints.push(fp);
+            }
+            None => calls.push(GlobalCall {
+                cluster: global.cluster.clone(),
+                domain: global.domain.clone(),
+                rules: vec![index],
+                descriptors: vec![descriptor],
+                fingerprints: vec![fp],
+            }),
+        }
+    }
+    calls
+}
+
 /// The rules that match the request and have a key value, with their table location.
 pub fn applicable_rules(
     config: &Config,
@@ -86,7 +173,7 @@ pub fn applicable_rules(
     };
     let mut applicable = Vec::new();
     for (index, rule) in config.rules.iter().enumerate() {
-        if !rule.matcher.matches(request) {
+        if rule.global.is_some() || !rule.matcher.matches(request) {
             continue;
         }
         let mut ip = || {
@@ -162,18 +249,21 @@ fn status(rule: usize, verdict: &Verdict, consumed: bool) -> RuleStatus {
             reset_ns,
             ..
         } => RuleStatus {
+            policy: None,
             rule,
             limited: false,
             remaining: if consumed { remaining } else { remaining + 1 },
             reset_ns,
         },
         Verdict::Delay { reset_ns, .. } => RuleStatus {
+            policy: None,
             rule,
             limited: false,
             remaining: 0,
             reset_ns,
         },
         Verdict::Deny { reset_ns, .. } => RuleStatus {
+            policy: None,
             rule,
             limited: true,
             remaining: 0,
@@ -298,6 +388,7 @@ pub fn decide(
             if let Verdict::Delay { delay_ns, .. } = p.verdict {
                 if !waiting.contains(&a.rule) && !take_waiting_place(store, rule, now) {
                     statuses.push(RuleStatus {
+                        policy: None,
                         rule: a.rule,
                         limited: true,
                         remaining: 0,

@@ -1,0 +1,184 @@
+//! Global rules in the adapter: one gRPC call per (cluster, domain) to a rate limit service
+//! (Envoy's RLS protocol), the request paused until every answer is in, this module's own
+//! deadline for a service that is late or never answers (checked on the root's tick, so a
+//! request waits at most `timeout` + one tick), and each rule's failure mode.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use edgewise_support::abi;
+use edgewise_support::wasm::SharedData;
+use proxy_wasm::types::BufferType;
+
+use crate::config::Config;
+use crate::limiter::{GlobalCall, RuleStatus};
+use crate::remote::{judge, remember, remembered, Verdict};
+use crate::rls::{decode_response, encode_request, METHOD, SERVICE};
+
+/// A request waiting for rate limit services.
+pub struct GlobalWait {
+    pub context_id: u32,
+    pub deadline: u64,
+    /// Calls not answered yet: (token, call).
+    pub pending: Vec<(u32, GlobalCall)>,
+    /// Statuses of answered calls, for the RateLimit headers.
+    pub statuses: Vec<RuleStatus>,
+    /// Decided (resumed or answered): later answers are ignored.
+    pub done: bool,
+}
+
+pub type Wait = Rc<RefCell<GlobalWait>>;
+pub type Waits = Rc<RefCell<Vec<Wait>>>;
+
+/// What the request gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Keep waiting for other answers.
+    Wait,
+    /// Go on to the upstream.
+    Resume,
+    /// Denied by `rule` (over the limit): the deny reply with this Retry-After.
+    Deny { rule: usize, retry_after_ns: u64 },
+    /// A service failed for a rule whose failure mode is `deny`.
+    DenyUnavailable { rule: usize },
+}
+
+/// Remembered OVER_LIMIT answers: the first rule of `calls` still denied at `now`.
+pub fn remembered_denial(calls: &[GlobalCall], now: u64) -> Option<(usize, u64)> {
+    calls.iter().find_map(|call| {
+        call.rules
+            .iter()
+            .zip(&call.fingerprints)
+            .find_map(|(rule, fp)| {
+                remembered(&SharedData, *fp, now).map(|until| (*rule, until - now))
+            })
+    })
+}
+
+/// How long a call may take: the longest timeout of its rules.
+pub fn call_timeout(config: &Config, call: &GlobalCall) -> Duration {
+    call.rules
+        .iter()
+        .filter_map(|r| config.rules.get(*r)?.global.as_ref().map(|g| g.timeout))
+        .max()
+        .unwrap_or(Duration::from_millis(20))
+}
+
+/// The message a call sends.
+pub fn message(call: &GlobalCall) -> Vec<u8> {
+    encode_request(&call.domain, &call.descriptors, 0)
+}
+
+/// The tick period while requests wait: a quarter of the shortest timeout (1–50 ms).
+pub fn tick_period(config: &Config) -> Duration {
+    config
+        .rules
+        .iter()
+        .filter_map(|r| r.global.as_ref().map(|g| g.timeout / 4))
+        .min()
+        .unwrap_or(Duration::from_millis(5))
+        .clamp(Duration::from_millis(1), Duration::from_millis(50))
+}
+
+/// The failure of `call` (no answer, an error status, a malformed or late answer): its
+/// first rule with failure mode `deny` denies; otherwise the call counts for nothing.
+pub fn failure(config: &Config, call: &GlobalCall) -> Option<usize> {
+    call.rules.iter().copied().find(|r| {
+        config
+            .rules
+            .get(*r)
+            .and_then(|rule| rule.global.as_ref())
+            .is_some_and(|g| g.deny_on_failure)
+    })
+}
+
+/// Handles the answer (or failure) to the call with `token`; `body` is None for a failed
+/// call. Returns what the request gets now, and the rules whose calls failed (for metrics).
+pub fn on_answer(
+    config: &Config,
+    wait: &mut GlobalWait,
+    token: u32,
+    body: Option<Vec<u8>>,
+    now: u64,
+) -> (Next, Vec<usize>) {
+    if wait.done {
+        return (Next::Wait, Vec::new());
+    }
+    let Some(index) = wait.pending.iter().position(|(t, _)| *t == token) else {
+        return (Next::Wait, Vec::new());
+    };
+    let (_, call) = wait.pending.remove(index);
+    let verdict = body
+        .as_deref()
+        .and_then(decode_response)
+        .map_or(Verdict::Failed, |answer| judge(config, &call, &answer, now));
+    let mut failed = Vec::new();
+    match verdict {
+        Verdict::Allowed { statuses } => wait.statuses.extend(statuses),
+        Verdict::Denied {
+            rule,
+            retry_after_ns,
+            statuses,
+            remember: pairs,
+        } => {
+            for (fp, until) in pairs {
+                remember(&SharedData, fp, until);
+            }
+            wait.statuses.extend(statuses);
+            wait.done = true;
+            return (
+                Next::Deny {
+                    rule,
+                    retry_after_ns,
+                },
+                failed,
+            );
+        }
+        Verdict::Failed => {
+            failed.extend(call.rules.iter().copied());
+            if let Some(rule) = failure(config, &call) {
+                wait.done = true;
+                return (Next::DenyUnavailable { rule }, failed);
+            }
+        }
+    }
+    if wait.pending.is_empty() {
+        wait.done = true;
+        (Next::Resume, failed)
+    } else {
+        (Next::Wait, failed)
+    }
+}
+
+/// The deadline passed with calls unanswered: each is a failure.
+pub fn on_deadline(config: &Config, wait: &mut GlobalWait) -> (Next, Vec<usize>) {
+    if wait.done {
+        return (Next::Wait, Vec::new());
+    }
+    wait.done = true;
+    let mut failed = Vec::new();
+    let mut next = Next::Resume;
+    for (_, call) in wait.pending.drain(..) {
+        failed.extend(call.rules.iter().copied());
+        if let (Next::Resume, Some(rule)) = (&next, failure(config, &call)) {
+            next = Next::DenyUnavailable { rule };
+        }
+    }
+    (next, failed)
+}
+
+/// The answer's message, read straight through the ABI (an error answer has no body).
+pub fn answer_body(size: usize) -> Option<Vec<u8>> {
+    if size == 0 {
+        return Some(Vec::new());
+    }
+    abi::get_buffer(BufferType::GrpcReceiveBuffer as u32, 0, size)
+        .ok()
+        .flatten()
+}
+
+/// The gRPC service and method every call names.
+pub const fn endpoint() -> (&'static str, &'static str) {
+    (SERVICE, METHOD)
+}

@@ -1,0 +1,231 @@
+//! Global rules' decisions from a rate limit service's answer (host-free): the verdict for
+//! the request, the statuses for the RateLimit headers, and OVER_LIMIT answers remembered
+//! in shared data until their reset (a bounded table), so a denied client costs no call and
+//! is denied on every worker.
+
+use edgewise_support::store::CasStore;
+
+use crate::config::Config;
+use crate::limiter::{GlobalCall, RuleStatus};
+use crate::rls::{Answer, CODE_OK, CODE_OVER_LIMIT};
+
+/// Slots of the remembered-denials table (keys `edgewise.rl.over.<n>`): bounded whatever
+/// clients send; a collision only forgets a denial (that client then costs a call again).
+pub const REMEMBERED_SLOTS: u64 = 4096;
+
+/// The shortest denial worth remembering, and the longest a remembered one is kept.
+const MIN_REMEMBER_NS: u64 = 1_000_000;
+const MAX_REMEMBER_NS: u64 = 3_600_000_000_000;
+
+fn slot_key(fingerprint: u64) -> String {
+    format!("edgewise.rl.over.{}", fingerprint % REMEMBERED_SLOTS)
+}
+
+/// Until when the descriptor with `fingerprint` is remembered as over its limit (None: not
+/// remembered, expired, or the store failed — then the service is asked).
+pub fn remembered(store: &impl CasStore, fingerprint: u64, now: u64) -> Option<u64> {
+    let (value, _) = store.get(&slot_key(fingerprint)).ok().flatten()?;
+    let word = |at: usize| {
+        value
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    (word(0)? == fingerprint)
+        .then_some(word(8)?)
+        .filter(|until| *until > now)
+}
+
+/// Remembers an OVER_LIMIT answer until `until` (last writer wins the slot).
+pub fn remember(store: &impl CasStore, fingerprint: u64, until: u64) {
+    let mut value = fingerprint.to_le_bytes().to_vec();
+    value.extend_from_slice(&until.to_le_bytes());
+    let _ = store.set(&slot_key(fingerprint), &value, None);
+}
+
+/// What a service's answer means for the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every descriptor under its limit.
+    Allowed { statuses: Vec<RuleStatus> },
+    /// `rule` is over its limit; retry after `retry_after_ns`.
+    Denied {
+        rule: usize,
+        retry_after_ns: u64,
+        statuses: Vec<RuleStatus>,
+        /// (fingerprint, until) to remember (rules with `cache_over_limit`).
+        remember: Vec<(u64, u64)>,
+    },
+    /// No usable answer (a malformed one, or not one status per descriptor): the rules'
+    /// failure mode decides.
+    Failed,
+}
+
+/// Judges `answer` to `call` at `now`.
+pub fn judge(config: &Config, call: &GlobalCall, answer: &Answer, now: u64) -> Verdict {
+    if !matches!(answer.overall, CODE_OK | CODE_OVER_LIMIT)
+        || answer.statuses.len() != call.rules.len()
+    {
+        return Verdict::Failed;
+    }
+    let statuses: Vec<RuleStatus> = call
+        .rules
+        .iter()
+        .zip(&answer.statuses)
+        .map(|(rule, s)| RuleStatus {
+            rule: *rule,
+            limited: s.code == CODE_OVER_LIMIT,
+            remaining: s.remaining,
+            reset_ns: s.reset_ns.unwrap_or(0),
+            policy: s.limit.and_then(|(rpu, unit)| {
+                let window = match unit {
+                    1 => 1,
+                    2 => 60,
+                    3 => 3600,
+                    4 => 86_400,
+                    _ => return None,
+                };
+                Some((rpu, window))
+            }),
+        })
+        .collect();
+    if answer.overall == CODE_OK {
+        return Verdict::Allowed { statuses };
+    }
+    let over: Vec<(usize, &RuleStatus)> = statuses
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.limited)
+        .collect();
+    // OVER_LIMIT overall with no descriptor over: the service's word stands, retry in 1 s.
+    let rule = over.first().map_or(call.rules[0], |(_, s)| s.rule);
+    let retry_after_ns = over
+        .iter()
+        .map(|(_, s)| s.reset_ns)
+        .max()
+        .unwrap_or(1_000_000_000);
+    let remember = over
+        .iter()
+        .filter(|(_, s)| {
+            config.rules[s.rule]
+                .global
+                .as_ref()
+                .is_some_and(|g| g.cache_over_limit)
+                && s.reset_ns >= MIN_REMEMBER_NS
+        })
+        .map(|(i, s)| {
+            (
+                call.fingerprints[*i],
+                now.saturating_add(s.reset_ns.min(MAX_REMEMBER_NS)),
+            )
+        })
+        .collect();
+    Verdict::Denied {
+        rule,
+        retry_after_ns,
+        statuses,
+        remember,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rls::Status;
+    use edgewise_support::store::MemoryStore;
+
+    const T0: u64 = 1_700_000_000_000_000_000;
+
+    fn setup() -> (Config, GlobalCall) {
+        let config = Config::from_json(
+            br#"{"rules":[
+              {"name":"a","key":"client_ip","global":{"cluster":"rl"}},
+              {"name":"b","key":"header:x-k","global":{"cluster":"rl","cache_over_limit":false}}
+            ]}"#,
+        )
+        .unwrap();
+        let call = GlobalCall {
+            cluster: "rl".into(),
+            domain: "edgewise".into(),
+            rules: vec![0, 1],
+            descriptors: Vec::new(),
+            fingerprints: vec![11, 22],
+        };
+        (config, call)
+    }
+
+    fn status(code: u64, remaining: u64, reset_ns: u64) -> Status {
+        Status {
+            code,
+            limit: Some((100, 2)),
+            remaining,
+            reset_ns: Some(reset_ns),
+        }
+    }
+
+    #[test]
+    fn an_over_limit_answer_denies_and_remembers_only_cached_rules() {
+        let (config, call) = setup();
+        let answer = Answer {
+            overall: CODE_OVER_LIMIT,
+            statuses: vec![
+                status(CODE_OVER_LIMIT, 0, 6_000_000_000),
+                status(CODE_OVER_LIMIT, 0, 2_000_000_000),
+            ],
+        };
+        let Verdict::Denied {
+            rule,
+            retry_after_ns,
+            statuses,
+            remember,
+        } = judge(&config, &call, &answer, T0)
+        else {
+            panic!("denied")
+        };
+        assert_eq!((rule, retry_after_ns), (0, 6_000_000_000));
+        assert_eq!(statuses[0].policy, Some((100, 60)));
+        assert_eq!(
+            remember,
+            vec![(11, T0 + 6_000_000_000)],
+            "rule b does not cache"
+        );
+        let store = MemoryStore::new();
+        remember_all(&store, &remember);
+        assert_eq!(remembered(&store, 11, T0 + 1), Some(T0 + 6_000_000_000));
+        assert_eq!(remembered(&store, 11, T0 + 6_000_000_000), None, "expired");
+        assert_eq!(
+            remembered(&store, 11 + REMEMBERED_SLOTS, T0),
+            None,
+            "another descriptor in the slot"
+        );
+    }
+
+    fn remember_all(store: &MemoryStore, pairs: &[(u64, u64)]) {
+        for (fp, until) in pairs {
+            remember(store, *fp, *until);
+        }
+    }
+
+    #[test]
+    fn ok_answers_allow_and_bad_ones_fail() {
+        let (config, call) = setup();
+        let ok = Answer {
+            overall: CODE_OK,
+            statuses: vec![status(CODE_OK, 5, 1), status(CODE_OK, 7, 1)],
+        };
+        assert!(matches!(
+            judge(&config, &call, &ok, T0),
+            Verdict::Allowed { .. }
+        ));
+        let short = Answer {
+            overall: CODE_OK,
+            statuses: vec![status(CODE_OK, 5, 1)],
+        };
+        assert_eq!(judge(&config, &call, &short, T0), Verdict::Failed);
+        let unknown = Answer {
+            overall: 0,
+            statuses: ok.statuses.clone(),
+        };
+        assert_eq!(judge(&config, &call, &unknown, T0), Verdict::Failed);
+    }
+}
