@@ -105,6 +105,8 @@ pub struct EnvoyConfig {
     /// Serve the listener through file-based LDS on this port (see `Envoy::update_listener`)
     /// instead of a static listener on an ephemeral port.
     pub lds_port: Option<u16>,
+    /// Clusters that speak HTTP/2 to their endpoints (gRPC services).
+    pub http2_clusters: Vec<String>,
 }
 
 impl EnvoyConfig {
@@ -119,7 +121,15 @@ impl EnvoyConfig {
             pin_cpu: None,
             cluster_options: None,
             lds_port: None,
+            http2_clusters: Vec::new(),
         }
+    }
+
+    /// A cluster of gRPC endpoints (HTTP/2), e.g. a rate limit service.
+    pub fn grpc_cluster(mut self, name: &str, endpoints: Vec<SocketAddr>) -> Self {
+        self.clusters.push((name.into(), endpoints));
+        self.http2_clusters.push(name.into());
+        self
     }
 
     /// The listener comes from a watched file (`dynamic_resources.lds_config` with a
@@ -235,6 +245,14 @@ impl EnvoyConfig {
                     (&self.cluster_options, &mut cluster)
                 {
                     fields.extend(extra.clone());
+                }
+                if self.http2_clusters.iter().any(|c| c == name) {
+                    cluster["typed_extension_protocol_options"] = json!({
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": { "http2_protocol_options": {} }
+                        }
+                    });
                 }
                 cluster
             })

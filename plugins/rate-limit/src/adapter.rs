@@ -319,11 +319,13 @@ impl RateLimitStream {
         calls: Vec<crate::limiter::GlobalCall>,
         now: u64,
     ) -> Action {
-        if let Some((rule, retry_after_ns)) = global::remembered_denial(&calls, now) {
-            shared.metrics[rule].denied.increment(1);
+        if let Some((rule, retry_after_ns, status)) = global::remembered_denial(&calls, now) {
+            self.statuses.push(status);
             if shared.config.mode == Mode::Shadow {
+                shared.metrics[rule].shadow_denied.increment(1);
                 return Action::Continue;
             }
+            shared.metrics[rule].denied.increment(1);
             self.replied = true;
             if !send_deny(shared, &self.statuses, retry_after_ns) {
                 return Action::Continue;

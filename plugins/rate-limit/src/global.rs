@@ -44,14 +44,25 @@ pub enum Next {
     DenyUnavailable { rule: usize },
 }
 
-/// Remembered OVER_LIMIT answers: the first rule of `calls` still denied at `now`.
-pub fn remembered_denial(calls: &[GlobalCall], now: u64) -> Option<(usize, u64)> {
+/// Remembered OVER_LIMIT answers: the first rule of `calls` still denied at `now`, with
+/// its retry delay and its status for the RateLimit headers.
+pub fn remembered_denial(calls: &[GlobalCall], now: u64) -> Option<(usize, u64, RuleStatus)> {
     calls.iter().find_map(|call| {
         call.rules
             .iter()
             .zip(&call.fingerprints)
             .find_map(|(rule, fp)| {
-                remembered(&SharedData, *fp, now).map(|until| (*rule, until - now))
+                remembered(&SharedData, *fp, now).map(|r| {
+                    let wait = r.until - now;
+                    let status = RuleStatus {
+                        rule: *rule,
+                        limited: true,
+                        remaining: 0,
+                        reset_ns: wait,
+                        policy: r.policy,
+                    };
+                    (*rule, wait, status)
+                })
             })
     })
 }
@@ -122,8 +133,8 @@ pub fn on_answer(
             statuses,
             remember: pairs,
         } => {
-            for (fp, until) in pairs {
-                remember(&SharedData, fp, until);
+            for (fp, r) in pairs {
+                remember(&SharedData, fp, r);
             }
             wait.statuses.extend(statuses);
             wait.done = true;

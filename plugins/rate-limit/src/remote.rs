@@ -21,9 +21,18 @@ fn slot_key(fingerprint: u64) -> String {
     format!("edgewise.rl.over.{}", fingerprint % REMEMBERED_SLOTS)
 }
 
-/// Until when the descriptor with `fingerprint` is remembered as over its limit (None: not
-/// remembered, expired, or the store failed — then the service is asked).
-pub fn remembered(store: &impl CasStore, fingerprint: u64, now: u64) -> Option<u64> {
+/// A remembered OVER_LIMIT answer: until when, and the limit the service reported
+/// (requests, window seconds), for the RateLimit headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remembered {
+    pub until: u64,
+    pub policy: Option<(u64, u64)>,
+}
+
+/// The descriptor with `fingerprint`, if remembered as over its limit at `now` (None: not
+/// remembered, expired, or the store failed — then the service is asked). Value layout:
+/// fingerprint, until (ns), limit, window seconds (u64 LE each; 0 when unknown).
+pub fn remembered(store: &impl CasStore, fingerprint: u64, now: u64) -> Option<Remembered> {
     let (value, _) = store.get(&slot_key(fingerprint)).ok().flatten()?;
     let word = |at: usize| {
         value
@@ -31,15 +40,26 @@ pub fn remembered(store: &impl CasStore, fingerprint: u64, now: u64) -> Option<u
             .and_then(|b| b.try_into().ok())
             .map(u64::from_le_bytes)
     };
-    (word(0)? == fingerprint)
-        .then_some(word(8)?)
-        .filter(|until| *until > now)
+    if word(0)? != fingerprint || word(8)? <= now {
+        return None;
+    }
+    let policy = match (word(16).unwrap_or(0), word(24).unwrap_or(0)) {
+        (0, _) | (_, 0) => None,
+        pair => Some(pair),
+    };
+    Some(Remembered {
+        until: word(8)?,
+        policy,
+    })
 }
 
-/// Remembers an OVER_LIMIT answer until `until` (last writer wins the slot).
-pub fn remember(store: &impl CasStore, fingerprint: u64, until: u64) {
+/// Remembers an OVER_LIMIT answer (last writer wins the slot).
+pub fn remember(store: &impl CasStore, fingerprint: u64, remembered: Remembered) {
+    let (limit, window) = remembered.policy.unwrap_or((0, 0));
     let mut value = fingerprint.to_le_bytes().to_vec();
-    value.extend_from_slice(&until.to_le_bytes());
+    for word in [remembered.until, limit, window] {
+        value.extend_from_slice(&word.to_le_bytes());
+    }
     let _ = store.set(&slot_key(fingerprint), &value, None);
 }
 
@@ -53,8 +73,8 @@ pub enum Verdict {
         rule: usize,
         retry_after_ns: u64,
         statuses: Vec<RuleStatus>,
-        /// (fingerprint, until) to remember (rules with `cache_over_limit`).
-        remember: Vec<(u64, u64)>,
+        /// What to remember per fingerprint (rules with `cache_over_limit`).
+        remember: Vec<(u64, Remembered)>,
     },
     /// No usable answer (a malformed one, or not one status per descriptor): the rules'
     /// failure mode decides.
@@ -116,7 +136,10 @@ pub fn judge(config: &Config, call: &GlobalCall, answer: &Answer, now: u64) -> V
         .map(|(i, s)| {
             (
                 call.fingerprints[*i],
-                now.saturating_add(s.reset_ns.min(MAX_REMEMBER_NS)),
+                Remembered {
+                    until: now.saturating_add(s.reset_ns.min(MAX_REMEMBER_NS)),
+                    policy: s.policy,
+                },
             )
         })
         .collect();
@@ -184,14 +207,14 @@ mod tests {
         };
         assert_eq!((rule, retry_after_ns), (0, 6_000_000_000));
         assert_eq!(statuses[0].policy, Some((100, 60)));
-        assert_eq!(
-            remember,
-            vec![(11, T0 + 6_000_000_000)],
-            "rule b does not cache"
-        );
+        let expected = Remembered {
+            until: T0 + 6_000_000_000,
+            policy: Some((100, 60)),
+        };
+        assert_eq!(remember, vec![(11, expected)], "rule b does not cache");
         let store = MemoryStore::new();
         remember_all(&store, &remember);
-        assert_eq!(remembered(&store, 11, T0 + 1), Some(T0 + 6_000_000_000));
+        assert_eq!(remembered(&store, 11, T0 + 1), Some(expected));
         assert_eq!(remembered(&store, 11, T0 + 6_000_000_000), None, "expired");
         assert_eq!(
             remembered(&store, 11 + REMEMBERED_SLOTS, T0),
@@ -200,9 +223,9 @@ mod tests {
         );
     }
 
-    fn remember_all(store: &MemoryStore, pairs: &[(u64, u64)]) {
-        for (fp, until) in pairs {
-            remember(store, *fp, *until);
+    fn remember_all(store: &MemoryStore, pairs: &[(u64, Remembered)]) {
+        for (fp, r) in pairs {
+            remember(store, *fp, *r);
         }
     }
 

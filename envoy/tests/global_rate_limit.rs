@@ -1,0 +1,213 @@
+//! Global rate limiting through real processes: two Envoys (2 workers each) running
+//! rate_limit.wasm with a global rule, our rate limit service, a real Redis. One limit holds
+//! across both Envoys exactly; the service's or Redis's failure applies the rule's failure
+//! mode within its timeout, and limits hold again once they are back.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_harness::{
+    http_request, redis_available, wasm_path, Backend, Envoy, EnvoyConfig, RateLimitService, Redis,
+    WasmFilter,
+};
+
+const LIMITS: &str = r#"
+domain: edgewise
+descriptors:
+  - key: rule
+    value: api
+    rate_limit: { unit: hour, requests_per_unit: 100 }
+  - key: rule
+    value: per-user
+    descriptors:
+      - key: header:x-user
+        rate_limit: { unit: hour, requests_per_unit: 3 }
+"#;
+
+fn filter_config(failure_mode: &str) -> String {
+    format!(
+        r#"{{"rules":[
+          {{"name":"api","match":{{"path_prefix":"/api/"}},"global":{{"cluster":"ratelimit","timeout":"250ms","failure_mode":"{failure_mode}"}}}},
+          {{"name":"per-user","match":{{"path_prefix":"/user/"}},"key":"header:x-user","global":{{"cluster":"ratelimit","timeout":"250ms","failure_mode":"{failure_mode}"}}}}
+        ]}}"#
+    )
+}
+
+fn envoy(backend: SocketAddr, service: &RateLimitService, failure_mode: &str) -> Envoy {
+    Envoy::start(
+        &EnvoyConfig::proxy_to(backend, 2)
+            .grpc_cluster("ratelimit", vec![service.grpc])
+            .filter(WasmFilter::new(
+                "rate_limit",
+                wasm_path("rate_limit"),
+                &filter_config(failure_mode),
+            )),
+    )
+    .unwrap()
+}
+
+fn setup() -> (Redis, RateLimitService, Backend) {
+    assert!(
+        redis_available(),
+        "needs redis-server (cargo xtask test installs it: apt-get install redis-server)"
+    );
+    envoy_harness::build_wasm(&["rate-limit"]).unwrap();
+    let redis = Redis::start().unwrap();
+    let service = RateLimitService::start(LIMITS, &redis.url()).unwrap();
+    let backend = Backend::start("origin").unwrap();
+    (redis, service, backend)
+}
+
+/// 64 concurrent connections spread over both Envoys send 300 requests against one limit of
+/// 100 per hour: exactly 100 pass in total (not 100 per Envoy, not per worker).
+#[test]
+fn one_limit_holds_exactly_across_two_envoys() {
+    let (_redis, service, backend) = setup();
+    let envoys = [
+        envoy(backend.addr, &service, "allow"),
+        envoy(backend.addr, &service, "allow"),
+    ];
+    let addrs: Vec<SocketAddr> = envoys.iter().map(|e| e.listener).collect();
+    let (ok, denied, other) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let sent = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..64)
+        .map(|i| {
+            let (ok, denied, other, sent) =
+                (ok.clone(), denied.clone(), other.clone(), sent.clone());
+            let addr = addrs[i % 2];
+            std::thread::spawn(move || {
+                while sent.fetch_add(1, Ordering::SeqCst) < 300 {
+                    match http_request(addr, "GET", "/api/x", &[], b"") {
+                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                        Ok(r) if r.status == 429 => denied.fetch_add(1, Ordering::SeqCst),
+                        _ => other.fetch_add(1, Ordering::SeqCst),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (ok, denied, other) = (
+        ok.load(Ordering::SeqCst),
+        denied.load(Ordering::SeqCst),
+        other.load(Ordering::SeqCst),
+    );
+    let per_envoy: Vec<i64> = envoys
+        .iter()
+        .map(|e| {
+            e.stat("edgewise.rate_limit.api.allowed")
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        })
+        .collect();
+    println!("global: 300 requests over 2 Envoys: {ok} allowed (per Envoy {per_envoy:?}), {denied} denied, {other} other");
+    assert_eq!((ok, denied, other), (100, 200, 0));
+    // A denied answer carries Retry-After and the service's numbers.
+    let r = http_request(addrs[0], "GET", "/api/x", &[], b"").unwrap();
+    assert_eq!(r.status, 429);
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=36).contains(&retry),
+        "one token per 36 s: retry after {retry}"
+    );
+    assert!(
+        r.header("ratelimit-policy")
+            .is_some_and(|p| p.contains("q=100;w=3600")),
+        "{:?}",
+        r.header("ratelimit-policy")
+    );
+    // The remembered denial: the next request on that Envoy costs no call.
+    let calls = service.metric("edgewise_ratelimit_requests_total").unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            http_request(addrs[0], "GET", "/api/x", &[], b"")
+                .unwrap()
+                .status,
+            429
+        );
+    }
+    assert_eq!(
+        service.metric("edgewise_ratelimit_requests_total").unwrap(),
+        calls,
+        "denied from shared data, no service call"
+    );
+    // Other keys are independent: 3 per user per hour, on either Envoy.
+    for (user, expect) in [("ann", [200, 200, 200, 429]), ("bob", [200, 200, 200, 429])] {
+        let got: Vec<u16> = (0..4)
+            .map(|i| {
+                http_request(addrs[i % 2], "GET", "/user/x", &[("x-user", user)], b"")
+                    .unwrap()
+                    .status
+            })
+            .collect();
+        assert_eq!(got, expect, "{user}");
+    }
+}
+
+/// The service stopped, hanging Redis aside: with `failure_mode: allow` requests pass, with
+/// `deny` they are refused, each within the rule's timeout; once the service is back, the
+/// limit holds again. Redis stopped: the service answers UNAVAILABLE at once, same result.
+#[test]
+fn failures_apply_the_failure_mode_within_the_timeout() {
+    let (mut redis, mut service, backend) = setup();
+    let allow = envoy(backend.addr, &service, "allow");
+    let deny = envoy(backend.addr, &service, "deny");
+    let timed = |e: &Envoy, path: &str, user: &str| {
+        let started = Instant::now();
+        let status = http_request(e.listener, "GET", path, &[("x-user", user)], b"")
+            .unwrap()
+            .status;
+        (status, started.elapsed())
+    };
+    // Spend ann's 3 while all is well.
+    for _ in 0..3 {
+        assert_eq!(timed(&allow, "/user/x", "ann").0, 200);
+    }
+    assert_eq!(timed(&deny, "/user/x", "ann").0, 429);
+
+    redis.stop();
+    let (a, a_took) = timed(&allow, "/user/x", "cyd");
+    let (d, d_took) = timed(&deny, "/user/x", "cyd");
+    println!("redis down: allow {a} in {a_took:?}, deny {d} in {d_took:?}");
+    assert_eq!((a, d), (200, 429));
+    // Wide tolerance: the timeout is 250 ms; the service answers UNAVAILABLE sooner.
+    assert!(a_took < Duration::from_secs(2) && d_took < Duration::from_secs(2));
+    redis.restart().unwrap();
+
+    service.stop();
+    let (a, a_took) = timed(&allow, "/user/x", "dan");
+    let (d, d_took) = timed(&deny, "/user/x", "dan");
+    println!("service down: allow {a} in {a_took:?}, deny {d} in {d_took:?}");
+    assert_eq!((a, d), (200, 429));
+    assert!(a_took < Duration::from_secs(2) && d_took < Duration::from_secs(2));
+    service.restart().unwrap();
+
+    // Both back (Redis empty after its restart): the limit holds again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut statuses = Vec::new();
+    for attempt in 0.. {
+        // A fresh user each attempt: an attempt made while the service reconnects spends
+        // nothing of the next one's budget.
+        let user = format!("eve-{attempt}");
+        statuses.clear();
+        for _ in 0..4 {
+            statuses.push(timed(&deny, "/user/x", &user).0);
+        }
+        if statuses == [200, 200, 200, 429] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "limits not enforced again: {statuses:?}"
+        );
+    }
+}
