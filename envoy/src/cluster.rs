@@ -15,6 +15,10 @@ use crate::client::{http_request, HttpResponse};
 pub const ENVOY_IMAGE: &str = "edgewise/envoy:1.40.0";
 /// The backend image's tag.
 pub const BACKEND_IMAGE: &str = "edgewise/backend:dev";
+/// The rate limit service's image tag.
+pub const RATELIMIT_IMAGE: &str = "edgewise/ratelimit:dev";
+/// Redis (Debian's redis-server) image tag.
+pub const REDIS_IMAGE: &str = "edgewise/redis:dev";
 
 /// Whether a Docker engine answers and docker-compose is installed.
 pub fn docker_available() -> bool {
@@ -57,7 +61,55 @@ pub fn build_images() -> Result<()> {
         &images.join("backend.Dockerfile"),
         &backend_stage,
     )?;
+    // The rate limit service (probe: the backend binary against its /healthcheck), and
+    // Redis from Debian's package (probe: redis-cli ping).
+    let ratelimit = crate::ratelimit::release_ratelimit_binary()?;
+    let ratelimit_stage = stage.join("ratelimit");
+    let redis_stage = stage.join("redis");
+    for dir in [&ratelimit_stage, &redis_stage] {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+    }
+    stage_binary(
+        &ratelimit_stage.join("base"),
+        &ratelimit,
+        "usr/local/bin/edgewise-ratelimit",
+    )?;
+    stage_libraries(&ratelimit_stage.join("base"), &[&ratelimit, &backend])?;
+    stage_binary(
+        &ratelimit_stage.join("tools"),
+        &backend,
+        "usr/local/bin/edgewise-backend",
+    )?;
+    let redis_server = which("redis-server")?;
+    let redis_cli = which("redis-cli")?;
+    stage_binary(
+        &redis_stage.join("base"),
+        &redis_server,
+        "usr/bin/redis-server",
+    )?;
+    stage_binary(&redis_stage.join("base"), &redis_cli, "usr/bin/redis-cli")?;
+    stage_libraries(&redis_stage.join("base"), &[&redis_server, &redis_cli])?;
+    docker_build(
+        RATELIMIT_IMAGE,
+        &images.join("ratelimit.Dockerfile"),
+        &ratelimit_stage,
+    )?;
+    docker_build(REDIS_IMAGE, &images.join("redis.Dockerfile"), &redis_stage)?;
     Ok(())
+}
+
+/// The real file behind a command on PATH (Debian's packages: apt-get install redis-server).
+fn which(command: &str) -> Result<PathBuf> {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {command}")])
+        .output()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || path.is_empty() {
+        bail!("{command} not found (apt-get install redis-server)");
+    }
+    Ok(std::fs::canonicalize(path)?)
 }
 
 /// The Envoy executable inside the installed wheel (the venv's `bin/envoy` is a Python
@@ -187,8 +239,16 @@ pub struct Cluster {
 }
 
 /// The compose services.
-pub const SERVICES: [&str; 7] = [
-    "front", "edge-1", "edge-2", "api-v1-a", "api-v1-b", "api-v2", "flaky",
+pub const SERVICES: [&str; 9] = [
+    "front",
+    "edge-1",
+    "edge-2",
+    "api-v1-a",
+    "api-v1-b",
+    "api-v2",
+    "flaky",
+    "ratelimit",
+    "redis",
 ];
 
 impl Cluster {

@@ -26,20 +26,37 @@ pub struct RateLimitService {
 pub fn ratelimit_binary() -> Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .current_dir(crate::workspace_root())
-                .args(["build", "--quiet", "-p", "edgewise-ratelimit"])
-                .status()
-                .map_err(|e| format!("cannot run cargo: {e}"))?;
-            if !status.success() {
-                return Err("building edgewise-ratelimit failed".into());
-            }
-            Ok(crate::target_dir().join("debug").join("edgewise-ratelimit"))
-        })
+        .get_or_init(|| build(false))
         .clone()
         .map_err(|e| anyhow!(e))
+}
+
+/// Path of the optimized service binary, for the compose image.
+pub fn release_ratelimit_binary() -> Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build(true))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn build(release: bool) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut args = vec!["build", "--quiet", "-p", "edgewise-ratelimit"];
+    if release {
+        args.push("--release");
+    }
+    let status = Command::new(cargo)
+        .current_dir(crate::workspace_root())
+        .args(&args)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("building edgewise-ratelimit failed".into());
+    }
+    Ok(crate::target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("edgewise-ratelimit"))
 }
 
 impl RateLimitService {

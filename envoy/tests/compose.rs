@@ -49,6 +49,7 @@ fn compose_cluster_filters_and_faults() {
     println!("cluster healthy after {:.0?}", started.elapsed());
 
     rate_limit_holds_per_edge(&cluster);
+    global_rate_limit_holds_through_the_front(&cluster);
     cache_serves_repeated_gets(&cluster);
     weighted_split_counted_at_backends(&cluster);
     breaker_stops_traffic_to_failing_flaky(&cluster);
@@ -56,6 +57,62 @@ fn compose_cluster_filters_and_faults() {
     canary_pause_costs_at_most_the_bulkheads(&cluster);
     edge_restart_keeps_front_serving(&cluster);
     println!("compose phases done after {:.0?}", started.elapsed());
+}
+
+/// A global rule (10 per client per hour on /global/, counted by edgewise-ratelimit in
+/// Redis) holds exactly through the front: 10 in total, not 10 per edge. With Redis or the
+/// service stopped, `failure_mode: allow` serves; once they are back, limits hold again.
+fn global_rate_limit_holds_through_the_front(cluster: &Cluster) {
+    let mut allowed = 0;
+    for _ in 0..40 {
+        let r = cluster.get("/global/x").unwrap();
+        match r.status {
+            200 => allowed += 1,
+            429 => assert!(r.header("retry-after").is_some(), "429 without Retry-After"),
+            other => panic!("unexpected status {other}: {}", r.text()),
+        }
+    }
+    let per_edge = [0, 1].map(|e| stat(cluster, e, "edgewise.rate_limit.global.allowed"));
+    println!("global rate limit: 40 requests through the front, {allowed} allowed (per edge {per_edge:?})");
+    assert_eq!(allowed, 10, "one limit across both edges");
+    assert!(
+        per_edge.iter().all(|&n| n > 0),
+        "both edges served: {per_edge:?}"
+    );
+
+    let user = |name: &str| {
+        cluster
+            .request("GET", "/global-user/x", &[("x-user", name)])
+            .unwrap()
+            .status
+    };
+    for (stopped, who) in [("redis", "zed-1"), ("ratelimit", "zed-2")] {
+        cluster.docker("stop", stopped).unwrap();
+        let statuses: Vec<u16> = (0..5).map(|_| user(who)).collect();
+        println!("global rate limit, {stopped} stopped: {statuses:?}");
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "failure_mode allow serves while {stopped} is down: {statuses:?}"
+        );
+        cluster.docker("start", stopped).unwrap();
+        cluster
+            .wait_service_healthy(stopped, Duration::from_secs(60))
+            .unwrap();
+    }
+    // Back: a fresh user gets exactly 3 (retried with another user while connections heal).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for attempt in 0.. {
+        let name = format!("amy-{attempt}");
+        let statuses: Vec<u16> = (0..4).map(|_| user(&name)).collect();
+        if statuses == [200, 200, 200, 429] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "limits not enforced again after the restarts: {statuses:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Each edge enforces its own limit (10 per client per hour on /limited/); rate-limit state is

@@ -211,3 +211,49 @@ fn failures_apply_the_failure_mode_within_the_timeout() {
         );
     }
 }
+
+/// Envoy's own `envoy.filters.http.ratelimit`, pointed at the same service with the same
+/// descriptors, agrees with our filter on the same traffic: each user's 3 per hour, whichever
+/// of the two Envoys (ours or native) a request goes through — one budget.
+#[test]
+fn envoys_native_ratelimit_filter_agrees_on_the_same_service() {
+    let (_redis, service, backend) = setup();
+    let ours = envoy(backend.addr, &service, "allow");
+    let native = Envoy::start(
+        &EnvoyConfig::proxy_to(backend.addr, 2)
+            .grpc_cluster("ratelimit", vec![service.grpc])
+            .native_filter(serde_json::json!({
+                "name": "envoy.filters.http.ratelimit",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+                    "domain": "edgewise",
+                    "timeout": "0.25s",
+                    "failure_mode_deny": false,
+                    "rate_limit_service": {
+                        "grpc_service": { "envoy_grpc": { "cluster_name": "ratelimit" } },
+                        "transport_api_version": "V3"
+                    },
+                    "rate_limits": [{ "actions": [
+                        { "generic_key": { "descriptor_key": "rule", "descriptor_value": "per-user" } },
+                        { "request_headers": { "header_name": "x-user", "descriptor_key": "header:x-user" } }
+                    ] }]
+                }
+            })),
+    )
+    .unwrap();
+    let get = |e: &Envoy, user: &str| {
+        http_request(e.listener, "GET", "/user/x", &[("x-user", user)], b"")
+            .unwrap()
+            .status
+    };
+    // Alone, each gives a user exactly 3.
+    let native_only: Vec<u16> = (0..4).map(|_| get(&native, "nat")).collect();
+    let ours_only: Vec<u16> = (0..4).map(|_| get(&ours, "own")).collect();
+    assert_eq!(native_only, [200, 200, 200, 429], "native");
+    assert_eq!(ours_only, [200, 200, 200, 429], "ours");
+    // Interleaved, they spend one budget.
+    let mixed: Vec<u16> = (0..6)
+        .map(|i| get(if i % 2 == 0 { &native } else { &ours }, "mix"))
+        .collect();
+    assert_eq!(mixed, [200, 200, 200, 429, 429, 429]);
+}

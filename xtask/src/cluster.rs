@@ -83,7 +83,7 @@ pub fn demo() -> Result<()> {
     type Section = fn(&Cluster) -> Result<()>;
     let sections: [(&str, Section); 5] = [
         (
-            "rate limiting: 10 per client per hour on /limited/, per edge",
+            "rate limiting: 10 per client per hour, per edge (/limited/) and global (/global/)",
             demo_rate_limit,
         ),
         (
@@ -127,10 +127,20 @@ fn demo_rate_limit(cluster: &Cluster) -> Result<()> {
             allowed += 1;
         }
     }
-    println!("  30 requests: {allowed} allowed, {denied} denied with 429 (Retry-After: {retry} s)");
+    println!("  /limited/: 30 requests, {allowed} allowed, {denied} denied with 429 (Retry-After: {retry} s)");
     println!(
-        "  each edge allows 10 on its own (limits are per Envoy), so the front lets 2 × 10 through"
+        "  each edge allows 10 on its own (local limits are per Envoy), so the front lets 2 × 10 through"
     );
+    let (mut allowed, mut denied) = (0, 0);
+    for _ in 0..30 {
+        if cluster.get("/global/demo")?.status == 429 {
+            denied += 1;
+        } else {
+            allowed += 1;
+        }
+    }
+    println!("  /global/: 30 requests, {allowed} allowed, {denied} denied");
+    println!("  a global rule asks edgewise-ratelimit, which counts in Redis: one limit of 10 across both edges");
     Ok(())
 }
 
