@@ -51,6 +51,7 @@ fn compose_cluster_filters_and_faults() {
     rate_limit_holds_per_edge(&cluster);
     global_rate_limit_holds_through_the_front(&cluster);
     cache_serves_repeated_gets(&cluster);
+    shield_answers_for_both_edges(&cluster);
     weighted_split_counted_at_backends(&cluster);
     breaker_stops_traffic_to_failing_flaky(&cluster);
     canary_stop_fails_over_and_start_returns(&cluster);
@@ -153,9 +154,9 @@ fn cache_serves_repeated_gets(cluster: &Cluster) {
     }
     let origin = v1_requests(cluster) - before;
     println!("cache: 10 GETs, {hits} hits, origin saw {origin}");
-    assert!(
-        (1..=2).contains(&origin),
-        "origin saw {origin} requests for one URL across two edges"
+    assert_eq!(
+        origin, 1,
+        "the shield cache at the front: one miss per URL for both edges"
     );
     assert_eq!(hits as u64, 10 - origin);
     for _ in 0..10 {
@@ -167,6 +168,34 @@ fn cache_serves_repeated_gets(cluster: &Cluster) {
         origin,
         "the origin counter moved on hits"
     );
+}
+
+/// The shield tier: a URL's first request misses at the front and at one edge (both say
+/// so in Cache-Status, origin-nearest first, RFC 9211); every later request is a front hit,
+/// whichever edge the first one went through.
+fn shield_answers_for_both_edges(cluster: &Cluster) {
+    let before = v1_requests(cluster);
+    let mut first = None;
+    for n in 0..6 {
+        let path = format!("/cache/shield-{n}?cache_control=max-age%3D300&body=shielded");
+        let miss = cluster.get(&path).unwrap();
+        let status = miss.header("cache-status").unwrap_or("").to_string();
+        assert!(
+            status.starts_with("edgewise; fwd=miss; stored, shield; fwd=miss; stored"),
+            "{status}"
+        );
+        first.get_or_insert(status);
+        for _ in 0..3 {
+            let hit = cluster.get(&path).unwrap();
+            assert!(hit
+                .header("cache-status")
+                .is_some_and(|s| s.starts_with("shield; hit")));
+        }
+    }
+    let origin = v1_requests(cluster) - before;
+    let edge_misses = [0, 1].map(|e| stat(cluster, e, "edgewise.response_cache.misses"));
+    println!("shield: 6 URLs × 4 GETs, origin saw {origin}; edge cache misses {edge_misses:?}");
+    assert_eq!(origin, 6);
 }
 
 /// 90/10 smooth weighted round robin per edge worker: 4 cursors (2 edges × 2 workers) each

@@ -484,6 +484,22 @@ struct CacheStream {
     now_ms: u64,
 }
 
+/// RFC 9211 §2: Cache-Status is a list, nearest the origin first — our entry goes after
+/// those of caches upstream of us (a shield tier, an edge behind a front cache).
+fn after_upstream_caches(headers: &[(String, Vec<u8>)], ours: &str) -> Vec<u8> {
+    let upstream: Vec<&[u8]> = headers
+        .iter()
+        .filter(|(k, _)| k == "cache-status")
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    let mut value = upstream.join(&b", "[..]);
+    if !value.is_empty() {
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(ours.as_bytes());
+    value
+}
+
 fn text_pairs(headers: &[(String, Vec<u8>)]) -> Vec<(&str, &str)> {
     headers
         .iter()
@@ -811,7 +827,7 @@ impl HttpContext for CacheStream {
                 abi::replace_map_value(
                     MapType::HttpResponseHeaders as u32,
                     "cache-status",
-                    value.as_bytes(),
+                    &after_upstream_caches(&headers, &value),
                 );
             }
             return Action::Continue;
@@ -909,7 +925,7 @@ impl HttpContext for CacheStream {
         abi::replace_map_value(
             MapType::HttpResponseHeaders as u32,
             "cache-status",
-            value.as_bytes(),
+            &after_upstream_caches(&headers, &value),
         );
         if storing {
             self.response = Some(Filling {
