@@ -20,6 +20,7 @@ pub struct RateLimitService {
     pub http: SocketAddr,
     config: PathBuf,
     redis_url: String,
+    binary: PathBuf,
 }
 
 /// Path of the service binary (debug build), building it once per process if needed.
@@ -62,6 +63,15 @@ fn build(release: bool) -> Result<PathBuf, String> {
 impl RateLimitService {
     /// Starts the service with the limits in `yaml` (one domain), counting in `redis_url`.
     pub fn start(yaml: &str, redis_url: &str) -> Result<RateLimitService> {
+        RateLimitService::start_binary(&ratelimit_binary()?, yaml, redis_url)
+    }
+
+    /// The same with a given build of the service (e.g. the release one, for benchmarks).
+    pub fn start_binary(
+        binary: &std::path::Path,
+        yaml: &str,
+        redis_url: &str,
+    ) -> Result<RateLimitService> {
         let dir = std::env::temp_dir().join(format!(
             "edgewise-ratelimit-{}-{}",
             std::process::id(),
@@ -76,13 +86,14 @@ impl RateLimitService {
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
             config,
             redis_url: redis_url.to_string(),
+            binary: binary.to_path_buf(),
         };
         service.spawn("127.0.0.1:0", "127.0.0.1:0")?;
         Ok(service)
     }
 
     fn spawn(&mut self, grpc: &str, http: &str) -> Result<()> {
-        let mut child = Command::new(ratelimit_binary()?)
+        let mut child = Command::new(&self.binary)
             .arg("--config")
             .arg(&self.config)
             .args(["--redis", &self.redis_url, "--listen", grpc, "--http", http])

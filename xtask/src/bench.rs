@@ -20,10 +20,10 @@ struct Scenario {
 }
 
 #[derive(Clone, Copy, Debug, Default)]
-struct Sample {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub(crate) struct Sample {
+    pub(crate) rps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
 fn wasm(name: &str, config: &str) -> WasmFilter {
@@ -193,7 +193,7 @@ fn scenarios(backend: std::net::SocketAddr) -> Vec<Scenario> {
     ]
 }
 
-fn ensure_wrk() -> Result<()> {
+pub(crate) fn ensure_wrk() -> Result<()> {
     if Command::new("wrk").arg("--version").output().is_ok() {
         return Ok(());
     }
@@ -226,7 +226,7 @@ fn parse_ms(text: &str) -> Option<f64> {
     })
 }
 
-fn run_wrk(envoy: &Envoy, path: &str, seconds: u32) -> Result<Sample> {
+pub(crate) fn run_wrk(envoy: &Envoy, path: &str, seconds: u32) -> Result<Sample> {
     let url = format!("http://{}{}", envoy.listener, path);
     let out = Command::new("taskset")
         .args([
@@ -262,7 +262,7 @@ fn run_wrk(envoy: &Envoy, path: &str, seconds: u32) -> Result<Sample> {
 }
 
 /// Builds every .wasm (release) and the composed module.
-fn build_modules() -> Result<()> {
+pub(crate) fn build_modules() -> Result<()> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(workspace_root())
         .args(["build", "--release", "--target", "wasm32-wasip1"])
@@ -273,7 +273,7 @@ fn build_modules() -> Result<()> {
     envoy_harness::build_edge_chain()
 }
 
-fn median(mut samples: Vec<Sample>) -> Sample {
+pub(crate) fn median(mut samples: Vec<Sample>) -> Sample {
     samples.sort_by(|a, b| a.rps.total_cmp(&b.rps));
     samples[samples.len() / 2]
 }

@@ -13,6 +13,7 @@
 //!           `bench profile [scenario]` for perf profiles under load
 
 mod bench;
+mod bench_global;
 mod cluster;
 
 use std::process::{Command, ExitCode};
@@ -65,10 +66,11 @@ fn main() -> ExitCode {
             ]),
             Some("quick") => bench::run(2, 1),
             Some("profile") => bench::profile(args.get(2).map(String::as_str)),
+            Some("global") => bench_global::run(),
             _ => bench::run(5, 3),
         },
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|cluster up|down|status|demo [local]|bench [criterion|quick|profile [scenario]]>");
+            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|cluster up|down|status|demo [local]|bench [criterion|quick|profile [scenario]|global]>");
             return ExitCode::from(2);
         }
     };
