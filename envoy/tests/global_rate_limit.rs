@@ -257,3 +257,43 @@ fn envoys_native_ratelimit_filter_agrees_on_the_same_service() {
         .collect();
     assert_eq!(mixed, [200, 200, 200, 429, 429, 429]);
 }
+
+/// Lease mode across two Envoys: calls take 10 hits each, and hits prepaid at the service
+/// can never over-admit; near the limit a call for 10 is refused when fewer than 10 are
+/// left, so up to 9 per Envoy may go unused (the stated bound: (batch − 1) × Envoys, the
+/// workers of one Envoy share its lease).
+#[test]
+fn lease_mode_never_over_admits_and_under_admits_within_its_bound() {
+    let (_redis, service, backend) = setup();
+    let batch_config = r#"{"rules":[{"name":"leased","limit":95,"window":"1h","global":{"cluster":"ratelimit","timeout":"250ms","batch":10}}]}"#;
+    let start = || {
+        Envoy::start(
+            &EnvoyConfig::proxy_to(backend.addr, 2)
+                .grpc_cluster("ratelimit", vec![service.grpc])
+                .filter(WasmFilter::new(
+                    "rate_limit",
+                    wasm_path("rate_limit"),
+                    batch_config,
+                )),
+        )
+        .unwrap()
+    };
+    let envoys = [start(), start()];
+    let calls_before = service.metric("edgewise_ratelimit_requests_total").unwrap();
+    let mut admitted = 0;
+    for i in 0..300 {
+        let r = http_request(envoys[i % 2].listener, "GET", "/x", &[], b"").unwrap();
+        admitted += (r.status == 200) as u64;
+    }
+    let calls = service.metric("edgewise_ratelimit_requests_total").unwrap() - calls_before;
+    println!("lease mode (batch 10, limit 95/h, 2 Envoys): {admitted} of 300 admitted with {calls} service calls");
+    assert!(admitted <= 95, "never over the limit: {admitted}");
+    assert!(
+        admitted >= 95 - 2 * 9,
+        "under-admission within (batch − 1) × Envoys: {admitted}"
+    );
+    assert!(
+        calls <= 30,
+        "about one call per 10 admitted, then remembered denials: {calls}"
+    );
+}

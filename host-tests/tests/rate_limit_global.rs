@@ -312,3 +312,32 @@ fn invalid_global_rules_are_refused_naming_the_field() {
         );
     }
 }
+
+/// Lease mode (`batch`): a call asks for N hits; the N − 1 beyond the request's are spent by
+/// the next requests of any worker with no call; then a call again.
+#[test]
+fn lease_mode_spends_prepaid_hits_across_workers_without_calls() {
+    let world = World::new();
+    let config = GLOBAL.replace(r#""timeout":"20ms""#, r#""timeout":"20ms","batch":5"#);
+    let vms = start(&world, "rate_limit", &config, 2);
+    let (first, _) = send(&vms[0], "ann");
+    let (id, request) = pending_call(&world);
+    assert_eq!(
+        request.descriptors[0].hits_addend.map(|h| h.value),
+        Some(5),
+        "asks for the batch"
+    );
+    answer(&world, id, Code::Ok, 95, 1);
+    assert!(first.upstream_request().is_some());
+    let mut streams = Vec::new();
+    for i in 0..4 {
+        let (s, action) = send(&vms[i % 2], "ann");
+        assert_eq!(action, Action::Continue, "leased hit {i}: no call");
+        streams.push(s);
+    }
+    assert!(world.pending_grpc_calls().is_empty());
+    let (_s, action) = send(&vms[1], "ann");
+    assert_eq!(action, Action::Pause, "the lease is spent: a call again");
+    assert_eq!(world.pending_grpc_calls().len(), 1);
+    assert_eq!(world.metric("edgewise.rate_limit.api.allowed"), Some(5));
+}

@@ -332,6 +332,13 @@ impl RateLimitStream {
             }
             return Action::Pause;
         }
+        let mut calls = calls;
+        for rule in global::spend_leases(&shared.config, &mut calls, now) {
+            shared.metrics[rule].allowed.increment(1);
+        }
+        if calls.is_empty() {
+            return Action::Continue;
+        }
         let (service, method) = global::endpoint();
         let mut pending = Vec::new();
         let mut longest = std::time::Duration::ZERO;

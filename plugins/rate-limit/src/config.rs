@@ -45,6 +45,7 @@ pub struct RawGlobal {
     pub timeout: Option<String>,
     pub failure_mode: Option<String>,
     pub cache_over_limit: Option<bool>,
+    pub batch: Option<u32>,
 }
 
 /// A rule decided by a rate limit service (Envoy's RLS protocol) instead of in shared data.
@@ -60,6 +61,9 @@ pub struct Global {
     /// Remember OVER_LIMIT answers in shared data until their reset: a denied client costs
     /// no call and is denied on every worker.
     pub cache_over_limit: bool,
+    /// Lease mode: each call asks for this many hits; the extra ones are kept in shared
+    /// data (shared by the workers) and spent without calls. 1: a call per request.
+    pub batch: u32,
     /// The descriptor's own limit (`RateLimitOverride`: requests per unit) when the rule
     /// gives `limit` and `window`; else the service's configuration decides.
     pub limit: Option<(u32, u32)>,
@@ -450,6 +454,14 @@ fn compile_global_rule(
             "use \"1ms\" to \"10s\" (default \"20ms\")",
         ));
     }
+    let batch = global.batch.unwrap_or(1);
+    if !(1..=1000).contains(&batch) {
+        return Err(err(
+            format!("{g}.batch"),
+            format!("{batch} is out of range"),
+            "use 1 (a call per request, default) to 1000",
+        ));
+    }
     let deny_on_failure = match global.failure_mode.as_deref().unwrap_or("allow") {
         "allow" => false,
         "deny" => true,
@@ -528,6 +540,7 @@ fn compile_global_rule(
             timeout,
             deny_on_failure,
             cache_over_limit: global.cache_over_limit.unwrap_or(true),
+            batch,
             limit,
         }),
     })

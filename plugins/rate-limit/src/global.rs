@@ -13,7 +13,7 @@ use proxy_wasm::types::BufferType;
 
 use crate::config::Config;
 use crate::limiter::{GlobalCall, RuleStatus};
-use crate::remote::{judge, remember, remembered, Verdict};
+use crate::remote::{add_leased, judge, remember, remembered, take_leased, Verdict};
 use crate::rls::{decode_response, encode_request, METHOD, SERVICE};
 
 /// A request waiting for rate limit services.
@@ -65,6 +65,38 @@ pub fn remembered_denial(calls: &[GlobalCall], now: u64) -> Option<(usize, u64, 
                 })
             })
     })
+}
+
+/// How long leased hits stay usable (lease mode).
+const LEASE_NS: u64 = 60_000_000_000;
+
+/// Lease mode: drops from `calls` every descriptor a leased hit pays for (one CAS each);
+/// calls left with none are dropped. Returns the rules admitted that way.
+pub fn spend_leases(config: &Config, calls: &mut Vec<GlobalCall>, now: u64) -> Vec<usize> {
+    let mut admitted = Vec::new();
+    for call in calls.iter_mut() {
+        let mut i = 0;
+        while i < call.rules.len() {
+            let batch = config
+                .rules
+                .get(call.rules[i])
+                .and_then(|r| r.global.as_ref())
+                .map_or(1, |g| g.batch);
+            let fp = call.fingerprints.get(i).copied();
+            let aligned = i < call.descriptors.len();
+            if let (true, true, Some(fp)) = (batch > 1, aligned, fp) {
+                if take_leased(&SharedData, fp, now) {
+                    admitted.push(call.rules.remove(i));
+                    call.descriptors.remove(i);
+                    call.fingerprints.remove(i);
+                    continue;
+                }
+            }
+            i += 1;
+        }
+    }
+    calls.retain(|c| !c.rules.is_empty());
+    admitted
 }
 
 /// How long a call may take: the longest timeout of its rules.
@@ -126,7 +158,22 @@ pub fn on_answer(
         .map_or(Verdict::Failed, |answer| judge(config, &call, &answer, now));
     let mut failed = Vec::new();
     match verdict {
-        Verdict::Allowed { statuses } => wait.statuses.extend(statuses),
+        Verdict::Allowed { statuses } => {
+            // Lease mode: the call took `batch` hits; the ones beyond this request's are
+            // kept for the next requests (of any worker), usable for at most a minute.
+            for (i, rule) in call.rules.iter().enumerate() {
+                let batch = config
+                    .rules
+                    .get(*rule)
+                    .and_then(|r| r.global.as_ref())
+                    .map_or(1, |g| g.batch);
+                if let (true, Some(fp)) = (batch > 1, call.fingerprints.get(i)) {
+                    let until = now.saturating_add(LEASE_NS);
+                    add_leased(&SharedData, *fp, u64::from(batch) - 1, until, now);
+                }
+            }
+            wait.statuses.extend(statuses)
+        }
         Verdict::Denied {
             rule,
             retry_after_ns,

@@ -136,6 +136,7 @@ pub fn global_calls(
                 requests_per_unit: n,
                 unit,
             }),
+            hits: (global.batch > 1).then_some(u64::from(global.batch)),
         };
         match calls
             .iter_mut()

@@ -63,6 +63,64 @@ pub fn remember(store: &impl CasStore, fingerprint: u64, remembered: Remembered)
     let _ = store.set(&slot_key(fingerprint), &value, None);
 }
 
+/// Lease mode (`batch`): hits a worker took from the service beyond the one it needed,
+/// kept per descriptor in shared data (shared by every worker) until spent or stale. Slots
+/// `edgewise.rl.lease.<n>` (bounded like the remembered denials; a collision only strands
+/// a lease). Value: fingerprint, hits left (u64 LE each), usable until (ns).
+fn lease_key(fingerprint: u64) -> String {
+    format!("edgewise.rl.lease.{}", fingerprint % REMEMBERED_SLOTS)
+}
+
+fn decode_lease(value: &[u8], fingerprint: u64) -> Option<(u64, u64)> {
+    let word = |at: usize| {
+        value
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    (word(0)? == fingerprint).then_some((word(8)?, word(16)?))
+}
+
+fn encode_lease(fingerprint: u64, hits: u64, until: u64) -> Vec<u8> {
+    let mut value = fingerprint.to_le_bytes().to_vec();
+    value.extend_from_slice(&hits.to_le_bytes());
+    value.extend_from_slice(&until.to_le_bytes());
+    value
+}
+
+/// Spends one leased hit of the descriptor with `fingerprint` (one CAS): true when there
+/// was one — the request is admitted with no call.
+pub fn take_leased(store: &impl CasStore, fingerprint: u64, now: u64) -> bool {
+    edgewise_support::store::update_with_cas(store, &lease_key(fingerprint), 8, |value| match value
+        .and_then(|v| decode_lease(v, fingerprint))
+    {
+        Some((hits, until)) if hits > 0 && until > now => {
+            (Some(encode_lease(fingerprint, hits - 1, until)), true)
+        }
+        _ => (None, false),
+    })
+    .unwrap_or(false)
+}
+
+/// Adds `hits` leased hits for the descriptor, usable until `until` (a lease of another
+/// descriptor in the slot, or a stale one, is replaced).
+pub fn add_leased(store: &impl CasStore, fingerprint: u64, hits: u64, until: u64, now: u64) {
+    let _ = edgewise_support::store::update_with_cas(store, &lease_key(fingerprint), 8, |value| {
+        let current = value
+            .and_then(|v| decode_lease(v, fingerprint))
+            .filter(|(_, u)| *u > now)
+            .map_or(0, |(h, _)| h);
+        (
+            Some(encode_lease(
+                fingerprint,
+                current.saturating_add(hits),
+                until,
+            )),
+            (),
+        )
+    });
+}
+
 /// What a service's answer means for the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -148,6 +206,28 @@ pub fn judge(config: &Config, call: &GlobalCall, answer: &Answer, now: u64) -> V
         retry_after_ns,
         statuses,
         remember,
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+    use edgewise_support::store::MemoryStore;
+
+    #[test]
+    fn leased_hits_are_spent_once_each_and_go_stale() {
+        let store = MemoryStore::new();
+        assert!(!take_leased(&store, 7, 100));
+        add_leased(&store, 7, 2, 1_000, 100);
+        assert!(take_leased(&store, 7, 200));
+        assert!(take_leased(&store, 7, 300));
+        assert!(!take_leased(&store, 7, 400), "spent");
+        add_leased(&store, 7, 5, 1_000, 500);
+        assert!(
+            !take_leased(&store, 7 + REMEMBERED_SLOTS, 600),
+            "another descriptor"
+        );
+        assert!(!take_leased(&store, 7, 1_000), "stale");
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Override {
 pub struct Descriptor {
     pub entries: Vec<(String, Vec<u8>)>,
     pub limit: Option<Override>,
+    /// The descriptor's own `hits_addend` (lease mode), when not the request's.
+    pub hits: Option<u64>,
 }
 
 /// The unit of a window, when it is exactly one of the protocol's units.
@@ -87,6 +89,13 @@ pub fn encode_request(domain: &str, descriptors: &[Descriptor], hits_addend: u32
             tag(&mut o, 2, 0);
             varint(&mut o, u64::from(limit.unit));
             bytes_field(&mut desc, 2, &o);
+        }
+        if let Some(hits) = d.hits {
+            // google.protobuf.UInt64Value { value = 1 }
+            let mut v = Vec::new();
+            tag(&mut v, 1, 0);
+            varint(&mut v, hits);
+            bytes_field(&mut desc, 3, &v);
         }
         bytes_field(&mut out, 2, &desc);
     }

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     DescriptorStatus, RateLimit,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::google::protobuf::Duration;
+use envoy_types::pb::google::protobuf::{Duration, UInt64Value};
 use proptest::prelude::*;
 use prost::Message;
 use rate_limit::rls::{decode_response, encode_request, Descriptor, Override};
@@ -22,14 +22,15 @@ proptest! {
     #[test]
     fn requests_decode_as_the_protocol_says(
         domain in "[a-z]{1,12}",
-        descs in prop::collection::vec((entries(), prop::option::of((1u32..100_000, 1u32..5))), 1..4),
+        descs in prop::collection::vec((entries(), prop::option::of((1u32..100_000, 1u32..5)), prop::option::of(1u64..1000)), 1..4),
         hits in 0u32..1000,
     ) {
         let ours: Vec<Descriptor> = descs
             .iter()
-            .map(|(e, l)| Descriptor {
+            .map(|(e, l, h)| Descriptor {
                 entries: e.iter().map(|(k, v)| (k.clone(), v.as_bytes().to_vec())).collect(),
                 limit: l.map(|(rpu, unit)| Override { requests_per_unit: rpu, unit }),
+                hits: *h,
             })
             .collect();
         let decoded = RateLimitRequest::decode(encode_request(&domain, &ours, hits).as_slice()).unwrap();
@@ -37,9 +38,10 @@ proptest! {
             domain: domain.clone(),
             descriptors: descs
                 .iter()
-                .map(|(e, l)| RateLimitDescriptor {
+                .map(|(e, l, h)| RateLimitDescriptor {
                     entries: e.iter().map(|(k, v)| Entry { key: k.clone(), value: v.clone() }).collect(),
                     limit: l.map(|(rpu, unit)| RateLimitOverride { requests_per_unit: rpu, unit: unit as i32 }),
+                    hits_addend: h.map(|value| UInt64Value { value }),
                     ..Default::default()
                 })
                 .collect(),
