@@ -29,9 +29,9 @@ struct Scenario {
     expect: u16,
 }
 
-fn global_rule(name: &str, cache: bool) -> String {
+fn global_rule(name: &str, cache: bool, batch: u32) -> String {
     format!(
-        r#"{{"rules":[{{"name":"{name}","global":{{"cluster":"ratelimit","domain":"bench","timeout":"250ms","cache_over_limit":{cache}}}}}]}}"#
+        r#"{{"rules":[{{"name":"{name}","global":{{"cluster":"ratelimit","domain":"bench","timeout":"250ms","cache_over_limit":{cache},"batch":{batch}}}}}]}}"#
     )
 }
 
@@ -80,7 +80,12 @@ pub fn run() -> Result<()> {
         },
         Scenario {
             name: "rate_limit, global rule, passing (a call per request)",
-            config: base().filter(wasm(&global_rule("pass", true))),
+            config: base().filter(wasm(&global_rule("pass", true, 1))),
+            expect: 200,
+        },
+        Scenario {
+            name: "rate_limit, global rule, passing, lease mode (batch 100)",
+            config: base().filter(wasm(&global_rule("pass", true, 100))),
             expect: 200,
         },
         Scenario {
@@ -90,12 +95,12 @@ pub fn run() -> Result<()> {
         },
         Scenario {
             name: "rate_limit, global rule, denying, remembered (no call)",
-            config: base().filter(wasm(&global_rule("deny", true))),
+            config: base().filter(wasm(&global_rule("deny", true, 1))),
             expect: 429,
         },
         Scenario {
             name: "rate_limit, global rule, denying, cache_over_limit off (a call each)",
-            config: base().filter(wasm(&global_rule("deny-uncached", false))),
+            config: base().filter(wasm(&global_rule("deny-uncached", false, 1))),
             expect: 429,
         },
     ];
@@ -151,8 +156,8 @@ pub fn run() -> Result<()> {
     }
     report.push_str(&format!(
         "\nThe service answered {calls} ShouldRateLimit calls in the whole run (every passing \
-         request of the global and native rows, and every request of the uncached denying row; \
-         the remembered denying row made one).\n"
+         request of the global and native rows — one per 100 in lease mode — and every request \
+         of the uncached denying row; the remembered denying row made one).\n"
     ));
     let path = envoy_harness::workspace_root().join("BENCHMARKS-global.md");
     std::fs::write(&path, report)?;
