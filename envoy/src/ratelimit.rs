@@ -137,6 +137,29 @@ impl RateLimitService {
             .ok_or_else(|| anyhow!("no {name} in /metrics"))
     }
 
+    /// Sends SIGTERM and waits for the process to exit: its exit status, and how long the
+    /// graceful shutdown took.
+    pub fn terminate(&mut self) -> Result<(std::process::ExitStatus, std::time::Duration)> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("not running"))?;
+        let started = std::time::Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        if !sent.success() {
+            bail!("kill -TERM failed");
+        }
+        // Bounded: a service that ignores SIGTERM is killed and reported.
+        while started.elapsed() < std::time::Duration::from_secs(15) {
+            if let Some(status) = child.try_wait()? {
+                return Ok((status, started.elapsed()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("edgewise-ratelimit did not exit within 15 s of SIGTERM")
+    }
+
     /// Stops the process (its port then refuses connections).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -297,3 +297,50 @@ fn lease_mode_never_over_admits_and_under_admits_within_its_bound() {
         "about one call per 10 admitted, then remembered denials: {calls}"
     );
 }
+
+/// A service that accepts connections and never answers, and a cluster with no endpoint at
+/// all (wasm-shim #425: calls that hang despite a short timeout): the rule's own deadline
+/// answers by its failure mode within the timeout (+ one tick), on every request.
+#[test]
+fn a_hanging_service_or_no_endpoint_never_holds_a_request_past_the_timeout() {
+    envoy_harness::build_wasm(&["rate-limit"]).unwrap();
+    let backend = Backend::start("origin").unwrap();
+    // Accepts and reads, never writes: the HTTP/2 handshake never completes.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let held = held.clone();
+        std::thread::spawn(move || {
+            for conn in silent.incoming().flatten() {
+                held.lock().unwrap().push(conn);
+            }
+        });
+    }
+    for (what, endpoints) in [("hanging", vec![silent_addr]), ("no endpoint", vec![])] {
+        for (mode, expect) in [("allow", 200), ("deny", 429)] {
+            let envoy = Envoy::start(
+                &EnvoyConfig::proxy_to(backend.addr, 2)
+                    .grpc_cluster("ratelimit", endpoints.clone())
+                    .filter(WasmFilter::new(
+                        "rate_limit",
+                        wasm_path("rate_limit"),
+                        &filter_config(mode),
+                    )),
+            )
+            .unwrap();
+            for _ in 0..3 {
+                let started = Instant::now();
+                let r = http_request(envoy.listener, "GET", "/api/x", &[], b"").unwrap();
+                let took = started.elapsed();
+                println!("{what}, {mode}: {} in {took:?}", r.status);
+                assert_eq!(r.status, expect, "{what}, {mode}");
+                // Timeout 250 ms + one tick (62 ms); wide tolerance for a loaded machine.
+                assert!(
+                    took < Duration::from_secs(2),
+                    "{what}, {mode}: held {took:?}"
+                );
+            }
+        }
+    }
+}

@@ -27,6 +27,7 @@ struct RawDescriptor {
 struct RawLimit {
     unit: String,
     requests_per_unit: u64,
+    algorithm: Option<String>,
 }
 
 /// A limit: `requests_per_unit` per `unit`.
@@ -34,6 +35,16 @@ struct RawLimit {
 pub struct Limit {
     pub requests_per_unit: u64,
     pub unit: Unit,
+    pub algorithm: Algorithm,
+}
+
+/// How a limit counts (the local limiter's algorithms of the same names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// GCRA: `requests_per_unit` tokens refilling evenly over the unit, burst = limit.
+    TokenBucket,
+    /// At most `requests_per_unit` by the two-window estimate.
+    SlidingWindow,
 }
 
 /// RFC-free units, as envoyproxy/ratelimit and Envoy's `RateLimitResponse.RateLimit.Unit`.
@@ -163,9 +174,19 @@ fn compile(source: &str, path: &str, raw: &[RawDescriptor]) -> Result<Vec<Node>,
                         l.requests_per_unit
                     )));
                 }
+                let algorithm = match l.algorithm.as_deref().unwrap_or("token_bucket") {
+                    "token_bucket" => Algorithm::TokenBucket,
+                    "sliding_window" => Algorithm::SlidingWindow,
+                    other => {
+                        return Err(ConfigError(format!(
+                            "{source}: {here}: rate_limit.algorithm {other:?} is not an algorithm; use token_bucket (default) or sliding_window"
+                        )))
+                    }
+                };
                 Some(Limit {
                     requests_per_unit: l.requests_per_unit,
                     unit,
+                    algorithm,
                 })
             }
         };
@@ -219,7 +240,8 @@ descriptors:
             any,
             Some(Limit {
                 requests_per_unit: 100,
-                unit: Unit::Minute
+                unit: Unit::Minute,
+                algorithm: Algorithm::TokenBucket,
             })
         );
         let exact = c.limit(

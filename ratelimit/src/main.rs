@@ -177,9 +177,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("listening on {grpc_addr}");
     println!("http on {http_addr}");
     shutdown.await;
+    // Stop accepting; calls in flight get up to 5 s to finish. Connections kept open by
+    // clients (Envoy keeps its HTTP/2 connection for ever) do not hold the exit.
     let _ = stop_tx.send(true);
-    let _ = grpc_server.await;
-    let _ = http_server.await;
+    let grace = std::time::Duration::from_secs(5);
+    let _ = tokio::time::timeout(grace, async {
+        let _ = grpc_server.await;
+        let _ = http_server.await;
+    })
+    .await;
     Ok(())
 }
 

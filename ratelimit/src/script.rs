@@ -1,51 +1,100 @@
 //! The decision, made inside Redis by one atomic Lua script for all of a request's limited
-//! descriptors: GCRA (a token bucket of `requests_per_unit` tokens refilling evenly over the
-//! unit — the local limiter's `token_bucket` with `burst` = `limit`). Every descriptor is
-//! checked first; only when all admit are their hits spent, so a request denied by one
-//! limit costs no other (denied calls do not count). Time is Redis's own clock (`TIME`), so
-//! any number of service replicas agree. Each key holds its theoretical arrival time (µs)
-//! and expires once the bucket is full again.
+//! descriptors, with the local limiter's semantics: GCRA (`token_bucket`: `requests_per_unit`
+//! tokens refilling evenly over the unit, burst = limit; the key holds the theoretical
+//! arrival time in µs) or `sliding_window` (≤ limit by the two-window estimate: the previous
+//! window weighted by its remaining overlap, plus the current; the key holds "window current
+//! previous"). Every descriptor is checked first; only when all admit are their hits spent,
+//! so a request denied by one limit costs no other (denied calls do not count). Time is
+//! Redis's own clock (`TIME`), so any number of service replicas agree. Keys expire once
+//! they no longer matter.
 
-/// KEYS: one per limited descriptor. ARGV: per key its period (µs), limit and hits.
-/// Returns per key: admitted (1/0), remaining tokens, retry after (ms, when not admitted),
-/// time until the bucket is full again (ms).
-pub const GCRA: &str = r#"
+/// KEYS: one per limited descriptor. ARGV: per key its algorithm (0 GCRA, 1 sliding
+/// window), period (µs), limit and hits. Returns per key: admitted (1/0), remaining, retry
+/// after (ms, when not admitted), time until the key is back to full (ms).
+pub const DECIDE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local checked = {}
 local all = true
 for i = 1, #KEYS do
-  local period = tonumber(ARGV[3 * i - 2])
-  local limit = tonumber(ARGV[3 * i - 1])
-  local hits = tonumber(ARGV[3 * i])
-  local interval = period / limit
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
-  if tat < now then tat = now end
-  local new_tat = tat + hits * interval
-  local ok = new_tat - period <= now
-  if not ok then all = false end
-  checked[i] = { tat, new_tat, interval, period, ok }
+  local algorithm = tonumber(ARGV[4 * i - 3])
+  local period = tonumber(ARGV[4 * i - 2])
+  local limit = tonumber(ARGV[4 * i - 1])
+  local hits = tonumber(ARGV[4 * i])
+  local c = { algorithm = algorithm, period = period, limit = limit, hits = hits }
+  if algorithm == 0 then
+    local interval = period / limit
+    local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+    if tat < now then tat = now end
+    c.tat = tat
+    c.interval = interval
+    c.new_tat = tat + hits * interval
+    c.ok = c.new_tat - period <= now
+  else
+    local idx = math.floor(now / period)
+    local cur, prev = 0, 0
+    local stored = redis.call('GET', KEYS[i])
+    if stored then
+      local w, sc, sp = string.match(stored, '^(%d+) (%d+) (%d+)$')
+      w, sc, sp = tonumber(w), tonumber(sc), tonumber(sp)
+      if w == idx then cur, prev = sc, sp elseif w == idx - 1 then cur, prev = 0, sc end
+    end
+    local elapsed = (now - idx * period) / period
+    local estimate = prev * (1 - elapsed) + cur
+    c.idx, c.cur, c.prev, c.elapsed, c.estimate = idx, cur, prev, elapsed, estimate
+    c.ok = estimate + hits <= limit
+  end
+  if not c.ok then all = false end
+  checked[i] = c
 end
 local out = {}
 for i = 1, #KEYS do
-  local tat, new_tat, interval, period, ok = unpack(checked[i])
-  if all then
-    redis.call('SET', KEYS[i], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-    table.insert(out, 1)
-    table.insert(out, math.max(0, math.floor((period - (new_tat - now)) / interval)))
-    table.insert(out, 0)
-    table.insert(out, math.ceil((new_tat - now) / 1000))
+  local c = checked[i]
+  local spend = all
+  local admitted, remaining, retry, full
+  if c.algorithm == 0 then
+    if spend then
+      redis.call('SET', KEYS[i], string.format('%.0f', c.new_tat), 'PX', math.ceil((c.new_tat - now) / 1000) + 1000)
+      remaining = math.floor((c.period - (c.new_tat - now)) / c.interval)
+      full = math.ceil((c.new_tat - now) / 1000)
+      retry = 0
+    else
+      remaining = math.floor((c.period - (c.tat - now)) / c.interval)
+      full = math.ceil((c.tat - now) / 1000)
+      retry = c.ok and 0 or math.ceil((c.new_tat - c.period - now) / 1000)
+    end
   else
-    table.insert(out, ok and 1 or 0)
-    table.insert(out, math.max(0, math.floor((period - (tat - now)) / interval)))
-    table.insert(out, ok and 0 or math.ceil((new_tat - period - now) / 1000))
-    table.insert(out, math.ceil((tat - now) / 1000))
+    local used = c.estimate
+    if spend then
+      redis.call('SET', KEYS[i], string.format('%d %d %d', c.idx, c.cur + c.hits, c.prev), 'PX', math.ceil(2 * c.period / 1000) + 1000)
+      used = used + c.hits
+      retry = 0
+    elseif c.ok then
+      retry = 0
+    else
+      -- When the previous window's weight has decayed enough, else the next window.
+      local room = c.limit - c.cur - c.hits
+      local wait
+      if room >= 0 and c.prev > 0 then
+        wait = ((1 - room / c.prev) - c.elapsed) * c.period
+      else
+        wait = (c.idx + 1) * c.period - now
+      end
+      retry = math.max(1, math.ceil(wait / 1000))
+    end
+    remaining = math.floor(c.limit - used)
+    full = math.ceil(((c.idx + 2) * c.period - now) / 1000)
   end
+  if spend then admitted = 1 elseif c.ok then admitted = 2 else admitted = 0 end
+  table.insert(out, admitted)
+  table.insert(out, math.max(0, remaining))
+  table.insert(out, retry)
+  table.insert(out, full)
 end
 return out
 "#;
 
-/// One descriptor's outcome from [`GCRA`].
+/// One descriptor's outcome from [`DECIDE`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
     pub admitted: bool,
@@ -63,7 +112,9 @@ pub fn outcomes(reply: &[i64]) -> Option<Vec<Outcome>> {
         reply
             .chunks(4)
             .map(|c| Outcome {
-                admitted: c[0] == 1,
+                // 1: admitted and spent; 2: under its limit but not spent (another
+                // descriptor of the call was over); 0: over its limit.
+                admitted: c[0] != 0,
                 remaining: c[1].max(0) as u64,
                 retry_after_ms: c[2].max(0) as u64,
                 full_in_ms: c[3].max(0) as u64,

@@ -15,8 +15,8 @@ use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 use redis::aio::ConnectionManager;
 use tonic::{Request, Response, Status};
 
-use crate::config::{Config, Limit, Unit};
-use crate::script::{outcomes, GCRA};
+use crate::config::{Algorithm, Config, Limit, Unit};
+use crate::script::{outcomes, DECIDE};
 
 /// Counters exported on `/metrics`.
 #[derive(Default)]
@@ -77,6 +77,7 @@ fn override_limit(d: &RateLimitDescriptor) -> Option<Limit> {
     (o.requests_per_unit > 0).then_some(Limit {
         requests_per_unit: u64::from(o.requests_per_unit),
         unit,
+        algorithm: Algorithm::TokenBucket,
     })
 }
 
@@ -137,6 +138,10 @@ impl RateLimitService for Limiter {
             for (_, key, limit, hits) in &limited {
                 invocation
                     .key(key)
+                    .arg(match limit.algorithm {
+                        Algorithm::TokenBucket => 0,
+                        Algorithm::SlidingWindow => 1,
+                    })
                     .arg(limit.unit.seconds() * 1_000_000)
                     .arg(limit.requests_per_unit)
                     .arg(*hits);
@@ -187,9 +192,9 @@ impl RateLimitService for Limiter {
     }
 }
 
-/// GCRA's script, for [`Limiter::script`].
+/// The decision script, for [`Limiter::script`].
 pub fn script() -> redis::Script {
-    redis::Script::new(GCRA)
+    redis::Script::new(DECIDE)
 }
 
 #[cfg(test)]

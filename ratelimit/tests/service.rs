@@ -238,3 +238,57 @@ async fn a_bad_limits_file_is_refused_naming_the_place() {
     .expect("refused");
     assert!(err.to_string().contains("did not start"), "{err}");
 }
+
+/// `algorithm: sliding_window`: at most the limit by the two-window estimate (the local
+/// limiter's sliding_window), in the same atomic call as token buckets.
+#[tokio::test]
+async fn sliding_window_limits_hold_like_the_local_limiter() {
+    let redis = Redis::start().unwrap();
+    let service = RateLimitService::start(
+        "domain: edgewise\ndescriptors:\n  - key: rule\n    value: sw\n    rate_limit: { unit: hour, requests_per_unit: 5, algorithm: sliding_window }\n",
+        &redis.url(),
+    )
+    .unwrap();
+    let mut c = client(&service).await;
+    let sw = || request(vec![descriptor(&[("rule", "sw")])]);
+    let mut remaining = Vec::new();
+    for _ in 0..5 {
+        let r = ask(&mut c, sw()).await.unwrap();
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        remaining.push(r.statuses[0].limit_remaining);
+    }
+    assert_eq!(remaining, [4, 3, 2, 1, 0]);
+    let denied = ask(&mut c, sw()).await.unwrap();
+    assert_eq!(denied.overall_code, Code::OverLimit as i32);
+    let wait = denied.statuses[0].duration_until_reset.clone().unwrap();
+    assert!(wait.seconds > 0 && wait.seconds <= 3600, "{wait:?}");
+    assert_eq!(
+        service
+            .metric("edgewise_ratelimit_over_limit_total")
+            .unwrap(),
+        1
+    );
+}
+
+/// SIGTERM: the service stops and exits 0 within its 5 s grace period, even while a client
+/// (as Envoy does) keeps its HTTP/2 connection open.
+#[tokio::test]
+async fn sigterm_stops_it_gracefully() {
+    let (_redis, mut service) = setup();
+    let mut c = client(&service).await;
+    assert!(
+        ask(&mut c, request(vec![descriptor(&[("rule", "shared")])]))
+            .await
+            .is_ok()
+    );
+    let (status, took) = tokio::task::spawn_blocking(move || service.terminate())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took < std::time::Duration::from_secs(8),
+        "took {took:?} (grace period 5 s)"
+    );
+    drop(c);
+}
