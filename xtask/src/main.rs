@@ -15,6 +15,7 @@
 mod bench;
 mod bench_global;
 mod cluster;
+mod validate;
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -40,6 +41,13 @@ fn main() -> ExitCode {
             args.get(2).map(String::as_str),
         ),
         "images" => cluster::images(),
+        "validate" => match args.get(1) {
+            Some(file) => validate::run(file, args.get(2).map(String::as_str)),
+            None => {
+                eprintln!("usage: cargo xtask validate FILE [rate_limit|response_cache|circuit_breaker|weighted_router|edge_chain]");
+                return ExitCode::from(2);
+            }
+        },
         "cluster" => cluster::cluster(args.get(1).map(String::as_str).unwrap_or("status")),
         "demo" => match args.get(1).map(String::as_str) {
             Some("local") => demo(),
@@ -70,7 +78,7 @@ fn main() -> ExitCode {
             _ => bench::run(5, 3),
         },
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|cluster up|down|status|demo [local]|bench [criterion|quick|profile [scenario]|global]>");
+            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|validate FILE [FILTER]|cluster up|down|status|demo [local]|bench [criterion|quick|profile [scenario]|global]>");
             return ExitCode::from(2);
         }
     };

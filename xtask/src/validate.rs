@@ -1,0 +1,183 @@
+//! `cargo xtask validate FILE [FILTER]`: checks plugin configurations with the filters' own
+//! validators — the same code `on_configure` runs — before Envoy sees them: a JSON plugin
+//! configuration (FILTER names the filter), or every Wasm filter of an Envoy YAML config
+//! (each filter known by its module file name), printing the field and the fix on error.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+/// The filters and edge_chain's sections, by module name.
+const FILTERS: [&str; 5] = [
+    "rate_limit",
+    "response_cache",
+    "circuit_breaker",
+    "weighted_router",
+    "edge_chain",
+];
+
+/// Checks one plugin configuration of `filter`; Err carries the validator's message.
+pub fn check(filter: &str, json: &[u8]) -> std::result::Result<(), String> {
+    let one = |name: &str, bytes: &[u8]| -> std::result::Result<(), String> {
+        match name {
+            "rate_limit" => rate_limit::Config::from_json(bytes).map(|_| ()),
+            "response_cache" => response_cache::config::Config::from_json(bytes).map(|_| ()),
+            "circuit_breaker" => circuit_breaker::Config::from_json(bytes).map(|_| ()),
+            "weighted_router" => weighted_router::Config::from_json(bytes).map(|_| ()),
+            other => return Err(format!("unknown filter {other:?}")),
+        }
+        .map_err(|e| e.to_string())
+    };
+    if filter != "edge_chain" {
+        return one(filter, json);
+    }
+    // edge_chain: each section is that filter's own configuration.
+    let value: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Some(sections) = value.as_object() else {
+        return Err("edge_chain's configuration must be an object of filter sections".into());
+    };
+    if sections.is_empty() {
+        return Err("edge_chain's configuration names no filter".into());
+    }
+    for (name, section) in sections {
+        if !FILTERS[..4].contains(&name.as_str()) {
+            return Err(format!(
+                "`{name}` is not a section; use rate_limit, response_cache, weighted_router or circuit_breaker"
+            ));
+        }
+        one(name, section.to_string().as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Every Wasm filter of an Envoy YAML/JSON config: (module name, its configuration JSON).
+pub fn wasm_filters(config: &serde_yaml::Value) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    walk(config, &mut found);
+    found
+}
+
+fn walk(value: &serde_yaml::Value, found: &mut Vec<(String, String)>) {
+    match value {
+        serde_yaml::Value::Mapping(map) => {
+            let get = |k: &str| map.get(serde_yaml::Value::from(k));
+            if let (Some(vm), Some(configuration)) = (get("vm_config"), get("configuration")) {
+                let file = vm
+                    .get("code")
+                    .and_then(|c| c.get("local"))
+                    .and_then(|l| l.get("filename"))
+                    .and_then(|f| f.as_str())
+                    .unwrap_or("");
+                let module = Path::new(file)
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("")
+                    .to_string();
+                let json = configuration
+                    .get("value")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                found.push((module, json));
+                return;
+            }
+            for v in map.values() {
+                walk(v, found);
+            }
+        }
+        serde_yaml::Value::Sequence(items) => items.iter().for_each(|v| walk(v, found)),
+        _ => {}
+    }
+}
+
+/// The command: prints one line per configuration checked; fails if any is invalid.
+pub fn run(path: &str, filter: Option<&str>) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let configs: Vec<(String, String)> = match filter {
+        Some(f) => vec![(f.to_string(), text)],
+        None => {
+            let yaml: serde_yaml::Value =
+                serde_yaml::from_str(&text).with_context(|| format!("{path}: not YAML/JSON"))?;
+            let found = wasm_filters(&yaml);
+            if found.is_empty() {
+                bail!("{path}: no Wasm filter found; for a plugin configuration give the filter: cargo xtask validate FILE rate_limit");
+            }
+            found
+        }
+    };
+    let mut failed = 0;
+    for (module, json) in &configs {
+        if !FILTERS.contains(&module.as_str()) {
+            println!("skip  {path}: {module:?} is not an Edgewise module");
+            continue;
+        }
+        match check(module, json.as_bytes()) {
+            Ok(()) => println!("ok    {path}: {module}"),
+            Err(e) => {
+                failed += 1;
+                println!("error {path}: {module}: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} invalid configuration(s) in {path}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// Every example and compose Envoy config carries only valid plugin configurations.
+    #[test]
+    fn every_shipped_envoy_config_is_valid() {
+        let mut files: Vec<_> = std::fs::read_dir(root().join("envoy/examples"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.push(root().join("envoy/compose/edge.yaml"));
+        files.push(root().join("envoy/compose/front.yaml"));
+        let mut checked = 0;
+        for file in files {
+            let yaml: serde_yaml::Value =
+                serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            for (module, json) in wasm_filters(&yaml) {
+                check(&module, json.as_bytes())
+                    .unwrap_or_else(|e| panic!("{file:?} {module}: {e}"));
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 10,
+            "found only {checked} Wasm filter configurations"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = check(
+            "rate_limit",
+            br#"{"rules":[{"name":"a","limit":0,"window":"1s"}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("`rules[0].limit`"), "{err}");
+        let err = check(
+            "edge_chain",
+            br#"{"circuit_breaker":{"trip":{"failure_rate":2}}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("circuit_breaker: ") && err.contains("trip.failure_rate"),
+            "{err}"
+        );
+        assert!(check("edge_chain", br#"{"router":{}}"#)
+            .unwrap_err()
+            .contains("not a section"));
+    }
+}
