@@ -15,6 +15,7 @@
 mod bench;
 mod bench_global;
 mod cluster;
+mod release;
 mod validate;
 
 use std::process::{Command, ExitCode};
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
             args.get(2).map(String::as_str),
         ),
         "images" => cluster::images(),
+        "release" => setup().and_then(|()| release::run()),
         "validate" => match args.get(1) {
             Some(file) => validate::run(file, args.get(2).map(String::as_str)),
             None => {
@@ -78,7 +80,7 @@ fn main() -> ExitCode {
             _ => bench::run(5, 3),
         },
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|validate FILE [FILTER]|cluster up|down|status|demo [local]|bench [criterion|quick|profile [scenario]|global]>");
+            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|release|validate FILE [FILTER]|cluster up|down|status|demo [local]|bench [criterion|quick|profile [scenario]|global]>");
             return ExitCode::from(2);
         }
     };
