@@ -36,22 +36,7 @@ pub fn release_backend_binary() -> Result<PathBuf> {
 }
 
 fn build_backend(release: bool) -> Result<PathBuf, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut args = vec!["build", "--quiet", "-p", "edgewise-backend"];
-    if release {
-        args.push("--release");
-    }
-    let status = Command::new(cargo)
-        .current_dir(crate::workspace_root())
-        .args(&args)
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err("building edgewise-backend failed".into());
-    }
-    Ok(crate::target_dir()
-        .join(if release { "release" } else { "debug" })
-        .join("edgewise-backend"))
+    crate::build_binary("edgewise-backend", release)
 }
 
 impl Backend {

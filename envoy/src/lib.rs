@@ -39,6 +39,27 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
+/// Builds the workspace binary `package` (whose binary has the same name), debug or
+/// release, and returns its path.
+pub(crate) fn build_binary(package: &str, release: bool) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut args = vec!["build", "--quiet", "-p", package];
+    if release {
+        args.push("--release");
+    }
+    let status = std::process::Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(&args)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building {package} failed"));
+    }
+    Ok(target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join(package))
+}
+
 /// A number unique within this process (for temporary file names).
 pub fn unique_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

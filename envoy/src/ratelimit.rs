@@ -42,22 +42,7 @@ pub fn release_ratelimit_binary() -> Result<PathBuf> {
 }
 
 fn build(release: bool) -> Result<PathBuf, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut args = vec!["build", "--quiet", "-p", "edgewise-ratelimit"];
-    if release {
-        args.push("--release");
-    }
-    let status = Command::new(cargo)
-        .current_dir(crate::workspace_root())
-        .args(&args)
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err("building edgewise-ratelimit failed".into());
-    }
-    Ok(crate::target_dir()
-        .join(if release { "release" } else { "debug" })
-        .join("edgewise-ratelimit"))
+    crate::build_binary("edgewise-ratelimit", release)
 }
 
 impl RateLimitService {
