@@ -48,8 +48,9 @@ struct RuleMetrics {
 struct Shared {
     config: Config,
     metrics: Vec<RuleMetrics>,
-    /// Some rule is global (decided by a rate limit service).
-    has_global: bool,
+    /// The tick period while requests wait on a rate limit service; None without global
+    /// rules (computed once, at configure time).
+    global_tick: Option<std::time::Duration>,
 }
 
 /// A request held by queueing, released by the tick at `release_at`.
@@ -92,9 +93,8 @@ impl RateLimitRoot {
         } else if !self.waits.borrow().is_empty() {
             self.shared
                 .as_ref()
-                .map_or(std::time::Duration::from_millis(5), |s| {
-                    global::tick_period(&s.config)
-                })
+                .and_then(|s| s.global_tick)
+                .unwrap_or(std::time::Duration::from_millis(5))
         } else {
             std::time::Duration::ZERO
         };
@@ -254,11 +254,15 @@ impl RootContext for RateLimitRoot {
                 config.mode
             ),
         );
-        let has_global = config.rules.iter().any(|r| r.global.is_some());
+        let global_tick = config
+            .rules
+            .iter()
+            .any(|r| r.global.is_some())
+            .then(|| global::tick_period(&config));
         self.shared = Some(Rc::new(Shared {
             config,
             metrics,
-            has_global,
+            global_tick,
         }));
         true
     }
@@ -386,7 +390,9 @@ impl RateLimitStream {
         }));
         self.waits.borrow_mut().push(wait.clone());
         self.wait = Some(wait);
-        edgewise_support::wasm::set_tick_period(global::tick_period(&shared.config));
+        if let Some(period) = shared.global_tick {
+            edgewise_support::wasm::set_tick_period(period);
+        }
         Action::Pause
     }
 }
@@ -446,7 +452,7 @@ impl HttpContext for RateLimitStream {
         let applicable = applicable_rules(config, &mut request, &mut peer);
         if applicable.is_empty() {
             // No local rule applies: only global ones may.
-            if shared.has_global {
+            if shared.global_tick.is_some() {
                 let calls = global_calls(config, &mut request, &mut peer);
                 if !calls.is_empty() {
                     return self.check_global(&shared, calls, now);
@@ -465,7 +471,7 @@ impl HttpContext for RateLimitStream {
                 for status in &decision.rules {
                     shared.metrics[status.rule].allowed.increment(1);
                 }
-                if shared.has_global {
+                if shared.global_tick.is_some() {
                     let calls = global_calls(config, &mut request, &mut peer);
                     if !calls.is_empty() {
                         return self.check_global(&shared, calls, now);

@@ -67,6 +67,16 @@ pub fn remembered_denial(calls: &[GlobalCall], now: u64) -> Option<(usize, u64, 
     })
 }
 
+/// Rule `rule`'s global settings (None: a local rule, or no such rule).
+fn settings(config: &Config, rule: usize) -> Option<&crate::config::Global> {
+    config.rules.get(rule)?.global.as_ref()
+}
+
+/// Rule `rule`'s lease size (1: a call per request).
+fn batch(config: &Config, rule: usize) -> u32 {
+    settings(config, rule).map_or(1, |g| g.batch)
+}
+
 /// How long leased hits stay usable (lease mode).
 const LEASE_NS: u64 = 60_000_000_000;
 
@@ -77,14 +87,9 @@ pub fn spend_leases(config: &Config, calls: &mut Vec<GlobalCall>, now: u64) -> V
     for call in calls.iter_mut() {
         let mut i = 0;
         while i < call.rules.len() {
-            let batch = config
-                .rules
-                .get(call.rules[i])
-                .and_then(|r| r.global.as_ref())
-                .map_or(1, |g| g.batch);
             let fp = call.fingerprints.get(i).copied();
             let aligned = i < call.descriptors.len();
-            if let (true, true, Some(fp)) = (batch > 1, aligned, fp) {
+            if let (true, true, Some(fp)) = (batch(config, call.rules[i]) > 1, aligned, fp) {
                 if take_leased(&SharedData, fp, now) {
                     admitted.push(call.rules.remove(i));
                     call.descriptors.remove(i);
@@ -103,7 +108,7 @@ pub fn spend_leases(config: &Config, calls: &mut Vec<GlobalCall>, now: u64) -> V
 pub fn call_timeout(config: &Config, call: &GlobalCall) -> Duration {
     call.rules
         .iter()
-        .filter_map(|r| config.rules.get(*r)?.global.as_ref().map(|g| g.timeout))
+        .filter_map(|r| settings(config, *r).map(|g| g.timeout))
         .max()
         .unwrap_or(Duration::from_millis(20))
 }
@@ -127,13 +132,10 @@ pub fn tick_period(config: &Config) -> Duration {
 /// The failure of `call` (no answer, an error status, a malformed or late answer): its
 /// first rule with failure mode `deny` denies; otherwise the call counts for nothing.
 pub fn failure(config: &Config, call: &GlobalCall) -> Option<usize> {
-    call.rules.iter().copied().find(|r| {
-        config
-            .rules
-            .get(*r)
-            .and_then(|rule| rule.global.as_ref())
-            .is_some_and(|g| g.deny_on_failure)
-    })
+    call.rules
+        .iter()
+        .copied()
+        .find(|r| settings(config, *r).is_some_and(|g| g.deny_on_failure))
 }
 
 /// Handles the answer (or failure) to the call with `token`; `body` is None for a failed
@@ -162,14 +164,10 @@ pub fn on_answer(
             // Lease mode: the call took `batch` hits; the ones beyond this request's are
             // kept for the next requests (of any worker), usable for at most a minute.
             for (i, rule) in call.rules.iter().enumerate() {
-                let batch = config
-                    .rules
-                    .get(*rule)
-                    .and_then(|r| r.global.as_ref())
-                    .map_or(1, |g| g.batch);
-                if let (true, Some(fp)) = (batch > 1, call.fingerprints.get(i)) {
+                let size = batch(config, *rule);
+                if let (true, Some(fp)) = (size > 1, call.fingerprints.get(i)) {
                     let until = now.saturating_add(LEASE_NS);
-                    add_leased(&SharedData, *fp, u64::from(batch) - 1, until, now);
+                    add_leased(&SharedData, *fp, u64::from(size) - 1, until, now);
                 }
             }
             wait.statuses.extend(statuses)
