@@ -274,6 +274,20 @@ impl BreakerStream {
     }
 }
 
+/// Gives back the half-open probe place of `episode` (its request will not be answered by
+/// the upstream): the next request can probe at once.
+fn give_back_probe(shared: &Shared, identity: &str, episode: u32, now: u64) {
+    let params = shared.config.params(identity);
+    let _ = table::abandon_probe(
+        &SharedData,
+        identity.as_bytes(),
+        shared.config.slots,
+        params,
+        episode,
+        now,
+    );
+}
+
 fn report(shared: &Shared, identity: &str, transition: Transition) {
     if transition == Transition::None {
         return; // the common case: no stats touched, none defined
@@ -342,15 +356,7 @@ impl Context for BreakerStream {
             self.recorded || self.counted_early(),
         ) {
             if let Some(now) = now_nanos() {
-                let params = shared.config.params(identity);
-                let _ = table::abandon_probe(
-                    &SharedData,
-                    identity.as_bytes(),
-                    shared.config.slots,
-                    params,
-                    episode,
-                    now,
-                );
+                give_back_probe(shared, identity, episode, now);
             }
         }
         true
@@ -413,14 +419,7 @@ impl HttpContext for BreakerStream {
                 Ok(Acquired::Admitted { taken_at }) => self.bulkhead = Some((key, hash, taken_at)),
                 Ok(Acquired::Full { .. }) => {
                     if let Admission::Probe { episode } = admission {
-                        let _ = table::abandon_probe(
-                            &SharedData,
-                            identity.as_bytes(),
-                            shared.config.slots,
-                            params,
-                            episode,
-                            now,
-                        );
+                        give_back_probe(&shared, &identity, episode, now);
                     }
                     shared.metrics(&identity).bulkhead_rejected.increment(1);
                     return self.reject(&shared, "full");
