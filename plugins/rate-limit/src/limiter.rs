@@ -74,6 +74,26 @@ fn waiting_key(rule: &Rule) -> String {
     format!("edgewise.rl.{}.waiting", rule.name)
 }
 
+/// The X-Forwarded-For value, read only when some rule keys on a client IP taken from it.
+fn forwarded_for(config: &Config, request: &mut impl RequestView) -> Option<Vec<u8>> {
+    if config.reads_forwarded_for {
+        request.header("x-forwarded-for")
+    } else {
+        None
+    }
+}
+
+/// The client's network (its address masked to the configured prefix), the value of
+/// `client_ip` keys.
+fn client_network(
+    config: &Config,
+    peer: Option<&[u8]>,
+    forwarded: Option<&[u8]>,
+) -> Option<Vec<u8>> {
+    client_ip(config.client_ip, peer, forwarded)
+        .map(|ip| ip_network(&ip, config.ipv4_prefix, config.ipv6_prefix))
+}
+
 /// One call to a rate limit service: the global rules of one (cluster, domain) that apply
 /// to a request, with their descriptors in rule order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,11 +115,7 @@ pub fn global_calls(
     peer: &mut dyn FnMut() -> Option<Vec<u8>>,
 ) -> Vec<GlobalCall> {
     let mut calls: Vec<GlobalCall> = Vec::new();
-    let forwarded = if config.reads_forwarded_for {
-        request.header("x-forwarded-for")
-    } else {
-        None
-    };
+    let forwarded = forwarded_for(config, request);
     let mut ip_cache: Option<Option<Vec<u8>>> = None;
     for (index, rule) in config.rules.iter().enumerate() {
         let Some(global) = &rule.global else { continue };
@@ -109,8 +125,7 @@ pub fn global_calls(
         let mut ip = || {
             ip_cache
                 .get_or_insert_with(|| {
-                    client_ip(config.client_ip, peer().as_deref(), forwarded.as_deref())
-                        .map(|ip| ip_network(&ip, config.ipv4_prefix, config.ipv6_prefix))
+                    client_network(config, peer().as_deref(), forwarded.as_deref())
                 })
                 .clone()
         };
@@ -166,12 +181,7 @@ pub fn applicable_rules(
     peer: &mut dyn FnMut() -> Option<Vec<u8>>,
 ) -> Vec<Applicable> {
     let mut ip_cache: Option<Option<Vec<u8>>> = None;
-    let source = config.client_ip;
-    let forwarded = if config.reads_forwarded_for {
-        request.header("x-forwarded-for")
-    } else {
-        None
-    };
+    let forwarded = forwarded_for(config, request);
     let mut applicable = Vec::new();
     for (index, rule) in config.rules.iter().enumerate() {
         if rule.global.is_some() || !rule.matcher.matches(request) {
@@ -180,8 +190,7 @@ pub fn applicable_rules(
         let mut ip = || {
             ip_cache
                 .get_or_insert_with(|| {
-                    client_ip(source, peer().as_deref(), forwarded.as_deref())
-                        .map(|ip| ip_network(&ip, config.ipv4_prefix, config.ipv6_prefix))
+                    client_network(config, peer().as_deref(), forwarded.as_deref())
                 })
                 .clone()
         };
