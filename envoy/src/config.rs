@@ -274,6 +274,7 @@ impl EnvoyConfig {
         });
         json!({
             "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } } },
+            "stats_config": stats_config(),
             "static_resources": {
                 "listeners": if self.lds_port.is_some() { json!([]) } else { json!([listener]) },
                 "clusters": clusters
@@ -312,4 +313,15 @@ impl EnvoyConfig {
         }
         (all, Some(json!({ "resources": [resource] })))
     }
+}
+
+/// The `stats_config` every Edgewise bootstrap carries (the examples and compose configs
+/// have the same block): one tag per label Edgewise encodes in its stat names, with the
+/// regex Istio generates for `extraStatTags`.
+pub fn stats_config() -> Value {
+    let tags: Vec<Value> = ["upstream", "rule", "route", "cluster"]
+        .iter()
+        .map(|label| json!({ "tag_name": label, "regex": format!("({label}=\\.=(.*?);\\.;)") }))
+        .collect();
+    json!({ "stats_tags": tags })
 }

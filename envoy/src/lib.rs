@@ -14,7 +14,7 @@ pub use backend::Backend;
 pub use client::{http_request, HttpResponse};
 pub use cluster::{build_images, docker_available, Cluster, Ports};
 pub use config::{EnvoyConfig, Route, WasmFilter};
-pub use envoy::{ensure_envoy_installed, Envoy, ENVOY_VERSION};
+pub use envoy::{ensure_envoy_installed, parse_prometheus, Envoy, Sample, ENVOY_VERSION};
 pub use ratelimit::RateLimitService;
 pub use redis::{redis_available, Redis};
 

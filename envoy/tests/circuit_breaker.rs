@@ -68,13 +68,13 @@ fn failing_backend_opens_the_breaker_then_probes_close_it() {
     );
     assert_eq!(
         envoy
-            .stat("edgewise.circuit_breaker.payments.state")
+            .stat("edgewise.circuit_breaker.upstream=.=payments;.;state")
             .unwrap(),
         Some(1)
     );
     assert_eq!(
         envoy
-            .stat("edgewise.circuit_breaker.payments.rejected")
+            .stat("edgewise.circuit_breaker.upstream=.=payments;.;rejected")
             .unwrap(),
         Some(15)
     );
@@ -96,7 +96,7 @@ fn failing_backend_opens_the_breaker_then_probes_close_it() {
     }
     assert_eq!(
         envoy
-            .stat("edgewise.circuit_breaker.payments.state")
+            .stat("edgewise.circuit_breaker.upstream=.=payments;.;state")
             .unwrap(),
         Some(0)
     );
@@ -258,7 +258,7 @@ fn a_host_spray_leaves_stats_and_memory_bounded() {
     let rss_50k = envoy.rss_kib().unwrap();
     let stats_50k = breaker_stats();
     let stat = |name: &str| envoy.stat(name).unwrap().unwrap_or(0);
-    let opened = stat("edgewise.circuit_breaker.unlisted.opened");
+    let opened = stat("edgewise.circuit_breaker.upstream=.=unlisted;.;opened");
     let untracked = stat("edgewise.circuit_breaker.untracked");
     println!(
         "50,000 hosts: breaker stats {stats_10k} -> {stats_50k}, unlisted opened {opened}, \

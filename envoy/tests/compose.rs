@@ -73,7 +73,7 @@ fn global_rate_limit_holds_through_the_front(cluster: &Cluster) {
             other => panic!("unexpected status {other}: {}", r.text()),
         }
     }
-    let per_edge = [0, 1].map(|e| stat(cluster, e, "edgewise.rate_limit.global.allowed"));
+    let per_edge = [0, 1].map(|e| stat(cluster, e, "edgewise.rate_limit.rule=.=global;.;allowed"));
     println!("global rate limit: 40 requests through the front, {allowed} allowed (per edge {per_edge:?})");
     assert_eq!(allowed, 10, "one limit across both edges");
     assert!(
@@ -128,8 +128,8 @@ fn rate_limit_holds_per_edge(cluster: &Cluster) {
             other => panic!("unexpected status {other}: {}", r.text()),
         }
     }
-    let per_edge = [0, 1].map(|e| stat(cluster, e, "edgewise.rate_limit.limited.allowed"));
-    let denied = [0, 1].map(|e| stat(cluster, e, "edgewise.rate_limit.limited.denied"));
+    let per_edge = [0, 1].map(|e| stat(cluster, e, "edgewise.rate_limit.rule=.=limited;.;allowed"));
+    let denied = [0, 1].map(|e| stat(cluster, e, "edgewise.rate_limit.rule=.=limited;.;denied"));
     println!("rate limit: 40 requests, {allowed} allowed; per edge allowed {per_edge:?} denied {denied:?}");
     // Round robin across the front's workers sends each edge at least 14 of the 40, so each
     // edge reaches its limit: exactly 10 allowed per edge.
@@ -249,7 +249,13 @@ fn breaker_stops_traffic_to_failing_flaky(cluster: &Cluster) {
         10,
         "flaky's counter rose while the breakers were open"
     );
-    let opened = [0, 1].map(|e| stat(cluster, e, "edgewise.circuit_breaker.flaky.opened"));
+    let opened = [0, 1].map(|e| {
+        stat(
+            cluster,
+            e,
+            "edgewise.circuit_breaker.upstream=.=flaky;.;opened",
+        )
+    });
     assert_eq!(opened, [1, 1]);
     cluster.set_fault("flaky", r#"{"mode":"off"}"#).unwrap();
 }
@@ -272,7 +278,13 @@ fn canary_stop_fails_over_and_start_returns(cluster: &Cluster) {
         }
     }
     let elapsed = started.elapsed();
-    let failovers = [0, 1].map(|e| stat(cluster, e, "edgewise.weighted_router.api.failovers"));
+    let failovers = [0, 1].map(|e| {
+        stat(
+            cluster,
+            e,
+            "edgewise.weighted_router.route=.=api;.;failovers",
+        )
+    });
     println!(
         "failover: api-v2 stopped, 300 requests in {elapsed:.1?}: {served} served, {errors} errors; failovers per edge {failovers:?}"
     );
@@ -371,13 +383,25 @@ fn canary_pause_costs_at_most_the_bulkheads(cluster: &Cluster) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let during_pause = count(&seen);
-    let failovers = [0, 1].map(|e| stat(cluster, e, "edgewise.weighted_router.api.failovers"));
-    let opened = [0, 1].map(|e| stat(cluster, e, "edgewise.circuit_breaker.api-v2.opened"));
+    let failovers = [0, 1].map(|e| {
+        stat(
+            cluster,
+            e,
+            "edgewise.weighted_router.route=.=api;.;failovers",
+        )
+    });
+    let opened = [0, 1].map(|e| {
+        stat(
+            cluster,
+            e,
+            "edgewise.circuit_breaker.upstream=.=api-v2;.;opened",
+        )
+    });
     let full = [0, 1].map(|e| {
         stat(
             cluster,
             e,
-            "edgewise.circuit_breaker.api-v2.bulkhead_rejected",
+            "edgewise.circuit_breaker.upstream=.=api-v2;.;bulkhead_rejected",
         )
     });
     cluster.docker("unpause", "api-v2").unwrap();

@@ -63,7 +63,9 @@ fn the_composed_module_limits_caches_routes_and_guards_in_one_vm() {
         "1:1 split (± workers): {per_backend:?}"
     );
     assert_eq!(
-        envoy.stat("edgewise.rate_limit.per_user.denied").unwrap(),
+        envoy
+            .stat("edgewise.rate_limit.rule=.=per_user;.;denied")
+            .unwrap(),
         Some(1)
     );
 }

@@ -103,7 +103,7 @@ fn one_limit_holds_exactly_across_two_envoys() {
     let per_envoy: Vec<i64> = envoys
         .iter()
         .map(|e| {
-            e.stat("edgewise.rate_limit.api.allowed")
+            e.stat("edgewise.rate_limit.rule=.=api;.;allowed")
                 .ok()
                 .flatten()
                 .unwrap_or(0)

@@ -78,11 +78,15 @@ fn exact_admitted_counts_per_key_under_64_concurrent_connections() {
         "denied requests never reached the backend"
     );
     assert_eq!(
-        envoy.stat("edgewise.rate_limit.per-key.allowed").unwrap(),
+        envoy
+            .stat("edgewise.rate_limit.rule=.=per-key;.;allowed")
+            .unwrap(),
         Some(150)
     );
     assert_eq!(
-        envoy.stat("edgewise.rate_limit.per-key.denied").unwrap(),
+        envoy
+            .stat("edgewise.rate_limit.rule=.=per-key;.;denied")
+            .unwrap(),
         Some(750)
     );
 }
@@ -164,7 +168,9 @@ fn shadow_mode_passes_everything_with_headers() {
     }
     assert_eq!(backend.requests().unwrap(), 6);
     assert_eq!(
-        envoy.stat("edgewise.rate_limit.s.shadow_denied").unwrap(),
+        envoy
+            .stat("edgewise.rate_limit.rule=.=s;.;shadow_denied")
+            .unwrap(),
         Some(4)
     );
 }

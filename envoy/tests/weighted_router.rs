@@ -114,7 +114,7 @@ fn sticky_users_and_the_override_header() {
     }
     assert_eq!(
         c.envoy
-            .stat("edgewise.weighted_router.api.overrides")
+            .stat("edgewise.weighted_router.route=.=api;.;overrides")
             .unwrap(),
         Some(10)
     );
@@ -142,7 +142,7 @@ fn failover_when_a_backends_breaker_opens_and_return_after_it_closes() {
     );
     assert!(
         c.envoy
-            .stat("edgewise.weighted_router.api.failovers")
+            .stat("edgewise.weighted_router.route=.=api;.;failovers")
             .unwrap()
             .unwrap()
             > 0

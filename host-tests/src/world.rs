@@ -407,6 +407,19 @@ impl World {
         );
     }
 
+    /// The shared-data keys held for a vm_id, sorted.
+    pub fn shared_data_keys(&self, vm_id: &str) -> Vec<String> {
+        let state = self.lock();
+        let mut keys: Vec<String> = state
+            .shared_data
+            .keys()
+            .filter(|(id, _)| id == vm_id)
+            .map(|(_, key)| key.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
+
     /// Number of shared-data keys held for a vm_id, and their total bytes (keys + values).
     pub fn shared_data_footprint(&self, vm_id: &str) -> (usize, usize) {
         let state = self.lock();

@@ -76,15 +76,15 @@ fn consecutive_failures_open_the_breaker_and_the_fallback_is_served() {
         assert_eq!(circuit(&s).as_deref(), Some("open"));
     }
     assert_eq!(
-        world.metric("edgewise.circuit_breaker.payments.state"),
+        world.metric("edgewise.circuit_breaker.upstream=.=payments;.;state"),
         Some(1)
     );
     assert_eq!(
-        world.metric("edgewise.circuit_breaker.payments.opened"),
+        world.metric("edgewise.circuit_breaker.upstream=.=payments;.;opened"),
         Some(1)
     );
     assert_eq!(
-        world.metric("edgewise.circuit_breaker.payments.rejected"),
+        world.metric("edgewise.circuit_breaker.upstream=.=payments;.;rejected"),
         Some(4)
     );
     let warnings: Vec<_> = world
@@ -161,14 +161,14 @@ fn half_open_admits_exactly_the_probes_then_closes() {
     }
     assert_eq!(probes.len(), 3);
     assert_eq!(
-        world.metric("edgewise.circuit_breaker.payments.state"),
+        world.metric("edgewise.circuit_breaker.upstream=.=payments;.;state"),
         Some(2)
     );
     for mut p in probes {
         p.respond(200, &[], b"");
     }
     assert_eq!(
-        world.metric("edgewise.circuit_breaker.payments.state"),
+        world.metric("edgewise.circuit_breaker.upstream=.=payments;.;state"),
         Some(0)
     );
     assert!(world
@@ -317,12 +317,12 @@ fn an_identity_spray_never_grows_the_stats() {
     assert!(names.len() <= 12, "{} stats: {names:?}", names.len());
     assert!(
         world
-            .metric("edgewise.circuit_breaker.unlisted.opened")
+            .metric("edgewise.circuit_breaker.upstream=.=unlisted;.;opened")
             .unwrap_or(0)
             > 0
     );
     assert_eq!(
-        world.metric("edgewise.circuit_breaker.api_example_com.opened"),
+        world.metric("edgewise.circuit_breaker.upstream=.=api.example.com;.;opened"),
         Some(1)
     );
 }
@@ -441,7 +441,7 @@ fn requests_hanging_past_the_slow_call_threshold_trip_before_they_end() {
     assert!(!forwarded, "open while the requests still hang");
     assert_eq!(circuit(&rejected).as_deref(), Some("open"));
     assert_eq!(
-        world.metric("edgewise.circuit_breaker.payments.opened"),
+        world.metric("edgewise.circuit_breaker.upstream=.=payments;.;opened"),
         Some(1)
     );
     // The hung requests finally fail: counted once already, nothing changes.
@@ -450,7 +450,7 @@ fn requests_hanging_past_the_slow_call_threshold_trip_before_they_end() {
         s.finish();
     }
     assert_eq!(
-        world.metric("edgewise.circuit_breaker.payments.opened"),
+        world.metric("edgewise.circuit_breaker.upstream=.=payments;.;opened"),
         Some(1)
     );
     assert!(vms.iter().all(|vm| vm.failure().is_none()));
@@ -480,11 +480,11 @@ fn the_bulkhead_bounds_requests_in_flight_across_workers() {
     assert_eq!(full.response().unwrap().status(), Some(503));
     assert_eq!(circuit(&full).as_deref(), Some("full"));
     assert_eq!(
-        world.metric("edgewise.circuit_breaker.payments.bulkhead_rejected"),
+        world.metric("edgewise.circuit_breaker.upstream=.=payments;.;bulkhead_rejected"),
         Some(1)
     );
     assert_eq!(
-        world.metric("edgewise.circuit_breaker.payments.opened"),
+        world.metric("edgewise.circuit_breaker.upstream=.=payments;.;opened"),
         Some(0),
         "a full bulkhead is no failure of the upstream"
     );

@@ -71,12 +71,12 @@ fn the_filters_run_in_the_edge_order_and_a_local_reply_stops_the_chain() {
     let (denied, _) = send(&vms[0], "/p", "ann");
     assert_eq!(denied.response().unwrap().status(), Some(429));
     assert_eq!(
-        world.metric("edgewise.rate_limit.per_user.allowed"),
+        world.metric("edgewise.rate_limit.rule=.=per_user;.;allowed"),
         Some(3)
     );
     assert_eq!(world.metric("edgewise.response_cache.hits"), Some(2));
     assert_eq!(
-        world.metric("edgewise.weighted_router.api.api-v1.requests"),
+        world.metric("edgewise.weighted_router.route=.=api;.;cluster=.=api-v1;.;requests"),
         Some(1),
         "only the miss was routed"
     );
@@ -101,7 +101,7 @@ fn a_resumed_request_runs_the_rest_of_the_chain() {
         "routed after the resume"
     );
     assert_eq!(
-        world.metric("edgewise.weighted_router.api.api-v1.requests"),
+        world.metric("edgewise.weighted_router.route=.=api;.;cluster=.=api-v1;.;requests"),
         Some(2)
     );
 }
@@ -123,7 +123,7 @@ fn the_breaker_sees_the_routed_cluster() {
         "the open breaker answered"
     );
     assert_eq!(
-        world.metric("edgewise.circuit_breaker.api-v1.opened"),
+        world.metric("edgewise.circuit_breaker.upstream=.=api-v1;.;opened"),
         Some(1)
     );
 }
@@ -175,13 +175,13 @@ fn a_hung_canary_costs_only_its_bulkhead_then_traffic_fails_over() {
     assert_eq!(local_replies, 0, "past it, requests fail over");
     assert!(
         world
-            .metric("edgewise.weighted_router.api.failovers")
+            .metric("edgewise.weighted_router.route=.=api;.;failovers")
             .unwrap_or(0)
             >= 8
     );
     world.advance(Duration::from_millis(1_300)).unwrap();
     assert_eq!(
-        world.metric("edgewise.circuit_breaker.unlisted.opened"),
+        world.metric("edgewise.circuit_breaker.upstream=.=unlisted;.;opened"),
         Some(1),
         "the hung requests tripped it while they hang"
     );

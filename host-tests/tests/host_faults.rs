@@ -125,7 +125,7 @@ fn every_filter_fails_open_on_every_host_call_status() {
                 {
                     // The fault reached the filter's fail-open branch (not a silent success).
                     assert_eq!(
-                        world.metric("edgewise.rate_limit.r.errors"),
+                        world.metric("edgewise.rate_limit.rule=.=r;.;errors"),
                         Some(3),
                         "{context}"
                     );

@@ -72,8 +72,14 @@ fn burst_then_refill_with_exact_retry_after() {
         200,
         "one token back after exactly T"
     );
-    assert_eq!(world.metric("edgewise.rate_limit.r.allowed"), Some(3));
-    assert_eq!(world.metric("edgewise.rate_limit.r.denied"), Some(2));
+    assert_eq!(
+        world.metric("edgewise.rate_limit.rule=.=r;.;allowed"),
+        Some(3)
+    );
+    assert_eq!(
+        world.metric("edgewise.rate_limit.rule=.=r;.;denied"),
+        Some(2)
+    );
 }
 
 #[test]
@@ -205,9 +211,18 @@ fn shadow_mode_passes_everything_with_headers_and_counts() {
         assert_eq!(status(&stream), 200);
         assert!(stream.response().unwrap().header("ratelimit").is_some());
     }
-    assert_eq!(world.metric("edgewise.rate_limit.s.allowed"), Some(1));
-    assert_eq!(world.metric("edgewise.rate_limit.s.shadow_denied"), Some(4));
-    assert_eq!(world.metric("edgewise.rate_limit.s.denied"), Some(0));
+    assert_eq!(
+        world.metric("edgewise.rate_limit.rule=.=s;.;allowed"),
+        Some(1)
+    );
+    assert_eq!(
+        world.metric("edgewise.rate_limit.rule=.=s;.;shadow_denied"),
+        Some(4)
+    );
+    assert_eq!(
+        world.metric("edgewise.rate_limit.rule=.=s;.;denied"),
+        Some(0)
+    );
 }
 
 #[test]
@@ -377,7 +392,10 @@ fn queueing_holds_requests_until_their_slot_and_frees_places_on_disconnect() {
         Action::Pause,
         "a place is free again"
     );
-    assert_eq!(world.metric("edgewise.rate_limit.q.queued"), Some(3));
+    assert_eq!(
+        world.metric("edgewise.rate_limit.rule=.=q;.;queued"),
+        Some(3)
+    );
 }
 
 #[test]

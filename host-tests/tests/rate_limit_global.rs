@@ -123,7 +123,10 @@ fn the_service_is_asked_with_the_rules_descriptor_and_an_ok_lets_the_request_on(
         Some("\"api\";q=100;w=60")
     );
     assert_eq!(r.header("ratelimit").as_deref(), Some("\"api\";r=41;t=36"));
-    assert_eq!(world.metric("edgewise.rate_limit.api.allowed"), Some(1));
+    assert_eq!(
+        world.metric("edgewise.rate_limit.rule=.=api;.;allowed"),
+        Some(1)
+    );
 }
 
 #[test]
@@ -157,7 +160,10 @@ fn an_over_limit_answer_denies_and_is_remembered_on_every_worker() {
         2,
         "asked again after the reset"
     );
-    assert_eq!(world.metric("edgewise.rate_limit.api.denied"), Some(2));
+    assert_eq!(
+        world.metric("edgewise.rate_limit.rule=.=api;.;denied"),
+        Some(2)
+    );
 }
 
 /// Service errors and silence: `failure_mode: allow` lets the request on, `deny` answers
@@ -199,7 +205,10 @@ fn failure_modes_apply_to_errors_and_to_silence() {
         if denied {
             assert_eq!(s.response().unwrap().status(), Some(429));
         }
-        assert_eq!(world.metric("edgewise.rate_limit.api.errors"), Some(2));
+        assert_eq!(
+            world.metric("edgewise.rate_limit.rule=.=api;.;errors"),
+            Some(2)
+        );
         // The late answer changes nothing and nothing traps.
         let late = world.pending_grpc_calls();
         if let Some(call) = late.first() {
@@ -339,5 +348,8 @@ fn lease_mode_spends_prepaid_hits_across_workers_without_calls() {
     let (_s, action) = send(&vms[1], "ann");
     assert_eq!(action, Action::Pause, "the lease is spent: a call again");
     assert_eq!(world.pending_grpc_calls().len(), 1);
-    assert_eq!(world.metric("edgewise.rate_limit.api.allowed"), Some(5));
+    assert_eq!(
+        world.metric("edgewise.rate_limit.rule=.=api;.;allowed"),
+        Some(5)
+    );
 }

@@ -74,7 +74,7 @@ fn one_worker_is_within_one_of_the_exact_share_at_any_count() {
         }
     }
     assert_eq!(
-        world.metric("edgewise.weighted_router.api.api-v1.requests"),
+        world.metric("edgewise.weighted_router.route=.=api;.;cluster=.=api-v1;.;requests"),
         Some(counts[0])
     );
 }
@@ -171,7 +171,7 @@ fn overrides_pin_testers_to_the_canary() {
         "weight 0 takes v2 out"
     );
     assert_eq!(
-        world.metric("edgewise.weighted_router.api.overrides"),
+        world.metric("edgewise.weighted_router.route=.=api;.;overrides"),
         Some(2)
     );
 }
@@ -277,7 +277,7 @@ fn failover_skips_targets_whose_bulkhead_is_full() {
     let counts = split(&vms, 100, &[]);
     assert_eq!(counts.get("api-v2"), None, "{counts:?}");
     assert_eq!(
-        world.metric("edgewise.weighted_router.api.failovers"),
+        world.metric("edgewise.weighted_router.route=.=api;.;failovers"),
         Some(20)
     );
     fill_bulkhead(&world, "api-v2", 7, 8);
@@ -295,7 +295,7 @@ fn failover_skips_targets_whose_breaker_is_open_and_returns_when_it_closes() {
     assert_eq!(counts.get("api-v2"), None, "{counts:?}");
     assert_eq!(counts["api-v1"] + counts["api-v3"], 100);
     assert_eq!(
-        world.metric("edgewise.weighted_router.api.failovers"),
+        world.metric("edgewise.weighted_router.route=.=api;.;failovers"),
         Some(20)
     );
     // With every target open, the normal pick stands (the breaker answers).

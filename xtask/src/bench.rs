@@ -783,7 +783,7 @@ fn shared_data_memory(backend: std::net::SocketAddr) -> Result<Vec<String>> {
     }
     let after = envoy.rss_kib().unwrap_or(0);
     let allowed = envoy
-        .stat("edgewise.rate_limit.spray.allowed")?
+        .stat("edgewise.rate_limit.rule=.=spray;.;allowed")?
         .unwrap_or(0);
     lines.push(format!(
         "rate_limit key spray: {sprayed} requests with distinct `x-user` values ({allowed} counted) into max_keys 10000 — 2,500 shared-data keys by construction; Envoy RSS {} → {} MiB (+{} MiB)",

@@ -204,7 +204,7 @@ fn demo_breaker(cluster: &Cluster) -> Result<()> {
         for (edge, done) in closed.iter_mut().enumerate() {
             let stats = cluster.edge_stats(edge)?;
             *done = stats
-                .get("wasmcustom.edgewise.circuit_breaker.flaky.state")
+                .get("wasmcustom.edgewise.circuit_breaker.upstream=.=flaky;.;state")
                 .is_some_and(|s| *s == 0);
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -487,9 +487,9 @@ fn demo_circuit_breaker() -> Result<()> {
     let stat = |name: &str| envoy.stat(name).ok().flatten().unwrap_or(-1);
     println!(
         "  Envoy stats: state = {} (0 closed), opened = {}, rejected = {}",
-        stat("edgewise.circuit_breaker.payments.state"),
-        stat("edgewise.circuit_breaker.payments.opened"),
-        stat("edgewise.circuit_breaker.payments.rejected")
+        stat("edgewise.circuit_breaker.upstream=.=payments;.;state"),
+        stat("edgewise.circuit_breaker.upstream=.=payments;.;opened"),
+        stat("edgewise.circuit_breaker.upstream=.=payments;.;rejected")
     );
     Ok(())
 }
@@ -527,9 +527,9 @@ fn demo_rate_limit() -> Result<()> {
     );
     let stat = |name: &str| envoy.stat(name).ok().flatten().unwrap_or(0);
     println!(
-        "  Envoy stats: edgewise.rate_limit.per-api-key.allowed = {}, .denied = {}",
-        stat("edgewise.rate_limit.per-api-key.allowed"),
-        stat("edgewise.rate_limit.per-api-key.denied")
+        "  Envoy stats: edgewise.rate_limit.rule=.=per-api-key;.;allowed = {}, .denied = {}",
+        stat("edgewise.rate_limit.rule=.=per-api-key;.;allowed"),
+        stat("edgewise.rate_limit.rule=.=per-api-key;.;denied")
     );
     Ok(())
 }

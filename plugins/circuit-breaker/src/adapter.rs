@@ -8,7 +8,7 @@ use std::rc::Rc;
 use edgewise_support::abi;
 use edgewise_support::breaker_state::{identity_hash, BreakerState};
 use edgewise_support::bulkhead::{self, bulkhead_key, Acquired};
-use edgewise_support::metrics::metric_name;
+use edgewise_support::metrics::{labelled_metric_name, metric_name};
 use edgewise_support::request::{host_only, RequestView};
 use edgewise_support::wasm::{
     install_panic_hook, load_config, log, now_nanos, Metric, RequestHeaders, SharedData,
@@ -57,6 +57,8 @@ struct Watched {
 }
 
 struct Shared {
+    /// Shared data under the configured `key_prefix`.
+    store: SharedData,
     config: Config,
     watched: RefCell<Vec<Watched>>,
     /// How often the watch looks, when any params have `failure.slow_call` (None: never).
@@ -85,7 +87,8 @@ impl Shared {
 }
 
 fn upstream_metrics(identity: &str, with_state: bool) -> UpstreamMetrics {
-    let name = |what: &str| metric_name(&["circuit_breaker", identity, what]);
+    let name =
+        |what: &str| labelled_metric_name("circuit_breaker", &[("upstream", identity)], what);
     UpstreamMetrics {
         state: with_state.then(|| Metric::gauge(&name("state"))),
         rejected: Metric::counter(&name("rejected")),
@@ -123,7 +126,7 @@ impl BreakerRoot {
                 slow: true,
             };
             match table::record(
-                &SharedData,
+                &shared.store,
                 w.identity.as_bytes(),
                 shared.config.slots,
                 params,
@@ -168,6 +171,7 @@ impl RootContext for BreakerRoot {
             .min()
             .map(|ns| std::time::Duration::from_nanos((ns / 4).clamp(10_000_000, 1_000_000_000)));
         self.shared = Some(Rc::new(Shared {
+            store: SharedData::with_prefix(&config.key_prefix),
             watched: RefCell::new(Vec::new()),
             watch_period,
             watching: Cell::new(false),
@@ -279,7 +283,7 @@ impl BreakerStream {
 fn give_back_probe(shared: &Shared, identity: &str, episode: u32, now: u64) {
     let params = shared.config.params(identity);
     let _ = table::abandon_probe(
-        &SharedData,
+        &shared.store,
         identity.as_bytes(),
         shared.config.slots,
         params,
@@ -343,9 +347,9 @@ impl Context for BreakerStream {
     fn on_done(&mut self) -> bool {
         self.unwatch();
         // Stream end or reset: its place in the bulkhead is free again.
-        if let Some((key, hash, taken_at)) = self.bulkhead.take() {
+        if let (Some(shared), Some((key, hash, taken_at))) = (&self.shared, self.bulkhead.take()) {
             let now = now_nanos().unwrap_or(taken_at);
-            let _ = bulkhead::release(&SharedData, &key, hash, taken_at, now);
+            let _ = bulkhead::release(&shared.store, &key, hash, taken_at, now);
         }
         // A probe that ended without a response gives its place back, so half-open cannot
         // stall on clients that went away.
@@ -386,7 +390,7 @@ impl HttpContext for BreakerStream {
         };
         let params = shared.config.params(&identity);
         let (admission, slot_key) = match table::admit(
-            &SharedData,
+            &shared.store,
             identity.as_bytes(),
             shared.config.slots,
             params,
@@ -415,7 +419,7 @@ impl HttpContext for BreakerStream {
         {
             let key = bulkhead_key(&slot_key);
             let hash = identity_hash(identity.as_bytes());
-            match bulkhead::acquire(&SharedData, &key, hash, max, now) {
+            match bulkhead::acquire(&shared.store, &key, hash, max, now) {
                 Ok(Acquired::Admitted { taken_at }) => self.bulkhead = Some((key, hash, taken_at)),
                 Ok(Acquired::Full { .. }) => {
                     if let Admission::Probe { episode } = admission {
@@ -499,7 +503,7 @@ impl HttpContext for BreakerStream {
         );
         let recorded = if !self.counted_early() {
             table::record(
-                &SharedData,
+                &shared.store,
                 identity.as_bytes(),
                 shared.config.slots,
                 params,
@@ -511,7 +515,7 @@ impl HttpContext for BreakerStream {
             // Counted as slow while it hung; ending in a failure (e.g. the route timeout)
             // makes it a failure too, not another call.
             table::record_late_failure(
-                &SharedData,
+                &shared.store,
                 identity.as_bytes(),
                 shared.config.slots,
                 params,

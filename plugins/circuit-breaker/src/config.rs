@@ -21,6 +21,7 @@ pub struct RawConfig {
     pub max_upstreams: Option<u64>,
     pub stats_upstreams: Option<Vec<String>>,
     pub max_in_flight: Option<u32>,
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -129,6 +130,9 @@ pub struct Config {
     /// `header:NAME`): `stats_upstreams` and the `overrides` names. Others share the
     /// `unlisted` stats, so a spray of identities never grows Envoy's stats.
     pub stats_upstreams: Vec<String>,
+    /// Prepended (with a dot) to every shared-data key, so that two instances of this
+    /// filter in one `vm_id` never share state; "" (the default): keys as they are.
+    pub key_prefix: String,
 }
 
 /// The stats name the identities without their own stats share.
@@ -222,7 +226,9 @@ impl Config {
                 "rename that upstream",
             ));
         }
+        let key_prefix = edgewise_support::config::key_prefix(raw.key_prefix.as_deref())?;
         Ok(Config {
+            key_prefix,
             upstream,
             defaults,
             overrides,

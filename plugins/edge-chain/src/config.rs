@@ -36,6 +36,26 @@ impl Chain {
             raw.weighted_router,
             raw.circuit_breaker,
         ];
+        // The router skips targets whose breaker is open by reading the breaker's keys: both
+        // must look under the same key_prefix or failover silently stops.
+        let prefix = |v: &Option<serde_json::Value>| {
+            v.as_ref()
+                .and_then(|v| v.get("key_prefix"))
+                .and_then(|p| p.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        if values[2].is_some() && values[3].is_some() && prefix(&values[2]) != prefix(&values[3]) {
+            return Err(ConfigError::new(
+                "weighted_router.key_prefix",
+                format!(
+                    "{:?} differs from circuit_breaker.key_prefix {:?}",
+                    prefix(&values[2]),
+                    prefix(&values[3])
+                ),
+                "give the router and the breaker the same key_prefix, so the router sees the breaker's state",
+            ));
+        }
         let mut sections = Vec::new();
         for (name, value) in ORDER.iter().zip(values) {
             let Some(value) = value else { continue };
@@ -72,6 +92,20 @@ mod tests {
         let names: Vec<&str> = chain.sections.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["rate_limit", "weighted_router", "circuit_breaker"]);
         assert_eq!(chain.sections[0].1, br#"{"rules":[]}"#);
+    }
+
+    #[test]
+    fn router_and_breaker_must_share_a_key_prefix() {
+        let e = Chain::from_json(
+            br#"{"weighted_router":{"key_prefix":"a"},"circuit_breaker":{"key_prefix":"b"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "weighted_router.key_prefix");
+        assert!(Chain::from_json(
+            br#"{"weighted_router":{"key_prefix":"a"},"circuit_breaker":{"key_prefix":"a"}}"#
+        )
+        .is_ok());
+        assert!(Chain::from_json(br#"{"weighted_router":{"key_prefix":"a"}}"#).is_ok());
     }
 
     #[test]

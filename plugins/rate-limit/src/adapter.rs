@@ -46,6 +46,8 @@ struct RuleMetrics {
 }
 
 struct Shared {
+    /// Shared data under the configured `key_prefix`.
+    store: SharedData,
     config: Config,
     metrics: Vec<RuleMetrics>,
     /// The tick period while requests wait on a rate limit service; None without global
@@ -70,7 +72,7 @@ fn release_places(waiter: &Waiter) {
     let now = now_nanos().unwrap_or(waiter.taken_at);
     for rule in &waiter.rules {
         if let Some(rule) = waiter.shared.config.rules.get(*rule) {
-            release_waiting(&SharedData, rule, waiter.taken_at, now);
+            release_waiting(&waiter.shared.store, rule, waiter.taken_at, now);
         }
     }
 }
@@ -201,7 +203,7 @@ impl Context for RateLimitRoot {}
 /// the first VM to configure, and kept across reconfigurations and VM restarts (shared data
 /// lives as long as Envoy), so a configuration change never resets rate limits. None when
 /// shared data fails (the configuration-derived seed is used instead).
-fn shared_seed() -> Option<u64> {
+fn shared_seed(store: &SharedData) -> Option<u64> {
     use edgewise_support::store::update_with_cas;
     use std::hash::{BuildHasher, Hasher};
     let fresh = std::collections::hash_map::RandomState::new()
@@ -209,7 +211,7 @@ fn shared_seed() -> Option<u64> {
         .finish()
         ^ now_nanos().unwrap_or(0);
     update_with_cas(
-        &SharedData,
+        store,
         "edgewise.rate_limit.seed",
         4,
         |current| match current.and_then(|v| <[u8; 8]>::try_from(v).ok()) {
@@ -230,8 +232,9 @@ impl RootContext for RateLimitRoot {
         let Some(mut config) = load_config("rate_limit", Config::from_json) else {
             return false;
         };
+        let store = SharedData::with_prefix(&config.key_prefix);
         if !config.hash_seed_configured {
-            if let Some(seed) = shared_seed() {
+            if let Some(seed) = shared_seed(&store) {
                 config.hash_seed = seed;
             }
         }
@@ -260,6 +263,7 @@ impl RootContext for RateLimitRoot {
             .any(|r| r.global.is_some())
             .then(|| global::tick_period(&config));
         self.shared = Some(Rc::new(Shared {
+            store,
             config,
             metrics,
             global_tick,
@@ -323,7 +327,9 @@ impl RateLimitStream {
         calls: Vec<crate::limiter::GlobalCall>,
         now: u64,
     ) -> Action {
-        if let Some((rule, retry_after_ns, status)) = global::remembered_denial(&calls, now) {
+        if let Some((rule, retry_after_ns, status)) =
+            global::remembered_denial(&shared.store, &calls, now)
+        {
             self.statuses.push(status);
             if shared.config.mode == Mode::Shadow {
                 shared.metrics[rule].shadow_denied.increment(1);
@@ -337,7 +343,7 @@ impl RateLimitStream {
             return Action::Pause;
         }
         let mut calls = calls;
-        for rule in global::spend_leases(&shared.config, &mut calls, now) {
+        for rule in global::spend_leases(&shared.config, &shared.store, &mut calls, now) {
             shared.metrics[rule].allowed.increment(1);
         }
         if calls.is_empty() {
@@ -408,8 +414,14 @@ impl Context for RateLimitStream {
         } else {
             None
         };
-        let (next, failed) =
-            global::on_answer(&shared.config, &mut wait.borrow_mut(), token_id, body, now);
+        let (next, failed) = global::on_answer(
+            &shared.config,
+            &shared.store,
+            &mut wait.borrow_mut(),
+            token_id,
+            body,
+            now,
+        );
         for rule in failed {
             shared.metrics[rule].errors.increment(1);
         }
@@ -461,7 +473,7 @@ impl HttpContext for RateLimitStream {
             return Action::Continue;
         }
         let shadow = config.mode == Mode::Shadow;
-        let decision = decide(config, &SharedData, &applicable, now, shadow);
+        let decision = decide(config, &shared.store, &applicable, now, shadow);
         for rule in &decision.errors {
             shared.metrics[*rule].errors.increment(1);
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use edgewise_support::config::{err, parse_config, ConfigError};
 use edgewise_support::duration::parse_duration;
-use edgewise_support::metrics::metric_name;
+use edgewise_support::metrics::labelled_metric_name;
 use edgewise_support::request::{Duplicates, Matcher, RawMatch};
 use serde::Deserialize;
 
@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub response_headers: Option<String>,
     pub hash_seed: Option<String>,
     pub duplicates: Option<String>,
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +193,9 @@ pub struct Config {
     pub hash_seed_configured: bool,
     /// Some rule keys on the client IP taken from X-Forwarded-For: read that header.
     pub reads_forwarded_for: bool,
+    /// Prepended (with a dot) to every shared-data key, so that two instances of this
+    /// filter in one `vm_id` never share state; "" (the default): keys as they are.
+    pub key_prefix: String,
 }
 
 /// Entries per set of a key table (see `table`).
@@ -383,7 +387,7 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
             format!("use a number from {WAYS} to {MAX_MAX_KEYS} (default {DEFAULT_MAX_KEYS})"),
         ));
     }
-    let metric = |what: &str| metric_name(&["rate_limit", &raw.name, what]);
+    let metric = |what: &str| labelled_metric_name("rate_limit", &[("rule", &raw.name)], what);
     Ok(Rule {
         name: raw.name.clone(),
         matcher,
@@ -503,7 +507,7 @@ fn compile_global_rule(
             ))
         }
     };
-    let metric = |what: &str| metric_name(&["rate_limit", &raw.name, what]);
+    let metric = |what: &str| labelled_metric_name("rate_limit", &[("rule", &raw.name)], what);
     let (limit_n, window) = match limit {
         Some((n, unit)) => (
             u64::from(n),
@@ -673,7 +677,9 @@ impl Config {
         let hash_seed_configured = raw.hash_seed.is_some();
         let reads_forwarded_for = matches!(client_ip, ClientIpSource::ForwardedFor { .. })
             && rules.iter().any(|r| r.key.contains(&KeyPart::ClientIp));
+        let key_prefix = edgewise_support::config::key_prefix(raw.key_prefix.as_deref())?;
         Ok(Config {
+            key_prefix,
             reads_forwarded_for,
             rules,
             mode,

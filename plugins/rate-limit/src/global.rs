@@ -46,13 +46,17 @@ pub enum Next {
 
 /// Remembered OVER_LIMIT answers: the first rule of `calls` still denied at `now`, with
 /// its retry delay and its status for the RateLimit headers.
-pub fn remembered_denial(calls: &[GlobalCall], now: u64) -> Option<(usize, u64, RuleStatus)> {
+pub fn remembered_denial(
+    store: &SharedData,
+    calls: &[GlobalCall],
+    now: u64,
+) -> Option<(usize, u64, RuleStatus)> {
     calls.iter().find_map(|call| {
         call.rules
             .iter()
             .zip(&call.fingerprints)
             .find_map(|(rule, fp)| {
-                remembered(&SharedData, *fp, now).map(|r| {
+                remembered(store, *fp, now).map(|r| {
                     let wait = r.until - now;
                     let status = RuleStatus {
                         rule: *rule,
@@ -82,7 +86,12 @@ const LEASE_NS: u64 = 60_000_000_000;
 
 /// Lease mode: drops from `calls` every descriptor a leased hit pays for (one CAS each);
 /// calls left with none are dropped. Returns the rules admitted that way.
-pub fn spend_leases(config: &Config, calls: &mut Vec<GlobalCall>, now: u64) -> Vec<usize> {
+pub fn spend_leases(
+    config: &Config,
+    store: &SharedData,
+    calls: &mut Vec<GlobalCall>,
+    now: u64,
+) -> Vec<usize> {
     let mut admitted = Vec::new();
     for call in calls.iter_mut() {
         let mut i = 0;
@@ -90,7 +99,7 @@ pub fn spend_leases(config: &Config, calls: &mut Vec<GlobalCall>, now: u64) -> V
             let fp = call.fingerprints.get(i).copied();
             let aligned = i < call.descriptors.len();
             if let (true, true, Some(fp)) = (batch(config, call.rules[i]) > 1, aligned, fp) {
-                if take_leased(&SharedData, fp, now) {
+                if take_leased(store, fp, now) {
                     admitted.push(call.rules.remove(i));
                     call.descriptors.remove(i);
                     call.fingerprints.remove(i);
@@ -142,6 +151,7 @@ pub fn failure(config: &Config, call: &GlobalCall) -> Option<usize> {
 /// call. Returns what the request gets now, and the rules whose calls failed (for metrics).
 pub fn on_answer(
     config: &Config,
+    store: &SharedData,
     wait: &mut GlobalWait,
     token: u32,
     body: Option<Vec<u8>>,
@@ -167,7 +177,7 @@ pub fn on_answer(
                 let size = batch(config, *rule);
                 if let (true, Some(fp)) = (size > 1, call.fingerprints.get(i)) {
                     let until = now.saturating_add(LEASE_NS);
-                    add_leased(&SharedData, *fp, u64::from(size) - 1, until, now);
+                    add_leased(store, *fp, u64::from(size) - 1, until, now);
                 }
             }
             wait.statuses.extend(statuses)
@@ -179,7 +189,7 @@ pub fn on_answer(
             remember: pairs,
         } => {
             for (fp, r) in pairs {
-                remember(&SharedData, fp, r);
+                remember(store, fp, r);
             }
             wait.statuses.extend(statuses);
             wait.done = true;

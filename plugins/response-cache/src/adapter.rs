@@ -88,6 +88,8 @@ struct Refresh {
 const WAIT_TICK: Duration = Duration::from_millis(5);
 
 struct Shared {
+    /// Shared data under the configured `key_prefix`.
+    store: SharedData,
     config: Config,
     metrics: Metrics,
     waiters: RefCell<Vec<Waiter>>,
@@ -175,7 +177,7 @@ fn reply(served: &Served, status: u16, headers: Vec<(String, Vec<u8>)>, body: &[
 fn store_entry(shared: &Shared, key_hash: u64, entry: Entry) {
     match cache::store(
         &shared.config,
-        &SharedData,
+        &shared.store,
         key_hash,
         entry,
         now_seconds() as u64,
@@ -186,12 +188,18 @@ fn store_entry(shared: &Shared, key_hash: u64, entry: Entry) {
             if evicted > 0 {
                 shared.metrics.evicted.increment(evicted as i64);
             }
-            shared.metrics.bytes.set(storage::bytes_in_use(&SharedData));
+            shared
+                .metrics
+                .bytes
+                .set(storage::bytes_in_use(&shared.store));
         }
         Insert::NoRoom { evicted } => {
             shared.metrics.not_stored.increment(1);
             shared.metrics.evicted.increment(evicted as i64);
-            shared.metrics.bytes.set(storage::bytes_in_use(&SharedData));
+            shared
+                .metrics
+                .bytes
+                .set(storage::bytes_in_use(&shared.store));
         }
         Insert::TooLarge | Insert::Raced => shared.metrics.not_stored.increment(1),
     }
@@ -224,7 +232,7 @@ impl CacheRoot {
                     );
                     shared.metrics.refresh_failed.increment(1);
                     coalesce::release(
-                        &SharedData,
+                        &shared.store,
                         shared.config.refresh.slots,
                         refresh.pending.key_hash,
                         refresh.nonce,
@@ -289,14 +297,17 @@ impl Context for CacheRoot {
             }
             Refreshed::Remove => {
                 shared.metrics.not_stored.increment(1);
-                if storage::remove(&SharedData, &shared.config.layout, key_hash) {
-                    shared.metrics.bytes.set(storage::bytes_in_use(&SharedData));
+                if storage::remove(&shared.store, &shared.config.layout, key_hash) {
+                    shared
+                        .metrics
+                        .bytes
+                        .set(storage::bytes_in_use(&shared.store));
                 }
             }
             Refreshed::Keep => shared.metrics.refresh_failed.increment(1),
         }
         coalesce::release(
-            &SharedData,
+            &shared.store,
             shared.config.refresh.slots,
             key_hash,
             refresh.nonce,
@@ -340,6 +351,8 @@ impl RootContext for CacheRoot {
             bytes: Metric::gauge(&m("bytes_in_use")),
             abandoned: Metric::counter(&m("store_abandoned")),
         };
+        // The budget beside bytes_in_use, so a dashboard or alert can show how full it is.
+        Metric::gauge(&m("max_bytes")).set(config.layout.max_bytes);
         log(
             LogLevel::Info,
             &format!(
@@ -355,6 +368,7 @@ impl RootContext for CacheRoot {
         };
         let waiting = !waiters.is_empty() || !refreshes.is_empty();
         let shared = Rc::new(Shared {
+            store: SharedData::with_prefix(&config.key_prefix),
             config,
             metrics,
             waiters: RefCell::new(waiters),
@@ -421,13 +435,13 @@ fn serve_waiters(shared: &Shared, slots: u64) {
         if now_ms < waiter.until_ms
             && *filling
                 .entry(waiter.key_hash)
-                .or_insert_with(|| coalesce::filling(&SharedData, slots, waiter.key_hash, now_ms))
+                .or_insert_with(|| coalesce::filling(&shared.store, slots, waiter.key_hash, now_ms))
         {
             still.push(waiter);
             continue;
         }
         let mut request = waiter.request.clone();
-        let decision = on_request(&shared.config, &SharedData, &mut request, now_s);
+        let decision = on_request(&shared.config, &shared.store, &mut request, now_s);
         if let RequestDecision::Serve {
             status,
             mut headers,
@@ -579,14 +593,14 @@ impl CacheStream {
                 if uncacheable && coalescing.hit_for_miss_ms > 0 {
                     let until = now_millis().saturating_add(coalescing.hit_for_miss_ms);
                     coalesce::release_uncacheable(
-                        &SharedData,
+                        &shared.store,
                         slots,
                         pending.key_hash,
                         nonce,
                         until,
                     );
                 } else {
-                    coalesce::release(&SharedData, slots, pending.key_hash, nonce);
+                    coalesce::release(&shared.store, slots, pending.key_hash, nonce);
                 }
             }
         }
@@ -614,7 +628,7 @@ impl CacheStream {
         if let (true, Some(coalescing)) = (pending.fills, shared.config.coalesce) {
             let nonce = coalesce::leader_nonce(random_word());
             match coalesce::acquire(
-                &SharedData,
+                &shared.store,
                 coalescing.slots,
                 pending.key_hash,
                 self.now_ms,
@@ -662,7 +676,7 @@ impl CacheStream {
         let nonce = coalesce::leader_nonce(random_word());
         let lock_ms = shared.config.refresh.timeout_ms.saturating_add(1_000);
         if coalesce::acquire(
-            &SharedData,
+            &shared.store,
             shared.config.refresh.slots,
             refresh.key_hash,
             self.now_ms,
@@ -737,7 +751,7 @@ impl HttpContext for CacheStream {
         let now = (self.now_ms / 1000) as i64;
         match decide(
             &shared.config,
-            &SharedData,
+            &shared.store,
             &mut request,
             now,
             !end_of_stream,
@@ -769,9 +783,12 @@ impl HttpContext for CacheStream {
             } => {
                 let (status, body): (u32, &[u8]) = if !authorized {
                     (403, b"purge not allowed\n")
-                } else if storage::remove(&SharedData, &shared.config.layout, key_hash) {
+                } else if storage::remove(&shared.store, &shared.config.layout, key_hash) {
                     shared.metrics.purged.increment(1);
-                    shared.metrics.bytes.set(storage::bytes_in_use(&SharedData));
+                    shared
+                        .metrics
+                        .bytes
+                        .set(storage::bytes_in_use(&shared.store));
                     (200, b"purged\n")
                 } else {
                     (404, b"not cached\n")
@@ -808,7 +825,7 @@ impl HttpContext for CacheStream {
         let status = status_of(&headers);
         if invalidates(&pending, status) {
             for key_hash in invalidated_keys(&shared.config, &pending, status, &headers) {
-                if storage::remove(&SharedData, &shared.config.layout, key_hash) {
+                if storage::remove(&shared.store, &shared.config.layout, key_hash) {
                     shared.metrics.invalidated.increment(1);
                 }
             }
@@ -846,8 +863,11 @@ impl HttpContext for CacheStream {
                     None => {
                         // The 304 made the entry unshareable: drop it (and its variants).
                         shared.metrics.not_stored.increment(1);
-                        if storage::remove(&SharedData, &shared.config.layout, pending.key_hash) {
-                            shared.metrics.bytes.set(storage::bytes_in_use(&SharedData));
+                        if storage::remove(&shared.store, &shared.config.layout, pending.key_hash) {
+                            shared
+                                .metrics
+                                .bytes
+                                .set(storage::bytes_in_use(&shared.store));
                         }
                     }
                 }

@@ -32,6 +32,7 @@ pub struct RawConfig {
     pub targeted_fields: Option<Vec<String>>,
     pub strip_targeted_fields: Option<Vec<String>>,
     pub serve_stale_when_unreachable: Option<bool>,
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +198,9 @@ pub struct Config {
     pub strip_targeted_fields: Vec<String>,
     /// RFC 9111 §4.2.4: serve a stale entry when the origin cannot be reached.
     pub serve_stale_when_unreachable: bool,
+    /// Prepended (with a dot) to every shared-data key, so that two instances of this
+    /// filter in one `vm_id` never share state; "" (the default): keys as they are.
+    pub key_prefix: String,
 }
 
 impl Config {
@@ -466,7 +470,9 @@ impl Config {
             Some(names) => field_names("strip_targeted_fields", names, 8)?,
             None => vec![DEFAULT_TARGETED[0].to_string()],
         };
+        let key_prefix = edgewise_support::config::key_prefix(raw.key_prefix.as_deref())?;
         Ok(Config {
+            key_prefix,
             targeted_fields,
             strip_targeted_fields,
             serve_stale_when_unreachable: raw.serve_stale_when_unreachable.unwrap_or(false),

@@ -234,3 +234,36 @@ mod tests {
         );
     }
 }
+
+/// Validates `key_prefix`: up to 64 of `[A-Za-z0-9_-]`; None or "" is the default (the
+/// shared-data keys as they are).
+pub fn key_prefix(raw: Option<&str>) -> Result<String, ConfigError> {
+    let prefix = raw.unwrap_or("");
+    if prefix.len() > 64
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(err(
+            "key_prefix",
+            format!("{prefix:?} is not a valid key prefix"),
+            "use up to 64 letters, digits, '_' or '-', e.g. \"team-a\"",
+        ));
+    }
+    Ok(prefix.to_string())
+}
+
+#[cfg(test)]
+mod key_prefix_tests {
+    use super::key_prefix;
+
+    #[test]
+    fn accepts_names_and_refuses_separators() {
+        assert_eq!(key_prefix(None).unwrap(), "");
+        assert_eq!(key_prefix(Some("team-a_2")).unwrap(), "team-a_2");
+        for bad in ["a.b", "a b", "ä", &"x".repeat(65)] {
+            let e = key_prefix(Some(bad)).unwrap_err();
+            assert_eq!(e.field, "key_prefix");
+        }
+    }
+}

@@ -76,17 +76,45 @@ pub fn property(path: &[&str]) -> Option<Vec<u8>> {
     crate::abi::get_property(path).ok().flatten()
 }
 
-/// proxy-wasm shared data (per `vm_id`, shared by every worker VM).
-pub struct SharedData;
+/// proxy-wasm shared data (per `vm_id`, shared by every worker VM), with an optional key
+/// prefix (`key_prefix`) so that two instances of one filter in one `vm_id` never share keys.
+#[derive(Clone, Debug, Default)]
+pub struct SharedData {
+    /// `"<key_prefix>."`, or empty for the default (keys unchanged).
+    prefix: String,
+}
+
+impl SharedData {
+    /// The store for a filter's `key_prefix` (`""`: keys as they are).
+    pub fn with_prefix(key_prefix: &str) -> SharedData {
+        SharedData {
+            prefix: if key_prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{key_prefix}.")
+            },
+        }
+    }
+
+    fn key<'a>(&self, key: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.prefix.is_empty() {
+            std::borrow::Cow::Borrowed(key)
+        } else {
+            std::borrow::Cow::Owned(format!("{}{key}", self.prefix))
+        }
+    }
+}
 
 impl CasStore for SharedData {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        crate::abi::get_shared_data(key)
+        let key = self.key(key);
+        crate::abi::get_shared_data(&key)
             .map_err(|status| StoreError(format!("get_shared_data({key}): status {}", status.0)))
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<SetOutcome, StoreError> {
-        match crate::abi::set_shared_data(key, value, cas.unwrap_or(0)) {
+        let key = self.key(key);
+        match crate::abi::set_shared_data(&key, value, cas.unwrap_or(0)) {
             Ok(true) => Ok(SetOutcome::Stored),
             Ok(false) => Ok(SetOutcome::CasMismatch),
             Err(status) => Err(StoreError(format!(

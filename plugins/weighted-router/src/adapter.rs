@@ -37,6 +37,8 @@ struct RouteMetrics {
 }
 
 struct Shared {
+    /// Shared data under the configured `key_prefix`.
+    store: SharedData,
     config: Config,
     metrics: Vec<RouteMetrics>,
     /// Per-worker round-robin positions, one per route (reset by a config update).
@@ -83,6 +85,7 @@ impl RootContext for RouterRoot {
         );
         let routes = config.routes.len();
         self.shared = Some(Rc::new(Shared {
+            store: SharedData::with_prefix(&config.key_prefix),
             config,
             metrics,
             cursors: RefCell::new(vec![0; routes]),
@@ -116,7 +119,7 @@ impl Context for RouterStream {
         {
             if let Some(route) = shared.config.routes.get(route) {
                 let now = now_nanos().unwrap_or(taken_at);
-                release_least(&SharedData, route, target, taken_at, now);
+                release_least(&shared.store, route, target, taken_at, now);
             }
         }
         true
@@ -152,7 +155,7 @@ impl HttpContext for RouterStream {
         let mut cursor = |route: &crate::config::Route| -> u64 {
             let index = route.index;
             if route.shared_cursor {
-                if let Some(n) = shared_cursor(&SharedData, route) {
+                if let Some(n) = shared_cursor(&shared.store, route) {
                     return n;
                 }
             }
@@ -177,14 +180,14 @@ impl HttpContext for RouterStream {
         // reach it.
         let mut is_open = |cluster: &str| {
             unavailable(
-                &SharedData,
+                &shared.store,
                 cluster.as_bytes(),
                 config.breaker_slots,
                 clock(),
             )
         };
         let mut least = |route: &crate::config::Route, allowed: &dyn Fn(usize) -> bool| {
-            let pick = acquire_least(&SharedData, route, allowed, clock());
+            let pick = acquire_least(&shared.store, route, allowed, clock());
             if let Some(target) = pick {
                 acquired = Some(target);
             }

@@ -2,7 +2,7 @@
 //! overrides, failover), validated and compiled into tables at configure time.
 
 use edgewise_support::config::{err, parse_config, ConfigError};
-use edgewise_support::metrics::metric_name;
+use edgewise_support::metrics::labelled_metric_name;
 use edgewise_support::request::{Matcher, RawMatch};
 use serde::Deserialize;
 
@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub cluster_header: Option<String>,
     pub routes: Vec<RawRoute>,
     pub breaker_slots: Option<u64>,
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +112,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Must equal the circuit breaker's `max_upstreams` for failover lookups.
     pub breaker_slots: u64,
+    /// Prepended (with a dot) to every shared-data key, so that two instances of this
+    /// filter in one `vm_id` never share state; "" (the default): keys as they are.
+    pub key_prefix: String,
 }
 
 fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
@@ -166,7 +170,9 @@ impl Config {
                 "use the circuit breaker's max_upstreams (default 256)",
             ));
         }
+        let key_prefix = edgewise_support::config::key_prefix(raw.key_prefix.as_deref())?;
         Ok(Config {
+            key_prefix,
             cluster_header,
             routes,
             breaker_slots,
@@ -234,7 +240,11 @@ fn compile_route(i: usize, raw: &RawRoute) -> Result<Route, ConfigError> {
         targets.push(Target {
             cluster: t.cluster.clone(),
             weight,
-            metric_requests: metric_name(&["weighted_router", &name, &t.cluster, "requests"]),
+            metric_requests: labelled_metric_name(
+                "weighted_router",
+                &[("route", &name), ("cluster", &t.cluster)],
+                "requests",
+            ),
         });
     }
     if targets.iter().all(|t| t.weight == 0) {
@@ -339,8 +349,8 @@ fn compile_route(i: usize, raw: &RawRoute) -> Result<Route, ConfigError> {
         edgewise_support::breaker_state::identity_hash(clusters.join("\0").as_bytes())
     );
     Ok(Route {
-        metric_failovers: metric_name(&["weighted_router", &name, "failovers"]),
-        metric_overrides: metric_name(&["weighted_router", &name, "overrides"]),
+        metric_failovers: labelled_metric_name("weighted_router", &[("route", &name)], "failovers"),
+        metric_overrides: labelled_metric_name("weighted_router", &[("route", &name)], "overrides"),
         index: i,
         name,
         matcher,
