@@ -4,6 +4,8 @@
 //! Usage: `edgewise-backend --name api-v1 --listen 127.0.0.1:0` prints
 //! `listening on <addr>` once ready. `edgewise-backend --check http://HOST:PORT/PATH` is a
 //! health probe for containers without a shell: it exits 0 when the URL answers 200.
+//! `--serve-dir DIR` also serves the files of DIR under `/dist/<name>` (the compose
+//! cluster's artifact server, from which the Envoys load their modules remotely).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +36,8 @@ struct Backend {
     requests: AtomicU64,
     fault: Mutex<Fault>,
     faulted: AtomicU64,
+    /// `--serve-dir`: files served under `/dist/<name>`.
+    serve_dir: Option<std::path::PathBuf>,
 }
 
 type Shared = Arc<Backend>;
@@ -41,11 +45,13 @@ type Shared = Arc<Backend>;
 fn main() {
     let mut name = "backend".to_string();
     let mut listen = "127.0.0.1:8000".to_string();
+    let mut serve_dir = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--name" => name = args.next().unwrap_or(name),
             "--listen" => listen = args.next().unwrap_or(listen),
+            "--serve-dir" => serve_dir = args.next().map(std::path::PathBuf::from),
             "--check" => {
                 let url = args.next().unwrap_or_default();
                 std::process::exit(match check(&url) {
@@ -57,7 +63,7 @@ fn main() {
                 });
             }
             "--help" | "-h" => {
-                println!("edgewise-backend [--name NAME] [--listen ADDR:PORT] | --check http://HOST:PORT/PATH");
+                println!("edgewise-backend [--name NAME] [--listen ADDR:PORT] [--serve-dir DIR] | --check http://HOST:PORT/PATH");
                 return;
             }
             other => {
@@ -77,15 +83,20 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(serve(name, listen)) {
+    if let Err(e) = runtime.block_on(serve(name, listen, serve_dir)) {
         eprintln!("backend failed: {e}");
         std::process::exit(1);
     }
 }
 
-async fn serve(name: String, listen: String) -> std::io::Result<()> {
+async fn serve(
+    name: String,
+    listen: String,
+    serve_dir: Option<std::path::PathBuf>,
+) -> std::io::Result<()> {
     let state = Arc::new(Backend {
         name,
+        serve_dir,
         requests: AtomicU64::new(0),
         fault: Mutex::new(Fault::Off),
         faulted: AtomicU64::new(0),
@@ -202,6 +213,30 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A file of `--serve-dir` by its plain name (no directories, so nothing outside it).
+async fn serve_file(backend: &Backend, name: &str) -> Response<Body> {
+    let Some(dir) = &backend.serve_dir else {
+        return respond(backend, 404, &[], "not found\n");
+    };
+    let plain = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !plain {
+        return respond(backend, 404, &[], "not found\n");
+    }
+    match std::fs::read(dir.join(name)) {
+        Ok(bytes) => respond(
+            backend,
+            200,
+            &[("content-type", "application/octet-stream".into())],
+            bytes,
+        ),
+        Err(_) => respond(backend, 404, &[], "not found\n"),
+    }
+}
+
 async fn handle(State(backend): State<Shared>, request: Request<Body>) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
@@ -211,6 +246,9 @@ async fn handle(State(backend): State<Shared>, request: Request<Body>) -> Respon
     // Control endpoints are not counted as traffic.
     match (parts.method.clone(), path.as_str()) {
         (_, "/health") => return respond(&backend, 200, &[], "ok\n"),
+        (Method::GET, p) if p.starts_with("/dist/") && backend.serve_dir.is_some() => {
+            return serve_file(&backend, &p["/dist/".len()..]).await;
+        }
         (_, "/stats") => {
             let stats = json!({ "name": backend.name, "requests": backend.requests.load(Ordering::SeqCst), "faulted": backend.faulted.load(Ordering::SeqCst) });
             return respond(

@@ -49,6 +49,14 @@ impl Backend {
         Backend::spawn(Command::new(backend_binary()?), name, listen)
     }
 
+    /// A backend that also serves the files of `dir` under `/dist/<name>` (an artifact
+    /// server for Envoy's remote code source).
+    pub fn start_serving(name: &str, dir: &std::path::Path) -> Result<Backend> {
+        let mut command = Command::new(backend_binary()?);
+        command.arg("--serve-dir").arg(dir);
+        Backend::spawn(command, name, "127.0.0.1:0")
+    }
+
     /// The optimized backend pinned to `cpu`, for benchmarks.
     pub fn start_for_benchmark(name: &str, cpu: u32) -> Result<Backend> {
         let mut command = Command::new("taskset");

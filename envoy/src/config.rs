@@ -19,6 +19,9 @@ pub struct WasmFilter {
     /// example configs: a new VM, state kept in shared data), `FAIL_CLOSED` (503) or
     /// `FAIL_OPEN` (skip the filter).
     pub failure_policy: &'static str,
+    /// Load the module from this HTTP URI through cluster `.1` with sha256 `.2` (Envoy's
+    /// `vm_config.code.remote`) instead of the local file.
+    pub remote: Option<(String, String, String)>,
 }
 
 impl WasmFilter {
@@ -29,7 +32,13 @@ impl WasmFilter {
             wasm,
             configuration: configuration.into(),
             failure_policy: "FAIL_RELOAD",
+            remote: None,
         }
+    }
+    /// Loads the module from `uri` (served by `cluster`), checked against `sha256`.
+    pub fn remote(mut self, uri: &str, cluster: &str, sha256: &str) -> Self {
+        self.remote = Some((uri.into(), cluster.into(), sha256.into()));
+        self
     }
     pub fn vm_id(mut self, vm_id: &str) -> Self {
         self.vm_id = vm_id.into();
@@ -193,7 +202,14 @@ impl EnvoyConfig {
                         "vm_config": {
                             "vm_id": f.vm_id,
                             "runtime": "envoy.wasm.runtime.v8",
-                            "code": { "local": { "filename": f.wasm.to_string_lossy() } }
+                            "code": match &f.remote {
+                                None => json!({ "local": { "filename": f.wasm.to_string_lossy() } }),
+                                Some((uri, cluster, sha256)) => json!({ "remote": {
+                                    "http_uri": { "uri": uri, "cluster": cluster, "timeout": "10s" },
+                                    "sha256": sha256,
+                                    "retry_policy": { "num_retries": 3 }
+                                } }),
+                            }
                         },
                         "configuration": {
                             "@type": "type.googleapis.com/google.protobuf.StringValue",

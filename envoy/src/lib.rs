@@ -9,6 +9,7 @@ pub mod config;
 pub mod envoy;
 pub mod ratelimit;
 pub mod redis;
+pub mod release;
 
 pub use backend::Backend;
 pub use client::{http_request, HttpResponse};

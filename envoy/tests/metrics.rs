@@ -2,7 +2,7 @@
 //! labels in Istio's `label=.=value;.;` encoding, and the harness bootstrap's `stats_tags`
 //! (the same block as every example) turn them into Prometheus labels on `/stats/prometheus`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_harness::{wasm_path, Backend, Envoy, EnvoyConfig, Route, Sample, WasmFilter};
 
@@ -51,6 +51,13 @@ fn prometheus_sees_edgewise_metrics_with_labels_and_no_encoded_names() {
     assert_eq!(statuses.get(&429), Some(&2), "{statuses:?}");
 
     let samples = envoy.prometheus().unwrap();
+    if std::env::var_os("EDGEWISE_DUMP_METRICS").is_some() {
+        for s in &samples {
+            if s.name.contains("wasm") || s.name.starts_with("edgewise") {
+                println!("{} {:?} {}", s.name, s.labels, s.value);
+            }
+        }
+    }
     let edgewise: Vec<&Sample> = samples
         .iter()
         .filter(|s| s.name.starts_with("edgewise_"))
@@ -115,6 +122,86 @@ fn prometheus_sees_edgewise_metrics_with_labels_and_no_encoded_names() {
     assert!(checked > 0, "6 requests over 2 targets: one got at least 3");
     // Unlabelled metrics keep their plain names.
     assert!(find(&samples, "edgewise_response_cache_misses", &[]).is_some());
+
+    // Every metric the alert rules and the Grafana dashboard query exists under that name
+    // in what this Envoy exposes (the four filters have all been through a request).
+    let exposed: BTreeSet<&str> = samples.iter().map(|s| s.name.as_str()).collect();
+    let root = envoy_harness::workspace_root();
+    for file in [
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/edgewise.json",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let queried = metric_names_in(&text);
+        assert!(queried.len() >= 5, "{file}: {queried:?}");
+        for name in &queried {
+            let found = match name.split_once(".+") {
+                // A `{__name__=~"prefix.+suffix"}` selector: some exposed name matches.
+                Some((prefix, suffix)) => exposed.iter().any(|e| {
+                    e.len() > prefix.len() + suffix.len()
+                        && e.starts_with(prefix)
+                        && e.ends_with(suffix)
+                }),
+                None => exposed.contains(name.as_str()),
+            };
+            assert!(found, "{file} queries {name}, which Envoy does not expose");
+        }
+    }
+}
+
+/// Metric names in PromQL expressions inside `text`: identifiers starting `edgewise_` or
+/// `envoy_` (and `__name__=~` patterns with `.+`), excluding label names.
+fn metric_names_in(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if !text.is_char_boundary(i) {
+            i += 1;
+            continue;
+        }
+        let rest = &text[i..];
+        let starts = (rest.starts_with("edgewise_") || rest.starts_with("envoy_"))
+            && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'));
+        if starts {
+            let len = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '+'))
+                .unwrap_or(rest.len());
+            let name = rest[..len].trim_end_matches('.');
+            names.insert(name.to_string());
+            i += len;
+        } else {
+            i += 1;
+        }
+    }
+    // `envoy_wasm_<plugin>_vm_reload` in prose is documentation, not a query.
+    names.retain(|n| !n.contains('<') && !n.ends_with('_'));
+    names
+}
+
+/// The alert rules pass `promtool check rules` and their unit tests (`promtool test
+/// rules`): each alert fires on the series that should trigger it and not on its
+/// healthy neighbours. promtool is Debian's `prometheus` package (installed by
+/// `cargo xtask setup`).
+#[test]
+fn the_alert_rules_pass_their_promtool_tests() {
+    let dir = envoy_harness::workspace_root().join("deploy/prometheus");
+    for args in [
+        &["check", "rules", "alerts.yml"][..],
+        &["test", "rules", "alerts.test.yml"][..],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (apt-get install prometheus; cargo xtask setup does)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]

