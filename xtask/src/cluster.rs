@@ -12,10 +12,12 @@ pub const PROJECT: &str = "edgewise";
 /// Builds the .wasm modules the edges mount and both images.
 pub fn images() -> Result<()> {
     if !docker_available() {
-        bail!("Docker (engine and docker-compose) is not available here");
+        bail!("Docker (engine and docker compose / docker-compose) is not available here");
     }
     crate::build_wasm()?;
-    crate::step("building images edgewise/envoy:1.40.0 and edgewise/backend:dev (no registry)");
+    crate::step(
+        "building images edgewise/{envoy,backend,ratelimit,redis,prometheus} (no registry)",
+    );
     let started = Instant::now();
     build_images()?;
     println!("images built in {:.1?}", started.elapsed());
@@ -51,7 +53,7 @@ pub fn cluster(verb: &str) -> Result<()> {
 }
 
 fn up() -> Result<Cluster> {
-    crate::step("starting the cluster (docker-compose -p edgewise up -d) and waiting for health");
+    crate::step("starting the cluster (compose -p edgewise up -d; Envoy configs rendered into target/compose with the modules' sha256) and waiting for health");
     let started = Instant::now();
     let waiter = std::thread::spawn(move || {
         let cluster = Cluster::up(PROJECT, Ports::defaults());
@@ -61,7 +63,8 @@ fn up() -> Result<Cluster> {
     while !waiter.is_finished() {
         dots += 1;
         eprint!(
-            "\r  waiting for 7 services to be healthy {:<20}",
+            "\r  waiting for {} services to be healthy {:<20}",
+            envoy_harness::cluster::SERVICES.len(),
             ".".repeat(dots % 20)
         );
         std::thread::sleep(Duration::from_millis(500));
@@ -72,6 +75,8 @@ fn up() -> Result<Cluster> {
         .map_err(|_| anyhow::anyhow!("the start-up thread panicked"))?;
     let cluster = cluster?;
     println!("all healthy after {elapsed:.1?}: front on http://127.0.0.1:8080, admin 9900; edges' admin 9901, 9902; backends 18001-18004");
+    println!("  metrics: http://127.0.0.1:9090 (Prometheus: try edgewise_circuit_breaker_state, edgewise_rate_limit_denied; alerts at /alerts)");
+    println!("  modules: loaded by every Envoy from the artifact server by URI + sha256 (target/compose/dist/SHA256SUMS)");
     Ok(cluster)
 }
 

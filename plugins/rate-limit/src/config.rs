@@ -10,6 +10,7 @@ use edgewise_support::request::{Duplicates, Matcher, RawMatch};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub rules: Vec<RawRule>,
@@ -23,6 +24,7 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     pub name: String,
@@ -39,6 +41,7 @@ pub struct RawRule {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawGlobal {
     pub cluster: String,
@@ -71,6 +74,7 @@ pub struct Global {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum RawKey {
     One(String),
@@ -78,6 +82,7 @@ pub enum RawKey {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawQueue {
     pub max_delay: String,
@@ -85,6 +90,7 @@ pub struct RawQueue {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawClientIp {
     pub from: Option<String>,

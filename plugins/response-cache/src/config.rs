@@ -10,6 +10,7 @@ use crate::storable::CookieRequests;
 use crate::storage::{Eviction, Layout};
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub max_bytes: Option<u64>,
@@ -36,6 +37,7 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawUnkeyed {
     pub names: Option<Vec<String>>,
@@ -114,6 +116,7 @@ fn field_names(field: &str, names: &[String], max: usize) -> Result<Vec<String>,
 pub const MAX_ENTRY_BYTES_LIMIT: u64 = 32 << 20;
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawPurge {
     pub method: Option<String>,
@@ -130,6 +133,7 @@ pub struct Purge {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawCoalesce {
     pub enabled: Option<bool>,
@@ -150,6 +154,7 @@ pub struct Coalesce {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawBackgroundRefresh {
     pub cluster: Option<String>,
@@ -168,6 +173,7 @@ pub struct BackgroundRefresh {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawKey {
     pub include_query: Option<bool>,

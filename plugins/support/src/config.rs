@@ -89,6 +89,7 @@ pub fn err(
 
 /// A configured local reply (the rate limiter's denial, the breaker's fallback): JSON shape.
 #[derive(Debug, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawLocalReply {
     pub status: Option<u32>,

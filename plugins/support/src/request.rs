@@ -177,6 +177,7 @@ pub fn cookie(header: &[u8], name: &str) -> Option<Vec<u8>> {
 /// `match` as written in configs. Every given condition must hold; an absent `match`
 /// matches every request.
 #[derive(Clone, Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     pub path_prefix: Option<String>,

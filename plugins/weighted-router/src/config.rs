@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::strategy::WrrTable;
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub cluster_header: Option<String>,
@@ -18,6 +19,7 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: Option<String>,
@@ -32,6 +34,7 @@ pub struct RawRoute {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawTarget {
     pub cluster: String,
@@ -39,6 +42,7 @@ pub struct RawTarget {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawOverride {
     pub header: Option<String>,
