@@ -42,7 +42,10 @@ pub fn generate() -> Vec<(String, String)> {
     for (name, mut schema) in filter_schemas() {
         if let Value::Object(o) = &mut schema {
             o.insert("$id".into(), json!(format!("{name}.schema.json")));
-            o.insert("title".into(), json!(format!("Edgewise {name} configuration")));
+            o.insert(
+                "title".into(),
+                json!(format!("Edgewise {name} configuration")),
+            );
             o.insert(
                 "description".into(),
                 json!(format!(

@@ -143,6 +143,7 @@ pub fn run(path: &str, filter: Option<&str>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     fn root() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -171,6 +172,111 @@ mod tests {
             checked >= 7,
             "found only {checked} Wasm filter configurations"
         );
+    }
+
+    /// The module a platform manifest loads, from its image or file URL:
+    /// `oci://…/edgewise/rate-limit:0.2.0`, `…/edge-chain:0.2.0`, `…/rate_limit-0.2.0.wasm`.
+    fn module_of_url(url: &str) -> String {
+        let last = url.rsplit('/').next().unwrap_or("");
+        let name = last.split(':').next().unwrap_or("");
+        let name = name.trim_end_matches(".wasm");
+        let name = name.split("-0.").next().unwrap_or(name);
+        name.replace('-', "_")
+    }
+
+    /// What Istio and Envoy Gateway hand the filter: the YAML pluginConfig as a protobuf
+    /// Struct printed as JSON, where every number is a double and whole ones print as
+    /// integers.
+    fn as_struct_json(yaml: &serde_yaml::Value) -> serde_json::Value {
+        match yaml {
+            serde_yaml::Value::Number(n) => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+                    serde_json::json!(f as i64)
+                } else {
+                    serde_json::json!(f)
+                }
+            }
+            serde_yaml::Value::Mapping(m) => serde_json::Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.as_str().unwrap_or("").to_string(), as_struct_json(v)))
+                    .collect(),
+            ),
+            serde_yaml::Value::Sequence(items) => {
+                serde_json::Value::Array(items.iter().map(as_struct_json).collect())
+            }
+            other => serde_json::to_value(other).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// Every plugin configuration inside the Istio WasmPlugin and Envoy Gateway
+    /// EnvoyExtensionPolicy manifests passes the filters' own parser, after the YAML → Struct
+    /// → JSON trip those platforms make.
+    #[test]
+    fn platform_manifests_carry_valid_plugin_configurations() {
+        let mut checked = Vec::new();
+        for dir in ["deploy/istio", "deploy/envoy-gateway"] {
+            for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                for doc in serde_yaml::Deserializer::from_str(&text) {
+                    let doc = serde_yaml::Value::deserialize(doc).unwrap();
+                    let spec = &doc["spec"];
+                    let plugins: Vec<(String, &serde_yaml::Value)> = match doc["kind"].as_str() {
+                        Some("WasmPlugin") => vec![(
+                            module_of_url(spec["url"].as_str().unwrap_or("")),
+                            &spec["pluginConfig"],
+                        )],
+                        Some("EnvoyExtensionPolicy") => spec["wasm"]
+                            .as_sequence()
+                            .unwrap()
+                            .iter()
+                            .map(|w| {
+                                let code = &w["code"];
+                                let url = code["image"]["url"]
+                                    .as_str()
+                                    .or(code["http"]["url"].as_str())
+                                    .unwrap_or("");
+                                (module_of_url(url), &w["config"])
+                            })
+                            .collect(),
+                        _ => continue,
+                    };
+                    for (module, config) in plugins {
+                        let json = as_struct_json(config).to_string();
+                        check(&module, json.as_bytes())
+                            .unwrap_or_else(|e| panic!("{path:?} {module}: {e}\n{json}"));
+                        checked.push(module.clone());
+                    }
+                }
+            }
+        }
+        checked.sort();
+        checked.dedup();
+        assert_eq!(
+            checked,
+            [
+                "circuit_breaker",
+                "edge_chain",
+                "rate_limit",
+                "response_cache",
+                "weighted_router"
+            ]
+            .map(String::from)
+        );
+    }
+
+    #[test]
+    fn whole_struct_numbers_still_parse_and_fractions_are_refused() {
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str("rules: [{name: a, limit: 100.0, window: 1m}]").unwrap();
+        let json = as_struct_json(&yaml).to_string();
+        assert!(json.contains("\"limit\":100"), "{json}");
+        check("rate_limit", json.as_bytes()).unwrap();
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str("rules: [{name: a, limit: 2.5, window: 1m}]").unwrap();
+        let json = as_struct_json(&yaml).to_string();
+        assert!(check("rate_limit", json.as_bytes()).is_err(), "{json}");
     }
 
     #[test]
