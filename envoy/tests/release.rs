@@ -162,3 +162,53 @@ fn envoy_loads_a_released_module_remotely_only_with_its_sha256() {
     .unwrap();
     refused(&released.sha256);
 }
+
+/// Pins an Envoy 1.40 behaviour the platform notes rely on: two *different* modules loaded
+/// remotely under one vm_id get one VM — the second plugin is configured on the first
+/// module (here the breaker's configuration reaches the router's module, which refuses
+/// it), so remotely loaded filters that must share state are deployed as edge_chain. With
+/// local files the code is part of the VM key and the same pair works (the examples).
+#[test]
+fn two_remote_modules_under_one_vm_id_get_one_vm_in_envoy_1_40() {
+    envoy_harness::build_wasm(&[
+        "rate-limit",
+        "response-cache",
+        "circuit-breaker",
+        "weighted-router",
+    ])
+    .unwrap();
+    envoy_harness::build_edge_chain().unwrap();
+    let dist = envoy_harness::target_dir().join("remote-vm-id-test/dist");
+    let artifacts = envoy_harness::release::write_dist(&dist).unwrap();
+    let server = envoy_harness::Backend::start_serving("artifacts", &dist).unwrap();
+    let origin = envoy_harness::Backend::start("origin").unwrap();
+    let remote = |module: &str, config: &str| {
+        let a = artifacts.iter().find(|a| a.module == module).unwrap();
+        envoy_harness::WasmFilter::new(module, envoy_harness::wasm_path(module), config)
+            .vm_id("edgewise")
+            .remote(
+                &format!("http://{}/dist/{}", server.addr, a.file),
+                "artifacts",
+                &a.sha256,
+            )
+    };
+    let config = envoy_harness::EnvoyConfig::proxy_to(origin.addr, 2)
+        .cluster("artifacts", vec![server.addr])
+        .filter(remote(
+            "weighted_router",
+            r#"{"routes":[{"name":"api","targets":[{"cluster":"backend","weight":1}]}]}"#,
+        ))
+        .filter(remote(
+            "circuit_breaker",
+            r#"{"upstream":"route","trip":{"consecutive_failures":5}}"#,
+        ));
+    let envoy = envoy_harness::Envoy::start(&config).unwrap();
+    let log = envoy.log();
+    assert!(
+        log.contains("weighted_router: invalid configuration at `upstream`"),
+        "the breaker's configuration should have reached the router's module:\n{}",
+        envoy.log_tail(15)
+    );
+    assert!(log.contains("Plugin circuit_breaker failed to load"));
+    assert_eq!(envoy.get("/").unwrap().status, 503, "fail closed");
+}
