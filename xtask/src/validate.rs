@@ -1,9 +1,8 @@
 //! `cargo xtask validate FILE [FILTER]`: checks plugin configurations with the filters' own
 //! validators — the same code `on_configure` runs — before Envoy sees them: a JSON plugin
 //! configuration (FILTER names the filter), or every Wasm filter of an Envoy YAML config
-//! (each filter known by its module file name), printing the field and the fix on error.
-
-use std::path::Path;
+//! (each filter known by its module file name or remote URI), printing the field and the fix
+//! on error.
 
 use anyhow::{bail, Context, Result};
 
@@ -146,7 +145,7 @@ mod tests {
     use serde::Deserialize;
 
     fn root() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
     }
 
     /// Every example and compose Envoy config carries only valid plugin configurations.

@@ -67,9 +67,9 @@ pub fn parse_config<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError>
             .map(str::to_string)
             .unwrap_or_else(|| "<json>".into());
         let fix = if message.contains("unknown field") {
-            "remove it or check its spelling against the README config reference"
+            "remove it or check its spelling against the configuration reference (docs/<filter>.md)"
         } else if message.contains("missing field") {
-            "add it; see the README config reference"
+            "add it; see the configuration reference (docs/<filter>.md)"
         } else {
             "fix the JSON at the given line and column"
         };
