@@ -334,7 +334,7 @@ fn matrix(versions: &[String]) -> Result<()> {
             let started = Instant::now();
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .current_dir(workspace_root())
-                .arg("test")
+                .args(["test", "--no-fail-fast"])
                 .args(args)
                 .env("EDGEWISE_ENVOY", &envoy)
                 .status()?;
