@@ -112,7 +112,7 @@ pub fn demo() -> Result<()> {
         crate::step(&format!("[{}/{}] {title}", n + 1, sections.len()));
         section(&cluster)?;
     }
-    println!("\nThe cluster is still running: try http://127.0.0.1:8080/api/hello, the edges' stats at http://127.0.0.1:9901/stats?filter=edgewise. Remove it with `cargo xtask cluster down`.");
+    println!("\nThe cluster is still running: try http://127.0.0.1:8080/api/hello; the edges' metrics at http://127.0.0.1:9901/stats/prometheus (edgewise_*); Prometheus at http://127.0.0.1:9090 (query edgewise_circuit_breaker_state, sum by (rule) (rate(edgewise_rate_limit_denied[1m])); alerts at /alerts; Grafana: import deploy/grafana/edgewise.json). Remove it with `cargo xtask cluster down`.");
     cluster.keep_running();
     Ok(())
 }

@@ -596,7 +596,7 @@ fn demo_circuit_breaker() -> Result<()> {
     }
     let stat = |name: &str| envoy.stat(name).ok().flatten().unwrap_or(-1);
     println!(
-        "  Envoy stats: state = {} (0 closed), opened = {}, rejected = {}",
+        "  Prometheus (admin /stats/prometheus), upstream=\"payments\": edgewise_circuit_breaker_state = {} (0 closed), _opened = {}, _rejected = {}",
         stat("edgewise.circuit_breaker.upstream=.=payments;.;state"),
         stat("edgewise.circuit_breaker.upstream=.=payments;.;opened"),
         stat("edgewise.circuit_breaker.upstream=.=payments;.;rejected")
@@ -637,7 +637,7 @@ fn demo_rate_limit() -> Result<()> {
     );
     let stat = |name: &str| envoy.stat(name).ok().flatten().unwrap_or(0);
     println!(
-        "  Envoy stats: edgewise.rate_limit.rule=.=per-api-key;.;allowed = {}, .denied = {}",
+        "  Prometheus (admin /stats/prometheus): edgewise_rate_limit_allowed{{rule=\"per-api-key\"}} = {}, edgewise_rate_limit_denied{{rule=\"per-api-key\"}} = {}",
         stat("edgewise.rate_limit.rule=.=per-api-key;.;allowed"),
         stat("edgewise.rate_limit.rule=.=per-api-key;.;denied")
     );
