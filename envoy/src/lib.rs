@@ -10,6 +10,7 @@ pub mod envoy;
 pub mod ratelimit;
 pub mod redis;
 pub mod release;
+pub mod strip;
 
 pub use backend::Backend;
 pub use client::{http_request, HttpResponse};
@@ -19,7 +20,7 @@ pub use envoy::{ensure_envoy_installed, parse_prometheus, Envoy, Sample, ENVOY_V
 pub use ratelimit::RateLimitService;
 pub use redis::{redis_available, Redis};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The workspace root: the parent of the running crate's manifest directory (every crate that
 /// uses the harness sits one level below the root). Read at run time, so a build shared
@@ -88,8 +89,23 @@ pub fn scratch_dir(label: &str) -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Serializes builds of the .wasm modules and their post-link step across test threads and
+/// processes: the step rewrites a module in place, which a concurrent reader must not see
+/// half-written. Held until dropped.
+fn wasm_build_lock() -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(target_dir())?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(target_dir().join("wasm-build.lock"))?;
+    lock.lock()?;
+    Ok(lock)
+}
+
 /// Builds the given wasm crates (release, wasm32-wasip1); a no-op when up to date.
 pub fn build_wasm(packages: &[&str]) -> anyhow::Result<()> {
+    let _lock = wasm_build_lock()?;
     let mut args = vec!["build", "--quiet", "--release", "--target", "wasm32-wasip1"];
     for package in packages {
         args.extend(["-p", package]);
@@ -100,6 +116,22 @@ pub fn build_wasm(packages: &[&str]) -> anyhow::Result<()> {
             .args(&args)
             .status()?;
     anyhow::ensure!(status.success(), "building {packages:?} failed");
+    strip_modules()
+}
+
+/// The post-link step (see `strip`): every built filter module loses the callbacks it does
+/// not use. Idempotent.
+pub fn strip_built_modules() -> anyhow::Result<()> {
+    let _lock = wasm_build_lock()?;
+    strip_modules()
+}
+
+fn strip_modules() -> anyhow::Result<()> {
+    for module in strip::STRIPPED_MODULES {
+        if wasm_path(module).exists() {
+            strip::strip_module(module)?;
+        }
+    }
     Ok(())
 }
 
@@ -116,6 +148,7 @@ pub fn edge_chain_target_dir() -> PathBuf {
 /// filter features never reach the standalone builds) into `edge_chain_target_dir()`, and
 /// copies `edge_chain.wasm` next to the other modules.
 pub fn build_edge_chain() -> anyhow::Result<()> {
+    let _lock = wasm_build_lock()?;
     let target = edge_chain_target_dir();
     let manifest = workspace_root().join("plugins/edge-chain/Cargo.toml");
     let status =
@@ -128,9 +161,27 @@ pub fn build_edge_chain() -> anyhow::Result<()> {
             .args(["--quiet", "--release", "--target", "wasm32-wasip1"])
             .status()?;
     anyhow::ensure!(status.success(), "building {} failed", manifest.display());
-    let built = target.join("wasm32-wasip1/release/edge_chain.wasm");
+    let built = std::fs::read(target.join("wasm32-wasip1/release/edge_chain.wasm"))?;
     std::fs::create_dir_all(target_dir().join("wasm32-wasip1/release"))?;
-    std::fs::copy(&built, wasm_path("edge_chain"))?;
+    // Written only when the build changed, and by rename, so an Envoy of a concurrent test
+    // never reads a half-written module.
+    let before = wasm_path("edge_chain_all_exports");
+    if wasm_path("edge_chain").exists()
+        && std::fs::read(&before).ok().as_deref() == Some(&built[..])
+    {
+        return Ok(());
+    }
+    let unused = strip::unused_callbacks("edge_chain").unwrap_or_default();
+    let stripped = strip::without_exports(&built, &unused)?;
+    write_by_rename(&before, &built)?;
+    write_by_rename(&wasm_path("edge_chain"), &stripped)
+}
+
+/// Writes `path` through a temporary file and a rename: readers see the old or the new file.
+pub fn write_by_rename(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path)?;
     Ok(())
 }
 

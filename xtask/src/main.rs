@@ -178,6 +178,9 @@ fn setup() -> Result<()> {
 pub(crate) fn build_wasm() -> Result<()> {
     step("building the .wasm modules (release, wasm32-wasip1)");
     cargo(&["build", "--release", "--target", "wasm32-wasip1"])?;
+    // Post-link: each filter module loses the proxy_on_* exports it does not use, so Envoy
+    // never enters its VM for those events (envoy/src/strip.rs).
+    envoy_harness::strip_built_modules()?;
     envoy_harness::build_edge_chain()?;
     for entry in std::fs::read_dir(envoy_harness::target_dir().join("wasm32-wasip1/release"))? {
         let path = entry?.path();
