@@ -49,13 +49,12 @@ pub fn unused_callbacks(module: &str) -> Option<Vec<&'static str>> {
             &GRPC[..],
         ]
         .concat(),
-        // request headers and done only
+        // request headers, done, and tick (only for deferred metrics)
         "weighted_router" => [
             &[
                 "proxy_on_request_body",
                 "proxy_on_response_headers",
                 "proxy_on_response_body",
-                "proxy_on_tick",
                 "proxy_on_http_call_response",
             ][..],
             &GRPC[..],

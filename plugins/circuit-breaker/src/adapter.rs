@@ -80,21 +80,25 @@ impl Shared {
         if let Some(m) = map.get(identity) {
             return m.clone();
         }
-        let metrics = Rc::new(upstream_metrics(identity, true));
+        let metrics = Rc::new(upstream_metrics(identity, true, self.config.metrics_flush));
         map.insert(identity.to_string(), metrics.clone());
         metrics
     }
 }
 
-fn upstream_metrics(identity: &str, with_state: bool) -> UpstreamMetrics {
+fn upstream_metrics(
+    identity: &str,
+    with_state: bool,
+    flush: std::time::Duration,
+) -> UpstreamMetrics {
     let name =
         |what: &str| labelled_metric_name("circuit_breaker", &[("upstream", identity)], what);
     UpstreamMetrics {
         state: with_state.then(|| Metric::gauge(&name("state"))),
-        rejected: Metric::counter(&name("rejected")),
-        bulkhead_rejected: Metric::counter(&name("bulkhead_rejected")),
-        opened: Metric::counter(&name("opened")),
-        probes: Metric::counter(&name("half_open_probes")),
+        rejected: Metric::counter_flushed_every(&name("rejected"), flush),
+        bulkhead_rejected: Metric::counter_flushed_every(&name("bulkhead_rejected"), flush),
+        opened: Metric::counter_flushed_every(&name("opened"), flush),
+        probes: Metric::counter_flushed_every(&name("half_open_probes"), flush),
     }
 }
 
@@ -170,6 +174,7 @@ impl RootContext for BreakerRoot {
             .filter_map(|p| p.slow_call_ns)
             .min()
             .map(|ns| std::time::Duration::from_nanos((ns / 4).clamp(10_000_000, 1_000_000_000)));
+        let flush = config.metrics_flush;
         self.shared = Some(Rc::new(Shared {
             store: SharedData::with_prefix(&config.key_prefix),
             watched: RefCell::new(Vec::new()),
@@ -177,14 +182,23 @@ impl RootContext for BreakerRoot {
             watching: Cell::new(false),
             config,
             upstreams: RefCell::new(HashMap::new()),
-            unlisted: Rc::new(upstream_metrics(crate::config::UNLISTED, false)),
-            untracked: Metric::counter(&metric_name(&["circuit_breaker", "untracked"])),
-            errors: Metric::counter(&metric_name(&["circuit_breaker", "errors"])),
+            unlisted: Rc::new(upstream_metrics(crate::config::UNLISTED, false, flush)),
+            untracked: Metric::counter_flushed_every(
+                &metric_name(&["circuit_breaker", "untracked"]),
+                flush,
+            ),
+            errors: Metric::counter_flushed_every(
+                &metric_name(&["circuit_breaker", "errors"]),
+                flush,
+            ),
         }));
         true
     }
 
     fn on_tick(&mut self) {
+        if !edgewise_support::wasm::tick() {
+            return; // a tick only for the deferred metrics
+        }
         if let Some(shared) = self.shared.clone() {
             self.watch_slow(&shared);
         }

@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub stats_upstreams: Option<Vec<String>>,
     pub max_in_flight: Option<u32>,
     pub key_prefix: Option<String>,
+    pub metrics_flush: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -139,6 +140,9 @@ pub struct Config {
     /// Prepended (with a dot) to every shared-data key, so that two instances of this
     /// filter in one `vm_id` never share state; "" (the default): keys as they are.
     pub key_prefix: String,
+    /// How long per-request counters may wait in the VM before reaching Envoy (zero:
+    /// immediately); see `Metric::counter_flushed_every`.
+    pub metrics_flush: std::time::Duration,
 }
 
 /// The stats name the identities without their own stats share.
@@ -233,8 +237,10 @@ impl Config {
             ));
         }
         let key_prefix = edgewise_support::config::key_prefix(raw.key_prefix.as_deref())?;
+        let metrics_flush = edgewise_support::config::metrics_flush(raw.metrics_flush.as_deref())?;
         Ok(Config {
             key_prefix,
+            metrics_flush,
             upstream,
             defaults,
             overrides,

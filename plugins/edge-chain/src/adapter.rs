@@ -77,7 +77,7 @@ fn request_ticks(period: Duration) {
         })
     });
     if let Some(period) = host_period {
-        let _ = hostcalls::set_tick_period(period);
+        edgewise_support::wasm::apply_wanted_tick_period(period);
     }
 }
 
@@ -230,6 +230,10 @@ impl RootContext for ChainRoot {
     }
 
     fn on_tick(&mut self) {
+        // Deferred metrics of every filter; a tick only for them stops here.
+        if !edgewise_support::wasm::tick() {
+            return;
+        }
         for (index, filter) in self.filters.iter_mut().enumerate() {
             let ticking = VM.with(|vm| {
                 vm.borrow()
@@ -317,6 +321,7 @@ impl ChainStream {
 
 impl Context for ChainStream {
     fn on_done(&mut self) -> bool {
+        let _shared = SharedReads::begin();
         if let Ok(mut streams) = self.streams.try_borrow_mut() {
             let reached = streams.reached;
             for (index, filter) in streams.filters.iter_mut().enumerate() {
@@ -356,8 +361,27 @@ impl Context for ChainStream {
     }
 }
 
+/// For the length of one stream callback, the filters share their reads of the clock and
+/// of the request header map (`abi::begin_shared_reads`): one host call each instead of
+/// one per filter.
+struct SharedReads;
+
+impl SharedReads {
+    fn begin() -> SharedReads {
+        edgewise_support::abi::begin_shared_reads();
+        SharedReads
+    }
+}
+
+impl Drop for SharedReads {
+    fn drop(&mut self) {
+        edgewise_support::abi::end_shared_reads();
+    }
+}
+
 impl HttpContext for ChainStream {
     fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+        let _shared = SharedReads::begin();
         let Ok(mut streams) = self.streams.try_borrow_mut() else {
             return Action::Continue;
         };
@@ -367,6 +391,7 @@ impl HttpContext for ChainStream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let _shared = SharedReads::begin();
         self.each_seen(false, |f| f.on_http_request_body(body_size, end_of_stream))
     }
 
@@ -375,12 +400,14 @@ impl HttpContext for ChainStream {
     }
 
     fn on_http_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+        let _shared = SharedReads::begin();
         self.each_seen(true, |f| {
             f.on_http_response_headers(num_headers, end_of_stream)
         })
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let _shared = SharedReads::begin();
         self.each_seen(true, |f| f.on_http_response_body(body_size, end_of_stream))
     }
 

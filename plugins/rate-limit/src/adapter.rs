@@ -242,11 +242,14 @@ impl RootContext for RateLimitRoot {
             .rules
             .iter()
             .map(|r| RuleMetrics {
-                allowed: Metric::counter(&r.metric_allowed),
-                denied: Metric::counter(&r.metric_denied),
-                shadow_denied: Metric::counter(&r.metric_shadow_denied),
-                queued: Metric::counter(&r.metric_queued),
-                errors: Metric::counter(&r.metric_errors),
+                allowed: Metric::counter_flushed_every(&r.metric_allowed, config.metrics_flush),
+                denied: Metric::counter_flushed_every(&r.metric_denied, config.metrics_flush),
+                shadow_denied: Metric::counter_flushed_every(
+                    &r.metric_shadow_denied,
+                    config.metrics_flush,
+                ),
+                queued: Metric::counter_flushed_every(&r.metric_queued, config.metrics_flush),
+                errors: Metric::counter_flushed_every(&r.metric_errors, config.metrics_flush),
             })
             .collect();
         log(
@@ -272,6 +275,9 @@ impl RootContext for RateLimitRoot {
     }
 
     fn on_tick(&mut self) {
+        if !edgewise_support::wasm::tick() {
+            return; // a tick only for the deferred metrics
+        }
         let Some(now) = now_nanos() else { return };
         self.expire_global_waits(now);
         let due: Vec<Waiter> = {

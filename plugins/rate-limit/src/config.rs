@@ -21,6 +21,7 @@ pub struct RawConfig {
     pub hash_seed: Option<String>,
     pub duplicates: Option<String>,
     pub key_prefix: Option<String>,
+    pub metrics_flush: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +203,9 @@ pub struct Config {
     /// Prepended (with a dot) to every shared-data key, so that two instances of this
     /// filter in one `vm_id` never share state; "" (the default): keys as they are.
     pub key_prefix: String,
+    /// How long per-request counters may wait in the VM before reaching Envoy (zero:
+    /// immediately); see `Metric::counter_flushed_every`.
+    pub metrics_flush: std::time::Duration,
 }
 
 /// Entries per set of a key table (see `table`).
@@ -684,8 +688,10 @@ impl Config {
         let reads_forwarded_for = matches!(client_ip, ClientIpSource::ForwardedFor { .. })
             && rules.iter().any(|r| r.key.contains(&KeyPart::ClientIp));
         let key_prefix = edgewise_support::config::key_prefix(raw.key_prefix.as_deref())?;
+        let metrics_flush = edgewise_support::config::metrics_flush(raw.metrics_flush.as_deref())?;
         Ok(Config {
             key_prefix,
+            metrics_flush,
             reads_forwarded_for,
             rules,
             mode,

@@ -336,20 +336,23 @@ impl RootContext for CacheRoot {
         };
         let m = |what: &str| metric_name(&["response_cache", what]);
         let metrics = Metrics {
-            hits: Metric::counter(&m("hits")),
-            misses: Metric::counter(&m("misses")),
-            stored: Metric::counter(&m("stored")),
-            evicted: Metric::counter(&m("evicted")),
-            not_stored: Metric::counter(&m("not_stored")),
-            invalidated: Metric::counter(&m("invalidated")),
-            purged: Metric::counter(&m("purged")),
-            stale_served: Metric::counter(&m("stale_served")),
-            revalidated: Metric::counter(&m("revalidated")),
-            coalesced: Metric::counter(&m("coalesced")),
-            refreshed: Metric::counter(&m("refreshed")),
-            refresh_failed: Metric::counter(&m("refresh_failed")),
+            hits: Metric::counter_flushed_every(&m("hits"), config.metrics_flush),
+            misses: Metric::counter_flushed_every(&m("misses"), config.metrics_flush),
+            stored: Metric::counter_flushed_every(&m("stored"), config.metrics_flush),
+            evicted: Metric::counter_flushed_every(&m("evicted"), config.metrics_flush),
+            not_stored: Metric::counter_flushed_every(&m("not_stored"), config.metrics_flush),
+            invalidated: Metric::counter_flushed_every(&m("invalidated"), config.metrics_flush),
+            purged: Metric::counter_flushed_every(&m("purged"), config.metrics_flush),
+            stale_served: Metric::counter_flushed_every(&m("stale_served"), config.metrics_flush),
+            revalidated: Metric::counter_flushed_every(&m("revalidated"), config.metrics_flush),
+            coalesced: Metric::counter_flushed_every(&m("coalesced"), config.metrics_flush),
+            refreshed: Metric::counter_flushed_every(&m("refreshed"), config.metrics_flush),
+            refresh_failed: Metric::counter_flushed_every(
+                &m("refresh_failed"),
+                config.metrics_flush,
+            ),
             bytes: Metric::gauge(&m("bytes_in_use")),
-            abandoned: Metric::counter(&m("store_abandoned")),
+            abandoned: Metric::counter_flushed_every(&m("store_abandoned"), config.metrics_flush),
         };
         // The budget beside bytes_in_use, so a dashboard or alert can show how full it is.
         Metric::gauge(&m("max_bytes")).set(config.layout.max_bytes);
@@ -385,6 +388,9 @@ impl RootContext for CacheRoot {
 
     /// Sends queued background refreshes and looks after waiting requests.
     fn on_tick(&mut self) {
+        if !edgewise_support::wasm::tick() {
+            return; // a tick only for the deferred metrics
+        }
         let Some(shared) = self.shared.clone() else {
             return;
         };

@@ -34,6 +34,7 @@ pub struct RawConfig {
     pub strip_targeted_fields: Option<Vec<String>>,
     pub serve_stale_when_unreachable: Option<bool>,
     pub key_prefix: Option<String>,
+    pub metrics_flush: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +208,9 @@ pub struct Config {
     /// Prepended (with a dot) to every shared-data key, so that two instances of this
     /// filter in one `vm_id` never share state; "" (the default): keys as they are.
     pub key_prefix: String,
+    /// How long per-request counters may wait in the VM before reaching Envoy (zero:
+    /// immediately); see `Metric::counter_flushed_every`.
+    pub metrics_flush: std::time::Duration,
 }
 
 impl Config {
@@ -477,8 +481,10 @@ impl Config {
             None => vec![DEFAULT_TARGETED[0].to_string()],
         };
         let key_prefix = edgewise_support::config::key_prefix(raw.key_prefix.as_deref())?;
+        let metrics_flush = edgewise_support::config::metrics_flush(raw.metrics_flush.as_deref())?;
         Ok(Config {
             key_prefix,
+            metrics_flush,
             targeted_fields,
             strip_targeted_fields,
             serve_stale_when_unreachable: raw.serve_stale_when_unreachable.unwrap_or(false),

@@ -34,6 +34,7 @@ extern "C" {
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_define_metric(
         metric_type: u32,
         name_data: *const u8,
@@ -137,12 +138,62 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<bool, HostSt
     }
 }
 
-/// The host's wall clock in nanoseconds since the epoch.
+/// Reads the filters of a composed module share within one callback (one request, one
+/// instant): the clock and the request header map are read from the host once and served
+/// to every filter after; the filters' own request-header changes keep the copy current.
+/// Active only between `begin_shared_reads` and `end_shared_reads` (the composed module
+/// brackets each stream callback); everything else always asks the host.
+#[derive(Default)]
+struct SharedReads {
+    now: Option<u64>,
+    request_headers: Option<Vec<(String, Vec<u8>)>>,
+}
+
+const REQUEST_HEADERS: u32 = 0;
+
+thread_local! {
+    static SHARED_READS: std::cell::RefCell<Option<SharedReads>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Starts sharing reads among the filters of one callback.
+pub fn begin_shared_reads() {
+    SHARED_READS.with(|r| *r.borrow_mut() = Some(SharedReads::default()));
+}
+
+/// Stops sharing: the next reads go to the host.
+pub fn end_shared_reads() {
+    SHARED_READS.with(|r| *r.borrow_mut() = None);
+}
+
+fn shared<T>(f: impl FnOnce(&mut SharedReads) -> T) -> Option<T> {
+    SHARED_READS.with(|r| r.borrow_mut().as_mut().map(f))
+}
+
+/// The request header map of this callback, read once (None when not sharing).
+fn shared_request_headers() -> Option<Vec<(String, Vec<u8>)>> {
+    if let Some(Some(headers)) = shared(|r| r.request_headers.clone()) {
+        return Some(headers);
+    }
+    shared(|_| ())?;
+    let headers = host_map_pairs(REQUEST_HEADERS);
+    shared(|r| r.request_headers = Some(headers.clone()));
+    Some(headers)
+}
+
+/// The host's wall clock in nanoseconds since the epoch (read once per callback while a
+/// composed module shares reads).
 pub fn current_time_nanos() -> Result<u64, HostStatus> {
+    if let Some(Some(now)) = shared(|r| r.now) {
+        return Ok(now);
+    }
     let mut now: u64 = 0;
     // SAFETY: pointer to a local.
     match unsafe { proxy_get_current_time_nanoseconds(&mut now) } {
-        0 => Ok(now),
+        0 => {
+            shared(|r| r.now = Some(now));
+            Ok(now)
+        }
         other => Err(HostStatus(other)),
     }
 }
@@ -192,6 +243,17 @@ pub fn log(level: u32, message: &str) -> Result<(), HostStatus> {
     }
 }
 
+/// Asks the host to call the root context's tick every `period` (zero: stop). Periods
+/// beyond u32 milliseconds are clamped.
+pub fn set_tick_period(period: std::time::Duration) -> Result<(), HostStatus> {
+    let millis = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+    // SAFETY: a plain value.
+    match unsafe { proxy_set_tick_period_milliseconds(millis) } {
+        0 => Ok(()),
+        other => Err(HostStatus(other)),
+    }
+}
+
 /// Defines a metric (type as the ABI numbers it: 0 counter, 1 gauge, 2 histogram).
 pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, HostStatus> {
     let mut id: u32 = 0;
@@ -205,6 +267,11 @@ pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, HostStatus> {
 /// A header map's value for `key` (the first, as Envoy returns it); None when absent or when
 /// the map cannot be read now (any status: the caller treats the header as missing).
 pub fn get_map_value(map_type: u32, key: &str) -> Option<Vec<u8>> {
+    if map_type == REQUEST_HEADERS {
+        if let Some(headers) = shared_request_headers() {
+            return headers.into_iter().find(|(k, _)| k == key).map(|(_, v)| v);
+        }
+    }
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
     // SAFETY: pointers to locals; the host writes a buffer it allocated through us.
@@ -227,17 +294,42 @@ pub fn replace_map_value(map_type: u32, key: &str, value: &[u8]) -> bool {
             value.len(),
         )
     };
+    if status == 0 && map_type == REQUEST_HEADERS {
+        shared(|r| {
+            if let Some(headers) = &mut r.request_headers {
+                headers.retain(|(k, _)| k != key);
+                headers.push((key.to_string(), value.to_vec()));
+            }
+        });
+    }
     status == 0
 }
 
 /// Removes `key`; false when the host refused.
 pub fn remove_map_value(map_type: u32, key: &str) -> bool {
     // SAFETY: the host only reads the given range.
-    unsafe { proxy_remove_header_map_value(map_type, key.as_ptr(), key.len()) == 0 }
+    let removed = unsafe { proxy_remove_header_map_value(map_type, key.as_ptr(), key.len()) == 0 };
+    if removed && map_type == REQUEST_HEADERS {
+        shared(|r| {
+            if let Some(headers) = &mut r.request_headers {
+                headers.retain(|(k, _)| k != key);
+            }
+        });
+    }
+    removed
 }
 
 /// Every (name, value) of a header map, in order; empty when it cannot be read now.
 pub fn get_map_pairs(map_type: u32) -> Vec<(String, Vec<u8>)> {
+    if map_type == REQUEST_HEADERS {
+        if let Some(headers) = shared_request_headers() {
+            return headers;
+        }
+    }
+    host_map_pairs(map_type)
+}
+
+fn host_map_pairs(map_type: u32) -> Vec<(String, Vec<u8>)> {
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
     // SAFETY: pointers to locals; the host writes a buffer it allocated through us.
@@ -253,7 +345,12 @@ pub fn get_map_pairs(map_type: u32) -> Vec<(String, Vec<u8>)> {
 pub fn set_map_pairs(map_type: u32, pairs: &[(&str, &[u8])]) -> bool {
     let bytes = encode_pairs(pairs);
     // SAFETY: the host only reads the given range.
-    unsafe { proxy_set_header_map_pairs(map_type, bytes.as_ptr(), bytes.len()) == 0 }
+    let set = unsafe { proxy_set_header_map_pairs(map_type, bytes.as_ptr(), bytes.len()) == 0 };
+    if map_type == REQUEST_HEADERS {
+        // Whatever the outcome, the next read asks the host.
+        shared(|r| r.request_headers = None);
+    }
+    set
 }
 
 /// Up to `max_size` bytes of a buffer from `start`; Ok(None) when there is none,

@@ -137,30 +137,153 @@ pub fn install_panic_hook(plugin: &'static str, version: &'static str) {
 }
 
 /// A counter or gauge defined once at configure time. Failures are swallowed: metrics must
-/// never take traffic down.
+/// never take traffic down. A counter made `deferred` adds its increments up in the VM and
+/// hands them to the host on the root context's tick (`metrics_flush`), one host call per
+/// counter per flush instead of one per request.
 #[derive(Clone, Copy, Debug)]
-pub struct Metric(Option<u32>);
+pub struct Metric {
+    id: Option<u32>,
+    deferred: bool,
+}
 
 impl Metric {
     pub fn counter(name: &str) -> Metric {
-        Metric(crate::abi::define_metric(MetricType::Counter as u32, name).ok())
+        Metric {
+            id: crate::abi::define_metric(MetricType::Counter as u32, name).ok(),
+            deferred: false,
+        }
+    }
+
+    /// A counter whose increments reach Envoy at the next flush (at most `metrics_flush`
+    /// late) when `flush` is non-zero; immediate otherwise.
+    pub fn counter_flushed_every(name: &str, flush: std::time::Duration) -> Metric {
+        if !flush.is_zero() {
+            TICKS.with(|t| {
+                let current = t.flush.get();
+                if current.is_zero() || flush < current {
+                    t.flush.set(flush);
+                }
+            });
+        }
+        Metric {
+            deferred: !flush.is_zero(),
+            ..Metric::counter(name)
+        }
     }
 
     pub fn gauge(name: &str) -> Metric {
-        Metric(crate::abi::define_metric(MetricType::Gauge as u32, name).ok())
+        Metric {
+            id: crate::abi::define_metric(MetricType::Gauge as u32, name).ok(),
+            deferred: false,
+        }
     }
 
     pub fn increment(&self, by: i64) {
-        if let Some(id) = self.0 {
+        let Some(id) = self.id else { return };
+        if !self.deferred {
             let _ = crate::abi::increment_metric(id, by);
+            return;
+        }
+        let was_empty = PENDING.with(|p| {
+            let mut pending = p.borrow_mut();
+            let was_empty = pending.is_empty();
+            match pending.iter_mut().find(|(i, _)| *i == id) {
+                Some((_, total)) => *total += by,
+                None => pending.push((id, by)),
+            }
+            was_empty
+        });
+        if was_empty {
+            // The first increment since the last flush asks for a tick (one host call per
+            // flush period, not per request).
+            TICKS.with(|t| t.flush_armed.set(true));
+            apply_tick_period();
         }
     }
 
     pub fn set(&self, value: u64) {
-        if let Some(id) = self.0 {
+        if let Some(id) = self.id {
             let _ = crate::abi::record_metric(id, value);
         }
     }
+}
+
+/// Hands every deferred increment to the host (one call per counter that moved).
+pub fn flush_metrics() {
+    let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    for (id, total) in pending {
+        if total != 0 {
+            let _ = crate::abi::increment_metric(id, total);
+        }
+    }
+}
+
+/// The root context's tick period is shared by what the filter asks for
+/// (`set_tick_period`) and the flush of deferred metrics: the host ticks at the shorter.
+struct Ticks {
+    /// What the filter (or, in a composed module, the shortest of its filters) asked for.
+    wanted: std::cell::Cell<std::time::Duration>,
+    /// The shortest `metrics_flush` configured in this VM (zero: none).
+    flush: std::cell::Cell<std::time::Duration>,
+    /// Deferred increments wait for a flush.
+    flush_armed: std::cell::Cell<bool>,
+    /// The period last given to the host.
+    current: std::cell::Cell<std::time::Duration>,
+}
+
+thread_local! {
+    static PENDING: std::cell::RefCell<Vec<(u32, i64)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static TICKS: Ticks = const {
+        Ticks {
+            wanted: std::cell::Cell::new(std::time::Duration::ZERO),
+            flush: std::cell::Cell::new(std::time::Duration::ZERO),
+            flush_armed: std::cell::Cell::new(false),
+            current: std::cell::Cell::new(std::time::Duration::ZERO),
+        }
+    };
+}
+
+/// Gives the host the shorter of the wanted period and, while increments wait, the flush
+/// period; no host call when that is what the host already has.
+fn apply_tick_period() {
+    let period = TICKS.with(|t| {
+        let wanted = t.wanted.get();
+        let flush = if t.flush_armed.get() {
+            t.flush.get()
+        } else {
+            std::time::Duration::ZERO
+        };
+        let period = match (wanted.is_zero(), flush.is_zero()) {
+            (true, _) => flush,
+            (false, true) => wanted,
+            (false, false) => wanted.min(flush),
+        };
+        (period != t.current.get()).then(|| {
+            t.current.set(period);
+            period
+        })
+    });
+    if let Some(period) = period {
+        let _ = crate::abi::set_tick_period(period);
+    }
+}
+
+/// The root context's tick: flushes deferred metrics, and says whether the filter's own
+/// tick work should run (it asked for ticks), so a tick that came only for the flush does
+/// nothing else. Every root context's `on_tick` starts with it.
+pub fn tick() -> bool {
+    flush_metrics();
+    TICKS.with(|t| t.flush_armed.set(false));
+    apply_tick_period();
+    TICKS.with(|t| !t.wanted.get().is_zero())
+}
+
+/// Sets the period the filter's root context wants ticks at (zero: none); the host ticks
+/// at the shorter of it and a pending metrics flush. A composed module calls this with the
+/// shortest period its filters asked for.
+pub fn apply_wanted_tick_period(period: std::time::Duration) {
+    TICKS.with(|t| t.wanted.set(period));
+    apply_tick_period();
 }
 
 /// Writes a line to Envoy's log (a failure to log is not worth failing traffic for).
@@ -236,8 +359,6 @@ pub fn set_tick_period(period: std::time::Duration) {
     let hook = COMPOSED.with(|c| c.borrow().tick.clone());
     match hook {
         Some(tick) => tick(period),
-        None => {
-            let _ = hostcalls::set_tick_period(period);
-        }
+        None => apply_wanted_tick_period(period),
     }
 }

@@ -58,6 +58,11 @@ impl RootContext for RouterRoot {
         true
     }
 
+    /// Only for deferred metrics (`metrics_flush`): the router has no timed work.
+    fn on_tick(&mut self) {
+        edgewise_support::wasm::tick();
+    }
+
     fn on_configure(&mut self, _size: usize) -> bool {
         let Some(config) = load_config("weighted_router", Config::from_json) else {
             return false;
@@ -69,10 +74,12 @@ impl RootContext for RouterRoot {
                 requests: r
                     .targets
                     .iter()
-                    .map(|t| Metric::counter(&t.metric_requests))
+                    .map(|t| {
+                        Metric::counter_flushed_every(&t.metric_requests, config.metrics_flush)
+                    })
                     .collect(),
-                failovers: Metric::counter(&r.metric_failovers),
-                overrides: Metric::counter(&r.metric_overrides),
+                failovers: Metric::counter_flushed_every(&r.metric_failovers, config.metrics_flush),
+                overrides: Metric::counter_flushed_every(&r.metric_overrides, config.metrics_flush),
             })
             .collect();
         let seed = now_nanos().unwrap_or(0x5eed) | 1;

@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     pub breaker_slots: Option<u64>,
     pub key_prefix: Option<String>,
+    pub metrics_flush: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +120,9 @@ pub struct Config {
     /// Prepended (with a dot) to every shared-data key, so that two instances of this
     /// filter in one `vm_id` never share state; "" (the default): keys as they are.
     pub key_prefix: String,
+    /// How long per-request counters may wait in the VM before reaching Envoy (zero:
+    /// immediately); see `Metric::counter_flushed_every`.
+    pub metrics_flush: std::time::Duration,
 }
 
 fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
@@ -175,8 +179,10 @@ impl Config {
             ));
         }
         let key_prefix = edgewise_support::config::key_prefix(raw.key_prefix.as_deref())?;
+        let metrics_flush = edgewise_support::config::metrics_flush(raw.metrics_flush.as_deref())?;
         Ok(Config {
             key_prefix,
+            metrics_flush,
             cluster_header,
             routes,
             breaker_slots,
