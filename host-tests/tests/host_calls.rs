@@ -52,8 +52,7 @@ const CB: &str = r#"{"upstream":"header:x-route-cluster","trip":{"consecutive_fa
 const WR: &str = r#"{"routes":[{"name":"api","targets":[{"cluster":"api-v1","weight":1}]}]}"#;
 const RL_FLUSH: &str = r#"{"metrics_flush":"1s","rules":[{"name":"r","key":"header:x-user","limit":1000000000,"window":"1s"}]}"#;
 const CB_FLUSH: &str = r#"{"metrics_flush":"1s","upstream":"header:x-route-cluster","trip":{"consecutive_failures":5}}"#;
-const WR_FLUSH: &str =
-    r#"{"metrics_flush":"1s","routes":[{"name":"api","targets":[{"cluster":"api-v1","weight":1}]}]}"#;
+const WR_FLUSH: &str = r#"{"metrics_flush":"1s","routes":[{"name":"api","targets":[{"cluster":"api-v1","weight":1}]}]}"#;
 /// edge_chain: the four filters share one read of the clock and of the request header map
 /// per callback (was 23 with each filter reading its own).
 const EDGE_CHAIN_BOUND: u64 = 19;
