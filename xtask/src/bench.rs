@@ -595,7 +595,7 @@ fn write_report(
 A filter's cost is mostly its crossings between Envoy and V8, not its logic (criterion: decisions \
 of 5–600 ns). Host calls per request, counted in our host by `host-tests/tests/host_calls.rs` \
 (which fails if any path makes more):\n\n\
-| Path | Host calls per request | with `metrics_flush: "1s"` |\n|---|---|---|\n\
+| Path | Host calls per request | with `metrics_flush: \"1s\"` |\n|---|---|---|\n\
 | do-nothing filter | 0 (the SDK's per-stream callbacks only) | |\n\
 | rate_limit passing | 7: clock, key header map, shared-data get + CAS set, counter, 2 RateLimit response headers | 6 |\n\
 | rate_limit denying | 5: clock, key header map, shared-data get, counter, local reply | |\n\
