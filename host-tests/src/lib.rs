@@ -51,59 +51,15 @@ pub fn wasm_dir() -> PathBuf {
 pub fn build_wasm_modules() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .current_dir(workspace_root())
-            .args(["build", "--release", "--target", "wasm32-wasip1", "--quiet"])
-            .status();
-        match status {
-            Ok(s) if s.success() => {}
-            other => panic!("building the wasm modules failed ({other:?}); run `cargo build --release --target wasm32-wasip1` to see why"),
+        // The same build as every other layer: the workspace's modules with the post-link
+        // step (each filter exports only the callbacks it uses), then edge_chain.
+        if let Err(failure) = envoy_harness::build_wasm(&[]) {
+            panic!("building the wasm modules failed ({failure:#}); run `cargo xtask build` to see why");
         }
-        if let Err(failure) = build_edge_chain() {
-            panic!("building edge_chain.wasm failed: {failure}");
+        if let Err(failure) = envoy_harness::build_edge_chain() {
+            panic!("building edge_chain.wasm failed: {failure:#}");
         }
     });
-}
-
-/// Builds the composed module (its own workspace, `plugins/edge-chain`) into
-/// `<target>/edge-chain-<hash of the checkout's path>` and copies `edge_chain.wasm` next to the other modules.
-pub fn build_edge_chain() -> Result<(), String> {
-    let target = wasm_dir()
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|t| {
-            // One directory per checkout (as envoy-harness's edge_chain_target_dir).
-            let root = workspace_root();
-            let hash =
-                edgewise_support::breaker_state::identity_hash(root.to_string_lossy().as_bytes());
-            t.join(format!("edge-chain-{:08x}", hash as u32))
-        })
-        .ok_or("no target directory")?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = workspace_root().join("plugins/edge-chain/Cargo.toml");
-    let status = std::process::Command::new(cargo)
-        .arg("build")
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(&target)
-        .args(["--release", "--target", "wasm32-wasip1", "--quiet"])
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !status.success() {
-        return Err(format!(
-            "cargo build --manifest-path {} failed",
-            manifest.display()
-        ));
-    }
-    std::fs::create_dir_all(wasm_dir()).map_err(|e| e.to_string())?;
-    std::fs::copy(
-        target.join("wasm32-wasip1/release/edge_chain.wasm"),
-        wasm_dir().join("edge_chain.wasm"),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(())
 }
 
 /// Loads one of our built modules by artifact name ("probe", "rate_limit", ...).
