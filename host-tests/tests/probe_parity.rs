@@ -314,8 +314,7 @@ fn a_probe_without_some_callbacks_sees_the_same_in_our_host_and_in_envoy() {
         "proxy_on_log",
     ];
     let stripped = envoy_harness::strip::without_exports(&full, &removed).unwrap();
-    envoy_harness::write_by_rename(&envoy_harness::wasm_path("probe_stripped"), &stripped)
-        .unwrap();
+    envoy_harness::write_by_rename(&envoy_harness::wasm_path("probe_stripped"), &stripped).unwrap();
     let host = run_in_host("probe_stripped");
     let envoy = run_in_envoy("probe_stripped");
     assert_same(&host, &envoy);
