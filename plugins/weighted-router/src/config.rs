@@ -100,7 +100,7 @@ pub struct Route {
     pub overrides: Vec<Override>,
     pub failover: bool,
     pub shared_cursor: bool,
-    /// The smooth WRR sequence over targets with weight > 0.
+    /// The weighted round-robin cycle over targets with weight > 0.
     pub wrr: WrrTable,
     pub weights: Vec<u32>,
     /// Per-target seeds for rendezvous hashing (hash of the cluster name).
