@@ -61,10 +61,8 @@ impl WrrTable {
                     best = Some(key);
                 }
             }
-            // Never None: EDF meets every window (see above); the guard keeps it total.
-            let Some((_, _, chosen)) = best else {
-                return None;
-            };
+            // Never None: EDF meets every window (see above); `?` keeps it total.
+            let (_, _, chosen) = best?;
             picked[chosen] += 1;
             sequence.push(chosen as u16);
         }
