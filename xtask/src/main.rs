@@ -195,8 +195,16 @@ pub(crate) fn build_wasm() -> Result<()> {
     Ok(())
 }
 
+/// The property tests' seed in `cargo xtask test` (CI): fixed, so a run is repeatable and a
+/// change cannot pass or fail by the luck of the draw. Set `PROPTEST_RNG_SEED` to explore
+/// other inputs (a failure prints the minimal input to add as a unit test).
+const PROPERTY_TEST_SEED: &str = "20261202";
+
 fn test() -> Result<()> {
     let started = Instant::now();
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        std::env::set_var("PROPTEST_RNG_SEED", PROPERTY_TEST_SEED);
+    }
     setup()?;
     build_wasm()?;
     let chain_manifest = workspace_root().join("plugins/edge-chain/Cargo.toml");
