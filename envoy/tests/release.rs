@@ -2,17 +2,12 @@
 //! `SHA256SUMS` that `sha256sum -c` accepts, and one OCI image per module holding exactly
 //! one layer with `/plugin.wasm` byte-identical to the released file.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use envoy_harness::{docker_available, workspace_root};
 
-const MODULES: [&str; 5] = [
-    "rate_limit",
-    "response_cache",
-    "circuit_breaker",
-    "weighted_router",
-    "edge_chain",
-];
+use envoy_harness::release::{Artifact, MODULES};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
@@ -80,22 +75,12 @@ fn release_writes_versioned_modules_checksums_and_compat_images() {
 /// changed on the server after the release is refused the same way.
 #[test]
 fn envoy_loads_a_released_module_remotely_only_with_its_sha256() {
-    envoy_harness::build_wasm(&[
-        "rate-limit",
-        "response-cache",
-        "circuit-breaker",
-        "weighted-router",
-    ])
-    .unwrap();
-    envoy_harness::build_edge_chain().unwrap();
-    let dist = envoy_harness::target_dir().join("remote-load-test/dist");
-    let artifacts = envoy_harness::release::write_dist(&dist).unwrap();
+    let (dist, artifacts, server) = serve_a_release("remote-load-test");
     let released = artifacts
         .iter()
         .find(|a| a.module == "rate_limit")
         .unwrap()
         .clone();
-    let server = envoy_harness::Backend::start_serving("artifacts", &dist).unwrap();
     let origin = envoy_harness::Backend::start("origin").unwrap();
     let uri = format!("http://{}/dist/{}", server.addr, released.file);
     let config = |sha256: &str| {
@@ -170,17 +155,7 @@ fn envoy_loads_a_released_module_remotely_only_with_its_sha256() {
 /// local files the code is part of the VM key and the same pair works (the examples).
 #[test]
 fn two_remote_modules_under_one_vm_id_get_one_vm_in_envoy_1_40() {
-    envoy_harness::build_wasm(&[
-        "rate-limit",
-        "response-cache",
-        "circuit-breaker",
-        "weighted-router",
-    ])
-    .unwrap();
-    envoy_harness::build_edge_chain().unwrap();
-    let dist = envoy_harness::target_dir().join("remote-vm-id-test/dist");
-    let artifacts = envoy_harness::release::write_dist(&dist).unwrap();
-    let server = envoy_harness::Backend::start_serving("artifacts", &dist).unwrap();
+    let (_dist, artifacts, server) = serve_a_release("remote-vm-id-test");
     let origin = envoy_harness::Backend::start("origin").unwrap();
     let remote = |module: &str, config: &str| {
         let a = artifacts.iter().find(|a| a.module == module).unwrap();
@@ -218,4 +193,21 @@ fn two_remote_modules_under_one_vm_id_get_one_vm_in_envoy_1_40() {
         envoy.log_tail(15)
     );
     assert_eq!(envoy.get("/").unwrap().status, 503, "fail closed");
+}
+
+/// Builds every module, writes a dist directory `target/<label>/dist` and serves it from an
+/// artifact server (our backend with `--serve-dir`).
+fn serve_a_release(label: &str) -> (PathBuf, Vec<Artifact>, envoy_harness::Backend) {
+    envoy_harness::build_wasm(&[
+        "rate-limit",
+        "response-cache",
+        "circuit-breaker",
+        "weighted-router",
+    ])
+    .unwrap();
+    envoy_harness::build_edge_chain().unwrap();
+    let dist = envoy_harness::target_dir().join(label).join("dist");
+    let artifacts = envoy_harness::release::write_dist(&dist).unwrap();
+    let server = envoy_harness::Backend::start_serving("artifacts", &dist).unwrap();
+    (dist, artifacts, server)
 }

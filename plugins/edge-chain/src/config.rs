@@ -45,16 +45,15 @@ impl Chain {
                 .unwrap_or("")
                 .to_string()
         };
-        if values[2].is_some() && values[3].is_some() && prefix(&values[2]) != prefix(&values[3]) {
-            return Err(ConfigError::new(
-                "weighted_router.key_prefix",
-                format!(
-                    "{:?} differs from circuit_breaker.key_prefix {:?}",
-                    prefix(&values[2]),
-                    prefix(&values[3])
-                ),
-                "give the router and the breaker the same key_prefix, so the router sees the breaker's state",
-            ));
+        if let (Some(_), Some(_)) = (&values[2], &values[3]) {
+            let (router, breaker) = (prefix(&values[2]), prefix(&values[3]));
+            if router != breaker {
+                return Err(ConfigError::new(
+                    "weighted_router.key_prefix",
+                    format!("{router:?} differs from circuit_breaker.key_prefix {breaker:?}"),
+                    "give the router and the breaker the same key_prefix, so the router sees the breaker's state",
+                ));
+            }
         }
         let mut sections = Vec::new();
         for (name, value) in ORDER.iter().zip(values) {

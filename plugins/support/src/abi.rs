@@ -170,15 +170,17 @@ fn shared<T>(f: impl FnOnce(&mut SharedReads) -> T) -> Option<T> {
     SHARED_READS.with(|r| r.borrow_mut().as_mut().map(f))
 }
 
-/// The request header map of this callback, read once (None when not sharing).
-fn shared_request_headers() -> Option<Vec<(String, Vec<u8>)>> {
-    if let Some(Some(headers)) = shared(|r| r.request_headers.clone()) {
-        return Some(headers);
-    }
-    shared(|_| ())?;
-    let headers = host_map_pairs(REQUEST_HEADERS);
-    shared(|r| r.request_headers = Some(headers.clone()));
-    Some(headers)
+/// `f` applied to the request header map of this callback, read from the host once (None
+/// when not sharing). Lookups borrow the shared copy instead of cloning it.
+fn with_shared_request_headers<T>(f: impl FnOnce(&[(String, Vec<u8>)]) -> T) -> Option<T> {
+    SHARED_READS.with(|r| {
+        let mut reads = r.borrow_mut();
+        let reads = reads.as_mut()?;
+        let headers = reads
+            .request_headers
+            .get_or_insert_with(|| host_map_pairs(REQUEST_HEADERS));
+        Some(f(headers))
+    })
 }
 
 /// The host's wall clock in nanoseconds since the epoch (read once per callback while a
@@ -268,8 +270,14 @@ pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, HostStatus> {
 /// the map cannot be read now (any status: the caller treats the header as missing).
 pub fn get_map_value(map_type: u32, key: &str) -> Option<Vec<u8>> {
     if map_type == REQUEST_HEADERS {
-        if let Some(headers) = shared_request_headers() {
-            return headers.into_iter().find(|(k, _)| k == key).map(|(_, v)| v);
+        let found = with_shared_request_headers(|headers| {
+            headers
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        });
+        if let Some(value) = found {
+            return value;
         }
     }
     let mut data: *mut u8 = null_mut();
@@ -322,7 +330,7 @@ pub fn remove_map_value(map_type: u32, key: &str) -> bool {
 /// Every (name, value) of a header map, in order; empty when it cannot be read now.
 pub fn get_map_pairs(map_type: u32) -> Vec<(String, Vec<u8>)> {
     if map_type == REQUEST_HEADERS {
-        if let Some(headers) = shared_request_headers() {
+        if let Some(headers) = with_shared_request_headers(<[_]>::to_vec) {
             return headers;
         }
     }
