@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use proxy_host::{load_module, Action, Headers, PluginOptions, Vm, World};
+use proxy_host::{load_module, Action, Headers, PluginOptions, Status, Vm, World};
 
 fn start(world: &World, module: &str, config: &str) -> Vm {
     world.add_cluster("api-v1");
@@ -162,4 +162,75 @@ fn every_filter_defers_and_flushes() {
         world.advance(Duration::from_secs(1)).unwrap();
         assert_eq!(world.metric(metric), Some(5), "{module}");
     }
+}
+
+/// Host calls of the flush that fail: a refused tick request is asked again by the next
+/// counted request (the counts are not stranded), a failed flush costs those counts and no
+/// traffic; no trap anywhere.
+#[test]
+fn failing_flush_host_calls_never_trap_and_never_strand_the_counts() {
+    let world = World::new();
+    let vm = start(
+        &world,
+        "rate_limit",
+        r#"{"metrics_flush":"1s","rules":[{"name":"r","key":"header:x-user","limit":100,"window":"1h"}]}"#,
+    );
+    world.fail_host_call(
+        "proxy_set_tick_period_milliseconds",
+        Status::InternalFailure,
+        1,
+    );
+    assert_eq!(
+        send(&vm),
+        200,
+        "the refused tick request does not touch the request"
+    );
+    assert_eq!(send(&vm), 200);
+    world.advance(Duration::from_secs(1)).unwrap();
+    assert_eq!(
+        world.metric(ALLOWED),
+        Some(2),
+        "the second request asked again"
+    );
+
+    world.fail_host_call("proxy_increment_metric", Status::InternalFailure, 1);
+    assert_eq!(send(&vm), 200);
+    world.advance(Duration::from_secs(1)).unwrap();
+    assert_eq!(
+        world.metric(ALLOWED),
+        Some(2),
+        "that flush failed: its count is lost"
+    );
+    assert_eq!(send(&vm), 200);
+    world.advance(Duration::from_secs(1)).unwrap();
+    assert_eq!(world.metric(ALLOWED), Some(3), "later counts arrive");
+}
+
+/// A live configuration change from deferred to immediate counters: what waited is still
+/// flushed, and new counts arrive at once.
+#[test]
+fn a_reconfiguration_to_immediate_counters_still_flushes_what_waited() {
+    let world = World::new();
+    let vm = start(
+        &world,
+        "rate_limit",
+        r#"{"metrics_flush":"1s","rules":[{"name":"r","key":"header:x-user","limit":100,"window":"1h"}]}"#,
+    );
+    for _ in 0..3 {
+        send(&vm);
+    }
+    vm.reconfigure(r#"{"rules":[{"name":"r","key":"header:x-user","limit":100,"window":"1h"}]}"#)
+        .unwrap();
+    send(&vm);
+    assert_eq!(
+        world.metric(ALLOWED),
+        Some(1),
+        "the new counter is immediate"
+    );
+    world.advance(Duration::from_secs(1)).unwrap();
+    assert_eq!(
+        world.metric(ALLOWED),
+        Some(4),
+        "the 3 that waited were flushed"
+    );
 }

@@ -184,21 +184,18 @@ impl Metric {
             let _ = crate::abi::increment_metric(id, by);
             return;
         }
-        let was_empty = PENDING.with(|p| {
+        PENDING.with(|p| {
             let mut pending = p.borrow_mut();
-            let was_empty = pending.is_empty();
             match pending.iter_mut().find(|(i, _)| *i == id) {
                 Some((_, total)) => *total += by,
                 None => pending.push((id, by)),
             }
-            was_empty
         });
-        if was_empty {
-            // The first increment since the last flush asks for a tick (one host call per
-            // flush period, not per request).
-            TICKS.with(|t| t.flush_armed.set(true));
-            apply_tick_period();
-        }
+        // Counts wait: the tick must run. A host call only when the host's period is not
+        // already right (the first count since a flush, or after a refused request) — once
+        // per flush period, not per request.
+        TICKS.with(|t| t.flush_armed.set(true));
+        apply_tick_period();
     }
 
     pub fn set(&self, value: u64) {
@@ -258,13 +255,13 @@ fn apply_tick_period() {
             (false, true) => wanted,
             (false, false) => wanted.min(flush),
         };
-        (period != t.current.get()).then(|| {
-            t.current.set(period);
-            period
-        })
+        (period != t.current.get()).then_some(period)
     });
+    // Recorded only once the host took it: a refused request is made again next time.
     if let Some(period) = period {
-        let _ = crate::abi::set_tick_period(period);
+        if crate::abi::set_tick_period(period).is_ok() {
+            TICKS.with(|t| t.current.set(period));
+        }
     }
 }
 
