@@ -409,7 +409,7 @@ fn responses_being_stored_share_one_byte_budget_per_worker() {
     let world = World::new();
     let vms = start(
         &world,
-        r#"{"max_entry_bytes":1024,"max_inflight_bytes":2048,"coalesce":{"enabled":false}}"#,
+        r#"{"max_entry_bytes":1100,"max_inflight_bytes":2048,"coalesce":{"enabled":false}}"#,
     );
     let mut streams: Vec<Stream> = (0..3)
         .map(|i| request(&vms[0], "GET", &format!("/big/{i}"), &[]))

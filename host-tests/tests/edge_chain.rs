@@ -60,7 +60,8 @@ fn the_filters_run_in_the_edge_order_and_a_local_reply_stops_the_chain() {
         r.header("ratelimit").is_some(),
         "the limiter's headers: {r:?}"
     );
-    // A hit on the other worker: the cache answers; the router and breaker never see it.
+    // A hit on the other worker: the cache answers (keyed on the route the router chose
+    // before it); the breaker never sees it.
     let (hit, action) = send(&vms[1], "/p", "ann");
     assert_eq!(action, Action::Pause);
     assert!(hit.upstream_request().is_none());
@@ -77,8 +78,8 @@ fn the_filters_run_in_the_edge_order_and_a_local_reply_stops_the_chain() {
     assert_eq!(world.metric("edgewise.response_cache.hits"), Some(2));
     assert_eq!(
         world.metric("edgewise.weighted_router.route=.=api;.;cluster=.=api-v1;.;requests"),
-        Some(1),
-        "only the miss was routed"
+        Some(3),
+        "the router runs before the cache: every admitted request (the miss, two hits) was routed, the denial not"
     );
 }
 

@@ -220,6 +220,11 @@ fn publish_breaker(
     open_until: u64,
     probes_full: bool,
 ) {
+    // Placement is keyed with the deployment's seed, which the VMs keep in shared data.
+    let (seed, _) = world
+        .shared_data(VM_ID, "edgewise.hash_seed")
+        .expect("the VMs created the hash seed");
+    edgewise_support::seed::set(u64::from_le_bytes(seed.try_into().unwrap()));
     let hash = identity_hash(cluster.as_bytes());
     let slot = candidate_slots(hash, 256).next().unwrap();
     let mut value = vec![0u8; 208];
@@ -232,6 +237,7 @@ fn publish_breaker(
             probes_full,
         },
     );
+    let value = edgewise_support::breaker_state::with_identity(value, cluster.as_bytes());
     world.set_shared_data(VM_ID, &slot_key(slot), &value);
 }
 

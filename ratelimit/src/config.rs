@@ -10,6 +10,9 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 struct RawDomain {
     domain: String,
+    /// Whether callers may give a descriptor its own limit (`RateLimitOverride`). Off by
+    /// default: an override from a caller this domain does not trust would set any limit.
+    overrides: Option<bool>,
     descriptors: Vec<RawDescriptor>,
 }
 
@@ -91,6 +94,8 @@ pub struct Node {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub domains: BTreeMap<String, Vec<Node>>,
+    /// Domains whose callers may send `RateLimitOverride`s (`overrides: true`).
+    pub overrides: std::collections::BTreeSet<String>,
 }
 
 /// A configuration error, naming the file, the descriptor path and the fix.
@@ -120,6 +125,9 @@ impl Config {
             )));
         }
         let nodes = compile(source, &raw.domain, &raw.descriptors)?;
+        if raw.overrides == Some(true) {
+            self.overrides.insert(raw.domain.clone());
+        }
         self.domains.insert(raw.domain, nodes);
         Ok(())
     }

@@ -21,13 +21,14 @@ use axum::routing::get;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 
 use crate::config::Config;
-use crate::service::{Limiter, Metrics};
+use crate::service::{Bounds, Limiter, Metrics};
 
 struct Args {
     configs: Vec<String>,
     redis: String,
     listen: String,
     http: String,
+    bounds: Bounds,
 }
 
 fn args() -> Result<Args, String> {
@@ -36,6 +37,12 @@ fn args() -> Result<Args, String> {
         redis: "redis://127.0.0.1:6379".into(),
         listen: "127.0.0.1:8081".into(),
         http: "127.0.0.1:8080".into(),
+        bounds: Bounds {
+            hash_key: std::env::var("EDGEWISE_RATELIMIT_HASH_KEY")
+                .unwrap_or_default()
+                .into_bytes(),
+            ..Bounds::default()
+        },
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -45,6 +52,24 @@ fn args() -> Result<Args, String> {
             "--redis" => args.redis = value()?,
             "--listen" => args.listen = value()?,
             "--http" => args.http = value()?,
+            "--hash-key" => args.bounds.hash_key = value()?.into_bytes(),
+            "--max-descriptors" | "--max-entries" | "--hash-values-over" | "--max-value-bytes"
+            | "--max-hits-addend" => {
+                let text = value()?;
+                let n: u64 = text
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or(format!("{flag} takes a positive number, not {text:?}"))?;
+                let b = &mut args.bounds;
+                match flag.as_str() {
+                    "--max-descriptors" => b.max_descriptors = n as usize,
+                    "--max-entries" => b.max_entries = n as usize,
+                    "--hash-values-over" => b.hash_values_over = n as usize,
+                    "--max-value-bytes" => b.max_value_bytes = n as usize,
+                    _ => b.max_hits_addend = n,
+                }
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -85,6 +110,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         redis: redis.clone(),
         script: service::script(),
         metrics: metrics.clone(),
+        bounds: args.bounds,
     };
 
     let grpc = tokio::net::TcpListener::bind(&args.listen).await?;
@@ -132,6 +158,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                             "edgewise_ratelimit_redis_errors_total",
                             "Calls failed because Redis did not answer (UNAVAILABLE).",
                             m.redis_errors.load(Ordering::Relaxed),
+                        ),
+                        line(
+                            "edgewise_ratelimit_refused_total",
+                            "Calls refused for exceeding the service's bounds (INVALID_ARGUMENT).",
+                            m.refused.load(Ordering::Relaxed),
+                        ),
+                        line(
+                            "edgewise_ratelimit_overrides_ignored_total",
+                            "Descriptor overrides ignored (their domain does not set overrides: true).",
+                            m.overrides_ignored.load(Ordering::Relaxed),
                         ),
                         line(
                             "edgewise_ratelimit_unlimited_descriptors_total",

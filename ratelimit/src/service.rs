@@ -25,6 +25,111 @@ pub struct Metrics {
     pub over_limit: AtomicU64,
     pub redis_errors: AtomicU64,
     pub unlimited_descriptors: AtomicU64,
+    /// Calls refused for exceeding the service's bounds (INVALID_ARGUMENT).
+    pub refused: AtomicU64,
+    /// Overrides ignored because their domain does not allow them.
+    pub overrides_ignored: AtomicU64,
+}
+
+/// What one call may ask for: every caller-chosen byte that becomes a Redis key, and every
+/// count that becomes a script argument, is bounded (flags of the same names).
+#[derive(Clone, Debug)]
+pub struct Bounds {
+    /// `--max-descriptors`: descriptors in one call.
+    pub max_descriptors: usize,
+    /// `--max-entries`: entries in one descriptor.
+    pub max_entries: usize,
+    /// `--hash-values-over`: longer entry values are counted under their hash (SHA-256,
+    /// keyed with `--hash-key`), so a key's size never follows a client's input.
+    pub hash_values_over: usize,
+    /// `--max-value-bytes`: a longer entry key or value (or domain) refuses the call.
+    pub max_value_bytes: usize,
+    /// `--max-hits-addend`: a larger `hits_addend` refuses the call.
+    pub max_hits_addend: u64,
+    /// The key of the value hash (`--hash-key`, or EDGEWISE_RATELIMIT_HASH_KEY).
+    pub hash_key: Vec<u8>,
+}
+
+impl Default for Bounds {
+    fn default() -> Bounds {
+        Bounds {
+            max_descriptors: 32,
+            max_entries: 16,
+            hash_values_over: 64,
+            max_value_bytes: 8192,
+            max_hits_addend: 1_000_000,
+            hash_key: Vec::new(),
+        }
+    }
+}
+
+impl Bounds {
+    /// Why a call is refused, if it is.
+    pub fn refusal(&self, request: &RateLimitRequest) -> Option<String> {
+        if request.domain.len() > self.max_value_bytes {
+            return Some(format!(
+                "the domain is longer than --max-value-bytes {}",
+                self.max_value_bytes
+            ));
+        }
+        if request.descriptors.len() > self.max_descriptors {
+            return Some(format!(
+                "{} descriptors exceed --max-descriptors {}",
+                request.descriptors.len(),
+                self.max_descriptors
+            ));
+        }
+        let hits = |h: u64| h > self.max_hits_addend;
+        if hits(u64::from(request.hits_addend)) {
+            return Some(format!(
+                "hits_addend {} exceeds --max-hits-addend {}",
+                request.hits_addend, self.max_hits_addend
+            ));
+        }
+        for (i, d) in request.descriptors.iter().enumerate() {
+            if d.entries.len() > self.max_entries {
+                return Some(format!(
+                    "descriptor {i} has {} entries, over --max-entries {}",
+                    d.entries.len(),
+                    self.max_entries
+                ));
+            }
+            if let Some(h) = d.hits_addend.as_ref().filter(|h| hits(h.value)) {
+                return Some(format!(
+                    "descriptor {i}'s hits_addend {} exceeds --max-hits-addend {}",
+                    h.value, self.max_hits_addend
+                ));
+            }
+            if d.entries
+                .iter()
+                .any(|e| e.key.len() > self.max_value_bytes || e.value.len() > self.max_value_bytes)
+            {
+                return Some(format!(
+                    "descriptor {i} has an entry longer than --max-value-bytes {}",
+                    self.max_value_bytes
+                ));
+            }
+        }
+        None
+    }
+
+    /// An entry value as counted: itself, or `sha256:` and 32 hex digits when long.
+    pub fn bound_value(&self, value: &str) -> String {
+        use sha2::{Digest, Sha256};
+        if value.len() <= self.hash_values_over {
+            return value.to_string();
+        }
+        let mut hasher = Sha256::new();
+        hasher.update((self.hash_key.len() as u64).to_le_bytes());
+        hasher.update(&self.hash_key);
+        hasher.update(value.as_bytes());
+        let digest = hasher.finalize();
+        let mut out = String::from("sha256:");
+        for byte in digest.iter().take(16) {
+            out.push_str(&format!("{byte:02x}"));
+        }
+        out
+    }
 }
 
 pub struct Limiter {
@@ -32,6 +137,7 @@ pub struct Limiter {
     pub redis: ConnectionManager,
     pub script: redis::Script,
     pub metrics: Arc<Metrics>,
+    pub bounds: Bounds,
 }
 
 /// The Redis key of a descriptor: the domain (as a Redis Cluster hash tag, so one request's
@@ -101,16 +207,33 @@ impl RateLimitService for Limiter {
                 "a request names a domain and at least one descriptor",
             ));
         }
+        if let Some(why) = self.bounds.refusal(&request) {
+            self.metrics.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::invalid_argument(why));
+        }
         let request_hits = u64::from(request.hits_addend.max(1));
+        let overrides_allowed = self.config.overrides.contains(&request.domain);
         // (index in the request, key, limit, hits) of every limited descriptor.
         let mut limited = Vec::new();
         for (i, d) in request.descriptors.iter().enumerate() {
             let entries: Vec<(String, String)> = d
                 .entries
                 .iter()
-                .map(|e| (e.key.clone(), e.value.clone()))
+                .map(|e| (e.key.clone(), self.bounds.bound_value(&e.value)))
                 .collect();
-            let limit = override_limit(d).or_else(|| self.config.limit(&request.domain, &entries));
+            // An override counts in its own key: a caller's 1/day never moves the bucket of
+            // the configured 10/hour (nor another override's).
+            let overridden = match override_limit(d) {
+                Some(limit) if overrides_allowed => Some(limit),
+                Some(_) => {
+                    self.metrics
+                        .overrides_ignored
+                        .fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+                None => None,
+            };
+            let limit = overridden.or_else(|| self.config.limit(&request.domain, &entries));
             let Some(limit) = limit else {
                 self.metrics
                     .unlimited_descriptors
@@ -122,7 +245,15 @@ impl RateLimitService for Limiter {
                 .as_ref()
                 .map(|h| h.value)
                 .unwrap_or(request_hits);
-            limited.push((i, key(&request.domain, &entries), limit, hits));
+            let mut redis_key = key(&request.domain, &entries);
+            if let Some(o) = overridden {
+                redis_key.push_str(&format!(
+                    "|%override={}/{}",
+                    o.requests_per_unit,
+                    o.unit.seconds()
+                ));
+            }
+            limited.push((i, redis_key, limit, hits));
         }
         let mut statuses: Vec<DescriptorStatus> = request
             .descriptors

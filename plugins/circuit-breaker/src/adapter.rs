@@ -157,6 +157,8 @@ impl RootContext for BreakerRoot {
     }
 
     fn on_configure(&mut self, _size: usize) -> bool {
+        // Before the configuration compiles: it may hash (breaker identities, routes).
+        edgewise_support::wasm::init_hash_seed();
         let Some(config) = load_config("circuit_breaker", Config::from_json) else {
             return false;
         };

@@ -92,7 +92,8 @@ impl Breaker {
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Breaker> {
-        if bytes.len() != VALUE_BYTES {
+        // The value may end with the identity it belongs to (`with_identity`).
+        if bytes.len() < VALUE_BYTES {
             return None;
         }
         let header = read_header(bytes)?;

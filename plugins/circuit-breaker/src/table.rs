@@ -3,7 +3,9 @@
 //! pure state machine. One read per request while closed (an upstream's first request claims
 //! an empty slot); at most one CAS per response.
 
-use edgewise_support::breaker_state::{candidate_slots, identity_hash, slot_key};
+use edgewise_support::breaker_state::{
+    belongs_to, candidate_slots, identity_hash, read_header, slot_key, with_identity,
+};
 use edgewise_support::store::{CasStore, SetOutcome, CREATE_CAS};
 
 use crate::breaker::{Admission, Breaker, Outcome, Transition};
@@ -48,7 +50,10 @@ pub fn locate(
         let key = slot_key(slot);
         match store.get(&key).map_err(|_| TableError::Store)? {
             Some((bytes, cas)) => match Breaker::decode(&bytes) {
-                Some(b) if b.identity_hash == hash => {
+                Some(b)
+                    if read_header(&bytes)
+                        .is_some_and(|p| belongs_to(&bytes, &p, identity, hash)) =>
+                {
                     return Ok(Some(Located {
                         key,
                         breaker: b,
@@ -113,7 +118,7 @@ fn update<T>(
         match store
             .set(
                 &located.key,
-                &next.encode(),
+                &with_identity(next.encode(), identity),
                 Some(located.cas.unwrap_or(CREATE_CAS)),
             )
             .map_err(|_| TableError::Store)?

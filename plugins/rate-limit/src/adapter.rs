@@ -14,7 +14,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 use crate::config::{Config, Mode};
-use crate::global::{self, GlobalWait, Next, Waits};
+use crate::global::{self, GlobalWait, Next};
 use crate::headers::{rate_limit_headers, seconds_up};
 use crate::limiter::{
     applicable_rules, decide, global_calls, release_waiting, Outcome, RuleStatus,
@@ -79,6 +79,11 @@ fn release_places(waiter: &Waiter) {
 
 type Waiters = Rc<RefCell<Vec<Waiter>>>;
 
+/// Requests waiting for a rate limit service, each with the configuration it started under:
+/// a reconfiguration while they wait must not judge them by the new rules (whose indices
+/// differ).
+type Waits = Rc<RefCell<Vec<(Rc<Shared>, global::Wait)>>>;
+
 struct RateLimitRoot {
     shared: Option<Rc<Shared>>,
     waiters: Waiters,
@@ -106,17 +111,16 @@ impl RateLimitRoot {
     /// Requests whose service calls passed their deadline: each unanswered call is a
     /// failure, and the request goes on or is denied by its rules' failure mode.
     fn expire_global_waits(&self, now: u64) {
-        let expired: Vec<global::Wait> = {
+        let expired: Vec<(Rc<Shared>, global::Wait)> = {
             let mut waits = self.waits.borrow_mut();
-            waits.retain(|w| !w.borrow().done);
-            let (expired, keep) = waits.drain(..).partition(|w| w.borrow().deadline <= now);
+            waits.retain(|(_, w)| !w.borrow().done);
+            let (expired, keep) = waits
+                .drain(..)
+                .partition(|(_, w)| w.borrow().deadline <= now);
             *waits = keep;
             expired
         };
-        let Some(shared) = self.shared.clone() else {
-            return;
-        };
-        for wait in expired {
+        for (shared, wait) in expired {
             let (next, failed, context_id) = {
                 let mut w = wait.borrow_mut();
                 let (next, failed) = global::on_deadline(&shared.config, &mut w);
@@ -400,7 +404,7 @@ impl RateLimitStream {
             statuses: Vec::new(),
             done: false,
         }));
-        self.waits.borrow_mut().push(wait.clone());
+        self.waits.borrow_mut().push((shared.clone(), wait.clone()));
         self.wait = Some(wait);
         if let Some(period) = shared.global_tick {
             edgewise_support::wasm::set_tick_period(period);

@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub duplicates: Option<String>,
     pub key_prefix: Option<String>,
     pub metrics_flush: Option<String>,
+    pub descriptor_value_max_bytes: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,7 +207,17 @@ pub struct Config {
     /// How long per-request counters may wait in the VM before reaching Envoy (zero:
     /// immediately); see `Metric::counter_flushed_every`.
     pub metrics_flush: std::time::Duration,
+    /// Global descriptor values longer than this are sent as their hash (`key::bound_value`),
+    /// so a client's header, cookie or query value never becomes a large Redis key.
+    pub descriptor_value_max_bytes: usize,
+    /// The configured `hash_seed`'s bytes (empty without one): the key of that hash, the
+    /// same on every Envoy configured alike.
+    pub value_hash_key: Vec<u8>,
 }
+
+/// The default of `descriptor_value_max_bytes`, and its bounds.
+pub const DEFAULT_DESCRIPTOR_VALUE_MAX_BYTES: u32 = 64;
+pub const DESCRIPTOR_VALUE_MAX_BYTES_RANGE: std::ops::RangeInclusive<u32> = 40..=4096;
 
 /// Entries per set of a key table (see `table`).
 pub const WAYS: u64 = 4;
@@ -689,7 +700,24 @@ impl Config {
             && rules.iter().any(|r| r.key.contains(&KeyPart::ClientIp));
         let key_prefix = edgewise_support::config::key_prefix(raw.key_prefix.as_deref())?;
         let metrics_flush = edgewise_support::config::metrics_flush(raw.metrics_flush.as_deref())?;
+        let descriptor_value_max_bytes = raw
+            .descriptor_value_max_bytes
+            .unwrap_or(DEFAULT_DESCRIPTOR_VALUE_MAX_BYTES);
+        if !DESCRIPTOR_VALUE_MAX_BYTES_RANGE.contains(&descriptor_value_max_bytes) {
+            return Err(err(
+                "descriptor_value_max_bytes",
+                format!("{descriptor_value_max_bytes} is out of range"),
+                "use 40 to 4096 (a hashed value takes 39 bytes); the default is 64",
+            ));
+        }
+        let value_hash_key = raw
+            .hash_seed
+            .as_deref()
+            .map(|s| s.as_bytes().to_vec())
+            .unwrap_or_default();
         Ok(Config {
+            descriptor_value_max_bytes: descriptor_value_max_bytes as usize,
+            value_hash_key,
             key_prefix,
             metrics_flush,
             reads_forwarded_for,

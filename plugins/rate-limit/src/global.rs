@@ -29,7 +29,6 @@ pub struct GlobalWait {
 }
 
 pub type Wait = Rc<RefCell<GlobalWait>>;
-pub type Waits = Rc<RefCell<Vec<Wait>>>;
 
 /// What the request gets.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,25 +21,34 @@ pub fn rate_limit_headers(config: &Config, statuses: &[RuleStatus]) -> Vec<(&'st
     match config.response_headers {
         HeaderStyle::None => Vec::new(),
         HeaderStyle::Ietf => {
+            // Statuses of rules this configuration does not have are left out (never an
+            // index out of bounds, whatever a caller passes).
+            let statuses: Vec<&RuleStatus> = statuses
+                .iter()
+                .filter(|s| s.rule < config.rules.len())
+                .collect();
+            if statuses.is_empty() {
+                return Vec::new();
+            }
             let policy: Vec<String> = statuses
                 .iter()
-                .map(|s| {
-                    let rule = &config.rules[s.rule];
+                .filter_map(|s| {
+                    let rule = config.rules.get(s.rule)?;
                     let (limit, window) = s
                         .policy
                         .unwrap_or((rule.limit, seconds_up(rule.window.as_nanos() as u64).max(1)));
-                    format!("\"{}\";q={limit};w={window}", rule.name)
+                    Some(format!("\"{}\";q={limit};w={window}", rule.name))
                 })
                 .collect();
             let current: Vec<String> = statuses
                 .iter()
-                .map(|s| {
-                    format!(
+                .filter_map(|s| {
+                    Some(format!(
                         "\"{}\";r={};t={}",
-                        config.rules[s.rule].name,
+                        config.rules.get(s.rule)?.name,
                         s.remaining,
                         seconds_up(s.reset_ns)
-                    )
+                    ))
                 })
                 .collect();
             vec![
@@ -51,6 +60,7 @@ pub fn rate_limit_headers(config: &Config, statuses: &[RuleStatus]) -> Vec<(&'st
             // The most restrictive rule: fewest remaining, then longest reset.
             let Some(tightest) = statuses
                 .iter()
+                .filter(|s| s.rule < config.rules.len())
                 .min_by_key(|s| (s.remaining, u64::MAX - s.reset_ns))
             else {
                 return Vec::new();
@@ -60,7 +70,8 @@ pub fn rate_limit_headers(config: &Config, statuses: &[RuleStatus]) -> Vec<(&'st
                     "x-ratelimit-limit",
                     tightest
                         .policy
-                        .map_or(config.rules[tightest.rule].limit, |(limit, _)| limit)
+                        .or_else(|| config.rules.get(tightest.rule).map(|r| (r.limit, 0)))
+                        .map_or(0, |(limit, _)| limit)
                         .to_string(),
                 ),
                 ("x-ratelimit-remaining", tightest.remaining.to_string()),
@@ -144,6 +155,21 @@ mod tests {
             ]
         );
         assert!(rate_limit_headers(&config("none"), &statuses).is_empty());
+    }
+
+    #[test]
+    fn statuses_of_rules_the_configuration_lacks_are_left_out() {
+        let statuses = [RuleStatus {
+            policy: None,
+            rule: 7,
+            limited: true,
+            remaining: 0,
+            reset_ns: NANOS,
+        }];
+        for style in ["ietf", "x-ratelimit"] {
+            let headers = rate_limit_headers(&config(style), &statuses);
+            assert!(headers.is_empty(), "{style}: {headers:?}");
+        }
     }
 
     #[test]

@@ -8,6 +8,27 @@ use edgewise_support::request::{host_only, normalize_path, pick, Duplicates, Req
 
 use crate::config::{ClientIpSource, KeyPart};
 
+/// What a global descriptor value longer than `max` bytes is sent as: `sha256:` and the
+/// first 16 bytes of SHA-256(len(key) ‖ key ‖ value) in hex (39 bytes). Collision-resistant,
+/// so two clients never share a bucket, and the same on every Envoy with the same
+/// `hash_seed` (the key), so a fleet's limit stays one limit. Shorter values pass unchanged.
+pub fn bound_value(hash_key: &[u8], value: Vec<u8>, max: usize) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    if value.len() <= max {
+        return value;
+    }
+    let mut hasher = Sha256::new();
+    hasher.update((hash_key.len() as u64).to_le_bytes());
+    hasher.update(hash_key);
+    hasher.update(&value);
+    let digest = hasher.finalize();
+    let mut out = b"sha256:".to_vec();
+    for byte in digest.iter().take(16) {
+        out.extend_from_slice(format!("{byte:02x}").as_bytes());
+    }
+    out
+}
+
 /// A 64-bit keyed hash (SipHash-1-3 over seed ‖ data); never 0 (0 marks a free entry).
 pub fn fingerprint(seed: u64, data: &[u8]) -> u64 {
     #[allow(deprecated)]
@@ -220,6 +241,25 @@ pub fn build_entries(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_descriptor_values_become_a_bounded_hash() {
+        assert_eq!(bound_value(b"", b"short".to_vec(), 64), b"short");
+        let long = vec![b'u'; 30_000];
+        let hashed = bound_value(b"", long.clone(), 64);
+        assert_eq!(hashed.len(), 39);
+        assert!(hashed.starts_with(b"sha256:"));
+        assert_eq!(
+            hashed,
+            bound_value(b"", long.clone(), 64),
+            "the same on every Envoy"
+        );
+        let mut other = long.clone();
+        other[29_999] = b'v';
+        assert_ne!(hashed, bound_value(b"", other, 64));
+        assert_ne!(hashed, bound_value(b"seed", long, 64), "keyed by hash_seed");
+        assert_eq!(bound_value(b"", vec![b'x'; 64], 64).len(), 64);
+    }
 
     #[test]
     fn client_ip_from_peer() {

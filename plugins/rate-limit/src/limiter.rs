@@ -133,10 +133,19 @@ pub fn global_calls(
             client_ip: &mut ip,
             duplicates: config.duplicates,
         };
-        let Some(entries) = crate::key::build_entries(&rule.name, &rule.key, request, &mut context)
+        let Some(mut entries) =
+            crate::key::build_entries(&rule.name, &rule.key, request, &mut context)
         else {
             continue;
         };
+        // Client-chosen values become Redis keys in the service: bounded here.
+        for (_, value) in entries.iter_mut() {
+            *value = crate::key::bound_value(
+                &config.value_hash_key,
+                std::mem::take(value),
+                config.descriptor_value_max_bytes,
+            );
+        }
         let mut material = Vec::new();
         for (k, v) in &entries {
             material.extend_from_slice(&(k.len() as u32).to_le_bytes());

@@ -270,3 +270,30 @@ fn leaked_queue_places_expire() {
     rate_limit::limiter::release_waiting(&store, &c.rules[0], T0, later);
     assert_eq!(waiting_count(&store, &c.rules[0], later), 1);
 }
+
+/// A client's header value reaches the rate limit service (and Redis) bounded: values over
+/// `descriptor_value_max_bytes` go as their hash, distinct values stay distinct.
+#[test]
+fn global_descriptor_values_are_bounded() {
+    let c = config(r#"{"rules":[{"name":"u","key":"header:x-user","global":{"cluster":"rls"}}]}"#);
+    let values = |user: &str| {
+        let calls =
+            rate_limit::limiter::global_calls(&c, &mut request(&[("x-user", user)]), &mut || None);
+        calls[0].descriptors[0]
+            .entries
+            .iter()
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
+    let short = values("alice");
+    assert!(short.iter().any(|v| v == b"alice"), "{short:?}");
+    let a = "a".repeat(30_000);
+    let mut b = a.clone();
+    b.push('b');
+    let (va, vb) = (values(&a), values(&b));
+    for v in va.iter().chain(&vb) {
+        assert!(v.len() <= 64, "{} bytes sent", v.len());
+    }
+    assert_ne!(va, vb, "distinct users keep distinct buckets");
+    assert_eq!(va, values(&a));
+}

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::entry::Entry;
 use crate::status::{cache_status, Outcome};
 use crate::storage::{self, Insert};
+use edgewise_support::request::combined_in;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -73,6 +74,10 @@ struct Waiter {
     request: Vec<(String, Vec<u8>)>,
     served: Served,
     alive: Rc<Cell<bool>>,
+    /// The configuration and store the request started under: a reconfiguration while it
+    /// waits never judges it by another key, layout or fill-lock table.
+    config: Rc<Config>,
+    store: SharedData,
 }
 
 /// A background refresh (RFC 5861 §3) this worker holds the key's fill lock for.
@@ -90,7 +95,7 @@ const WAIT_TICK: Duration = Duration::from_millis(5);
 struct Shared {
     /// Shared data under the configured `key_prefix`.
     store: SharedData,
-    config: Config,
+    config: Rc<Config>,
     metrics: Metrics,
     waiters: RefCell<Vec<Waiter>>,
     /// Refreshes to send from the root context on the next tick: a callout made from a
@@ -272,12 +277,8 @@ impl Context for CacheRoot {
                 .map(Option::unwrap_or_default)
         };
         let request = &refresh.request;
-        let mut header = |name: &str| {
-            request
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
+        // Varied fields as all their lines combined, as the key and matching read them.
+        let mut header = |name: &str| combined_in(request, name);
         let key_hash = refresh.pending.key_hash;
         match refresh_outcome(
             &shared.config,
@@ -331,6 +332,8 @@ impl RootContext for CacheRoot {
     }
 
     fn on_configure(&mut self, _size: usize) -> bool {
+        // Before the configuration compiles: it may hash (breaker identities, routes).
+        edgewise_support::wasm::init_hash_seed();
         let Some(config) = load_config("response_cache", Config::from_json) else {
             return false;
         };
@@ -372,7 +375,7 @@ impl RootContext for CacheRoot {
         let waiting = !waiters.is_empty() || !refreshes.is_empty();
         let shared = Rc::new(Shared {
             store: SharedData::with_prefix(&config.key_prefix),
-            config,
+            config: Rc::new(config),
             metrics,
             waiters: RefCell::new(waiters),
             refreshes: RefCell::new(refreshes),
@@ -395,9 +398,7 @@ impl RootContext for CacheRoot {
             return;
         };
         self.send_refreshes(&shared);
-        if let Some(coalescing) = shared.config.coalesce {
-            serve_waiters(&shared, coalescing.slots);
-        }
+        serve_waiters(&shared);
         if shared.waiters.borrow().is_empty() && shared.refreshes.borrow().is_empty() {
             edgewise_support::wasm::set_tick_period(Duration::ZERO);
             shared.ticking.set(false);
@@ -428,26 +429,27 @@ impl RootContext for CacheRoot {
 /// Looks after waiting requests at O(1) per waiter: one fill-lock read per key per tick
 /// while their fill goes on; only once it ended (or their wait ran out) is the entry looked
 /// up and decoded — served when usable, else the request goes to the origin itself.
-fn serve_waiters(shared: &Shared, slots: u64) {
+fn serve_waiters(shared: &Shared) {
     let now_ms = now_millis();
     let now_s = (now_ms / 1000) as i64;
     let waiting: Vec<Waiter> = shared.waiters.borrow_mut().drain(..).collect();
     let mut still = Vec::new();
-    let mut filling: HashMap<u64, bool> = HashMap::new();
+    let mut filling: HashMap<(usize, u64), bool> = HashMap::new();
     for waiter in waiting {
         if !waiter.alive.get() {
             continue;
         }
+        let slots = waiter.config.coalesce.map_or(1, |c| c.slots);
         if now_ms < waiter.until_ms
             && *filling
-                .entry(waiter.key_hash)
-                .or_insert_with(|| coalesce::filling(&shared.store, slots, waiter.key_hash, now_ms))
+                .entry((Rc::as_ptr(&waiter.config) as usize, waiter.key_hash))
+                .or_insert_with(|| coalesce::filling(&waiter.store, slots, waiter.key_hash, now_ms))
         {
             still.push(waiter);
             continue;
         }
         let mut request = waiter.request.clone();
-        let decision = on_request(&shared.config, &shared.store, &mut request, now_s);
+        let decision = on_request(&waiter.config, &waiter.store, &mut request, now_s);
         if let RequestDecision::Serve {
             status,
             mut headers,
@@ -650,6 +652,8 @@ impl CacheStream {
                         request: request.clone(),
                         served: self.served.clone(),
                         alive: self.alive.clone(),
+                        config: shared.config.clone(),
+                        store: shared.store.clone(),
                     });
                     shared.start_ticking();
                     self.prepare_forward(shared, *pending, request);
@@ -713,12 +717,8 @@ impl CacheStream {
             return false;
         };
         let request = &self.request;
-        let mut header = |name: &str| {
-            request
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
+        // Varied fields as all their lines combined, as the key and matching read them.
+        let mut header = |name: &str| combined_in(request, name);
         let Some(entry) = entry_for(
             pending,
             filling.status,

@@ -15,8 +15,12 @@ use crate::status::{cache_status, Outcome};
 use crate::storable::{self, CookieRequests, Exchange, NotStorable};
 use crate::{http_date, storage};
 
-/// Header fields never stored or replayed (hop-by-hop, RFC 9110 §7.6.1; framing; Envoy's own).
-const NOT_STORED: [&str; 11] = [
+/// Header fields never stored or replayed (hop-by-hop, RFC 9110 §7.6.1; framing; Envoy's own;
+/// and one client's rate-limit state — the RateLimit fields of
+/// draft-ietf-httpapi-ratelimit-headers, their X-RateLimit forms, Retry-After (RFC 9110
+/// §10.2.3) and Envoy's x-envoy-ratelimited — which a shared cache in front of a limiter
+/// (a shield) would otherwise serve to every other client).
+const NOT_STORED: [&str; 18] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -28,6 +32,13 @@ const NOT_STORED: [&str; 11] = [
     "proxy-authorization",
     "content-length",
     "x-envoy-upstream-service-time",
+    "ratelimit",
+    "ratelimit-policy",
+    "retry-after",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "x-envoy-ratelimited",
 ];
 
 /// What to do with a request.
@@ -153,6 +164,7 @@ fn reply_headers(
     let mut headers: Vec<(String, Vec<u8>)> = stored
         .iter()
         .filter(|(k, _)| k != "age" && k != "cache-status")
+        .filter(|(k, _)| !NOT_STORED.contains(&k.as_str()))
         .filter(|(k, _)| !config.strip_targeted_fields.contains(k))
         .cloned()
         .collect();
@@ -195,11 +207,13 @@ pub fn decide(
         .unwrap_or_else(|| b"http".to_vec());
     let host = request.header(":authority").unwrap_or_default();
     let path = request.header(":path").unwrap_or_default();
+    // Keyed and varied fields are read as all their lines combined (RFC 9110 §5.3), as the
+    // origin reads them: a repeated field never stores one client's answer under another's.
     let key = primary_key(&config.key, &scheme, &host, &path, &mut |name| {
-        request.header(name)
+        request.combined(name)
     });
     let key_hash = identity_hash(&key);
-    let mut request_cc = CacheControl::parse(request.header("cache-control").as_deref());
+    let mut request_cc = CacheControl::parse(request.combined("cache-control").as_deref());
     // RFC 9111 §5.4: Pragma: no-cache counts only without Cache-Control.
     if request.header("cache-control").is_none()
         && request
@@ -245,7 +259,7 @@ pub fn decide(
             .key
             .headers
             .iter()
-            .filter_map(|name| Some((name.clone(), request.header(name)?)))
+            .filter_map(|name| Some((name.clone(), request.combined(name)?)))
             .collect();
         return RequestDecision::Forward(Box::new(Pending {
             invalidate: is_unsafe(&method),
@@ -294,7 +308,7 @@ pub fn decide(
         ..pending(outcome)
     };
     let usable_entry = find_variant(config, store, key_hash, &key, &mut |name| {
-        request.header(name)
+        request.combined(name)
     });
     let Some((found, entry)) = usable_entry else {
         if request_cc.only_if_cached {
@@ -951,12 +965,8 @@ mod tests {
         else {
             panic!("must be forwarded");
         };
-        let mut header = |name: &str| {
-            request
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
+        // As the adapter reads them: every line of a varied field.
+        let mut header = |name: &str| edgewise_support::request::combined_in(&request, name);
         let entry = entry_for(
             &pending,
             200,
@@ -1057,6 +1067,66 @@ mod tests {
         );
         store_variant(&config, &s, &en, &vary, b"hello again");
         assert_eq!(served_body(&config, &s, &de), None, "and stays gone");
+    }
+
+    /// RFC 9110 §5.3: a repeated keyed or varied field is read as all its lines combined, as
+    /// the origin reads it: the answer to `x-device: desktop` + `x-device: mobile` (which a
+    /// last-value origin answered for mobile) never reaches a client who sent only desktop.
+    #[test]
+    fn repeated_keyed_and_varied_fields_never_poison() {
+        let fresh = [("cache-control", "max-age=60")];
+        let config = Config::from_json(br#"{"key":{"headers":["x-device"]}}"#).unwrap();
+        let s = MemoryStore::default();
+        let both = [("x-device", "desktop"), ("x-device", "mobile")];
+        store_variant(&config, &s, &both, &fresh, b"mobile page");
+        assert_eq!(served_body(&config, &s, &[("x-device", "desktop")]), None);
+        assert_eq!(
+            served_body(&config, &s, &both).as_deref(),
+            Some(b"mobile page".as_slice())
+        );
+
+        let config = Config::from_json(b"{}").unwrap();
+        let s = MemoryStore::default();
+        let vary = [("cache-control", "max-age=60"), ("vary", "Accept-Language")];
+        let two = [("accept-language", "en"), ("accept-language", "fr")];
+        store_variant(&config, &s, &two, &vary, b"fr page");
+        assert_eq!(served_body(&config, &s, &[("accept-language", "en")]), None);
+        assert_eq!(
+            served_body(&config, &s, &two).as_deref(),
+            Some(b"fr page".as_slice())
+        );
+    }
+
+    /// One client's rate-limit state is never stored nor served to another (a shield in
+    /// front of an edge's limiter).
+    #[test]
+    fn rate_limit_fields_are_not_stored() {
+        let config = Config::from_json(b"{}").unwrap();
+        let s = MemoryStore::default();
+        let response = [
+            ("cache-control", "max-age=60"),
+            ("ratelimit", "\"per-user\";r=0;t=30"),
+            ("ratelimit-policy", "\"per-user\";q=10;w=60"),
+            ("retry-after", "30"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-kept", "yes"),
+        ];
+        store_variant(&config, &s, &[], &response, b"page");
+        let RequestDecision::Serve { headers, .. } =
+            on_request(&config, &s, &mut request(&[]), 1001)
+        else {
+            panic!("expected a hit");
+        };
+        let names: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(names.contains(&"x-kept"), "{names:?}");
+        for gone in [
+            "ratelimit",
+            "ratelimit-policy",
+            "retry-after",
+            "x-ratelimit-remaining",
+        ] {
+            assert!(!names.contains(&gone), "{gone} was served: {names:?}");
+        }
     }
 
     /// /doc stored at t=1000 with max-age=10, stale-while-revalidate=30, ETag "v1" and

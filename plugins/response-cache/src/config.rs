@@ -46,9 +46,20 @@ pub struct RawUnkeyed {
 }
 
 /// Request header fields that are not part of the key but that origins commonly reflect
-/// (web cache poisoning): origins build links from X-Forwarded-Host, route on X-Original-URL.
-pub const DEFAULT_UNKEYED: [&str; 8] = [
+/// (web cache poisoning): origins build links from X-Forwarded-Host, -Scheme, -Port, -Prefix
+/// and Forwarded (RFC 7239), route on X-Original-URL.
+/// Forwarding fields an origin may build links from but that Envoy itself sets on every
+/// request (X-Forwarded-Proto): a bypass would disable the cache, so by default they are
+/// part of the key instead (a client that sends another value gets its own entry). Naming
+/// one in `unkeyed_headers.names` takes it out of the key.
+pub const DEFAULT_KEYED: [&str; 1] = ["x-forwarded-proto"];
+
+pub const DEFAULT_UNKEYED: [&str; 12] = [
     "x-forwarded-host",
+    "x-forwarded-scheme",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "forwarded",
     "x-forwarded-server",
     "x-host",
     "x-original-url",
@@ -316,6 +327,11 @@ impl Config {
                     }
                     unkeyed_names.push(name.to_ascii_lowercase());
                 }
+            }
+        }
+        for name in DEFAULT_KEYED {
+            if !headers.iter().any(|h| h == name) && !unkeyed_names.iter().any(|n| n == name) {
+                headers.push(name.to_string());
             }
         }
         unkeyed_names.retain(|n| !headers.contains(n));

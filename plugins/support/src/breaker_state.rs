@@ -1,13 +1,16 @@
 //! The circuit breaker's published state layout in shared data, so any plugin on the same
 //! `vm_id` (the weighted router's failover) can read a breaker without knowing its internals.
 //!
-//! Layout (documented in the README): a breaker for upstream identity `u` lives in one of
-//! `slots` shared-data keys `edgewise.cb.<n>`, at n = (h + i) mod slots for the first
-//! i in 0..4 whose value starts with h, where h = FNV-1a-64(u) | 1. A value starts with a
-//! 32-byte header: bytes 0..8 h (u64 LE), byte 8 the state (0 closed, 1 open, 2 half-open),
-//! byte 9 = 1 when half-open with every probe place taken (other requests get the fallback),
-//! bytes 16..24 `open_until` (ns since the Unix epoch, u64 LE; while half-open, the probes'
-//! deadline); the rest is private.
+//! Layout (documented in docs/circuit-breaker.md): a breaker for upstream identity `u` lives
+//! in one of `slots` shared-data keys `edgewise.cb.<n>`, at n = (h + i) mod slots for the
+//! first i in 0..4 whose value starts with h and ends with `u`, where h = the keyed hash of
+//! `u` under the deployment's seed (`seed.rs`) | 1. A value starts with a 32-byte header:
+//! bytes 0..8 h (u64 LE), byte 8 the state (0 closed, 1 open, 2 half-open), byte 9 = 1 when
+//! half-open with every probe place taken (other requests get the fallback), bytes 10..12
+//! the length L of the stored identity (u16 LE), bytes 16..24 `open_until` (ns since the
+//! Unix epoch, u64 LE; while half-open, the probes' deadline); the value's last L bytes are
+//! the identity (its first `MAX_STORED_IDENTITY` bytes), compared in full so two identities
+//! with one hash never share a breaker; the rest is private.
 
 use crate::store::CasStore;
 
@@ -48,14 +51,42 @@ impl BreakerState {
     }
 }
 
-/// FNV-1a 64 of the identity, with the low bit set (0 never names a breaker).
+/// The keyed hash of the identity under the deployment's seed, with the low bit set (0
+/// never names a breaker). Also the cache's slot hash: nobody without the seed can choose
+/// inputs that land in a victim's slots.
 pub fn identity_hash(identity: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in identity {
-        hash ^= *byte as u64;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    crate::seed::keyed_hash(crate::seed::get(), identity) | 1
+}
+
+/// How much of an identity a breaker value stores for the full comparison (longer ones are
+/// compared by this prefix and the keyed hash).
+pub const MAX_STORED_IDENTITY: usize = 512;
+
+/// `value` with `identity` appended and its length in the header (see the layout above).
+pub fn with_identity(mut value: Vec<u8>, identity: &[u8]) -> Vec<u8> {
+    let stored = &identity[..identity.len().min(MAX_STORED_IDENTITY)];
+    if value.len() >= HEADER_BYTES {
+        value[10..12].copy_from_slice(&(stored.len() as u16).to_le_bytes());
+        value.extend_from_slice(stored);
     }
-    hash | 1
+    value
+}
+
+/// The identity stored at the end of a breaker value (empty when none is).
+pub fn stored_identity(value: &[u8]) -> &[u8] {
+    let len = value
+        .get(10..12)
+        .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    match value.len().checked_sub(len) {
+        Some(start) if start >= HEADER_BYTES => &value[start..],
+        _ => &[],
+    }
+}
+
+/// Whether a breaker value belongs to `identity`: same hash and same stored identity.
+pub fn belongs_to(value: &[u8], published: &Published, identity: &[u8], hash: u64) -> bool {
+    published.identity_hash == hash
+        && stored_identity(value) == &identity[..identity.len().min(MAX_STORED_IDENTITY)]
 }
 
 pub fn slot_key(slot: u64) -> String {
@@ -130,7 +161,7 @@ fn lookup_slot(store: &impl CasStore, identity: &[u8], slots: u64) -> Option<(u6
     candidate_slots(hash, slots).find_map(|slot| {
         let (bytes, _) = store.get(&slot_key(slot)).ok().flatten()?;
         read_header(&bytes)
-            .filter(|p| p.identity_hash == hash)
+            .filter(|p| belongs_to(&bytes, p, identity, hash))
             .map(|p| (slot, p))
     })
 }
@@ -157,10 +188,36 @@ mod tests {
     use crate::store::MemoryStore;
 
     #[test]
-    fn fnv1a_matches_the_reference_vectors() {
-        // FNV-1a 64 of "" and "a" (reference values), with the low bit forced to 1.
-        assert_eq!(identity_hash(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(identity_hash(b"a"), 0xaf63_dc4c_8601_ec8c | 1);
+    fn identity_hashes_are_keyed_and_never_zero() {
+        crate::seed::set(1);
+        let one = identity_hash(b"api-v2");
+        crate::seed::set(2);
+        let two = identity_hash(b"api-v2");
+        crate::seed::set(0);
+        assert_ne!(one, two);
+        assert_eq!(one & 1, 1);
+    }
+
+    #[test]
+    fn a_value_with_the_same_hash_but_another_identity_is_not_ours() {
+        let hash = identity_hash(b"api-v2");
+        let mut value = vec![0u8; 64];
+        let published = Published {
+            identity_hash: hash,
+            state: BreakerState::Open,
+            open_until: 42,
+            probes_full: false,
+        };
+        write_header(&mut value, &published);
+        let theirs = with_identity(value.clone(), b"evil");
+        let ours = with_identity(value, b"api-v2");
+        assert_eq!(stored_identity(&ours), b"api-v2");
+        assert!(belongs_to(&ours, &published, b"api-v2", hash));
+        assert!(!belongs_to(&theirs, &published, b"api-v2", hash));
+        let long = vec![b'x'; MAX_STORED_IDENTITY + 10];
+        let stored = with_identity(vec![0u8; 64], &long);
+        assert_eq!(stored_identity(&stored).len(), MAX_STORED_IDENTITY);
+        assert_eq!(stored_identity(b"short"), b"");
     }
 
     #[test]
@@ -187,7 +244,9 @@ mod tests {
             },
         );
         let slot = candidate_slots(hash, 256).nth(1).unwrap();
-        store.set(&slot_key(slot), &value, None).unwrap();
+        store
+            .set(&slot_key(slot), &with_identity(value, b"api-v2"), None)
+            .unwrap();
         let found = lookup(&store, b"api-v2", 256, 0).unwrap();
         assert_eq!((found.state, found.open_until), (BreakerState::Open, 42));
         assert!(lookup(&store, b"api-v1", 256, 0).is_none());

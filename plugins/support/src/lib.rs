@@ -13,6 +13,7 @@ pub mod duration;
 pub mod lease;
 pub mod metrics;
 pub mod request;
+pub mod seed;
 pub mod store;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;

@@ -16,6 +16,35 @@ pub trait RequestView {
     fn header_values(&mut self, name: &str) -> Vec<Vec<u8>> {
         self.header(name).into_iter().collect()
     }
+    /// Every field line of `name` as one value, as an origin that combines them reads it
+    /// (RFC 9110 §5.3: the lines in order, joined with ", "); None when absent. What a
+    /// cache keys on or matches by Vary must be read this way: the first line alone lets a
+    /// client be served under one value while the origin answered for another.
+    fn combined(&mut self, name: &str) -> Option<Vec<u8>> {
+        combine(self.header_values(name))
+    }
+}
+
+/// Field lines joined with ", " (RFC 9110 §5.3); None for no line.
+pub fn combine(values: Vec<Vec<u8>>) -> Option<Vec<u8>> {
+    let mut lines = values.into_iter();
+    let mut joined = lines.next()?;
+    for line in lines {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(&line);
+    }
+    Some(joined)
+}
+
+/// The combined value of `name` in a list of header pairs (see [`RequestView::combined`]).
+pub fn combined_in(pairs: &[(String, Vec<u8>)], name: &str) -> Option<Vec<u8>> {
+    combine(
+        pairs
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect(),
+    )
 }
 
 /// A test/native view over a list of headers.
@@ -437,6 +466,22 @@ mod tests {
         let mut other = request(&[(":path", b"/apix"), (":authority", b"api.example.com")]);
         assert!(!m.matches(&mut other));
         assert_eq!(host_only(b"API.example.com.:443"), b"api.example.com");
+    }
+
+    #[test]
+    fn repeated_lines_combine_in_order() {
+        let mut r = request(&[
+            ("x-device", b"desktop"),
+            ("a", b"1"),
+            ("x-device", b"mobile"),
+        ]);
+        assert_eq!(r.combined("x-device"), Some(b"desktop, mobile".to_vec()));
+        assert_eq!(r.combined("a"), Some(b"1".to_vec()));
+        assert_eq!(r.combined("b"), None);
+        assert_eq!(
+            combined_in(&r, "x-device"),
+            Some(b"desktop, mobile".to_vec())
+        );
     }
 
     #[test]

@@ -7,6 +7,33 @@ use proxy_wasm::types::{LogLevel, MetricType};
 use crate::request::RequestView;
 use crate::store::{CasStore, SetOutcome, StoreError};
 
+/// Sets this VM's hash seed (`seed.rs`) from shared data: the unprefixed key
+/// `edgewise.hash_seed`, created at random by the first VM of the `vm_id` to configure and
+/// read by every other one (shared data lives as long as Envoy, so the seed never changes
+/// under stored entries or breakers). If shared data fails the seed stays as it was and the
+/// failure is logged (hashes are then predictable, though still consistent in this VM).
+pub fn init_hash_seed() {
+    use std::hash::{BuildHasher, Hasher};
+    let fresh = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        ^ now_nanos().unwrap_or(0);
+    let stored =
+        crate::store::update_with_cas(&SharedData::default(), "edgewise.hash_seed", 4, |current| {
+            match current.and_then(|v| <[u8; 8]>::try_from(v).ok()) {
+                Some(seed) => (None, u64::from_le_bytes(seed)),
+                None => (Some(fresh.to_le_bytes().to_vec()), fresh),
+            }
+        });
+    match stored {
+        Ok(seed) => crate::seed::set(seed),
+        Err(_) => log(
+            LogLevel::Warn,
+            "edgewise: shared data refused the hash seed (edgewise.hash_seed); placement hashes keep their previous seed",
+        ),
+    }
+}
+
 /// Request headers read on demand, each at most once (one host call per header, bytes
 /// getter: values need not be UTF-8). The whole map is copied only when every value of a
 /// field is asked for (Envoy's single-value getter returns the first one), once per request.

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use edgewise_support::breaker_state::identity_hash;
+use edgewise_support::seed::stable_hash as identity_hash;
 use weighted_router::strategy::{rendezvous, WrrTable};
 
 fn benches(c: &mut Criterion) {

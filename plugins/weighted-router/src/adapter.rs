@@ -64,6 +64,8 @@ impl RootContext for RouterRoot {
     }
 
     fn on_configure(&mut self, _size: usize) -> bool {
+        // Before the configuration compiles: it may hash (breaker identities, routes).
+        edgewise_support::wasm::init_hash_seed();
         let Some(config) = load_config("weighted_router", Config::from_json) else {
             return false;
         };

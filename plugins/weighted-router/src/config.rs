@@ -344,7 +344,7 @@ fn compile_route(i: usize, raw: &RawRoute) -> Result<Route, ConfigError> {
     let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
     let seeds: Vec<u64> = targets
         .iter()
-        .map(|t| edgewise_support::breaker_state::identity_hash(t.cluster.as_bytes()))
+        .map(|t| edgewise_support::seed::stable_hash(t.cluster.as_bytes()) | 1)
         .collect();
     let wrr = WrrTable::build(&weights).ok_or_else(|| {
         err(
@@ -356,7 +356,7 @@ fn compile_route(i: usize, raw: &RawRoute) -> Result<Route, ConfigError> {
     let clusters: Vec<&str> = targets.iter().map(|t| t.cluster.as_str()).collect();
     let state_key = format!(
         "edgewise.wr.{name}.{:016x}",
-        edgewise_support::breaker_state::identity_hash(clusters.join("\0").as_bytes())
+        edgewise_support::seed::stable_hash(clusters.join("\0").as_bytes()) | 1
     );
     Ok(Route {
         metric_failovers: labelled_metric_name("weighted_router", &[("route", &name)], "failovers"),

@@ -12,7 +12,6 @@ mod adapter;
 #[cfg(target_arch = "wasm32")]
 pub use adapter::new_root;
 
-use edgewise_support::breaker_state::identity_hash;
 use edgewise_support::lease::LeasedCounts;
 use edgewise_support::request::{cookie, RequestView};
 use edgewise_support::store::{update_with_cas, CasStore};
@@ -155,7 +154,7 @@ pub fn select(
                     )
                 }
                 Some(key) => {
-                    let key_hash = identity_hash(&key);
+                    let key_hash = edgewise_support::seed::stable_hash(&key) | 1;
                     let natural = strategy::rendezvous(weights, &route.seeds, key_hash, |_| true)
                         .unwrap_or(0);
                     if available(natural) {
