@@ -15,6 +15,8 @@ use envoy_harness::{
 
 const LIMITS: &str = r#"
 domain: edgewise
+# The lease test's rule gives its own limit (a descriptor override): allowed here.
+overrides: true
 descriptors:
   - key: rule
     value: api

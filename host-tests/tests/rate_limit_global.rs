@@ -353,3 +353,58 @@ fn lease_mode_spends_prepaid_hits_across_workers_without_calls() {
         Some(5)
     );
 }
+
+/// A reconfiguration while requests wait on the service: each waiting request is judged by
+/// the configuration it started under (its rule indices mean nothing in the new one), by its
+/// deadline as by an answer — never the new rules, never a trap.
+#[test]
+fn waiting_requests_keep_their_configuration_across_a_reconfiguration() {
+    let world = World::new();
+    let three = r#"{"rules":[
+      {"name":"a","match":{"path_prefix":"/a/"},"global":{"cluster":"ratelimit"}},
+      {"name":"b","match":{"path_prefix":"/b/"},"global":{"cluster":"ratelimit"}},
+      {"name":"api","key":"header:x-user","global":{"cluster":"ratelimit","domain":"shop","timeout":"20ms","failure_mode":"deny"}}],
+      "response_headers":"ietf"}"#;
+    let vms = start(&world, "rate_limit", three, 1);
+    let (silent, action) = send(&vms[0], "ann");
+    assert_eq!(action, Action::Pause);
+    let (answered, _) = send(&vms[0], "bob");
+    let calls = world.pending_grpc_calls();
+    assert_eq!(calls.len(), 2);
+    // One rule, failing open: had the waiting requests been judged by it, both would go on.
+    let one = GLOBAL.replace(
+        r#""timeout":"20ms""#,
+        r#""timeout":"20ms","failure_mode":"allow""#,
+    );
+    vms[0].reconfigure(one).unwrap();
+    answer(&world, calls[1].id, Code::OverLimit, 0, 30);
+    let denied = answered.response().expect("denied by its own rule");
+    assert_eq!(denied.status(), Some(429));
+    assert_eq!(
+        denied.header("ratelimit").as_deref(),
+        Some("\"api\";r=0;t=30"),
+        "the headers name the rule it waited on"
+    );
+    world.advance(Duration::from_millis(30)).unwrap();
+    assert_eq!(
+        silent.response().and_then(|r| r.status()),
+        Some(429),
+        "its deadline applies its own failure_mode: deny"
+    );
+    assert!(silent.upstream_request().is_none());
+    assert!(vms[0].failure().is_none(), "{:?}", vms[0].failure());
+    // New requests follow the new configuration.
+    let (next, _) = send(&vms[0], "cat");
+    // The silent call is still open (never answered): the new one is the last.
+    let id = world.pending_grpc_calls().last().unwrap().id;
+    world
+        .grpc_event(
+            id,
+            GrpcEvent::Close {
+                status: 14,
+                message: "unavailable".into(),
+            },
+        )
+        .unwrap();
+    assert!(next.upstream_request().is_some(), "failure_mode allow");
+}

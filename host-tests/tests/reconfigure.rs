@@ -99,3 +99,33 @@ fn cache_waiters_are_served_after_a_configuration_change() {
         assert!(vms[1].failure().is_none(), "{module}");
     }
 }
+
+/// A request waiting on a fill lock keeps the configuration it started under: a new key
+/// (or store prefix) on its worker does not make it look for another entry than the one its
+/// leader fills.
+#[test]
+fn a_cache_waiter_is_decided_under_its_own_configuration() {
+    for after in [
+        r#"{"key":{"headers":["x-device"]}}"#,
+        r#"{"key_prefix":"other"}"#,
+    ] {
+        let world = World::new();
+        let vms = start(&world, "response_cache", "{}", 2);
+        let (mut leader, _) = get(&vms[0], "/slow");
+        let (waiter, action) = get(&vms[1], "/slow");
+        assert_eq!(action, Action::Pause, "waits for the fill");
+        vms[1].reconfigure(after).unwrap();
+        leader.respond(200, &[("cache-control", "max-age=60")], b"filled");
+        world.advance(Duration::from_millis(20)).unwrap();
+        assert!(
+            waiter.upstream_request().is_none(),
+            "{after}: not re-decided"
+        );
+        assert_eq!(
+            waiter.response().map(|r| r.body_text()).as_deref(),
+            Some("filled"),
+            "{after}"
+        );
+        assert!(vms[1].failure().is_none());
+    }
+}

@@ -26,6 +26,11 @@ descriptors:
     value: unlimited
 "#;
 
+/// LIMITS, with descriptor overrides allowed.
+fn with_overrides() -> String {
+    LIMITS.replace("domain: edgewise\n", "domain: edgewise\noverrides: true\n")
+}
+
 fn descriptor(pairs: &[(&str, &str)]) -> RateLimitDescriptor {
     RateLimitDescriptor {
         entries: pairs
@@ -149,11 +154,13 @@ async fn concurrent_callers_get_exactly_the_limit() {
     assert_eq!(admitted, 100, "256 calls against 100 per hour");
 }
 
-/// A request denied by one of its descriptors spends nothing on the others; a descriptor's
-/// own `limit` override is used instead of the configuration.
+/// A request denied by one of its descriptors spends nothing on the others; in a domain with
+/// `overrides: true`, a descriptor's own `limit` override is used instead of the
+/// configuration.
 #[tokio::test]
 async fn a_denial_spends_nothing_and_overrides_apply() {
-    let (_redis, service) = setup();
+    let redis = Redis::start().unwrap();
+    let service = RateLimitService::start(&with_overrides(), &redis.url()).unwrap();
     let mut c = client(&service).await;
     let mut tight = descriptor(&[("rule", "shared"), ("tenant", "acme")]);
     tight.limit = Some(RateLimitOverride {
@@ -291,4 +298,138 @@ async fn sigterm_stops_it_gracefully() {
         "took {took:?} (grace period 5 s)"
     );
     drop(c);
+}
+
+/// Overrides are honoured only where the domain allows them, and an override counts in its
+/// own key: a caller's 1/day never moves the configured bucket.
+#[tokio::test]
+async fn overrides_are_opt_in_and_never_share_the_configured_bucket() {
+    let (_redis, service) = setup();
+    let mut c = client(&service).await;
+    let mut daily = descriptor(&[("rule", "shared")]);
+    daily.limit = Some(RateLimitOverride {
+        requests_per_unit: 1,
+        unit: 4, // day
+    });
+    for _ in 0..3 {
+        let r = ask(&mut c, request(vec![daily.clone()])).await.unwrap();
+        assert_eq!(r.overall_code, Code::Ok as i32, "the override is ignored");
+        assert_eq!(
+            r.statuses[0]
+                .current_limit
+                .as_ref()
+                .unwrap()
+                .requests_per_unit,
+            100
+        );
+    }
+    assert_eq!(
+        service
+            .metric("edgewise_ratelimit_overrides_ignored_total")
+            .unwrap(),
+        3
+    );
+
+    let redis = Redis::start().unwrap();
+    let service = RateLimitService::start(&with_overrides(), &redis.url()).unwrap();
+    let mut c = client(&service).await;
+    let codes: Vec<i32> = {
+        let mut codes = Vec::new();
+        for _ in 0..2 {
+            codes.push(
+                ask(&mut c, request(vec![daily.clone()]))
+                    .await
+                    .unwrap()
+                    .overall_code,
+            );
+        }
+        codes
+    };
+    assert_eq!(codes, [Code::Ok as i32, Code::OverLimit as i32]);
+    let plain = ask(&mut c, request(vec![descriptor(&[("rule", "shared")])]))
+        .await
+        .unwrap();
+    assert_eq!(plain.overall_code, Code::Ok as i32);
+    assert_eq!(
+        plain.statuses[0].limit_remaining, 99,
+        "the configured bucket is its own: only this request spent from it"
+    );
+}
+
+/// Calls over the service's bounds are refused with INVALID_ARGUMENT naming the bound; long
+/// values are counted under a bounded hash, so client input never makes large Redis keys.
+#[tokio::test]
+async fn calls_over_the_bounds_are_refused_and_long_values_are_hashed() {
+    let (redis, service) = setup();
+    let mut c = client(&service).await;
+    let refused = |r: Result<RateLimitResponse, tonic::Status>, bound: &str| {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert!(e.message().contains(bound), "{e}");
+    };
+    let many = (0..33).map(|_| descriptor(&[("rule", "shared")])).collect();
+    refused(ask(&mut c, request(many)).await, "--max-descriptors");
+    let wide: Vec<(String, String)> = (0..17).map(|i| (format!("k{i}"), "v".into())).collect();
+    let wide: Vec<(&str, &str)> = wide.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    refused(
+        ask(&mut c, request(vec![descriptor(&wide)])).await,
+        "--max-entries",
+    );
+    let mut heavy = request(vec![descriptor(&[("rule", "shared")])]);
+    heavy.hits_addend = 2_000_000;
+    refused(ask(&mut c, heavy).await, "--max-hits-addend");
+    let huge = "x".repeat(10_000);
+    refused(
+        ask(
+            &mut c,
+            request(vec![descriptor(&[
+                ("rule", "per-client"),
+                ("client_ip", &huge),
+            ])]),
+        )
+        .await,
+        "--max-value-bytes",
+    );
+    assert_eq!(
+        service.metric("edgewise_ratelimit_refused_total").unwrap(),
+        4
+    );
+
+    // 300 distinct 5 KB values: 300 keys, each short.
+    for i in 0..300 {
+        let value = format!("{i:05}{}", "u".repeat(5_000));
+        let r = ask(
+            &mut c,
+            request(vec![descriptor(&[
+                ("rule", "per-client"),
+                ("client_ip", &value),
+            ])]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.overall_code, Code::Ok as i32);
+    }
+    assert_eq!(redis.command("DBSIZE").unwrap(), ":300");
+    for _ in 0..20 {
+        // A bulk reply starts with "$<length>".
+        let line = redis.command("RANDOMKEY").unwrap();
+        let length: usize = line.trim_start_matches('$').parse().unwrap();
+        assert!(length < 128, "a {length}-byte key");
+    }
+    // The same long value is one bucket: its 10th request in the minute is the last admitted.
+    let value = "y".repeat(5_000);
+    let mut codes = Vec::new();
+    for _ in 0..11 {
+        let r = ask(
+            &mut c,
+            request(vec![descriptor(&[
+                ("rule", "per-client"),
+                ("client_ip", &value),
+            ])]),
+        )
+        .await
+        .unwrap();
+        codes.push(r.overall_code);
+    }
+    assert_eq!(codes.iter().filter(|c| **c == Code::Ok as i32).count(), 10);
 }
