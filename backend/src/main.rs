@@ -386,6 +386,7 @@ fn echo(
 /// A session app's page: `personal=1` makes the body name the request's Cookie (or
 /// "anonymous") and any X-Forwarded-Host it was given, as apps that build links from it do;
 /// `cookie_on_304=1` adds `Set-Cookie: seen=<that cookie>` to a 304 (a session refresh).
+/// `reflect=NAME`: the body is `<backend> NAME=<the last line of NAME>`.
 fn cacheable(backend: &Backend, headers: &HeaderMap, path: &str, query: &str) -> Response<Body> {
     let extra: Vec<(String, String)> = query
         .split('&')
@@ -463,6 +464,19 @@ fn cacheable(backend: &Backend, headers: &HeaderMap, path: &str, query: &str) ->
             out.push(("set-cookie", format!("seen={cookie}")));
         }
         return respond(backend, 304, &out, Body::empty());
+    }
+    // `reflect=NAME`: the page is built from the request's NAME field as most frameworks
+    // read a repeated field — the last line — and names this backend (cache poisoning tests).
+    if let Some(name) = query_param(query, "reflect") {
+        let last = headers
+            .get_all(name.as_str())
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string();
+        let page = format!("{} {name}={last}\n", backend.name);
+        return respond(backend, status, &out, page);
     }
     if query_param(query, "personal").as_deref() == Some("1") {
         let via = header("x-forwarded-host")
