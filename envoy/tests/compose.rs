@@ -53,6 +53,9 @@ fn compose_cluster_filters_and_faults() {
     global_rate_limit_holds_through_the_front(&cluster);
     cache_serves_repeated_gets(&cluster);
     shield_answers_for_both_edges(&cluster);
+    shield_hits_carry_only_their_own_rate_limit_fields(&cluster);
+    front_routes_only_public_paths(&cluster);
+    long_user_values_keep_redis_small(&cluster);
     weighted_split_counted_at_backends(&cluster);
     breaker_stops_traffic_to_failing_flaky(&cluster);
     every_envoy_loaded_its_modules_remotely(&cluster);
@@ -199,6 +202,107 @@ fn shield_answers_for_both_edges(cluster: &Cluster) {
     let edge_misses = [0, 1].map(|e| stat(cluster, e, "edgewise.response_cache.misses"));
     println!("shield: 6 URLs × 4 GETs, origin saw {origin}; edge cache misses {edge_misses:?}");
     assert_eq!(origin, 6);
+}
+
+/// The front limits before its shield: a shield hit is counted (20 per user per minute,
+/// global), and carries only its own client's RateLimit fields — never those the edge
+/// gave the client whose request filled the entry.
+fn shield_hits_carry_only_their_own_rate_limit_fields(cluster: &Cluster) {
+    let path = "/cache/rl-private?cache_control=max-age%3D300&body=shared+page";
+    let fill = cluster.request("GET", path, &[("x-user", "rl-a")]).unwrap();
+    assert_eq!(fill.status, 200);
+    // A client no rule applies to: a shield hit with no RateLimit fields at all.
+    let anonymous = cluster.get(path).unwrap();
+    assert!(
+        anonymous
+            .header("cache-status")
+            .is_some_and(|s| s.starts_with("shield; hit")),
+        "{:?}",
+        anonymous.headers
+    );
+    for field in ["ratelimit", "ratelimit-policy", "retry-after"] {
+        assert!(
+            anonymous.header(field).is_none(),
+            "a shield hit carried {field}: {:?}",
+            anonymous.headers
+        );
+    }
+    // Another user: only the front's own rule, with this user's own count.
+    let other = cluster.request("GET", path, &[("x-user", "rl-b")]).unwrap();
+    let fields = other.header("ratelimit").unwrap_or("").to_string();
+    assert!(
+        fields.starts_with("\"front-user\";r=19;") && !fields.contains("per-client"),
+        "{fields}"
+    );
+    // Hits count against the limit: 20 per minute, then 429 from the front.
+    let statuses: Vec<u16> = (0..25)
+        .map(|_| {
+            cluster
+                .request("GET", path, &[("x-user", "rl-c")])
+                .unwrap()
+                .status
+        })
+        .collect();
+    println!("front limit on a cached page: {statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 20);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5);
+}
+
+/// The front routes only the demo's public paths: the backends' fault switch and the
+/// status paths (which could open a shared breaker for everyone) never reach a backend.
+fn front_routes_only_public_paths(cluster: &Cluster) {
+    let front = std::net::SocketAddr::from(([127, 0, 0, 1], cluster.ports.front));
+    let before = v1_requests(cluster);
+    for path in ["/admin/fault", "/api/../admin/fault", "//admin/fault"] {
+        let r =
+            envoy_harness::http_request(front, "POST", path, &[], br#"{"mode":"hang"}"#).unwrap();
+        assert_eq!(r.status, 404, "POST {path}: {}", r.text());
+    }
+    for service in ["api-v1-a", "api-v1-b", "api-v2"] {
+        let port = cluster.backend_port(service).unwrap();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let fault = envoy_harness::http_request(addr, "GET", "/admin/fault", &[], b"").unwrap();
+        assert_eq!(fault.text().trim(), "Off", "{service}");
+    }
+    for _ in 0..10 {
+        assert_eq!(cluster.get("/status/503").unwrap().status, 404);
+    }
+    assert_eq!(cluster.get("/stats").unwrap().status, 404);
+    assert_eq!(
+        v1_requests(cluster),
+        before,
+        "no control request reached api-v1"
+    );
+    let opened = [0, 1].map(|e| {
+        stat(
+            cluster,
+            e,
+            "edgewise.circuit_breaker.upstream=.=api-v1;.;opened",
+        )
+    });
+    assert_eq!(opened, [0, 0]);
+    println!("front: control and fault paths answer 404, no backend reached");
+}
+
+/// 300 distinct 30 KB `x-user` values through the front's and the edges' global rules:
+/// the values reach Redis as 39-byte hashes, so Redis grows by well under 1 MiB.
+fn long_user_values_keep_redis_small(cluster: &Cluster) {
+    let (used_before, keys_before) = cluster.redis_memory().unwrap();
+    for n in 0..300 {
+        let user = format!("{n:05}{}", "u".repeat(30_000));
+        let r = cluster
+            .request("GET", "/global-user/x", &[("x-user", &user)])
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let (used_after, keys_after) = cluster.redis_memory().unwrap();
+    let grown = used_after.saturating_sub(used_before);
+    println!(
+        "redis: 300 distinct 30 KB x-user values grew it by {grown} bytes ({} keys)",
+        keys_after.saturating_sub(keys_before)
+    );
+    assert!(grown < 1 << 20, "Redis grew by {grown} bytes");
+    assert!(keys_after > keys_before, "the values were counted");
 }
 
 /// 90/10 smooth weighted round robin per edge worker: 4 cursors (2 edges × 2 workers) each
