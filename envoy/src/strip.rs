@@ -43,12 +43,9 @@ pub fn unused_callbacks(module: &str) -> Option<Vec<&'static str>> {
             "proxy_on_response_body",
             "proxy_on_http_call_response",
         ],
-        // request headers + body (slow-call timing), response headers, done, tick
-        "circuit_breaker" => [
-            &["proxy_on_response_body", "proxy_on_http_call_response"][..],
-            &GRPC[..],
-        ]
-        .concat(),
+        // request headers + body (slow-call timing), response headers, done, tick, and
+        // http call responses (active half-open probes)
+        "circuit_breaker" => [&["proxy_on_response_body"][..], &GRPC[..]].concat(),
         // request headers, done, and tick (only for deferred metrics)
         "weighted_router" => [
             &[

@@ -338,3 +338,63 @@ fn a_trickling_probe_cannot_hold_the_breaker() {
         );
     }
 }
+
+/// `half_open.probe` in real Envoy: when the open time is up the breaker sends its own
+/// `GET /health` to the cluster (dispatch_http_call) — no client request reaches the backend
+/// while the breaker is open or probing — and a healthy answer closes it. The backend's
+/// counter does not count /health, so it shows exactly what clients sent.
+#[test]
+fn active_probes_close_the_breaker_without_a_client() {
+    let backend = Backend::start("payments-v1").unwrap();
+    let envoy = start(
+        &backend,
+        r#"{"upstream":"header:x-cluster","trip":{"consecutive_failures":3},"open":{"duration":"1s"},
+            "half_open":{"probes":1,"probe":{"path":"/health","timeout":"500ms"}}}"#,
+    );
+    let get = || {
+        envoy
+            .request("GET", "/status/200", &[("x-cluster", "backend")], b"")
+            .unwrap()
+    };
+    assert_eq!(get().status, 200);
+    backend
+        .set_fault(r#"{"mode":"fail","ratio":1.0,"status":503}"#)
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(get().status, 503);
+    }
+    // Open: the backend healthy again, but only the breaker's probe may find that out.
+    backend.set_fault(r#"{"mode":"off"}"#).unwrap();
+    backend.reset_counters().unwrap();
+    let started = Instant::now();
+    let mut rejected = 0;
+    loop {
+        let r = get();
+        if r.header("x-edgewise-circuit").is_none() {
+            assert_eq!(r.status, 200);
+            break;
+        }
+        rejected += 1;
+        assert_eq!(
+            backend.requests().unwrap(),
+            0,
+            "a client reached the backend while the breaker was open or probing"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the probe never closed the breaker"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let closed_after = started.elapsed();
+    println!("active probe: closed {closed_after:?} after the trip, {rejected} fallbacks meanwhile");
+    assert!(rejected > 0, "the breaker was open");
+    assert_eq!(backend.requests().unwrap(), 1, "only the admitted request");
+    assert!(
+        envoy
+            .stat("edgewise.circuit_breaker.upstream=.=unlisted;.;half_open_probes")
+            .unwrap()
+            .unwrap_or(0)
+            >= 1
+    );
+}

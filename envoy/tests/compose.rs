@@ -520,9 +520,9 @@ fn canary_stop_fails_over_and_start_returns(cluster: &Cluster) {
     );
 }
 
-/// What the load of [`steady_load`] saw: (when it ended, status, backend that answered) per
-/// request, in the order they ended.
-type Seen = Arc<std::sync::Mutex<Vec<(Instant, u16, String)>>>;
+/// What the load of [`steady_load`] saw: (when it ended, status, backend that answered, when
+/// it was sent) per request, in the order they ended.
+type Seen = Arc<std::sync::Mutex<Vec<(Instant, u16, String, Instant)>>>;
 
 /// Open-loop load: a new request every `gap` (each on its own thread, so requests that hang
 /// do not slow the others down, as with many independent clients), GET
@@ -544,13 +544,15 @@ fn steady_load(
             let path = format!("/api/pause/{n}");
             n += 1;
             requests.push(std::thread::spawn(move || {
+                let sent = Instant::now();
                 let answer = match envoy_harness::http_request(addr, "GET", &path, &[], b"") {
                     Ok(r) => (
                         Instant::now(),
                         r.status,
                         r.header("x-backend-name").unwrap_or("").to_string(),
+                        sent,
                     ),
-                    Err(_) => (Instant::now(), 0, String::new()),
+                    Err(_) => (Instant::now(), 0, String::new(), sent),
                 };
                 seen.lock().unwrap().push(answer);
             }));
@@ -562,11 +564,14 @@ fn steady_load(
     })
 }
 
-/// `docker pause api-v2` under ~50 requests/s: the canary accepts connections and never
-/// answers. Per edge at most its bulkhead (5) of requests hang until the 5 s route timeout;
-/// the router fails every other canary pick over to api-v1; the hung requests trip the
-/// breaker by slow-call rate. So client errors ≤ 2 × 5 (the in-flight bound at the hang),
-/// then none. `docker unpause`: api-v2 serves again after the open period and a probe.
+/// `docker pause api-v2` for 12 s under ~50 requests/s: the canary accepts connections and
+/// never answers. Per edge at most its bulkhead (5) of requests hang until the 5 s route
+/// timeout; the router fails every other canary pick over to api-v1; the hung requests trip
+/// the breaker by slow-call rate. So client errors ≤ 2 × 5 (the in-flight bound at the
+/// hang), and none among requests sent after both breakers first tripped: when the 10 s open
+/// period ends (inside the pause) the breakers probe api-v2 themselves (`half_open.probe`),
+/// so no client request is a probe that hangs. `docker unpause`: api-v2 serves again after
+/// a healthy probe.
 fn canary_pause_costs_at_most_the_bulkheads(cluster: &Cluster) {
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Seen = Arc::default();
@@ -580,11 +585,25 @@ fn canary_pause_costs_at_most_the_bulkheads(cluster: &Cluster) {
     let before_pause = count(&seen);
     cluster.docker("pause", "api-v2").unwrap();
     let paused = Instant::now();
-    // Load for 9 s: past the 5 s route timeout of every request that hung (they hang
-    // until the breakers trip, 2–3 s after the pause).
-    while paused.elapsed() < Duration::from_secs(9) {
+    // Load for 12 s: past the 5 s route timeout of every request that hung before the
+    // breakers tripped, and past their 10 s open period (the half-open probe happens while
+    // api-v2 still hangs). When both breakers have first tripped is read off the edges.
+    let mut both_tripped: Option<Instant> = None;
+    while paused.elapsed() < Duration::from_secs(12) {
+        if both_tripped.is_none()
+            && [0, 1].iter().all(|e| {
+                stat(
+                    cluster,
+                    *e,
+                    "edgewise.circuit_breaker.upstream=.=api-v2;.;opened",
+                ) >= 1
+            })
+        {
+            both_tripped = Some(Instant::now());
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let both_tripped = both_tripped.expect("both edges' api-v2 breakers tripped during the pause");
     let during_pause = count(&seen);
     let failovers = [0, 1].map(|e| {
         stat(
@@ -613,7 +632,7 @@ fn canary_pause_costs_at_most_the_bulkheads(cluster: &Cluster) {
     let returned = loop {
         let served_by_v2 = seen.lock().unwrap()[during_pause..]
             .iter()
-            .any(|(_, status, name)| *status == 200 && name == "api-v2");
+            .any(|(_, status, name, _)| *status == 200 && name == "api-v2");
         if served_by_v2 {
             break unpaused.elapsed();
         }
@@ -629,25 +648,43 @@ fn canary_pause_costs_at_most_the_bulkheads(cluster: &Cluster) {
     let window = &seen[before_pause..];
     let errors: Vec<u16> = window
         .iter()
-        .map(|(_, s, _)| *s)
+        .map(|(_, s, _, _)| *s)
         .filter(|s| *s != 200)
         .collect();
     let after_pause = &seen[during_pause..];
-    let later_errors = after_pause.iter().filter(|(_, s, _)| *s != 200).count();
+    let later_errors = after_pause.iter().filter(|(_, s, _, _)| *s != 200).count();
+    // Requests sent after both breakers tripped (the poll reads stats every 50 ms, so allow
+    // one poll's lag): none failed — no client was a half-open probe.
+    let after_trip: Vec<String> = window
+        .iter()
+        .filter(|(_, s, _, sent)| *s != 200 && *sent > both_tripped + Duration::from_millis(100))
+        .map(|(_, s, _, sent)| {
+            format!(
+                "{s} sent {}ms after the pause",
+                sent.duration_since(paused).as_millis()
+            )
+        })
+        .collect();
     // When (ms after the pause) each request api-v2 answered ended, and each error.
     let timeline: Vec<String> = window
         .iter()
-        .filter(|(_, s, name)| *s != 200 || name == "api-v2")
-        .map(|(at, s, _)| format!("{s}@{}", at.duration_since(paused).as_millis()))
+        .filter(|(_, s, name, _)| *s != 200 || name == "api-v2")
+        .map(|(at, s, _, _)| format!("{s}@{}", at.duration_since(paused).as_millis()))
         .collect();
     println!("pause timeline (status@ms after the pause): {timeline:?}");
     println!(
         "pause: {} requests from the pause to api-v2's return ({:.1?} after unpause); \
          client errors {:?}; failovers per edge {failovers:?}; breaker opened {opened:?}; \
-         bulkhead full {full:?}; errors after the pause phase {later_errors}",
+         bulkhead full {full:?}; errors after the pause phase {later_errors}; both breakers \
+         tripped {}ms after the pause",
         window.len(),
         returned,
-        errors
+        errors,
+        both_tripped.duration_since(paused).as_millis()
+    );
+    assert!(
+        after_trip.is_empty(),
+        "client errors after the breakers tripped (a client was a probe?): {after_trip:?}"
     );
     assert!(
         errors.len() <= 10,

@@ -561,3 +561,107 @@ fn hung_requests_that_time_out_count_as_failures_too() {
     assert!(!forwarded, "two timeouts in a row opened it");
     assert_eq!(circuit(&rejected).as_deref(), Some("open"));
 }
+
+/// `half_open.probe`: once the open time is up, the breaker sends its own `GET /health` to
+/// the upstream's cluster — one probe across both workers — and no client request is ever a
+/// probe: clients get the fallback until a healthy answer closes the breaker. An unhealthy
+/// answer, or none, opens it again (with backoff) and the next probe follows.
+#[test]
+fn active_probes_cost_no_client() {
+    let world = World::new();
+    world.add_cluster("api-v2");
+    let vms = start(
+        &world,
+        r#"{"upstream":"header:x-route-cluster","trip":{"consecutive_failures":2},
+            "open":{"duration":"5s","backoff":2.0},
+            "half_open":{"probes":1,"probe":{"path":"/health","timeout":"1s"}}}"#,
+        2,
+    );
+    let to_v2 = [("x-route-cluster", "api-v2")];
+    assert!(call(&vms[0], 503, &to_v2).1);
+    assert!(call(&vms[1], 503, &to_v2).1);
+    let clients_never_reach_it = |label: &str| {
+        for vm in &vms {
+            let (s, forwarded) = call(vm, 200, &to_v2);
+            assert!(!forwarded, "{label}: a client reached the upstream");
+            assert_eq!(s.response().unwrap().status(), Some(503), "{label}");
+        }
+    };
+    clients_never_reach_it("open");
+    world.advance(Duration::from_millis(4_900)).unwrap();
+    assert!(
+        world.pending_http_calls().is_empty(),
+        "not before the open time"
+    );
+    world.advance(Duration::from_millis(200)).unwrap();
+    let calls = world.pending_http_calls();
+    assert_eq!(calls.len(), 1, "one probe across both workers: {calls:?}");
+    let probe = &calls[0];
+    assert_eq!(probe.upstream, "api-v2");
+    assert_eq!(probe.header(":path").as_deref(), Some("/health"));
+    assert_eq!(probe.timeout, Duration::from_secs(1));
+    // Past the open time, while the probe runs: clients are still not probes.
+    clients_never_reach_it("probing");
+    world.respond_http_call(probe.id, 503, &[], b"").unwrap();
+    clients_never_reach_it("unhealthy answer: open again");
+    // Backoff: the next probe after 10 s, not 5.
+    world.advance(Duration::from_secs(6)).unwrap();
+    assert!(world.pending_http_calls().is_empty(), "backed off to 10 s");
+    world.advance(Duration::from_millis(4_200)).unwrap();
+    let calls = world.pending_http_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    // No answer (reset): open again.
+    world.reset_http_call(calls[0].id).unwrap();
+    clients_never_reach_it("no answer: open again");
+    world.advance(Duration::from_millis(20_300)).unwrap();
+    let calls = world.pending_http_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    world
+        .respond_http_call(calls[0].id, 200, &[], b"ok")
+        .unwrap();
+    for vm in &vms {
+        assert!(call(vm, 200, &to_v2).1, "closed by the healthy probe");
+    }
+    assert_eq!(
+        world.metric("edgewise.circuit_breaker.upstream=.=unlisted;.;half_open_probes"),
+        Some(3)
+    );
+    for vm in &vms {
+        assert!(vm.failure().is_none());
+    }
+}
+
+/// A probe that times out (the upstream hangs, as a paused container does) opens the
+/// breaker again; the next probe follows the next open period; clients are spared throughout.
+#[test]
+fn a_probe_that_times_out_opens_it_again() {
+    let world = World::new();
+    world.add_cluster("api-v2");
+    let vms = start(
+        &world,
+        r#"{"upstream":"header:x-route-cluster","trip":{"consecutive_failures":1},
+            "open":{"duration":"5s","backoff":1.0},
+            "half_open":{"probe":{"timeout":"1s"}}}"#,
+        1,
+    );
+    let to_v2 = [("x-route-cluster", "api-v2")];
+    assert!(call(&vms[0], 503, &to_v2).1);
+    world.advance(Duration::from_millis(5_100)).unwrap();
+    let first = world.pending_http_calls();
+    assert_eq!(first.len(), 1);
+    // Nothing answers: Envoy times the callout out after 1 s.
+    world.advance(Duration::from_millis(1_100)).unwrap();
+    assert!(world.pending_http_calls().is_empty(), "timed out");
+    assert!(
+        !call(&vms[0], 200, &to_v2).1,
+        "open again, clients still spared"
+    );
+    world.advance(Duration::from_millis(4_900)).unwrap();
+    let calls = world.pending_http_calls();
+    assert_eq!(
+        calls.len(),
+        1,
+        "a new probe after the next open period: {calls:?}"
+    );
+    assert!(vms[0].failure().is_none());
+}

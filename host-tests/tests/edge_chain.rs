@@ -230,3 +230,75 @@ fn invalid_chains_are_refused_naming_the_section_and_field() {
         );
     }
 }
+
+/// Router and breaker with `half_open.probe` in one VM: once api-v2's breaker opens, every
+/// request fails over to api-v1 — past the open time too, while the breaker's own probe
+/// runs — and none is sent to api-v2 as a probe; a healthy probe brings api-v2 back.
+#[test]
+fn with_active_probes_no_client_is_sent_to_a_broken_target() {
+    let world = World::new();
+    world.add_cluster("api-v1");
+    world.add_cluster("api-v2");
+    let config = r#"{
+      "weighted_router": {"routes":[{"name":"api","failover":true,
+        "targets":[{"cluster":"api-v1","weight":1},{"cluster":"api-v2","weight":1}]}]},
+      "circuit_breaker": {"upstream":"header:x-route-cluster","trip":{"consecutive_failures":2},
+        "open":{"duration":"5s"},"half_open":{"probes":1,"probe":{"path":"/health","timeout":"1s"}}}
+    }"#;
+    let vms = start(&world, config, 2);
+    // Round robin: api-v2 answers 503 until its breaker opens.
+    let mut to_v2 = 0;
+    for i in 0..8 {
+        let (mut s, _) = send(&vms[i % 2], &format!("/p/{i}"), "ann");
+        let cluster = s
+            .upstream_request()
+            .unwrap()
+            .header("x-route-cluster")
+            .unwrap();
+        if cluster == "api-v2" {
+            to_v2 += 1;
+            s.respond(503, &[], b"");
+        } else {
+            s.respond(200, &[], b"");
+        }
+    }
+    assert_eq!(
+        to_v2, 2,
+        "two failures open api-v2's breaker, then failover"
+    );
+    let routed = |label: &str| {
+        for i in 0..6 {
+            let (mut s, _) = send(&vms[i % 2], &format!("/q/{i}"), "bob");
+            let upstream = s.upstream_request().expect(label);
+            assert_eq!(
+                upstream.header("x-route-cluster").as_deref(),
+                Some("api-v1"),
+                "{label}"
+            );
+            s.respond(200, &[], b"");
+        }
+    };
+    routed("open");
+    world.advance(Duration::from_millis(5_200)).unwrap();
+    let calls = world.pending_http_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].upstream, "api-v2");
+    routed("probing");
+    world
+        .respond_http_call(calls[0].id, 200, &[], b"ok")
+        .unwrap();
+    let mut back = 0;
+    for i in 0..6 {
+        let (mut s, _) = send(&vms[i % 2], &format!("/r/{i}"), "cat");
+        if s.upstream_request()
+            .unwrap()
+            .header("x-route-cluster")
+            .as_deref()
+            == Some("api-v2")
+        {
+            back += 1;
+        }
+        s.respond(200, &[], b"");
+    }
+    assert!(back > 0, "api-v2 serves again after the healthy probe");
+}

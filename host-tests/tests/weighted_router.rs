@@ -235,6 +235,7 @@ fn publish_breaker(
             state,
             open_until,
             probes_full,
+            probe_only: false,
         },
     );
     let value = edgewise_support::breaker_state::with_identity(value, cluster.as_bytes());

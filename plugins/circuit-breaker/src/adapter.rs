@@ -2,7 +2,7 @@
 //! the fallback while open, classifies responses, and logs and exports state changes.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
 use edgewise_support::abi;
@@ -69,6 +69,48 @@ struct Shared {
     unlisted: Rc<UpstreamMetrics>,
     untracked: Metric,
     errors: Metric,
+    /// Upstreams whose open breaker this worker probes itself (`half_open.probe`): bounded
+    /// by `MAX_PROBING` (and by the table: only tracked upstreams have breakers).
+    probing: RefCell<BTreeSet<String>>,
+    /// Active probes sent and not answered yet: callout token → (identity, episode).
+    probes_sent: RefCell<HashMap<u32, (String, u32)>>,
+}
+
+/// How often a worker looks for open breakers due for an active probe.
+const PROBE_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+/// At most this many upstreams probed actively by one worker.
+const MAX_PROBING: usize = 1024;
+
+/// Ticks while anything needs them: the slow-call watch at its period, active probing every
+/// `PROBE_TICK`; not at all otherwise.
+fn schedule_ticks(shared: &Shared) {
+    let watch = shared
+        .watching
+        .get()
+        .then_some(shared.watch_period)
+        .flatten();
+    let probe = (!shared.probing.borrow().is_empty()).then_some(PROBE_TICK);
+    let period = [watch, probe]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(std::time::Duration::ZERO);
+    edgewise_support::wasm::set_tick_period(period);
+}
+
+/// Puts an upstream whose breaker is open under this worker's active probing (when its
+/// parameters have `half_open.probe`).
+fn probe_later(shared: &Shared, identity: &str) {
+    if shared.config.params(identity).active_probe.is_none() {
+        return;
+    }
+    let added = {
+        let mut probing = shared.probing.borrow_mut();
+        probing.len() < MAX_PROBING && probing.insert(identity.to_string())
+    };
+    if added {
+        schedule_ticks(shared);
+    }
 }
 
 impl Shared {
@@ -106,7 +148,31 @@ struct BreakerRoot {
     shared: Option<Rc<Shared>>,
 }
 
-impl Context for BreakerRoot {}
+impl Context for BreakerRoot {
+    /// An active probe's answer (other filters' callouts, in edge_chain, are not ours).
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        _body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Some((identity, episode)) = shared.probes_sent.borrow_mut().remove(&token_id) else {
+            return;
+        };
+        let status = if num_headers == 0 {
+            None
+        } else {
+            abi::get_map_value(MapType::HttpCallResponseHeaders as u32, ":status")
+                .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
+        };
+        let now = now_nanos().unwrap_or(0);
+        record_probe(&shared, &identity, episode, status, now);
+    }
+}
 
 impl BreakerRoot {
     /// Counts watched requests past their slow-call threshold as slow calls now (each once),
@@ -143,10 +209,120 @@ impl BreakerRoot {
                 Err(_) => shared.errors.increment(1),
             }
         }
-        if watched.is_empty() {
-            shared.watching.set(false);
-            edgewise_support::wasm::set_tick_period(std::time::Duration::ZERO);
+        if watched.is_empty() && shared.watching.replace(false) {
+            drop(watched);
+            schedule_ticks(shared);
         }
+    }
+
+    /// Sends the active probes that are due: for each upstream under probing, the breaker's
+    /// own probe place (won by one worker per probe, with CAS) and a `GET path` to the
+    /// upstream's cluster from this root context (a stream's callout would end with it).
+    fn send_probes(&self, shared: &Shared) {
+        let Some(now) = now_nanos() else { return };
+        let identities: Vec<String> = shared.probing.borrow().iter().cloned().collect();
+        for identity in identities {
+            let in_flight = shared
+                .probes_sent
+                .borrow()
+                .values()
+                .any(|(i, _)| *i == identity);
+            if in_flight {
+                continue;
+            }
+            let params = shared.config.params(&identity);
+            let Some(active) = params.active_probe.as_ref() else {
+                shared.probing.borrow_mut().remove(&identity);
+                continue;
+            };
+            let taken = table::take_active_probe(
+                &shared.store,
+                identity.as_bytes(),
+                shared.config.slots,
+                params,
+                now,
+            );
+            let episode = match taken {
+                Ok(Some((episode, transition, state))) => {
+                    report(shared, &identity, transition);
+                    if state == BreakerState::Closed {
+                        shared.probing.borrow_mut().remove(&identity);
+                        continue;
+                    }
+                    episode
+                }
+                // No breaker any more (its slot went to another upstream): nothing to probe.
+                Ok(None) => {
+                    shared.probing.borrow_mut().remove(&identity);
+                    continue;
+                }
+                Err(_) => {
+                    shared.errors.increment(1);
+                    continue;
+                }
+            };
+            let Some(episode) = episode else { continue };
+            let headers = vec![
+                (":method", "GET"),
+                (":path", active.path.as_str()),
+                (":authority", identity.as_str()),
+                ("user-agent", "edgewise-circuit-breaker-probe"),
+            ];
+            let timeout = std::time::Duration::from_nanos(active.timeout_ns);
+            match self.dispatch_http_call(&identity, headers, None, vec![], timeout) {
+                Ok(token) => {
+                    shared.metrics(&identity).probes.increment(1);
+                    shared
+                        .probes_sent
+                        .borrow_mut()
+                        .insert(token, (identity.clone(), episode));
+                }
+                // Envoy refused the callout (no such cluster): an unhealthy answer.
+                Err(_) => {
+                    shared.errors.increment(1);
+                    record_probe(shared, &identity, episode, None, now);
+                }
+            }
+        }
+        if shared.probing.borrow().is_empty() {
+            schedule_ticks(shared);
+        }
+    }
+}
+
+/// Records an active probe's answer (`None`: no answer — reset, timeout, refused) under its
+/// episode: healthy statuses count as a success, anything else as a failure.
+fn record_probe(shared: &Shared, identity: &str, episode: u32, status: Option<u16>, now: u64) {
+    let params = shared.config.params(identity);
+    let healthy = params
+        .active_probe
+        .as_ref()
+        .zip(status)
+        .is_some_and(|(active, status)| active.healthy(status));
+    let outcome = crate::breaker::Outcome {
+        failed: !healthy,
+        slow: false,
+    };
+    log(
+        LogLevel::Info,
+        &format!(
+            "circuit_breaker: active probe of {identity}: {} ({})",
+            status.map_or("no answer".to_string(), |s| s.to_string()),
+            if healthy { "healthy" } else { "unhealthy" }
+        ),
+    );
+    match table::record(
+        &shared.store,
+        identity.as_bytes(),
+        shared.config.slots,
+        params,
+        outcome,
+        Some(episode),
+        now,
+    ) {
+        Ok(Some(transition)) => report(shared, identity, transition),
+        Ok(None) => {}
+        Err(_) => shared.errors.increment(1),
     }
 }
 
@@ -177,7 +353,14 @@ impl RootContext for BreakerRoot {
             .min()
             .map(|ns| std::time::Duration::from_nanos((ns / 4).clamp(10_000_000, 1_000_000_000)));
         let flush = config.metrics_flush;
+        // A reconfiguration keeps the upstreams under probing and the probes in flight.
+        let (probing, probes_sent) = match self.shared.take() {
+            Some(old) => (old.probing.take(), old.probes_sent.take()),
+            None => (BTreeSet::new(), HashMap::new()),
+        };
         self.shared = Some(Rc::new(Shared {
+            probing: RefCell::new(probing),
+            probes_sent: RefCell::new(probes_sent),
             store: SharedData::with_prefix(&config.key_prefix),
             watched: RefCell::new(Vec::new()),
             watch_period,
@@ -203,6 +386,7 @@ impl RootContext for BreakerRoot {
         }
         if let Some(shared) = self.shared.clone() {
             self.watch_slow(&shared);
+            self.send_probes(&shared);
         }
     }
 
@@ -243,9 +427,9 @@ type WatchCells = (Rc<Cell<u64>>, Rc<Cell<bool>>, Rc<Cell<bool>>);
 impl BreakerStream {
     /// Puts an admitted request under the slow-call watch (when slow calls are configured).
     fn watch(&mut self, shared: &Shared, identity: &str) {
-        let Some(period) = shared.watch_period else {
+        if shared.watch_period.is_none() {
             return;
-        };
+        }
         let cells = (
             Rc::new(Cell::new(self.started)),
             Rc::new(Cell::new(false)),
@@ -260,7 +444,7 @@ impl BreakerStream {
         });
         self.watch = Some(cells);
         if !shared.watching.replace(true) {
-            edgewise_support::wasm::set_tick_period(period);
+            schedule_ticks(shared);
         }
     }
 
@@ -318,6 +502,12 @@ fn report(shared: &Shared, identity: &str, transition: Transition) {
             gauge.set(state.code() as u64);
         }
     };
+    if matches!(
+        transition,
+        Transition::Opened { .. } | Transition::Reopened { .. }
+    ) {
+        probe_later(shared, identity);
+    }
     match transition {
         Transition::Opened { for_ns, reason } => {
             metrics.opened.increment(1);
@@ -462,6 +652,7 @@ impl HttpContext for BreakerStream {
                 Action::Continue
             }
             Admission::Reject { state } => {
+                probe_later(&shared, &identity);
                 shared.metrics(&identity).rejected.increment(1);
                 self.reject(&shared, state.name())
             }

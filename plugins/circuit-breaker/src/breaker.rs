@@ -1,7 +1,9 @@
 //! One breaker as a pure state machine over a fixed-size value: CLOSED counts outcomes in a
 //! sliding window and trips to OPEN; OPEN rejects until its (backed-off) time is up; then
 //! HALF-OPEN lets exactly `probes` requests through: all succeed → CLOSED, one fails → OPEN
-//! with the next, longer duration (resilience4j semantics; Envoy-worker-wide via CAS).
+//! with the next, longer duration (resilience4j semantics; Envoy-worker-wide via CAS). With
+//! an active probe (`half_open.probe`) no client is a probe: the breaker's own requests
+//! (`take_active_probe`) are, and clients are rejected (or failed over) until it closes.
 
 use edgewise_support::breaker_state::{
     read_header, write_header, BreakerState, Published, HEADER_BYTES,
@@ -36,6 +38,9 @@ pub struct Breaker {
     pub probes_succeeded: u32,
     /// Published: half-open with every probe place taken (the router's failover skips it).
     pub probes_full: bool,
+    /// Published: only the breaker's own active probes close it (set from the parameters
+    /// whenever the value is written).
+    pub probe_only: bool,
     pub buckets: [Bucket; BUCKETS],
 }
 
@@ -87,6 +92,7 @@ impl Breaker {
             probes_issued: 0,
             probes_succeeded: 0,
             probes_full: false,
+            probe_only: false,
             buckets: [Bucket::default(); BUCKETS],
         }
     }
@@ -114,6 +120,7 @@ impl Breaker {
             probes_issued: u32_at(p + 8),
             probes_succeeded: u32_at(p + 12),
             probes_full: header.probes_full,
+            probe_only: header.probe_only,
             buckets: [Bucket::default(); BUCKETS],
         };
         for (i, bucket) in breaker.buckets.iter_mut().enumerate() {
@@ -137,6 +144,7 @@ impl Breaker {
                 state: self.state,
                 open_until: self.open_until,
                 probes_full: self.state == BreakerState::HalfOpen && self.probes_full,
+                probe_only: self.probe_only,
             },
         );
         let p = HEADER_BYTES;
@@ -185,6 +193,11 @@ impl Breaker {
 
     /// Decides admission at `now`; returns the new value to store if it changed.
     pub fn admit(&self, params: &Params, now: u64) -> (Admission, Option<Breaker>, Transition) {
+        if params.active_probe.is_some() {
+            if let Some(decided) = self.admit_while_probing_actively(now) {
+                return decided;
+            }
+        }
         match self.state {
             BreakerState::Closed => (Admission::Pass, None, Transition::None),
             BreakerState::Open if now < self.open_until => (
@@ -242,6 +255,77 @@ impl Breaker {
                 None,
                 Transition::None,
             ),
+        }
+    }
+
+    /// With an active probe, a client request never probes: it is rejected while open or
+    /// half-open (the router fails it over). None: decide as without active probing — closed,
+    /// a half-open deadline that passed, or an open breaker left unprobed for
+    /// `ACTIVE_PROBE_GRACE_NS` past its time (no worker is left to probe it).
+    fn admit_while_probing_actively(
+        &self,
+        now: u64,
+    ) -> Option<(Admission, Option<Breaker>, Transition)> {
+        let reject = |state| Some((Admission::Reject { state }, None, Transition::None));
+        match self.state {
+            BreakerState::Closed => None,
+            BreakerState::Open
+                if now
+                    < self
+                        .open_until
+                        .saturating_add(edgewise_support::breaker_state::ACTIVE_PROBE_GRACE_NS) =>
+            {
+                reject(BreakerState::Open)
+            }
+            BreakerState::Open => None,
+            BreakerState::HalfOpen if now >= self.open_until => None,
+            BreakerState::HalfOpen => reject(BreakerState::HalfOpen),
+        }
+    }
+
+    /// The breaker's own half-open probe at `now`: when it is open and its time is up, or
+    /// half-open with every probe so far answered healthy and more to go, it takes the next
+    /// probe place (returned: the episode to record the answer under); a half-open deadline
+    /// that passed (a probe never answered) opens it again. One probe at a time, across every
+    /// worker (the caller writes the result with CAS).
+    pub fn take_active_probe(
+        &self,
+        params: &Params,
+        now: u64,
+    ) -> (Option<Breaker>, Option<u32>, Transition) {
+        let Some(active) = &params.active_probe else {
+            return (None, None, Transition::None);
+        };
+        // The probe's own timeout, and a second for its answer to be recorded.
+        let deadline = now
+            .saturating_add(active.timeout_ns)
+            .saturating_add(1_000_000_000);
+        match self.state {
+            BreakerState::Open if now >= self.open_until => {
+                let mut next = self.clone();
+                next.state = BreakerState::HalfOpen;
+                next.probes_issued = 1;
+                next.probes_succeeded = 0;
+                next.probes_full = true;
+                next.open_until = deadline;
+                (Some(next), Some(self.opens), Transition::HalfOpened)
+            }
+            BreakerState::HalfOpen if now >= self.open_until => {
+                let mut next = self.clone();
+                let for_ns = next.open(params, now);
+                (Some(next), None, Transition::Reopened { for_ns })
+            }
+            BreakerState::HalfOpen
+                if self.probes_issued == self.probes_succeeded
+                    && self.probes_issued < params.probes =>
+            {
+                let mut next = self.clone();
+                next.probes_issued += 1;
+                next.probes_full = true;
+                next.open_until = deadline;
+                (Some(next), Some(self.opens), Transition::None)
+            }
+            _ => (None, None, Transition::None),
         }
     }
 
@@ -413,6 +497,99 @@ mod tests {
             transitions.push(t);
         }
         (b, transitions)
+    }
+
+    /// `half_open.probe`: no client is ever a probe. Open (even past its time) and half-open
+    /// reject clients; the breaker takes its own probe place when the time is up, one probe
+    /// at a time; healthy answers close it, an unhealthy or missing one opens it again; an
+    /// open breaker nobody probes for the grace period falls back to client probes.
+    #[test]
+    fn active_probes_spare_the_clients() {
+        let p = Config::from_json(
+            br#"{"upstream":"header:x-route-cluster","trip":{"consecutive_failures":1},"open":{"duration":"5s"},
+                "half_open":{"probes":2,"probe":{"path":"/health","timeout":"1s","expect":["2xx"]}}}"#,
+        )
+        .unwrap()
+        .defaults;
+        let (open, _) = feed(&Breaker::new(1), &p, &[FAIL], T0);
+        assert_eq!(open.state, BreakerState::Open);
+        let rejected = |b: &Breaker, now| matches!(b.admit(&p, now).0, Admission::Reject { .. });
+        assert!(rejected(&open, T0 + SEC));
+        assert!(
+            rejected(&open, T0 + 6 * SEC),
+            "past its time, clients still do not probe"
+        );
+        assert_eq!(open.take_active_probe(&p, T0 + SEC).1, None, "not yet");
+        // Time is up: the breaker's own probe takes the place.
+        let (half, episode, t) = open.take_active_probe(&p, T0 + 5 * SEC);
+        let half = half.unwrap();
+        assert_eq!(
+            (half.state, t),
+            (BreakerState::HalfOpen, Transition::HalfOpened)
+        );
+        let episode = episode.unwrap();
+        assert!(rejected(&half, T0 + 5 * SEC), "clients wait for the probe");
+        assert_eq!(
+            half.take_active_probe(&p, T0 + 5 * SEC).1,
+            None,
+            "one at a time"
+        );
+        // Healthy: the second probe goes next; healthy again: closed.
+        let (half, _) = half.record(&p, OK, Some(episode), T0 + 5 * SEC);
+        let half = half.unwrap();
+        let (half, second, _) = half.take_active_probe(&p, T0 + 5 * SEC);
+        let (closed, t) = half.unwrap().record(&p, OK, second, T0 + 5 * SEC);
+        assert_eq!(
+            (closed.unwrap().state, t),
+            (BreakerState::Closed, Transition::Closed)
+        );
+        // Unhealthy: open again, with backoff; a probe never answered: open at its deadline.
+        let (half, episode, _) = open.take_active_probe(&p, T0 + 5 * SEC);
+        let (reopened, t) = half.unwrap().record(&p, FAIL, episode, T0 + 5 * SEC);
+        assert_eq!(reopened.unwrap().state, BreakerState::Open);
+        assert!(matches!(t, Transition::Reopened { .. }));
+        let (half, _, _) = open.take_active_probe(&p, T0 + 5 * SEC);
+        let (late, _, t) = half.unwrap().take_active_probe(&p, T0 + 8 * SEC);
+        assert_eq!(late.unwrap().state, BreakerState::Open);
+        assert!(matches!(t, Transition::Reopened { .. }));
+        // Nobody probed for the grace period: a client probes, as without active probing.
+        let grace = edgewise_support::breaker_state::ACTIVE_PROBE_GRACE_NS;
+        assert!(matches!(
+            open.admit(&p, T0 + 5 * SEC + grace).0,
+            Admission::Probe { .. }
+        ));
+    }
+
+    #[test]
+    fn active_probe_configuration_is_checked() {
+        for (json, field) in [
+            (r#"{"half_open":{"probe":{}}}"#, "half_open.probe"),
+            (
+                r#"{"upstream":"header:x","half_open":{"probe":{"path":"health"}}}"#,
+                "half_open.probe.path",
+            ),
+            (
+                r#"{"upstream":"header:x","half_open":{"probe":{"timeout":"2m"}}}"#,
+                "half_open.probe.timeout",
+            ),
+            (
+                r#"{"upstream":"header:x","half_open":{"probe":{"expect":[]}}}"#,
+                "half_open.probe.expect",
+            ),
+            (
+                r#"{"upstream":"header:x","half_open":{"probe":{"port":1}}}"#,
+                "port",
+            ),
+        ] {
+            let e = Config::from_json(json.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains(field), "{json}: {e}");
+        }
+        let p = Config::from_json(br#"{"upstream":"header:x","half_open":{"probe":{}}}"#)
+            .unwrap()
+            .defaults;
+        let probe = p.active_probe.unwrap();
+        assert_eq!((probe.path.as_str(), probe.timeout_ns), ("/", SEC));
+        assert!(probe.healthy(204) && !probe.healthy(503));
     }
 
     /// Half-open has `probe_timeout` to show the upstream healthy: a probe that hangs (or is

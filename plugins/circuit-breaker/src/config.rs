@@ -61,6 +61,26 @@ pub struct RawOpen {
 pub struct RawHalfOpen {
     pub probes: Option<u32>,
     pub probe_timeout: Option<String>,
+    pub probe: Option<RawActiveProbe>,
+}
+
+/// `half_open.probe`: the breaker probes the upstream itself instead of with clients.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RawActiveProbe {
+    pub path: Option<String>,
+    pub timeout: Option<String>,
+    pub expect: Option<Vec<serde_json::Value>>,
+}
+
+/// An active half-open probe: `GET path` to the upstream's cluster, sent by the breaker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActiveProbe {
+    pub path: String,
+    pub timeout_ns: u64,
+    /// Inclusive status ranges that count as healthy.
+    pub expect: Vec<(u16, u16)>,
 }
 
 /// The `fallback` local reply's JSON shape (shared with the rate limiter's denial).
@@ -107,6 +127,8 @@ pub struct Params {
     /// Half-open gives its probes this long to succeed; past it the breaker opens again (a
     /// probe that hangs, or a client holding it, cannot keep half-open for ever).
     pub probe_timeout_ns: u64,
+    /// Half-open probes sent by the breaker itself (None: the next client requests probe).
+    pub active_probe: Option<ActiveProbe>,
     /// The bulkhead: at most this many requests in flight to the upstream across every
     /// worker (None: unbounded). Requests past it get the fallback without counting as
     /// failures.
@@ -201,6 +223,16 @@ impl Config {
                 identity.clone(),
                 compile_params(&format!("overrides.{identity}."), over, &base)?,
             );
+        }
+        let probing = std::iter::once(&defaults)
+            .chain(overrides.values())
+            .any(|p| p.active_probe.is_some());
+        if probing && !matches!(upstream, UpstreamKey::Header(_)) {
+            return Err(err(
+                "half_open.probe",
+                "needs upstream identities that are Envoy cluster names",
+                "use \"upstream\": \"header:x-route-cluster\" (the router's cluster header), or drop half_open.probe",
+            ));
         }
         let fallback = edgewise_support::config::local_reply(
             "fallback",
@@ -458,6 +490,13 @@ fn compile_params(
             "use \"1ms\" to \"10m\" (default \"10s\")",
         ));
     }
+    let active_probe = match half.probe.as_ref().or(base_half.probe.as_ref()) {
+        None => None,
+        Some(raw) => Some(compile_active_probe(
+            &format!("{prefix}half_open.probe"),
+            raw,
+        )?),
+    };
     let max_in_flight = own.max_in_flight.or(base.max_in_flight);
     if let Some(n) = max_in_flight {
         if !(1..=1_000_000).contains(&n) {
@@ -485,8 +524,56 @@ fn compile_params(
         backoff,
         probes,
         probe_timeout_ns: probe_timeout.as_nanos() as u64,
+        active_probe,
         max_in_flight,
     })
+}
+
+fn compile_active_probe(field: &str, raw: &RawActiveProbe) -> Result<ActiveProbe, ConfigError> {
+    let path = raw.path.clone().unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') || path.len() > 1024 || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(err(
+            format!("{field}.path"),
+            format!("{path:?} is not a request path"),
+            "use an absolute path such as \"/health\" (no spaces, at most 1024 bytes)",
+        ));
+    }
+    let timeout = match raw.timeout.as_deref() {
+        Some(text) => parse_duration(&format!("{field}.timeout"), text)?,
+        None => std::time::Duration::from_secs(1),
+    };
+    if timeout.is_zero() || timeout.as_secs() > 60 {
+        return Err(err(
+            format!("{field}.timeout"),
+            format!("{timeout:?} is out of range"),
+            "use \"1ms\" to \"60s\" (default \"1s\")",
+        ));
+    }
+    let expect = match &raw.expect {
+        Some(values) if values.is_empty() => {
+            return Err(err(
+                format!("{field}.expect"),
+                "is empty, so no answer would close the breaker",
+                "list the healthy statuses, e.g. [\"2xx\"] (the default)",
+            ))
+        }
+        Some(values) => parse_statuses(&format!("{field}.expect"), values)?,
+        None => vec![(200, 299)],
+    };
+    Ok(ActiveProbe {
+        path,
+        timeout_ns: timeout.as_nanos() as u64,
+        expect,
+    })
+}
+
+impl ActiveProbe {
+    /// Whether a probe's answer shows the upstream healthy.
+    pub fn healthy(&self, status: u16) -> bool {
+        self.expect
+            .iter()
+            .any(|(low, high)| (*low..=*high).contains(&status))
+    }
 }
 
 #[cfg(test)]

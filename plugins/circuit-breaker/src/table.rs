@@ -10,6 +10,7 @@ use edgewise_support::store::{CasStore, SetOutcome, CREATE_CAS};
 
 use crate::breaker::{Admission, Breaker, Outcome, Transition};
 use crate::config::Params;
+use edgewise_support::breaker_state::BreakerState;
 
 pub const MAX_CAS_ATTEMPTS: u32 = 16;
 
@@ -112,9 +113,10 @@ fn update<T>(
         // A fresh breaker in an empty slot is written once even with nothing to record, so
         // later requests find it at its slot instead of reading every candidate.
         let claim = (claim_empty && located.cas.is_none()).then(|| located.breaker.clone());
-        let Some(next) = next.or(claim) else {
+        let Some(mut next) = next.or(claim) else {
             return Ok(Some((result, located.key)));
         };
+        next.probe_only = params.active_probe.is_some();
         match store
             .set(
                 &located.key,
@@ -174,6 +176,24 @@ pub fn record_late_failure(
         b.record_late_failure(params, now)
     })
     .map(|found| found.map(|(transition, _)| transition))
+}
+
+/// The breaker's own half-open probe (see `Breaker::take_active_probe`): the episode to
+/// send a probe under, if this caller won the place; the transition; the state after.
+/// `Ok(None)`: the upstream has no breaker (never tripped, or its slot was taken over).
+pub fn take_active_probe(
+    store: &impl CasStore,
+    identity: &[u8],
+    slots: u64,
+    params: &Params,
+    now: u64,
+) -> Result<Option<(Option<u32>, Transition, BreakerState)>, TableError> {
+    update(store, identity, slots, params, now, false, |b| {
+        let (next, episode, transition) = b.take_active_probe(params, now);
+        let state = next.as_ref().map_or(b.state, |n| n.state);
+        (next, (episode, transition, state))
+    })
+    .map(|found| found.map(|(result, _)| result))
 }
 
 /// Gives back the place of a probe whose request ended without a response.

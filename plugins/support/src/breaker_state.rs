@@ -7,7 +7,8 @@
 //! `u` under the deployment's seed (`seed.rs`) | 1. A value starts with a 32-byte header:
 //! bytes 0..8 h (u64 LE), byte 8 the state (0 closed, 1 open, 2 half-open), byte 9 = 1 when
 //! half-open with every probe place taken (other requests get the fallback), bytes 10..12
-//! the length L of the stored identity (u16 LE), bytes 16..24 `open_until` (ns since the
+//! the length L of the stored identity (u16 LE), byte 12 = 1 when only the breaker's own
+//! active probe may close it (open past its time still rejects, for `ACTIVE_PROBE_GRACE_NS`), bytes 16..24 `open_until` (ns since the
 //! Unix epoch, u64 LE; while half-open, the probes' deadline); the value's last L bytes are
 //! the identity (its first `MAX_STORED_IDENTITY` bytes), compared in full so two identities
 //! with one hash never share a breaker; the rest is private.
@@ -107,15 +108,25 @@ pub struct Published {
     pub open_until: u64,
     /// Half-open with every probe place taken: a request sent there now gets the fallback.
     pub probes_full: bool,
+    /// Closed only by the breaker's own active probe: clients are not sent there to probe.
+    pub probe_only: bool,
 }
+
+/// How long past its open time a breaker that probes actively keeps rejecting while no
+/// probe has started (the workers that would send it are gone): then client requests probe
+/// it, as without active probing, so it can never stay open for ever.
+pub const ACTIVE_PROBE_GRACE_NS: u64 = 10_000_000_000;
 
 impl Published {
     /// Whether a request routed to this upstream now would be answered with the breaker's
     /// fallback: open and not yet due to probe, or half-open with every probe place taken.
     pub fn rejects(&self, now: u64) -> bool {
         match self.state {
+            BreakerState::Open if self.probe_only => {
+                now < self.open_until.saturating_add(ACTIVE_PROBE_GRACE_NS)
+            }
             BreakerState::Open => now < self.open_until,
-            BreakerState::HalfOpen => self.probes_full,
+            BreakerState::HalfOpen => self.probes_full || self.probe_only,
             BreakerState::Closed => false,
         }
     }
@@ -134,6 +145,7 @@ pub fn read_header(bytes: &[u8]) -> Option<Published> {
         state: BreakerState::from_code(header[8]),
         open_until: u64_at(16)?,
         probes_full: header[9] == 1,
+        probe_only: header[12] == 1,
     })
 }
 
@@ -144,6 +156,7 @@ pub fn write_header(out: &mut [u8], published: &Published) {
     out[..8].copy_from_slice(&published.identity_hash.to_le_bytes());
     out[8] = published.state.code();
     out[9] = published.probes_full as u8;
+    out[12] = published.probe_only as u8;
     out[16..24].copy_from_slice(&published.open_until.to_le_bytes());
 }
 
@@ -207,6 +220,7 @@ mod tests {
             state: BreakerState::Open,
             open_until: 42,
             probes_full: false,
+            probe_only: false,
         };
         write_header(&mut value, &published);
         let theirs = with_identity(value.clone(), b"evil");
@@ -241,6 +255,7 @@ mod tests {
                 state: BreakerState::Open,
                 open_until: 42,
                 probes_full: false,
+                probe_only: false,
             },
         );
         let slot = candidate_slots(hash, 256).nth(1).unwrap();
