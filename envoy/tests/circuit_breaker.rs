@@ -387,7 +387,9 @@ fn active_probes_close_the_breaker_without_a_client() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let closed_after = started.elapsed();
-    println!("active probe: closed {closed_after:?} after the trip, {rejected} fallbacks meanwhile");
+    println!(
+        "active probe: closed {closed_after:?} after the trip, {rejected} fallbacks meanwhile"
+    );
     assert!(rejected > 0, "the breaker was open");
     assert_eq!(backend.requests().unwrap(), 1, "only the admitted request");
     assert!(

@@ -7,7 +7,8 @@
 //!   images  build the cluster's images locally (edgewise/envoy, backend, ratelimit, redis, prometheus)
 //!   schemas write the JSON Schemas of the plugin configurations (schemas/)
 //!   cluster up|down|status   the docker-compose cluster (project `edgewise`)
-//!   fuzz    the cache privacy property test through our host, long: `fuzz [steps] [seed]`
+//!   fuzz    the cache privacy property test through our host, long: `fuzz [steps] [seed]`;
+//!           `fuzz edge [steps] [seed]`: the composed module against an adversary
 //!   demo    the cluster demo (Docker), or `demo local`: each filter in a local Envoy
 //!   bench   load benchmark against real Envoy (BENCHMARKS.md); `bench criterion` for the
 //!           cores' criterion benchmarks; `bench quick` for a short load run;
@@ -42,10 +43,16 @@ fn main() -> ExitCode {
             args.get(1).map(String::as_str).unwrap_or("probe"),
             args.get(2).map(String::as_str).unwrap_or(""),
         ),
-        "fuzz" => fuzz(
-            args.get(1).map(String::as_str).unwrap_or("400000"),
-            args.get(2).map(String::as_str),
-        ),
+        "fuzz" => match args.get(1).map(String::as_str) {
+            Some("edge") => fuzz_edge(
+                args.get(2).map(String::as_str).unwrap_or("1000000"),
+                args.get(3).map(String::as_str),
+            ),
+            _ => fuzz(
+                args.get(1).map(String::as_str).unwrap_or("400000"),
+                args.get(2).map(String::as_str),
+            ),
+        },
         "images" => cluster::images(),
         "schemas" => schemas::run(),
         "release" => setup().and_then(|()| release::run()),
@@ -86,7 +93,7 @@ fn main() -> ExitCode {
             _ => bench::run(5, 3),
         },
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|release|validate FILE [FILTER]|cluster up|down|status|demo [local]|bench [criterion|quick|profile [scenario]|global]>");
+            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|release|validate FILE [FILTER]|cluster up|down|status|demo [local]|fuzz [edge] [steps] [seed]|bench [criterion|quick|profile [scenario]|global]>");
             return ExitCode::from(2);
         }
     };
@@ -293,6 +300,31 @@ fn fuzz(steps: &str, seed: Option<&str>) -> Result<()> {
         "host-tests",
         "--test",
         "cache_fuzz",
+        "--",
+        "--nocapture",
+    ])
+}
+
+/// A long run of the composed module's adversary property test
+/// (host-tests/tests/edge_fuzz.rs); CI runs a short fixed-seed slice.
+fn fuzz_edge(steps: &str, seed: Option<&str>) -> Result<()> {
+    if steps.parse::<u64>().is_err() {
+        bail!("usage: cargo xtask fuzz edge [steps] [seed] (steps is a number, e.g. 1000000)");
+    }
+    build_wasm()?;
+    step(&format!(
+        "edge_chain adversary property test, {steps} steps"
+    ));
+    std::env::set_var("EDGEWISE_EDGE_FUZZ_STEPS", steps);
+    if let Some(seed) = seed {
+        std::env::set_var("EDGEWISE_EDGE_FUZZ_SEED", seed);
+    }
+    cargo(&[
+        "test",
+        "-p",
+        "host-tests",
+        "--test",
+        "edge_fuzz",
         "--",
         "--nocapture",
     ])
