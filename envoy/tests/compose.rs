@@ -588,16 +588,15 @@ fn canary_pause_costs_at_most_the_bulkheads(cluster: &Cluster) {
     // Load for 12 s: past the 5 s route timeout of every request that hung before the
     // breakers tripped, and past their 10 s open period (the half-open probe happens while
     // api-v2 still hangs). When both breakers have first tripped is read off the edges.
+    let opened_stat = "edgewise.circuit_breaker.upstream=.=api-v2;.;opened";
+    // The canary-stop phase opened these breakers before: count openings from here.
+    let opened_before = [0, 1].map(|e| stat(cluster, e, opened_stat));
     let mut both_tripped: Option<Instant> = None;
     while paused.elapsed() < Duration::from_secs(12) {
         if both_tripped.is_none()
-            && [0, 1].iter().all(|e| {
-                stat(
-                    cluster,
-                    *e,
-                    "edgewise.circuit_breaker.upstream=.=api-v2;.;opened",
-                ) >= 1
-            })
+            && [0, 1]
+                .iter()
+                .all(|e| stat(cluster, *e, opened_stat) > opened_before[*e])
         {
             both_tripped = Some(Instant::now());
         }
