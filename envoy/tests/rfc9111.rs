@@ -120,6 +120,18 @@ const CASES: &[Case] = &[
         get_with(&[("accept-language", "en")], false, 200),
         get(true, 200),
     ] },
+    Case { section: "9110 §14.2", what: "one byte range of a stored 200: 206 from the cache", origin: "cache_control=max-age%3D60&etag=v1&body=0123456789A", steps: &[
+        get(true, 200),
+        get_with(&[("range", "bytes=0-1")], false, 206).expect_field("content-range", "bytes 0-1/11"),
+        get_with(&[("range", "bytes=1-")], false, 206).expect_field("content-range", "bytes 1-10/11"),
+        get_with(&[("range", "bytes=-1")], false, 206).expect_field("content-range", "bytes 10-10/11"),
+    ] },
+    Case { section: "9110 §13.1.5", what: "If-Range that does not hold: the whole stored response", origin: "cache_control=max-age%3D60&etag=v1&body=0123456789A", steps: &[
+        get(true, 200),
+        get_with(&[("range", "bytes=0-1"), ("if-range", "\"v1\"")], false, 206),
+        get_with(&[("range", "bytes=0-1"), ("if-range", "\"v2\"")], false, 200).expect_no_field("content-range"),
+        get_with(&[("range", "bytes=0-1,4-5")], false, 200).expect_no_field("content-range"),
+    ] },
     Case { section: "9111 §4.1", what: "Vary: * never matches", origin: "cache_control=max-age%3D60&vary=*", steps: &[get(true, 200), get(true, 200)] },
     Case { section: "9110 §13.1.2", what: "If-None-Match with the stored ETag: 304 from the cache", origin: "cache_control=max-age%3D60&etag=v1", steps: &[get(true, 200), get_with(&[("if-none-match", "\"v1\"")], false, 304), get_with(&[("if-none-match", "W/\"v1\"")], false, 304)] },
     Case { section: "9110 §13.1.2", what: "If-None-Match with another ETag: 200 from the cache", origin: "cache_control=max-age%3D60&etag=v1", steps: &[get(true, 200), get_with(&[("if-none-match", "\"v2\"")], false, 200)] },

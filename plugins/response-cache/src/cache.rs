@@ -454,15 +454,51 @@ pub fn decide(
             refresh,
         };
     }
-    let body = if method == b"HEAD" {
-        Vec::new()
-    } else {
-        entry.body
+    if method == b"HEAD" {
+        return RequestDecision::Serve {
+            status: entry.status,
+            headers,
+            body: Vec::new(),
+            refresh,
+        };
+    }
+    // RFC 9110 §14.2: one byte range of a stored complete 200 is answered with 206 and its
+    // Content-Range (a repeated Range field, several ranges or If-Range not holding: the
+    // whole response, which a cache may always send).
+    let ranges = request.header_values("range");
+    let wanted = match (ranges.as_slice(), entry.status) {
+        ([range], 200) => crate::range::single_range(range, entry.body.len() as u64).filter(|_| {
+            crate::range::if_range_holds(
+                request.header("if-range").as_deref(),
+                entry.header("etag"),
+                view.last_modified,
+            )
+        }),
+        _ => None,
     };
+    if let Some((first, last)) = wanted {
+        let len = entry.body.len() as u64;
+        let mut headers = headers;
+        headers.push((
+            "content-range".into(),
+            crate::range::content_range(first, last, len).into_bytes(),
+        ));
+        let body = entry
+            .body
+            .get(first as usize..=last as usize)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        return RequestDecision::Serve {
+            status: 206,
+            headers,
+            body,
+            refresh,
+        };
+    }
     RequestDecision::Serve {
         status: entry.status,
         headers,
-        body,
+        body: entry.body,
         refresh,
     }
 }
@@ -1067,6 +1103,55 @@ mod tests {
         );
         store_variant(&config, &s, &en, &vary, b"hello again");
         assert_eq!(served_body(&config, &s, &de), None, "and stays gone");
+    }
+
+    /// RFC 9110 §14.2: one byte range of a stored 200 is a 206 with its Content-Range; an
+    /// If-Range that does not hold, several ranges or a repeated Range get the whole body.
+    #[test]
+    fn a_single_range_is_served_from_the_stored_response() {
+        let config = Config::from_json(b"{}").unwrap();
+        let s = MemoryStore::default();
+        store_doc(
+            &config,
+            &s,
+            &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
+        );
+        let served =
+            |extra: &[(&str, &str)]| match on_request(&config, &s, &mut request(extra), 1001) {
+                RequestDecision::Serve {
+                    status,
+                    headers,
+                    body,
+                    ..
+                } => {
+                    let range = headers
+                        .iter()
+                        .find(|(k, _)| k == "content-range")
+                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+                    (status, range, body)
+                }
+                other => panic!("expected a hit, got {other:?}"),
+            };
+        assert_eq!(
+            served(&[("range", "bytes=1-2")]),
+            (206, Some("bytes 1-2/4".into()), b"od".to_vec())
+        );
+        assert_eq!(
+            served(&[("range", "bytes=-1")]),
+            (206, Some("bytes 3-3/4".into()), b"y".to_vec())
+        );
+        assert_eq!(
+            served(&[("range", "bytes=1-2"), ("if-range", "\"v1\"")]).0,
+            206
+        );
+        for whole in [
+            &[("range", "bytes=1-2"), ("if-range", "\"v0\"")][..],
+            &[("range", "bytes=0-0,2-3")],
+            &[("range", "bytes=0-0"), ("range", "bytes=2-3")],
+            &[("range", "bytes=9-")],
+        ] {
+            assert_eq!(served(whole), (200, None, b"body".to_vec()), "{whole:?}");
+        }
     }
 
     /// RFC 9110 §5.3: a repeated keyed or varied field is read as all its lines combined, as
