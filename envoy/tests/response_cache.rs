@@ -387,3 +387,69 @@ fn the_example_config_is_valid() {
     envoy_harness::validate_example("response-cache.yaml", &["response_cache"])
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
+
+/// Group purges in real Envoy (2 workers): pages tagged with Surrogate-Key and Cache-Tag
+/// (neither reaches the client), a purge by tag makes exactly those pages misses — whichever
+/// worker takes each request — and the rest stay hits; then a purge by prefix.
+#[test]
+fn purge_by_tag_reaches_every_worker_and_only_the_tagged_pages() {
+    build();
+    let backend = Backend::start("origin").unwrap();
+    let envoy = Envoy::start(
+        &EnvoyConfig::proxy_to(backend.addr, 2).filter(WasmFilter::new(
+            "response_cache",
+            wasm_path("response_cache"),
+            r#"{"purge":{"token":"s3cret-purge-token"}}"#,
+        )),
+    )
+    .unwrap();
+    let pages = [
+        "/cache/p/1?cache_control=max-age%3D600&header=surrogate-key%3Aproduct-1%20listing",
+        "/cache/p/2?cache_control=max-age%3D600&header=surrogate-key%3Aproduct-2%20listing",
+        "/cache/about?cache_control=max-age%3D600&header=cache-tag%3Asite%2Cabout",
+    ];
+    for page in pages {
+        let r = envoy.get(page).unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r.header("surrogate-key").is_none() && r.header("cache-tag").is_none());
+    }
+    let origin = || backend.requests().unwrap();
+    let filled = origin();
+    // Several requests per page: both workers serve them from the cache.
+    for _ in 0..4 {
+        for page in pages {
+            assert_eq!(envoy.get(page).unwrap().status, 200);
+        }
+    }
+    assert_eq!(origin(), filled, "all hits");
+    let purge = |fields: &[(&str, &str)]| {
+        let mut all = vec![("x-purge-token", "s3cret-purge-token")];
+        all.extend_from_slice(fields);
+        envoy.request("PURGE", "/", &all, b"").unwrap().status
+    };
+    assert_eq!(purge(&[("x-purge-tag", "product-1")]), 200);
+    for _ in 0..4 {
+        for page in pages {
+            envoy.get(page).unwrap();
+        }
+    }
+    assert_eq!(origin(), filled + 1, "exactly the tagged page missed, once");
+    assert_eq!(purge(&[("x-purge-prefix", "/cache/p/")]), 200);
+    for _ in 0..4 {
+        for page in pages {
+            envoy.get(page).unwrap();
+        }
+    }
+    assert_eq!(
+        origin(),
+        filled + 3,
+        "both /cache/p/ pages missed once, /about stayed"
+    );
+    assert_eq!(
+        envoy
+            .request("PURGE", "/", &[("x-purge-tag", "site")], b"")
+            .unwrap()
+            .status,
+        403
+    );
+}

@@ -889,3 +889,90 @@ fn bad_input_never_traps_and_never_stores_a_partial_body() {
         "a response with a non-UTF-8 value is not stored"
     );
 }
+
+/// Group purges through the module: pages tagged by Surrogate-Key / Cache-Tag (stripped from
+/// what clients get); a purge by tag on one worker makes exactly those pages misses on every
+/// worker; a soft purge serves the page stale once while one request revalidates in the
+/// background; purges by prefix and of everything; refusals without the token and for
+/// malformed targets.
+#[test]
+fn purges_by_tag_prefix_and_everything_reach_every_worker() {
+    let world = World::new();
+    world.add_cluster("origin");
+    let config = r#"{"purge":{"token":"s3cret-purge-token"},"stale_while_revalidate":"30s",
+        "background_refresh":{"cluster":"origin"}}"#;
+    let vms = start(&world, config, 2);
+    let token = ("x-purge-token", "s3cret-purge-token");
+    let tagged = |tags: &'static str| -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("cache-control", "max-age=60"),
+            ("etag", "\"v1\""),
+            ("surrogate-key", tags),
+        ]
+    };
+    for (path, tags) in [
+        ("/p/1", "product-1 listing"),
+        ("/p/2", "product-2 listing"),
+        ("/about", "site"),
+    ] {
+        let (s, forwarded) = exchange(&vms[0], path, &[], &tagged(tags), b"v1");
+        assert!(forwarded);
+        assert_eq!(
+            header(&s, "surrogate-key"),
+            None,
+            "tags are not for clients"
+        );
+    }
+    let cached = |path: &str| !exchange(&vms[1], path, &[], &tagged("x"), b"v2").1;
+    assert!(cached("/p/1") && cached("/p/2") && cached("/about"));
+    let purge = |extra: &[(&str, &str)]| {
+        let mut fields = vec![token];
+        fields.extend_from_slice(extra);
+        let s = get(&vms[1], "PURGE", "/", &fields);
+        assert!(s.upstream_request().is_none());
+        s.response().unwrap().status()
+    };
+    assert_eq!(
+        get(&vms[1], "PURGE", "/", &[("x-purge-tag", "product-1")])
+            .response()
+            .unwrap()
+            .status(),
+        Some(403)
+    );
+    assert_eq!(purge(&[("x-purge-tag", "product-1")]), Some(200));
+    // Exactly the tagged page misses, on the other worker too.
+    assert!(!cached("/p/1"), "purged by tag");
+    assert!(cached("/p/2") && cached("/about"));
+    // Soft: served stale at once, one background revalidation refreshes it.
+    assert_eq!(
+        purge(&[("x-purge-tag", "listing"), ("x-purge-soft", "1")]),
+        Some(200)
+    );
+    let (stale, forwarded) = exchange(&vms[0], "/p/2", &[], &tagged("x"), b"v3");
+    assert!(!forwarded, "answered stale, not from the origin");
+    assert!(
+        header(&stale, "cache-status").is_some_and(|s| s.contains("stale-while-revalidate")),
+        "{:?}",
+        header(&stale, "cache-status")
+    );
+    world.advance(std::time::Duration::from_millis(20)).unwrap();
+    let calls = world.pending_http_calls();
+    assert_eq!(calls.len(), 1, "one revalidation: {calls:?}");
+    assert_eq!(calls[0].header("if-none-match").as_deref(), Some("\"v1\""));
+    world
+        .respond_http_call(calls[0].id, 304, &[("cache-control", "max-age=60")], b"")
+        .unwrap();
+    let fresh = get(&vms[1], "GET", "/p/2", &[]);
+    assert!(fresh.upstream_request().is_none());
+    assert!(
+        header(&fresh, "cache-status").is_some_and(|s| s.contains("hit") && !s.contains("stale"))
+    );
+    // Prefix and everything.
+    assert_eq!(purge(&[("x-purge-prefix", "/p/")]), Some(200));
+    assert!(!cached("/p/2") && cached("/about"));
+    assert_eq!(purge(&[("x-purge-all", "1")]), Some(200));
+    assert!(!cached("/about"));
+    // Malformed: refused, nothing purged.
+    assert_eq!(purge(&[("x-purge-prefix", "p")]), Some(400));
+    assert!(cached("/about"));
+}

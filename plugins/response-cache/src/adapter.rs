@@ -17,6 +17,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
+use crate::cache::PurgeKind;
 use crate::cache::{
     self, decide, entry_for, invalidated_keys, invalidates, on_request, refresh_outcome,
     refresh_request, revalidated, storable, FallbackWhen, Pending, Refreshed, RequestDecision,
@@ -720,6 +721,7 @@ impl CacheStream {
         // Varied fields as all their lines combined, as the key and matching read them.
         let mut header = |name: &str| combined_in(request, name);
         let Some(entry) = entry_for(
+            &shared.config.tags,
             pending,
             filling.status,
             &filling.headers,
@@ -786,9 +788,23 @@ impl HttpContext for CacheStream {
             RequestDecision::Purge {
                 key_hash,
                 authorized,
+                kind,
             } => {
                 let (status, body): (u32, &[u8]) = if !authorized {
                     (403, b"purge not allowed\n")
+                } else if let PurgeKind::Invalid(why) = kind {
+                    abi::send_local_response(400, &[], format!("{why}\n").as_bytes());
+                    return Action::Pause;
+                } else if let PurgeKind::Rules { targets, soft } = kind {
+                    let added = targets
+                        .into_iter()
+                        .all(|target| crate::purge::add(&shared.store, soft, target).is_some());
+                    if added {
+                        shared.metrics.purged.increment(1);
+                        (200, if soft { b"soft-purged\n" } else { b"purged\n" })
+                    } else {
+                        (503, b"purge not recorded: shared data refused it\n")
+                    }
                 } else if storage::remove(&shared.store, &shared.config.layout, key_hash) {
                     shared.metrics.purged.increment(1);
                     shared
@@ -821,6 +837,14 @@ impl HttpContext for CacheStream {
             return Action::Continue;
         };
         let headers = abi::get_map_pairs(MapType::HttpResponseHeaders as u32);
+        // Tags are for this cache's purges, not for clients (`tags.strip`).
+        if shared.config.tags.strip {
+            for name in &shared.config.tags.headers {
+                if headers.iter().any(|(k, _)| k == name) {
+                    abi::remove_map_value(MapType::HttpResponseHeaders as u32, name);
+                }
+            }
+        }
         // RFC 9213: targeted fields meant for this cache go no further (they stay in the
         // stored entry, whose freshness they govern).
         for name in &shared.config.strip_targeted_fields {

@@ -58,12 +58,88 @@ pub enum RequestDecision {
     /// Forward to the origin; `pending` says how to treat the response.
     Forward(Box<Pending>),
     /// A purge request for the entry `key_hash`; `authorized` when its token matched.
-    Purge { key_hash: u64, authorized: bool },
+    Purge {
+        key_hash: u64,
+        authorized: bool,
+        kind: PurgeKind,
+    },
 }
 
 /// Compares secrets in time independent of where they differ.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// What a purge request asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PurgeKind {
+    /// Remove the URL's entry (and with it every variant) at once: the purge of 0.2.0.
+    Url,
+    /// Add rules (tags, prefix, host, everything; or the URL, soft), hard or soft.
+    Rules {
+        targets: Vec<crate::purge::Target>,
+        soft: bool,
+    },
+    /// Malformed (a value too long, too many tags): 400, nothing purged.
+    Invalid(&'static str),
+}
+
+/// The request fields a purge request names its targets with.
+pub const PURGE_TAG: &str = "x-purge-tag";
+pub const PURGE_PREFIX: &str = "x-purge-prefix";
+pub const PURGE_HOST: &str = "x-purge-host";
+pub const PURGE_ALL: &str = "x-purge-all";
+pub const PURGE_SOFT: &str = "x-purge-soft";
+/// Tags one purge request may name.
+pub const MAX_PURGE_TAGS: usize = 32;
+
+/// What a purge request asks for, from its fields (see the constants above): tags (split
+/// on spaces and commas), a path prefix or the whole host of its `:authority`, everything;
+/// else its URL. `x-purge-soft: 1` makes it soft.
+fn purge_kind(request: &mut impl RequestView, key: &[u8], host: &[u8]) -> PurgeKind {
+    let flag =
+        |v: Option<Vec<u8>>| v.is_some_and(|v| matches!(v.trim_ascii(), b"1" | b"true" | b"yes"));
+    let soft = flag(request.header(PURGE_SOFT));
+    let host = crate::purge::host_only(host);
+    let mut targets = Vec::new();
+    let tags: Vec<Vec<u8>> = request
+        .header_values(PURGE_TAG)
+        .iter()
+        .flat_map(|v| v.split(|b| *b == b' ' || *b == b',').map(<[u8]>::to_vec))
+        .filter(|t| !t.is_empty())
+        .collect();
+    if tags.len() > MAX_PURGE_TAGS {
+        return PurgeKind::Invalid("too many tags in one purge (at most 32)");
+    }
+    for tag in tags {
+        if tag.len() > crate::purge::MAX_VALUE {
+            return PurgeKind::Invalid("a tag longer than 256 bytes");
+        }
+        targets.push(crate::purge::Target::Tag(tag));
+    }
+    if let Some(prefix) = request.header(PURGE_PREFIX) {
+        if prefix.len() > crate::purge::MAX_VALUE || !prefix.starts_with(b"/") {
+            return PurgeKind::Invalid("a prefix must be a path of at most 256 bytes");
+        }
+        targets.push(crate::purge::Target::Prefix {
+            host: host.clone(),
+            prefix,
+        });
+    }
+    if flag(request.header(PURGE_HOST)) {
+        targets.push(crate::purge::Target::Host(host.clone()));
+    }
+    if flag(request.header(PURGE_ALL)) {
+        targets.push(crate::purge::Target::All);
+    }
+    match (targets.is_empty(), soft) {
+        (true, false) => PurgeKind::Url,
+        (true, true) => PurgeKind::Rules {
+            targets: vec![crate::purge::Target::Key(key.to_vec())],
+            soft,
+        },
+        (false, _) => PurgeKind::Rules { targets, soft },
+    }
 }
 
 /// A ready reply: status, header fields, body.
@@ -74,6 +150,9 @@ pub type Reply = (u16, Vec<(String, Vec<u8>)>, Vec<u8>);
 pub struct Pending {
     pub key: Vec<u8>,
     pub key_hash: u64,
+    /// The purge sequence when the request was decided (`purge.rs`): what it stores
+    /// records it, so purges issued from then on apply to the response.
+    pub purge_seq: u64,
     pub request_time: i64,
     pub method: Vec<u8>,
     pub request_cc: CacheControl,
@@ -149,6 +228,7 @@ fn stored_view(config: &Config, entry: &Entry) -> Stored {
             .map(http_date::parse),
         last_modified: entry.header("last-modified").and_then(http_date::parse),
         cc,
+        purged_soft: false,
     }
 }
 
@@ -224,9 +304,16 @@ pub fn decide(
     }
     let has_authorization = request.header("authorization").is_some();
     let has_cookie = request.header("cookie").is_some();
+    // Only a cache that takes purges can have purge rules (one small read per request).
+    let purge_seq = if config.purge.is_some() {
+        crate::purge::current_seq(store)
+    } else {
+        0
+    };
     let pending = |outcome| Pending {
         key: key.clone(),
         key_hash,
+        purge_seq,
         request_time: now,
         method: method.clone(),
         request_cc: request_cc.clone(),
@@ -252,6 +339,7 @@ pub fn decide(
         return RequestDecision::Purge {
             key_hash,
             authorized,
+            kind: purge_kind(request, &key, &host),
         };
     }
     if method != b"GET" && method != b"HEAD" {
@@ -310,6 +398,18 @@ pub fn decide(
     let usable_entry = find_variant(config, store, key_hash, &key, &mut |name| {
         request.combined(name)
     });
+    // Purges (purge.rs): the rules numbered from the entry's own request on apply to it —
+    // a hard one makes it a miss, a soft one stale.
+    let (usable_entry, purged_soft) = match usable_entry {
+        Some((found, entry)) if entry.purge_seq < purge_seq => {
+            match crate::purge::load(store).state(&entry, entry.purge_seq) {
+                crate::purge::PurgeState::Hard => (None, false),
+                crate::purge::PurgeState::Soft => (Some((found, entry)), true),
+                crate::purge::PurgeState::Untouched => (Some((found, entry)), false),
+            }
+        }
+        other => (other, false),
+    };
     let Some((found, entry)) = usable_entry else {
         if request_cc.only_if_cached {
             return RequestDecision::GatewayTimeout {
@@ -328,7 +428,8 @@ pub fn decide(
         }
         return RequestDecision::Forward(Box::new(pending(Outcome::Miss)));
     };
-    let view = stored_view(config, &entry);
+    let mut view = stored_view(config, &entry);
+    view.purged_soft = purged_soft;
     let decision = usable(&view, &request_cc, &config.heuristic, now);
     if !matches!(
         decision,
@@ -636,6 +737,8 @@ pub fn revalidated(
         headers: refresh_headers(&stored.headers, &update),
         request_time: pending.request_time,
         response_time: now,
+        // Revalidated after any purge that made it stale: those no longer apply.
+        purge_seq: pending.purge_seq,
         ..stored.clone()
     };
     // §4.3.4 with §3: the refreshed response must still be one a shared cache may store,
@@ -760,7 +863,9 @@ pub fn refresh_outcome(
     if storable(config, refresh, status, headers).is_err() {
         return Refreshed::Remove;
     }
-    match body.and_then(|body| entry_for(refresh, status, headers, body, now, request)) {
+    match body
+        .and_then(|body| entry_for(&config.tags, refresh, status, headers, body, now, request))
+    {
         Some(entry) => Refreshed::Store(Box::new(entry)),
         None => Refreshed::Remove,
     }
@@ -827,7 +932,9 @@ fn connection_nominated(headers: &[(String, Vec<u8>)]) -> Vec<String> {
 }
 
 /// Builds the entry to store from a complete response.
+/// None when it cannot be stored: `Vary: *`, or more or longer tags than `tags` allows.
 pub fn entry_for(
+    tags: &crate::config::Tags,
     pending: &Pending,
     status: u16,
     headers: &[(String, Vec<u8>)],
@@ -835,6 +942,7 @@ pub fn entry_for(
     now: i64,
     request: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
 ) -> Option<Entry> {
+    let entry_tags = tags.of(headers)?;
     let vary = headers
         .iter()
         .find(|(k, _)| k == "vary")
@@ -848,9 +956,11 @@ pub fn entry_for(
         headers: headers
             .iter()
             .filter(|(k, _)| {
+                let tag_field = tags.strip && tags.headers.contains(k);
                 !k.starts_with(':')
                     && !NOT_STORED.contains(&k.as_str())
                     && !nominated.iter().any(|n| n == k)
+                    && !tag_field
             })
             .cloned()
             .collect(),
@@ -860,6 +970,8 @@ pub fn entry_for(
         vary_fields: fields,
         vary_values: values,
         body,
+        tags: entry_tags,
+        purge_seq: pending.purge_seq,
     })
 }
 
@@ -961,9 +1073,15 @@ mod tests {
         };
         let headers = pairs(response);
         storable(config, &pending, 200, &headers).unwrap();
-        let entry = entry_for(&pending, 200, &headers, b"body".to_vec(), 1000, &mut |_| {
-            None
-        })
+        let entry = entry_for(
+            &config.tags,
+            &pending,
+            200,
+            &headers,
+            b"body".to_vec(),
+            1000,
+            &mut |_| None,
+        )
         .unwrap();
         let mut seed = 7u64;
         let inserted = storage::insert(
@@ -1004,6 +1122,7 @@ mod tests {
         // As the adapter reads them: every line of a varied field.
         let mut header = |name: &str| edgewise_support::request::combined_in(&request, name);
         let entry = entry_for(
+            &config.tags,
             &pending,
             200,
             &pairs(response),
@@ -1103,6 +1222,170 @@ mod tests {
         );
         store_variant(&config, &s, &en, &vary, b"hello again");
         assert_eq!(served_body(&config, &s, &de), None, "and stays gone");
+    }
+
+    /// Group purges (purge.rs): each kind hard (a miss) and soft (stale: revalidated, or
+    /// served stale within stale-while-revalidate); tags are recorded from Surrogate-Key and
+    /// Cache-Tag and not kept among the stored fields; an entry stored after a purge is
+    /// untouched by it.
+    #[test]
+    fn group_purges_hard_and_soft() {
+        use crate::purge::{add, Target};
+        let config = Config::from_json(br#"{"purge":{"token":"a-long-secret"}}"#).unwrap();
+        let page = [
+            ("cache-control", "max-age=60"),
+            ("surrogate-key", "product-1 listing"),
+            ("cache-tag", "site"),
+        ];
+        for (target, purged) in [
+            (Target::Tag(b"listing".to_vec()), true),
+            (Target::Tag(b"site".to_vec()), true),
+            (Target::Tag(b"product-2".to_vec()), false),
+            (
+                Target::Prefix {
+                    host: b"example.com".to_vec(),
+                    prefix: b"/do".to_vec(),
+                },
+                true,
+            ),
+            (
+                Target::Prefix {
+                    host: b"example.com".to_vec(),
+                    prefix: b"/x".to_vec(),
+                },
+                false,
+            ),
+            (Target::Host(b"example.com".to_vec()), true),
+            (Target::Host(b"other.com".to_vec()), false),
+            (Target::All, true),
+        ] {
+            let s = MemoryStore::default();
+            store_variant(&config, &s, &[], &page, b"page");
+            assert!(served_body(&config, &s, &[]).is_some(), "stored");
+            add(&s, false, target.clone()).unwrap();
+            assert_eq!(
+                served_body(&config, &s, &[]).is_none(),
+                purged,
+                "{target:?}"
+            );
+            // Stored again after the purge: served.
+            store_variant(&config, &s, &[], &page, b"page 2");
+            assert_eq!(
+                served_body(&config, &s, &[]).as_deref(),
+                Some(&b"page 2"[..])
+            );
+        }
+        // Tags are kept in the entry, not among its fields.
+        let s = MemoryStore::default();
+        store_variant(&config, &s, &[], &page, b"page");
+        let RequestDecision::Serve { headers, .. } =
+            on_request(&config, &s, &mut request(&[]), 1001)
+        else {
+            panic!("a hit");
+        };
+        assert!(headers
+            .iter()
+            .all(|(k, _)| k != "surrogate-key" && k != "cache-tag"));
+        // Soft: stale now — revalidated in-band without stale-while-revalidate ...
+        add(&s, true, Target::Tag(b"site".to_vec())).unwrap();
+        assert!(matches!(
+            on_request(&config, &s, &mut request(&[]), 1001),
+            RequestDecision::Forward(p) if p.outcome == Outcome::Stale
+        ));
+        // ... served stale with a background refresh within it.
+        let s = MemoryStore::default();
+        let swr = [
+            ("cache-control", "max-age=60, stale-while-revalidate=30"),
+            ("etag", "\"v1\""),
+            ("surrogate-key", "product-1"),
+        ];
+        store_variant(&config, &s, &[], &swr, b"page");
+        add(&s, true, Target::Tag(b"product-1".to_vec())).unwrap();
+        assert!(matches!(
+            on_request(&config, &s, &mut request(&[]), 1001),
+            RequestDecision::Serve {
+                refresh: Some(_),
+                ..
+            }
+        ));
+    }
+
+    /// A purge request names what it purges with its fields; too many or too long tags are
+    /// refused; without any, it purges its URL (softly with x-purge-soft).
+    #[test]
+    fn purge_requests_name_their_targets() {
+        use crate::purge::Target;
+        let config = Config::from_json(br#"{"purge":{"token":"a-long-secret"}}"#).unwrap();
+        let s = MemoryStore::default();
+        let kind = |extra: &[(&str, &str)]| {
+            let mut headers = vec![(":method", "PURGE"), ("x-purge-token", "a-long-secret")];
+            headers.extend_from_slice(extra);
+            let mut r = request(&[]);
+            r.retain(|(k, _)| k != ":method");
+            r.extend(
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())),
+            );
+            match on_request(&config, &s, &mut r, 1000) {
+                RequestDecision::Purge {
+                    authorized: true,
+                    kind,
+                    ..
+                } => kind,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(kind(&[]), PurgeKind::Url);
+        assert_eq!(
+            kind(&[("x-purge-tag", "a b,c")]),
+            PurgeKind::Rules {
+                targets: vec![
+                    Target::Tag(b"a".to_vec()),
+                    Target::Tag(b"b".to_vec()),
+                    Target::Tag(b"c".to_vec())
+                ],
+                soft: false
+            }
+        );
+        assert_eq!(
+            kind(&[("x-purge-prefix", "/p/"), ("x-purge-soft", "1")]),
+            PurgeKind::Rules {
+                targets: vec![Target::Prefix {
+                    host: b"example.com".to_vec(),
+                    prefix: b"/p/".to_vec()
+                }],
+                soft: true
+            }
+        );
+        assert_eq!(
+            kind(&[("x-purge-all", "1")]),
+            PurgeKind::Rules {
+                targets: vec![Target::All],
+                soft: false
+            }
+        );
+        assert!(matches!(
+            kind(&[("x-purge-soft", "1")]),
+            PurgeKind::Rules { soft: true, .. }
+        ));
+        let many = (0..33)
+            .map(|i| format!("t{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(matches!(
+            kind(&[("x-purge-tag", &many)]),
+            PurgeKind::Invalid(_)
+        ));
+        let long = "x".repeat(300);
+        assert!(matches!(
+            kind(&[("x-purge-tag", &long)]),
+            PurgeKind::Invalid(_)
+        ));
+        assert!(matches!(
+            kind(&[("x-purge-prefix", "no-slash")]),
+            PurgeKind::Invalid(_)
+        ));
     }
 
     /// RFC 9110 §14.2: one byte range of a stored 200 is a 206 with its Content-Range; an

@@ -35,6 +35,51 @@ pub struct RawConfig {
     pub serve_stale_when_unreachable: Option<bool>,
     pub key_prefix: Option<String>,
     pub metrics_flush: Option<String>,
+    pub tags: Option<RawTags>,
+}
+
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RawTags {
+    pub headers: Option<Vec<String>>,
+    pub max_per_entry: Option<u32>,
+    pub max_length: Option<u32>,
+    pub strip: Option<bool>,
+}
+
+/// Response tags for group purges (`tags`): read from `headers` (each value split on
+/// spaces and commas: Fastly's `Surrogate-Key` is space-separated, Cloudflare's `Cache-Tag`
+/// comma-separated), at most `max_per_entry` of at most `max_length` bytes each (a response
+/// with more is not stored: a purge must never miss a tag that was dropped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tags {
+    pub headers: Vec<String>,
+    pub max_per_entry: usize,
+    pub max_length: usize,
+    /// Removed from what clients get (and from the stored fields).
+    pub strip: bool,
+}
+
+impl Tags {
+    /// The tags a response names; None when it names more or longer ones than allowed.
+    pub fn of(&self, headers: &[(String, Vec<u8>)]) -> Option<Vec<Vec<u8>>> {
+        let mut tags: Vec<Vec<u8>> = Vec::new();
+        for (_, value) in headers.iter().filter(|(k, _)| self.headers.contains(k)) {
+            for tag in value
+                .split(|b| *b == b' ' || *b == b',' || *b == b'\t')
+                .filter(|t| !t.is_empty())
+            {
+                if tag.len() > self.max_length {
+                    return None;
+                }
+                if !tags.iter().any(|t| t == tag) {
+                    tags.push(tag.to_vec());
+                }
+            }
+        }
+        (tags.len() <= self.max_per_entry).then_some(tags)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,6 +250,7 @@ pub struct Config {
     /// Bytes of responses being copied for storage across all streams of one worker.
     pub max_inflight_bytes: u64,
     pub purge: Option<Purge>,
+    pub tags: Tags,
     /// RFC 5861 §4 window when the origin sends no stale-if-error (0: none).
     pub stale_if_error: u64,
     /// None when coalescing is disabled.
@@ -498,7 +544,36 @@ impl Config {
         };
         let key_prefix = edgewise_support::config::key_prefix(raw.key_prefix.as_deref())?;
         let metrics_flush = edgewise_support::config::metrics_flush(raw.metrics_flush.as_deref())?;
+        let raw_tags = raw.tags.as_ref();
+        let tags = Tags {
+            headers: match raw_tags.and_then(|t| t.headers.as_ref()) {
+                Some(names) => field_names("tags.headers", names, 4)?,
+                None => vec!["surrogate-key".into(), "cache-tag".into()],
+            },
+            max_per_entry: match raw_tags.and_then(|t| t.max_per_entry).unwrap_or(32) {
+                n @ 1..=256 => n as usize,
+                n => {
+                    return Err(err(
+                        "tags.max_per_entry",
+                        format!("{n} is out of range"),
+                        "use 1 to 256 (default 32)",
+                    ))
+                }
+            },
+            max_length: match raw_tags.and_then(|t| t.max_length).unwrap_or(128) {
+                n @ 1..=256 => n as usize,
+                n => {
+                    return Err(err(
+                        "tags.max_length",
+                        format!("{n} is out of range"),
+                        "use 1 to 256 bytes (default 128)",
+                    ))
+                }
+            },
+            strip: raw_tags.and_then(|t| t.strip).unwrap_or(true),
+        };
         Ok(Config {
+            tags,
             key_prefix,
             metrics_flush,
             targeted_fields,

@@ -17,6 +17,11 @@ pub struct Entry {
     pub vary_fields: Vec<String>,
     pub vary_values: Vec<Option<Vec<u8>>>,
     pub body: Vec<u8>,
+    /// The response's tags (`tags.headers`), for purges by tag.
+    pub tags: Vec<Vec<u8>>,
+    /// The purge sequence when its request went to the origin (`purge.rs`): rules numbered
+    /// from it on apply to this entry.
+    pub purge_seq: u64,
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -83,6 +88,11 @@ impl Entry {
             }
         }
         put_bytes(&mut out, &self.body);
+        out.extend_from_slice(&self.purge_seq.to_le_bytes());
+        out.extend_from_slice(&(self.tags.len() as u32).to_le_bytes());
+        for tag in &self.tags {
+            put_bytes(&mut out, tag);
+        }
         out
     }
 
@@ -109,7 +119,21 @@ impl Entry {
             });
         }
         let body = r.bytes()?.to_vec();
+        // Entries written before tags existed end here.
+        let (mut tags, mut purge_seq) = (Vec::new(), 0);
+        if r.at < bytes.len() {
+            purge_seq = r.i64()? as u64;
+            let n = r.u32()? as usize;
+            for _ in 0..n.min(256) {
+                tags.push(r.bytes()?.to_vec());
+            }
+            if n > 256 {
+                return None;
+            }
+        }
         (r.at == bytes.len()).then_some(Entry {
+            tags,
+            purge_seq,
             key,
             status,
             headers,
@@ -157,8 +181,16 @@ mod tests {
             vary_fields: vec!["accept-encoding".into(), "x-absent".into()],
             vary_values: vec![Some(b"gzip".to_vec()), None],
             body: b"hello".to_vec(),
+            tags: vec![b"product-1".to_vec(), b"listing".to_vec()],
+            purge_seq: 7,
         };
-        assert_eq!(Entry::decode(&e.encode()), Some(e));
+        assert_eq!(Entry::decode(&e.encode()), Some(e.clone()));
+        // An entry written before tags existed decodes with none.
+        let mut old = e.encode();
+        let tags_len = 8 + 4 + e.tags.iter().map(|t| 4 + t.len()).sum::<usize>();
+        old.truncate(old.len() - tags_len);
+        let decoded = Entry::decode(&old).unwrap();
+        assert_eq!((decoded.tags.len(), decoded.purge_seq), (0, 0));
     }
 
     proptest! {

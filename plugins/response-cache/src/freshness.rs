@@ -19,6 +19,8 @@ pub struct Stored {
     pub expires: Option<Option<i64>>,
     pub last_modified: Option<i64>,
     pub cc: CacheControl,
+    /// A soft purge marked it stale (`purge.rs`): never fresh, stale by zero seconds.
+    pub purged_soft: bool,
 }
 
 impl Stored {
@@ -186,7 +188,13 @@ pub fn usable(stored: &Stored, request: &CacheControl, heuristic: &Heuristic, no
     if request.max_age.is_some_and(|max| age >= max) {
         return validate;
     }
-    let remaining = lifetime as i64 - age as i64;
+    // A soft purge: just stale, whatever its lifetime said (the stale rules below decide
+    // whether it is served while one request revalidates).
+    let remaining = if stored.purged_soft {
+        0
+    } else {
+        lifetime as i64 - age as i64
+    };
     if remaining > 0 {
         if request.min_fresh.is_some_and(|min| remaining < min as i64) {
             return validate;
@@ -240,7 +248,35 @@ mod tests {
             expires: None,
             last_modified: None,
             cc: CacheControl::parse([cc.as_bytes()]),
+            purged_soft: false,
         }
+    }
+
+    /// A soft purge makes a fresh response stale by zero seconds: within any
+    /// stale-while-revalidate window, validated otherwise, never fresh.
+    #[test]
+    fn a_soft_purge_makes_a_fresh_response_just_stale() {
+        let heuristic = Heuristic::default();
+        let now = T + 10;
+        let mut fresh = stored("max-age=600");
+        assert_eq!(usable(&fresh, &request(""), &heuristic, now), Use::Fresh);
+        fresh.purged_soft = true;
+        assert!(matches!(
+            usable(&fresh, &request(""), &heuristic, now),
+            Use::Validate { .. }
+        ));
+        let mut swr = stored("max-age=600, stale-while-revalidate=30");
+        swr.purged_soft = true;
+        assert_eq!(
+            usable(&swr, &request(""), &heuristic, now),
+            Use::StaleWhileRevalidate
+        );
+        let mut strict = stored("max-age=600, stale-while-revalidate=30, must-revalidate");
+        strict.purged_soft = true;
+        assert!(matches!(
+            usable(&strict, &request(""), &heuristic, now),
+            Use::Validate { .. }
+        ));
     }
 
     fn request(cc: &str) -> CacheControl {

@@ -12,6 +12,7 @@ pub mod entry;
 pub mod freshness;
 pub mod http_date;
 pub mod key;
+pub mod purge;
 pub mod range;
 pub mod status;
 pub mod storage;
