@@ -16,11 +16,13 @@ pub struct RateLimitService {
     child: Option<Child>,
     /// gRPC (`envoy.service.ratelimit.v3.RateLimitService`).
     pub grpc: SocketAddr,
-    /// `/healthcheck`, `/metrics`.
+    /// `/healthcheck`, `/metrics`, and the control API (`/v1/purge`, `/v1/purges`).
     pub http: SocketAddr,
     config: PathBuf,
     redis_url: String,
     binary: PathBuf,
+    /// More command-line arguments (e.g. `--control-token`).
+    extra: Vec<String>,
 }
 
 /// Path of the service binary (debug build), building it once per process if needed.
@@ -51,6 +53,26 @@ impl RateLimitService {
         RateLimitService::start_binary(&ratelimit_binary()?, yaml, redis_url)
     }
 
+    /// The service with its control API on (`--control-token token`).
+    pub fn start_with_control(
+        yaml: &str,
+        redis_url: &str,
+        token: &str,
+    ) -> Result<RateLimitService> {
+        let mut service = RateLimitService::start(yaml, redis_url)?;
+        service.stop_child();
+        service.extra = vec!["--control-token".into(), token.into()];
+        service.spawn("127.0.0.1:0", "127.0.0.1:0")?;
+        Ok(service)
+    }
+
+    fn stop_child(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// The same with a given build of the service (e.g. the release one, for benchmarks).
     pub fn start_binary(
         binary: &std::path::Path,
@@ -72,6 +94,7 @@ impl RateLimitService {
             config,
             redis_url: redis_url.to_string(),
             binary: binary.to_path_buf(),
+            extra: Vec::new(),
         };
         service.spawn("127.0.0.1:0", "127.0.0.1:0")?;
         Ok(service)
@@ -82,6 +105,7 @@ impl RateLimitService {
             .arg("--config")
             .arg(&self.config)
             .args(["--redis", &self.redis_url, "--listen", grpc, "--http", http])
+            .args(&self.extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -976,3 +976,106 @@ fn purges_by_tag_prefix_and_everything_reach_every_worker() {
     assert_eq!(purge(&[("x-purge-prefix", "p")]), Some(400));
     assert!(cached("/about"));
 }
+
+/// Fleet purges: one poll per Envoy per period (both workers share a lease), with the
+/// token; the log's purges become rules on every worker and the cursor moves; a poll that
+/// fails or times out never holds traffic and the next one retries; a log trimmed past the
+/// cursor soft-purges everything.
+#[test]
+fn fleet_purges_are_polled_once_per_envoy_and_applied() {
+    let world = World::new();
+    world.add_cluster("control");
+    let config =
+        r#"{"fleet":{"cluster":"control","token":"a-control-token-of-length","poll":"1s"}}"#;
+    let vms = start(&world, config, 2);
+    let tagged: &[(&str, &str)] = &[
+        ("cache-control", "max-age=600"),
+        ("etag", "\"v1\""),
+        ("surrogate-key", "product-1"),
+    ];
+    let poll = |after: &str| {
+        world
+            .advance(std::time::Duration::from_millis(1_100))
+            .unwrap();
+        let calls = world.pending_http_calls();
+        assert_eq!(calls.len(), 1, "one poll for both workers: {calls:?}");
+        let call = calls[0].clone();
+        assert_eq!(call.upstream, "control");
+        assert_eq!(
+            call.header(":path").as_deref(),
+            Some(format!("/v1/purges?after={after}").as_str())
+        );
+        assert_eq!(
+            call.header("authorization").as_deref(),
+            Some("Bearer a-control-token-of-length")
+        );
+        call
+    };
+    // Starting empty: from the end of the log, nothing applied.
+    let first = poll("");
+    world
+        .respond_http_call(
+            first.id,
+            200,
+            &[],
+            br#"{"last":"100-0","trimmed":"0-0","entries":[]}"#,
+        )
+        .unwrap();
+    assert!(exchange(&vms[0], "/p/1", &[], tagged, b"v1").1);
+    assert!(
+        exchange(
+            &vms[1],
+            "/p/2",
+            &[],
+            &[("cache-control", "max-age=600")],
+            b"v1"
+        )
+        .1
+    );
+    let cached = |path: &str| !exchange(&vms[1], path, &[], tagged, b"v2").1;
+    assert!(cached("/p/1") && cached("/p/2"));
+    // A failing poll: nothing changes, traffic flows, the next poll asks again.
+    let failing = poll("100-0");
+    world.respond_http_call(failing.id, 503, &[], b"").unwrap();
+    assert!(cached("/p/1"));
+    let purge = poll("100-0");
+    world
+        .respond_http_call(
+            purge.id,
+            200,
+            &[],
+            br#"{"last":"101-0","trimmed":"0-0","entries":[{"id":"101-0","kind":"tag","host":"","value":"product-1","soft":false}]}"#,
+        )
+        .unwrap();
+    assert!(
+        !cached("/p/1"),
+        "purged by the fleet, on the other worker too"
+    );
+    assert!(cached("/p/2"));
+    assert_eq!(
+        world.metric("edgewise.response_cache.fleet_purges"),
+        Some(1)
+    );
+    // A gap: the log trimmed what this Envoy never saw — everything stale.
+    let gap = poll("101-0");
+    world
+        .respond_http_call(
+            gap.id,
+            200,
+            &[],
+            br#"{"last":"900-0","trimmed":"500-0","entries":[]}"#,
+        )
+        .unwrap();
+    let (stale, forwarded) = exchange(
+        &vms[0],
+        "/p/2",
+        &[],
+        &[("cache-control", "max-age=600")],
+        b"v3",
+    );
+    assert!(forwarded, "revalidated after the gap");
+    assert!(header(&stale, "cache-status").is_some_and(|s| s.contains("fwd=stale")));
+    for vm in &vms {
+        assert!(vm.failure().is_none());
+    }
+}

@@ -10,6 +10,7 @@
 //! and `/metrics` (Prometheus text). Prints `listening on ADDR` and `http on ADDR` once ready.
 
 mod config;
+mod control;
 mod script;
 mod service;
 
@@ -21,6 +22,7 @@ use axum::routing::get;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 
 use crate::config::Config;
+use crate::control::Control;
 use crate::service::{Bounds, Limiter, Metrics};
 
 struct Args {
@@ -29,6 +31,8 @@ struct Args {
     listen: String,
     http: String,
     bounds: Bounds,
+    /// The control API's token (`--control-token`, or EDGEWISE_CONTROL_TOKEN); None: off.
+    control_token: Option<String>,
 }
 
 fn args() -> Result<Args, String> {
@@ -43,6 +47,9 @@ fn args() -> Result<Args, String> {
                 .into_bytes(),
             ..Bounds::default()
         },
+        control_token: std::env::var("EDGEWISE_CONTROL_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,6 +60,13 @@ fn args() -> Result<Args, String> {
             "--listen" => args.listen = value()?,
             "--http" => args.http = value()?,
             "--hash-key" => args.bounds.hash_key = value()?.into_bytes(),
+            "--control-token" => {
+                let token = value()?;
+                if token.len() < 16 {
+                    return Err("--control-token: at least 16 characters".into());
+                }
+                args.control_token = Some(token);
+            }
             "--max-descriptors" | "--max-entries" | "--hash-values-over" | "--max-value-bytes"
             | "--max-hits-addend" => {
                 let text = value()?;
@@ -118,8 +132,33 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let http = tokio::net::TcpListener::bind(&args.http).await?;
     let http_addr: SocketAddr = http.local_addr()?;
 
+    let control = Arc::new(Control {
+        redis: redis.clone(),
+        token: args.control_token.clone(),
+        purges: std::sync::atomic::AtomicU64::new(0),
+    });
+    let control_metrics = control.clone();
     let health_redis = redis.clone();
+    let purge_control = control.clone();
+    let poll_control = control.clone();
     let app = axum::Router::new()
+        .route(
+            "/v1/purge",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                control::purge(purge_control.clone(), headers, body)
+            }),
+        )
+        .route(
+            "/v1/purges",
+            get(
+                move |headers: axum::http::HeaderMap,
+                      axum::extract::Query(query): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >| {
+                    control::purges(poll_control.clone(), headers, query.get("after").cloned())
+                },
+            ),
+        )
         .route(
             "/healthcheck",
             get(move || {
@@ -158,6 +197,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                             "edgewise_ratelimit_redis_errors_total",
                             "Calls failed because Redis did not answer (UNAVAILABLE).",
                             m.redis_errors.load(Ordering::Relaxed),
+                        ),
+                        line(
+                            "edgewise_control_purges_total",
+                            "Purge targets logged through the control API.",
+                            control_metrics.purges.load(Ordering::Relaxed),
                         ),
                         line(
                             "edgewise_ratelimit_refused_total",

@@ -105,7 +105,7 @@ pub struct Outcome {
 
 /// Reads the script's flat reply: four integers per key.
 pub fn outcomes(reply: &[i64]) -> Option<Vec<Outcome>> {
-    if reply.len() % 4 != 0 {
+    if !reply.len().is_multiple_of(4) {
         return None;
     }
     Some(

@@ -43,6 +43,7 @@ pub fn new_root() -> Box<dyn RootContext> {
     Box::new(CacheRoot {
         shared: None,
         in_flight: HashMap::new(),
+        polls: HashMap::new(),
     })
 }
 
@@ -61,6 +62,9 @@ struct Metrics {
     refresh_failed: Metric,
     bytes: Metric,
     abandoned: Metric,
+    fleet_purges: Metric,
+    fleet_polls: Metric,
+    fleet_poll_failed: Metric,
 }
 
 /// Headers of a cached local reply still to be applied when Envoy sends it (see `reply`).
@@ -121,6 +125,17 @@ struct CacheRoot {
     shared: Option<Rc<Shared>>,
     /// Refreshes sent, by callout token.
     in_flight: HashMap<u32, Refresh>,
+    /// Fleet purge polls sent, by callout token: the cursor each asked after.
+    polls: HashMap<u32, Option<String>>,
+}
+
+/// The tick period when nothing waits: the fleet poll's, or none.
+fn idle_tick(shared: &Shared) -> Duration {
+    shared
+        .config
+        .fleet
+        .as_ref()
+        .map_or(Duration::ZERO, |f| Duration::from_millis(f.poll_ms))
 }
 
 fn now_seconds() -> i64 {
@@ -212,6 +227,88 @@ fn store_entry(shared: &Shared, key_hash: u64, entry: Entry) {
 }
 
 impl CacheRoot {
+    /// Fleet purges: when this worker wins the poll lease, asks the control service for the
+    /// purge log after this Envoy's cursor (one poll per Envoy per period, from the root
+    /// context). A poll that fails or never answers only delays purges: traffic is never
+    /// held for it.
+    fn poll_fleet(&mut self, shared: &Shared) {
+        let Some(fleet) = shared.config.fleet.as_ref() else {
+            return;
+        };
+        if !self.polls.is_empty() {
+            return; // one in flight from this worker
+        }
+        let now_ms = now_millis();
+        // Another worker's poll still in flight after a period is harmless: an answer for a
+        // cursor that moved meanwhile is ignored (fleet::apply).
+        if !crate::fleet::take_lease(&shared.store, now_ms, fleet.poll_ms) {
+            return;
+        }
+        let asked_after = crate::fleet::cursor(&shared.store);
+        let path = format!(
+            "{}?after={}",
+            fleet.path,
+            asked_after.as_deref().unwrap_or("")
+        );
+        let authorization = format!("Bearer {}", fleet.token);
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", fleet.cluster.as_str()),
+            ("authorization", authorization.as_str()),
+        ];
+        match self.dispatch_http_call(
+            &fleet.cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(fleet.timeout_ms),
+        ) {
+            Ok(token) => {
+                self.polls.insert(token, asked_after);
+            }
+            Err(_) => shared.metrics.fleet_poll_failed.increment(1),
+        }
+    }
+
+    /// The control service's answer to a poll: its purges become rules, the cursor moves.
+    fn fleet_answer(&mut self, asked_after: Option<String>, num_headers: usize, body_size: usize) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let status = if num_headers == 0 {
+            0
+        } else {
+            status_of(&abi::get_map_pairs(MapType::HttpCallResponseHeaders as u32))
+        };
+        let body = (status == 200 && body_size > 0 && body_size <= 4 << 20)
+            .then(|| abi::get_buffer(BufferType::HttpCallResponseBody as u32, 0, body_size).ok())
+            .flatten()
+            .flatten();
+        let poll = body.and_then(|b| serde_json::from_slice::<crate::fleet::Poll>(&b).ok());
+        let Some(poll) = poll else {
+            shared.metrics.fleet_poll_failed.increment(1);
+            return;
+        };
+        match crate::fleet::apply(&shared.store, asked_after.as_deref(), &poll, 500) {
+            Some(applied) => {
+                shared.metrics.fleet_polls.increment(1);
+                shared.metrics.fleet_purges.increment(applied.purges as i64);
+                if applied.gap {
+                    log(
+                        LogLevel::Warn,
+                        "response_cache: the purge log was trimmed past this Envoy's cursor: everything soft-purged",
+                    );
+                }
+                if applied.more {
+                    // More waiting: the next tick may poll at once.
+                    crate::fleet::release_lease(&shared.store);
+                }
+            }
+            None => shared.metrics.fleet_poll_failed.increment(1),
+        }
+    }
+
     /// Sends queued refreshes (from the root context, so their answers outlive the streams
     /// that asked for them).
     fn send_refreshes(&mut self, shared: &Shared) {
@@ -258,6 +355,10 @@ impl Context for CacheRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
+        if let Some(asked_after) = self.polls.remove(&token_id) {
+            self.fleet_answer(asked_after, num_headers, body_size);
+            return;
+        }
         let (Some(shared), Some(refresh)) = (self.shared.clone(), self.in_flight.remove(&token_id))
         else {
             return;
@@ -357,6 +458,12 @@ impl RootContext for CacheRoot {
             ),
             bytes: Metric::gauge(&m("bytes_in_use")),
             abandoned: Metric::counter_flushed_every(&m("store_abandoned"), config.metrics_flush),
+            fleet_purges: Metric::counter_flushed_every(&m("fleet_purges"), config.metrics_flush),
+            fleet_polls: Metric::counter_flushed_every(&m("fleet_polls"), config.metrics_flush),
+            fleet_poll_failed: Metric::counter_flushed_every(
+                &m("fleet_poll_failed"),
+                config.metrics_flush,
+            ),
         };
         // The budget beside bytes_in_use, so a dashboard or alert can show how full it is.
         Metric::gauge(&m("max_bytes")).set(config.layout.max_bytes);
@@ -385,6 +492,8 @@ impl RootContext for CacheRoot {
         });
         if waiting {
             shared.start_ticking();
+        } else {
+            edgewise_support::wasm::set_tick_period(idle_tick(&shared));
         }
         self.shared = Some(shared);
         true
@@ -400,8 +509,9 @@ impl RootContext for CacheRoot {
         };
         self.send_refreshes(&shared);
         serve_waiters(&shared);
+        self.poll_fleet(&shared);
         if shared.waiters.borrow().is_empty() && shared.refreshes.borrow().is_empty() {
-            edgewise_support::wasm::set_tick_period(Duration::ZERO);
+            edgewise_support::wasm::set_tick_period(idle_tick(&shared));
             shared.ticking.set(false);
         }
     }

@@ -305,7 +305,7 @@ pub fn decide(
     let has_authorization = request.header("authorization").is_some();
     let has_cookie = request.header("cookie").is_some();
     // Only a cache that takes purges can have purge rules (one small read per request).
-    let purge_seq = if config.purge.is_some() {
+    let purge_seq = if config.purge.is_some() || config.fleet.is_some() {
         crate::purge::current_seq(store)
     } else {
         0

@@ -36,6 +36,30 @@ pub struct RawConfig {
     pub key_prefix: Option<String>,
     pub metrics_flush: Option<String>,
     pub tags: Option<RawTags>,
+    pub fleet: Option<RawFleet>,
+}
+
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    pub cluster: String,
+    pub token: String,
+    pub path: Option<String>,
+    pub poll: Option<String>,
+    pub timeout: Option<String>,
+}
+
+/// Fleet purges (`fleet.rs`): poll the control service's purge log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fleet {
+    /// The Envoy cluster of the control service (edgewise-ratelimit's HTTP port).
+    pub cluster: String,
+    /// Sent as `Authorization: Bearer <token>`.
+    pub token: String,
+    pub path: String,
+    pub poll_ms: u64,
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,6 +275,7 @@ pub struct Config {
     pub max_inflight_bytes: u64,
     pub purge: Option<Purge>,
     pub tags: Tags,
+    pub fleet: Option<Fleet>,
     /// RFC 5861 §4 window when the origin sends no stale-if-error (0: none).
     pub stale_if_error: u64,
     /// None when coalescing is disabled.
@@ -572,7 +597,64 @@ impl Config {
             },
             strip: raw_tags.and_then(|t| t.strip).unwrap_or(true),
         };
+        let fleet = match &raw.fleet {
+            None => None,
+            Some(f) => {
+                if f.cluster.is_empty() {
+                    return Err(err(
+                        "fleet.cluster",
+                        "is empty",
+                        "name the Envoy cluster of the control service",
+                    ));
+                }
+                if f.token.len() < 16 {
+                    return Err(err(
+                        "fleet.token",
+                        "is shorter than 16 characters",
+                        "use the control service's --control-token",
+                    ));
+                }
+                let path = f.path.clone().unwrap_or_else(|| "/v1/purges".into());
+                if !path.starts_with('/') || path.contains(['?', ' ']) {
+                    return Err(err(
+                        "fleet.path",
+                        format!("{path:?} is not a path"),
+                        "use \"/v1/purges\" (the default)",
+                    ));
+                }
+                let poll = match f.poll.as_deref() {
+                    Some(text) => parse_duration("fleet.poll", text)?,
+                    None => std::time::Duration::from_secs(1),
+                };
+                if poll.as_millis() < 100 || poll.as_secs() > 60 {
+                    return Err(err(
+                        "fleet.poll",
+                        format!("{poll:?} is out of range"),
+                        "use \"100ms\" to \"60s\" (default \"1s\")",
+                    ));
+                }
+                let timeout = match f.timeout.as_deref() {
+                    Some(text) => parse_duration("fleet.timeout", text)?,
+                    None => std::time::Duration::from_secs(1),
+                };
+                if timeout.is_zero() || timeout.as_secs() > 30 {
+                    return Err(err(
+                        "fleet.timeout",
+                        format!("{timeout:?} is out of range"),
+                        "use \"1ms\" to \"30s\" (default \"1s\")",
+                    ));
+                }
+                Some(Fleet {
+                    cluster: f.cluster.clone(),
+                    token: f.token.clone(),
+                    path,
+                    poll_ms: poll.as_millis() as u64,
+                    timeout_ms: timeout.as_millis() as u64,
+                })
+            }
+        };
         Ok(Config {
+            fleet,
             tags,
             key_prefix,
             metrics_flush,

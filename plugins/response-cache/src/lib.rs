@@ -9,6 +9,7 @@ pub mod coalesce;
 pub mod conditional;
 pub mod config;
 pub mod entry;
+pub mod fleet;
 pub mod freshness;
 pub mod http_date;
 pub mod key;

@@ -29,6 +29,9 @@ pub enum Target {
     Prefix { host: Vec<u8>, prefix: Vec<u8> },
     /// Every entry of a host.
     Host(Vec<u8>),
+    /// Entries of `host` with exactly this path, whatever their query (a fleet purge names
+    /// a URL, not this cache's key with its keyed fields).
+    Path { host: Vec<u8>, path: Vec<u8> },
     /// Everything.
     All,
 }
@@ -74,6 +77,7 @@ impl Rules {
                 Target::Prefix { host, prefix } => (2, host, prefix),
                 Target::Host(h) => (3, h, b""),
                 Target::All => (4, b"", b""),
+                Target::Path { host, path } => (5, host, path),
             };
             out.push(kind);
             for part in [a, b] {
@@ -118,6 +122,7 @@ impl Rules {
                 2 => Target::Prefix { host: a, prefix: b },
                 3 => Target::Host(a),
                 4 => Target::All,
+                5 => Target::Path { host: a, path: b },
                 _ => return None,
             };
             rules.push(Rule { seq, soft, target });
@@ -158,6 +163,10 @@ impl Rule {
                 host_only(h) == *host && path.starts_with(prefix)
             }
             Target::Host(host) => host_only(host_and_path(&entry.key).0) == *host,
+            Target::Path { host, path } => {
+                let (h, p) = host_and_path(&entry.key);
+                host_only(h) == *host && p == path.as_slice()
+            }
             Target::All => true,
         }
     }
@@ -318,8 +327,36 @@ mod tests {
                 false,
             ),
             (Target::Host(b"shop".to_vec()), true),
+            (
+                Target::Path {
+                    host: b"shop".to_vec(),
+                    path: b"/p/1".to_vec(),
+                },
+                true,
+            ),
+            (
+                Target::Path {
+                    host: b"shop".to_vec(),
+                    path: b"/p/12".to_vec(),
+                },
+                false,
+            ),
             (Target::Host(b"shops".to_vec()), false),
             (Target::Host(b"shop".to_vec()), true),
+            (
+                Target::Path {
+                    host: b"shop".to_vec(),
+                    path: b"/p/1".to_vec(),
+                },
+                true,
+            ),
+            (
+                Target::Path {
+                    host: b"shop".to_vec(),
+                    path: b"/p/12".to_vec(),
+                },
+                false,
+            ),
             (Target::All, true),
         ] {
             let rule = Rule {
