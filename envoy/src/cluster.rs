@@ -62,9 +62,12 @@ pub fn render_compose_configs() -> Result<()> {
     let dir = compose_dir();
     let artifacts = crate::release::write_dist(&dir.join("dist"))?;
     let token = purge_token()?;
+    let control = control_token()?;
     for name in ["edge.yaml", "front.yaml"] {
         let template = crate::workspace_root().join("envoy/compose").join(name);
-        let mut text = std::fs::read_to_string(&template)?.replace("{{purge_token}}", &token);
+        let mut text = std::fs::read_to_string(&template)?
+            .replace("{{purge_token}}", &token)
+            .replace("{{control_token}}", &control);
         for a in &artifacts {
             text = text
                 .replace(&format!("{{{{{}.file}}}}", a.module), &a.file)
@@ -93,6 +96,27 @@ pub fn purge_token() -> Result<String> {
             .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
     {
         bail!("EDGEWISE_PURGE_TOKEN must be non-empty and use only letters, digits and -._~+/=");
+    }
+    Ok(token)
+}
+
+/// The control API's token when `EDGEWISE_CONTROL_TOKEN` is not set (docker-compose.yml
+/// has the same default).
+pub const DEMO_CONTROL_TOKEN: &str = "demo-control-token";
+
+/// The control token the service and the caches are given: `EDGEWISE_CONTROL_TOKEN`, else
+/// the demo's.
+pub fn control_token() -> Result<String> {
+    let token =
+        std::env::var("EDGEWISE_CONTROL_TOKEN").unwrap_or_else(|_| DEMO_CONTROL_TOKEN.into());
+    if token.len() < 16
+        || !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
+    {
+        bail!(
+            "EDGEWISE_CONTROL_TOKEN must be at least 16 characters of letters, digits and -._~+/="
+        );
     }
     Ok(token)
 }
@@ -278,6 +302,8 @@ pub struct Ports {
     pub api_v2: u16,
     pub flaky: u16,
     pub prometheus: u16,
+    /// The control API (edgewise-ratelimit's HTTP port: purges for every cache).
+    pub control: u16,
 }
 
 impl Ports {
@@ -291,6 +317,7 @@ impl Ports {
             api_v2: 18003,
             flaky: 18004,
             prometheus: 9090,
+            control: 9080,
         }
     }
 
@@ -311,6 +338,7 @@ impl Ports {
             api_v2: next()?,
             flaky: next()?,
             prometheus: next()?,
+            control: next()?,
         })
     }
 
@@ -325,6 +353,7 @@ impl Ports {
             ("EDGEWISE_API_V2_PORT", self.api_v2.to_string()),
             ("EDGEWISE_FLAKY_PORT", self.flaky.to_string()),
             ("EDGEWISE_PROMETHEUS_PORT", self.prometheus.to_string()),
+            ("EDGEWISE_CONTROL_PORT", self.control.to_string()),
         ]
     }
 }
@@ -529,6 +558,21 @@ impl Cluster {
             path,
             headers,
             b"",
+        )?)
+    }
+
+    /// A call to the control API with the control token (e.g. `POST /v1/purge`).
+    pub fn control(&self, method: &str, path: &str, body: &str) -> Result<HttpResponse> {
+        let auth = format!("Bearer {}", control_token()?);
+        Ok(http_request(
+            Self::local(self.ports.control),
+            method,
+            path,
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
+            body.as_bytes(),
         )?)
     }
 

@@ -54,6 +54,7 @@ fn compose_cluster_filters_and_faults() {
     cache_serves_repeated_gets(&cluster);
     shield_answers_for_both_edges(&cluster);
     shield_hits_carry_only_their_own_rate_limit_fields(&cluster);
+    fleet_purge_reaches_every_envoy(&cluster);
     front_routes_only_public_paths(&cluster);
     long_user_values_keep_redis_small(&cluster);
     weighted_split_counted_at_backends(&cluster);
@@ -246,6 +247,85 @@ fn shield_hits_carry_only_their_own_rate_limit_fields(cluster: &Cluster) {
     println!("front limit on a cached page: {statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 20);
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5);
+}
+
+/// A purge by tag posted once at the control API (its own port on 127.0.0.1) reaches the
+/// shield and both edges: every tagged page goes back to the origin within 2 s (a wide,
+/// stated tolerance: each Envoy polls every 500 ms), the untagged page stays a shield hit,
+/// and every Envoy counted the purge.
+fn fleet_purge_reaches_every_envoy(cluster: &Cluster) {
+    let tagged: Vec<String> = (0..3)
+        .map(|n| {
+            format!("/cache/fleet-{n}?cache_control=max-age%3D600&body=tagged&header=surrogate-key%3Afleet-demo")
+        })
+        .collect();
+    let untagged =
+        "/cache/fleet-other?cache_control=max-age%3D600&body=untagged&header=surrogate-key%3Aother";
+    let shield_hit = |path: &str| {
+        cluster
+            .get(path)
+            .unwrap()
+            .header("cache-status")
+            .is_some_and(|s| s.starts_with("shield; hit"))
+    };
+    for path in tagged.iter().map(String::as_str).chain([untagged]) {
+        assert_eq!(cluster.get(path).unwrap().status, 200);
+        assert!(shield_hit(path), "{path} cached at the shield");
+    }
+    let refused = cluster
+        .control("POST", "/v1/purge", r#"{"tags":[]}"#)
+        .unwrap();
+    assert_eq!(refused.status, 400);
+    let posted = Instant::now();
+    let answer = cluster
+        .control("POST", "/v1/purge", r#"{"tags":["fleet-demo"]}"#)
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    // Each tagged page until a request of it reached the origin (the edge it went through
+    // missed too).
+    for path in &tagged {
+        loop {
+            let status = cluster
+                .get(path)
+                .unwrap()
+                .header("cache-status")
+                .unwrap_or("")
+                .to_string();
+            if status.starts_with("edgewise; fwd=miss") {
+                break;
+            }
+            assert!(
+                posted.elapsed() < Duration::from_secs(5),
+                "{path} not purged everywhere after 5 s: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let reached = posted.elapsed();
+    assert!(shield_hit(untagged), "the untagged page stayed cached");
+    let counted = |stats: std::collections::BTreeMap<String, i64>| {
+        stats
+            .get("edgewise.response_cache.fleet_purges")
+            .or_else(|| stats.get("wasmcustom.edgewise.response_cache.fleet_purges"))
+            .copied()
+            .unwrap_or(0)
+    };
+    // Every Envoy applies it (an edge no refetch went through included).
+    let per_envoy = loop {
+        let per_envoy = [
+            counted(cluster.front_stats().unwrap()),
+            counted(cluster.edge_stats(0).unwrap()),
+            counted(cluster.edge_stats(1).unwrap()),
+        ];
+        if per_envoy.iter().all(|n| *n >= 1) || posted.elapsed() > Duration::from_secs(5) {
+            break per_envoy;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let everywhere = posted.elapsed();
+    println!("fleet purge: every tagged page refetched {reached:?} after the POST; applied by front and both edges within {everywhere:?} ({per_envoy:?})");
+    assert!(per_envoy.iter().all(|n| *n >= 1), "{per_envoy:?}");
+    assert!(everywhere < Duration::from_secs(2), "took {everywhere:?}");
 }
 
 /// The front routes only the demo's public paths: the backends' fault switch and the

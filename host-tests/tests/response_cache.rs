@@ -1079,3 +1079,47 @@ fn fleet_purges_are_polled_once_per_envoy_and_applied() {
         assert!(vm.failure().is_none());
     }
 }
+
+/// `fleet.settle` (a cache in front of another cache tier): for that long after a fleet
+/// purge, what it stores stays subject to the purge — a copy refilled from a tier behind
+/// that has not polled yet does not outlive the purge; after the window, refills stay.
+#[test]
+fn a_settle_window_keeps_refills_from_an_unpurged_tier_purged() {
+    let world = World::new();
+    world.add_cluster("control");
+    let config = r#"{"fleet":{"cluster":"control","token":"a-control-token-of-length","poll":"1s","settle":"3s"}}"#;
+    let vms = start(&world, config, 1);
+    let tagged: &[(&str, &str)] = &[("cache-control", "max-age=600"), ("surrogate-key", "t")];
+    let answer = |body: &[u8]| {
+        world
+            .advance(std::time::Duration::from_millis(1_100))
+            .unwrap();
+        let calls = world.pending_http_calls();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        world
+            .respond_http_call(calls[0].id, 200, &[], body)
+            .unwrap();
+    };
+    answer(br#"{"last":"100-0","trimmed":"0-0","entries":[]}"#);
+    assert!(exchange(&vms[0], "/p", &[], tagged, b"v1").1);
+    assert!(!exchange(&vms[0], "/p", &[], tagged, b"v1").1, "a hit");
+    answer(br#"{"last":"101-0","trimmed":"0-0","entries":[{"id":"101-0","kind":"tag","host":"","value":"t","soft":false}]}"#);
+    // The tier behind still answers with the old page: refilled, and purged again.
+    assert!(exchange(&vms[0], "/p", &[], tagged, b"old").1, "purged");
+    assert!(
+        exchange(&vms[0], "/p", &[], tagged, b"old").1,
+        "the refill is still purged"
+    );
+    // After the window, the refill stays.
+    world.advance(std::time::Duration::from_secs(3)).unwrap();
+    let _ = world
+        .pending_http_calls()
+        .iter()
+        .map(|c| world.respond_http_call(c.id, 503, &[], b""))
+        .count();
+    assert!(exchange(&vms[0], "/p", &[], tagged, b"new").1);
+    assert!(
+        !exchange(&vms[0], "/p", &[], tagged, b"new").1,
+        "a hit again"
+    );
+}

@@ -86,7 +86,7 @@ pub fn demo() -> Result<()> {
     images()?;
     let cluster = up()?;
     type Section = fn(&Cluster) -> Result<()>;
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 6] = [
         (
             "rate limiting: 10 per client per hour, per edge (/limited/) and global (/global/)",
             demo_rate_limit,
@@ -94,6 +94,10 @@ pub fn demo() -> Result<()> {
         (
             "response caching: repeated GETs answered by the edges",
             demo_cache,
+        ),
+        (
+            "fleet purge: one call at the control API purges a tag on every Envoy",
+            demo_purge,
         ),
         (
             "weighted routing: 90/10 between api-v1 and the api-v2 canary",
@@ -162,6 +166,56 @@ fn demo_cache(cluster: &Cluster) -> Result<()> {
         );
     }
     println!("  one miss per edge (each edge has its own cache); every other request is a HIT");
+    Ok(())
+}
+
+fn demo_purge(cluster: &Cluster) -> Result<()> {
+    let page = |n: u32| {
+        format!(
+            "/cache/catalog-{n}?cache_control=max-age%3D600&header=surrogate-key%3A{}",
+            if n < 2 { "product-1" } else { "product-2" }
+        )
+    };
+    let status = |n: u32| -> Result<String> {
+        Ok(cluster
+            .get(&page(n))?
+            .header("cache-status")
+            .unwrap_or("-")
+            .to_string())
+    };
+    for n in 0..4 {
+        status(n)?;
+    }
+    for n in 0..4 {
+        println!(
+            "  catalog-{n} (tag {}): {}",
+            if n < 2 { "product-1" } else { "product-2" },
+            status(n)?
+        );
+    }
+    let posted = std::time::Instant::now();
+    let r = cluster.control("POST", "/v1/purge", r#"{"tags":["product-1"]}"#)?;
+    println!(
+        "  POST http://127.0.0.1:9080/v1/purge {{\"tags\":[\"product-1\"]}} -> {} {}",
+        r.status,
+        r.text().trim()
+    );
+    std::thread::sleep(Duration::from_millis(1_200));
+    for n in 0..4 {
+        println!(
+            "  {:.1?} later, catalog-{n}: {}",
+            posted.elapsed(),
+            status(n)?
+        );
+    }
+    println!(
+        "  the product-1 pages missed on every Envoy (shield and edges), the others stayed hits"
+    );
+    let r = cluster.control("POST", "/v1/purge", r#"{"tags":["product-2"],"soft":true}"#)?;
+    println!("  soft purge of product-2 -> {}", r.status);
+    std::thread::sleep(Duration::from_millis(1_200));
+    println!("  catalog-2 after the soft purge: {}", status(2)?);
+    println!("  (stale: revalidated with the origin before it is served fresh again)");
     Ok(())
 }
 

@@ -286,11 +286,22 @@ impl CacheRoot {
             .flatten()
             .flatten();
         let poll = body.and_then(|b| serde_json::from_slice::<crate::fleet::Poll>(&b).ok());
+        let Some(fleet) = shared.config.fleet.clone() else {
+            return;
+        };
         let Some(poll) = poll else {
             shared.metrics.fleet_poll_failed.increment(1);
             return;
         };
-        match crate::fleet::apply(&shared.store, asked_after.as_deref(), &poll, 500) {
+        let settle = fleet.settle_s;
+        match crate::fleet::apply(
+            &shared.store,
+            asked_after.as_deref(),
+            &poll,
+            500,
+            now_seconds(),
+            settle,
+        ) {
             Some(applied) => {
                 shared.metrics.fleet_polls.increment(1);
                 shared.metrics.fleet_purges.increment(applied.purges as i64);

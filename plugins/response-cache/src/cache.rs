@@ -305,11 +305,13 @@ pub fn decide(
     let has_authorization = request.header("authorization").is_some();
     let has_cookie = request.header("cookie").is_some();
     // Only a cache that takes purges can have purge rules (one small read per request).
-    let purge_seq = if config.purge.is_some() || config.fleet.is_some() {
-        crate::purge::current_seq(store)
+    let seqs = if config.purge.is_some() || config.fleet.is_some() {
+        crate::purge::seq_state(store)
     } else {
-        0
+        crate::purge::SeqState::default()
     };
+    // What this request stores records (within a fleet settle window, an older number).
+    let purge_seq = seqs.for_store(now);
     let pending = |outcome| Pending {
         key: key.clone(),
         key_hash,
@@ -401,7 +403,7 @@ pub fn decide(
     // Purges (purge.rs): the rules numbered from the entry's own request on apply to it —
     // a hard one makes it a miss, a soft one stale.
     let (usable_entry, purged_soft) = match usable_entry {
-        Some((found, entry)) if entry.purge_seq < purge_seq => {
+        Some((found, entry)) if entry.purge_seq < seqs.seq => {
             match crate::purge::load(store).state(&entry, entry.purge_seq) {
                 crate::purge::PurgeState::Hard => (None, false),
                 crate::purge::PurgeState::Soft => (Some((found, entry)), true),

@@ -48,6 +48,7 @@ pub struct RawFleet {
     pub path: Option<String>,
     pub poll: Option<String>,
     pub timeout: Option<String>,
+    pub settle: Option<String>,
 }
 
 /// Fleet purges (`fleet.rs`): poll the control service's purge log.
@@ -60,6 +61,9 @@ pub struct Fleet {
     pub path: String,
     pub poll_ms: u64,
     pub timeout_ms: u64,
+    /// For a cache in front of another cache tier: how long after applying fleet purges
+    /// what it stores stays subject to them (0: no window, for a single tier).
+    pub settle_s: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -644,7 +648,19 @@ impl Config {
                         "use \"1ms\" to \"30s\" (default \"1s\")",
                     ));
                 }
+                let settle = match f.settle.as_deref() {
+                    Some(text) => parse_duration("fleet.settle", text)?,
+                    None => std::time::Duration::ZERO,
+                };
+                if settle.as_secs() > 600 || settle.subsec_nanos() != 0 {
+                    return Err(err(
+                        "fleet.settle",
+                        format!("{settle:?} is not a whole number of seconds up to 10m"),
+                        "use e.g. \"3s\" (twice the other tier's poll and timeout), or omit it",
+                    ));
+                }
                 Some(Fleet {
+                    settle_s: settle.as_secs() as i64,
                     cluster: f.cluster.clone(),
                     token: f.token.clone(),
                     path,

@@ -82,11 +82,16 @@ pub struct Applied {
 /// starts empty) nothing is applied: the cursor starts at the log's end. None when the
 /// answer was for another cursor (a poll crossed by another worker's) or rules could not be
 /// written (the cursor stays, the next poll retries).
+/// `now` (seconds) and `settle` (seconds, 0: none): the settle window opened for the rules
+/// applied (`purge::settle`: long enough for the cache tier behind this one to have polled
+/// too).
 pub fn apply(
     store: &impl CasStore,
     asked_after: Option<&str>,
     poll: &Poll,
     max_poll: usize,
+    now: i64,
+    settle: i64,
 ) -> Option<Applied> {
     let current = cursor(store);
     if current.as_deref() != asked_after {
@@ -105,8 +110,9 @@ pub fn apply(
         });
     };
     let gap = parse_id(&poll.trimmed).is_some_and(|trimmed| trimmed > after);
+    let mut first_seq = None;
     if gap {
-        add(store, true, Target::All)?;
+        first_seq = Some(add(store, true, Target::All)?);
     }
     let mut last = None;
     for logged in &poll.entries {
@@ -134,8 +140,12 @@ pub fn apply(
             // A kind this version does not know: purge everything softly rather than miss it.
             _ => Target::All,
         };
-        add(store, logged.soft, target)?;
+        let seq = add(store, logged.soft, target)?;
+        first_seq.get_or_insert(seq);
         last = Some(logged.id.as_str());
+    }
+    if let (Some(seq), true) = (first_seq, settle > 0) {
+        crate::purge::settle(store, seq, now + settle, now);
     }
     if let Some(last) = last {
         set_cursor(store, last)?;
@@ -168,7 +178,10 @@ mod tests {
     fn a_cache_starting_empty_begins_at_the_end_of_the_log() {
         let store = MemoryStore::new();
         let answer = poll(r#"{"last":"100-0","trimmed":"0-0","entries":[]}"#);
-        assert_eq!(apply(&store, None, &answer, 500).unwrap().purges, 0);
+        assert_eq!(
+            apply(&store, None, &answer, 500, 1_000, 3).unwrap().purges,
+            0
+        );
         assert_eq!(cursor(&store).as_deref(), Some("100-0"));
         let rules = load(&store).rules;
         assert_eq!(
@@ -187,13 +200,15 @@ mod tests {
             None,
             &poll(r#"{"last":"100-0","trimmed":"0-0","entries":[]}"#),
             500,
+            1_000,
+            3,
         );
         let answer = poll(
             r#"{"last":"102-0","trimmed":"0-0","entries":[
               {"id":"101-0","kind":"tag","host":"","value":"product-1","soft":false},
               {"id":"102-0","kind":"url","host":"Shop:80","value":"/p/1?x=1","soft":true}]}"#,
         );
-        let applied = apply(&store, Some("100-0"), &answer, 500).unwrap();
+        let applied = apply(&store, Some("100-0"), &answer, 500, 1_000, 3).unwrap();
         assert_eq!(
             applied,
             Applied {
@@ -216,7 +231,7 @@ mod tests {
             )
         );
         // A stale answer (for an older cursor) is ignored.
-        assert!(apply(&store, Some("100-0"), &answer, 500).is_none());
+        assert!(apply(&store, Some("100-0"), &answer, 500, 1_000, 3).is_none());
     }
 
     #[test]
@@ -227,9 +242,15 @@ mod tests {
             None,
             &poll(r#"{"last":"100-0","trimmed":"0-0","entries":[]}"#),
             500,
+            1_000,
+            3,
         );
         let answer = poll(r#"{"last":"900-0","trimmed":"500-0","entries":[]}"#);
-        assert!(apply(&store, Some("100-0"), &answer, 500).unwrap().gap);
+        assert!(
+            apply(&store, Some("100-0"), &answer, 500, 1_000, 3)
+                .unwrap()
+                .gap
+        );
         let rules = load(&store).rules;
         assert_eq!(rules.len(), 2);
         assert_eq!((rules[1].soft, &rules[1].target), (true, &Target::All));

@@ -192,16 +192,80 @@ pub fn host_and_path(key: &[u8]) -> (&[u8], &[u8]) {
     (host, path)
 }
 
-/// The current purge sequence (0 when nothing was ever purged or shared data fails: an
-/// entry stored then counts as older than every later rule, which is safe).
-pub fn current_seq(store: &impl CasStore) -> u64 {
+/// The sequence key's value: the current sequence, and a settle window — while it lasts,
+/// what is stored records `settle_seq` instead, so the fleet rules applied last still apply
+/// to it (see [`settle`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeqState {
+    pub seq: u64,
+    pub settle_seq: u64,
+    /// Wall-clock seconds until which the window lasts (0: none).
+    pub settle_until: i64,
+}
+
+impl SeqState {
+    fn decode(bytes: &[u8]) -> SeqState {
+        let u64_at = |at: usize| {
+            bytes
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+        };
+        SeqState {
+            seq: u64_at(0).unwrap_or(0),
+            settle_seq: u64_at(8).unwrap_or(0),
+            settle_until: u64_at(16).unwrap_or(0) as i64,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.seq.to_le_bytes().to_vec();
+        out.extend_from_slice(&self.settle_seq.to_le_bytes());
+        out.extend_from_slice(&(self.settle_until as u64).to_le_bytes());
+        out
+    }
+
+    /// The sequence a response whose request is decided at `now` records.
+    pub fn for_store(&self, now: i64) -> u64 {
+        if now < self.settle_until {
+            self.settle_seq.min(self.seq)
+        } else {
+            self.seq
+        }
+    }
+}
+
+/// The sequence key's state (all zero when nothing was ever purged or shared data fails:
+/// an entry stored then counts as older than every later rule, which is safe).
+pub fn seq_state(store: &impl CasStore) -> SeqState {
     store
         .get(SEQ_KEY)
         .ok()
         .flatten()
-        .and_then(|(v, _)| v.try_into().ok())
-        .map(u64::from_le_bytes)
-        .unwrap_or(0)
+        .map(|(v, _)| SeqState::decode(&v))
+        .unwrap_or_default()
+}
+
+/// The current purge sequence.
+pub fn current_seq(store: &impl CasStore) -> u64 {
+    seq_state(store).seq
+}
+
+/// Opens (or extends) a settle window until `until` (seconds) for the rules from `from_seq`
+/// on: responses stored meanwhile stay subject to them. For fleet purges: another cache
+/// tier may still answer with what a purge removed until it has polled too, and a copy
+/// refilled from it must not outlive the purge.
+pub fn settle(store: &impl CasStore, from_seq: u64, until: i64, now: i64) {
+    let _ = update_with_cas(store, SEQ_KEY, 16, |current| {
+        let mut state = current.map(SeqState::decode).unwrap_or_default();
+        state.settle_seq = if state.settle_until > now {
+            state.settle_seq.min(from_seq)
+        } else {
+            from_seq
+        };
+        state.settle_until = state.settle_until.max(until);
+        (Some(state.encode()), ())
+    });
 }
 
 /// The rule list (empty when absent or unreadable).
@@ -238,12 +302,13 @@ pub fn add(store: &impl CasStore, soft: bool, target: Target) -> Option<u64> {
     // The sequence key only grows: a reader that saw it may skip the list for entries
     // stored after it.
     let _ = update_with_cas(store, SEQ_KEY, 16, |current| {
-        let now = current
-            .and_then(|v| v.try_into().ok())
-            .map(u64::from_le_bytes)
-            .unwrap_or(0);
-        let next = now.max(seq + 1);
-        ((next != now).then(|| next.to_le_bytes().to_vec()), ())
+        let mut state = current.map(SeqState::decode).unwrap_or_default();
+        let next = state.seq.max(seq + 1);
+        if next == state.seq {
+            return (None, ());
+        }
+        state.seq = next;
+        (Some(state.encode()), ())
     });
     Some(seq)
 }
@@ -390,6 +455,37 @@ mod tests {
         );
         let fresh = current_seq(&store);
         assert_eq!(rules.state(&old, fresh), PurgeState::Untouched);
+    }
+
+    /// While a settle window lasts, what is stored stays subject to the rules it covers;
+    /// after it, stored responses are untouched by them.
+    #[test]
+    fn a_settle_window_keeps_refills_subject_to_the_latest_fleet_rules() {
+        let store = MemoryStore::new();
+        let seq = add(&store, false, Target::Tag(b"product-1".to_vec())).unwrap();
+        settle(&store, seq, 110, 100);
+        let state = seq_state(&store);
+        assert_eq!(state.seq, seq + 1);
+        let refill = Entry {
+            purge_seq: state.for_store(105),
+            ..entry("http://shop/p/1", &["product-1"])
+        };
+        assert_eq!(
+            load(&store).state(&refill, refill.purge_seq),
+            PurgeState::Hard
+        );
+        let later = Entry {
+            purge_seq: state.for_store(110),
+            ..entry("http://shop/p/1", &["product-1"])
+        };
+        assert_eq!(
+            load(&store).state(&later, later.purge_seq),
+            PurgeState::Untouched
+        );
+        // A purge during the window keeps the window's start; the sequence still grows.
+        add(&store, false, Target::Tag(b"other".to_vec())).unwrap();
+        assert_eq!(seq_state(&store).for_store(105), seq);
+        assert_eq!(seq_state(&store).seq, seq + 2);
     }
 
     #[test]
