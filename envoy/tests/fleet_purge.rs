@@ -126,3 +126,82 @@ fn a_purge_by_tag_reaches_every_envoy_within_a_second() {
         "{metrics}"
     );
 }
+
+/// Operator controls through real processes: `POST /v1/breaker` forces an upstream's breaker
+/// open on an Envoy that polls the control service (every 200 ms) — its requests get the
+/// fallback without reaching the backend — and `auto` gives it back.
+#[test]
+fn a_forced_breaker_state_reaches_envoy_and_is_given_back() {
+    assert!(redis_available(), "needs redis-server (cargo xtask setup)");
+    envoy_harness::build_wasm(&["circuit-breaker"]).unwrap();
+    let redis = Redis::start().unwrap();
+    let service = RateLimitService::start_with_control(LIMITS, &redis.url(), TOKEN).unwrap();
+    let backend = Backend::start("payments").unwrap();
+    let breaker = format!(
+        r#"{{"upstream":"header:x-cluster","stats_upstreams":["backend"],
+            "control":{{"cluster":"control","token":"{TOKEN}","poll":"200ms"}}}}"#
+    );
+    let envoy = Envoy::start(
+        &EnvoyConfig::proxy_to(backend.addr, 2)
+            .cluster("control", vec![service.http])
+            .filter(WasmFilter::new(
+                "circuit_breaker",
+                wasm_path("circuit_breaker"),
+                &breaker,
+            )),
+    )
+    .unwrap();
+    let get = || {
+        envoy
+            .request("GET", "/status/200", &[("x-cluster", "backend")], b"")
+            .unwrap()
+    };
+    assert_eq!(get().status, 200);
+    let force = |state: &str| {
+        let auth = format!("Bearer {TOKEN}");
+        let body = format!(r#"{{"upstream":"backend","state":"{state}","by":"test"}}"#);
+        http_request(
+            service.http,
+            "POST",
+            "/v1/breaker",
+            &[("authorization", auth.as_str())],
+            body.as_bytes(),
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(force("sideways"), 400);
+    assert_eq!(force("open"), 200);
+    let forced = Instant::now();
+    while get().header("x-edgewise-circuit").is_none() {
+        assert!(
+            forced.elapsed() < Duration::from_secs(5),
+            "never forced open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = forced.elapsed();
+    let before = backend.requests().unwrap();
+    for _ in 0..10 {
+        assert_eq!(get().status, 503);
+    }
+    assert_eq!(
+        backend.requests().unwrap(),
+        before,
+        "nothing reached the backend"
+    );
+    assert_eq!(force("auto"), 200);
+    let released = Instant::now();
+    while get().header("x-edgewise-circuit").is_some() {
+        assert!(
+            released.elapsed() < Duration::from_secs(5),
+            "never given back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "operator control: forced open {took:?} after the POST, automatic again {:?} after",
+        released.elapsed()
+    );
+    assert!(took < Duration::from_secs(2));
+}

@@ -665,3 +665,72 @@ fn a_probe_that_times_out_opens_it_again() {
     );
     assert!(vms[0].failure().is_none());
 }
+
+/// Operator controls: the breaker polls the control service's forced states (one poll for
+/// both workers, with the token); forced open rejects every request on every worker, forced
+/// closed lets failures through without tripping, and an upstream dropped from the list is
+/// automatic again. Who set it is logged; the state shows in the `forced` gauge.
+#[test]
+fn forced_states_from_the_control_service_reach_every_worker() {
+    let world = World::new();
+    world.add_cluster("control");
+    let vms = start(
+        &world,
+        r#"{"upstream":"header:x-route-cluster","stats_upstreams":["api-v2"],
+            "trip":{"consecutive_failures":1},"open":{"duration":"60s"},
+            "control":{"cluster":"control","token":"a-control-token-of-length","poll":"1s"}}"#,
+        2,
+    );
+    let to_v2 = [("x-route-cluster", "api-v2")];
+    let answer = |body: &str| {
+        for _ in 0..30 {
+            if !world.pending_http_calls().is_empty() {
+                break;
+            }
+            world.advance(Duration::from_millis(100)).unwrap();
+        }
+        let calls = world.pending_http_calls();
+        assert_eq!(calls.len(), 1, "one poll for both workers: {calls:?}");
+        assert_eq!(calls[0].header(":path").as_deref(), Some("/v1/breakers"));
+        assert_eq!(
+            calls[0].header("authorization").as_deref(),
+            Some("Bearer a-control-token-of-length")
+        );
+        world
+            .respond_http_call(calls[0].id, 200, &[], body.as_bytes())
+            .unwrap();
+    };
+    answer(r#"{"breakers":[{"upstream":"api-v2","state":"open","by":"alice"}]}"#);
+    for vm in &vms {
+        let (s, forwarded) = call(vm, 200, &to_v2);
+        assert!(!forwarded, "forced open: nothing reaches api-v2");
+        assert_eq!(s.response().unwrap().status(), Some(503));
+    }
+    assert!(!world
+        .logs_containing("api-v2 forced open by alice")
+        .is_empty());
+    assert_eq!(
+        world.metric("edgewise.circuit_breaker.upstream=.=api-v2;.;forced"),
+        Some(1)
+    );
+    answer(r#"{"breakers":[{"upstream":"api-v2","state":"closed","by":"bob"}]}"#);
+    for vm in vms.iter().chain(&vms) {
+        assert!(
+            call(vm, 503, &to_v2).1,
+            "forced closed: failures do not trip it"
+        );
+    }
+    answer(r#"{"breakers":[]}"#);
+    assert_eq!(
+        world.metric("edgewise.circuit_breaker.upstream=.=api-v2;.;forced"),
+        Some(0)
+    );
+    assert!(call(&vms[0], 503, &to_v2).1);
+    assert!(
+        !call(&vms[1], 200, &to_v2).1,
+        "automatic again: one failure trips it"
+    );
+    for vm in &vms {
+        assert!(vm.failure().is_none());
+    }
+}

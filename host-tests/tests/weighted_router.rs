@@ -236,6 +236,7 @@ fn publish_breaker(
             open_until,
             probes_full,
             probe_only: false,
+            forced: 0,
         },
     );
     let value = edgewise_support::breaker_state::with_identity(value, cluster.as_bytes());

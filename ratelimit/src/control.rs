@@ -122,6 +122,155 @@ pub fn authorized(control: &Control, headers: &HeaderMap) -> bool {
             == 0
 }
 
+/// The hash of forced breaker states: upstream → "state by".
+pub const BREAKERS: &str = "edgewise:breakers";
+/// Upstreams that may be forced at once.
+pub const MAX_FORCED: usize = 256;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerRequest {
+    pub upstream: String,
+    pub state: String,
+    #[serde(default)]
+    pub by: String,
+}
+
+impl BreakerRequest {
+    /// (upstream, state, by) to record, or why not.
+    pub fn checked(&self) -> Result<(String, &'static str, String), String> {
+        let name_ok = |v: &str| {
+            !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+        };
+        if !name_ok(&self.upstream) {
+            return Err("upstream: 1 to 128 visible characters (the breaker's identity)".into());
+        }
+        let state = match self.state.as_str() {
+            "open" => "open",
+            "closed" => "closed",
+            "auto" => "auto",
+            other => return Err(format!("state {other:?}: use open, closed or auto")),
+        };
+        let by = if self.by.is_empty() {
+            "operator".to_string()
+        } else {
+            self.by.clone()
+        };
+        if !name_ok(&by) {
+            return Err("by: 1 to 128 visible characters (who sets it)".into());
+        }
+        Ok((self.upstream.clone(), state, by))
+    }
+}
+
+/// `POST /v1/breaker`: forces an upstream's breaker open or closed on every Envoy, or
+/// gives it back to its automaton (`auto`).
+pub async fn breaker(
+    control: Arc<Control>,
+    headers: HeaderMap,
+    body: String,
+) -> (StatusCode, String) {
+    if control.token.is_none() {
+        return (
+            StatusCode::NOT_FOUND,
+            "the control API is off (no --control-token)\n".into(),
+        );
+    }
+    if !authorized(&control, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "Authorization: Bearer <control token> required\n".into(),
+        );
+    }
+    let request: BreakerRequest = match serde_json::from_str(&body) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let (upstream, state, by) = match request.checked() {
+        Ok(checked) => checked,
+        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
+    let mut redis = control.redis.clone();
+    let result: Result<(), redis::RedisError> = if state == "auto" {
+        redis::cmd("HDEL")
+            .arg(BREAKERS)
+            .arg(&upstream)
+            .query_async(&mut redis)
+            .await
+    } else {
+        let count: Result<usize, _> = redis::cmd("HLEN")
+            .arg(BREAKERS)
+            .query_async(&mut redis)
+            .await;
+        let exists: Result<bool, _> = redis::cmd("HEXISTS")
+            .arg(BREAKERS)
+            .arg(&upstream)
+            .query_async(&mut redis)
+            .await;
+        match (count, exists) {
+            (Ok(n), Ok(false)) if n >= MAX_FORCED => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("at most {MAX_FORCED} upstreams forced at once\n"),
+                )
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+            _ => {
+                redis::cmd("HSET")
+                    .arg(BREAKERS)
+                    .arg(&upstream)
+                    .arg(format!("{state} {by}"))
+                    .query_async(&mut redis)
+                    .await
+            }
+        }
+    };
+    match result {
+        Ok(()) => (
+            StatusCode::OK,
+            serde_json::json!({ "upstream": upstream, "state": state, "by": by }).to_string(),
+        ),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}\n")),
+    }
+}
+
+/// `GET /v1/breakers`: every forced breaker, `{"breakers": [{"upstream", "state", "by"}]}`.
+pub async fn breakers(control: Arc<Control>, headers: HeaderMap) -> (StatusCode, String) {
+    if control.token.is_none() {
+        return (
+            StatusCode::NOT_FOUND,
+            "the control API is off (no --control-token)\n".into(),
+        );
+    }
+    if !authorized(&control, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "Authorization: Bearer <control token> required\n".into(),
+        );
+    }
+    let mut redis = control.redis.clone();
+    let all: Result<Vec<(String, String)>, _> = redis::cmd("HGETALL")
+        .arg(BREAKERS)
+        .query_async(&mut redis)
+        .await;
+    match all {
+        Ok(pairs) => {
+            let list: Vec<serde_json::Value> = pairs
+                .iter()
+                .map(|(upstream, value)| {
+                    let (state, by) = value.split_once(' ').unwrap_or((value.as_str(), ""));
+                    serde_json::json!({ "upstream": upstream, "state": state, "by": by })
+                })
+                .collect();
+            (
+                StatusCode::OK,
+                serde_json::json!({ "breakers": list }).to_string(),
+            )
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}\n")),
+    }
+}
+
 /// A stream id as (milliseconds, sequence), for ordering; "0-0" for none.
 pub fn parse_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;
@@ -336,6 +485,30 @@ mod tests {
         let json = serde_json::json!({ "tags": many }).to_string();
         assert!(request(&json).targets().is_err());
         assert!(serde_json::from_str::<PurgeRequest>(r#"{"tag":["a"]}"#).is_err());
+    }
+
+    #[test]
+    fn breaker_requests_are_checked() {
+        let r = |json: &str| {
+            serde_json::from_str::<BreakerRequest>(json)
+                .unwrap()
+                .checked()
+        };
+        assert_eq!(
+            r(r#"{"upstream":"api-v2","state":"open","by":"alice"}"#).unwrap(),
+            ("api-v2".into(), "open", "alice".into())
+        );
+        assert_eq!(
+            r(r#"{"upstream":"api-v2","state":"auto"}"#).unwrap().2,
+            "operator"
+        );
+        for bad in [
+            r#"{"upstream":"","state":"open"}"#,
+            r#"{"upstream":"a b","state":"open"}"#,
+            r#"{"upstream":"api","state":"half-open"}"#,
+        ] {
+            assert!(r(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

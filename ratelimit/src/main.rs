@@ -141,7 +141,21 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let health_redis = redis.clone();
     let purge_control = control.clone();
     let poll_control = control.clone();
+    let breaker_control = control.clone();
+    let breakers_control = control.clone();
     let app = axum::Router::new()
+        .route(
+            "/v1/breaker",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                control::breaker(breaker_control.clone(), headers, body)
+            }),
+        )
+        .route(
+            "/v1/breakers",
+            get(move |headers: axum::http::HeaderMap| {
+                control::breakers(breakers_control.clone(), headers)
+            }),
+        )
         .route(
             "/v1/purge",
             axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {

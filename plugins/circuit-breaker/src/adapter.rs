@@ -30,7 +30,10 @@ proxy_wasm::main! {{
 
 /// This filter's root context, for this module's entry point or a composed module.
 pub fn new_root() -> Box<dyn RootContext> {
-    Box::new(BreakerRoot { shared: None })
+    Box::new(BreakerRoot {
+        shared: None,
+        control_polls: HashMap::new(),
+    })
 }
 
 /// Metrics of one upstream (or of all unlisted ones), defined on first use in this VM.
@@ -41,6 +44,8 @@ struct UpstreamMetrics {
     bulkhead_rejected: Metric,
     opened: Metric,
     probes: Metric,
+    /// The operator's forced state (0 automatic, 1 open, 2 closed); None for the unlisted.
+    forced: Option<Metric>,
 }
 
 /// A request watched for taking longer than `failure.slow_call`: a hung upstream must count
@@ -90,7 +95,12 @@ fn schedule_ticks(shared: &Shared) {
         .then_some(shared.watch_period)
         .flatten();
     let probe = (!shared.probing.borrow().is_empty()).then_some(PROBE_TICK);
-    let period = [watch, probe]
+    let control = shared
+        .config
+        .control
+        .as_ref()
+        .map(|c| std::time::Duration::from_millis(c.poll_ms));
+    let period = [watch, probe, control]
         .into_iter()
         .flatten()
         .min()
@@ -141,11 +151,14 @@ fn upstream_metrics(
         bulkhead_rejected: Metric::counter_flushed_every(&name("bulkhead_rejected"), flush),
         opened: Metric::counter_flushed_every(&name("opened"), flush),
         probes: Metric::counter_flushed_every(&name("half_open_probes"), flush),
+        forced: with_state.then(|| Metric::gauge(&name("forced"))),
     }
 }
 
 struct BreakerRoot {
     shared: Option<Rc<Shared>>,
+    /// Polls of the control service's forced states in flight (by callout token).
+    control_polls: HashMap<u32, ()>,
 }
 
 impl Context for BreakerRoot {
@@ -154,12 +167,16 @@ impl Context for BreakerRoot {
         &mut self,
         token_id: u32,
         num_headers: usize,
-        _body_size: usize,
+        body_size: usize,
         _num_trailers: usize,
     ) {
         let Some(shared) = self.shared.clone() else {
             return;
         };
+        if self.control_polls.remove(&token_id).is_some() {
+            control_answer(&shared, num_headers, body_size);
+            return;
+        }
         let Some((identity, episode)) = shared.probes_sent.borrow_mut().remove(&token_id) else {
             return;
         };
@@ -290,6 +307,110 @@ impl BreakerRoot {
     }
 }
 
+impl BreakerRoot {
+    /// Operator controls: when this worker wins the poll lease, asks the control service for
+    /// the forced breaker states (one poll per Envoy per period, from the root context).
+    fn poll_control(&mut self, shared: &Shared) {
+        let Some(control) = shared.config.control.as_ref() else {
+            return;
+        };
+        if !self.control_polls.is_empty() {
+            return;
+        }
+        let now_ms = now_nanos().unwrap_or(0) / 1_000_000;
+        if !edgewise_support::store::take_lease(
+            &shared.store,
+            crate::control::LEASE_KEY,
+            now_ms,
+            control.poll_ms,
+        ) {
+            return;
+        }
+        let authorization = format!("Bearer {}", control.token);
+        let headers = vec![
+            (":method", "GET"),
+            (":path", control.path.as_str()),
+            (":authority", control.cluster.as_str()),
+            ("authorization", authorization.as_str()),
+        ];
+        match self.dispatch_http_call(
+            &control.cluster,
+            headers,
+            None,
+            vec![],
+            std::time::Duration::from_millis(control.timeout_ms),
+        ) {
+            Ok(token) => {
+                self.control_polls.insert(token, ());
+            }
+            Err(_) => shared.errors.increment(1),
+        }
+    }
+}
+
+/// The control service's forced states: each change applied to the upstream's breaker in
+/// shared data (every worker sees it at once), logged with who set it, shown in the
+/// upstream's `forced` gauge. A failed poll changes nothing (and counts in `errors`).
+fn control_answer(shared: &Shared, num_headers: usize, body_size: usize) {
+    let status = if num_headers == 0 {
+        None
+    } else {
+        abi::get_map_value(MapType::HttpCallResponseHeaders as u32, ":status")
+    };
+    let body = (status.as_deref() == Some(b"200") && body_size <= 1 << 20)
+        .then(|| {
+            abi::get_buffer(
+                proxy_wasm::types::BufferType::HttpCallResponseBody as u32,
+                0,
+                body_size,
+            )
+            .ok()
+        })
+        .flatten()
+        .flatten();
+    let Some(listed) = body.and_then(|b| serde_json::from_slice::<crate::control::Listed>(&b).ok())
+    else {
+        shared.errors.increment(1);
+        return;
+    };
+    let desired = crate::control::desired(&listed);
+    let applied = crate::control::load_applied(&shared.store);
+    let now = now_nanos().unwrap_or(0);
+    let mut all_applied = true;
+    for (upstream, forced, by) in crate::control::changes(&applied, &desired) {
+        let params = shared.config.params(&upstream);
+        match table::force(
+            &shared.store,
+            upstream.as_bytes(),
+            shared.config.slots,
+            params,
+            forced,
+            now,
+        ) {
+            Ok(true) => {
+                let state = ["automatic", "forced open", "forced closed"]
+                    .get(forced as usize)
+                    .unwrap_or(&"?");
+                log(
+                    LogLevel::Warn,
+                    &format!("circuit_breaker: {upstream} {state} by {by}"),
+                );
+                if let Some(gauge) = &shared.metrics(&upstream).forced {
+                    gauge.set(forced as u64);
+                }
+            }
+            _ => {
+                all_applied = false;
+                shared.errors.increment(1);
+            }
+        }
+    }
+    // Applied states are remembered only when all went through: a failure retries next poll.
+    if all_applied {
+        crate::control::save_applied(&shared.store, &desired);
+    }
+}
+
 /// Records an active probe's answer (`None`: no answer — reset, timeout, refused) under its
 /// episode: healthy statuses count as a success, anything else as a failure.
 fn record_probe(shared: &Shared, identity: &str, episode: u32, status: Option<u16>, now: u64) {
@@ -377,6 +498,10 @@ impl RootContext for BreakerRoot {
                 flush,
             ),
         }));
+        // Operator controls poll from the start; probing carried over keeps its ticks.
+        if let Some(shared) = &self.shared {
+            schedule_ticks(shared);
+        }
         true
     }
 
@@ -387,6 +512,7 @@ impl RootContext for BreakerRoot {
         if let Some(shared) = self.shared.clone() {
             self.watch_slow(&shared);
             self.send_probes(&shared);
+            self.poll_control(&shared);
         }
     }
 

@@ -41,6 +41,8 @@ pub struct Breaker {
     /// Published: only the breaker's own active probes close it (set from the parameters
     /// whenever the value is written).
     pub probe_only: bool,
+    /// An operator's forced state (published; `FORCED_OPEN`, `FORCED_CLOSED`, 0: automatic).
+    pub forced: u8,
     pub buckets: [Bucket; BUCKETS],
 }
 
@@ -93,6 +95,7 @@ impl Breaker {
             probes_succeeded: 0,
             probes_full: false,
             probe_only: false,
+            forced: 0,
             buckets: [Bucket::default(); BUCKETS],
         }
     }
@@ -121,6 +124,7 @@ impl Breaker {
             probes_succeeded: u32_at(p + 12),
             probes_full: header.probes_full,
             probe_only: header.probe_only,
+            forced: header.forced,
             buckets: [Bucket::default(); BUCKETS],
         };
         for (i, bucket) in breaker.buckets.iter_mut().enumerate() {
@@ -145,6 +149,7 @@ impl Breaker {
                 open_until: self.open_until,
                 probes_full: self.state == BreakerState::HalfOpen && self.probes_full,
                 probe_only: self.probe_only,
+                forced: self.forced,
             },
         );
         let p = HEADER_BYTES;
@@ -172,6 +177,7 @@ impl Breaker {
     /// slot may go to another upstream without losing anything.
     pub fn is_idle(&self, params: &Params, now: u64) -> bool {
         self.state == BreakerState::Closed
+            && self.forced == 0
             && self.consecutive_failures == 0
             && self.totals(params, now) == (0, 0, 0)
     }
@@ -193,6 +199,22 @@ impl Breaker {
 
     /// Decides admission at `now`; returns the new value to store if it changed.
     pub fn admit(&self, params: &Params, now: u64) -> (Admission, Option<Breaker>, Transition) {
+        // An operator's forced state overrides everything (maintenance, incidents).
+        match self.forced {
+            edgewise_support::breaker_state::FORCED_OPEN => {
+                return (
+                    Admission::Reject {
+                        state: BreakerState::Open,
+                    },
+                    None,
+                    Transition::None,
+                )
+            }
+            edgewise_support::breaker_state::FORCED_CLOSED => {
+                return (Admission::Pass, None, Transition::None)
+            }
+            _ => {}
+        }
         if params.active_probe.is_some() {
             if let Some(decided) = self.admit_while_probing_actively(now) {
                 return decided;
@@ -293,7 +315,7 @@ impl Breaker {
         params: &Params,
         now: u64,
     ) -> (Option<Breaker>, Option<u32>, Transition) {
-        let Some(active) = &params.active_probe else {
+        let Some(active) = params.active_probe.as_ref().filter(|_| self.forced == 0) else {
             return (None, None, Transition::None);
         };
         // The probe's own timeout, and a second for its answer to be recorded.
@@ -329,6 +351,18 @@ impl Breaker {
         }
     }
 
+    /// The breaker with an operator's forced state: open or closed (outcomes stop counting),
+    /// or automatic again — a fresh closed breaker, counting from zero.
+    pub fn forced_to(&self, forced: u8) -> Breaker {
+        if forced == 0 {
+            return Breaker::new(self.identity_hash);
+        }
+        Breaker {
+            forced,
+            ..self.clone()
+        }
+    }
+
     /// Records a response. `probe` is the admission's episode when it was a probe.
     pub fn record(
         &self,
@@ -337,6 +371,9 @@ impl Breaker {
         probe: Option<u32>,
         now: u64,
     ) -> (Option<Breaker>, Transition) {
+        if self.forced != 0 {
+            return (None, Transition::None); // outcomes do not count while forced
+        }
         match (self.state, probe) {
             (BreakerState::HalfOpen, Some(episode)) if episode == self.opens => {
                 let mut next = self.clone();
@@ -396,7 +433,7 @@ impl Breaker {
     /// typically Envoy's route timeout: it is a failure too, for the consecutive count and
     /// the failure rate, but not another call.
     pub fn record_late_failure(&self, params: &Params, now: u64) -> (Option<Breaker>, Transition) {
-        if self.state != BreakerState::Closed {
+        if self.state != BreakerState::Closed || self.forced != 0 {
             return (None, Transition::None);
         }
         let mut next = self.clone();
@@ -558,6 +595,32 @@ mod tests {
             open.admit(&p, T0 + 5 * SEC + grace).0,
             Admission::Probe { .. }
         ));
+    }
+
+    /// An operator's forced state: open rejects everything (and publishes it for the
+    /// router), closed admits everything and nothing trips it, automatic starts afresh.
+    #[test]
+    fn forced_states_override_the_automaton() {
+        use edgewise_support::breaker_state::{FORCED_CLOSED, FORCED_OPEN};
+        let p = params(r#"{"trip":{"consecutive_failures":1}}"#);
+        let open = Breaker::new(1).forced_to(FORCED_OPEN);
+        assert!(matches!(open.admit(&p, T0).0, Admission::Reject { .. }));
+        assert!(read_header(&open.encode()).unwrap().rejects(T0));
+        let closed = Breaker::new(1).forced_to(FORCED_CLOSED);
+        let (after, t) = closed.record(&p, FAIL, None, T0);
+        assert_eq!(
+            (after, t),
+            (None, Transition::None),
+            "failures do not trip it"
+        );
+        assert_eq!(closed.admit(&p, T0).0, Admission::Pass);
+        let (tripped, _) = feed(&Breaker::new(1), &p, &[FAIL], T0);
+        assert_eq!(tripped.state, BreakerState::Open);
+        let forced_closed = tripped.forced_to(FORCED_CLOSED);
+        assert!(!read_header(&forced_closed.encode()).unwrap().rejects(T0));
+        let auto = forced_closed.forced_to(0);
+        assert_eq!((auto.state, auto.forced), (BreakerState::Closed, 0));
+        assert!(!Breaker::new(1).forced_to(FORCED_OPEN).is_idle(&p, T0));
     }
 
     #[test]

@@ -24,6 +24,28 @@ pub struct RawConfig {
     pub max_in_flight: Option<u32>,
     pub key_prefix: Option<String>,
     pub metrics_flush: Option<String>,
+    pub control: Option<RawControl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RawControl {
+    pub cluster: String,
+    pub token: String,
+    pub path: Option<String>,
+    pub poll: Option<String>,
+    pub timeout: Option<String>,
+}
+
+/// Operator controls: forced breaker states polled from the control service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Control {
+    pub cluster: String,
+    pub token: String,
+    pub path: String,
+    pub poll_ms: u64,
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -165,6 +187,7 @@ pub struct Config {
     /// How long per-request counters may wait in the VM before reaching Envoy (zero:
     /// immediately); see `Metric::counter_flushed_every`.
     pub metrics_flush: std::time::Duration,
+    pub control: Option<Control>,
 }
 
 /// The stats name the identities without their own stats share.
@@ -270,7 +293,64 @@ impl Config {
         }
         let key_prefix = edgewise_support::config::key_prefix(raw.key_prefix.as_deref())?;
         let metrics_flush = edgewise_support::config::metrics_flush(raw.metrics_flush.as_deref())?;
+        let control = match &raw.control {
+            None => None,
+            Some(c) => {
+                if c.cluster.is_empty() {
+                    return Err(err(
+                        "control.cluster",
+                        "is empty",
+                        "name the Envoy cluster of the control service",
+                    ));
+                }
+                if c.token.len() < 16 {
+                    return Err(err(
+                        "control.token",
+                        "is shorter than 16 characters",
+                        "use the control service's --control-token",
+                    ));
+                }
+                let path = c.path.clone().unwrap_or_else(|| "/v1/breakers".into());
+                if !path.starts_with('/') || path.contains([' ', '?']) {
+                    return Err(err(
+                        "control.path",
+                        format!("{path:?} is not a path"),
+                        "use \"/v1/breakers\" (the default)",
+                    ));
+                }
+                let poll = match c.poll.as_deref() {
+                    Some(text) => parse_duration("control.poll", text)?,
+                    None => std::time::Duration::from_secs(1),
+                };
+                if poll.as_millis() < 100 || poll.as_secs() > 60 {
+                    return Err(err(
+                        "control.poll",
+                        format!("{poll:?} is out of range"),
+                        "use \"100ms\" to \"60s\" (default \"1s\")",
+                    ));
+                }
+                let timeout = match c.timeout.as_deref() {
+                    Some(text) => parse_duration("control.timeout", text)?,
+                    None => std::time::Duration::from_secs(1),
+                };
+                if timeout.is_zero() || timeout.as_secs() > 30 {
+                    return Err(err(
+                        "control.timeout",
+                        format!("{timeout:?} is out of range"),
+                        "use \"1ms\" to \"30s\" (default \"1s\")",
+                    ));
+                }
+                Some(Control {
+                    cluster: c.cluster.clone(),
+                    token: c.token.clone(),
+                    path,
+                    poll_ms: poll.as_millis() as u64,
+                    timeout_ms: timeout.as_millis() as u64,
+                })
+            }
+        };
         Ok(Config {
+            control,
             key_prefix,
             metrics_flush,
             upstream,

@@ -4,6 +4,7 @@
 
 pub mod breaker;
 pub mod config;
+pub mod control;
 pub mod table;
 
 #[cfg(target_arch = "wasm32")]

@@ -196,6 +196,25 @@ pub fn take_active_probe(
     .map(|found| found.map(|(result, _)| result))
 }
 
+/// Sets an operator's forced state (see `Breaker::forced_to`), claiming a slot if the
+/// upstream has none. `Ok(false)`: the table is full of other active breakers.
+pub fn force(
+    store: &impl CasStore,
+    identity: &[u8],
+    slots: u64,
+    params: &Params,
+    forced: u8,
+    now: u64,
+) -> Result<bool, TableError> {
+    update(store, identity, slots, params, now, true, |b| {
+        (
+            (b.forced != forced || forced == 0).then(|| b.forced_to(forced)),
+            (),
+        )
+    })
+    .map(|found| found.is_some())
+}
+
 /// Gives back the place of a probe whose request ended without a response.
 pub fn abandon_probe(
     store: &impl CasStore,

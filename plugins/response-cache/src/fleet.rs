@@ -47,18 +47,7 @@ pub fn cursor(store: &impl CasStore) -> Option<String> {
 /// Takes the poll for `period_ms` from `now_ms` when nobody holds it: true for the one
 /// worker that should poll now.
 pub fn take_lease(store: &impl CasStore, now_ms: u64, period_ms: u64) -> bool {
-    update_with_cas(store, LEASE_KEY, 4, |current| {
-        let until = current
-            .and_then(|v| v.try_into().ok())
-            .map(u64::from_le_bytes)
-            .unwrap_or(0);
-        if until > now_ms {
-            return (None, false);
-        }
-        let next = now_ms.saturating_add(period_ms);
-        (Some(next.to_le_bytes().to_vec()), true)
-    })
-    .unwrap_or(false)
+    edgewise_support::store::take_lease(store, LEASE_KEY, now_ms, period_ms)
 }
 
 /// Gives the poll up (the next tick on any worker may poll at once).

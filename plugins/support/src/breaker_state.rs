@@ -8,7 +8,8 @@
 //! bytes 0..8 h (u64 LE), byte 8 the state (0 closed, 1 open, 2 half-open), byte 9 = 1 when
 //! half-open with every probe place taken (other requests get the fallback), bytes 10..12
 //! the length L of the stored identity (u16 LE), byte 12 = 1 when only the breaker's own
-//! active probe may close it (open past its time still rejects, for `ACTIVE_PROBE_GRACE_NS`), bytes 16..24 `open_until` (ns since the
+//! active probe may close it (open past its time still rejects, for `ACTIVE_PROBE_GRACE_NS`),
+//! byte 13 an operator's forced state (0 automatic, 1 forced open, 2 forced closed), bytes 16..24 `open_until` (ns since the
 //! Unix epoch, u64 LE; while half-open, the probes' deadline); the value's last L bytes are
 //! the identity (its first `MAX_STORED_IDENTITY` bytes), compared in full so two identities
 //! with one hash never share a breaker; the rest is private.
@@ -110,7 +111,13 @@ pub struct Published {
     pub probes_full: bool,
     /// Closed only by the breaker's own active probe: clients are not sent there to probe.
     pub probe_only: bool,
+    /// An operator's forced state (`FORCED_OPEN`, `FORCED_CLOSED`; 0: automatic).
+    pub forced: u8,
 }
+
+/// Forced states an operator can set through the control service.
+pub const FORCED_OPEN: u8 = 1;
+pub const FORCED_CLOSED: u8 = 2;
 
 /// How long past its open time a breaker that probes actively keeps rejecting while no
 /// probe has started (the workers that would send it are gone): then client requests probe
@@ -121,6 +128,11 @@ impl Published {
     /// Whether a request routed to this upstream now would be answered with the breaker's
     /// fallback: open and not yet due to probe, or half-open with every probe place taken.
     pub fn rejects(&self, now: u64) -> bool {
+        match self.forced {
+            FORCED_OPEN => return true,
+            FORCED_CLOSED => return false,
+            _ => {}
+        }
         match self.state {
             BreakerState::Open if self.probe_only => {
                 now < self.open_until.saturating_add(ACTIVE_PROBE_GRACE_NS)
@@ -146,6 +158,7 @@ pub fn read_header(bytes: &[u8]) -> Option<Published> {
         open_until: u64_at(16)?,
         probes_full: header[9] == 1,
         probe_only: header[12] == 1,
+        forced: header[13],
     })
 }
 
@@ -157,6 +170,7 @@ pub fn write_header(out: &mut [u8], published: &Published) {
     out[8] = published.state.code();
     out[9] = published.probes_full as u8;
     out[12] = published.probe_only as u8;
+    out[13] = published.forced;
     out[16..24].copy_from_slice(&published.open_until.to_le_bytes());
 }
 
@@ -221,6 +235,7 @@ mod tests {
             open_until: 42,
             probes_full: false,
             probe_only: false,
+            forced: 0,
         };
         write_header(&mut value, &published);
         let theirs = with_identity(value.clone(), b"evil");
@@ -256,6 +271,7 @@ mod tests {
                 open_until: 42,
                 probes_full: false,
                 probe_only: false,
+                forced: 0,
             },
         );
         let slot = candidate_slots(hash, 256).nth(1).unwrap();

@@ -126,6 +126,24 @@ impl CasStore for MemoryStore {
     }
 }
 
+/// A poll lease in shared data: true for the one caller that should poll now (nobody holds
+/// the lease at `now_ms`); it then holds it for `period_ms`. Workers of one Envoy poll a
+/// control service in turn this way.
+pub fn take_lease(store: &impl CasStore, key: &str, now_ms: u64, period_ms: u64) -> bool {
+    update_with_cas(store, key, 4, |current| {
+        let until = current
+            .and_then(|v| v.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0);
+        if until > now_ms {
+            return (None, false);
+        }
+        let next = now_ms.saturating_add(period_ms);
+        (Some(next.to_le_bytes().to_vec()), true)
+    })
+    .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
