@@ -61,6 +61,7 @@ fn compose_cluster_filters_and_faults() {
     breaker_stops_traffic_to_failing_flaky(&cluster);
     every_envoy_loaded_its_modules_remotely(&cluster);
     prometheus_scrapes_every_envoy_with_labels_and_loads_the_alerts(&cluster);
+    operator_forces_the_canary_out_and_back(&cluster);
     canary_stop_fails_over_and_start_returns(&cluster);
     canary_pause_costs_at_most_the_bulkheads(&cluster);
     edge_restart_keeps_front_serving(&cluster);
@@ -541,6 +542,57 @@ fn prometheus_scrapes_every_envoy_with_labels_and_loads_the_alerts(cluster: &Clu
         "prometheus: 4 targets up, flaky opened on both edges, {} alert rules loaded",
         alerting.len()
     );
+}
+
+/// An operator forces api-v2's breaker open at the control API: on both edges the router
+/// sends nothing to the canary (all served by api-v1, no error) until it is given back.
+fn operator_forces_the_canary_out_and_back(cluster: &Cluster) {
+    let forced = |state: i64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while [0, 1].iter().any(|e| {
+            stat(
+                cluster,
+                *e,
+                "edgewise.circuit_breaker.upstream=.=api-v2;.;forced",
+            ) != state
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "forced state {state} not on both edges"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let posted = Instant::now();
+    let r = cluster
+        .control(
+            "POST",
+            "/v1/breaker",
+            r#"{"upstream":"api-v2","state":"open","by":"compose-test"}"#,
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    forced(1);
+    let took = posted.elapsed();
+    let v2_before = cluster.backend_requests("api-v2").unwrap();
+    for _ in 0..100 {
+        assert_eq!(cluster.get("/api/forced").unwrap().status, 200);
+    }
+    assert_eq!(
+        cluster.backend_requests("api-v2").unwrap(),
+        v2_before,
+        "the canary got traffic while forced open"
+    );
+    let r = cluster
+        .control(
+            "POST",
+            "/v1/breaker",
+            r#"{"upstream":"api-v2","state":"auto","by":"compose-test"}"#,
+        )
+        .unwrap();
+    assert_eq!(r.status, 200);
+    forced(0);
+    println!("operator: api-v2 forced open on both edges {took:?} after the POST; 100 requests, none to the canary; automatic again");
 }
 
 /// `docker stop api-v2`: requests the router sends to it fail until each edge's breaker for
