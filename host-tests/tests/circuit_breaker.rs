@@ -713,6 +713,19 @@ fn forced_states_from_the_control_service_reach_every_worker() {
         world.metric("edgewise.circuit_breaker.upstream=.=api-v2;.;forced"),
         Some(1)
     );
+    // A poll the service fails (Redis down: 503) changes nothing: still forced open.
+    for _ in 0..30 {
+        if !world.pending_http_calls().is_empty() {
+            break;
+        }
+        world.advance(Duration::from_millis(100)).unwrap();
+    }
+    let failed = world.pending_http_calls();
+    assert_eq!(failed.len(), 1);
+    world
+        .respond_http_call(failed[0].id, 503, &[], b"redis: down")
+        .unwrap();
+    assert!(!call(&vms[0], 200, &to_v2).1, "still forced open");
     answer(r#"{"breakers":[{"upstream":"api-v2","state":"closed","by":"bob"}]}"#);
     for vm in vms.iter().chain(&vms) {
         assert!(

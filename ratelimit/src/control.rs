@@ -170,17 +170,8 @@ pub async fn breaker(
     headers: HeaderMap,
     body: String,
 ) -> (StatusCode, String) {
-    if control.token.is_none() {
-        return (
-            StatusCode::NOT_FOUND,
-            "the control API is off (no --control-token)\n".into(),
-        );
-    }
-    if !authorized(&control, &headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "Authorization: Bearer <control token> required\n".into(),
-        );
+    if let Err(refused) = admitted(&control, &headers) {
+        return refused;
     }
     let request: BreakerRequest = match serde_json::from_str(&body) {
         Ok(r) => r,
@@ -236,17 +227,8 @@ pub async fn breaker(
 
 /// `GET /v1/breakers`: every forced breaker, `{"breakers": [{"upstream", "state", "by"}]}`.
 pub async fn breakers(control: Arc<Control>, headers: HeaderMap) -> (StatusCode, String) {
-    if control.token.is_none() {
-        return (
-            StatusCode::NOT_FOUND,
-            "the control API is off (no --control-token)\n".into(),
-        );
-    }
-    if !authorized(&control, &headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "Authorization: Bearer <control token> required\n".into(),
-        );
+    if let Err(refused) = admitted(&control, &headers) {
+        return refused;
     }
     let mut redis = control.redis.clone();
     let all: Result<Vec<(String, String)>, _> = redis::cmd("HGETALL")
@@ -271,6 +253,24 @@ pub async fn breakers(control: Arc<Control>, headers: HeaderMap) -> (StatusCode,
     }
 }
 
+/// Why a call to the control API is refused: the API is off (no token configured: 404) or
+/// the call lacks the token (401).
+fn admitted(control: &Control, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+    if control.token.is_none() {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "the control API is off (no --control-token)\n".into(),
+        ));
+    }
+    if !authorized(control, headers) {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "Authorization: Bearer <control token> required\n".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A stream id as (milliseconds, sequence), for ordering; "0-0" for none.
 pub fn parse_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;
@@ -283,17 +283,8 @@ pub async fn purge(
     headers: HeaderMap,
     body: String,
 ) -> (StatusCode, String) {
-    if control.token.is_none() {
-        return (
-            StatusCode::NOT_FOUND,
-            "the control API is off (no --control-token)\n".into(),
-        );
-    }
-    if !authorized(&control, &headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "Authorization: Bearer <control token> required\n".into(),
-        );
+    if let Err(refused) = admitted(&control, &headers) {
+        return refused;
     }
     let request: PurgeRequest = match serde_json::from_str(&body) {
         Ok(r) => r,
@@ -343,17 +334,8 @@ pub async fn purges(
     headers: HeaderMap,
     after: Option<String>,
 ) -> (StatusCode, String) {
-    if control.token.is_none() {
-        return (
-            StatusCode::NOT_FOUND,
-            "the control API is off (no --control-token)\n".into(),
-        );
-    }
-    if !authorized(&control, &headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "Authorization: Bearer <control token> required\n".into(),
-        );
+    if let Err(refused) = admitted(&control, &headers) {
+        return refused;
     }
     let after = after.unwrap_or_default();
     if !after.is_empty() && parse_id(&after).is_none() {

@@ -326,24 +326,17 @@ impl BreakerRoot {
         ) {
             return;
         }
-        let authorization = format!("Bearer {}", control.token);
-        let headers = vec![
-            (":method", "GET"),
-            (":path", control.path.as_str()),
-            (":authority", control.cluster.as_str()),
-            ("authorization", authorization.as_str()),
-        ];
-        match self.dispatch_http_call(
+        match edgewise_support::wasm::poll_control_service(
+            self,
             &control.cluster,
-            headers,
-            None,
-            vec![],
+            &control.path,
+            &control.token,
             std::time::Duration::from_millis(control.timeout_ms),
         ) {
-            Ok(token) => {
+            Some(token) => {
                 self.control_polls.insert(token, ());
             }
-            Err(_) => shared.errors.increment(1),
+            None => shared.errors.increment(1),
         }
     }
 }
@@ -352,22 +345,7 @@ impl BreakerRoot {
 /// shared data (every worker sees it at once), logged with who set it, shown in the
 /// upstream's `forced` gauge. A failed poll changes nothing (and counts in `errors`).
 fn control_answer(shared: &Shared, num_headers: usize, body_size: usize) {
-    let status = if num_headers == 0 {
-        None
-    } else {
-        abi::get_map_value(MapType::HttpCallResponseHeaders as u32, ":status")
-    };
-    let body = (status.as_deref() == Some(b"200") && body_size <= 1 << 20)
-        .then(|| {
-            abi::get_buffer(
-                proxy_wasm::types::BufferType::HttpCallResponseBody as u32,
-                0,
-                body_size,
-            )
-            .ok()
-        })
-        .flatten()
-        .flatten();
+    let body = edgewise_support::wasm::http_call_ok_body(num_headers, body_size, 1 << 20);
     let Some(listed) = body.and_then(|b| serde_json::from_slice::<crate::control::Listed>(&b).ok())
     else {
         shared.errors.increment(1);

@@ -208,22 +208,7 @@ impl Context for RateLimitRoot {}
 /// lives as long as Envoy), so a configuration change never resets rate limits. None when
 /// shared data fails (the configuration-derived seed is used instead).
 fn shared_seed(store: &SharedData) -> Option<u64> {
-    use edgewise_support::store::update_with_cas;
-    use std::hash::{BuildHasher, Hasher};
-    let fresh = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish()
-        ^ now_nanos().unwrap_or(0);
-    update_with_cas(
-        store,
-        "edgewise.rate_limit.seed",
-        4,
-        |current| match current.and_then(|v| <[u8; 8]>::try_from(v).ok()) {
-            Some(seed) => (None, u64::from_le_bytes(seed)),
-            None => (Some(fresh.to_le_bytes().to_vec()), fresh),
-        },
-    )
-    .ok()
+    edgewise_support::wasm::shared_random_seed(store, "edgewise.rate_limit.seed")
 }
 
 impl RootContext for RateLimitRoot {

@@ -250,24 +250,17 @@ impl CacheRoot {
             fleet.path,
             asked_after.as_deref().unwrap_or("")
         );
-        let authorization = format!("Bearer {}", fleet.token);
-        let headers = vec![
-            (":method", "GET"),
-            (":path", path.as_str()),
-            (":authority", fleet.cluster.as_str()),
-            ("authorization", authorization.as_str()),
-        ];
-        match self.dispatch_http_call(
+        match edgewise_support::wasm::poll_control_service(
+            self,
             &fleet.cluster,
-            headers,
-            None,
-            vec![],
+            &path,
+            &fleet.token,
             Duration::from_millis(fleet.timeout_ms),
         ) {
-            Ok(token) => {
+            Some(token) => {
                 self.polls.insert(token, asked_after);
             }
-            Err(_) => shared.metrics.fleet_poll_failed.increment(1),
+            None => shared.metrics.fleet_poll_failed.increment(1),
         }
     }
 
@@ -276,15 +269,7 @@ impl CacheRoot {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let status = if num_headers == 0 {
-            0
-        } else {
-            status_of(&abi::get_map_pairs(MapType::HttpCallResponseHeaders as u32))
-        };
-        let body = (status == 200 && body_size > 0 && body_size <= 4 << 20)
-            .then(|| abi::get_buffer(BufferType::HttpCallResponseBody as u32, 0, body_size).ok())
-            .flatten()
-            .flatten();
+        let body = edgewise_support::wasm::http_call_ok_body(num_headers, body_size, 4 << 20);
         let poll = body.and_then(|b| serde_json::from_slice::<crate::fleet::Poll>(&b).ok());
         let Some(fleet) = shared.config.fleet.clone() else {
             return;

@@ -13,25 +13,79 @@ use crate::store::{CasStore, SetOutcome, StoreError};
 /// under stored entries or breakers). If shared data fails the seed stays as it was and the
 /// failure is logged (hashes are then predictable, though still consistent in this VM).
 pub fn init_hash_seed() {
+    match shared_random_seed(&SharedData::default(), "edgewise.hash_seed") {
+        Some(seed) => crate::seed::set(seed),
+        None => log(
+            LogLevel::Warn,
+            "edgewise: shared data refused the hash seed (edgewise.hash_seed); placement hashes keep their previous seed",
+        ),
+    }
+}
+
+/// A random seed every VM of the `vm_id` shares: drawn by the first VM that asks (std's
+/// random hash keys, from WASI `random_get`, and the clock), kept in shared data at `key`
+/// and read by every later one. None when shared data fails.
+pub fn shared_random_seed(store: &SharedData, key: &str) -> Option<u64> {
     use std::hash::{BuildHasher, Hasher};
     let fresh = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish()
         ^ now_nanos().unwrap_or(0);
-    let stored =
-        crate::store::update_with_cas(&SharedData::default(), "edgewise.hash_seed", 4, |current| {
-            match current.and_then(|v| <[u8; 8]>::try_from(v).ok()) {
-                Some(seed) => (None, u64::from_le_bytes(seed)),
-                None => (Some(fresh.to_le_bytes().to_vec()), fresh),
-            }
-        });
-    match stored {
-        Ok(seed) => crate::seed::set(seed),
-        Err(_) => log(
-            LogLevel::Warn,
-            "edgewise: shared data refused the hash seed (edgewise.hash_seed); placement hashes keep their previous seed",
-        ),
+    crate::store::update_with_cas(store, key, 4, |current| {
+        match current.and_then(|v| <[u8; 8]>::try_from(v).ok()) {
+            Some(seed) => (None, u64::from_le_bytes(seed)),
+            None => (Some(fresh.to_le_bytes().to_vec()), fresh),
+        }
+    })
+    .ok()
+}
+
+/// Sends `GET path` with `Authorization: Bearer token` to the control service's `cluster`
+/// from `context` (a root context: a stream's callout would end with the stream). The
+/// callout's token, or None when Envoy refused it.
+pub fn poll_control_service(
+    context: &dyn proxy_wasm::traits::Context,
+    cluster: &str,
+    path: &str,
+    token: &str,
+    timeout: std::time::Duration,
+) -> Option<u32> {
+    let authorization = format!("Bearer {token}");
+    let headers = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", cluster),
+        ("authorization", authorization.as_str()),
+    ];
+    context
+        .dispatch_http_call(cluster, headers, None, vec![], timeout)
+        .ok()
+}
+
+/// The body of a callout's answer when it is a 200 with 1 to `max_bytes` bytes; None for
+/// anything else (no answer, another status, an empty or oversized body).
+pub fn http_call_ok_body(
+    num_headers: usize,
+    body_size: usize,
+    max_bytes: usize,
+) -> Option<Vec<u8>> {
+    if num_headers == 0 || body_size == 0 || body_size > max_bytes {
+        return None;
     }
+    let status = crate::abi::get_map_value(
+        proxy_wasm::types::MapType::HttpCallResponseHeaders as u32,
+        ":status",
+    )?;
+    if status != b"200" {
+        return None;
+    }
+    crate::abi::get_buffer(
+        proxy_wasm::types::BufferType::HttpCallResponseBody as u32,
+        0,
+        body_size,
+    )
+    .ok()
+    .flatten()
 }
 
 /// Request headers read on demand, each at most once (one host call per header, bytes
