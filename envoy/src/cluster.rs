@@ -55,7 +55,8 @@ pub fn compose_dir() -> PathBuf {
 
 /// Writes the released modules (`<module>-<version>.wasm`, `SHA256SUMS`) into
 /// `compose_dir()/dist` for the artifact server, and renders `envoy/compose/{edge,front}.yaml`
-/// into `compose_dir()` with each `{{<module>.file}}` and `{{<module>.sha256}}` filled in,
+/// into `compose_dir()` (`edge-1.yaml`, `edge-2.yaml`, `front.yaml`; `{{node}}` is the
+/// Envoy's name) with each `{{<module>.file}}` and `{{<module>.sha256}}` filled in,
 /// so the Envoys load exactly these files by URI and digest; and `{{purge_token}}` with
 /// `EDGEWISE_PURGE_TOKEN` (default [`DEMO_PURGE_TOKEN`]: set your own outside the demo).
 pub fn render_compose_configs() -> Result<()> {
@@ -63,11 +64,17 @@ pub fn render_compose_configs() -> Result<()> {
     let artifacts = crate::release::write_dist(&dir.join("dist"))?;
     let token = purge_token()?;
     let control = control_token()?;
-    for name in ["edge.yaml", "front.yaml"] {
-        let template = crate::workspace_root().join("envoy/compose").join(name);
+    // Both edges from one template; each names its cache after itself in Cache-Status.
+    for (name, template, node) in [
+        ("edge-1.yaml", "edge.yaml", "edge-1"),
+        ("edge-2.yaml", "edge.yaml", "edge-2"),
+        ("front.yaml", "front.yaml", "front"),
+    ] {
+        let template = crate::workspace_root().join("envoy/compose").join(template);
         let mut text = std::fs::read_to_string(&template)?
             .replace("{{purge_token}}", &token)
-            .replace("{{control_token}}", &control);
+            .replace("{{control_token}}", &control)
+            .replace("{{node}}", node);
         for a in &artifacts {
             text = text
                 .replace(&format!("{{{{{}.file}}}}", a.module), &a.file)

@@ -52,8 +52,8 @@ fn compose_cluster_filters_and_faults() {
     rate_limit_holds_per_edge(&cluster);
     global_rate_limit_holds_through_the_front(&cluster);
     cache_serves_repeated_gets(&cluster);
-    shield_answers_for_both_edges(&cluster);
-    shield_hits_carry_only_their_own_rate_limit_fields(&cluster);
+    edges_cache_each_url_once(&cluster);
+    cache_hits_carry_only_their_own_rate_limit_fields(&cluster);
     fleet_purge_reaches_every_envoy(&cluster);
     front_routes_only_public_paths(&cluster);
     long_user_values_keep_redis_small(&cluster);
@@ -64,30 +64,32 @@ fn compose_cluster_filters_and_faults() {
     operator_forces_the_canary_out_and_back(&cluster);
     canary_stop_fails_over_and_start_returns(&cluster);
     canary_pause_costs_at_most_the_bulkheads(&cluster);
+    stopping_an_edge_moves_only_its_urls(&cluster);
     edge_restart_keeps_front_serving(&cluster);
     println!("compose phases done after {:.0?}", started.elapsed());
 }
 
 /// A global rule (10 per client per hour on /global/, counted by edgewise-ratelimit in
-/// Redis) holds exactly through the front: 10 in total, not 10 per edge. With Redis or the
-/// service stopped, `failure_mode: allow` serves; once they are back, limits hold again.
+/// Redis) holds exactly through the front: 10 in total, not 10 per edge — the front shards
+/// the 40 distinct paths over both edges. With Redis or the service stopped,
+/// `failure_mode: allow` serves; once they are back, limits hold again.
 fn global_rate_limit_holds_through_the_front(cluster: &Cluster) {
     let mut allowed = 0;
-    for _ in 0..40 {
-        let r = cluster.get("/global/x").unwrap();
+    for n in 0..40 {
+        let r = cluster.get(&format!("/global/x{n}")).unwrap();
         match r.status {
             200 => allowed += 1,
             429 => assert!(r.header("retry-after").is_some(), "429 without Retry-After"),
             other => panic!("unexpected status {other}: {}", r.text()),
         }
     }
-    let per_edge = [0, 1].map(|e| stat(cluster, e, "edgewise.rate_limit.rule=.=global;.;allowed"));
-    println!("global rate limit: 40 requests through the front, {allowed} allowed (per edge {per_edge:?})");
+    let seen = [0, 1].map(|e| {
+        stat(cluster, e, "edgewise.rate_limit.rule=.=global;.;allowed")
+            + stat(cluster, e, "edgewise.rate_limit.rule=.=global;.;denied")
+    });
+    println!("global rate limit: 40 requests through the front, {allowed} allowed (per edge seen {seen:?})");
     assert_eq!(allowed, 10, "one limit across both edges");
-    assert!(
-        per_edge.iter().all(|&n| n > 0),
-        "both edges served: {per_edge:?}"
-    );
+    assert!(seen.iter().all(|&n| n > 0), "both edges served: {seen:?}");
 
     let user = |name: &str| {
         cluster
@@ -125,11 +127,12 @@ fn global_rate_limit_holds_through_the_front(cluster: &Cluster) {
 }
 
 /// Each edge enforces its own limit (10 per client per hour on /limited/); rate-limit state is
-/// per Envoy process, so through the front a client gets at most 2 × 10.
+/// per Envoy process. The front shards by URL, so a client's 40 distinct paths spread over
+/// both edges and each edge allows exactly the first 10 it sees: at most 2 × 10 in total.
 fn rate_limit_holds_per_edge(cluster: &Cluster) {
     let mut allowed = 0;
-    for _ in 0..40 {
-        let r = cluster.get("/limited/x").unwrap();
+    for n in 0..40 {
+        let r = cluster.get(&format!("/limited/x{n}")).unwrap();
         match r.status {
             200 => allowed += 1,
             429 => assert!(r.header("retry-after").is_some(), "429 without Retry-After"),
@@ -139,103 +142,118 @@ fn rate_limit_holds_per_edge(cluster: &Cluster) {
     let per_edge = [0, 1].map(|e| stat(cluster, e, "edgewise.rate_limit.rule=.=limited;.;allowed"));
     let denied = [0, 1].map(|e| stat(cluster, e, "edgewise.rate_limit.rule=.=limited;.;denied"));
     println!("rate limit: 40 requests, {allowed} allowed; per edge allowed {per_edge:?} denied {denied:?}");
-    // Round robin across the front's workers sends each edge at least 14 of the 40, so each
-    // edge reaches its limit: exactly 10 allowed per edge.
-    assert_eq!(per_edge, [10, 10]);
-    assert_eq!(allowed, 20);
-    assert_eq!(denied[0] + denied[1], 20);
+    for e in 0..2 {
+        let seen = per_edge[e] + denied[e];
+        assert!(seen > 0, "edge {e} saw none of 40 distinct paths");
+        assert_eq!(per_edge[e], seen.min(10), "edge {e}: its own 10");
+    }
+    assert_eq!(allowed, per_edge[0] + per_edge[1]);
+    assert_eq!(denied[0] + denied[1], 40 - allowed);
 }
 
-/// Repeated GETs are served from the edges' caches: the origin sees one request per edge at
-/// most (the cache is per Envoy process), and none once both edges hold the entry.
+/// The name of the cache that answered (the first Cache-Status entry: the edge's own, as the
+/// front caches nothing) and whether it was a hit.
+fn answered_by(r: &envoy_harness::HttpResponse) -> (String, bool) {
+    let status = r.header("cache-status").unwrap_or("");
+    let name = status.split(';').next().unwrap_or("").trim().to_string();
+    (name, status.contains("; hit"))
+}
+
+/// Repeated GETs of one URL: every one goes to the same edge, which misses once and answers
+/// the rest from its cache — the origin sees one request for the whole cluster.
 fn cache_serves_repeated_gets(cluster: &Cluster) {
     let path = "/cache/article?cache_control=max-age%3D300&etag=v1&body=cached+article";
     let before = v1_requests(cluster);
     let mut hits = 0;
+    let mut edges = std::collections::BTreeSet::new();
     for _ in 0..10 {
         let r = cluster.get(path).unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.text(), "cached article");
-        if r.header("cache-status").is_some_and(|s| s.contains("hit")) {
-            hits += 1;
-        }
+        let (edge, hit) = answered_by(&r);
+        edges.insert(edge);
+        hits += usize::from(hit);
     }
     let origin = v1_requests(cluster) - before;
-    println!("cache: 10 GETs, {hits} hits, origin saw {origin}");
-    assert_eq!(
-        origin, 1,
-        "the shield cache at the front: one miss per URL for both edges"
-    );
-    assert_eq!(hits as u64, 10 - origin);
-    for _ in 0..10 {
-        let r = cluster.get(path).unwrap();
-        assert!(r.header("cache-status").is_some_and(|s| s.contains("hit")));
-    }
-    assert_eq!(
-        v1_requests(cluster) - before,
-        origin,
-        "the origin counter moved on hits"
-    );
+    println!("cache: 10 GETs, {hits} hits, origin saw {origin}, answered by {edges:?}");
+    assert_eq!(origin, 1, "one miss per URL for the whole cluster");
+    assert_eq!(hits, 9);
+    assert_eq!(edges.len(), 1, "one URL, one edge: {edges:?}");
 }
 
-/// The shield tier: a URL's first request misses at the front and at one edge (both say
-/// so in Cache-Status, origin-nearest first, RFC 9211); every later request is a front hit,
-/// whichever edge the first one went through.
-fn shield_answers_for_both_edges(cluster: &Cluster) {
+/// The sharded tier: N distinct URLs, each requested 4 times through the front, cost the
+/// origin N requests, and the edges stored N entries between them — each URL on one edge
+/// (the same for all of its requests), both edges holding a share.
+fn edges_cache_each_url_once(cluster: &Cluster) {
+    const URLS: usize = 16;
     let before = v1_requests(cluster);
-    let mut first = None;
-    for n in 0..6 {
-        let path = format!("/cache/shield-{n}?cache_control=max-age%3D300&body=shielded");
-        let miss = cluster.get(&path).unwrap();
-        let status = miss.header("cache-status").unwrap_or("").to_string();
-        assert!(
-            status.starts_with("edgewise; fwd=miss; stored, shield; fwd=miss; stored"),
-            "{status}"
-        );
-        first.get_or_insert(status);
+    let stored =
+        |cluster: &Cluster| [0, 1].map(|e| stat(cluster, e, "edgewise.response_cache.stored"));
+    let stored_before = stored(cluster);
+    let mut shares = std::collections::BTreeMap::<String, usize>::new();
+    for n in 0..URLS {
+        let path = format!("/cache/shard-{n}?cache_control=max-age%3D300&body=sharded");
+        let first = cluster.get(&path).unwrap();
+        let (owner, hit) = answered_by(&first);
+        assert!(!hit, "{path}: first request was a hit");
         for _ in 0..3 {
-            let hit = cluster.get(&path).unwrap();
-            assert!(hit
-                .header("cache-status")
-                .is_some_and(|s| s.starts_with("shield; hit")));
+            let again = cluster.get(&path).unwrap();
+            assert_eq!(answered_by(&again), (owner.clone(), true), "{path}");
         }
+        *shares.entry(owner).or_default() += 1;
     }
     let origin = v1_requests(cluster) - before;
-    let edge_misses = [0, 1].map(|e| stat(cluster, e, "edgewise.response_cache.misses"));
-    println!("shield: 6 URLs × 4 GETs, origin saw {origin}; edge cache misses {edge_misses:?}");
-    assert_eq!(origin, 6);
+    let after = stored(cluster);
+    let stored = [after[0] - stored_before[0], after[1] - stored_before[1]];
+    println!("sharded tier: {URLS} URLs × 4 GETs, origin saw {origin}; stored per edge {stored:?}; URLs per edge {shares:?}");
+    assert_eq!(origin, URLS as u64);
+    assert_eq!(
+        (stored[0] + stored[1]) as usize,
+        URLS,
+        "one entry per URL in the whole tier"
+    );
+    assert_eq!(
+        shares.keys().collect::<Vec<_>>(),
+        ["edge-1", "edge-2"],
+        "both edges hold a share"
+    );
+    assert_eq!(shares["edge-1"] as i64, stored[0]);
 }
 
-/// The front limits before its shield: a shield hit is counted (20 per user per minute,
-/// global), and carries only its own client's RateLimit fields — never those the edge
-/// gave the client whose request filled the entry.
-fn shield_hits_carry_only_their_own_rate_limit_fields(cluster: &Cluster) {
+/// Every value of a response field, in order, joined as one list.
+fn all_values(r: &envoy_harness::HttpResponse, name: &str) -> String {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The front limits before the edges' caches: a hit is counted (20 per user per minute,
+/// global), and carries only its own client's RateLimit fields — never those of the client
+/// whose request filled the entry.
+fn cache_hits_carry_only_their_own_rate_limit_fields(cluster: &Cluster) {
     let path = "/cache/rl-private?cache_control=max-age%3D300&body=shared+page";
     let fill = cluster.request("GET", path, &[("x-user", "rl-a")]).unwrap();
     assert_eq!(fill.status, 200);
-    // A client no rule applies to: a shield hit with no RateLimit fields at all.
+    assert!(all_values(&fill, "ratelimit").contains("\"front-user\";r=19;"));
+    // A client the front's rule does not apply to: a hit without the filler's front-user field.
     let anonymous = cluster.get(path).unwrap();
-    assert!(
-        anonymous
-            .header("cache-status")
-            .is_some_and(|s| s.starts_with("shield; hit")),
-        "{:?}",
-        anonymous.headers
-    );
-    for field in ["ratelimit", "ratelimit-policy", "retry-after"] {
+    assert!(answered_by(&anonymous).1, "{:?}", anonymous.headers);
+    for field in ["ratelimit", "ratelimit-policy"] {
         assert!(
-            anonymous.header(field).is_none(),
-            "a shield hit carried {field}: {:?}",
+            !all_values(&anonymous, field).contains("front-user"),
+            "a hit carried the filler's {field}: {:?}",
             anonymous.headers
         );
     }
-    // Another user: only the front's own rule, with this user's own count.
+    assert!(anonymous.header("retry-after").is_none());
+    // Another user: the front's rule with this user's own count.
     let other = cluster.request("GET", path, &[("x-user", "rl-b")]).unwrap();
-    let fields = other.header("ratelimit").unwrap_or("").to_string();
-    assert!(
-        fields.starts_with("\"front-user\";r=19;") && !fields.contains("per-client"),
-        "{fields}"
-    );
+    assert!(answered_by(&other).1);
+    let fields = all_values(&other, "ratelimit");
+    assert!(fields.contains("\"front-user\";r=19;"), "{fields}");
     // Hits count against the limit: 20 per minute, then 429 from the front.
     let statuses: Vec<u16> = (0..25)
         .map(|_| {
@@ -250,10 +268,10 @@ fn shield_hits_carry_only_their_own_rate_limit_fields(cluster: &Cluster) {
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5);
 }
 
-/// A purge by tag posted once at the control API (its own port on 127.0.0.1) reaches the
-/// shield and both edges: every tagged page goes back to the origin within 2 s (a wide,
-/// stated tolerance: each Envoy polls every 500 ms), the untagged page stays a shield hit,
-/// and every Envoy counted the purge.
+/// A purge by tag posted once at the control API (its own port on 127.0.0.1) reaches both
+/// edges: every tagged page goes back to the origin within 2 s (a wide, stated tolerance:
+/// each Envoy polls every 500 ms), the untagged page stays a hit, and every cache counted
+/// the purge — the edge that held none of the pages included.
 fn fleet_purge_reaches_every_envoy(cluster: &Cluster) {
     let tagged: Vec<String> = (0..3)
         .map(|n| {
@@ -262,16 +280,10 @@ fn fleet_purge_reaches_every_envoy(cluster: &Cluster) {
         .collect();
     let untagged =
         "/cache/fleet-other?cache_control=max-age%3D600&body=untagged&header=surrogate-key%3Aother";
-    let shield_hit = |path: &str| {
-        cluster
-            .get(path)
-            .unwrap()
-            .header("cache-status")
-            .is_some_and(|s| s.starts_with("shield; hit"))
-    };
+    let hit = |path: &str| answered_by(&cluster.get(path).unwrap()).1;
     for path in tagged.iter().map(String::as_str).chain([untagged]) {
         assert_eq!(cluster.get(path).unwrap().status, 200);
-        assert!(shield_hit(path), "{path} cached at the shield");
+        assert!(hit(path), "{path} cached at its edge");
     }
     let refused = cluster
         .control("POST", "/v1/purge", r#"{"tags":[]}"#)
@@ -282,8 +294,7 @@ fn fleet_purge_reaches_every_envoy(cluster: &Cluster) {
         .control("POST", "/v1/purge", r#"{"tags":["fleet-demo"]}"#)
         .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text());
-    // Each tagged page until a request of it reached the origin (the edge it went through
-    // missed too).
+    // Each tagged page until a request of it reached the origin.
     for path in &tagged {
         loop {
             let status = cluster
@@ -292,40 +303,29 @@ fn fleet_purge_reaches_every_envoy(cluster: &Cluster) {
                 .header("cache-status")
                 .unwrap_or("")
                 .to_string();
-            if status.starts_with("edgewise; fwd=miss") {
+            if status.contains("fwd=miss") {
                 break;
             }
             assert!(
                 posted.elapsed() < Duration::from_secs(5),
-                "{path} not purged everywhere after 5 s: {status}"
+                "{path} not purged after 5 s: {status}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
     let reached = posted.elapsed();
-    assert!(shield_hit(untagged), "the untagged page stayed cached");
-    let counted = |stats: std::collections::BTreeMap<String, i64>| {
-        stats
-            .get("edgewise.response_cache.fleet_purges")
-            .or_else(|| stats.get("wasmcustom.edgewise.response_cache.fleet_purges"))
-            .copied()
-            .unwrap_or(0)
-    };
-    // Every Envoy applies it (an edge no refetch went through included).
-    let per_envoy = loop {
-        let per_envoy = [
-            counted(cluster.front_stats().unwrap()),
-            counted(cluster.edge_stats(0).unwrap()),
-            counted(cluster.edge_stats(1).unwrap()),
-        ];
-        if per_envoy.iter().all(|n| *n >= 1) || posted.elapsed() > Duration::from_secs(5) {
-            break per_envoy;
+    assert!(hit(untagged), "the untagged page stayed cached");
+    // Every cache applies it.
+    let per_edge = loop {
+        let per_edge = [0, 1].map(|e| stat(cluster, e, "edgewise.response_cache.fleet_purges"));
+        if per_edge.iter().all(|n| *n >= 1) || posted.elapsed() > Duration::from_secs(5) {
+            break per_edge;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let everywhere = posted.elapsed();
-    println!("fleet purge: every tagged page refetched {reached:?} after the POST; applied by front and both edges within {everywhere:?} ({per_envoy:?})");
-    assert!(per_envoy.iter().all(|n| *n >= 1), "{per_envoy:?}");
+    println!("fleet purge: every tagged page refetched {reached:?} after the POST; applied by both edges within {everywhere:?} ({per_edge:?})");
+    assert!(per_edge.iter().all(|n| *n >= 1), "{per_edge:?}");
     assert!(everywhere < Duration::from_secs(2), "took {everywhere:?}");
 }
 
@@ -391,8 +391,9 @@ fn long_user_values_keep_redis_small(cluster: &Cluster) {
 fn weighted_split_counted_at_backends(cluster: &Cluster) {
     let v1_before = v1_requests(cluster);
     let v2_before = cluster.backend_requests("api-v2").unwrap();
-    for _ in 0..200 {
-        assert_eq!(cluster.get("/api/split").unwrap().status, 200);
+    // Distinct paths: the front spreads them over both edges.
+    for n in 0..200 {
+        assert_eq!(cluster.get(&format!("/api/split-{n}")).unwrap().status, 200);
     }
     let v1 = v1_requests(cluster) - v1_before;
     let v2 = cluster.backend_requests("api-v2").unwrap() - v2_before;
@@ -407,16 +408,16 @@ fn weighted_split_counted_at_backends(cluster: &Cluster) {
     assert!(a > 0 && b > 0, "both api-v1 replicas serve");
 }
 
-/// `flaky` fails every request: each edge's breaker opens after 5 consecutive failures, so
-/// exactly 10 requests reach flaky, then its counter stops while clients get the fallback.
+/// `flaky` fails every request (distinct paths, spread over both edges): each edge's breaker
+/// opens after 5 consecutive failures, so exactly 10 requests reach flaky, then its counter stops while clients get the fallback.
 fn breaker_stops_traffic_to_failing_flaky(cluster: &Cluster) {
     cluster
         .set_fault("flaky", r#"{"mode":"fail","ratio":1.0,"status":503}"#)
         .unwrap();
     let before = cluster.backend_requests("flaky").unwrap();
     let mut fallbacks = 0;
-    for _ in 0..40 {
-        let r = cluster.get("/flaky/x").unwrap();
+    for n in 0..40 {
+        let r = cluster.get(&format!("/flaky/x{n}")).unwrap();
         assert_eq!(r.status, 503);
         if r.header("x-edgewise-circuit").is_some() {
             fallbacks += 1;
@@ -429,8 +430,8 @@ fn breaker_stops_traffic_to_failing_flaky(cluster: &Cluster) {
         "5 consecutive failures per edge open each breaker"
     );
     assert_eq!(fallbacks, 30);
-    for _ in 0..40 {
-        cluster.get("/flaky/x").unwrap();
+    for n in 40..80 {
+        cluster.get(&format!("/flaky/x{n}")).unwrap();
     }
     assert_eq!(
         cluster.backend_requests("flaky").unwrap() - before,
@@ -604,8 +605,8 @@ fn canary_stop_fails_over_and_start_returns(cluster: &Cluster) {
     let started = Instant::now();
     let mut errors = 0;
     let mut served = 0;
-    for _ in 0..300 {
-        let r = cluster.get("/api/failover").unwrap();
+    for n in 0..300 {
+        let r = cluster.get(&format!("/api/failover-{n}")).unwrap();
         if r.status == 200 {
             served += 1;
         } else {
@@ -643,7 +644,9 @@ fn canary_stop_fails_over_and_start_returns(cluster: &Cluster) {
             back.elapsed() < Duration::from_secs(60),
             "traffic did not return to api-v2"
         );
-        cluster.get("/api/return").unwrap();
+        cluster
+            .get(&format!("/api/return-{}", back.elapsed().as_millis()))
+            .unwrap();
         std::thread::sleep(Duration::from_millis(20));
     }
     println!(
@@ -838,6 +841,83 @@ fn canary_pause_costs_at_most_the_bulkheads(cluster: &Cluster) {
     assert_eq!(later_errors, 0, "none after the hung requests timed out");
 }
 
+/// The front's view of its edges: how many are healthy (in the ring).
+fn healthy_edges(cluster: &Cluster) -> i64 {
+    cluster
+        .front_stats()
+        .unwrap()
+        .get("cluster.edges.membership_healthy")
+        .copied()
+        .unwrap_or(-1)
+}
+
+/// Waits until the front's health checks count `n` healthy edges.
+fn wait_healthy_edges(cluster: &Cluster, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while healthy_edges(cluster) != n {
+        assert!(
+            Instant::now() < deadline,
+            "the front never saw {n} healthy edges"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `docker stop edge-2`: once the front's health check takes it out of the ring, only its
+/// URLs move — to edge-1, which misses each once (the origin sees each moved URL once) — and
+/// edge-1's own URLs stay hits. `docker start edge-2`: its URLs come back to it (an empty
+/// cache: the entries lived in the stopped process, so the origin sees each once more) while
+/// edge-1 keeps answering its own from cache.
+fn stopping_an_edge_moves_only_its_urls(cluster: &Cluster) {
+    let paths: Vec<String> = (0..16)
+        .map(|n| format!("/cache/move-{n}?cache_control=max-age%3D600&body=moving"))
+        .collect();
+    let owner: Vec<String> = paths
+        .iter()
+        .map(|p| answered_by(&cluster.get(p).unwrap()).0)
+        .collect();
+    let moved: Vec<usize> = (0..paths.len()).filter(|i| owner[*i] == "edge-2").collect();
+    assert!(
+        !moved.is_empty() && moved.len() < paths.len(),
+        "both edges own some of 16 URLs: {owner:?}"
+    );
+    cluster.docker("stop", "edge-2").unwrap();
+    wait_healthy_edges(cluster, 1);
+    let before = v1_requests(cluster);
+    for (i, path) in paths.iter().enumerate() {
+        let first = answered_by(&cluster.get(path).unwrap());
+        let second = answered_by(&cluster.get(path).unwrap());
+        let expected_first = ("edge-1".to_string(), owner[i] == "edge-1");
+        assert_eq!(first, expected_first, "{path} (owned by {})", owner[i]);
+        assert_eq!(second, ("edge-1".to_string(), true), "{path}");
+    }
+    let refetched = v1_requests(cluster) - before;
+    println!(
+        "edge-2 stopped: {} of {} URLs moved to edge-1, origin saw {refetched}",
+        moved.len(),
+        paths.len()
+    );
+    assert_eq!(refetched, moved.len() as u64, "each moved URL once");
+
+    cluster.docker("start", "edge-2").unwrap();
+    cluster
+        .wait_service_healthy("edge-2", Duration::from_secs(60))
+        .unwrap();
+    wait_healthy_edges(cluster, 2);
+    let before = v1_requests(cluster);
+    for (i, path) in paths.iter().enumerate() {
+        let (edge, hit) = answered_by(&cluster.get(path).unwrap());
+        assert_eq!(edge, owner[i], "{path} back on its edge");
+        assert_eq!(hit, owner[i] == "edge-1", "{path}");
+    }
+    let refetched = v1_requests(cluster) - before;
+    println!(
+        "edge-2 back: its {} URLs returned to it, origin saw {refetched}",
+        moved.len()
+    );
+    assert_eq!(refetched, moved.len() as u64);
+}
+
 /// `docker restart edge-1` while a client keeps sending: the front's health checks and retries
 /// (connect failure, reset; another edge) keep every request served. Tolerance: 1% errors.
 fn edge_restart_keeps_front_serving(cluster: &Cluster) {
@@ -848,8 +928,13 @@ fn edge_restart_keeps_front_serving(cluster: &Cluster) {
         let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
         std::thread::spawn(move || {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], front));
-            while !stop.load(Ordering::SeqCst) {
-                match envoy_harness::http_request(addr, "GET", "/api/restart", &[], b"") {
+            for n in 0.. {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                // Distinct paths: spread over both edges by the front's hash.
+                let path = format!("/api/restart-{n}");
+                match envoy_harness::http_request(addr, "GET", &path, &[], b"") {
                     Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
                     _ => failed.fetch_add(1, Ordering::SeqCst),
                 };

@@ -89,7 +89,7 @@ fn last_line(headers: &Headers, name: &str) -> String {
         .iter()
         .filter(|(k, _)| k == name)
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        .last()
+        .next_back()
         .unwrap_or_else(|| "-".into())
 }
 

@@ -635,6 +635,68 @@ fn a_stale_entry_is_revalidated_and_a_304_serves_the_stored_body() {
     assert_eq!(hit.response().unwrap().body, b"stored body");
 }
 
+/// RFC 9111 §4.3.4 with §3.4: a Range request revalidating a stale 200 meets an origin that
+/// answers with a 206 of the same representation (same strong ETag): the 206 reaches the
+/// client unchanged, and the stored 200 is freshened from its fields — later GETs, on any
+/// worker, are hits with the new fields and the stored body.
+#[test]
+fn a_206_of_the_same_representation_freshens_the_stored_200() {
+    let world = World::new();
+    let vms = start(&world, "{}", 2);
+    let resp = &[
+        ("cache-control", "max-age=10"),
+        ("content-type", "text/plain"),
+        ("etag", "\"v1\""),
+        ("x-version", "1"),
+    ];
+    exchange(&vms[0], "/doc", &[], resp, b"0123456789");
+    world.advance(Duration::from_secs(11)).unwrap();
+    let mut s = get(&vms[1], "GET", "/doc", &[("range", "bytes=0-1")]);
+    let upstream = s.upstream_request().expect("stale: goes to the origin");
+    assert_eq!(upstream.headers.get("range").as_deref(), Some("bytes=0-1"));
+    assert_eq!(
+        upstream.headers.get("if-none-match").as_deref(),
+        Some("\"v1\"")
+    );
+    s.respond(
+        206,
+        &[
+            ("cache-control", "max-age=600"),
+            ("etag", "\"v1\""),
+            ("x-version", "2"),
+            ("content-range", "bytes 0-1/10"),
+        ],
+        b"01",
+    );
+    let r = s.response().expect("answered");
+    assert_eq!(r.status(), Some(206));
+    assert_eq!(r.body, b"01");
+    let mut hit = get(&vms[0], "GET", "/doc", &[]);
+    assert!(hit.upstream_request().is_none(), "freshened: a hit");
+    assert_eq!(hit.response().unwrap().body, b"0123456789");
+    assert_eq!(header(&hit, "x-version").as_deref(), Some("2"));
+    assert_eq!(header(&hit, "content-range"), None);
+    // A 206 of another representation leaves the (stale) entry as it was.
+    world.advance(Duration::from_secs(601)).unwrap();
+    let mut s = get(&vms[1], "GET", "/doc", &[("range", "bytes=0-1")]);
+    assert!(s.upstream_request().is_some());
+    s.respond(
+        206,
+        &[
+            ("cache-control", "max-age=600"),
+            ("etag", "\"v2\""),
+            ("content-range", "bytes 0-1/10"),
+        ],
+        b"ab",
+    );
+    assert_eq!(s.response().unwrap().status(), Some(206));
+    let mut stale = get(&vms[0], "GET", "/doc", &[]);
+    assert!(
+        stale.upstream_request().is_some(),
+        "still stale: revalidated"
+    );
+}
+
 const SWR: &[(&str, &str)] = &[
     ("cache-control", "max-age=10, stale-while-revalidate=60"),
     ("content-type", "text/html"),

@@ -92,7 +92,7 @@ pub fn demo() -> Result<()> {
             demo_rate_limit,
         ),
         (
-            "response caching: repeated GETs answered by the edges",
+            "response caching: the edges as one sharded tier, each URL cached on one edge",
             demo_cache,
         ),
         (
@@ -127,8 +127,8 @@ fn v1(cluster: &Cluster) -> Result<u64> {
 
 fn demo_rate_limit(cluster: &Cluster) -> Result<()> {
     let (mut allowed, mut denied, mut retry) = (0, 0, String::new());
-    for _ in 0..30 {
-        let r = cluster.get("/limited/demo")?;
+    for n in 0..30 {
+        let r = cluster.get(&format!("/limited/demo-{n}"))?;
         if r.status == 429 {
             denied += 1;
             retry = r.header("retry-after").unwrap_or("-").to_string();
@@ -138,11 +138,11 @@ fn demo_rate_limit(cluster: &Cluster) -> Result<()> {
     }
     println!("  /limited/: 30 requests, {allowed} allowed, {denied} denied with 429 (Retry-After: {retry} s)");
     println!(
-        "  each edge allows 10 on its own (local limits are per Envoy), so the front lets 2 × 10 through"
+        "  30 distinct paths, spread over both edges by the front; each edge allows 10 on its own (local limits are per Envoy): 2 × 10"
     );
     let (mut allowed, mut denied) = (0, 0);
-    for _ in 0..30 {
-        if cluster.get("/global/demo")?.status == 429 {
+    for n in 0..30 {
+        if cluster.get(&format!("/global/demo-{n}"))?.status == 429 {
             denied += 1;
         } else {
             allowed += 1;
@@ -154,18 +154,24 @@ fn demo_rate_limit(cluster: &Cluster) -> Result<()> {
 }
 
 fn demo_cache(cluster: &Cluster) -> Result<()> {
-    let path = "/cache/demo?cache_control=max-age%3D120&body=hello+from+the+origin";
     let before = v1(cluster)?;
-    for n in 1..=6 {
-        let r = cluster.get(path)?;
-        println!(
-            "  GET #{n}: {}  Cache-Status: {:<40} origin requests so far: {}",
-            r.status,
-            r.header("cache-status").unwrap_or("-"),
-            v1(cluster)? - before
-        );
+    for page in ["home", "about", "pricing", "blog"] {
+        let path = format!("/cache/{page}?cache_control=max-age%3D120&body=hello+from+the+origin");
+        let statuses = (0..3)
+            .map(|_| {
+                Ok(cluster
+                    .get(&path)?
+                    .header("cache-status")
+                    .unwrap_or("-")
+                    .to_string())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        println!("  /cache/{page:<8} × 3: {}", statuses.join("  |  "));
     }
-    println!("  one miss per edge (each edge has its own cache); every other request is a HIT");
+    println!(
+        "  origin requests: {} for 4 pages × 3 GETs — the front hashes each URL to one edge, so each page is cached once in the cluster",
+        v1(cluster)? - before
+    );
     Ok(())
 }
 
@@ -208,9 +214,7 @@ fn demo_purge(cluster: &Cluster) -> Result<()> {
             status(n)?
         );
     }
-    println!(
-        "  the product-1 pages missed on every Envoy (shield and edges), the others stayed hits"
-    );
+    println!("  the product-1 pages missed on whichever edge holds them, the others stayed hits");
     let r = cluster.control("POST", "/v1/purge", r#"{"tags":["product-2"],"soft":true}"#)?;
     println!("  soft purge of product-2 -> {}", r.status);
     std::thread::sleep(Duration::from_millis(1_200));
@@ -221,8 +225,8 @@ fn demo_purge(cluster: &Cluster) -> Result<()> {
 
 fn demo_split(cluster: &Cluster) -> Result<()> {
     let (v1_before, v2_before) = (v1(cluster)?, cluster.backend_requests("api-v2")?);
-    for _ in 0..200 {
-        cluster.get("/api/demo")?;
+    for n in 0..200 {
+        cluster.get(&format!("/api/demo-{n}"))?;
     }
     println!(
         "  200 requests: api-v1 (2 replicas) counted {}, api-v2 counted {}",
@@ -241,9 +245,9 @@ fn demo_breaker(cluster: &Cluster) -> Result<()> {
     cluster.set_fault("flaky", r#"{"mode":"fail","ratio":1.0,"status":503}"#)?;
     let before = cluster.backend_requests("flaky")?;
     let mut fallbacks = 0;
-    for _ in 0..30 {
+    for n in 0..30 {
         if cluster
-            .get("/flaky/demo")?
+            .get(&format!("/flaky/demo-{n}"))?
             .header("x-edgewise-circuit")
             .is_some()
         {
@@ -258,8 +262,11 @@ fn demo_breaker(cluster: &Cluster) -> Result<()> {
     println!("  flaky healed; the breakers stay open 10 s, then a probe closes each");
     let started = Instant::now();
     let mut closed = [false, false];
-    while !closed.iter().all(|c| *c) && started.elapsed() < Duration::from_secs(40) {
-        cluster.get("/flaky/demo")?;
+    for n in 0.. {
+        if closed.iter().all(|c| *c) || started.elapsed() > Duration::from_secs(40) {
+            break;
+        }
+        cluster.get(&format!("/flaky/heal-{n}"))?;
         for (edge, done) in closed.iter_mut().enumerate() {
             let stats = cluster.edge_stats(edge)?;
             *done = stats
@@ -280,8 +287,8 @@ fn demo_failover(cluster: &Cluster) -> Result<()> {
     cluster.docker("stop", "api-v2")?;
     println!("  docker stop api-v2");
     let (mut ok, mut failed) = (0, 0);
-    for _ in 0..300 {
-        if cluster.get("/api/demo")?.status == 200 {
+    for n in 0..300 {
+        if cluster.get(&format!("/api/stop-{n}"))?.status == 200 {
             ok += 1;
         } else {
             failed += 1;
@@ -293,11 +300,14 @@ fn demo_failover(cluster: &Cluster) -> Result<()> {
     println!("  docker start api-v2; waiting for a probe to close the breakers");
     let before = cluster.backend_requests("api-v2")?;
     let started = Instant::now();
-    while cluster.backend_requests("api-v2")? == before {
+    for n in 0.. {
+        if cluster.backend_requests("api-v2")? != before {
+            break;
+        }
         if started.elapsed() > Duration::from_secs(60) {
             bail!("traffic did not return to api-v2");
         }
-        cluster.get("/api/demo")?;
+        cluster.get(&format!("/api/back-{n}"))?;
         std::thread::sleep(Duration::from_millis(50));
     }
     println!(

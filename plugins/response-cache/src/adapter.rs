@@ -19,9 +19,9 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 use crate::cache::PurgeKind;
 use crate::cache::{
-    self, decide, entry_for, invalidated_keys, invalidates, on_request, refresh_outcome,
-    refresh_request, revalidated, storable, FallbackWhen, Pending, Refreshed, RequestDecision,
-    Revalidated,
+    self, decide, entry_for, freshened_by_partial, invalidated_keys, invalidates, on_request,
+    refresh_outcome, refresh_request, revalidated, storable, FallbackWhen, Pending, Refreshed,
+    RequestDecision, Revalidated,
 };
 use crate::coalesce::{self, Fill};
 use crate::config::Config;
@@ -1010,6 +1010,16 @@ impl HttpContext for CacheStream {
                 // Waiting requests look again now (served, or sent on if it was dropped).
                 self.end_fill(false);
                 return self.reply(status, headers, &body);
+            }
+        }
+        // RFC 9111 §4.3.4: our revalidation of a stored 200 came back as a 206 of the same
+        // representation: the entry is freshened from its fields; the 206 goes on as it is.
+        if status == 206 {
+            if let Some(refreshed) =
+                freshened_by_partial(&shared.config, &pending, &headers, now_seconds())
+            {
+                shared.metrics.revalidated.increment(1);
+                store_entry(&shared, pending.key_hash, refreshed);
             }
         }
         // RFC 5861 §4: an origin error (or Envoy's own, e.g. connect failure) with a stale entry

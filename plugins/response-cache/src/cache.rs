@@ -783,6 +783,66 @@ pub fn revalidated(
     })
 }
 
+/// The strong entity tag of a header list, when it has one (RFC 9110 §8.8.3: not `W/`).
+fn strong_etag(headers: &[(String, Vec<u8>)]) -> Option<&[u8]> {
+    let (_, value) = headers.iter().find(|(k, _)| k == "etag")?;
+    let value = value.trim_ascii();
+    (value.len() >= 2 && value.starts_with(b"\"") && value.ends_with(b"\"")).then_some(value)
+}
+
+/// RFC 9111 §4.3.4 with §3.4: our revalidation of a stored 200 came back as a 206 (a Range
+/// request; the origin sent part of the representation instead of a 304). When its strong
+/// validator is the stored one's (strong comparison, RFC 9110 §8.8.3.2), it describes the
+/// same representation, so the stored header fields are updated from it — freshness
+/// included — except the fields that describe this part (`Content-Range`, its
+/// `Content-Length`, a multipart `Content-Type`) and, as for a 304, fields personal to the
+/// client. The 206 itself goes to the client unchanged. None when this was no revalidation
+/// of a stored 200, the validators differ (another representation: the stale entry stays as
+/// it was), or the updated entry would not be storable.
+pub fn freshened_by_partial(
+    config: &Config,
+    pending: &Pending,
+    partial_headers: &[(String, Vec<u8>)],
+    now: i64,
+) -> Option<Entry> {
+    let stored = pending.revalidating.as_deref()?;
+    if stored.status != 200 || strong_etag(partial_headers)? != strong_etag(&stored.headers)? {
+        return None;
+    }
+    let multipart = partial_headers.iter().any(|(k, v)| {
+        k == "content-type" && v.trim_ascii_start().starts_with(b"multipart/byteranges")
+    });
+    let nominated = connection_nominated(partial_headers);
+    let update: Vec<(String, Vec<u8>)> = partial_headers
+        .iter()
+        .filter(|(k, _)| !k.starts_with(':') && !NOT_STORED.contains(&k.as_str()))
+        .filter(|(k, _)| !nominated.iter().any(|n| n == k))
+        .filter(|(k, _)| k != "set-cookie" || config.cache_set_cookie)
+        .filter(|(k, _)| k != "content-type" || !multipart)
+        .cloned()
+        .collect();
+    let refreshed = Entry {
+        headers: refresh_headers(&stored.headers, &update),
+        request_time: pending.request_time,
+        response_time: now,
+        purge_seq: pending.purge_seq,
+        ..stored.clone()
+    };
+    let vary = refreshed
+        .headers
+        .iter()
+        .find(|(k, _)| k == "vary")
+        .map(|(_, v)| v.as_slice());
+    let same_variant = vary_fields(vary).is_some_and(|fields| fields == stored.vary_fields);
+    let check = Pending {
+        method: b"GET".to_vec(),
+        outcome: Outcome::Stale,
+        ..pending.clone()
+    };
+    (same_variant && storable(config, &check, refreshed.status, &refreshed.headers).is_ok())
+        .then_some(refreshed)
+}
+
 /// Request header fields a background refresh does not copy from the client's request:
 /// hop-by-hop and framing (RFC 9110 §7.6.1), the client's own conditionals and cache
 /// directives (the refresh asks for the entry, not for what this client wanted), its id.
@@ -1752,6 +1812,82 @@ mod tests {
             on_request(&config, &store, &mut request(&[]), 1030),
             RequestDecision::Serve { status: 200, .. }
         ));
+    }
+
+    /// RFC 9111 §4.3.4 with §3.4: a Range request revalidating a stale 200 gets a 206 of the
+    /// same representation (strong ETag equal): the entry's fields and freshness are updated
+    /// from it, its body kept, the part's own fields not taken; another ETag, a weak one or a
+    /// 206 that makes the entry unstorable leave the entry alone.
+    #[test]
+    fn a_partial_answer_to_our_revalidation_freshens_the_stored_200() {
+        let config = Config::from_json(b"{}").unwrap();
+        let store = MemoryStore::default();
+        let response = [
+            ("cache-control", "max-age=10"),
+            ("etag", "\"v1\""),
+            ("content-type", "text/plain"),
+            ("a", "1"),
+            ("b", "1"),
+        ];
+        let pending = stale_decision(&config, &store, &response, 1020, &[("range", "bytes=0-1")]);
+        assert!(
+            pending.revalidating.is_some(),
+            "a Range request revalidates"
+        );
+        let partial = |etag: &str, extra: &[(&str, &str)]| {
+            let mut fields = vec![
+                (":status", "206"),
+                ("cache-control", "max-age=600"),
+                ("etag", etag),
+                ("a", "2"),
+                ("content-range", "bytes 0-1/4"),
+                ("content-length", "2"),
+            ];
+            fields.extend_from_slice(extra);
+            pairs(&fields)
+        };
+        let refreshed = freshened_by_partial(&config, &pending, &partial("\"v1\"", &[]), 1021)
+            .expect("the same representation freshens the entry");
+        assert_eq!(refreshed.status, 200);
+        assert_eq!(refreshed.body, b"body");
+        assert_eq!(refreshed.header("a").unwrap(), b"2", "updated from the 206");
+        assert_eq!(
+            refreshed.header("b").unwrap(),
+            b"1",
+            "kept from the stored 200"
+        );
+        assert_eq!(refreshed.header("cache-control").unwrap(), b"max-age=600");
+        assert!(refreshed.header("content-range").is_none());
+        assert_eq!(refreshed.response_time, 1021);
+        // A multipart 206's Content-Type describes the parts, not the representation.
+        let multipart = partial(
+            "\"v1\"",
+            &[("content-type", "multipart/byteranges; boundary=x")],
+        );
+        let refreshed = freshened_by_partial(&config, &pending, &multipart, 1021).unwrap();
+        assert_eq!(refreshed.header("content-type").unwrap(), b"text/plain");
+        // Another or a weak validator: not the stored representation.
+        for etag in ["\"v2\"", "W/\"v1\""] {
+            assert_eq!(
+                freshened_by_partial(&config, &pending, &partial(etag, &[]), 1021),
+                None
+            );
+        }
+        // A 206 that says private makes the refreshed entry unstorable: left alone.
+        let private = partial("\"v1\"", &[("cache-control", "private")]);
+        assert_eq!(
+            freshened_by_partial(&config, &pending, &private, 1021),
+            None
+        );
+        // Not a revalidation of ours (no stored entry): nothing to freshen.
+        let plain = Pending {
+            revalidating: None,
+            ..pending.clone()
+        };
+        assert_eq!(
+            freshened_by_partial(&config, &plain, &partial("\"v1\"", &[]), 1021),
+            None
+        );
     }
 
     /// RFC 9111 §4.4: a POST's success invalidates its target and same-origin Location /
