@@ -225,6 +225,46 @@ fn shadow_mode_passes_everything_with_headers_and_counts() {
     );
 }
 
+/// A rule's own dry run (`mode: "shadow"` on the rule) next to an enforcing rule, across
+/// two workers: the dry-run rule never denies and never shows in RateLimit fields, its
+/// would-be denials are counted; the enforcing rule still denies with 429. `exempt` by the
+/// client's range (trusted X-Forwarded-For) spares the office from both.
+#[test]
+fn a_rule_in_a_dry_run_counts_while_another_enforces() {
+    let world = World::new();
+    let vms = start(
+        &world,
+        r#"{"client_ip":{"from":"x-forwarded-for","trusted_hops":1},"rules":[
+            {"name":"trial","limit":1,"window":"1m","mode":"shadow","exempt":{"client_cidrs":["10.0.0.0/8"]}},
+            {"name":"real","limit":3,"window":"1m","exempt":{"client_cidrs":["10.0.0.0/8"]}}]}"#,
+        2,
+    );
+    let statuses: Vec<u16> = (0..5)
+        .map(|i| {
+            let stream = send(&vms[i % 2], "/", &[("x-forwarded-for", "203.0.113.9")]);
+            let fields = stream
+                .response()
+                .unwrap()
+                .header("ratelimit")
+                .unwrap_or_default();
+            assert!(!fields.contains("trial"), "{fields}");
+            status(&stream)
+        })
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let metric = |name: &str| world.metric(&format!("edgewise.rate_limit.rule=.=trial;.;{name}"));
+    assert_eq!(metric("allowed"), Some(1));
+    assert_eq!(metric("shadow_denied"), Some(4));
+    assert_eq!(metric("denied"), Some(0));
+    // The office: neither rule applies.
+    for i in 0..5 {
+        let stream = send(&vms[i % 2], "/", &[("x-forwarded-for", "10.1.1.1")]);
+        assert_eq!(status(&stream), 200);
+        assert!(stream.response().unwrap().header("ratelimit").is_none());
+    }
+    assert_eq!(metric("shadow_denied"), Some(4));
+}
+
 #[test]
 fn composite_keys_and_match_conditions() {
     let world = World::new();

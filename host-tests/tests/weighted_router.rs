@@ -144,6 +144,51 @@ fn sticky_users_stay_put_as_the_canary_grows() {
     assert!(route(&vms[0], "/", &[]).1.is_some());
 }
 
+/// The shared `match` grammar on routes: `client_cidrs` against the peer address (the
+/// office network goes to the canary), `not` and `any`.
+#[test]
+fn routes_match_client_ranges_negation_and_alternatives() {
+    let world = World::new();
+    let config = r#"{"routes":[
+        {"name":"office","match":{"client_cidrs":["10.0.0.0/8","2001:db8::/32"],"not":{"path_prefix":"/admin/"}},
+         "targets":[{"cluster":"canary","weight":1}]},
+        {"name":"writes","match":{"any":[{"methods":["POST"]},{"methods":["PUT"]}]},
+         "targets":[{"cluster":"writer","weight":1}]},
+        {"name":"rest","targets":[{"cluster":"stable","weight":1}]}]}"#;
+    let vms = start(&world, config, 1);
+    let from = |peer: &str, method: &str, path: &str| {
+        let mut s = vms[0].stream().with_source_address(peer);
+        let mut h = request(path, &[]);
+        h.replace(":method", method);
+        assert_eq!(s.send_request_headers(h, true), Action::Continue);
+        s.upstream_request().unwrap().header("x-route-cluster")
+    };
+    assert_eq!(
+        from("10.2.3.4:5000", "GET", "/x").as_deref(),
+        Some("canary")
+    );
+    assert_eq!(
+        from("[2001:db8::9]:443", "GET", "/x").as_deref(),
+        Some("canary")
+    );
+    assert_eq!(
+        from("10.2.3.4:5000", "GET", "/admin/x").as_deref(),
+        Some("stable")
+    );
+    assert_eq!(
+        from("10.2.3.4:5000", "PUT", "/admin/x").as_deref(),
+        Some("writer")
+    );
+    assert_eq!(
+        from("203.0.113.1:5000", "POST", "/x").as_deref(),
+        Some("writer")
+    );
+    assert_eq!(
+        from("203.0.113.1:5000", "GET", "/x").as_deref(),
+        Some("stable")
+    );
+}
+
 #[test]
 fn overrides_pin_testers_to_the_canary() {
     let world = World::new();

@@ -171,7 +171,7 @@ fn deny_or_go_on(
     statuses: &[RuleStatus],
     retry_after_ns: u64,
 ) {
-    let shadow = shared.config.mode == Mode::Shadow;
+    let shadow = shared.config.shadowed(rule);
     if let Some(m) = shared.metrics.get(rule) {
         if shadow {
             m.shadow_denied.increment(1);
@@ -326,7 +326,7 @@ impl RateLimitStream {
             global::remembered_denial(&shared.store, &calls, now)
         {
             self.statuses.push(status);
-            if shared.config.mode == Mode::Shadow {
+            if shared.config.shadowed(rule) {
                 shared.metrics[rule].shadow_denied.increment(1);
                 return Action::Continue;
             }
@@ -366,10 +366,11 @@ impl RateLimitStream {
                         shared.metrics[*rule].errors.increment(1);
                     }
                     if let Some(rule) = global::failure(&shared.config, &call) {
-                        shared.metrics[rule].denied.increment(1);
-                        if shared.config.mode == Mode::Shadow {
+                        if shared.config.shadowed(rule) {
+                            shared.metrics[rule].shadow_denied.increment(1);
                             continue;
                         }
+                        shared.metrics[rule].denied.increment(1);
                         self.replied = true;
                         if send_deny(shared, &self.statuses, 1_000_000_000) {
                             return Action::Pause;
@@ -420,10 +421,10 @@ impl Context for RateLimitStream {
         for rule in failed {
             shared.metrics[rule].errors.increment(1);
         }
-        if shared.config.mode != Mode::Shadow
-            && matches!(next, Next::Deny { .. } | Next::DenyUnavailable { .. })
-        {
-            self.replied = true;
+        if let Next::Deny { rule, .. } | Next::DenyUnavailable { rule } = next {
+            if !shared.config.shadowed(rule) {
+                self.replied = true;
+            }
         }
         let statuses = wait.borrow().statuses.clone();
         act(&shared, self.context_id, next, &statuses);
@@ -457,6 +458,23 @@ impl HttpContext for RateLimitStream {
         let mut request = RequestHeaders::default();
         let mut peer = || edgewise_support::wasm::property(&["source", "address"]);
         let applicable = applicable_rules(config, &mut request, &mut peer);
+        // Rules in a dry run of their own are decided apart (nothing held when they would
+        // deny) and only counted; the others decide the request.
+        let (dry_run, applicable): (Vec<_>, Vec<_>) = applicable
+            .into_iter()
+            .partition(|a| config.rules[a.rule].shadow);
+        // Each on its own: one dry run's verdict never changes another's.
+        for a in &dry_run {
+            let decision = decide(config, &shared.store, std::slice::from_ref(a), now, true);
+            for rule in &decision.errors {
+                shared.metrics[*rule].errors.increment(1);
+            }
+            if matches!(decision.outcome, Outcome::Denied { .. }) {
+                shared.metrics[a.rule].shadow_denied.increment(1);
+            } else if decision.errors.is_empty() {
+                shared.metrics[a.rule].allowed.increment(1);
+            }
+        }
         if applicable.is_empty() {
             // No local rule applies: only global ones may.
             if shared.global_tick.is_some() {

@@ -40,6 +40,10 @@ pub struct RawRule {
     pub queue: Option<RawQueue>,
     pub max_keys: Option<u64>,
     pub global: Option<RawGlobal>,
+    /// Requests this `match` selects are never limited by the rule (nor counted).
+    pub exempt: Option<RawMatch>,
+    /// `"enforce"` (default) or `"shadow"`: a dry run of this rule alone.
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +159,11 @@ pub struct Rule {
     pub metric_errors: String,
     /// Some: decided by a rate limit service; the local algorithm fields are unused.
     pub global: Option<Global>,
+    /// Requests matching this are not limited by the rule (`exempt`).
+    pub exempt: Option<Matcher>,
+    /// `mode: "shadow"` on the rule: its denials are counted (`shadow_denied`) and logged,
+    /// never enforced, and it adds no rate-limit header fields.
+    pub shadow: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -265,6 +274,29 @@ fn parse_key_part(field: &str, text: &str) -> Result<KeyPart, ConfigError> {
 }
 
 fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
+    let field = format!("rules[{index}]");
+    let exempt = match &raw.exempt {
+        Some(m) => Some(Matcher::compile(&format!("{field}.exempt"), Some(m))?),
+        None => None,
+    };
+    let shadow = match raw.mode.as_deref() {
+        None | Some("enforce") => false,
+        Some("shadow") => true,
+        Some(other) => {
+            return Err(err(
+                format!("{field}.mode"),
+                format!("{other:?} is not a mode"),
+                "use \"enforce\" or \"shadow\" (a dry run of this rule)",
+            ))
+        }
+    };
+    let mut rule = compile_rule_body(index, raw)?;
+    rule.exempt = exempt;
+    rule.shadow = shadow;
+    Ok(rule)
+}
+
+fn compile_rule_body(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
     let field = format!("rules[{index}]");
     if raw.name.is_empty()
         || raw.name.len() > 64
@@ -425,6 +457,8 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
         metric_queued: metric("queued"),
         metric_errors: metric("errors"),
         global: None,
+        exempt: None,
+        shadow: false,
     })
 }
 
@@ -568,10 +602,18 @@ fn compile_global_rule(
             batch,
             limit,
         }),
+        exempt: None,
+        shadow: false,
     })
 }
 
 impl Config {
+    /// Whether `rule`'s denials are only counted: the filter's `mode` or the rule's is
+    /// `"shadow"`.
+    pub fn shadowed(&self, rule: usize) -> bool {
+        self.mode == Mode::Shadow || self.rules.get(rule).is_some_and(|r| r.shadow)
+    }
+
     /// Parses and validates a plugin configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         let raw: RawConfig = parse_config(bytes)?;
@@ -697,7 +739,11 @@ impl Config {
         let hash_seed = crate::key::fingerprint(0x5eed, seed_source);
         let hash_seed_configured = raw.hash_seed.is_some();
         let reads_forwarded_for = matches!(client_ip, ClientIpSource::ForwardedFor { .. })
-            && rules.iter().any(|r| r.key.contains(&KeyPart::ClientIp));
+            && rules.iter().any(|r| {
+                r.key.contains(&KeyPart::ClientIp)
+                    || r.matcher.needs_client()
+                    || r.exempt.as_ref().is_some_and(Matcher::needs_client)
+            });
         let key_prefix = edgewise_support::config::key_prefix(raw.key_prefix.as_deref())?;
         let metrics_flush = edgewise_support::config::metrics_flush(raw.metrics_flush.as_deref())?;
         let descriptor_value_max_bytes = raw

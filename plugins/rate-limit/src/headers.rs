@@ -15,6 +15,21 @@ pub fn seconds_up(ns: u64) -> u64 {
 
 /// The rate-limit headers for the matching rules (empty for style `none` or no rules).
 pub fn rate_limit_headers(config: &Config, statuses: &[RuleStatus]) -> Vec<(&'static str, String)> {
+    // Rules in a dry run (`mode: "shadow"` on the rule) stay invisible to clients.
+    let visible: Vec<RuleStatus>;
+    let statuses = if statuses
+        .iter()
+        .any(|s| config.rules.get(s.rule).is_some_and(|r| r.shadow))
+    {
+        visible = statuses
+            .iter()
+            .filter(|s| !config.rules.get(s.rule).is_some_and(|r| r.shadow))
+            .cloned()
+            .collect();
+        visible.as_slice()
+    } else {
+        statuses
+    };
     if statuses.is_empty() {
         return Vec::new();
     }

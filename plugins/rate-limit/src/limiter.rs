@@ -94,6 +94,21 @@ fn client_network(
         .map(|ip| ip_network(&ip, config.ipv4_prefix, config.ipv6_prefix))
 }
 
+/// Whether `rule` applies to the request: its `match` holds and its `exempt` does not. The
+/// client address for `client_cidrs` is the same trusted address keys use, before masking
+/// (`client`, read once per request and only if a range is configured).
+fn rule_applies(
+    rule: &crate::config::Rule,
+    request: &mut impl RequestView,
+    client: &mut dyn FnMut() -> Option<Vec<u8>>,
+) -> bool {
+    rule.matcher.matches_with(request, client)
+        && !rule
+            .exempt
+            .as_ref()
+            .is_some_and(|exempt| exempt.matches_with(request, client))
+}
+
 /// One call to a rate limit service: the global rules of one (cluster, domain) that apply
 /// to a request, with their descriptors in rule order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,9 +132,17 @@ pub fn global_calls(
     let mut calls: Vec<GlobalCall> = Vec::new();
     let forwarded = forwarded_for(config, request);
     let mut ip_cache: Option<Option<Vec<u8>>> = None;
+    let mut client_cache: Option<Option<Vec<u8>>> = None;
     for (index, rule) in config.rules.iter().enumerate() {
         let Some(global) = &rule.global else { continue };
-        if !rule.matcher.matches(request) {
+        let mut client = || {
+            client_cache
+                .get_or_insert_with(|| {
+                    client_ip(config.client_ip, peer().as_deref(), forwarded.as_deref())
+                })
+                .clone()
+        };
+        if !rule_applies(rule, request, &mut client) {
             continue;
         }
         let mut ip = || {
@@ -190,10 +213,21 @@ pub fn applicable_rules(
     peer: &mut dyn FnMut() -> Option<Vec<u8>>,
 ) -> Vec<Applicable> {
     let mut ip_cache: Option<Option<Vec<u8>>> = None;
+    let mut client_cache: Option<Option<Vec<u8>>> = None;
     let forwarded = forwarded_for(config, request);
     let mut applicable = Vec::new();
     for (index, rule) in config.rules.iter().enumerate() {
-        if rule.global.is_some() || !rule.matcher.matches(request) {
+        if rule.global.is_some() {
+            continue;
+        }
+        let mut client = || {
+            client_cache
+                .get_or_insert_with(|| {
+                    client_ip(config.client_ip, peer().as_deref(), forwarded.as_deref())
+                })
+                .clone()
+        };
+        if !rule_applies(rule, request, &mut client) {
             continue;
         }
         let mut ip = || {

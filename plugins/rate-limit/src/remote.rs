@@ -175,20 +175,29 @@ pub fn judge(config: &Config, call: &GlobalCall, answer: &Answer, now: u64) -> V
         .enumerate()
         .filter(|(_, s)| s.limited)
         .collect();
-    // OVER_LIMIT overall with no descriptor over: the service's word stands, retry in 1 s.
-    let rule = over.first().map_or(call.rules[0], |(_, s)| s.rule);
+    // The denying rule: the first over the limit that enforces (a rule in a dry run denies
+    // only when no enforcing one does: the adapter then lets the request go on). OVER_LIMIT
+    // overall with no descriptor over: the service's word stands, retry in 1 s.
+    let shadow = |rule: usize| config.rules.get(rule).is_some_and(|r| r.shadow);
+    let rule = over
+        .iter()
+        .find(|(_, s)| !shadow(s.rule))
+        .or_else(|| over.first())
+        .map_or(call.rules[0], |(_, s)| s.rule);
     let retry_after_ns = over
         .iter()
         .map(|(_, s)| s.reset_ns)
         .max()
         .unwrap_or(1_000_000_000);
+    // A dry-run rule's denial is never remembered: remembered denials are enforced.
     let remember = over
         .iter()
         .filter(|(_, s)| {
-            config.rules[s.rule]
-                .global
-                .as_ref()
-                .is_some_and(|g| g.cache_over_limit)
+            !shadow(s.rule)
+                && config.rules[s.rule]
+                    .global
+                    .as_ref()
+                    .is_some_and(|g| g.cache_over_limit)
                 && s.reset_ns >= MIN_REMEMBER_NS
         })
         .map(|(i, s)| {

@@ -297,3 +297,76 @@ fn global_descriptor_values_are_bounded() {
     assert_ne!(va, vb, "distinct users keep distinct buckets");
     assert_eq!(va, values(&a));
 }
+
+/// `exempt` and `client_cidrs` read the trusted client address (X-Forwarded-For with one
+/// trusted hop here, unmasked — the /64 keys use does not widen a /128 range), `not` and
+/// `any` compose: the office network is never limited, everyone else is.
+#[test]
+fn exempt_ranges_and_negation_select_the_limited_requests() {
+    let c = config(
+        r#"{"client_ip":{"from":"x-forwarded-for","trusted_hops":1},
+            "rules":[
+              {"name":"everyone-but-the-office","key":"client_ip","limit":1,"window":"1m",
+               "exempt":{"client_cidrs":["10.0.0.0/8","2001:db8::7"]}},
+              {"name":"writes","limit":1,"window":"1m",
+               "match":{"any":[{"methods":["POST"]},{"methods":["PUT"]}],"not":{"path_prefix":"/health"}}}
+            ]}"#,
+    );
+    let rules_for = |pairs: &[(&str, &str)]| -> Vec<usize> {
+        let mut req = request(pairs);
+        applicable_rules(&c, &mut req, &mut || Some(b"198.51.100.1:4000".to_vec()))
+            .iter()
+            .map(|a| a.rule)
+            .collect()
+    };
+    let get = |xff: &str| {
+        rules_for(&[
+            (":method", "GET"),
+            (":path", "/x"),
+            ("x-forwarded-for", xff),
+        ])
+    };
+    assert_eq!(get("10.9.8.7"), Vec::<usize>::new(), "the office is exempt");
+    assert_eq!(get("2001:db8::7"), Vec::<usize>::new());
+    assert_eq!(get("2001:db8::8"), vec![0], "a /128, not the /64 keys use");
+    assert_eq!(get("203.0.113.5"), vec![0]);
+    assert_eq!(
+        get("garbage"),
+        vec![0],
+        "no address: the peer's (not in the office)"
+    );
+    let write = |method: &str, path: &str| {
+        rules_for(&[
+            (":method", method),
+            (":path", path),
+            ("x-forwarded-for", "10.0.0.1"),
+        ])
+    };
+    assert_eq!(write("POST", "/x"), vec![1]);
+    assert_eq!(write("PUT", "/x"), vec![1]);
+    assert_eq!(write("DELETE", "/x"), Vec::<usize>::new());
+    assert_eq!(write("POST", "/health"), Vec::<usize>::new());
+}
+
+/// A rule's own `mode: "shadow"`: only counted (the adapter never enforces it), never in the
+/// client's rate-limit fields; a bad mode names the field.
+#[test]
+fn a_rule_in_a_dry_run_is_invisible_to_clients() {
+    let c = config(
+        r#"{"response_headers":"ietf","rules":[
+            {"name":"trial","limit":1,"window":"1m","mode":"shadow"},
+            {"name":"real","limit":5,"window":"1m"}]}"#,
+    );
+    assert!(c.shadowed(0) && !c.shadowed(1));
+    let store = MemoryStore::new();
+    let d = run(&c, &store, &[], T0);
+    let fields = rate_limit::headers::rate_limit_headers(&c, &d.rules);
+    let text: String = fields.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+    assert!(
+        text.contains("\"real\"") && !text.contains("\"trial\""),
+        "{text}"
+    );
+    let e = Config::from_json(br#"{"rules":[{"name":"a","limit":1,"window":"1s","mode":"dry"}]}"#)
+        .unwrap_err();
+    assert_eq!(e.field, "rules[0].mode");
+}

@@ -204,7 +204,8 @@ pub fn cookie(header: &[u8], name: &str) -> Option<Vec<u8>> {
 }
 
 /// `match` as written in configs. Every given condition must hold; an absent `match`
-/// matches every request.
+/// matches every request. `not` holds when its `match` does not, `any` when at least one of
+/// its `match`es does; they nest (at most [`MAX_MATCH_DEPTH`] deep).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
@@ -215,7 +216,15 @@ pub struct RawMatch {
     pub hosts: Option<Vec<String>>,
     /// Header name → exact value.
     pub headers: Option<BTreeMap<String, String>>,
+    /// The client address is in one of these ranges ("10.0.0.0/8", "2001:db8::/32", or one
+    /// address).
+    pub client_cidrs: Option<Vec<String>>,
+    pub not: Option<Box<RawMatch>>,
+    pub any: Option<Vec<RawMatch>>,
 }
+
+/// How deep `not` and `any` may nest.
+pub const MAX_MATCH_DEPTH: usize = 8;
 
 /// A compiled `match`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -225,13 +234,154 @@ pub struct Matcher {
     methods: Vec<Vec<u8>>,
     hosts: Vec<Vec<u8>>,
     headers: Vec<(String, Vec<u8>)>,
+    client_cidrs: Vec<Cidr>,
+    not: Option<Box<Matcher>>,
+    any: Vec<Matcher>,
+}
+
+/// One `client_cidrs` range: an address and how many leading bits of it count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// The range's leading `prefix` bits of `bits` (of `width` bits).
+    fn mask(bits: u128, prefix: u8, width: u8) -> u128 {
+        match prefix {
+            0 => 0,
+            p => bits & (u128::MAX << (width - p.min(width))),
+        }
+    }
+
+    /// Whether `addr` is in the range (IPv4 ranges hold only IPv4 addresses, and so on).
+    pub fn contains(&self, addr: &std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        match (self.addr, addr) {
+            (V4(net), V4(a)) => {
+                Self::mask(u128::from(u32::from(*a)), self.prefix, 32) == u128::from(u32::from(net))
+            }
+            (V6(net), V6(a)) => Self::mask(u128::from(*a), self.prefix, 128) == u128::from(net),
+            _ => false,
+        }
+    }
+}
+
+/// One `client_cidrs` entry: a range with no host bits set, or one address (/32, /128).
+fn parse_cidr(field: &str, text: &str) -> Result<Cidr, ConfigError> {
+    let bad = |why: String, fix: String| Err(ConfigError::new(field.to_string(), why, fix));
+    let (addr_text, prefix_text) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    let Ok(addr) = addr_text.parse::<std::net::IpAddr>() else {
+        return bad(
+            format!("{text:?} is not an address range"),
+            "write ranges like \"10.0.0.0/8\" or \"2001:db8::/32\"".into(),
+        );
+    };
+    let width: u8 = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix_text.map(|p| p.parse::<u8>()) {
+        None => width,
+        Some(Ok(p)) if p <= width => p,
+        Some(_) => {
+            return bad(
+                format!("{text:?} has no valid prefix length"),
+                format!("use a prefix length from 0 to {width}"),
+            )
+        }
+    };
+    let bits = match addr {
+        std::net::IpAddr::V4(a) => u128::from(u32::from(a)),
+        std::net::IpAddr::V6(a) => u128::from(a),
+    };
+    let masked = Cidr::mask(bits, prefix, width);
+    if masked != bits {
+        let meant: std::net::IpAddr = match addr {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::from(masked as u32).into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::from(masked).into(),
+        };
+        return bad(
+            format!("{text:?} has bits set past its prefix length"),
+            format!("did you mean \"{meant}/{prefix}\"?"),
+        );
+    }
+    Ok(Cidr { addr, prefix })
+}
+
+/// The client address as an IP, an IPv4-mapped IPv6 address as IPv4 (so "::ffff:10.1.2.3"
+/// is in 10.0.0.0/8).
+fn client_addr(text: &[u8]) -> Option<std::net::IpAddr> {
+    let addr = std::str::from_utf8(text)
+        .ok()?
+        .trim()
+        .parse::<std::net::IpAddr>()
+        .ok()?;
+    Some(match addr {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, std::net::IpAddr::V4),
+        v4 => v4,
+    })
 }
 
 impl Matcher {
     /// Validates and compiles; `field` is the config path of this `match` (for errors).
     pub fn compile(field: &str, raw: Option<&RawMatch>) -> Result<Matcher, ConfigError> {
+        Self::compile_at(field, raw, 0)
+    }
+
+    fn compile_at(
+        field: &str,
+        raw: Option<&RawMatch>,
+        depth: usize,
+    ) -> Result<Matcher, ConfigError> {
         let Some(raw) = raw else {
             return Ok(Matcher::default());
+        };
+        if depth > MAX_MATCH_DEPTH {
+            return Err(ConfigError::new(
+                field.to_string(),
+                format!("nests `not`/`any` more than {MAX_MATCH_DEPTH} deep"),
+                "flatten the match",
+            ));
+        }
+        let client_cidrs = match &raw.client_cidrs {
+            Some(list) if list.is_empty() => {
+                return Err(ConfigError::new(
+                    format!("{field}.client_cidrs"),
+                    "is an empty list, which would match nothing",
+                    "remove `client_cidrs` to match all, or list at least one range",
+                ))
+            }
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, text)| parse_cidr(&format!("{field}.client_cidrs[{i}]"), text))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        let not = match &raw.not {
+            Some(inner) => Some(Box::new(Self::compile_at(
+                &format!("{field}.not"),
+                Some(inner),
+                depth + 1,
+            )?)),
+            None => None,
+        };
+        let any = match &raw.any {
+            Some(list) if list.is_empty() => {
+                return Err(ConfigError::new(
+                    format!("{field}.any"),
+                    "is an empty list, which would match nothing",
+                    "remove `any`, or list at least one match",
+                ))
+            }
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, m)| Self::compile_at(&format!("{field}.any[{i}]"), Some(m), depth + 1))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
         };
         for (name, value) in [
             ("path_prefix", &raw.path_prefix),
@@ -303,14 +453,35 @@ impl Matcher {
                 .collect(),
             hosts: hosts.iter().map(|h| host_only(h.as_bytes())).collect(),
             headers,
+            client_cidrs,
+            not,
+            any,
         })
+    }
+
+    /// Whether any condition (here or nested) asks for the client address.
+    pub fn needs_client(&self) -> bool {
+        !self.client_cidrs.is_empty()
+            || self.not.as_ref().is_some_and(|m| m.needs_client())
+            || self.any.iter().any(Matcher::needs_client)
+    }
+
+    /// [`Matcher::matches_with`] without a client address: `client_cidrs` never hold.
+    pub fn matches(&self, request: &mut impl RequestView) -> bool {
+        self.matches_with(request, &mut || None)
     }
 
     /// True when every condition holds. Paths are compared normalised (`normalize_path`:
     /// without the query string, unreserved escapes decoded, slashes merged, dot-segments
     /// removed); methods exactly (upper case); hosts without port or trailing dot,
-    /// case-insensitively; headers by exact value of the first occurrence.
-    pub fn matches(&self, request: &mut impl RequestView) -> bool {
+    /// case-insensitively; headers by exact value of the first occurrence; `client_cidrs`
+    /// against `client()` — the filter's client address as text, asked for only when a
+    /// range is configured (no address, or not an address: no range holds).
+    pub fn matches_with(
+        &self,
+        request: &mut impl RequestView,
+        client: &mut dyn FnMut() -> Option<Vec<u8>>,
+    ) -> bool {
         if self.path_prefix.is_some() || self.path_exact.is_some() {
             let Some(path) = request.header(":path") else {
                 return false;
@@ -344,9 +515,31 @@ impl Matcher {
                 return false;
             }
         }
-        self.headers
+        if !self
+            .headers
             .iter()
             .all(|(name, value)| request.header(name).as_deref() == Some(value.as_slice()))
+        {
+            return false;
+        }
+        // The client address last: it may cost host calls.
+        if !self.client_cidrs.is_empty() {
+            let Some(addr) = client().as_deref().and_then(client_addr) else {
+                return false;
+            };
+            if !self.client_cidrs.iter().any(|net| net.contains(&addr)) {
+                return false;
+            }
+        }
+        if let Some(not) = &self.not {
+            if not.matches_with(request, client) {
+                return false;
+            }
+        }
+        if !self.any.is_empty() && !self.any.iter().any(|m| m.matches_with(request, client)) {
+            return false;
+        }
+        true
     }
 }
 
@@ -423,6 +616,125 @@ mod tests {
             serde_json::from_str::<RawMatch>(r#"{"path":"/"}"#).is_err(),
             "unknown fields are rejected"
         );
+    }
+
+    fn with_client(m: &Matcher, pairs: &[(&str, &[u8])], client: Option<&str>) -> bool {
+        let client = client.map(|c| c.as_bytes().to_vec());
+        m.matches_with(&mut request(pairs), &mut || client.clone())
+    }
+
+    /// `client_cidrs`: v4 and v6 ranges and single addresses; an IPv4-mapped IPv6 client is
+    /// its IPv4 address; no client address, or not an address: no range holds.
+    #[test]
+    fn client_ranges() {
+        let m = matcher(r#"{"client_cidrs":["10.0.0.0/8","2001:db8::/32","192.0.2.7"]}"#).unwrap();
+        assert!(m.needs_client());
+        for (client, inside) in [
+            ("10.1.2.3", true),
+            ("11.0.0.1", false),
+            ("::ffff:10.9.9.9", true),
+            ("2001:db8:1::5", true),
+            ("2001:db9::1", false),
+            ("192.0.2.7", true),
+            ("192.0.2.8", false),
+            ("not-an-ip", false),
+        ] {
+            assert_eq!(with_client(&m, &[], Some(client)), inside, "{client}");
+        }
+        assert!(!with_client(&m, &[], None));
+        assert!(
+            !m.matches(&mut request(&[])),
+            "no client known: no range holds"
+        );
+    }
+
+    /// `not` holds when its match does not; `any` when one of its matches does; nested;
+    /// "everyone except the office" reads as not + client_cidrs.
+    #[test]
+    fn negation_and_alternatives() {
+        let m = matcher(
+            r#"{"path_prefix":"/api/","not":{"client_cidrs":["10.0.0.0/8"]},
+                "any":[{"methods":["POST"]},{"headers":{"x-tier":"free"}}]}"#,
+        )
+        .unwrap();
+        let post: &[(&str, &[u8])] = &[(":path", b"/api/x"), (":method", b"POST")];
+        let free_get: &[(&str, &[u8])] = &[
+            (":path", b"/api/x"),
+            (":method", b"GET"),
+            ("x-tier", b"free"),
+        ];
+        let paid_get: &[(&str, &[u8])] = &[
+            (":path", b"/api/x"),
+            (":method", b"GET"),
+            ("x-tier", b"paid"),
+        ];
+        assert!(with_client(&m, post, Some("203.0.113.1")));
+        assert!(with_client(&m, free_get, Some("203.0.113.1")));
+        assert!(
+            !with_client(&m, paid_get, Some("203.0.113.1")),
+            "none of `any`"
+        );
+        assert!(
+            !with_client(&m, post, Some("10.0.0.1")),
+            "the office is exempt"
+        );
+        // Not asked for the client unless a range is configured.
+        let plain = matcher(r#"{"not":{"methods":["GET"]}}"#).unwrap();
+        assert!(!plain.needs_client());
+        let mut asked = false;
+        assert!(
+            plain.matches_with(&mut request(&[(":method", b"POST")]), &mut || {
+                asked = true;
+                None
+            })
+        );
+        assert!(!asked);
+    }
+
+    #[test]
+    fn bad_ranges_and_nesting_name_the_field() {
+        let e = matcher(r#"{"client_cidrs":["10.1.2.3/8"]}"#).unwrap_err();
+        assert_eq!(e.field, "rules[0].match.client_cidrs[0]");
+        assert!(e.to_string().contains("10.0.0.0/8"), "{e}");
+        assert_eq!(
+            matcher(r#"{"client_cidrs":["ten/8"]}"#).unwrap_err().field,
+            "rules[0].match.client_cidrs[0]"
+        );
+        assert_eq!(
+            matcher(r#"{"client_cidrs":[]}"#).unwrap_err().field,
+            "rules[0].match.client_cidrs"
+        );
+        assert_eq!(
+            matcher(r#"{"any":[]}"#).unwrap_err().field,
+            "rules[0].match.any"
+        );
+        assert_eq!(
+            matcher(r#"{"any":[{"not":{"path_prefix":"x"}}]}"#)
+                .unwrap_err()
+                .field,
+            "rules[0].match.any[0].not.path_prefix"
+        );
+        let deep = (0..=MAX_MATCH_DEPTH).fold(String::from("{}"), |inner, _| {
+            format!(r#"{{"not":{inner}}}"#)
+        });
+        assert!(matcher(&deep).is_err(), "nested past the bound");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// `not` inverts: for any request and client, {"not": m} holds exactly when m does not.
+        #[test]
+        fn not_inverts(
+            path in "/[a-z]{0,3}/?[a-z]{0,2}",
+            method in proptest::sample::select(vec!["GET", "POST", "PUT"]),
+            client in proptest::sample::select(vec!["10.0.0.1", "10.200.0.1", "192.0.2.1", "::ffff:10.0.0.9", "2001:db8::1", "x"]),
+        ) {
+            let inner = r#"{"path_prefix":"/a","methods":["GET"],"client_cidrs":["10.0.0.0/9","2001:db8::/48"]}"#;
+            let m = matcher(inner).unwrap();
+            let n = matcher(&format!(r#"{{"not":{inner}}}"#)).unwrap();
+            let pairs: &[(&str, &[u8])] = &[(":path", path.as_bytes()), (":method", method.as_bytes())];
+            proptest::prop_assert_eq!(with_client(&n, pairs, Some(client)), !with_client(&m, pairs, Some(client)));
+        }
     }
 
     #[test]

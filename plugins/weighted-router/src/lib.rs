@@ -46,7 +46,7 @@ pub type LeastPicker<'a> = &'a mut dyn FnMut(&Route, &dyn Fn(usize) -> bool) -> 
 
 /// What selection needs from the host, supplied by the adapter (or a test).
 pub struct Env<'a> {
-    /// The peer IP (for hash_on client_ip).
+    /// The peer IP (for hash_on client_ip and routes' match.client_cidrs).
     pub client_ip: &'a mut dyn FnMut() -> Option<Vec<u8>>,
     /// The next round-robin position for a route (per-worker counter, or shared cursor).
     pub cursor: &'a mut dyn FnMut(&Route) -> u64,
@@ -82,7 +82,7 @@ pub fn select(
         .routes
         .iter()
         .enumerate()
-        .find(|(_, r)| r.matcher.matches(request))?;
+        .find(|(_, r)| r.matcher.matches_with(request, &mut *env.client_ip))?;
     for o in &route.overrides {
         if override_matches(&o.source, &o.equals, request) {
             let target = route.targets.iter().position(|t| t.cluster == o.cluster);
