@@ -10,11 +10,10 @@ use anyhow::{Context, Result};
 use wasm_encoder::{ExportKind, ExportSection, Module, RawSection};
 use wasmparser::{ExternalKind, Parser, Payload};
 
-/// Callbacks no Edgewise filter implements: trailers (none of them reads trailers), the
-/// access-log phase, TCP-level events, queues and foreign functions.
-const NEVER_USED: [&str; 10] = [
+/// Callbacks no Edgewise filter implements: request trailers, the access-log phase,
+/// TCP-level events, queues and foreign functions.
+const NEVER_USED: [&str; 9] = [
     "proxy_on_request_trailers",
-    "proxy_on_response_trailers",
     "proxy_on_log",
     "proxy_on_queue_ready",
     "proxy_on_new_connection",
@@ -37,7 +36,8 @@ const GRPC: [&str; 4] = [
 /// (the probe, the SDK do-nothing filter) keeps every export.
 pub fn unused_callbacks(module: &str) -> Option<Vec<&'static str>> {
     let extra: Vec<&'static str> = match module {
-        // request/response headers, done, tick (queue, global deadline), gRPC (global rules)
+        // request/response headers, response trailers (`charge.response_trailer`), done,
+        // tick (queue, global deadline), gRPC (global rules)
         "rate_limit" => vec![
             "proxy_on_request_body",
             "proxy_on_response_body",
@@ -45,20 +45,29 @@ pub fn unused_callbacks(module: &str) -> Option<Vec<&'static str>> {
         ],
         // request headers + body (slow-call timing), response headers, done, tick, and
         // http call responses (active half-open probes)
-        "circuit_breaker" => [&["proxy_on_response_body"][..], &GRPC[..]].concat(),
+        "circuit_breaker" => [
+            &["proxy_on_response_body", "proxy_on_response_trailers"][..],
+            &GRPC[..],
+        ]
+        .concat(),
         // request headers, done, and tick (only for deferred metrics)
         "weighted_router" => [
             &[
                 "proxy_on_request_body",
                 "proxy_on_response_headers",
                 "proxy_on_response_body",
+                "proxy_on_response_trailers",
                 "proxy_on_http_call_response",
             ][..],
             &GRPC[..],
         ]
         .concat(),
         // request headers, response headers + body (storing), done, tick, HTTP callouts
-        "response_cache" => [&["proxy_on_request_body"][..], &GRPC[..]].concat(),
+        "response_cache" => [
+            &["proxy_on_request_body", "proxy_on_response_trailers"][..],
+            &GRPC[..],
+        ]
+        .concat(),
         // the union of the four
         "edge_chain" => Vec::new(),
         _ => return None,

@@ -175,6 +175,70 @@ fn shadow_mode_passes_everything_with_headers() {
     );
 }
 
+/// Costs charged after the response, through real Envoy (2 workers): the backend reports
+/// usage in a response header (150 tokens put the key 50 into debt: refused next, on
+/// either worker) and failed logins are counted by status (successes are free).
+#[test]
+fn responses_charge_usage_and_failures_after_admission() {
+    let (backend, envoy) = start(
+        r#"{"rules":[
+            {"name":"tokens","key":"header:x-user","algorithm":"fixed_window","limit":100,"window":"1h",
+             "match":{"path_prefix":"/cache/llm"},"charge":{"response_header":"x-usage-tokens"}},
+            {"name":"logins","key":"header:x-login","algorithm":"fixed_window","limit":3,"window":"1h",
+             "match":{"path_prefix":"/cache/login"},"charge":{"statuses":["4xx"]}}]}"#,
+    );
+    let get = |path: &str, header: (&str, &str)| {
+        envoy.request("GET", path, &[header], b"").unwrap().status
+    };
+    let llm = "/cache/llm?header=x-usage-tokens%3A150&body=answer";
+    assert_eq!(get(llm, ("x-user", "alice")), 200);
+    let after: Vec<u16> = (0..4).map(|_| get(llm, ("x-user", "alice"))).collect();
+    assert_eq!(after, [429; 4], "in debt on both workers");
+    assert_eq!(get(llm, ("x-user", "bob")), 200, "another key");
+    let ok = "/cache/login?body=welcome";
+    let failed = "/cache/login?status=401&body=no";
+    for _ in 0..6 {
+        assert_eq!(get(ok, ("x-login", "dave")), 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(get(failed, ("x-login", "dave")), 401);
+    }
+    assert_eq!(
+        get(ok, ("x-login", "dave")),
+        429,
+        "three failures use the limit up"
+    );
+    let stats = envoy.stats().unwrap();
+    let charged = |rule: &str| {
+        stats
+            .get(&format!(
+                "wasmcustom.edgewise.rate_limit.rule=.={rule};.;charged"
+            ))
+            .copied()
+    };
+    // Counters flush on a tick: poll for the totals.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = (charged("tokens"), charged("logins"));
+    while seen != (Some(300), Some(3)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let stats = envoy.stats().unwrap();
+        let get = |rule: &str| {
+            stats
+                .get(&format!(
+                    "wasmcustom.edgewise.rate_limit.rule=.={rule};.;charged"
+                ))
+                .copied()
+        };
+        seen = (get("tokens"), get("logins"));
+    }
+    assert_eq!(seen, (Some(300), Some(3)), "units charged");
+    assert_eq!(
+        backend.requests().unwrap(),
+        2 + 9,
+        "refused requests never reached the backend"
+    );
+}
+
 #[test]
 fn envoy_refuses_an_invalid_rate_limit_configuration() {
     build();

@@ -663,3 +663,137 @@ fn rate_limit_bypasses_by_spelling_duplicates_or_ipv6_rotation_fail() {
         "another /64"
     );
 }
+
+/// Sends a request and, if it passes, answers it with `status` and `headers`.
+fn answered(vm: &Vm, extra: &[(&str, &str)], status: u16, headers: &[(&str, &str)]) -> u16 {
+    let mut stream = vm.stream();
+    if stream.send_request_headers(request("/v1/chat", extra), true) != Action::Continue {
+        return stream.local_reply().map_or(0, |r| r.status as u16);
+    }
+    stream.respond(status, headers, b"ok");
+    status
+}
+
+/// `cost` from a request header: a request needs its whole cost; a malformed cost is
+/// charged the maximum (never cheaper).
+#[test]
+fn a_request_costs_what_its_header_says() {
+    let world = World::new();
+    let vms = start(
+        &world,
+        r#"{"rules":[{"name":"costly","algorithm":"fixed_window","limit":10,"window":"1m",
+            "cost":{"request_header":"x-cost"}}]}"#,
+        2,
+    );
+    let cost = |vm: usize, value: &str| answered(&vms[vm], &[("x-cost", value)], 200, &[]);
+    assert_eq!(cost(0, "7"), 200);
+    assert_eq!(cost(1, "4"), 429, "only 3 left");
+    assert_eq!(cost(1, "3"), 200);
+    let world2 = World::new();
+    let fresh = start(
+        &world2,
+        r#"{"rules":[{"name":"costly","algorithm":"fixed_window","limit":10,"window":"1m",
+            "cost":{"request_header":"x-cost","max":5}}]}"#,
+        1,
+    );
+    let fresh_cost = |value: &str| answered(&fresh[0], &[("x-cost", value)], 200, &[]);
+    assert_eq!(fresh_cost("abc"), 200, "malformed: charged max = 5");
+    assert_eq!(fresh_cost("0"), 200, "0: charged max = 5");
+    assert_eq!(fresh_cost("1"), 429, "10 used");
+    assert_eq!(
+        answered(&fresh[0], &[], 200, &[]),
+        429,
+        "missing: 1, still over"
+    );
+}
+
+/// `charge` after the response: from a response header (LLM tokens), from a trailer, or by
+/// status class (failed logins). Admission checks only; the charge may go into debt, so
+/// the next requests are refused on every worker until it refills. A request refused by the
+/// limiter or reset before its response is charged nothing.
+#[test]
+fn responses_charge_the_key_after_admission() {
+    let world = World::new();
+    let vms = start(
+        &world,
+        r#"{"rules":[
+            {"name":"tokens","key":"header:x-user","algorithm":"fixed_window","limit":100,"window":"1m",
+             "match":{"path_prefix":"/v1/"},"charge":{"response_header":"x-usage-tokens"}},
+            {"name":"streamed","key":"header:x-stream","algorithm":"fixed_window","limit":100,"window":"1m",
+             "charge":{"response_trailer":"x-usage-tokens"}},
+            {"name":"logins","key":"header:x-login","algorithm":"fixed_window","limit":3,"window":"1m",
+             "charge":{"statuses":["4xx"]}}]}"#,
+        2,
+    );
+    // Tokens: 150 reported by the first answer puts alice 50 into debt.
+    assert_eq!(
+        answered(
+            &vms[0],
+            &[("x-user", "alice")],
+            200,
+            &[("x-usage-tokens", "150")]
+        ),
+        200
+    );
+    assert_eq!(
+        answered(&vms[1], &[("x-user", "alice")], 200, &[]),
+        429,
+        "in debt, on the other worker"
+    );
+    assert_eq!(
+        answered(
+            &vms[1],
+            &[("x-user", "bob")],
+            200,
+            &[("x-usage-tokens", "junk")]
+        ),
+        200
+    );
+    assert_eq!(
+        answered(&vms[0], &[("x-user", "bob")], 200, &[]),
+        200,
+        "a malformed charge is 0"
+    );
+    assert_eq!(
+        world.metric("edgewise.rate_limit.rule=.=tokens;.;charged"),
+        Some(150)
+    );
+    // Trailers: 60 + 60 reported at the end of two streamed answers.
+    for _ in 0..2 {
+        let mut s = vms[0].stream();
+        assert_eq!(
+            s.send_request_headers(request("/stream", &[("x-stream", "carol")]), true),
+            Action::Continue
+        );
+        s.send_response_headers(Headers::from([(":status", "200")]), false);
+        s.send_response_body(b"chunk", false);
+        s.send_response_trailers(Headers::from([("x-usage-tokens", "60")]));
+    }
+    assert_eq!(answered(&vms[1], &[("x-stream", "carol")], 200, &[]), 429);
+    // Logins: successes cost nothing; three failures use the limit up.
+    for _ in 0..5 {
+        assert_eq!(answered(&vms[0], &[("x-login", "dave")], 200, &[]), 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(answered(&vms[1], &[("x-login", "dave")], 401, &[]), 401);
+    }
+    assert_eq!(answered(&vms[0], &[("x-login", "dave")], 200, &[]), 429);
+    // Reset before the response: admitted, never answered, charged nothing.
+    for _ in 0..3 {
+        let mut s = vms[0].stream();
+        assert_eq!(
+            s.send_request_headers(request("/login", &[("x-login", "erin")]), true),
+            Action::Continue
+        );
+        s.finish();
+    }
+    assert_eq!(
+        answered(&vms[0], &[("x-login", "erin")], 401, &[]),
+        401,
+        "still admitted"
+    );
+    assert_eq!(
+        world.metric("edgewise.rate_limit.rule=.=logins;.;charged"),
+        Some(4)
+    );
+}

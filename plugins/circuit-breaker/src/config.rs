@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use edgewise_support::config::{err, parse_config, ConfigError};
+use edgewise_support::config::{err, parse_config, parse_statuses, ConfigError};
 use edgewise_support::duration::parse_duration;
 use serde::Deserialize;
 
@@ -361,57 +361,6 @@ impl Config {
             stats_upstreams,
         })
     }
-}
-
-/// Parses "5xx", "503" / 503, "500-504" into inclusive ranges.
-fn parse_statuses(
-    field: &str,
-    values: &[serde_json::Value],
-) -> Result<Vec<(u16, u16)>, ConfigError> {
-    let fix =
-        "use status codes (503), classes (\"5xx\") or ranges (\"500-504\") between 100 and 599";
-    let mut ranges = Vec::new();
-    for (i, value) in values.iter().enumerate() {
-        let field = format!("{field}[{i}]");
-        let text = match value {
-            serde_json::Value::Number(n) => n.to_string(),
-            serde_json::Value::String(s) => s.trim().to_string(),
-            other => return Err(err(field, format!("{other} is not a status"), fix)),
-        };
-        let code = |s: &str| s.parse::<u16>().ok().filter(|c| (100..=599).contains(c));
-        let range = if let Some(class) = text.strip_suffix("xx").and_then(|c| c.parse::<u16>().ok())
-        {
-            if !(1..=5).contains(&class) {
-                return Err(err(field, format!("{text:?} is not a status class"), fix));
-            }
-            (class * 100, class * 100 + 99)
-        } else if let Some((low, high)) = text.split_once('-') {
-            match (code(low.trim()), code(high.trim())) {
-                (Some(l), Some(h)) if l <= h => (l, h),
-                _ => {
-                    return Err(err(
-                        field,
-                        format!("{text:?} is not a valid status range"),
-                        fix,
-                    ))
-                }
-            }
-        } else {
-            match code(&text) {
-                Some(c) => (c, c),
-                None => return Err(err(field, format!("{text:?} is not a status"), fix)),
-            }
-        };
-        ranges.push(range);
-    }
-    if ranges.is_empty() {
-        return Err(err(
-            field,
-            "is empty, so nothing would count as a failure",
-            "list at least one status, e.g. [\"5xx\"]",
-        ));
-    }
-    Ok(ranges)
 }
 
 fn rate(field: String, value: Option<f64>) -> Result<Option<f64>, ConfigError> {

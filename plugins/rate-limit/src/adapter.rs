@@ -13,11 +13,13 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
+use crate::config::Charge;
 use crate::config::{Config, Mode};
 use crate::global::{self, GlobalWait, Next};
 use crate::headers::{rate_limit_headers, seconds_up};
 use crate::limiter::{
-    applicable_rules, decide, global_calls, release_waiting, Outcome, RuleStatus,
+    applicable_rules, charge_after, decide, global_calls, release_waiting, Applicable, Outcome,
+    RuleStatus,
 };
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -43,6 +45,8 @@ struct RuleMetrics {
     shadow_denied: Metric,
     queued: Metric,
     errors: Metric,
+    /// Units charged after responses (rules with `charge`).
+    charged: Option<Metric>,
 }
 
 struct Shared {
@@ -239,6 +243,16 @@ impl RootContext for RateLimitRoot {
                 ),
                 queued: Metric::counter_flushed_every(&r.metric_queued, config.metrics_flush),
                 errors: Metric::counter_flushed_every(&r.metric_errors, config.metrics_flush),
+                charged: r.charge.as_ref().map(|_| {
+                    Metric::counter_flushed_every(
+                        &edgewise_support::metrics::labelled_metric_name(
+                            "rate_limit",
+                            &[("rule", &r.name)],
+                            "charged",
+                        ),
+                        config.metrics_flush,
+                    )
+                }),
             })
             .collect();
         log(
@@ -297,6 +311,7 @@ impl RootContext for RateLimitRoot {
             replied: false,
             waits: self.waits.clone(),
             wait: None,
+            to_charge: Vec::new(),
         }))
     }
 }
@@ -310,9 +325,69 @@ struct RateLimitStream {
     waits: Waits,
     /// Waiting for (or answered by) rate limit services.
     wait: Option<global::Wait>,
+    /// Rules that charge after the response, with this request's key and cost.
+    to_charge: Vec<Applicable>,
 }
 
 impl RateLimitStream {
+    /// Charges the rules whose `charge` this response settles (`trailers`: the response
+    /// trailers arrived; else its headers did). Nothing is charged for a request this
+    /// filter refused. A charge that fails (shared data) counts in `errors`.
+    fn settle(&mut self, trailers: bool) {
+        if self.replied || self.to_charge.is_empty() {
+            return;
+        }
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Some(now) = now_nanos() else { return };
+        let map = if trailers {
+            MapType::HttpResponseTrailers
+        } else {
+            MapType::HttpResponseHeaders
+        } as u32;
+        let number = |name: &str| -> u64 {
+            abi::get_map_value(map, name)
+                .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let status = || number(":status");
+        let mut keep = Vec::new();
+        for a in std::mem::take(&mut self.to_charge) {
+            let Some(rule) = shared.config.rules.get(a.rule) else {
+                continue;
+            };
+            let units = match (&rule.charge, trailers) {
+                (Some(Charge::ResponseHeader(name)), false) => number(name),
+                (Some(Charge::ResponseTrailer(name)), true) => number(name),
+                (Some(Charge::Statuses(ranges)), false) => {
+                    let code = status();
+                    if ranges
+                        .iter()
+                        .any(|(lo, hi)| (u64::from(*lo)..=u64::from(*hi)).contains(&code))
+                    {
+                        a.cost
+                    } else {
+                        0
+                    }
+                }
+                (Some(Charge::ResponseTrailer(_)), false) => {
+                    keep.push(a);
+                    continue;
+                }
+                _ => continue,
+            };
+            let metrics = &shared.metrics[a.rule];
+            if charge_after(&shared.config, &shared.store, &a, units, now) {
+                if let Some(charged) = &metrics.charged {
+                    charged.increment(units as i64);
+                }
+            } else {
+                metrics.errors.increment(1);
+            }
+        }
+        self.to_charge = keep;
+    }
     /// Asks the rate limit services for the request's global rules (after its local rules
     /// admitted it): denied at once by a remembered OVER_LIMIT answer, else paused until
     /// every call is answered or the deadline passes.
@@ -463,6 +538,12 @@ impl HttpContext for RateLimitStream {
         let (dry_run, applicable): (Vec<_>, Vec<_>) = applicable
             .into_iter()
             .partition(|a| config.rules[a.rule].shadow);
+        self.to_charge = applicable
+            .iter()
+            .chain(&dry_run)
+            .filter(|a| a.check_only)
+            .cloned()
+            .collect();
         // Each on its own: one dry run's verdict never changes another's.
         for a in &dry_run {
             let decision = decide(config, &shared.store, std::slice::from_ref(a), now, true);
@@ -544,6 +625,7 @@ impl HttpContext for RateLimitStream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.settle(false);
         if let Some(wait) = &self.wait {
             let answered = std::mem::take(&mut wait.borrow_mut().statuses);
             self.statuses.extend(answered);
@@ -556,6 +638,11 @@ impl HttpContext for RateLimitStream {
                 abi::replace_map_value(MapType::HttpResponseHeaders as u32, name, value.as_bytes());
             }
         }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.settle(true);
         Action::Continue
     }
 }

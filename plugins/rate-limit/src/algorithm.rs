@@ -44,24 +44,68 @@ pub enum Verdict {
     Deny { retry_after_ns: u64, reset_ns: u64 },
 }
 
-/// Decides one request at `now` (nanoseconds). `max_delay_ns` > 0 enables queueing (token
-/// bucket only): a request admissible within that delay gets `Delay` instead of `Deny`.
+/// Decides one request of cost 1 at `now` (nanoseconds); see [`decide_cost`].
 pub fn decide(algorithm: &Algorithm, state: &State, now: u64, max_delay_ns: u64) -> Verdict {
+    decide_cost(algorithm, state, now, max_delay_ns, 1)
+}
+
+/// Decides one request costing `cost` units (≥ 1; at most the rule's capacity, which the
+/// configuration guarantees) at `now` (nanoseconds): admitted when that many units are left.
+/// `max_delay_ns` > 0 enables queueing (token bucket only): a request admissible within that
+/// delay gets `Delay` instead of `Deny`.
+pub fn decide_cost(
+    algorithm: &Algorithm,
+    state: &State,
+    now: u64,
+    max_delay_ns: u64,
+    cost: u64,
+) -> Verdict {
+    let cost = cost.max(1);
     match *algorithm {
         Algorithm::TokenBucket { interval_ns, burst } => {
-            gcra(interval_ns, burst, state, now, max_delay_ns)
+            gcra(interval_ns, burst, state, now, max_delay_ns, cost)
         }
-        Algorithm::FixedWindow { limit, window_ns } => fixed(limit, window_ns, state, now),
-        Algorithm::SlidingWindow { limit, window_ns } => sliding(limit, window_ns, state, now),
+        Algorithm::FixedWindow { limit, window_ns } => fixed(limit, window_ns, state, now, cost),
+        Algorithm::SlidingWindow { limit, window_ns } => {
+            sliding(limit, window_ns, state, now, cost)
+        }
+    }
+}
+
+/// Takes `units` from the key unconditionally (a charge after the response): the state may
+/// go into debt — past the limit — so following requests are refused until it refills
+/// (token bucket, sliding window) or the window ends (fixed window).
+pub fn charge(algorithm: &Algorithm, state: &State, now: u64, units: u64) -> State {
+    match *algorithm {
+        Algorithm::TokenBucket { interval_ns, .. } => {
+            let (tat, _) = words(state);
+            from_words(
+                tat.max(now)
+                    .saturating_add(interval_ns.saturating_mul(units)),
+                0,
+            )
+        }
+        Algorithm::FixedWindow { window_ns, .. } => {
+            let (stored_index, count) = words(state);
+            let index = now / window_ns + 1;
+            let count = if stored_index == index { count } else { 0 };
+            from_words(index, count.saturating_add(units))
+        }
+        Algorithm::SlidingWindow { window_ns, .. } => {
+            let index = now / window_ns + 1;
+            let (previous, current) = sliding_counts(state, index);
+            let current = current.saturating_add(units).min(u64::from(u32::MAX));
+            from_words(index, previous | (current << 32))
+        }
     }
 }
 
 /// GCRA (the token bucket as a "theoretical arrival time"): a request at `now` moves TAT to
 /// max(TAT, now) + T; it conforms while that stays within burst·T of now.
-fn gcra(interval: u64, burst: u64, state: &State, now: u64, max_delay: u64) -> Verdict {
+fn gcra(interval: u64, burst: u64, state: &State, now: u64, max_delay: u64, cost: u64) -> Verdict {
     let (tat, _) = words(state);
     let tolerance = interval.saturating_mul(burst);
-    let new_tat = tat.max(now).saturating_add(interval);
+    let new_tat = tat.max(now).saturating_add(interval.saturating_mul(cost));
     let ahead = new_tat - now;
     if ahead <= tolerance {
         return Verdict::Allow {
@@ -84,7 +128,7 @@ fn gcra(interval: u64, burst: u64, state: &State, now: u64, max_delay: u64) -> V
     }
 }
 
-fn fixed(limit: u64, window: u64, state: &State, now: u64) -> Verdict {
+fn fixed(limit: u64, window: u64, state: &State, now: u64, cost: u64) -> Verdict {
     let (stored_index, stored_count) = words(state);
     let index = now / window + 1; // +1 so the fresh state (index 0) is always an old window
     let count = if stored_index == index {
@@ -93,10 +137,10 @@ fn fixed(limit: u64, window: u64, state: &State, now: u64) -> Verdict {
         0
     };
     let reset_ns = index * window - now;
-    if count < limit {
+    if count.saturating_add(cost) <= limit {
         Verdict::Allow {
-            state: from_words(index, count + 1),
-            remaining: limit - count - 1,
+            state: from_words(index, count + cost),
+            remaining: limit - count - cost,
             reset_ns,
         }
     } else {
@@ -121,23 +165,25 @@ fn sliding_counts(state: &State, index: u64) -> (u64, u64) {
 
 /// The request is admitted when floor(previous · (W − e) / W) + current < limit, where e is
 /// the time elapsed in the current window.
-fn sliding(limit: u64, window: u64, state: &State, now: u64) -> Verdict {
+fn sliding(limit: u64, window: u64, state: &State, now: u64, cost: u64) -> Verdict {
     let index = now / window + 1;
     let elapsed = now - (index - 1) * window;
     let (previous, current) = sliding_counts(state, index);
     let weighted = (previous as u128 * (window - elapsed) as u128 / window as u128) as u64;
     let reset_ns = index * window - now;
-    if weighted + current < limit {
-        let packed = previous | ((current + 1) << 32);
-        let remaining = limit - (weighted + current) - 1;
+    if weighted.saturating_add(current).saturating_add(cost) <= limit {
+        let packed = previous | ((current + cost) << 32);
+        let remaining = limit - (weighted + current) - cost;
         return Verdict::Allow {
             state: from_words(index, packed),
             remaining,
             reset_ns,
         };
     }
+    // Admitting `cost` units is admitting one with the limit lowered by cost − 1.
+    let room = limit.saturating_sub(cost - 1).max(1);
     Verdict::Deny {
-        retry_after_ns: sliding_wait(limit, window, previous, current, elapsed),
+        retry_after_ns: sliding_wait(room, window, previous, current, elapsed),
         reset_ns,
     }
 }
@@ -412,6 +458,105 @@ mod tests {
             if is_fresh(&alg, &state, t) {
                 prop_assert_eq!(decide(&alg, &state, t, 0), decide(&alg, &FRESH, t, 0));
             }
+        }
+    }
+
+    /// The capacity of an algorithm: how many units a fresh key admits at once.
+    fn capacity(alg: &Algorithm) -> u64 {
+        match *alg {
+            Algorithm::TokenBucket { burst, .. } => burst,
+            Algorithm::FixedWindow { limit, .. } | Algorithm::SlidingWindow { limit, .. } => limit,
+        }
+    }
+
+    #[test]
+    fn a_costly_request_needs_its_whole_cost_and_a_charge_goes_into_debt() {
+        let alg = Algorithm::FixedWindow {
+            limit: 10,
+            window_ns: 60 * SEC,
+        };
+        let Verdict::Allow {
+            state, remaining, ..
+        } = decide_cost(&alg, &FRESH, T0, 0, 7)
+        else {
+            panic!()
+        };
+        assert_eq!(remaining, 3);
+        assert!(matches!(
+            decide_cost(&alg, &state, T0, 0, 4),
+            Verdict::Deny { .. }
+        ));
+        assert!(matches!(
+            decide_cost(&alg, &state, T0, 0, 3),
+            Verdict::Allow { remaining: 0, .. }
+        ));
+        // 25 units charged after a response: 22 over; refused until the window ends.
+        let debt = charge(&alg, &state, T0, 25);
+        assert!(matches!(
+            decide(&alg, &debt, T0 + 59 * SEC, 0),
+            Verdict::Deny { .. }
+        ));
+        assert!(matches!(
+            decide(&alg, &debt, T0 + 60 * SEC, 0),
+            Verdict::Allow { .. }
+        ));
+        // A token bucket's debt drains at its rate: 10 per second, 30 units over → 3 s.
+        let bucket = bucket(10, SEC, 10);
+        let debt = charge(&bucket, &FRESH, T0, 40);
+        assert!(matches!(
+            decide(&bucket, &debt, T0 + 3 * SEC, 0),
+            Verdict::Deny { .. }
+        ));
+        assert!(matches!(
+            decide(&bucket, &debt, T0 + 3 * SEC + SEC / 10, 0),
+            Verdict::Allow { .. }
+        ));
+    }
+
+    proptest! {
+        /// A request of cost c is admitted exactly when c single-unit requests in a row would
+        /// all be admitted at the same instant (same state, same time).
+        #[test]
+        fn a_cost_is_that_many_units_at_once(alg in algorithms(), used in 0u64..40, cost in 1u64..30, at in 0u64..30 * SEC) {
+            let cost = cost.min(capacity(&alg));
+            let mut state = FRESH;
+            for _ in 0..used {
+                if let Verdict::Allow { state: s, .. } = decide(&alg, &state, T0, 0) { state = s; }
+            }
+            let now = T0 + at;
+            let at_once = matches!(decide_cost(&alg, &state, now, 0, cost), Verdict::Allow { .. });
+            let mut one_by_one = state;
+            let mut all = true;
+            for _ in 0..cost {
+                match decide(&alg, &one_by_one, now, 0) {
+                    Verdict::Allow { state: s, .. } => one_by_one = s,
+                    _ => { all = false; break; }
+                }
+            }
+            prop_assert_eq!(at_once, all);
+        }
+
+        /// Admission checks the request's own cost and the charge comes after the response
+        /// (into debt): within one fixed window the units charged for admitted requests never
+        /// exceed the limit plus one request's after-charge.
+        #[test]
+        fn charges_after_admission_exceed_the_limit_by_at_most_one_charge(
+            limit in 1u64..50,
+            requests in prop::collection::vec((1u64..5, 0u64..40, 0u64..60), 1..200),
+        ) {
+            let alg = Algorithm::FixedWindow { limit, window_ns: 60 * SEC };
+            let mut state = FRESH;
+            let (mut charged, mut largest) = (0u64, 0u64);
+            for (cost, after, second) in requests {
+                let now = T0 + second * SEC / 60; // all inside one window
+                let cost = cost.min(limit);
+                if matches!(decide_cost(&alg, &state, now, 0, cost), Verdict::Allow { .. }) {
+                    state = charge(&alg, &state, now, after);
+                    charged += after;
+                    largest = largest.max(after);
+                }
+            }
+            prop_assert!(charged <= limit - 1 + largest, "charged {} with limit {} and largest {}", charged, limit, largest);
         }
     }
 }

@@ -44,6 +44,46 @@ pub struct RawRule {
     pub exempt: Option<RawMatch>,
     /// `"enforce"` (default) or `"shadow"`: a dry run of this rule alone.
     pub mode: Option<String>,
+    /// What a request costs (default 1 unit).
+    pub cost: Option<RawCost>,
+    /// Units charged when the response arrives.
+    pub charge: Option<RawCharge>,
+}
+
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RawCost {
+    pub request_header: String,
+    pub max: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RawCharge {
+    pub response_header: Option<String>,
+    pub response_trailer: Option<String>,
+    pub statuses: Option<Vec<serde_json::Value>>,
+}
+
+/// A request's cost from a request header: a whole number from 1 to `max`; missing: 1; not
+/// a whole number, 0 or over `max`: `max` (a malformed cost never buys more than it pays).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cost {
+    pub header: String,
+    pub max: u64,
+}
+
+/// What a response is charged after admission (it may take the key into debt).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Charge {
+    /// The units a response header says (a whole number; missing or malformed: 0).
+    ResponseHeader(String),
+    /// The units a response trailer says (missing or malformed: 0).
+    ResponseTrailer(String),
+    /// The request's cost when the response status is in these ranges, else nothing.
+    Statuses(Vec<(u16, u16)>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +204,11 @@ pub struct Rule {
     /// `mode: "shadow"` on the rule: its denials are counted (`shadow_denied`) and logged,
     /// never enforced, and it adds no rate-limit header fields.
     pub shadow: bool,
+    /// Where the request's cost comes from (None: every request costs 1).
+    pub cost: Option<Cost>,
+    /// A charge after the response: admission then only checks that the request's cost is
+    /// available, and the units are taken when the response (or its trailers) arrive.
+    pub charge: Option<Charge>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,6 +338,76 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
     let mut rule = compile_rule_body(index, raw)?;
     rule.exempt = exempt;
     rule.shadow = shadow;
+    if rule.global.is_some() && (raw.cost.is_some() || raw.charge.is_some()) {
+        let name = if raw.cost.is_some() { "cost" } else { "charge" };
+        return Err(err(
+            format!("{field}.{name}"),
+            "is not supported on global rules yet",
+            "use it on a local rule (global costs are planned through RLS hits_addend)",
+        ));
+    }
+    let capacity = match rule.algorithm {
+        Algorithm::TokenBucket { burst, .. } => burst,
+        Algorithm::FixedWindow { limit, .. } | Algorithm::SlidingWindow { limit, .. } => limit,
+    };
+    if let Some(cost) = &raw.cost {
+        let header = cost.request_header.to_ascii_lowercase();
+        if header.is_empty() || header.starts_with(':') || header.bytes().any(|b| b <= b' ') {
+            return Err(err(
+                format!("{field}.cost.request_header"),
+                format!("{:?} is not a header name", cost.request_header),
+                "name the request header that carries the cost, e.g. \"x-cost\"",
+            ));
+        }
+        let max = cost.max.unwrap_or(capacity);
+        if max == 0 || max > capacity {
+            return Err(err(
+                format!("{field}.cost.max"),
+                format!("{max} is out of range"),
+                format!("use 1 to the rule's capacity ({capacity}: its burst or limit); a larger cost could never be admitted"),
+            ));
+        }
+        rule.cost = Some(Cost { header, max });
+    }
+    if let Some(charge) = &raw.charge {
+        let name = |value: &str, which: &str| -> Result<String, ConfigError> {
+            let lower = value.to_ascii_lowercase();
+            if lower.is_empty() || lower.starts_with(':') || lower.bytes().any(|b| b <= b' ') {
+                return Err(err(
+                    format!("{field}.charge.{which}"),
+                    format!("{value:?} is not a header name"),
+                    "e.g. \"x-usage-tokens\"",
+                ));
+            }
+            Ok(lower)
+        };
+        rule.charge = Some(
+            match (&charge.response_header, &charge.response_trailer, &charge.statuses) {
+                (Some(h), None, None) => Charge::ResponseHeader(name(h, "response_header")?),
+                (None, Some(t), None) => Charge::ResponseTrailer(name(t, "response_trailer")?),
+                (None, None, Some(list)) => Charge::Statuses(
+                    edgewise_support::config::parse_statuses(
+                        &format!("{field}.charge.statuses"),
+                        list,
+                    )?,
+                ),
+                _ => {
+                    return Err(err(
+                        format!("{field}.charge"),
+                        "needs exactly one of response_header, response_trailer, statuses",
+                        "e.g. {\"response_header\": \"x-usage-tokens\"} or {\"statuses\": [\"4xx\", \"5xx\"]}",
+                    ))
+                }
+            },
+        );
+        if rule.queue.is_some() {
+            return Err(err(
+                format!("{field}.queue"),
+                "cannot be combined with charge",
+                "a charged rule admits or denies at once; remove queue or charge",
+            ));
+        }
+    }
     Ok(rule)
 }
 
@@ -459,6 +574,8 @@ fn compile_rule_body(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
         global: None,
         exempt: None,
         shadow: false,
+        cost: None,
+        charge: None,
     })
 }
 
@@ -604,6 +721,8 @@ fn compile_global_rule(
         }),
         exempt: None,
         shadow: false,
+        cost: None,
+        charge: None,
     })
 }
 

@@ -11,7 +11,7 @@ use edgewise_support::lease::LeasedCounts;
 use edgewise_support::request::RequestView;
 use edgewise_support::store::{update_with_cas, CasStore, SetOutcome, CREATE_CAS};
 
-use crate::algorithm::{decide as decide_one, Verdict};
+use crate::algorithm::{decide_cost, Verdict};
 use crate::config::{Config, Rule};
 use crate::key::{build_key, client_ip, fingerprint, ip_network, KeyContext};
 use crate::table::{Set, Slot};
@@ -25,6 +25,58 @@ pub struct Applicable {
     pub rule: usize,
     pub fingerprint: u64,
     pub set_key: String,
+    /// What this request costs under the rule (`cost`; 1 by default).
+    pub cost: u64,
+    /// The rule charges after the response: admission checks `cost` without taking it.
+    pub check_only: bool,
+}
+
+/// The request's cost under `rule`: its `cost.request_header` as a whole number from 1 to
+/// `cost.max`; missing: 1; anything else (not a number, 0, over `max`): `max`.
+pub fn request_cost(rule: &Rule, request: &mut impl RequestView) -> u64 {
+    let Some(cost) = &rule.cost else { return 1 };
+    let Some(value) = request.header(&cost.header) else {
+        return 1;
+    };
+    std::str::from_utf8(&value)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .filter(|n| (1..=cost.max).contains(n))
+        .unwrap_or(cost.max)
+}
+
+/// Takes `units` from the request's key after its response (`charge`): unconditionally, so
+/// the key may go into debt. A CAS loop like the admission's; false when shared data failed.
+pub fn charge_after(
+    config: &Config,
+    store: &impl CasStore,
+    a: &Applicable,
+    units: u64,
+    now: u64,
+) -> bool {
+    let Some(rule) = config.rules.get(a.rule) else {
+        return false;
+    };
+    if units == 0 {
+        return true;
+    }
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (mut set, cas) = match store.get(&a.set_key) {
+            Ok(Some((bytes, cas))) => (Set::decode(&bytes), Some(cas)),
+            Ok(None) => (Set::default(), None),
+            Err(_) => return false,
+        };
+        let slot = set.slot(a.fingerprint, &rule.algorithm, now);
+        let state =
+            crate::algorithm::charge(&rule.algorithm, &set.state(slot, a.fingerprint), now, units);
+        set.store(slot, a.fingerprint, state);
+        match store.set(&a.set_key, &set.encode(), Some(cas.unwrap_or(CREATE_CAS))) {
+            Ok(SetOutcome::Stored) => return true,
+            Ok(SetOutcome::CasMismatch) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 /// Per-rule result, for headers and metrics.
@@ -249,6 +301,8 @@ pub fn applicable_rules(
             rule: index,
             fingerprint: fp,
             set_key: set_key(rule, (fp >> 32) % rule.sets),
+            cost: request_cost(rule, request),
+            check_only: rule.charge.is_some(),
         });
     }
     applicable
@@ -280,11 +334,12 @@ fn read(
     } else {
         0
     };
-    let verdict = decide_one(
+    let verdict = decide_cost(
         &rule.algorithm,
         &set.state(slot, a.fingerprint),
         now,
         max_delay,
+        a.cost,
     );
     Ok(Pending {
         at: 0,
@@ -295,7 +350,7 @@ fn read(
     })
 }
 
-fn status(rule: usize, verdict: &Verdict, consumed: bool) -> RuleStatus {
+fn status(rule: usize, verdict: &Verdict, consumed: bool, cost: u64) -> RuleStatus {
     match *verdict {
         Verdict::Allow {
             remaining,
@@ -305,7 +360,11 @@ fn status(rule: usize, verdict: &Verdict, consumed: bool) -> RuleStatus {
             policy: None,
             rule,
             limited: false,
-            remaining: if consumed { remaining } else { remaining + 1 },
+            remaining: if consumed {
+                remaining
+            } else {
+                remaining + cost
+            },
             reset_ns,
         },
         Verdict::Delay { reset_ns, .. } => RuleStatus {
@@ -368,7 +427,10 @@ pub fn decide(
         let retry_after_ns = longest_wait(&pending);
         let rules = pending
             .iter()
-            .map(|p| status(applicable[p.at].rule, &p.verdict, false))
+            .map(|p| {
+                let a = &applicable[p.at];
+                status(a.rule, &p.verdict, false, a.cost)
+            })
             .collect();
         return Decision {
             outcome: Outcome::Denied {
@@ -394,7 +456,8 @@ pub fn decide(
                 let rules = pending
                     .iter()
                     .map(|q| {
-                        let mut s = status(applicable[q.at].rule, &q.verdict, false);
+                        let qa = &applicable[q.at];
+                        let mut s = status(qa.rule, &q.verdict, false, qa.cost);
                         s.limited |= q.at == p.at;
                         s
                     })
@@ -422,7 +485,7 @@ pub fn decide(
         loop {
             attempts += 1;
             if let Verdict::Deny { retry_after_ns, .. } = p.verdict {
-                statuses.push(status(a.rule, &p.verdict, false));
+                statuses.push(status(a.rule, &p.verdict, false, a.cost));
                 release_all(config, store, &waiting, now);
                 return Decision {
                     outcome: Outcome::Denied {
@@ -463,6 +526,12 @@ pub fn decide(
                     waiting.push(a.rule);
                 }
             }
+            // A rule charged after the response only checks here: the units are taken when
+            // the response arrives (`charge_after`); its status shows what is left before.
+            if a.check_only {
+                statuses.push(status(a.rule, &p.verdict, false, a.cost));
+                break;
+            }
             let mut set = p.set.clone();
             set.store(p.slot, a.fingerprint, state);
             match store.set(&a.set_key, &set.encode(), Some(p.cas.unwrap_or(CREATE_CAS))) {
@@ -474,7 +543,7 @@ pub fn decide(
                         release_waiting(store, rule, now, now);
                         waiting.retain(|r| *r != a.rule);
                     }
-                    statuses.push(status(a.rule, &p.verdict, true));
+                    statuses.push(status(a.rule, &p.verdict, true, a.cost));
                     break;
                 }
                 Ok(SetOutcome::CasMismatch) if attempts < MAX_CAS_ATTEMPTS => {

@@ -370,3 +370,59 @@ fn a_rule_in_a_dry_run_is_invisible_to_clients() {
         .unwrap_err();
     assert_eq!(e.field, "rules[0].mode");
 }
+
+/// Costs and charges that cannot work are refused with the field named.
+#[test]
+fn bad_costs_and_charges_name_the_field() {
+    let field = |rule: &str| {
+        Config::from_json(format!(r#"{{"rules":[{rule}]}}"#).as_bytes())
+            .unwrap_err()
+            .field
+    };
+    assert_eq!(
+        field(r#"{"name":"a","limit":5,"window":"1m","cost":{"request_header":"x-c","max":6}}"#),
+        "rules[0].cost.max"
+    );
+    assert_eq!(
+        field(r#"{"name":"a","limit":5,"window":"1m","cost":{"request_header":"x c"}}"#),
+        "rules[0].cost.request_header"
+    );
+    assert_eq!(
+        field(
+            r#"{"name":"a","limit":5,"window":"1m","charge":{"response_header":"x-t","statuses":["5xx"]}}"#
+        ),
+        "rules[0].charge"
+    );
+    assert_eq!(
+        field(r#"{"name":"a","limit":5,"window":"1m","charge":{"statuses":["6xx"]}}"#),
+        "rules[0].charge.statuses[0]"
+    );
+    assert_eq!(
+        field(
+            r#"{"name":"a","limit":5,"window":"1m","queue":{"max_delay":"1s"},"charge":{"statuses":["5xx"]}}"#
+        ),
+        "rules[0].queue"
+    );
+    assert_eq!(
+        field(r#"{"name":"a","global":{"cluster":"rl"},"charge":{"statuses":["5xx"]}}"#),
+        "rules[0].charge"
+    );
+}
+
+/// The request's cost from its header: 1 when missing, the maximum when malformed.
+#[test]
+fn request_costs_parse_strictly() {
+    let c = config(
+        r#"{"rules":[{"name":"a","limit":50,"window":"1m","cost":{"request_header":"x-cost","max":20}}]}"#,
+    );
+    let cost = |value: Option<&str>| {
+        let mut req = request(&value.map(|v| vec![("x-cost", v)]).unwrap_or_default());
+        rate_limit::limiter::request_cost(&c.rules[0], &mut req)
+    };
+    assert_eq!(cost(None), 1);
+    assert_eq!(cost(Some("7")), 7);
+    assert_eq!(cost(Some(" 20 ")), 20);
+    for bad in ["21", "0", "-3", "1.5", "x", ""] {
+        assert_eq!(cost(Some(bad)), 20, "{bad:?}");
+    }
+}
