@@ -797,3 +797,41 @@ fn responses_charge_the_key_after_admission() {
         Some(4)
     );
 }
+
+/// A monthly quota in +02:00 on the virtual clock (which starts 2026-01-01T00:00Z, 02:00
+/// local): 2 per month, shared by both workers; refused until local midnight of February 1
+/// (January 31 22:00Z), with Retry-After and RateLimit's reset saying exactly that.
+#[test]
+fn a_monthly_quota_resets_at_local_month_end() {
+    let world = World::new();
+    let vms = start(
+        &world,
+        r#"{"response_headers":"ietf","rules":[{"name":"monthly","key":"header:x-api-key","limit":2,
+            "window":"calendar_month","utc_offset":"+02:00"}]}"#,
+        2,
+    );
+    let key = [("x-api-key", "k1")];
+    assert_eq!(status(&send(&vms[0], "/", &key)), 200);
+    assert_eq!(status(&send(&vms[1], "/", &key)), 200);
+    let denied = send(&vms[0], "/", &key);
+    let reply = denied.local_reply().expect("denied");
+    assert_eq!(reply.status, 429);
+    // From 2026-01-01T00:00Z to 2026-01-31T22:00Z: 30 days 22 hours.
+    let until_reset = 30 * 86_400 + 22 * 3600;
+    assert_eq!(
+        reply.headers.get("retry-after").as_deref(),
+        Some(until_reset.to_string().as_str())
+    );
+    let fields = reply.headers.get("ratelimit").unwrap_or_default();
+    assert!(fields.contains(&format!("t={until_reset}")), "{fields}");
+    world.advance(Duration::from_secs(until_reset - 1)).unwrap();
+    assert_eq!(
+        status(&send(&vms[1], "/", &key)),
+        429,
+        "still January locally"
+    );
+    world.advance(Duration::from_secs(1)).unwrap();
+    assert_eq!(status(&send(&vms[1], "/", &key)), 200, "February, locally");
+    assert_eq!(status(&send(&vms[0], "/", &key)), 200);
+    assert_eq!(status(&send(&vms[0], "/", &key)), 429);
+}

@@ -65,7 +65,14 @@ pub fn decide_cost(
         Algorithm::TokenBucket { interval_ns, burst } => {
             gcra(interval_ns, burst, state, now, max_delay_ns, cost)
         }
-        Algorithm::FixedWindow { limit, window_ns } => fixed(limit, window_ns, state, now, cost),
+        Algorithm::FixedWindow { limit, window_ns } => {
+            let index = now / window_ns + 1; // +1: the fresh state (index 0) is an old window
+            fixed(limit, index, index * window_ns - now, state, cost)
+        }
+        Algorithm::Calendar { limit, period } => {
+            let (index, reset_ns) = calendar_window(&period, now);
+            fixed(limit, index, reset_ns, state, cost)
+        }
         Algorithm::SlidingWindow { limit, window_ns } => {
             sliding(limit, window_ns, state, now, cost)
         }
@@ -88,6 +95,12 @@ pub fn charge(algorithm: &Algorithm, state: &State, now: u64, units: u64) -> Sta
         Algorithm::FixedWindow { window_ns, .. } => {
             let (stored_index, count) = words(state);
             let index = now / window_ns + 1;
+            let count = if stored_index == index { count } else { 0 };
+            from_words(index, count.saturating_add(units))
+        }
+        Algorithm::Calendar { period, .. } => {
+            let (stored_index, count) = words(state);
+            let (index, _) = calendar_window(&period, now);
             let count = if stored_index == index { count } else { 0 };
             from_words(index, count.saturating_add(units))
         }
@@ -128,15 +141,24 @@ fn gcra(interval: u64, burst: u64, state: &State, now: u64, max_delay: u64, cost
     }
 }
 
-fn fixed(limit: u64, window: u64, state: &State, now: u64, cost: u64) -> Verdict {
+/// The stored index of the calendar period `now` is in (never 0, the fresh state's) and
+/// the time until it ends.
+fn calendar_window(period: &crate::calendar::Period, now: u64) -> (u64, u64) {
+    let index = period.index(now);
+    // Periods since 1970 are non-negative; +1 keeps 0 for the fresh state.
+    let stored = (index.max(0) as u64).saturating_add(1);
+    (stored, period.end_ns(index).saturating_sub(now))
+}
+
+/// A fixed window (aligned, or a calendar period) whose stored index is `index`, ending in
+/// `reset_ns`.
+fn fixed(limit: u64, index: u64, reset_ns: u64, state: &State, cost: u64) -> Verdict {
     let (stored_index, stored_count) = words(state);
-    let index = now / window + 1; // +1 so the fresh state (index 0) is always an old window
     let count = if stored_index == index {
         stored_count
     } else {
         0
     };
-    let reset_ns = index * window - now;
     if count.saturating_add(cost) <= limit {
         Verdict::Allow {
             state: from_words(index, count + cost),
@@ -220,6 +242,9 @@ pub fn is_fresh(algorithm: &Algorithm, state: &State, now: u64) -> bool {
     match *algorithm {
         Algorithm::TokenBucket { .. } => first <= now,
         Algorithm::FixedWindow { window_ns, .. } => first != now / window_ns + 1 || second == 0,
+        Algorithm::Calendar { period, .. } => {
+            first != calendar_window(&period, now).0 || second == 0
+        }
         Algorithm::SlidingWindow { window_ns, .. } => {
             sliding_counts(state, now / window_ns + 1) == (0, 0)
         }
@@ -409,6 +434,13 @@ mod tests {
                         }
                     }
                 }
+                Algorithm::Calendar { limit, period } => {
+                    let mut per_period = std::collections::HashMap::new();
+                    for t in &admitted {
+                        *per_period.entry(period.index(*t)).or_insert(0u64) += 1;
+                    }
+                    prop_assert!(per_period.values().all(|n| *n <= limit));
+                }
                 Algorithm::FixedWindow { limit, window_ns } | Algorithm::SlidingWindow { limit, window_ns } => {
                     // At most `limit` in any aligned window.
                     let mut per_window = std::collections::HashMap::new();
@@ -465,7 +497,9 @@ mod tests {
     fn capacity(alg: &Algorithm) -> u64 {
         match *alg {
             Algorithm::TokenBucket { burst, .. } => burst,
-            Algorithm::FixedWindow { limit, .. } | Algorithm::SlidingWindow { limit, .. } => limit,
+            Algorithm::FixedWindow { limit, .. }
+            | Algorithm::SlidingWindow { limit, .. }
+            | Algorithm::Calendar { limit, .. } => limit,
         }
     }
 
@@ -514,6 +548,40 @@ mod tests {
     }
 
     proptest! {
+        /// Quotas across month ends in any offset: requests every few minutes from two days
+        /// before a month's end (local time) to two days after — each month admits exactly
+        /// `limit` (there is traffic enough), and the new month starts full at its first
+        /// local instant.
+        #[test]
+        fn a_monthly_quota_resets_at_the_local_month_end(
+            limit in 1u64..20,
+            month in 0i64..24,
+            offset_min in -14i64 * 60..=14 * 60,
+            step_min in 1u64..30,
+        ) {
+            use crate::calendar::{days_from_civil, Period, Unit};
+            let period = Period { unit: Unit::Month, offset_s: offset_min * 60 };
+            let alg = Algorithm::Calendar { limit, period };
+            let (year, m) = (2026 + month / 12, (month % 12) as u32 + 1);
+            let first_of_next = if m == 12 { days_from_civil(year + 1, 1, 1) } else { days_from_civil(year, m + 1, 1) };
+            let boundary = ((first_of_next * 86_400 - offset_min * 60) as u64) * SEC;
+            let mut state = FRESH;
+            let (mut before, mut after) = (0u64, 0u64);
+            let mut t = boundary - 2 * 86_400 * SEC;
+            let mut first_after = None;
+            while t < boundary + 2 * 86_400 * SEC {
+                if let Verdict::Allow { state: s, .. } = decide(&alg, &state, t, 0) {
+                    state = s;
+                    if t < boundary { before += 1 } else { after += 1; first_after.get_or_insert(t); }
+                }
+                t += step_min * 60 * SEC;
+            }
+            prop_assert_eq!(before, limit);
+            prop_assert_eq!(after, limit);
+            let first_after = first_after.unwrap_or(0);
+            prop_assert!(first_after >= boundary && first_after < boundary + step_min * 60 * SEC);
+        }
+
         /// A request of cost c is admitted exactly when c single-unit requests in a row would
         /// all be admitted at the same instant (same state, same time).
         #[test]

@@ -48,6 +48,8 @@ pub struct RawRule {
     pub cost: Option<RawCost>,
     /// Units charged when the response arrives.
     pub charge: Option<RawCharge>,
+    /// For calendar windows: the UTC offset their days start in ("+02:00"; default "Z").
+    pub utc_offset: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +169,11 @@ pub enum Algorithm {
     TokenBucket { interval_ns: u64, burst: u64 },
     /// At most `limit` per aligned window.
     FixedWindow { limit: u64, window_ns: u64 },
+    /// A quota: at most `limit` per calendar day, week or month in a UTC offset.
+    Calendar {
+        limit: u64,
+        period: crate::calendar::Period,
+    },
     /// At most `limit` in the sliding window, estimated from the previous and current
     /// aligned windows (the previous one weighted by how much of it still overlaps).
     SlidingWindow { limit: u64, window_ns: u64 },
@@ -338,8 +345,16 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
     let mut rule = compile_rule_body(index, raw)?;
     rule.exempt = exempt;
     rule.shadow = shadow;
-    if rule.global.is_some() && (raw.cost.is_some() || raw.charge.is_some()) {
-        let name = if raw.cost.is_some() { "cost" } else { "charge" };
+    if rule.global.is_some()
+        && (raw.cost.is_some() || raw.charge.is_some() || raw.utc_offset.is_some())
+    {
+        let name = if raw.cost.is_some() {
+            "cost"
+        } else if raw.charge.is_some() {
+            "charge"
+        } else {
+            "utc_offset"
+        };
         return Err(err(
             format!("{field}.{name}"),
             "is not supported on global rules yet",
@@ -348,7 +363,9 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
     }
     let capacity = match rule.algorithm {
         Algorithm::TokenBucket { burst, .. } => burst,
-        Algorithm::FixedWindow { limit, .. } | Algorithm::SlidingWindow { limit, .. } => limit,
+        Algorithm::FixedWindow { limit, .. }
+        | Algorithm::SlidingWindow { limit, .. }
+        | Algorithm::Calendar { limit, .. } => limit,
     };
     if let Some(cost) = &raw.cost {
         let header = cost.request_header.to_ascii_lowercase();
@@ -467,12 +484,28 @@ fn compile_rule_body(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
             "use a whole number from 1 to 1000000000",
         ));
     }
+    let calendar = match window_text {
+        "calendar_day" => Some(crate::calendar::Unit::Day),
+        "calendar_week" => Some(crate::calendar::Unit::Week),
+        "calendar_month" => Some(crate::calendar::Unit::Month),
+        _ => None,
+    };
+    if let Some(unit) = calendar {
+        return compile_quota(index, raw, matcher, key, limit, unit);
+    }
+    if raw.utc_offset.is_some() {
+        return Err(err(
+            format!("{field}.utc_offset"),
+            "applies to calendar windows only",
+            "remove it, or use \"window\": \"calendar_day\" / \"calendar_week\" / \"calendar_month\"",
+        ));
+    }
     let window = parse_duration(&format!("{field}.window"), window_text)?;
     if window < Duration::from_millis(1) || window > Duration::from_secs(86_400) {
         return Err(err(
             format!("{field}.window"),
             format!("{window_text:?} is out of range"),
-            "use a window from \"1ms\" to \"24h\"",
+            "use a window from \"1ms\" to \"24h\", or a quota: \"calendar_day\", \"calendar_week\", \"calendar_month\"",
         ));
     }
     let window_ns = window.as_nanos() as u64;
@@ -564,6 +597,83 @@ fn compile_rule_body(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
         limit,
         window,
         queue,
+        sets: max_keys.div_ceil(WAYS),
+        name_seed: crate::key::fingerprint(0x6e61_6d65, raw.name.as_bytes()),
+        metric_allowed: metric("allowed"),
+        metric_denied: metric("denied"),
+        metric_shadow_denied: metric("shadow_denied"),
+        metric_queued: metric("queued"),
+        metric_errors: metric("errors"),
+        global: None,
+        exempt: None,
+        shadow: false,
+        cost: None,
+        charge: None,
+    })
+}
+
+/// A quota: a fixed window of a calendar day, week or month in `utc_offset` (the
+/// algorithm is always a fixed window; no burst, no queue).
+fn compile_quota(
+    index: usize,
+    raw: &RawRule,
+    matcher: Matcher,
+    key: Vec<KeyPart>,
+    limit: u64,
+    unit: crate::calendar::Unit,
+) -> Result<Rule, ConfigError> {
+    let field = format!("rules[{index}]");
+    for (name, present) in [
+        ("burst", raw.burst.is_some()),
+        ("queue", raw.queue.is_some()),
+    ] {
+        if present {
+            return Err(err(
+                format!("{field}.{name}"),
+                "does not apply to a calendar window (a quota)",
+                format!("remove {name}"),
+            ));
+        }
+    }
+    if raw
+        .algorithm
+        .as_deref()
+        .is_some_and(|a| a != "fixed_window")
+    {
+        return Err(err(
+            format!("{field}.algorithm"),
+            "a calendar window is a fixed window",
+            "remove algorithm or set it to \"fixed_window\"",
+        ));
+    }
+    let offset_s = match raw.utc_offset.as_deref() {
+        None => 0,
+        Some(text) => crate::calendar::parse_offset(text).ok_or_else(|| {
+            err(
+                format!("{field}.utc_offset"),
+                format!("{text:?} is not a UTC offset"),
+                "write it like \"+02:00\", \"-05:30\" or \"Z\" (at most ±14:00)",
+            )
+        })?,
+    };
+    let period = crate::calendar::Period { unit, offset_s };
+    let max_keys = raw.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+    if !(WAYS..=MAX_MAX_KEYS).contains(&max_keys) {
+        return Err(err(
+            format!("{field}.max_keys"),
+            format!("{max_keys} is out of range"),
+            format!("use a number from {WAYS} to {MAX_MAX_KEYS} (default {DEFAULT_MAX_KEYS})"),
+        ));
+    }
+    let metric = |what: &str| labelled_metric_name("rate_limit", &[("rule", &raw.name)], what);
+    Ok(Rule {
+        name: raw.name.clone(),
+        matcher,
+        key,
+        algorithm: Algorithm::Calendar { limit, period },
+        limit,
+        window: Duration::from_secs(period.nominal_seconds()),
+        queue: None,
         sets: max_keys.div_ceil(WAYS),
         name_seed: crate::key::fingerprint(0x6e61_6d65, raw.name.as_bytes()),
         metric_allowed: metric("allowed"),
