@@ -22,6 +22,9 @@ descriptors:
     value: api
     rate_limit: { unit: hour, requests_per_unit: 100 }
   - key: rule
+    value: metered
+    rate_limit: { unit: hour, requests_per_unit: 10 }
+  - key: rule
     value: per-user
     descriptors:
       - key: header:x-user
@@ -32,7 +35,8 @@ fn filter_config(failure_mode: &str) -> String {
     format!(
         r#"{{"rules":[
           {{"name":"api","match":{{"path_prefix":"/api/"}},"global":{{"cluster":"ratelimit","timeout":"250ms","failure_mode":"{failure_mode}"}}}},
-          {{"name":"per-user","match":{{"path_prefix":"/user/"}},"key":"header:x-user","global":{{"cluster":"ratelimit","timeout":"250ms","failure_mode":"{failure_mode}"}}}}
+          {{"name":"per-user","match":{{"path_prefix":"/user/"}},"key":"header:x-user","global":{{"cluster":"ratelimit","timeout":"250ms","failure_mode":"{failure_mode}"}}}},
+          {{"name":"metered","match":{{"path_prefix":"/metered/"}},"cost":{{"request_header":"x-cost","max":10}},"global":{{"cluster":"ratelimit","timeout":"250ms","failure_mode":"{failure_mode}"}}}}
         ]}}"#
     )
 }
@@ -158,6 +162,36 @@ fn one_limit_holds_exactly_across_two_envoys() {
 /// The service stopped, hanging Redis aside: with `failure_mode: allow` requests pass, with
 /// `deny` they are refused, each within the rule's timeout; once the service is back, the
 /// limit holds again. Redis stopped: the service answers UNAVAILABLE at once, same result.
+/// A global rule's cost reaches the service as the descriptor's hits_addend: 10 units per
+/// hour, shared by two Envoys, spent 4 + 4 (then 4 more do not fit), 2, then nothing.
+#[test]
+fn a_global_rule_charges_the_request_cost_at_the_service() {
+    let (_redis, service, backend) = setup();
+    let envoys = [
+        envoy(backend.addr, &service, "deny"),
+        envoy(backend.addr, &service, "deny"),
+    ];
+    let send = |envoy: usize, cost: &str| {
+        http_request(
+            envoys[envoy].listener,
+            "GET",
+            "/metered/x",
+            &[("x-cost", cost)],
+            b"",
+        )
+        .unwrap()
+        .status
+    };
+    let statuses = [
+        send(0, "4"),
+        send(1, "4"),
+        send(0, "4"),
+        send(1, "2"),
+        send(0, "1"),
+    ];
+    assert_eq!(statuses, [200, 200, 429, 200, 429]);
+}
+
 #[test]
 fn failures_apply_the_failure_mode_within_the_timeout() {
     let (mut redis, mut service, backend) = setup();

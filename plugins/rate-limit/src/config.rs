@@ -345,12 +345,8 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
     let mut rule = compile_rule_body(index, raw)?;
     rule.exempt = exempt;
     rule.shadow = shadow;
-    if rule.global.is_some()
-        && (raw.cost.is_some() || raw.charge.is_some() || raw.utc_offset.is_some())
-    {
-        let name = if raw.cost.is_some() {
-            "cost"
-        } else if raw.charge.is_some() {
+    if rule.global.is_some() && (raw.charge.is_some() || raw.utc_offset.is_some()) {
+        let name = if raw.charge.is_some() {
             "charge"
         } else {
             "utc_offset"
@@ -358,10 +354,26 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
         return Err(err(
             format!("{field}.{name}"),
             "is not supported on global rules yet",
-            "use it on a local rule (global costs are planned through RLS hits_addend)",
+            "use it on a local rule (a global charge after the response is planned as a second RLS call)",
+        ));
+    }
+    if rule.global.as_ref().is_some_and(|g| g.batch > 1) && raw.cost.is_some() {
+        return Err(err(
+            format!("{field}.cost"),
+            "cannot be combined with global.batch (leased hits are single units)",
+            "remove cost or batch",
         ));
     }
     let capacity = match rule.algorithm {
+        // A global rule's capacity is the service's: its own limit when it gives one, else
+        // the service's default --max-hits-addend bound.
+        _ if rule.global.is_some() => {
+            if rule.limit > 0 {
+                rule.limit
+            } else {
+                1_000_000
+            }
+        }
         Algorithm::TokenBucket { burst, .. } => burst,
         Algorithm::FixedWindow { limit, .. }
         | Algorithm::SlidingWindow { limit, .. }

@@ -235,7 +235,13 @@ pub fn global_calls(
                 requests_per_unit: n,
                 unit,
             }),
-            hits: (global.batch > 1).then_some(u64::from(global.batch)),
+            // Lease mode asks for the batch; otherwise the request's cost when above 1
+            // (the RLS per-descriptor hits_addend).
+            hits: if global.batch > 1 {
+                Some(u64::from(global.batch))
+            } else {
+                Some(request_cost(rule, request)).filter(|cost| *cost > 1)
+            },
         };
         match calls
             .iter_mut()
