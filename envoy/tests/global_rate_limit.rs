@@ -25,6 +25,11 @@ descriptors:
     value: metered
     rate_limit: { unit: hour, requests_per_unit: 10 }
   - key: rule
+    value: tokens
+    descriptors:
+      - key: header:x-user
+        rate_limit: { unit: hour, requests_per_unit: 100 }
+  - key: rule
     value: per-user
     descriptors:
       - key: header:x-user
@@ -36,7 +41,8 @@ fn filter_config(failure_mode: &str) -> String {
         r#"{{"rules":[
           {{"name":"api","match":{{"path_prefix":"/api/"}},"global":{{"cluster":"ratelimit","timeout":"250ms","failure_mode":"{failure_mode}"}}}},
           {{"name":"per-user","match":{{"path_prefix":"/user/"}},"key":"header:x-user","global":{{"cluster":"ratelimit","timeout":"250ms","failure_mode":"{failure_mode}"}}}},
-          {{"name":"metered","match":{{"path_prefix":"/metered/"}},"cost":{{"request_header":"x-cost","max":10}},"global":{{"cluster":"ratelimit","timeout":"250ms","failure_mode":"{failure_mode}"}}}}
+          {{"name":"metered","match":{{"path_prefix":"/metered/"}},"cost":{{"request_header":"x-cost","max":10}},"global":{{"cluster":"ratelimit","timeout":"250ms","failure_mode":"{failure_mode}"}}}},
+          {{"name":"tokens","match":{{"path_prefix":"/cache/tokens"}},"key":"header:x-user","charge":{{"response_header":"x-usage-tokens"}},"global":{{"cluster":"ratelimit","timeout":"250ms","failure_mode":"{failure_mode}"}}}}
         ]}}"#
     )
 }
@@ -190,6 +196,54 @@ fn a_global_rule_charges_the_request_cost_at_the_service() {
         send(0, "1"),
     ];
     assert_eq!(statuses, [200, 200, 429, 200, 429]);
+}
+
+/// A global rule charged after the response, across two Envoys: admission is a check (at
+/// least the request's cost left, nothing spent); the usage the backend reports (60 tokens a
+/// response) is sent to the service afterwards from the root context and spent even past the
+/// limit of 100 — so after two answers (120) the user is refused on either Envoy.
+#[test]
+fn a_global_rule_charges_reported_usage_after_the_response() {
+    let (_redis, service, backend) = setup();
+    let envoys = [
+        envoy(backend.addr, &service, "deny"),
+        envoy(backend.addr, &service, "deny"),
+    ];
+    let send = |envoy: usize, user: &str| {
+        http_request(
+            envoys[envoy].listener,
+            "GET",
+            "/cache/tokens?header=x-usage-tokens%3A60&body=answer",
+            &[("x-user", user)],
+            b"",
+        )
+        .unwrap()
+        .status
+    };
+    let charged = |envoy: usize| {
+        envoys[envoy]
+            .stats()
+            .unwrap()
+            .get("wasmcustom.edgewise.rate_limit.rule=.=tokens;.;charged")
+            .copied()
+            .unwrap_or(0)
+    };
+    // Waits until `envoy` reports `units` charged (the charge is sent on the root's next
+    // tick, the counter flushed on another).
+    let settled = |envoy: usize, units: i64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while charged(envoy) < units {
+            assert!(Instant::now() < deadline, "charge of {units} not settled");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(send(0, "ann"), 200);
+    settled(0, 60);
+    assert_eq!(send(1, "ann"), 200, "40 left: admitted (cost 1)");
+    settled(1, 60);
+    assert_eq!(send(0, "ann"), 429, "120 charged: in debt");
+    assert_eq!(send(1, "ann"), 429);
+    assert_eq!(send(1, "ben"), 200, "another user");
 }
 
 #[test]

@@ -9,13 +9,17 @@
 //! they no longer matter.
 
 /// KEYS: one per limited descriptor. ARGV: per key its algorithm (0 GCRA, 1 sliding
-/// window), period (µs), limit and hits. Returns per key: admitted (1/0), remaining, retry
+/// window), period (µs), limit and hits; then 1 to spend the hits whatever is left (a charge
+/// after a response: into debt), else 0 or nothing. Returns per key: admitted (1/0), remaining, retry
 /// after (ms, when not admitted), time until the key is back to full (ms).
 pub const DECIDE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local checked = {}
 local all = true
+-- A charge after a response (the caller's x-edgewise-charge metadata): spent whatever is
+-- left, into debt if need be.
+local force = ARGV[4 * #KEYS + 1] == '1'
 for i = 1, #KEYS do
   local algorithm = tonumber(ARGV[4 * i - 3])
   local period = tonumber(ARGV[4 * i - 2])
@@ -50,7 +54,7 @@ end
 local out = {}
 for i = 1, #KEYS do
   local c = checked[i]
-  local spend = all
+  local spend = all or force
   local admitted, remaining, retry, full
   if c.algorithm == 0 then
     if spend then

@@ -201,6 +201,9 @@ impl RateLimitService for Limiter {
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
         self.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        // `x-edgewise-charge: 1`: a charge after a response (the rate_limit filter's
+        // `charge`) — its hits are spent even past the limit, so the key goes into debt.
+        let force = request.metadata().get("x-edgewise-charge").is_some();
         let request = request.into_inner();
         if request.domain.is_empty() || request.descriptors.is_empty() {
             return Err(Status::invalid_argument(
@@ -277,6 +280,7 @@ impl RateLimitService for Limiter {
                     .arg(limit.requests_per_unit)
                     .arg(*hits);
             }
+            invocation.arg(i64::from(force));
             let mut redis = self.redis.clone();
             let reply: Vec<i64> = invocation.invoke_async(&mut redis).await.map_err(|e| {
                 self.metrics.redis_errors.fetch_add(1, Ordering::Relaxed);

@@ -151,6 +151,11 @@ impl Context for ChainRoot {
         // Only the filter that sent the callout knows its token; the others ignore it.
         self.each(|f| f.on_http_call_response(token_id, num_headers, body_size, num_trailers));
     }
+
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        // The rate limiter's charges after responses (global rules), sent from its root.
+        self.each(|f| f.on_grpc_call_response(token_id, status_code, response_size));
+    }
 }
 
 impl RootContext for ChainRoot {

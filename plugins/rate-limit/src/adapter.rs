@@ -33,6 +33,7 @@ proxy_wasm::main! {{
 /// This filter's root context, for this module's entry point or a composed module.
 pub fn new_root() -> Box<dyn RootContext> {
     Box::new(RateLimitRoot {
+        charging: std::collections::HashMap::new(),
         shared: None,
         waiters: Rc::new(RefCell::new(Vec::new())),
         waits: Rc::new(RefCell::new(Vec::new())),
@@ -57,6 +58,21 @@ struct Shared {
     /// The tick period while requests wait on a rate limit service; None without global
     /// rules (computed once, at configure time).
     global_tick: Option<std::time::Duration>,
+    /// Charges after responses for global rules, sent by the root context on its next tick
+    /// (so a call outlives its stream).
+    global_charges: RefCell<Vec<GlobalCharge>>,
+}
+
+/// A global rule's charge after a response: a second call to its service with the request's
+/// descriptor and `units` as its hits_addend.
+#[derive(Clone, Debug)]
+struct GlobalCharge {
+    cluster: String,
+    domain: String,
+    rule: usize,
+    descriptor: crate::rls::Descriptor,
+    /// The request's cost (what a status charge takes).
+    cost: u64,
 }
 
 /// A request held by queueing, released by the tick at `release_at`.
@@ -93,6 +109,8 @@ struct RateLimitRoot {
     waiters: Waiters,
     /// Requests waiting for a rate limit service, watched for their deadline.
     waits: Waits,
+    /// Charge calls in flight: token → (configuration, rule, units).
+    charging: std::collections::HashMap<u32, (Rc<Shared>, usize, u64)>,
 }
 
 impl RateLimitRoot {
@@ -101,7 +119,12 @@ impl RateLimitRoot {
     fn schedule_ticks(&self) {
         let period = if !self.waiters.borrow().is_empty() {
             std::time::Duration::from_millis(1)
-        } else if !self.waits.borrow().is_empty() {
+        } else if !self.waits.borrow().is_empty()
+            || self
+                .shared
+                .as_ref()
+                .is_some_and(|s| !s.global_charges.borrow().is_empty())
+        {
             self.shared
                 .as_ref()
                 .and_then(|s| s.global_tick)
@@ -205,7 +228,71 @@ fn send_deny(shared: &Shared, statuses: &[RuleStatus], retry_after_ns: u64) -> b
     abi::send_local_response(deny.status, &headers, deny.body.as_bytes())
 }
 
-impl Context for RateLimitRoot {}
+impl RateLimitRoot {
+    /// Sends the queued charges of global rules (one call each; never waited for by a
+    /// client). A call that cannot be sent counts in the rule's `errors`.
+    fn send_global_charges(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let queued: Vec<GlobalCharge> = shared.global_charges.borrow_mut().drain(..).collect();
+        let (service, method) = global::endpoint();
+        for charge in queued {
+            let units = charge.descriptor.hits.unwrap_or(0);
+            let timeout = shared
+                .config
+                .rules
+                .get(charge.rule)
+                .and_then(|r| r.global.as_ref())
+                .map_or(std::time::Duration::from_millis(100), |g| g.timeout);
+            let message = crate::rls::encode_request(
+                &charge.domain,
+                std::slice::from_ref(&charge.descriptor),
+                0,
+            );
+            // The metadata tells edgewise-ratelimit to spend the units even past the limit
+            // (debt); envoyproxy/ratelimit's counters take them anyway.
+            match self.dispatch_grpc_call(
+                &charge.cluster,
+                service,
+                method,
+                vec![("x-edgewise-charge", b"1".as_slice())],
+                Some(&message),
+                timeout,
+            ) {
+                Ok(token) => {
+                    self.charging
+                        .insert(token, (shared.clone(), charge.rule, units));
+                }
+                Err(_) => {
+                    if let Some(m) = shared.metrics.get(charge.rule) {
+                        m.errors.increment(1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Context for RateLimitRoot {
+    /// The answer to a charge call: counted in `charged` when the service took it, in
+    /// `errors` when the call failed. Its verdict does not matter (the request is done).
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, _response_size: usize) {
+        let Some((shared, rule, units)) = self.charging.remove(&token_id) else {
+            return;
+        };
+        let Some(m) = shared.metrics.get(rule) else {
+            return;
+        };
+        if status_code == 0 {
+            if let Some(charged) = &m.charged {
+                charged.increment(units as i64);
+            }
+        } else {
+            m.errors.increment(1);
+        }
+    }
+}
 
 /// The key-hash seed every VM of this vm_id shares: random, created once in shared data by
 /// the first VM to configure, and kept across reconfigurations and VM restarts (shared data
@@ -273,6 +360,7 @@ impl RootContext for RateLimitRoot {
             config,
             metrics,
             global_tick,
+            global_charges: RefCell::new(Vec::new()),
         }));
         true
     }
@@ -283,6 +371,7 @@ impl RootContext for RateLimitRoot {
         }
         let Some(now) = now_nanos() else { return };
         self.expire_global_waits(now);
+        self.send_global_charges();
         let due: Vec<Waiter> = {
             let mut waiters = self.waiters.borrow_mut();
             let (due, keep) = waiters.drain(..).partition(|w| w.release_at <= now);
@@ -312,6 +401,7 @@ impl RootContext for RateLimitRoot {
             waits: self.waits.clone(),
             wait: None,
             to_charge: Vec::new(),
+            to_charge_global: Vec::new(),
         }))
     }
 }
@@ -327,6 +417,8 @@ struct RateLimitStream {
     wait: Option<global::Wait>,
     /// Rules that charge after the response, with this request's key and cost.
     to_charge: Vec<Applicable>,
+    /// Global rules that charge after the response: their call and descriptor.
+    to_charge_global: Vec<GlobalCharge>,
 }
 
 impl RateLimitStream {
@@ -334,7 +426,7 @@ impl RateLimitStream {
     /// trailers arrived; else its headers did). Nothing is charged for a request this
     /// filter refused. A charge that fails (shared data) counts in `errors`.
     fn settle(&mut self, trailers: bool) {
-        if self.replied || self.to_charge.is_empty() {
+        if self.replied || (self.to_charge.is_empty() && self.to_charge_global.is_empty()) {
             return;
         }
         let Some(shared) = self.shared.clone() else {
@@ -351,31 +443,41 @@ impl RateLimitStream {
                 .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        let status = || number(":status");
+        // The units this response settles for a rule; None: not now (its trailer is still
+        // to come) or never (no charge).
+        let units = |rule: usize, cost: u64| -> Option<u64> {
+            match (&shared.config.rules.get(rule)?.charge, trailers) {
+                (Some(Charge::ResponseHeader(name)), false) => Some(number(name)),
+                (Some(Charge::ResponseTrailer(name)), true) => Some(number(name)),
+                (Some(Charge::Statuses(ranges)), false) => {
+                    let code = number(":status");
+                    let hit = ranges
+                        .iter()
+                        .any(|(lo, hi)| (u64::from(*lo)..=u64::from(*hi)).contains(&code));
+                    Some(if hit { cost } else { 0 })
+                }
+                _ => None,
+            }
+        };
+        let waits_for_trailer = |rule: usize| {
+            !trailers
+                && matches!(
+                    shared
+                        .config
+                        .rules
+                        .get(rule)
+                        .and_then(|r| r.charge.as_ref()),
+                    Some(Charge::ResponseTrailer(_))
+                )
+        };
         let mut keep = Vec::new();
         for a in std::mem::take(&mut self.to_charge) {
-            let Some(rule) = shared.config.rules.get(a.rule) else {
+            if waits_for_trailer(a.rule) {
+                keep.push(a);
                 continue;
-            };
-            let units = match (&rule.charge, trailers) {
-                (Some(Charge::ResponseHeader(name)), false) => number(name),
-                (Some(Charge::ResponseTrailer(name)), true) => number(name),
-                (Some(Charge::Statuses(ranges)), false) => {
-                    let code = status();
-                    if ranges
-                        .iter()
-                        .any(|(lo, hi)| (u64::from(*lo)..=u64::from(*hi)).contains(&code))
-                    {
-                        a.cost
-                    } else {
-                        0
-                    }
-                }
-                (Some(Charge::ResponseTrailer(_)), false) => {
-                    keep.push(a);
-                    continue;
-                }
-                _ => continue,
+            }
+            let Some(units) = units(a.rule, a.cost) else {
+                continue;
             };
             let metrics = &shared.metrics[a.rule];
             if charge_after(&shared.config, &shared.store, &a, units, now) {
@@ -387,6 +489,30 @@ impl RateLimitStream {
             }
         }
         self.to_charge = keep;
+        let mut keep = Vec::new();
+        let mut queued = false;
+        for mut charge in std::mem::take(&mut self.to_charge_global) {
+            if waits_for_trailer(charge.rule) {
+                keep.push(charge);
+                continue;
+            }
+            match units(charge.rule, charge.cost) {
+                Some(units) if units > 0 => {
+                    charge.descriptor.hits = Some(units);
+                    shared.global_charges.borrow_mut().push(charge);
+                    queued = true;
+                }
+                _ => {}
+            }
+        }
+        self.to_charge_global = keep;
+        if queued {
+            edgewise_support::wasm::set_tick_period(
+                shared
+                    .global_tick
+                    .unwrap_or(std::time::Duration::from_millis(5)),
+            );
+        }
     }
     /// Asks the rate limit services for the request's global rules (after its local rules
     /// admitted it): denied at once by a remembered OVER_LIMIT answer, else paused until
@@ -418,6 +544,22 @@ impl RateLimitStream {
         }
         if calls.is_empty() {
             return Action::Continue;
+        }
+        // Global rules charged after the response: remember what to send then.
+        for call in &calls {
+            for (i, cost) in call.check_costs.iter().enumerate() {
+                if let (Some(cost), Some(rule), Some(descriptor)) =
+                    (cost, call.rules.get(i), call.descriptors.get(i))
+                {
+                    self.to_charge_global.push(GlobalCharge {
+                        cluster: call.cluster.clone(),
+                        domain: call.domain.clone(),
+                        rule: *rule,
+                        descriptor: descriptor.clone(),
+                        cost: *cost,
+                    });
+                }
+            }
         }
         let (service, method) = global::endpoint();
         let mut pending = Vec::new();

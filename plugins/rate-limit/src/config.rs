@@ -345,21 +345,19 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
     let mut rule = compile_rule_body(index, raw)?;
     rule.exempt = exempt;
     rule.shadow = shadow;
-    if rule.global.is_some() && (raw.charge.is_some() || raw.utc_offset.is_some()) {
-        let name = if raw.charge.is_some() {
-            "charge"
-        } else {
-            "utc_offset"
-        };
+    if rule.global.is_some() && raw.utc_offset.is_some() {
         return Err(err(
-            format!("{field}.{name}"),
+            format!("{field}.utc_offset"),
             "is not supported on global rules yet",
-            "use it on a local rule (a global charge after the response is planned as a second RLS call)",
+            "use a calendar window on a local rule",
         ));
     }
-    if rule.global.as_ref().is_some_and(|g| g.batch > 1) && raw.cost.is_some() {
+    if rule.global.as_ref().is_some_and(|g| g.batch > 1)
+        && (raw.cost.is_some() || raw.charge.is_some())
+    {
+        let name = if raw.cost.is_some() { "cost" } else { "charge" };
         return Err(err(
-            format!("{field}.cost"),
+            format!("{field}.{name}"),
             "cannot be combined with global.batch (leased hits are single units)",
             "remove cost or batch",
         ));

@@ -172,6 +172,9 @@ pub struct GlobalCall {
     pub descriptors: Vec<crate::rls::Descriptor>,
     /// Per rule, the descriptor's fingerprint (for remembered OVER_LIMIT answers).
     pub fingerprints: Vec<u64>,
+    /// Per rule, Some(cost) for a rule charged after the response: its descriptor is sent
+    /// with hits_addend 0 (a check) and it admits only with at least `cost` units left.
+    pub check_costs: Vec<Option<u64>>,
 }
 
 /// The global rules that match the request and have key values, grouped into one call per
@@ -229,15 +232,19 @@ pub fn global_calls(
             material.extend_from_slice(v);
         }
         let fp = fingerprint(config.hash_seed ^ rule.name_seed, &material);
+        let check_cost = rule.charge.as_ref().map(|_| request_cost(rule, request));
         let descriptor = crate::rls::Descriptor {
             entries,
             limit: global.limit.map(|(n, unit)| crate::rls::Override {
                 requests_per_unit: n,
                 unit,
             }),
-            // Lease mode asks for the batch; otherwise the request's cost when above 1
-            // (the RLS per-descriptor hits_addend).
-            hits: if global.batch > 1 {
+            // A rule charged after the response checks (hits_addend 0); lease mode asks
+            // for the batch; otherwise the request's cost when above 1 (the RLS
+            // per-descriptor hits_addend).
+            hits: if rule.charge.is_some() {
+                Some(0)
+            } else if global.batch > 1 {
                 Some(u64::from(global.batch))
             } else {
                 Some(request_cost(rule, request)).filter(|cost| *cost > 1)
@@ -251,6 +258,7 @@ pub fn global_calls(
                 call.rules.push(index);
                 call.descriptors.push(descriptor);
                 call.fingerprints.push(fp);
+                call.check_costs.push(check_cost);
             }
             None => calls.push(GlobalCall {
                 cluster: global.cluster.clone(),
@@ -258,6 +266,7 @@ pub fn global_calls(
                 rules: vec![index],
                 descriptors: vec![descriptor],
                 fingerprints: vec![fp],
+                check_costs: vec![check_cost],
             }),
         }
     }

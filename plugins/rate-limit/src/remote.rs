@@ -167,7 +167,19 @@ pub fn judge(config: &Config, call: &GlobalCall, answer: &Answer, now: u64) -> V
             }),
         })
         .collect();
-    if answer.overall == CODE_OK {
+    // A rule charged after the response was only checked (hits_addend 0): it admits with
+    // at least its request's cost left.
+    let mut statuses = statuses;
+    let mut checked_out = false;
+    for (status, cost) in statuses.iter_mut().zip(&call.check_costs) {
+        if let Some(cost) = cost {
+            if !status.limited && status.remaining < *cost {
+                status.limited = true;
+                checked_out = true;
+            }
+        }
+    }
+    if answer.overall == CODE_OK && !checked_out {
         return Verdict::Allowed { statuses };
     }
     let over: Vec<(usize, &RuleStatus)> = statuses
@@ -189,11 +201,14 @@ pub fn judge(config: &Config, call: &GlobalCall, answer: &Answer, now: u64) -> V
         .map(|(_, s)| s.reset_ns)
         .max()
         .unwrap_or(1_000_000_000);
-    // A dry-run rule's denial is never remembered: remembered denials are enforced.
+    // A dry-run rule's denial is never remembered: remembered denials are enforced. Nor
+    // is a check's (a charged rule): it is re-checked, its debt changes with every charge.
+    let checked = |rule: usize| config.rules.get(rule).is_some_and(|r| r.charge.is_some());
     let remember = over
         .iter()
         .filter(|(_, s)| {
             !shadow(s.rule)
+                && !checked(s.rule)
                 && config.rules[s.rule]
                     .global
                     .as_ref()
@@ -262,6 +277,7 @@ mod tests {
             rules: vec![0, 1],
             descriptors: Vec::new(),
             fingerprints: vec![11, 22],
+            check_costs: vec![None, None],
         };
         (config, call)
     }

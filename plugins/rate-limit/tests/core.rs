@@ -404,7 +404,7 @@ fn bad_costs_and_charges_name_the_field() {
         "rules[0].queue"
     );
     assert_eq!(
-        field(r#"{"name":"a","global":{"cluster":"rl"},"charge":{"statuses":["5xx"]}}"#),
+        field(r#"{"name":"a","global":{"cluster":"rl","batch":10},"charge":{"statuses":["5xx"]}}"#),
         "rules[0].charge"
     );
 }
