@@ -36,6 +36,9 @@ descriptors:
         rate_limit: { unit: hour, requests_per_unit: 3 }
 "#;
 
+/// The service's control token (the usage endpoint needs it).
+const CONTROL_TOKEN: &str = "global-tests-control-token";
+
 fn filter_config(failure_mode: &str) -> String {
     format!(
         r#"{{"rules":[
@@ -67,7 +70,8 @@ fn setup() -> (Redis, RateLimitService, Backend) {
     );
     envoy_harness::build_wasm(&["rate-limit"]).unwrap();
     let redis = Redis::start().unwrap();
-    let service = RateLimitService::start(LIMITS, &redis.url()).unwrap();
+    let service =
+        RateLimitService::start_with_control(LIMITS, &redis.url(), CONTROL_TOKEN).unwrap();
     let backend = Backend::start("origin").unwrap();
     (redis, service, backend)
 }
@@ -244,6 +248,50 @@ fn a_global_rule_charges_reported_usage_after_the_response() {
     assert_eq!(send(0, "ann"), 429, "120 charged: in debt");
     assert_eq!(send(1, "ann"), 429);
     assert_eq!(send(1, "ben"), 200, "another user");
+    // The service's usage endpoint reads the key without spending: none left for ann.
+    let usage = |user: &str| {
+        let path = format!("/v1/usage?domain=edgewise&rule=tokens&header%3Ax-user={user}");
+        let auth = format!("Bearer {CONTROL_TOKEN}");
+        let r = http_request(service.http, "GET", &path, &[("authorization", &auth)], b"").unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_str::<serde_json::Value>(&r.text()).unwrap()
+    };
+    let ann = usage("ann");
+    assert_eq!(
+        (ann["limit"].as_u64(), ann["remaining"].as_u64()),
+        (Some(100), Some(0)),
+        "{ann}"
+    );
+    assert_eq!(ann["unit"], "hour");
+    settled(1, 120); // ann's second answer and ben's
+    let ben = usage("ben");
+    assert_eq!(ben["remaining"].as_u64(), Some(40), "{ben}");
+    assert_eq!(
+        usage("ben")["remaining"].as_u64(),
+        Some(40),
+        "reading spends nothing"
+    );
+    let unknown = http_request(
+        service.http,
+        "GET",
+        "/v1/usage?domain=edgewise&rule=nope",
+        &[("authorization", &format!("Bearer {CONTROL_TOKEN}"))],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(
+        unknown.text().trim(),
+        r#"{"domain":"edgewise","entries":[["rule","nope"]],"limited":false}"#
+    );
+    let anonymous = http_request(
+        service.http,
+        "GET",
+        "/v1/usage?domain=edgewise&rule=tokens",
+        &[],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(anonymous.status, 401);
 }
 
 #[test]

@@ -255,7 +255,7 @@ pub async fn breakers(control: Arc<Control>, headers: HeaderMap) -> (StatusCode,
 
 /// Why a call to the control API is refused: the API is off (no token configured: 404) or
 /// the call lacks the token (401).
-fn admitted(control: &Control, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+pub fn admitted(control: &Control, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
     if control.token.is_none() {
         return Err((
             StatusCode::NOT_FOUND,

@@ -119,13 +119,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     let metrics = Arc::new(Metrics::default());
-    let limiter = Limiter {
+    let limiter = Arc::new(Limiter {
         config,
         redis: redis.clone(),
         script: service::script(),
         metrics: metrics.clone(),
         bounds: args.bounds,
-    };
+    });
 
     let grpc = tokio::net::TcpListener::bind(&args.listen).await?;
     let grpc_addr: SocketAddr = grpc.local_addr()?;
@@ -143,7 +143,24 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let poll_control = control.clone();
     let breaker_control = control.clone();
     let breakers_control = control.clone();
+    let usage_control = control.clone();
+    let usage_limiter = limiter.clone();
     let app = axum::Router::new()
+        .route(
+            "/v1/usage",
+            get(
+                move |headers: axum::http::HeaderMap,
+                      axum::extract::RawQuery(query): axum::extract::RawQuery| {
+                    let (control, limiter) = (usage_control.clone(), usage_limiter.clone());
+                    async move {
+                        if let Err(refused) = control::admitted(&control, &headers) {
+                            return refused;
+                        }
+                        service::usage(limiter, query).await
+                    }
+                },
+            ),
+        )
         .route(
             "/v1/breaker",
             axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
@@ -265,7 +282,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     });
     let grpc_server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(RateLimitServiceServer::new(limiter))
+            .add_service(RateLimitServiceServer::from_arc(limiter))
             .serve_with_incoming_shutdown(tokio_stream_listener(grpc), grpc_stop),
     );
     println!("listening on {grpc_addr}");

@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     rate_limit::Unit as ProtoUnit, Code, DescriptorStatus, RateLimit,
@@ -330,6 +331,74 @@ impl RateLimitService for Limiter {
 /// The decision script, for [`Limiter::script`].
 pub fn script() -> redis::Script {
     redis::Script::new(DECIDE)
+}
+
+/// `GET /v1/usage?domain=D&k1=v1&k2=v2…`: a descriptor's usage without spending any of it
+/// (the decision with `hits_addend` 0) — the limit, what is left and when it is full again,
+/// or `"limited": false` when no configured limit matches. The query's pairs after `domain`
+/// are the descriptor's entries, in order, percent-decoded.
+pub async fn usage(
+    limiter: Arc<Limiter>,
+    query: Option<String>,
+) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    let mut domain = None;
+    let mut entries = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if k == "domain" && domain.is_none() {
+            domain = Some(v.into_owned());
+        } else {
+            entries.push(Entry {
+                key: k.into_owned(),
+                value: v.into_owned(),
+            });
+        }
+    }
+    let (Some(domain), false) = (domain, entries.is_empty()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "name a domain and the descriptor's entries: ?domain=edgewise&rule=api&client_ip=203.0.113.7\n".into(),
+        );
+    };
+    let request = RateLimitRequest {
+        domain: domain.clone(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: entries.clone(),
+            hits_addend: Some(envoy_types::pb::google::protobuf::UInt64Value { value: 0 }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let answer = match limiter.should_rate_limit(Request::new(request)).await {
+        Ok(a) => a.into_inner(),
+        Err(e) if e.code() == tonic::Code::InvalidArgument => {
+            return (StatusCode::BAD_REQUEST, format!("{}\n", e.message()))
+        }
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{}\n", e.message()),
+            )
+        }
+    };
+    let pairs: Vec<[String; 2]> = entries.into_iter().map(|e| [e.key, e.value]).collect();
+    let body = match answer
+        .statuses
+        .first()
+        .and_then(|s| s.current_limit.clone().map(|l| (s, l)))
+    {
+        Some((status, limit)) => serde_json::json!({
+            "domain": domain,
+            "entries": pairs,
+            "limited": true,
+            "limit": limit.requests_per_unit,
+            "unit": format!("{:?}", limit.unit()).to_ascii_lowercase(),
+            "remaining": status.limit_remaining,
+            "full_in_ms": status.duration_until_reset.as_ref().map_or(0, |d| d.seconds * 1000 + i64::from(d.nanos) / 1_000_000),
+        }),
+        None => serde_json::json!({ "domain": domain, "entries": pairs, "limited": false }),
+    };
+    (StatusCode::OK, format!("{body}\n"))
 }
 
 #[cfg(test)]
