@@ -31,6 +31,8 @@ struct RawLimit {
     unit: String,
     requests_per_unit: u64,
     algorithm: Option<String>,
+    /// For calendar units: the UTC offset their days start in ("+02:00"; default "Z").
+    utc_offset: Option<String>,
 }
 
 /// A limit: `requests_per_unit` per `unit`.
@@ -48,6 +50,9 @@ pub enum Algorithm {
     TokenBucket,
     /// At most `requests_per_unit` by the two-window estimate.
     SlidingWindow,
+    /// A quota: at most `requests_per_unit` per calendar period (the unit's), a fixed
+    /// window that resets at the period's local end.
+    Calendar(edgewise_support::calendar::Period),
 }
 
 /// RFC-free units, as envoyproxy/ratelimit and Envoy's `RateLimitResponse.RateLimit.Unit`.
@@ -57,6 +62,8 @@ pub enum Unit {
     Minute,
     Hour,
     Day,
+    Week,
+    Month,
 }
 
 impl Unit {
@@ -76,6 +83,9 @@ impl Unit {
             Unit::Minute => 60,
             Unit::Hour => 3600,
             Unit::Day => 86_400,
+            // Nominal lengths: calendar quotas count by their own period ends.
+            Unit::Week => 7 * 86_400,
+            Unit::Month => 30 * 86_400,
         }
     }
 }
@@ -170,19 +180,52 @@ fn compile(source: &str, path: &str, raw: &[RawDescriptor]) -> Result<Vec<Node>,
         let limit = match &d.rate_limit {
             None => None,
             Some(l) => {
-                let unit = Unit::parse(&l.unit).ok_or_else(|| {
+                use edgewise_support::calendar::{parse_offset, Period, Unit as Calendar};
+                let calendar = match l.unit.to_ascii_lowercase().as_str() {
+                    "calendar_day" => Some((Calendar::Day, Unit::Day)),
+                    "calendar_week" => Some((Calendar::Week, Unit::Week)),
+                    "calendar_month" => Some((Calendar::Month, Unit::Month)),
+                    _ => None,
+                };
+                let unit = match calendar {
+                    Some((_, unit)) => Some(unit),
+                    None => Unit::parse(&l.unit),
+                }
+                .ok_or_else(|| {
                     ConfigError(format!(
-                        "{source}: {here}: rate_limit.unit {:?} is not a unit; use second, minute, hour or day",
+                        "{source}: {here}: rate_limit.unit {:?} is not a unit; use second, minute, hour, day, or a quota: calendar_day, calendar_week, calendar_month",
                         l.unit
                     ))
                 })?;
+                let offset_s = match (&l.utc_offset, calendar) {
+                    (None, _) => 0,
+                    (Some(text), Some(_)) => parse_offset(text).ok_or_else(|| {
+                        ConfigError(format!(
+                            "{source}: {here}: rate_limit.utc_offset {text:?} is not a UTC offset; write it like \"+02:00\", \"-05:30\" or \"Z\""
+                        ))
+                    })?,
+                    (Some(_), None) => {
+                        return Err(ConfigError(format!(
+                            "{source}: {here}: rate_limit.utc_offset applies to calendar units only; remove it or use calendar_day, calendar_week or calendar_month"
+                        )))
+                    }
+                };
                 if l.requests_per_unit == 0 || l.requests_per_unit > 1_000_000_000 {
                     return Err(ConfigError(format!(
                         "{source}: {here}: rate_limit.requests_per_unit {} is out of range; use 1 to 1000000000",
                         l.requests_per_unit
                     )));
                 }
-                let algorithm = match l.algorithm.as_deref().unwrap_or("token_bucket") {
+                let algorithm = match (calendar, l.algorithm.as_deref()) {
+                    (Some((period, _)), None | Some("fixed_window")) => {
+                        Algorithm::Calendar(Period { unit: period, offset_s })
+                    }
+                    (Some(_), Some(other)) => {
+                        return Err(ConfigError(format!(
+                            "{source}: {here}: rate_limit.algorithm {other:?} does not apply to a calendar unit (a quota is a fixed window); remove it"
+                        )))
+                    }
+                    (None, algorithm) => match algorithm.unwrap_or("token_bucket") {
                     "token_bucket" => Algorithm::TokenBucket,
                     "sliding_window" => Algorithm::SlidingWindow,
                     other => {
@@ -190,6 +233,7 @@ fn compile(source: &str, path: &str, raw: &[RawDescriptor]) -> Result<Vec<Node>,
                             "{source}: {here}: rate_limit.algorithm {other:?} is not an algorithm; use token_bucket (default) or sliding_window"
                         )))
                     }
+                    },
                 };
                 Some(Limit {
                     requests_per_unit: l.requests_per_unit,

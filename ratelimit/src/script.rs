@@ -9,7 +9,8 @@
 //! they no longer matter.
 
 /// KEYS: one per limited descriptor. ARGV: per key its algorithm (0 GCRA, 1 sliding
-/// window), period (µs), limit and hits; then 1 to spend the hits whatever is left (a charge
+/// window, 2 calendar quota), period (µs; for a quota the end of the current period, µs
+/// since the epoch), limit and hits; then 1 to spend the hits whatever is left (a charge
 /// after a response: into debt), else 0 or nothing. Returns per key: admitted (1/0), remaining, retry
 /// after (ms, when not admitted), time until the key is back to full (ms).
 pub const DECIDE: &str = r#"
@@ -34,6 +35,17 @@ for i = 1, #KEYS do
     c.interval = interval
     c.new_tat = tat + hits * interval
     c.ok = c.new_tat - period <= now
+  elseif algorithm == 2 then
+    -- A calendar quota: `period` is the current period's end (µs); the key holds
+    -- "end count", so a new period starts from zero.
+    local count = 0
+    local stored = redis.call('GET', KEYS[i])
+    if stored then
+      local e, n = string.match(stored, '^(%d+) (%d+)$')
+      if tonumber(e) == period then count = tonumber(n) end
+    end
+    c.count = count
+    c.ok = count + hits <= limit
   else
     local idx = math.floor(now / period)
     local cur, prev = 0, 0
@@ -67,6 +79,16 @@ for i = 1, #KEYS do
       full = math.ceil((c.tat - now) / 1000)
       retry = c.ok and 0 or math.ceil((c.new_tat - c.period - now) / 1000)
     end
+  elseif c.algorithm == 2 then
+    local to_end = math.max(1, math.ceil((c.period - now) / 1000))
+    local used = c.count
+    if spend then
+      used = used + c.hits
+      redis.call('SET', KEYS[i], string.format('%.0f %.0f', c.period, used), 'PX', to_end + 1000)
+    end
+    remaining = c.limit - used
+    full = to_end
+    retry = c.ok and 0 or to_end
   else
     local used = c.estimate
     if spend then

@@ -168,7 +168,18 @@ fn proto_unit(unit: Unit) -> i32 {
         Unit::Minute => ProtoUnit::Minute as i32,
         Unit::Hour => ProtoUnit::Hour as i32,
         Unit::Day => ProtoUnit::Day as i32,
+        Unit::Week => ProtoUnit::Week as i32,
+        Unit::Month => ProtoUnit::Month as i32,
     }
+}
+
+/// The end of the calendar period `now` falls in, in µs since the Unix epoch (what the
+/// script counts a quota's period by).
+fn period_end_us(period: &edgewise_support::calendar::Period) -> u64 {
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    period.end_ns(period.index(now_ns)) / 1_000
 }
 
 /// The limit a descriptor carries itself (RateLimitOverride), when valid.
@@ -276,8 +287,14 @@ impl RateLimitService for Limiter {
                     .arg(match limit.algorithm {
                         Algorithm::TokenBucket => 0,
                         Algorithm::SlidingWindow => 1,
+                        Algorithm::Calendar(_) => 2,
                     })
-                    .arg(limit.unit.seconds() * 1_000_000)
+                    .arg(match limit.algorithm {
+                        // A quota's "period" is the end of the current one (µs): each
+                        // period counts in its own window, whatever its length.
+                        Algorithm::Calendar(period) => period_end_us(&period),
+                        _ => limit.unit.seconds() * 1_000_000,
+                    })
                     .arg(limit.requests_per_unit)
                     .arg(*hits);
             }

@@ -277,6 +277,68 @@ async fn sliding_window_limits_hold_like_the_local_limiter() {
     );
 }
 
+/// A calendar quota in the service: 3 per local month (+14:00, the earliest zone), then
+/// OVER_LIMIT until the month's local end; a count stored for an earlier period is not
+/// carried over (each period counts from zero).
+#[tokio::test]
+async fn a_calendar_quota_counts_per_local_month() {
+    use edgewise_support::calendar::{Period, Unit};
+    let redis = Redis::start().unwrap();
+    let service = RateLimitService::start(
+        "domain: edgewise\ndescriptors:\n  - key: rule\n    value: quota\n    rate_limit: { unit: calendar_month, requests_per_unit: 3, utc_offset: \"+14:00\" }\n",
+        &redis.url(),
+    )
+    .unwrap();
+    // Last period's count, full: it must not count in this one.
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let period = Period {
+        unit: Unit::Month,
+        offset_s: 14 * 3600,
+    };
+    let index = period.index(now_ns);
+    let previous_end_us = period.end_ns(index - 1) / 1000;
+    let set = |value: String| {
+        let reply = redis
+            .command(&format!("SET erl:{{edgewise}}|rule=quota \"{value}\""))
+            .unwrap();
+        assert_eq!(reply, "+OK");
+    };
+    set(format!("{previous_end_us} 3"));
+    let mut c = client(&service).await;
+    let quota = || request(vec![descriptor(&[("rule", "quota")])]);
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let r = ask(&mut c, quota()).await.unwrap();
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        remaining.push(r.statuses[0].limit_remaining);
+    }
+    assert_eq!(remaining, [2, 1, 0]);
+    let denied = ask(&mut c, quota()).await.unwrap();
+    assert_eq!(denied.overall_code, Code::OverLimit as i32);
+    let wait = denied.statuses[0].duration_until_reset.clone().unwrap();
+    let expected = (period.end_ns(index) - now_ns) / 1_000_000_000;
+    // Tolerance: the seconds this test has run (stated: 5 s).
+    assert!(
+        (wait.seconds as i64 - expected as i64).abs() <= 5,
+        "reset in {wait:?}, the local month ends in {expected} s"
+    );
+    // The key is the one the service reads: this period's count set back to 0 admits again.
+    set(format!("{} 0", period.end_ns(index) / 1000));
+    assert_eq!(
+        ask(&mut c, quota()).await.unwrap().overall_code,
+        Code::Ok as i32
+    );
+    let unit = denied.statuses[0].current_limit.as_ref().unwrap().unit;
+    assert_eq!(
+        unit,
+        envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit::Month
+            as i32
+    );
+}
+
 /// SIGTERM: the service stops and exits 0 within its 5 s grace period, even while a client
 /// (as Envoy does) keeps its HTTP/2 connection open.
 #[tokio::test]

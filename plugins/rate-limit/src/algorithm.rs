@@ -143,7 +143,7 @@ fn gcra(interval: u64, burst: u64, state: &State, now: u64, max_delay: u64, cost
 
 /// The stored index of the calendar period `now` is in (never 0, the fresh state's) and
 /// the time until it ends.
-fn calendar_window(period: &crate::calendar::Period, now: u64) -> (u64, u64) {
+fn calendar_window(period: &edgewise_support::calendar::Period, now: u64) -> (u64, u64) {
     let index = period.index(now);
     // Periods since 1970 are non-negative; +1 keeps 0 for the fresh state.
     let stored = (index.max(0) as u64).saturating_add(1);
@@ -559,7 +559,7 @@ mod tests {
             offset_min in -14i64 * 60..=14 * 60,
             step_min in 1u64..30,
         ) {
-            use crate::calendar::{days_from_civil, Period, Unit};
+            use edgewise_support::calendar::{days_from_civil, Period, Unit};
             let period = Period { unit: Unit::Month, offset_s: offset_min * 60 };
             let alg = Algorithm::Calendar { limit, period };
             let (year, m) = (2026 + month / 12, (month % 12) as u32 + 1);

@@ -172,7 +172,7 @@ pub enum Algorithm {
     /// A quota: at most `limit` per calendar day, week or month in a UTC offset.
     Calendar {
         limit: u64,
-        period: crate::calendar::Period,
+        period: edgewise_support::calendar::Period,
     },
     /// At most `limit` in the sliding window, estimated from the previous and current
     /// aligned windows (the previous one weighted by how much of it still overlaps).
@@ -495,9 +495,9 @@ fn compile_rule_body(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
         ));
     }
     let calendar = match window_text {
-        "calendar_day" => Some(crate::calendar::Unit::Day),
-        "calendar_week" => Some(crate::calendar::Unit::Week),
-        "calendar_month" => Some(crate::calendar::Unit::Month),
+        "calendar_day" => Some(edgewise_support::calendar::Unit::Day),
+        "calendar_week" => Some(edgewise_support::calendar::Unit::Week),
+        "calendar_month" => Some(edgewise_support::calendar::Unit::Month),
         _ => None,
     };
     if let Some(unit) = calendar {
@@ -630,7 +630,7 @@ fn compile_quota(
     matcher: Matcher,
     key: Vec<KeyPart>,
     limit: u64,
-    unit: crate::calendar::Unit,
+    unit: edgewise_support::calendar::Unit,
 ) -> Result<Rule, ConfigError> {
     let field = format!("rules[{index}]");
     for (name, present) in [
@@ -658,7 +658,7 @@ fn compile_quota(
     }
     let offset_s = match raw.utc_offset.as_deref() {
         None => 0,
-        Some(text) => crate::calendar::parse_offset(text).ok_or_else(|| {
+        Some(text) => edgewise_support::calendar::parse_offset(text).ok_or_else(|| {
             err(
                 format!("{field}.utc_offset"),
                 format!("{text:?} is not a UTC offset"),
@@ -666,7 +666,7 @@ fn compile_quota(
             )
         })?,
     };
-    let period = crate::calendar::Period { unit, offset_s };
+    let period = edgewise_support::calendar::Period { unit, offset_s };
     let max_keys = raw.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
     if !(WAYS..=MAX_MAX_KEYS).contains(&max_keys) {
         return Err(err(

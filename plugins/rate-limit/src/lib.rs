@@ -4,7 +4,6 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod algorithm;
-pub mod calendar;
 pub mod config;
 pub mod headers;
 pub mod key;

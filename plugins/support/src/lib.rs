@@ -8,6 +8,7 @@
 pub mod abi;
 pub mod breaker_state;
 pub mod bulkhead;
+pub mod calendar;
 pub mod config;
 pub mod duration;
 pub mod lease;
