@@ -16,6 +16,9 @@ descriptors:
     value: pass
     rate_limit: { unit: second, requests_per_unit: 1000000000 }
   - key: rule
+    value: charged
+    rate_limit: { unit: second, requests_per_unit: 1000000000 }
+  - key: rule
     value: deny
     rate_limit: { unit: day, requests_per_unit: 1 }
   - key: rule
@@ -89,6 +92,20 @@ pub fn run() -> Result<()> {
             expect: 200,
         },
         Scenario {
+            name: "rate_limit, local rule, charged after the response (2xx: a CAS after each)",
+            config: base().filter(wasm(
+                r#"{"rules":[{"name":"all","limit":1000000000,"window":"1s","charge":{"statuses":["2xx"]}}]}"#,
+            )),
+            expect: 200,
+        },
+        Scenario {
+            name: "rate_limit, global rule, charged after the response (a check and a charge call each)",
+            config: base().filter(wasm(
+                r#"{"rules":[{"name":"charged","charge":{"statuses":["2xx"]},"global":{"cluster":"ratelimit","domain":"bench","timeout":"250ms"}}]}"#,
+            )),
+            expect: 200,
+        },
+        Scenario {
             name: "native ratelimit filter, passing (same service)",
             config: base().native_filter(native),
             expect: 200,
@@ -156,8 +173,10 @@ pub fn run() -> Result<()> {
     }
     report.push_str(&format!(
         "\nThe service answered {calls} ShouldRateLimit calls in the whole run (every passing \
-         request of the global and native rows — one per 100 in lease mode — and every request \
-         of the uncached denying row; the remembered denying row made one).\n"
+         request of the global and native rows — one per 100 in lease mode, two per request \
+         in the charged global row (the check at admission, the charge after the response, \
+         sent from the root context) — and every request of the uncached denying row; the \
+         remembered denying row made one).\n"
     ));
     let path = envoy_harness::workspace_root().join("BENCHMARKS-global.md");
     std::fs::write(&path, report)?;
