@@ -170,12 +170,9 @@ pub async fn breaker(
     headers: HeaderMap,
     body: String,
 ) -> (StatusCode, String) {
-    if let Err(refused) = admitted(&control, &headers) {
-        return refused;
-    }
-    let request: BreakerRequest = match serde_json::from_str(&body) {
+    let request: BreakerRequest = match admitted_json(&control, &headers, &body) {
         Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+        Err(refused) => return refused,
     };
     let (upstream, state, by) = match request.checked() {
         Ok(checked) => checked,
@@ -271,6 +268,17 @@ pub fn admitted(control: &Control, headers: &HeaderMap) -> Result<(), (StatusCod
     Ok(())
 }
 
+/// A control call's JSON body, once the call is admitted (`admitted`); 400 with serde's
+/// message (naming the field) when it does not parse.
+fn admitted_json<T: serde::de::DeserializeOwned>(
+    control: &Control,
+    headers: &HeaderMap,
+    body: &str,
+) -> Result<T, (StatusCode, String)> {
+    admitted(control, headers)?;
+    serde_json::from_str(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))
+}
+
 /// A stream id as (milliseconds, sequence), for ordering; "0-0" for none.
 pub fn parse_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;
@@ -283,12 +291,9 @@ pub async fn purge(
     headers: HeaderMap,
     body: String,
 ) -> (StatusCode, String) {
-    if let Err(refused) = admitted(&control, &headers) {
-        return refused;
-    }
-    let request: PurgeRequest = match serde_json::from_str(&body) {
+    let request: PurgeRequest = match admitted_json(&control, &headers, &body) {
         Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+        Err(refused) => return refused,
     };
     let targets = match request.targets() {
         Ok(t) => t,

@@ -378,14 +378,11 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
         | Algorithm::Calendar { limit, .. } => limit,
     };
     if let Some(cost) = &raw.cost {
-        let header = cost.request_header.to_ascii_lowercase();
-        if header.is_empty() || header.starts_with(':') || header.bytes().any(|b| b <= b' ') {
-            return Err(err(
-                format!("{field}.cost.request_header"),
-                format!("{:?} is not a header name", cost.request_header),
-                "name the request header that carries the cost, e.g. \"x-cost\"",
-            ));
-        }
+        let header = header_name(
+            &format!("{field}.cost.request_header"),
+            &cost.request_header,
+            "x-cost",
+        )?;
         let max = cost.max.unwrap_or(capacity);
         if max == 0 || max > capacity {
             return Err(err(
@@ -397,16 +394,8 @@ fn compile_rule(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
         rule.cost = Some(Cost { header, max });
     }
     if let Some(charge) = &raw.charge {
-        let name = |value: &str, which: &str| -> Result<String, ConfigError> {
-            let lower = value.to_ascii_lowercase();
-            if lower.is_empty() || lower.starts_with(':') || lower.bytes().any(|b| b <= b' ') {
-                return Err(err(
-                    format!("{field}.charge.{which}"),
-                    format!("{value:?} is not a header name"),
-                    "e.g. \"x-usage-tokens\"",
-                ));
-            }
-            Ok(lower)
+        let name = |value: &str, which: &str| {
+            header_name(&format!("{field}.charge.{which}"), value, "x-usage-tokens")
         };
         rule.charge = Some(
             match (&charge.response_header, &charge.response_trailer, &charge.statuses) {
@@ -590,14 +579,7 @@ fn compile_rule_body(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
             })
         }
     };
-    let max_keys = raw.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
-    if !(WAYS..=MAX_MAX_KEYS).contains(&max_keys) {
-        return Err(err(
-            format!("{field}.max_keys"),
-            format!("{max_keys} is out of range"),
-            format!("use a number from {WAYS} to {MAX_MAX_KEYS} (default {DEFAULT_MAX_KEYS})"),
-        ));
-    }
+    let max_keys = max_keys(&field, raw)?;
     let metric = |what: &str| labelled_metric_name("rate_limit", &[("rule", &raw.name)], what);
     Ok(Rule {
         name: raw.name.clone(),
@@ -620,6 +602,33 @@ fn compile_rule_body(index: usize, raw: &RawRule) -> Result<Rule, ConfigError> {
         cost: None,
         charge: None,
     })
+}
+
+/// A field naming a header (lower-cased): not empty, not a pseudo-header, no spaces or
+/// controls; `example` goes into the fix.
+fn header_name(field: &str, value: &str, example: &str) -> Result<String, ConfigError> {
+    let lower = value.to_ascii_lowercase();
+    if lower.is_empty() || lower.starts_with(':') || lower.bytes().any(|b| b <= b' ') {
+        return Err(err(
+            field.to_string(),
+            format!("{value:?} is not a header name"),
+            format!("name the header, e.g. \"{example}\""),
+        ));
+    }
+    Ok(lower)
+}
+
+/// A local rule's key table bound (`max_keys`, default 10,000).
+fn max_keys(field: &str, raw: &RawRule) -> Result<u64, ConfigError> {
+    let max_keys = raw.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+    if !(WAYS..=MAX_MAX_KEYS).contains(&max_keys) {
+        return Err(err(
+            format!("{field}.max_keys"),
+            format!("{max_keys} is out of range"),
+            format!("use a number from {WAYS} to {MAX_MAX_KEYS} (default {DEFAULT_MAX_KEYS})"),
+        ));
+    }
+    Ok(max_keys)
 }
 
 /// A quota: a fixed window of a calendar day, week or month in `utc_offset` (the
@@ -667,14 +676,7 @@ fn compile_quota(
         })?,
     };
     let period = edgewise_support::calendar::Period { unit, offset_s };
-    let max_keys = raw.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
-    if !(WAYS..=MAX_MAX_KEYS).contains(&max_keys) {
-        return Err(err(
-            format!("{field}.max_keys"),
-            format!("{max_keys} is out of range"),
-            format!("use a number from {WAYS} to {MAX_MAX_KEYS} (default {DEFAULT_MAX_KEYS})"),
-        ));
-    }
+    let max_keys = max_keys(&field, raw)?;
     let metric = |what: &str| labelled_metric_name("rate_limit", &[("rule", &raw.name)], what);
     Ok(Rule {
         name: raw.name.clone(),

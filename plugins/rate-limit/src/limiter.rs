@@ -126,7 +126,8 @@ fn waiting_key(rule: &Rule) -> String {
     format!("edgewise.rl.{}.waiting", rule.name)
 }
 
-/// The X-Forwarded-For value, read only when some rule keys on a client IP taken from it.
+/// The X-Forwarded-For value, read only when some rule keys or matches on a client IP
+/// taken from it.
 fn forwarded_for(config: &Config, request: &mut impl RequestView) -> Option<Vec<u8>> {
     if config.reads_forwarded_for {
         request.header("x-forwarded-for")
@@ -135,15 +136,51 @@ fn forwarded_for(config: &Config, request: &mut impl RequestView) -> Option<Vec<
     }
 }
 
-/// The client's network (its address masked to the configured prefix), the value of
-/// `client_ip` keys.
-fn client_network(
-    config: &Config,
-    peer: Option<&[u8]>,
-    forwarded: Option<&[u8]>,
-) -> Option<Vec<u8>> {
-    client_ip(config.client_ip, peer, forwarded)
-        .map(|ip| ip_network(&ip, config.ipv4_prefix, config.ipv6_prefix))
+/// One request's client address, worked out at most once and only when a rule asks: the
+/// trusted address (`client_cidrs` match it) and its network (the value of `client_ip`
+/// keys: the address masked to the configured prefix).
+struct Client<'a> {
+    config: &'a Config,
+    peer: &'a mut dyn FnMut() -> Option<Vec<u8>>,
+    forwarded: Option<Vec<u8>>,
+    address: Option<Option<Vec<u8>>>,
+    network: Option<Option<Vec<u8>>>,
+}
+
+impl<'a> Client<'a> {
+    fn new(
+        config: &'a Config,
+        request: &mut impl RequestView,
+        peer: &'a mut dyn FnMut() -> Option<Vec<u8>>,
+    ) -> Client<'a> {
+        Client {
+            config,
+            forwarded: forwarded_for(config, request),
+            peer,
+            address: None,
+            network: None,
+        }
+    }
+
+    fn address(&mut self) -> Option<Vec<u8>> {
+        if self.address.is_none() {
+            let peer = (self.peer)();
+            self.address = Some(client_ip(
+                self.config.client_ip,
+                peer.as_deref(),
+                self.forwarded.as_deref(),
+            ));
+        }
+        self.address.clone().flatten()
+    }
+
+    fn network(&mut self) -> Option<Vec<u8>> {
+        if self.network.is_none() {
+            let (v4, v6) = (self.config.ipv4_prefix, self.config.ipv6_prefix);
+            self.network = Some(self.address().map(|ip| ip_network(&ip, v4, v6)));
+        }
+        self.network.clone().flatten()
+    }
 }
 
 /// Whether `rule` applies to the request: its `match` holds and its `exempt` does not. The
@@ -185,28 +222,13 @@ pub fn global_calls(
     peer: &mut dyn FnMut() -> Option<Vec<u8>>,
 ) -> Vec<GlobalCall> {
     let mut calls: Vec<GlobalCall> = Vec::new();
-    let forwarded = forwarded_for(config, request);
-    let mut ip_cache: Option<Option<Vec<u8>>> = None;
-    let mut client_cache: Option<Option<Vec<u8>>> = None;
+    let mut client = Client::new(config, request, peer);
     for (index, rule) in config.rules.iter().enumerate() {
         let Some(global) = &rule.global else { continue };
-        let mut client = || {
-            client_cache
-                .get_or_insert_with(|| {
-                    client_ip(config.client_ip, peer().as_deref(), forwarded.as_deref())
-                })
-                .clone()
-        };
-        if !rule_applies(rule, request, &mut client) {
+        if !rule_applies(rule, request, &mut || client.address()) {
             continue;
         }
-        let mut ip = || {
-            ip_cache
-                .get_or_insert_with(|| {
-                    client_network(config, peer().as_deref(), forwarded.as_deref())
-                })
-                .clone()
-        };
+        let mut ip = || client.network();
         let mut context = KeyContext {
             client_ip: &mut ip,
             duplicates: config.duplicates,
@@ -279,31 +301,13 @@ pub fn applicable_rules(
     request: &mut impl RequestView,
     peer: &mut dyn FnMut() -> Option<Vec<u8>>,
 ) -> Vec<Applicable> {
-    let mut ip_cache: Option<Option<Vec<u8>>> = None;
-    let mut client_cache: Option<Option<Vec<u8>>> = None;
-    let forwarded = forwarded_for(config, request);
+    let mut client = Client::new(config, request, peer);
     let mut applicable = Vec::new();
     for (index, rule) in config.rules.iter().enumerate() {
-        if rule.global.is_some() {
+        if rule.global.is_some() || !rule_applies(rule, request, &mut || client.address()) {
             continue;
         }
-        let mut client = || {
-            client_cache
-                .get_or_insert_with(|| {
-                    client_ip(config.client_ip, peer().as_deref(), forwarded.as_deref())
-                })
-                .clone()
-        };
-        if !rule_applies(rule, request, &mut client) {
-            continue;
-        }
-        let mut ip = || {
-            ip_cache
-                .get_or_insert_with(|| {
-                    client_network(config, peer().as_deref(), forwarded.as_deref())
-                })
-                .clone()
-        };
+        let mut ip = || client.network();
         let mut context = KeyContext {
             client_ip: &mut ip,
             duplicates: config.duplicates,

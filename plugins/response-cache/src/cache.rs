@@ -727,37 +727,7 @@ pub fn revalidated(
 ) -> Option<Revalidated> {
     let stored = pending.revalidating.as_deref()?;
     let personal = |name: &str| name == "set-cookie" && !config.cache_set_cookie;
-    let nominated = connection_nominated(not_modified_headers);
-    let update: Vec<(String, Vec<u8>)> = not_modified_headers
-        .iter()
-        .filter(|(k, _)| !k.starts_with(':') && !NOT_STORED.contains(&k.as_str()))
-        .filter(|(k, _)| !nominated.iter().any(|n| n == k))
-        .filter(|(k, _)| !personal(k))
-        .cloned()
-        .collect();
-    let refreshed = Entry {
-        headers: refresh_headers(&stored.headers, &update),
-        request_time: pending.request_time,
-        response_time: now,
-        // Revalidated after any purge that made it stale: those no longer apply.
-        purge_seq: pending.purge_seq,
-        ..stored.clone()
-    };
-    // §4.3.4 with §3: the refreshed response must still be one a shared cache may store,
-    // for the same variant (a 304 with other Vary fields describes another resource shape).
-    let vary = refreshed
-        .headers
-        .iter()
-        .find(|(k, _)| k == "vary")
-        .map(|(_, v)| v.as_slice());
-    let same_variant = vary_fields(vary).is_some_and(|fields| fields == stored.vary_fields);
-    let check = Pending {
-        method: b"GET".to_vec(),
-        outcome: Outcome::Stale,
-        ..pending.clone()
-    };
-    let keep =
-        same_variant && storable(config, &check, refreshed.status, &refreshed.headers).is_ok();
+    let (refreshed, keep) = freshened(config, pending, stored, not_modified_headers, |_| true, now);
     let view = stored_view(config, &refreshed);
     let age = current_age(&view, now);
     let ttl = lifetime(&view, &config.heuristic).seconds() as i64 - age as i64;
@@ -781,6 +751,54 @@ pub fn revalidated(
         store: keep.then_some(refreshed),
         reply,
     })
+}
+
+/// RFC 9111 §4.3.4: `stored` with its header fields updated from a response that validated
+/// it (a 304, or a 206 of the same representation) — every field the response carries
+/// replaces the stored one, except pseudo-headers, fields never stored, fields the
+/// response's Connection nominates, Set-Cookie (unless `cache_set_cookie`: it is personal to
+/// the revalidating client) and those `take` refuses — with fresh times. And whether it may
+/// be kept (§3): still a response a shared cache may store, for the same variant (other
+/// Vary fields describe another resource shape).
+fn freshened(
+    config: &Config,
+    pending: &Pending,
+    stored: &Entry,
+    response_headers: &[(String, Vec<u8>)],
+    take: impl Fn(&str) -> bool,
+    now: i64,
+) -> (Entry, bool) {
+    let nominated = connection_nominated(response_headers);
+    let update: Vec<(String, Vec<u8>)> = response_headers
+        .iter()
+        .filter(|(k, _)| !k.starts_with(':') && !NOT_STORED.contains(&k.as_str()))
+        .filter(|(k, _)| !nominated.iter().any(|n| n == k))
+        .filter(|(k, _)| k != "set-cookie" || config.cache_set_cookie)
+        .filter(|(k, _)| take(k))
+        .cloned()
+        .collect();
+    let refreshed = Entry {
+        headers: refresh_headers(&stored.headers, &update),
+        request_time: pending.request_time,
+        response_time: now,
+        // Revalidated after any purge that made it stale: those no longer apply.
+        purge_seq: pending.purge_seq,
+        ..stored.clone()
+    };
+    let vary = refreshed
+        .headers
+        .iter()
+        .find(|(k, _)| k == "vary")
+        .map(|(_, v)| v.as_slice());
+    let same_variant = vary_fields(vary).is_some_and(|fields| fields == stored.vary_fields);
+    let check = Pending {
+        method: b"GET".to_vec(),
+        outcome: Outcome::Stale,
+        ..pending.clone()
+    };
+    let keep =
+        same_variant && storable(config, &check, refreshed.status, &refreshed.headers).is_ok();
+    (refreshed, keep)
 }
 
 /// The strong entity tag of a header list, when it has one (RFC 9110 §8.8.3: not `W/`).
@@ -812,35 +830,17 @@ pub fn freshened_by_partial(
     let multipart = partial_headers.iter().any(|(k, v)| {
         k == "content-type" && v.trim_ascii_start().starts_with(b"multipart/byteranges")
     });
-    let nominated = connection_nominated(partial_headers);
-    let update: Vec<(String, Vec<u8>)> = partial_headers
-        .iter()
-        .filter(|(k, _)| !k.starts_with(':') && !NOT_STORED.contains(&k.as_str()))
-        .filter(|(k, _)| !nominated.iter().any(|n| n == k))
-        .filter(|(k, _)| k != "set-cookie" || config.cache_set_cookie)
-        .filter(|(k, _)| k != "content-type" || !multipart)
-        .cloned()
-        .collect();
-    let refreshed = Entry {
-        headers: refresh_headers(&stored.headers, &update),
-        request_time: pending.request_time,
-        response_time: now,
-        purge_seq: pending.purge_seq,
-        ..stored.clone()
-    };
-    let vary = refreshed
-        .headers
-        .iter()
-        .find(|(k, _)| k == "vary")
-        .map(|(_, v)| v.as_slice());
-    let same_variant = vary_fields(vary).is_some_and(|fields| fields == stored.vary_fields);
-    let check = Pending {
-        method: b"GET".to_vec(),
-        outcome: Outcome::Stale,
-        ..pending.clone()
-    };
-    (same_variant && storable(config, &check, refreshed.status, &refreshed.headers).is_ok())
-        .then_some(refreshed)
+    // The part's own Content-Range and Content-Length stay out (refresh_headers keeps the
+    // stored ones); so does a multipart Content-Type.
+    let (refreshed, keep) = freshened(
+        config,
+        pending,
+        stored,
+        partial_headers,
+        |k| k != "content-type" || !multipart,
+        now,
+    );
+    keep.then_some(refreshed)
 }
 
 /// Request header fields a background refresh does not copy from the client's request:
