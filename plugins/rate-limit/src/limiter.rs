@@ -32,10 +32,15 @@ pub struct Applicable {
 }
 
 /// The request's cost under `rule`: its `cost.request_header` as a whole number from 1 to
-/// `cost.max`; missing: 1; anything else (not a number, 0, over `max`): `max`.
+/// `cost.max`; missing: 1; anything else (not a number, 0, over `max`, or the field sent
+/// more than once — a client's own line before a trusted one): `max`.
 pub fn request_cost(rule: &Rule, request: &mut impl RequestView) -> u64 {
     let Some(cost) = &rule.cost else { return 1 };
-    let Some(value) = request.header(&cost.header) else {
+    let mut values = request.header_values(&cost.header);
+    if values.len() > 1 {
+        return cost.max;
+    }
+    let Some(value) = values.pop() else {
         return 1;
     };
     std::str::from_utf8(&value)

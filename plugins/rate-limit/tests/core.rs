@@ -425,4 +425,10 @@ fn request_costs_parse_strictly() {
     for bad in ["21", "0", "-3", "1.5", "x", ""] {
         assert_eq!(cost(Some(bad)), 20, "{bad:?}");
     }
+    // Sent twice (a client's line in front of the one a trusted filter adds): the maximum.
+    let mut twice = request(&[("x-cost", "1"), ("x-cost", "7")]);
+    assert_eq!(
+        rate_limit::limiter::request_cost(&c.rules[0], &mut twice),
+        20
+    );
 }
