@@ -104,7 +104,12 @@ impl RateLimitService {
         let mut child = Command::new(&self.binary)
             .arg("--config")
             .arg(&self.config)
-            .args(["--redis", &self.redis_url, "--listen", grpc, "--http", http])
+            // A RedisCluster's url (`cluster:redis://a,redis://b,…`) is a cluster's seeds.
+            .args(match self.redis_url.strip_prefix("cluster:") {
+                Some(seeds) => ["--redis-cluster", seeds],
+                None => ["--redis", &self.redis_url],
+            })
+            .args(["--listen", grpc, "--http", http])
             .args(&self.extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

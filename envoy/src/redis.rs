@@ -12,6 +12,8 @@ use anyhow::{bail, Context, Result};
 pub struct Redis {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// More redis-server arguments (a cluster node's).
+    extra: Vec<String>,
 }
 
 /// Whether `redis-server` can be run here.
@@ -26,12 +28,18 @@ pub fn redis_available() -> bool {
 impl Redis {
     /// Starts Redis on a free loopback port.
     pub fn start() -> Result<Redis> {
+        Redis::start_with(&[])
+    }
+
+    /// Starts Redis on a free loopback port with more arguments.
+    fn start_with(extra: &[String]) -> Result<Redis> {
         for _ in 0..5 {
             // Redis has no "port 0": take a free port from the kernel, then hand it over.
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
             let mut redis = Redis {
                 child: None,
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                extra: extra.to_vec(),
             };
             if redis.spawn().is_ok() {
                 return Ok(redis);
@@ -54,6 +62,7 @@ impl Redis {
                 "--protected-mode",
                 "no",
             ])
+            .args(&self.extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -121,5 +130,189 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A Redis Cluster of real `redis-server` processes on loopback: `masters` masters, each
+/// with one replica, created with `redis-cli --cluster create`. A 1 s node timeout and no
+/// replica validity limit, so a stopped master's replica is promoted within a few seconds.
+/// Killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts `masters` masters and as many replicas, and waits until the cluster reports
+    /// `cluster_state:ok` on every node.
+    pub fn start(masters: usize) -> Result<RedisCluster> {
+        let dir = std::env::temp_dir().join(format!(
+            "edgewise-redis-cluster-{}-{}",
+            std::process::id(),
+            crate::unique_id()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let mut nodes = Vec::new();
+        for n in 0..masters * 2 {
+            // The cluster bus on its own free port (by default it is the port + 10000,
+            // which may not exist for a high ephemeral port).
+            let bus = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let extra: Vec<String> = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus.to_string(),
+                "--cluster-config-file",
+                &dir.join(format!("nodes-{n}.conf")).to_string_lossy(),
+                "--cluster-node-timeout",
+                "1000",
+                // A replica may always take over (counters: availability over the last
+                // few writes), however long its link was down.
+                "--cluster-replica-validity-factor",
+                "0",
+                "--dir",
+                &dir.to_string_lossy(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            nodes.push(Redis::start_with(&extra)?);
+        }
+        let cluster = RedisCluster { nodes, dir };
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &cluster.nodes {
+            create.arg(node.addr.to_string());
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .context("running redis-cli --cluster create")?;
+        if !out.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        cluster.wait_ok(Duration::from_secs(30))?;
+        // Every replica in sync with its master before the cluster is handed out.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for n in 0..cluster.nodes.len() {
+            loop {
+                let info = cluster.cli(n, &["info", "replication"])?;
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("replica {n} did not sync with its master within 30 s: {info}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// `cluster:redis://a,redis://b,…` — the harness's RateLimitService passes it on as
+    /// `--redis-cluster`.
+    pub fn url(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(Redis::url).collect();
+        format!("cluster:{}", urls.join(","))
+    }
+
+    /// `redis-cli -p PORT args…` against node `n`: its whole output.
+    pub fn cli(&self, n: usize, args: &[&str]) -> Result<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.nodes[n].addr.port().to_string()])
+            .args(args)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`.
+    pub fn wait_ok(&self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let running: Vec<usize> = (0..self.nodes.len())
+                .filter(|n| self.nodes[*n].child.is_some())
+                .collect();
+            let ok = running.iter().all(|n| {
+                self.cli(*n, &["cluster", "info"])
+                    .is_ok_and(|i| i.contains("cluster_state:ok"))
+            });
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the Redis Cluster did not reach cluster_state:ok within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The node serving `key`'s slot as master, asked of a running node.
+    pub fn master_of(&self, key: &str) -> Result<usize> {
+        let asker = (0..self.nodes.len())
+            .find(|n| self.nodes[*n].child.is_some())
+            .ok_or_else(|| anyhow::anyhow!("no node is running"))?;
+        let slot: u16 = self.cli(asker, &["cluster", "keyslot", key])?.trim().parse()?;
+        for line in self.cli(asker, &["cluster", "nodes"])?.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let mut ends = range.splitn(2, '-').map(|p| p.parse::<u16>());
+                match (ends.next(), ends.next()) {
+                    (Some(Ok(a)), Some(Ok(b))) => (a..=b).contains(&slot),
+                    (Some(Ok(a)), None) => a == slot,
+                    _ => false,
+                }
+            });
+            // "ip:port@bus" names the node.
+            let port = fields[1]
+                .split('@')
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse::<u16>().ok());
+            if serves {
+                if let Some(n) = self.nodes.iter().position(|r| Some(r.addr.port()) == port) {
+                    return Ok(n);
+                }
+            }
+        }
+        bail!("no master serves slot {slot} of {key:?}")
+    }
+
+    /// Waits until a node other than `old` serves `key`'s slot as master (its replica was
+    /// promoted) and the cluster is ok again; returns the new master.
+    pub fn wait_promoted(&self, key: &str, old: usize, within: Duration) -> Result<usize> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(n) = self.master_of(key) {
+                if n != old {
+                    self.wait_ok(deadline.saturating_duration_since(Instant::now()))?;
+                    return Ok(n);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no replica was promoted for {key:?} within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops node `n` (its process is killed, as a crashed master).
+    pub fn stop(&mut self, n: usize) {
+        self.nodes[n].stop();
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -482,3 +482,99 @@ fn a_hanging_service_or_no_endpoint_never_holds_a_request_past_the_timeout() {
         }
     }
 }
+
+/// The same limits on a Redis Cluster (3 masters, 3 replicas): per-user keys spread over
+/// the masters hold exactly across two Envoys; the master holding one user's key is killed
+/// — with `failure_mode: allow` requests keep passing (no 5xx) while its slot has no master,
+/// and within 10 s of the replica's promotion that user's limit holds again, with the
+/// count the replica had.
+#[test]
+fn limits_hold_on_a_redis_cluster_and_again_after_a_failover() {
+    assert!(redis_available(), "needs redis-server");
+    envoy_harness::build_wasm(&["rate-limit"]).unwrap();
+    let mut cluster = envoy_harness::RedisCluster::start(3).unwrap();
+    let service = RateLimitService::start(LIMITS, &cluster.url()).unwrap();
+    let backend = Backend::start("origin").unwrap();
+    let envoys = [
+        envoy(backend.addr, &service, "allow"),
+        envoy(backend.addr, &service, "allow"),
+    ];
+    let addrs: Vec<SocketAddr> = envoys.iter().map(|e| e.listener).collect();
+    let users: Vec<String> = (0..8).map(|n| format!("user-{n}")).collect();
+    let key = |user: &str| format!("erl:edgewise|rule=per-user|header:x-user={user}");
+    let masters: std::collections::BTreeSet<usize> = users
+        .iter()
+        .map(|u| cluster.master_of(&key(u)).unwrap())
+        .collect();
+    assert!(masters.len() >= 2, "8 users' keys on master(s) {masters:?}");
+    // 16 threads, 6 requests per user each, through both Envoys: 3 per user pass.
+    let allowed = Arc::new(std::sync::Mutex::new(vec![0u32; users.len()]));
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let (users, allowed, addr) = (users.clone(), allowed.clone(), addrs[t % 2]);
+            std::thread::spawn(move || {
+                for _ in 0..6 {
+                    for (i, user) in users.iter().enumerate() {
+                        let r = http_request(addr, "GET", "/user/x", &[("x-user", user)], b"")
+                            .unwrap();
+                        assert!(r.status == 200 || r.status == 429, "{}", r.status);
+                        if r.status == 200 {
+                            allowed.lock().unwrap()[i] += 1;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(*allowed.lock().unwrap(), vec![3; users.len()]);
+
+    // A fresh user spends 2 of 3; the master holding its key goes.
+    let user = "fresh";
+    for addr in &addrs {
+        let r = http_request(*addr, "GET", "/user/x", &[("x-user", user)], b"").unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let master = cluster.master_of(&key(user)).unwrap();
+    // Another user on the same master, asked once the master is gone.
+    let neighbour = (0..)
+        .map(|n| format!("neighbour-{n}"))
+        .find(|u| cluster.master_of(&key(u)).unwrap() == master)
+        .unwrap();
+    cluster.cli(master, &["wait", "1", "2000"]).unwrap();
+    cluster.stop(master);
+    // Until the promotion: failure_mode allow, so the neighbour passes (a fail-open), never
+    // a 5xx.
+    let r = http_request(addrs[0], "GET", "/user/x", &[("x-user", &neighbour)], b"").unwrap();
+    assert!(r.status == 200, "during the failover: {}", r.status);
+    cluster
+        .wait_promoted(&key(user), master, Duration::from_secs(30))
+        .unwrap();
+    let promoted = Instant::now();
+    // Within 10 s the user's third request passes and the fourth is refused again.
+    let statuses = loop {
+        let got: Vec<u16> = (0..2)
+            .map(|i| {
+                http_request(addrs[i % 2], "GET", "/user/x", &[("x-user", user)], b"")
+                    .unwrap()
+                    .status
+            })
+            .collect();
+        if got.contains(&429) || promoted.elapsed() > Duration::from_secs(10) {
+            break got;
+        }
+        // Both passed: the service still failing open on the old master (sent again).
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!(
+        "limit held again {:?} after the promotion: {statuses:?}",
+        promoted.elapsed()
+    );
+    assert!(
+        statuses.contains(&429),
+        "no denial within 10 s of the promotion"
+    );
+    assert!(promoted.elapsed() < Duration::from_secs(10));
+}

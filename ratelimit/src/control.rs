@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
-use redis::aio::ConnectionManager;
 use serde::Deserialize;
 
 /// The stream purges are logged in.
@@ -22,7 +21,7 @@ pub const MAX_VALUE: usize = 256;
 pub const MAX_POLL: usize = 500;
 
 pub struct Control {
-    pub redis: ConnectionManager,
+    pub redis: crate::store::Store,
     pub token: Option<String>,
     pub purges: AtomicU64,
 }

@@ -3,16 +3,18 @@
 //! rules), counting in Redis. Stateless: any number of replicas can share one Redis.
 //!
 //! ```text
-//! edgewise-ratelimit --config limits.yaml [--config more.yaml] --redis redis://127.0.0.1:6379
+//! edgewise-ratelimit --config limits.yaml [--config more.yaml]
+//!                    (--redis redis://127.0.0.1:6379 | --redis-cluster redis://a:6379,redis://b:6379)
 //!                    [--listen 127.0.0.1:8081] [--http 127.0.0.1:8080]
 //! ```
-//! gRPC on `--listen`; on `--http`, `/healthcheck` (200 when Redis answers PING, else 503)
-//! and `/metrics` (Prometheus text). Prints `listening on ADDR` and `http on ADDR` once ready.
+//! gRPC on `--listen`; on `--http`, `/healthcheck` (200 when Redis answers PING — on a
+//! cluster, when it reports `cluster_state:ok` — else 503) and `/metrics` (Prometheus text). Prints `listening on ADDR` and `http on ADDR` once ready.
 
 mod config;
 mod control;
 mod script;
 mod service;
+mod store;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -28,6 +30,9 @@ use crate::service::{Bounds, Limiter, Metrics};
 struct Args {
     configs: Vec<String>,
     redis: String,
+    /// `--redis-cluster`: seed nodes of a Redis Cluster (comma-separated URLs); instead of
+    /// `--redis`.
+    redis_cluster: Vec<String>,
     listen: String,
     http: String,
     bounds: Bounds,
@@ -39,6 +44,7 @@ fn args() -> Result<Args, String> {
     let mut args = Args {
         configs: Vec::new(),
         redis: "redis://127.0.0.1:6379".into(),
+        redis_cluster: Vec::new(),
         listen: "127.0.0.1:8081".into(),
         http: "127.0.0.1:8080".into(),
         bounds: Bounds {
@@ -51,12 +57,27 @@ fn args() -> Result<Args, String> {
             .ok()
             .filter(|t| !t.is_empty()),
     };
+    let mut redis_given = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--config" => args.configs.push(value()?),
-            "--redis" => args.redis = value()?,
+            "--redis" => {
+                args.redis = value()?;
+                redis_given = true;
+            }
+            "--redis-cluster" => {
+                args.redis_cluster = value()?
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(String::from)
+                    .collect();
+                if args.redis_cluster.is_empty() {
+                    return Err("--redis-cluster takes comma-separated redis:// URLs".into());
+                }
+            }
             "--listen" => args.listen = value()?,
             "--http" => args.http = value()?,
             "--hash-key" => args.bounds.hash_key = value()?.into_bytes(),
@@ -87,6 +108,9 @@ fn args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    if redis_given && !args.redis_cluster.is_empty() {
+        return Err("give --redis (one node) or --redis-cluster (a cluster), not both".into());
+    }
     if args.configs.is_empty() {
         return Err("give at least one --config FILE".into());
     }
@@ -108,16 +132,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
         config.add_yaml(path, &text)?;
     }
-    let client = redis::Client::open(args.redis.as_str())?;
     // Reconnects on its own; a request while Redis is down fails at once (UNAVAILABLE).
-    let redis = redis::aio::ConnectionManager::new_with_config(
-        client,
-        redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(std::time::Duration::from_millis(500))
-            .set_response_timeout(std::time::Duration::from_millis(500))
-            .set_number_of_retries(1),
-    )
-    .await?;
+    let redis = if args.redis_cluster.is_empty() {
+        store::Store::node(&args.redis).await?
+    } else {
+        store::Store::cluster(&args.redis_cluster).await?
+    };
     let metrics = Arc::new(Metrics::default());
     let limiter = Arc::new(Limiter {
         config,
@@ -193,14 +213,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .route(
             "/healthcheck",
             get(move || {
-                let mut redis = health_redis.clone();
+                let redis = health_redis.clone();
                 async move {
-                    match redis::cmd("PING").query_async::<String>(&mut redis).await {
-                        Ok(_) => (axum::http::StatusCode::OK, "OK\n".to_string()),
-                        Err(e) => (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            format!("redis: {e}\n"),
-                        ),
+                    match redis.health().await {
+                        Ok(()) => (axum::http::StatusCode::OK, "OK\n".to_string()),
+                        Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
                     }
                 }
             }),

@@ -302,7 +302,7 @@ async fn a_calendar_quota_counts_per_local_month() {
     let previous_end_us = period.end_ns(index - 1) / 1000;
     let set = |value: String| {
         let reply = redis
-            .command(&format!("SET erl:{{edgewise}}|rule=quota \"{value}\""))
+            .command(&format!("SET erl:edgewise|rule=quota \"{value}\""))
             .unwrap();
         assert_eq!(reply, "+OK");
     };

@@ -1,0 +1,141 @@
+//! Where the counters live: one Redis node (`--redis`) or a Redis Cluster
+//! (`--redis-cluster`), behind one connection type the rest of the service uses alike.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+/// The number of hash slots of a Redis Cluster (the key space is split into these).
+pub const SLOTS: u16 = 16384;
+
+/// A connection to the counters' Redis: a single node, or every master of a cluster (a
+/// command goes to the master serving its first key's slot; MOVED and ASK replies are
+/// followed and the slot map is refreshed, so a failover is followed once a replica has
+/// been promoted).
+#[derive(Clone)]
+pub enum Store {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// How long a connection attempt and a reply may take before the call fails (UNAVAILABLE):
+/// a limit decision never waits long on a Redis that is away.
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+impl Store {
+    /// Connects to one node (`redis://host:port`); reconnects on its own later.
+    pub async fn node(url: &str) -> redis::RedisResult<Store> {
+        let client = redis::Client::open(url)?;
+        let manager = ConnectionManager::new_with_config(
+            client,
+            redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(TIMEOUT)
+                .set_response_timeout(TIMEOUT)
+                .set_number_of_retries(1),
+        )
+        .await?;
+        Ok(Store::Node(manager))
+    }
+
+    /// Connects to a cluster through any of its nodes (each `redis://host:port`): the slot
+    /// map is read from them and kept current.
+    pub async fn cluster(urls: &[String]) -> redis::RedisResult<Store> {
+        let client = redis::cluster::ClusterClient::builder(urls.to_vec())
+            .connection_timeout(TIMEOUT)
+            .response_timeout(TIMEOUT)
+            // A redirect or a dead master's connection is retried a few times, briefly
+            // (10–100 ms apart): during a failover a call fails within a second instead
+            // of waiting for the promotion.
+            .retries(3)
+            .min_retry_wait(10)
+            .max_retry_wait(100)
+            .build()?;
+        Ok(Store::Cluster(client.get_async_connection().await?))
+    }
+
+    /// Whether keys are spread over a cluster's slots (a script's keys must share one).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Store::Cluster(_))
+    }
+
+    /// The health `/healthcheck` reports: a node answers PING; a cluster answers
+    /// `CLUSTER INFO` with `cluster_state:ok` (every slot served by a reachable master).
+    pub async fn health(&self) -> Result<(), String> {
+        let mut conn = self.clone();
+        match self {
+            Store::Node(_) => redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("redis: {e}")),
+            Store::Cluster(_) => {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| format!("redis cluster: {e}"))?;
+                let state = info
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("cluster_state:"))
+                    .unwrap_or("unknown");
+                if state == "ok" {
+                    Ok(())
+                } else {
+                    Err(format!("redis cluster: cluster_state {state}"))
+                }
+            }
+        }
+    }
+}
+
+/// The hash slot of a key (CRC16/XMODEM modulo 16384) — Edgewise's keys carry no hash tag
+/// (`{` and `}` are escaped), so the whole key is hashed.
+pub fn slot(key: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(key.as_bytes()) % SLOTS
+}
+
+impl ConnectionLike for Store {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Store::Node(c) => c.req_packed_command(cmd),
+            Store::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Store::Node(c) => c.req_packed_commands(cmd, offset, count),
+            Store::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Store::Node(c) => c.get_db(),
+            Store::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis_cluster_spec() {
+        // The Redis Cluster specification's example: "123456789" hashes to 0x31C3.
+        assert_eq!(
+            crc16::State::<crc16::XMODEM>::calculate(b"123456789"),
+            0x31C3
+        );
+        assert_eq!(slot("123456789"), 0x31C3 % SLOTS);
+        assert!(slot("erl:edgewise|rule=a") < SLOTS);
+    }
+}
