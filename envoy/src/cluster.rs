@@ -370,7 +370,17 @@ pub struct Cluster {
     pub project: String,
     pub ports: Ports,
     keep: bool,
+    /// Container ids by service, once looked up (`docker-compose ps` is slow; a container
+    /// keeps its id across stop and start).
+    containers: std::sync::Mutex<BTreeMap<String, String>>,
+    /// Global limits on a Redis Cluster (docker-compose.redis-cluster.yml over the base).
+    pub redis_cluster: bool,
 }
+
+/// The nodes of the Redis Cluster (docker-compose.redis-cluster.yml): `redis` and five more.
+pub const REDIS_CLUSTER_NODES: [&str; 6] = [
+    "redis", "redis-2", "redis-3", "redis-4", "redis-5", "redis-6",
+];
 
 /// The compose services.
 pub const SERVICES: [&str; 11] = [
@@ -390,14 +400,26 @@ pub const SERVICES: [&str; 11] = [
 impl Cluster {
     /// `docker-compose -p <project> up -d`, then waits until every service is healthy.
     pub fn up(project: &str, ports: Ports) -> Result<Cluster> {
+        Cluster::up_with(project, ports, false)
+    }
+
+    /// The same, with global limits on a Redis Cluster of 3 masters and 3 replicas when
+    /// `redis_cluster`: its six nodes start first and are joined (`redis-cli --cluster
+    /// create` by their addresses on the compose network), then everything else.
+    pub fn up_with(project: &str, ports: Ports, redis_cluster: bool) -> Result<Cluster> {
         let cluster = Cluster {
             project: project.to_string(),
             ports,
             keep: false,
+            containers: Default::default(),
+            redis_cluster,
         };
         // A leftover project of the same name (an interrupted run) is removed first.
         cluster.compose(&["down", "-v", "--remove-orphans"])?;
         render_compose_configs()?;
+        if redis_cluster {
+            cluster.create_redis_cluster()?;
+        }
         let up = cluster.compose(&["up", "-d"])?;
         if !up.status.success() {
             bail!(
@@ -409,12 +431,129 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Starts the six Redis nodes, joins them into a cluster (the first three masters,
+    /// one replica each) and waits until it reports `cluster_state:ok`.
+    fn create_redis_cluster(&self) -> Result<()> {
+        let mut up = vec!["up", "-d"];
+        up.extend(REDIS_CLUSTER_NODES);
+        let out = self.compose(&up)?;
+        if !out.status.success() {
+            bail!(
+                "starting the Redis nodes failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for node in REDIS_CLUSTER_NODES {
+            self.wait_service_healthy(node, Duration::from_secs(60))?;
+        }
+        let mut create = vec![
+            "/usr/bin/redis-cli".to_string(),
+            "--cluster".into(),
+            "create".into(),
+        ];
+        for node in REDIS_CLUSTER_NODES {
+            create.push(format!("{}:6379", self.ip(node)?));
+        }
+        create.extend(["--cluster-replicas", "1", "--cluster-yes"].map(String::from));
+        let create: Vec<&str> = create.iter().map(String::as_str).collect();
+        let started = Instant::now();
+        self.exec("redis", &create)?;
+        self.wait_redis_cluster_ok(Duration::from_secs(60))?;
+        println!(
+            "Redis Cluster of 6 nodes joined in {:.1?}",
+            started.elapsed()
+        );
+        Ok(())
+    }
+
+    /// A service's address on the compose network.
+    pub fn ip(&self, service: &str) -> Result<String> {
+        let id = self.container(service)?;
+        let out = Command::new("docker")
+            .args([
+                "inspect",
+                "--format",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                &id,
+            ])
+            .output()?;
+        let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if ip.is_empty() {
+            bail!("{service} has no address (is it running?)");
+        }
+        Ok(ip)
+    }
+
+    /// `redis-cli <args>` on the first running Redis Cluster node that answers.
+    pub fn redis_cluster_cli(&self, args: &[&str]) -> Result<String> {
+        let mut command = vec!["/usr/bin/redis-cli"];
+        command.extend(args);
+        let mut last = anyhow!("no Redis Cluster node answered");
+        for node in REDIS_CLUSTER_NODES {
+            match self.exec(node, &command) {
+                Ok(out) if !out.trim().is_empty() => return Ok(out),
+                Ok(_) => {}
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`.
+    pub fn wait_redis_cluster_ok(&self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let health = self.health().unwrap_or_default();
+            let ok = REDIS_CLUSTER_NODES.iter().all(|node| {
+                let running = health
+                    .get(*node)
+                    .is_some_and(|h| h == "healthy" || h == "starting");
+                !running
+                    || self
+                        .exec(node, &["/usr/bin/redis-cli", "cluster", "info"])
+                        .is_ok_and(|i| i.contains("cluster_state:ok"))
+            });
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the Redis Cluster did not report cluster_state:ok within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The Redis Cluster's masters now, as (first slot, last slot, service name) — a failed
+    /// master no longer counts. Look a key up with [`crate::redis::master_serving`].
+    pub fn redis_cluster_masters(&self) -> Result<Vec<(u16, u16, String)>> {
+        let mut services = BTreeMap::new();
+        for node in REDIS_CLUSTER_NODES {
+            if let Ok(ip) = self.ip(node) {
+                services.insert(format!("{ip}:6379"), node);
+            }
+        }
+        let nodes = self.redis_cluster_cli(&["cluster", "nodes"])?;
+        Ok(crate::redis::masters_from_cluster_nodes(&nodes)
+            .into_iter()
+            .filter_map(|(a, b, addr)| Some((a, b, services.get(&addr)?.to_string())))
+            .collect())
+    }
+
     /// Attaches to a running project without owning it (no tear-down on drop).
     pub fn attach(project: &str, ports: Ports) -> Cluster {
+        // Started with --redis-cluster when its second Redis node exists.
+        let redis_cluster = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=com.docker.compose.project={project}"))
+            .args(["--filter", "label=com.docker.compose.service=redis-2"])
+            .output()
+            .is_ok_and(|o| !o.stdout.trim_ascii().is_empty());
         Cluster {
             project: project.to_string(),
             ports,
             keep: true,
+            containers: Default::default(),
+            redis_cluster,
         }
     }
 
@@ -426,10 +565,17 @@ impl Cluster {
     /// Runs docker-compose for this project with the port variables set.
     pub fn compose(&self, args: &[&str]) -> Result<Output> {
         let root = crate::workspace_root();
-        compose_command()
+        let mut command = compose_command();
+        command
             .current_dir(&root)
             .args(["-p", &self.project, "-f"])
-            .arg(root.join("docker-compose.yml"))
+            .arg(root.join("docker-compose.yml"));
+        if self.redis_cluster {
+            command
+                .arg("-f")
+                .arg(root.join("docker-compose.redis-cluster.yml"));
+        }
+        command
             .args(args)
             .envs(self.ports.environment())
             .env("EDGEWISE_COMPOSE_DIR", compose_dir())
@@ -439,12 +585,22 @@ impl Cluster {
 
     /// The container id of a service.
     pub fn container(&self, service: &str) -> Result<String> {
+        if let Some(id) = self.known_container(service) {
+            return Ok(id);
+        }
         let out = self.compose(&["ps", "-q", service])?;
         let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if id.is_empty() {
             bail!("service {service} has no container");
         }
+        if let Ok(mut known) = self.containers.lock() {
+            known.insert(service.to_string(), id.clone());
+        }
         Ok(id)
+    }
+
+    fn known_container(&self, service: &str) -> Option<String> {
+        self.containers.lock().ok()?.get(service).cloned()
     }
 
     /// `docker <verb> <container of service>` (stop, start, restart, kill).
@@ -492,7 +648,12 @@ impl Cluster {
     /// Each service's health as Docker reports it ("healthy", "starting", "exited", ...).
     pub fn health(&self) -> Result<BTreeMap<String, String>> {
         let mut health = BTreeMap::new();
-        for service in SERVICES {
+        let extra: &[&str] = if self.redis_cluster {
+            &REDIS_CLUSTER_NODES[1..]
+        } else {
+            &[]
+        };
+        for service in SERVICES.iter().chain(extra) {
             let state = match self.container(service) {
                 Ok(id) => {
                     let out = Command::new("docker")

@@ -18,7 +18,7 @@ pub use cluster::{build_images, docker_available, Cluster, Ports};
 pub use config::{EnvoyConfig, Route, WasmFilter};
 pub use envoy::{ensure_envoy_installed, parse_prometheus, Envoy, Sample, ENVOY_VERSION};
 pub use ratelimit::RateLimitService;
-pub use redis::{redis_available, Redis, RedisCluster};
+pub use redis::{master_serving, redis_available, redis_slot, Redis, RedisCluster};
 
 use std::path::{Path, PathBuf};
 

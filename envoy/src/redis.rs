@@ -133,6 +133,44 @@ impl Drop for Redis {
     }
 }
 
+/// The Redis Cluster hash slot of a key without a hash tag (CRC16/XMODEM modulo 16384), as
+/// edgewise-ratelimit's keys are.
+pub fn redis_slot(key: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(key.as_bytes()) % 16384
+}
+
+/// The masters' slot ranges from `CLUSTER NODES` output: (first, last, "ip:port") of every
+/// master not flagged as failed.
+pub fn masters_from_cluster_nodes(nodes: &str) -> Vec<(u16, u16, String)> {
+    let mut ranges = Vec::new();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+            continue;
+        }
+        // "ip:port@bus" names the node.
+        let addr = fields[1].split('@').next().unwrap_or_default().to_string();
+        for range in &fields[8..] {
+            let mut ends = range.splitn(2, '-').map(|p| p.parse::<u16>());
+            match (ends.next(), ends.next()) {
+                (Some(Ok(a)), Some(Ok(b))) => ranges.push((a, b, addr.clone())),
+                (Some(Ok(a)), None) => ranges.push((a, a, addr.clone())),
+                _ => {}
+            }
+        }
+    }
+    ranges
+}
+
+/// The master serving `key` in a slot map from [`masters_from_cluster_nodes`].
+pub fn master_serving<'a>(masters: &'a [(u16, u16, String)], key: &str) -> Option<&'a str> {
+    let slot = redis_slot(key);
+    masters
+        .iter()
+        .find(|(a, b, _)| (*a..=*b).contains(&slot))
+        .map(|(_, _, addr)| addr.as_str())
+}
+
 /// A Redis Cluster of real `redis-server` processes on loopback: `masters` masters, each
 /// with one replica, created with `redis-cli --cluster create`. A 1 s node timeout and no
 /// replica validity limit, so a stopped master's replica is promoted within a few seconds.
@@ -223,7 +261,12 @@ impl RedisCluster {
     /// `redis-cli -p PORT args…` against node `n`: its whole output.
     pub fn cli(&self, n: usize, args: &[&str]) -> Result<String> {
         let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.nodes[n].addr.port().to_string()])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.nodes[n].addr.port().to_string(),
+            ])
             .args(args)
             .output()?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -255,33 +298,13 @@ impl RedisCluster {
         let asker = (0..self.nodes.len())
             .find(|n| self.nodes[*n].child.is_some())
             .ok_or_else(|| anyhow::anyhow!("no node is running"))?;
-        let slot: u16 = self.cli(asker, &["cluster", "keyslot", key])?.trim().parse()?;
-        for line in self.cli(asker, &["cluster", "nodes"])?.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
-                continue;
-            }
-            let serves = fields[8..].iter().any(|range| {
-                let mut ends = range.splitn(2, '-').map(|p| p.parse::<u16>());
-                match (ends.next(), ends.next()) {
-                    (Some(Ok(a)), Some(Ok(b))) => (a..=b).contains(&slot),
-                    (Some(Ok(a)), None) => a == slot,
-                    _ => false,
-                }
-            });
-            // "ip:port@bus" names the node.
-            let port = fields[1]
-                .split('@')
-                .next()
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| p.parse::<u16>().ok());
-            if serves {
-                if let Some(n) = self.nodes.iter().position(|r| Some(r.addr.port()) == port) {
-                    return Ok(n);
-                }
-            }
-        }
-        bail!("no master serves slot {slot} of {key:?}")
+        let masters = masters_from_cluster_nodes(&self.cli(asker, &["cluster", "nodes"])?);
+        let addr = master_serving(&masters, key)
+            .ok_or_else(|| anyhow::anyhow!("no master serves {key:?}"))?;
+        self.nodes
+            .iter()
+            .position(|r| r.addr.to_string() == addr)
+            .ok_or_else(|| anyhow::anyhow!("{addr} is not one of the cluster's nodes"))
     }
 
     /// Waits until a node other than `old` serves `key`'s slot as master (its replica was

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_harness::{build_images, build_wasm, docker_available, Cluster, Ports};
+use envoy_harness::{build_images, build_wasm, docker_available, master_serving, Cluster, Ports};
 
 fn stat(cluster: &Cluster, edge: usize, name: &str) -> i64 {
     let stats = cluster.edge_stats(edge).expect("edge stats");
@@ -966,5 +966,176 @@ fn edge_restart_keeps_front_serving(cluster: &Cluster) {
         failed * 100 <= ok + failed,
         "{failed} of {} requests failed while edge-1 restarted",
         ok + failed
+    );
+}
+
+/// The cluster with `--redis-cluster` (3 masters + 3 replicas): global limits exact through
+/// the front with keys spread over the masters; then the master holding a limited user's
+/// key is stopped under traffic — `failure_mode: allow` serves every request meanwhile (no
+/// client error), and within 10 s of its replica's promotion the user's limit holds again
+/// with the replicated count. The stopped node rejoins (as a replica) when started.
+#[test]
+fn compose_redis_cluster_failover() {
+    assert!(
+        docker_available(),
+        "layer 4 needs a Docker engine and docker-compose (see README, Requirements)"
+    );
+    let started = Instant::now();
+    build_wasm(&[
+        "rate-limit",
+        "response-cache",
+        "weighted-router",
+        "circuit-breaker",
+    ])
+    .unwrap();
+    envoy_harness::build_edge_chain().unwrap();
+    build_images().unwrap();
+    println!("images ready after {:.0?}", started.elapsed());
+    let cluster = Cluster::up_with(
+        &format!("edgewise-rc-{}", std::process::id()),
+        Ports::ephemeral().unwrap(),
+        true,
+    )
+    .unwrap();
+    println!(
+        "cluster with a Redis Cluster healthy after {:.0?}",
+        started.elapsed()
+    );
+    let key = |user: &str| format!("erl:edgewise|rule=global-user|header:x-user={user}");
+    let user = |name: &str| {
+        cluster
+            .request("GET", "/global-user/x", &[("x-user", name)])
+            .unwrap()
+            .status
+    };
+
+    // Exact through the front: 3 per user per hour, users spread over the masters.
+    let users: Vec<String> = (0..6).map(|n| format!("member-{n}")).collect();
+    let slots = cluster.redis_cluster_masters().unwrap();
+    let master_of =
+        |slots: &[(u16, u16, String)], u: &str| master_serving(slots, &key(u)).map(String::from);
+    let masters: std::collections::BTreeSet<Option<String>> =
+        users.iter().map(|u| master_of(&slots, u)).collect();
+    assert!(masters.len() >= 2, "6 users' keys on {masters:?}");
+    for u in &users {
+        let got: Vec<u16> = (0..4).map(|_| user(u)).collect();
+        assert_eq!(got, [200, 200, 200, 429], "{u}");
+    }
+
+    // A user spends 2 of 3; steady traffic from fresh users whose keys share its master.
+    let limited = "leader";
+    assert_eq!([user(limited), user(limited)], [200, 200]);
+    let master = master_of(&slots, limited).unwrap();
+    let neighbours: Vec<String> = (0..)
+        .map(|n| format!("neighbour-{n}"))
+        .filter(|u| master_of(&slots, u).as_ref() == Some(&master))
+        .take(40)
+        .collect();
+    // The replica has the user's count before its master goes.
+    cluster
+        .exec(&master, &["/usr/bin/redis-cli", "wait", "1", "2000"])
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (front, sent, bad) = (
+        cluster.ports.front,
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let traffic = {
+        let (stop, sent, bad) = (stop.clone(), sent.clone(), bad.clone());
+        std::thread::spawn(move || {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], front));
+            for u in neighbours.iter().cycle() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let r = envoy_harness::http_request(
+                    addr,
+                    "GET",
+                    "/global-user/x",
+                    &[("x-user", u)],
+                    b"",
+                );
+                sent.fetch_add(1, Ordering::SeqCst);
+                // Each neighbour is asked at most 3 times in 120 requests spread over 40:
+                // a 200 whether counted or failed open; anything else is a client error.
+                if !matches!(r.map(|r| r.status), Ok(200) | Ok(429)) {
+                    bad.fetch_add(1, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    cluster.docker("stop", &master).unwrap();
+    let stopped = Instant::now();
+    let new_master = loop {
+        let now = cluster.redis_cluster_masters().unwrap_or_default();
+        if let Some(m) = master_of(&now, limited).filter(|m| *m != master) {
+            break m;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(60),
+            "no replica promoted for {master}'s slots within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let promoted = Instant::now();
+    // Within 10 s of the promotion: the user's third request passes, the fourth is refused
+    // (failed-open answers before that spend nothing and are retried).
+    let statuses = loop {
+        let got = [user(limited), user(limited)];
+        if got.contains(&429) {
+            break got;
+        }
+        assert!(
+            promoted.elapsed() < Duration::from_secs(10),
+            "the limit did not hold again within 10 s of the promotion: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let held_after = promoted.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    traffic.join().unwrap();
+    println!(
+        "redis cluster failover: {master} stopped; {new_master} promoted {:.1?} later; limit held again {held_after:.1?} after the promotion ({statuses:?}); {} requests meanwhile, {} client errors",
+        promoted - stopped,
+        sent.load(Ordering::SeqCst),
+        bad.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        statuses,
+        [200, 429],
+        "the replica kept the user's count of 2"
+    );
+    assert_eq!(
+        bad.load(Ordering::SeqCst),
+        0,
+        "failure_mode allow: no client errors"
+    );
+
+    // The old master comes back and rejoins; the cluster is whole again.
+    cluster.docker("start", &master).unwrap();
+    cluster
+        .wait_service_healthy(&master, Duration::from_secs(60))
+        .unwrap();
+    cluster
+        .wait_redis_cluster_ok(Duration::from_secs(60))
+        .unwrap();
+    // While it rejoins, a call may fail (the rule's 100 ms timeout; failure_mode allow
+    // serves, spending nothing); within 10 s the user is refused again.
+    let back = Instant::now();
+    let mut failed_open = 0;
+    while user(limited) != 429 {
+        failed_open += 1;
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "the limit did not hold within 10 s of {master} rejoining"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("{master} rejoined; the limit held again ({failed_open} served meanwhile)");
+    println!(
+        "compose redis cluster phases done after {:.0?}",
+        started.elapsed()
     );
 }

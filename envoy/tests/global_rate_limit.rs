@@ -515,8 +515,8 @@ fn limits_hold_on_a_redis_cluster_and_again_after_a_failover() {
             std::thread::spawn(move || {
                 for _ in 0..6 {
                     for (i, user) in users.iter().enumerate() {
-                        let r = http_request(addr, "GET", "/user/x", &[("x-user", user)], b"")
-                            .unwrap();
+                        let r =
+                            http_request(addr, "GET", "/user/x", &[("x-user", user)], b"").unwrap();
                         assert!(r.status == 200 || r.status == 429, "{}", r.status);
                         if r.status == 200 {
                             allowed.lock().unwrap()[i] += 1;

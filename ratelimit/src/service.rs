@@ -218,7 +218,11 @@ impl Limiter {
     async fn decide(&self, limited: &[Limited], force: bool) -> Result<Vec<Outcome>, Status> {
         let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
         for (n, (_, key, _, _)) in limited.iter().enumerate() {
-            let group = if self.redis.is_cluster() { slot(key) } else { 0 };
+            let group = if self.redis.is_cluster() {
+                slot(key)
+            } else {
+                0
+            };
             match groups.iter_mut().find(|(g, _)| *g == group) {
                 Some((_, members)) => members.push(n),
                 None => groups.push((group, vec![n])),

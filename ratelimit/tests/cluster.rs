@@ -55,7 +55,11 @@ async fn ask(
     client.should_rate_limit(req).await.map(|r| r.into_inner())
 }
 
-async fn setup() -> (RedisCluster, RateLimitService, RateLimitServiceClient<Channel>) {
+async fn setup() -> (
+    RedisCluster,
+    RateLimitService,
+    RateLimitServiceClient<Channel>,
+) {
     assert!(
         redis_available(),
         "needs redis-server (cargo xtask test installs it: apt-get install redis-server)"
@@ -108,7 +112,13 @@ async fn keys_spread_over_masters_and_each_counts_exactly() {
                 .unwrap();
             let mut admitted = vec![0u32; ips.len()];
             for round in 0..5 {
-                for (i, ip) in ips.iter().enumerate().cycle().skip(caller + round).take(ips.len()) {
+                for (i, ip) in ips
+                    .iter()
+                    .enumerate()
+                    .cycle()
+                    .skip(caller + round)
+                    .take(ips.len())
+                {
                     let r = ask(&mut c, request(vec![client_ip(ip)])).await.unwrap();
                     if r.overall_code == Code::Ok as i32 {
                         admitted[i] += 1;
@@ -147,7 +157,10 @@ async fn descriptors_on_different_slots_are_decided_per_slot() {
     assert_eq!(both.statuses[1].code, Code::Ok as i32);
     assert_eq!(both.statuses[1].limit_remaining, 9);
     let alone = ask(&mut c, request(vec![client_ip(&b)])).await.unwrap();
-    assert_eq!(alone.statuses[0].limit_remaining, 8, "b's earlier hit was spent");
+    assert_eq!(
+        alone.statuses[0].limit_remaining, 8,
+        "b's earlier hit was spent"
+    );
 }
 
 /// The master holding a limited key is killed: calls for that key fail (UNAVAILABLE — the
@@ -173,7 +186,10 @@ async fn a_master_failover_is_followed_within_ten_seconds() {
         Ok(_) => {}
         Err(e) => assert_eq!(e.code(), tonic::Code::Unavailable, "{e}"),
     }
-    assert!(stopped.elapsed() < Duration::from_secs(5), "a call hung on the dead master");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "a call hung on the dead master"
+    );
     // The replica is promoted once the others agree the master failed (node timeout 1 s).
     cluster
         .wait_promoted(&key_of(ip), master, Duration::from_secs(30))
@@ -210,7 +226,10 @@ async fn a_master_failover_is_followed_within_ten_seconds() {
     assert_eq!(over.overall_code, Code::OverLimit as i32);
     let deadline = Instant::now() + Duration::from_secs(10);
     while service.healthcheck().unwrap().status != 200 {
-        assert!(Instant::now() < deadline, "/healthcheck not 200 after the promotion");
+        assert!(
+            Instant::now() < deadline,
+            "/healthcheck not 200 after the promotion"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask bench global`: global rate limiting through real processes — Envoy (1 worker,
 //! CPU 0) running rate_limit.wasm that asks edgewise-ratelimit (release build) counting in a
 //! real Redis, beside a local rule and beside Envoy's native ratelimit filter on the same
-//! service — written to `BENCHMARKS-global.md`.
+//! service; and the service alone at saturation on one Redis node and on a 3-master Redis
+//! Cluster — written to `BENCHMARKS-global.md`.
 
 use anyhow::{bail, Context, Result};
 use envoy_harness::{wasm_path, Backend, Envoy, EnvoyConfig, RateLimitService, Redis, WasmFilter};
@@ -178,8 +179,144 @@ pub fn run() -> Result<()> {
          sent from the root context) — and every request of the uncached denying row; the \
          remembered denying row made one).\n"
     ));
+    drop(envoys);
+    report.push_str(&service_saturation(&service_binary)?);
     let path = envoy_harness::workspace_root().join("BENCHMARKS-global.md");
     std::fs::write(&path, report)?;
     println!("\nwrote {}", path.display());
     Ok(())
+}
+
+/// Limits for the saturation rows: a per-client limit no run reaches.
+const SATURATION_LIMITS: &str = r#"
+domain: bench
+descriptors:
+  - key: client
+    rate_limit: { unit: second, requests_per_unit: 1000000000 }
+"#;
+
+/// One saturation row: decisions per second of edgewise-ratelimit (release) driven by 64
+/// concurrent gRPC callers, each call carrying `per_call` limited descriptors of distinct
+/// clients (keys spread over a cluster's slots).
+struct Saturation {
+    name: String,
+    calls_per_s: f64,
+    descriptors_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn saturate(name: &str, service: &RateLimitService, per_call: usize) -> Result<Saturation> {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let grpc = service.grpc;
+    runtime.block_on(async move {
+        let (callers, seconds) = (64usize, 5u64);
+        let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))?
+            .connect()
+            .await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for caller in 0..callers {
+            let mut client = RateLimitServiceClient::new(channel.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut n = 0u64;
+                while std::time::Instant::now() < deadline {
+                    let descriptors = (0..per_call)
+                        .map(|d| RateLimitDescriptor {
+                            entries: vec![Entry {
+                                key: "client".into(),
+                                value: format!("c{caller}-{d}-{}", n % 1000),
+                            }],
+                            ..Default::default()
+                        })
+                        .collect();
+                    let started = std::time::Instant::now();
+                    let answer = client
+                        .should_rate_limit(RateLimitRequest {
+                            domain: "bench".into(),
+                            descriptors,
+                            hits_addend: 0,
+                        })
+                        .await;
+                    if answer.is_err() {
+                        return Err(anyhow::anyhow!("a call failed: {answer:?}"));
+                    }
+                    latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+                    n += 1;
+                }
+                Ok(latencies)
+            }));
+        }
+        let mut latencies = Vec::new();
+        for t in tasks {
+            latencies.extend(t.await??);
+        }
+        latencies.sort_by(|a, b| a.total_cmp(b));
+        let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
+        let calls_per_s = latencies.len() as f64 / seconds as f64;
+        Ok(Saturation {
+            name: name.to_string(),
+            calls_per_s,
+            descriptors_per_s: calls_per_s * per_call as f64,
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+        })
+    })
+}
+
+/// The service at saturation on one Redis node and on a Redis Cluster of 3 masters (+3
+/// replicas), with 1 and 3 descriptors per call: a markdown section.
+fn service_saturation(binary: &std::path::Path) -> Result<String> {
+    println!("\n==> the service at saturation: one node vs a 3-master cluster");
+    let node = Redis::start()?;
+    let cluster = envoy_harness::RedisCluster::start(3)?;
+    let on_node = RateLimitService::start_binary(binary, SATURATION_LIMITS, &node.url())?;
+    let on_cluster = RateLimitService::start_binary(binary, SATURATION_LIMITS, &cluster.url())?;
+    let mut rows = Vec::new();
+    for per_call in [1, 3] {
+        for (store, service) in [
+            ("one Redis node (--redis)", &on_node),
+            ("Redis Cluster, 3 masters + 3 replicas", &on_cluster),
+        ] {
+            // Warm-up, then the measured run.
+            saturate("warm-up", service, per_call)?;
+            let row = saturate(
+                &format!("{store}, {per_call} descriptor(s) per call"),
+                service,
+                per_call,
+            )?;
+            println!(
+                "  {:<62} {:>8.0} calls/s {:>8.0} decisions/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
+                row.name, row.calls_per_s, row.descriptors_per_s, row.p50_ms, row.p99_ms
+            );
+            rows.push(row);
+        }
+    }
+    let mut out = String::from(
+        "\n## The service at saturation: one Redis node vs a Redis Cluster\n\n\
+         64 concurrent gRPC callers (one runtime thread, 5 s after a 5 s warm-up) calling \
+         edgewise-ratelimit (release) directly, each call carrying 1 or 3 limited descriptors \
+         of distinct clients. Everything shares this machine's 2 cores — the callers, the \
+         service and every Redis process — so the cluster's masters compete for the same \
+         CPUs the single node has to itself: these rows show the cost of the cluster path \
+         (slot grouping, a script call per slot, the cluster client), not the added capacity \
+         of masters on their own machines.\n\n\
+         | Store, descriptors per call | calls/s | decisions/s | p50 ms | p99 ms |\n\
+         |---|---:|---:|---:|---:|\n",
+    );
+    for r in &rows {
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.2} |\n",
+            r.name, r.calls_per_s, r.descriptors_per_s, r.p50_ms, r.p99_ms
+        ));
+    }
+    Ok(out)
 }

@@ -24,11 +24,17 @@ pub fn images() -> Result<()> {
     Ok(())
 }
 
-pub fn cluster(verb: &str) -> Result<()> {
+/// `cluster up [--redis-cluster] | down | status`.
+pub fn cluster(verb: &str, options: &[String]) -> Result<()> {
+    let redis_cluster = match options {
+        [] => false,
+        [flag] if verb == "up" && flag == "--redis-cluster" => true,
+        other => bail!("cluster {verb}: unknown options {other:?} (up takes --redis-cluster)"),
+    };
     match verb {
         "up" => {
             images()?;
-            up().map(Cluster::keep_running)
+            up(redis_cluster).map(Cluster::keep_running)
         }
         "down" => {
             let out = Cluster::attach(PROJECT, Ports::defaults()).compose(&[
@@ -52,11 +58,14 @@ pub fn cluster(verb: &str) -> Result<()> {
     }
 }
 
-fn up() -> Result<Cluster> {
+fn up(redis_cluster: bool) -> Result<Cluster> {
     crate::step("starting the cluster (compose -p edgewise up -d; Envoy configs rendered into target/compose with the modules' sha256) and waiting for health");
+    if redis_cluster {
+        println!("  global limits on a Redis Cluster: 3 masters + 3 replicas (docker-compose.redis-cluster.yml)");
+    }
     let started = Instant::now();
     let waiter = std::thread::spawn(move || {
-        let cluster = Cluster::up(PROJECT, Ports::defaults());
+        let cluster = Cluster::up_with(PROJECT, Ports::defaults(), redis_cluster);
         (cluster, started.elapsed())
     });
     let mut dots = 0;
@@ -84,7 +93,7 @@ fn up() -> Result<Cluster> {
 /// (`cargo xtask cluster down` removes it).
 pub fn demo() -> Result<()> {
     images()?;
-    let cluster = up()?;
+    let cluster = up(false)?;
     type Section = fn(&Cluster) -> Result<()>;
     let sections: [(&str, Section); 6] = [
         (

@@ -6,7 +6,7 @@
 //!   envoy   run Envoy (2 workers) with one of our filters in front of a backend
 //!   images  build the cluster's images locally (edgewise/envoy, backend, ratelimit, redis, prometheus)
 //!   schemas write the JSON Schemas of the plugin configurations (schemas/)
-//!   cluster up|down|status   the docker-compose cluster (project `edgewise`)
+//!   cluster up [--redis-cluster]|down|status   the docker-compose cluster (project `edgewise`)
 //!   fuzz    the cache privacy property test through our host, long: `fuzz [steps] [seed]`;
 //!           `fuzz edge [steps] [seed]`: the composed module against an adversary
 //!   demo    the cluster demo (Docker), or `demo local`: each filter in a local Envoy
@@ -63,7 +63,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        "cluster" => cluster::cluster(args.get(1).map(String::as_str).unwrap_or("status")),
+        "cluster" => cluster::cluster(
+            args.get(1).map(String::as_str).unwrap_or("status"),
+            args.get(2..).unwrap_or(&[]),
+        ),
         "demo" => match args.get(1).map(String::as_str) {
             Some("local") => demo(),
             _ if envoy_harness::docker_available() => setup().and_then(|()| cluster::demo()),
@@ -93,7 +96,7 @@ fn main() -> ExitCode {
             _ => bench::run(5, 3),
         },
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|release|validate FILE [FILTER]|cluster up|down|status|demo [local]|fuzz [edge] [steps] [seed]|bench [criterion|quick|profile [scenario]|global]>");
+            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|release|validate FILE [FILTER]|cluster up [--redis-cluster]|down|status|demo [local]|fuzz [edge] [steps] [seed]|bench [criterion|quick|profile [scenario]|global]>");
             return ExitCode::from(2);
         }
     };
@@ -275,6 +278,9 @@ fn test() -> Result<()> {
         "compose",
         "--",
         "--nocapture",
+        // One compose project at a time (each test starts its own cluster).
+        "--test-threads",
+        "1",
     ])?;
     step("the Envoy version matrix: probe parity and the filters' Envoy tests on older minors");
     run_matrix(&ENVOY_MATRIX_CI)?;
