@@ -159,6 +159,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     });
     let control_metrics = control.clone();
     let health_redis = redis.clone();
+    let metrics_redis = redis.clone();
     let purge_control = control.clone();
     let poll_control = control.clone();
     let breaker_control = control.clone();
@@ -226,6 +227,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             "/metrics",
             get(move || {
                 let m = metrics.clone();
+                let metrics_redis = metrics_redis.clone();
                 async move {
                     let line = |name: &str, help: &str, v: u64| {
                         format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n")
@@ -245,6 +247,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                             "edgewise_ratelimit_redis_errors_total",
                             "Calls failed because Redis did not answer (UNAVAILABLE).",
                             m.redis_errors.load(Ordering::Relaxed),
+                        ),
+                        line(
+                            "edgewise_ratelimit_redis_reconnects_total",
+                            "Redis Cluster connections rebuilt (slot map read afresh) after a lost connection.",
+                            metrics_redis.rebuilds(),
                         ),
                         line(
                             "edgewise_control_purges_total",

@@ -1,23 +1,86 @@
 //! Where the counters live: one Redis node (`--redis`) or a Redis Cluster
 //! (`--redis-cluster`), behind one connection type the rest of the service uses alike.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 /// The number of hash slots of a Redis Cluster (the key space is split into these).
 pub const SLOTS: u16 = 16384;
 
 /// A connection to the counters' Redis: a single node, or every master of a cluster (a
 /// command goes to the master serving its first key's slot; MOVED and ASK replies are
-/// followed and the slot map is refreshed, so a failover is followed once a replica has
-/// been promoted).
+/// followed, and a lost connection rebuilds the slot map, so a failover is followed once a
+/// replica has been promoted).
 #[derive(Clone)]
 pub enum Store {
     Node(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Arc<Cluster>),
+}
+
+/// A Redis Cluster connection that is rebuilt — its slot map read afresh from the nodes —
+/// when a call fails for want of a connection (a master that stopped answering: a crashed
+/// host's address may time out instead of refusing, and the redis crate then only
+/// reconnects to the same address). At most one rebuild at a time, at most one per
+/// [`REBUILD_EVERY`].
+pub struct Cluster {
+    client: ClusterClient,
+    current: RwLock<ClusterConnection>,
+    rebuilding: AtomicBool,
+    /// When the last rebuild started (ms since `started`).
+    last_rebuild_ms: AtomicU64,
+    started: Instant,
+    /// Rebuilds done (`edgewise_ratelimit_redis_reconnects_total`).
+    pub rebuilds: AtomicU64,
+}
+
+/// The shortest time between two rebuilds of a cluster connection.
+const REBUILD_EVERY: Duration = Duration::from_millis(500);
+
+impl Cluster {
+    fn connection(&self) -> Option<ClusterConnection> {
+        self.current.read().ok().map(|c| c.clone())
+    }
+
+    /// Starts a rebuild in the background unless one runs or one started recently.
+    fn rebuild_soon(self: &Arc<Self>) {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let last = self.last_rebuild_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < REBUILD_EVERY.as_millis() as u64
+            || self.rebuilding.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        self.last_rebuild_ms.store(now_ms, Ordering::Relaxed);
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            if let Ok(fresh) = cluster.client.get_async_connection().await {
+                if let Ok(mut current) = cluster.current.write() {
+                    *current = fresh;
+                    cluster.rebuilds.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            cluster.rebuilding.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Whether an error means the connection (not the command) failed: the slot map may be
+/// stale.
+fn connection_lost(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::ClusterDown | redis::ErrorKind::ClusterConnectionNotFound
+        )
 }
 
 /// How long a connection attempt and a reply may take before the call fails (UNAVAILABLE):
@@ -52,12 +115,28 @@ impl Store {
             .min_retry_wait(10)
             .max_retry_wait(100)
             .build()?;
-        Ok(Store::Cluster(client.get_async_connection().await?))
+        let connection = client.get_async_connection().await?;
+        Ok(Store::Cluster(Arc::new(Cluster {
+            client,
+            current: RwLock::new(connection),
+            rebuilding: AtomicBool::new(false),
+            last_rebuild_ms: AtomicU64::new(0),
+            started: Instant::now(),
+            rebuilds: AtomicU64::new(0),
+        })))
     }
 
     /// Whether keys are spread over a cluster's slots (a script's keys must share one).
     pub fn is_cluster(&self) -> bool {
         matches!(self, Store::Cluster(_))
+    }
+
+    /// Times a cluster connection was rebuilt after a lost connection (0 for one node).
+    pub fn rebuilds(&self) -> u64 {
+        match self {
+            Store::Node(_) => 0,
+            Store::Cluster(c) => c.rebuilds.load(Ordering::Relaxed),
+        }
     }
 
     /// The health `/healthcheck` reports: a node answers PING; a cluster answers
@@ -100,7 +179,17 @@ impl ConnectionLike for Store {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Store::Node(c) => c.req_packed_command(cmd),
-            Store::Cluster(c) => c.req_packed_command(cmd),
+            Store::Cluster(cluster) => {
+                let cluster = cluster.clone();
+                Box::pin(async move {
+                    let mut connection = cluster.connection().ok_or_else(poisoned)?;
+                    let result = connection.req_packed_command(cmd).await;
+                    if result.as_ref().is_err_and(connection_lost) {
+                        cluster.rebuild_soon();
+                    }
+                    result
+                })
+            }
         }
     }
 
@@ -112,16 +201,34 @@ impl ConnectionLike for Store {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Store::Node(c) => c.req_packed_commands(cmd, offset, count),
-            Store::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Store::Cluster(cluster) => {
+                let cluster = cluster.clone();
+                Box::pin(async move {
+                    let mut connection = cluster.connection().ok_or_else(poisoned)?;
+                    let result = connection.req_packed_commands(cmd, offset, count).await;
+                    if result.as_ref().is_err_and(connection_lost) {
+                        cluster.rebuild_soon();
+                    }
+                    result
+                })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Store::Node(c) => c.get_db(),
-            Store::Cluster(c) => c.get_db(),
+            Store::Cluster(_) => 0,
         }
     }
+}
+
+/// The error for a connection lock poisoned by a panic elsewhere (never expected).
+fn poisoned() -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::ClientError,
+        "the cluster connection's lock is poisoned",
+    ))
 }
 
 #[cfg(test)]

@@ -195,7 +195,7 @@ async fn a_master_failover_is_followed_within_ten_seconds() {
         .wait_promoted(&key_of(ip), master, Duration::from_secs(30))
         .unwrap();
     let promoted = Instant::now();
-    let mut errors = 0;
+    let mut errors = 0u32;
     let recovered = loop {
         match ask(&mut c, request(vec![client_ip(ip)])).await {
             Ok(r) => break r,
@@ -215,10 +215,15 @@ async fn a_master_failover_is_followed_within_ten_seconds() {
         promoted - stopped,
         promoted.elapsed()
     );
-    // The promoted replica had the 6 hits: this was the 7th; 3 more, then over.
+    // The promoted replica had the 6 hits: this was the 7th, 3 left — less any failed call
+    // the cluster client's retry still spent after the caller had its error (never more).
     assert_eq!(recovered.overall_code, Code::Ok as i32);
-    assert_eq!(recovered.statuses[0].limit_remaining, 3);
-    for _ in 0..3 {
+    let left = recovered.statuses[0].limit_remaining;
+    assert!(
+        left <= 3 && left + errors >= 3,
+        "{left} left after 7 hits and {errors} failed calls (limit 10)"
+    );
+    for _ in 0..left {
         let r = ask(&mut c, request(vec![client_ip(ip)])).await.unwrap();
         assert_eq!(r.overall_code, Code::Ok as i32);
     }

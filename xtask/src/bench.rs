@@ -252,6 +252,24 @@ fn scenarios(backend: std::net::SocketAddr) -> Vec<Scenario> {
     ]
 }
 
+/// The scenarios `bench opt` measures at each optimisation level: (name, config, path).
+pub(crate) fn opt_scenarios(
+    backend: std::net::SocketAddr,
+) -> Vec<(&'static str, EnvoyConfig, &'static str)> {
+    const CHOSEN: [&str; 5] = [
+        "rate_limit, passing",
+        "circuit_breaker, closed",
+        "weighted_router (smooth WRR)",
+        "response_cache, every request a hit",
+        "all four composed (edge_chain, 1 VM)",
+    ];
+    scenarios(backend)
+        .into_iter()
+        .filter(|s| CHOSEN.contains(&s.name))
+        .map(|s| (s.name, s.config, s.path))
+        .collect()
+}
+
 pub(crate) fn ensure_wrk() -> Result<()> {
     if Command::new("wrk").arg("--version").output().is_ok() {
         return Ok(());

@@ -16,6 +16,7 @@
 
 mod bench;
 mod bench_global;
+mod bench_opt;
 mod cluster;
 mod release;
 mod schemas;
@@ -93,10 +94,11 @@ fn main() -> ExitCode {
             Some("quick") => bench::run(2, 1),
             Some("profile") => bench::profile(args.get(2).map(String::as_str)),
             Some("global") => bench_global::run(),
+            Some("opt") => bench_opt::run(),
             _ => bench::run(5, 3),
         },
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|release|validate FILE [FILTER]|cluster up [--redis-cluster]|down|status|demo [local]|fuzz [edge] [steps] [seed]|bench [criterion|quick|profile [scenario]|global]>");
+            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|release|validate FILE [FILTER]|cluster up [--redis-cluster]|down|status|demo [local]|fuzz [edge] [steps] [seed]|bench [criterion|quick|profile [scenario]|global|opt]>");
             return ExitCode::from(2);
         }
     };
