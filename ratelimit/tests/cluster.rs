@@ -238,3 +238,94 @@ async fn a_master_failover_is_followed_within_ten_seconds() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A slot moved to another master while in use (the live resharding `redis-cli --cluster
+/// reshard` does, one slot by hand): while it migrates, a key still on the old master is
+/// counted there and a new key of the slot is sent on with ASK; once moved, MOVED takes the
+/// service to the new master — counts kept (MIGRATE moves the keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_between_masters_is_followed_with_ask_and_moved() {
+    let (cluster, _service, mut c) = setup().await;
+    let ip = "192.0.2.200";
+    let slot = envoy_harness::redis_slot(&key_of(ip));
+    // Another client whose key shares the slot (a new key during the migration).
+    let sibling = (0..200_000)
+        .map(|n| format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255))
+        .find(|other| envoy_harness::redis_slot(&key_of(other)) == slot)
+        .expect("a key in the same slot");
+    for _ in 0..4 {
+        let r = ask(&mut c, request(vec![client_ip(ip)])).await.unwrap();
+        assert_eq!(r.overall_code, Code::Ok as i32);
+    }
+    let from = cluster.master_of(&key_of(ip)).unwrap();
+    let to = (0..cluster.nodes.len())
+        .find(|n| {
+            *n != from
+                && cluster
+                    .cli(*n, &["info", "replication"])
+                    .is_ok_and(|i| i.contains("role:master"))
+        })
+        .unwrap();
+    let id = |n: usize| {
+        cluster
+            .cli(n, &["cluster", "myid"])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (from_id, to_id) = (id(from), id(to));
+    let slot = slot.to_string();
+    let ok = |n: usize, args: &[&str]| {
+        let out = cluster.cli(n, args).unwrap();
+        assert!(
+            out.trim() == "OK" || out.trim() == "NOKEY",
+            "{args:?}: {out}"
+        );
+    };
+    ok(to, &["cluster", "setslot", &slot, "importing", &from_id]);
+    ok(from, &["cluster", "setslot", &slot, "migrating", &to_id]);
+    // Migrating: the existing key is still counted on the old master (5th hit)…
+    let r = ask(&mut c, request(vec![client_ip(ip)])).await.unwrap();
+    assert_eq!(r.statuses[0].limit_remaining, 5);
+    // …and a key the old master does not have is asked of the new one (ASK).
+    let r = ask(&mut c, request(vec![client_ip(&sibling)]))
+        .await
+        .unwrap();
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].limit_remaining, 9);
+    assert!(
+        cluster
+            .cli(to, &["exists", &key_of(&sibling)])
+            .unwrap()
+            .contains('1'),
+        "the new key was written on the importing master"
+    );
+    // Move the remaining key, then hand the slot over on every master.
+    let to_port = cluster.nodes[to].addr.port().to_string();
+    let moved = cluster
+        .cli(
+            from,
+            &["migrate", "127.0.0.1", &to_port, &key_of(ip), "0", "5000"],
+        )
+        .unwrap();
+    assert_eq!(moved.trim(), "OK", "MIGRATE: {moved}");
+    for n in 0..cluster.nodes.len() {
+        if cluster
+            .cli(n, &["info", "replication"])
+            .is_ok_and(|i| i.contains("role:master"))
+        {
+            ok(n, &["cluster", "setslot", &slot, "node", &to_id]);
+        }
+    }
+    // Moved: the service is sent on (MOVED) and finds both counts on the new master.
+    let r = ask(&mut c, request(vec![client_ip(ip)])).await.unwrap();
+    assert_eq!(
+        r.statuses[0].limit_remaining, 4,
+        "6th hit, on the new master"
+    );
+    let r = ask(&mut c, request(vec![client_ip(&sibling)]))
+        .await
+        .unwrap();
+    assert_eq!(r.statuses[0].limit_remaining, 8);
+    assert_eq!(cluster.master_of(&key_of(ip)).unwrap(), to);
+}
