@@ -304,28 +304,42 @@ fn parse_ms(text: &str) -> Option<f64> {
 }
 
 pub(crate) fn run_wrk(envoy: &Envoy, path: &str, seconds: u32) -> Result<Sample> {
+    run_wrk_with(envoy, path, seconds, None).map(|(sample, _)| sample)
+}
+
+/// wrk against `path` (or what the Lua `script` requests), returning the sample and the
+/// count of answers that were not 2xx/3xx.
+pub(crate) fn run_wrk_with(
+    envoy: &Envoy,
+    path: &str,
+    seconds: u32,
+    script: Option<&std::path::Path>,
+) -> Result<(Sample, u64)> {
     let url = format!("http://{}{}", envoy.listener, path);
-    let out = Command::new("taskset")
-        .args([
-            "-c",
-            "1",
-            "wrk",
-            "-t1",
-            "-c32",
-            &format!("-d{seconds}s"),
-            "--latency",
-            &url,
-        ])
-        .output()
-        .context("running wrk")?;
+    let mut command = Command::new("taskset");
+    command.args([
+        "-c",
+        "1",
+        "wrk",
+        "-t1",
+        "-c32",
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    if let Some(script) = script {
+        command.arg("-s").arg(script);
+    }
+    let out = command.arg(&url).output().context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut sample = Sample::default();
+    let mut non_2xx = 0;
     for line in text.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         match fields.as_slice() {
             ["Requests/sec:", rps] => sample.rps = rps.parse().unwrap_or(0.0),
             ["50%", v] => sample.p50_ms = parse_ms(v).unwrap_or(0.0),
             ["99%", v] => sample.p99_ms = parse_ms(v).unwrap_or(0.0),
+            ["Non-2xx", "or", "3xx", "responses:", n] => non_2xx = n.parse().unwrap_or(0),
             _ => {}
         }
     }
@@ -335,7 +349,7 @@ pub(crate) fn run_wrk(envoy: &Envoy, path: &str, seconds: u32) -> Result<Sample>
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(sample)
+    Ok((sample, non_2xx))
 }
 
 /// Builds every .wasm (release) and the composed module.

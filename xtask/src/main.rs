@@ -16,6 +16,7 @@
 
 mod bench;
 mod bench_global;
+mod bench_mix;
 mod bench_opt;
 mod cluster;
 mod release;
@@ -95,10 +96,11 @@ fn main() -> ExitCode {
             Some("profile") => bench::profile(args.get(2).map(String::as_str)),
             Some("global") => bench_global::run(),
             Some("opt") => bench_opt::run(),
+            Some("mix") => bench_mix::run(),
             _ => bench::run(5, 3),
         },
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|release|validate FILE [FILTER]|cluster up [--redis-cluster]|down|status|demo [local]|fuzz [edge] [steps] [seed]|bench [criterion|quick|profile [scenario]|global|opt]>");
+            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|release|validate FILE [FILTER]|cluster up [--redis-cluster]|down|status|demo [local]|fuzz [edge] [steps] [seed]|bench [criterion|quick|profile [scenario]|global|opt|mix]>");
             return ExitCode::from(2);
         }
     };
