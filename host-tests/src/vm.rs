@@ -321,6 +321,18 @@ impl Vm {
             .collect()
     }
 
+    /// The module's heap allocations so far (its `edgewise_allocations` export: every
+    /// Edgewise module counts them), or None for a module without the export.
+    pub fn allocations(&self) -> Option<u64> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let func = inner
+            .instance
+            .get_typed_func::<(), u64>(&mut inner.store, "edgewise_allocations")
+            .ok()?;
+        func.call(&mut inner.store, ()).ok()
+    }
+
     /// The failure (trap, panic) that ended this VM, if one did.
     pub fn failure(&self) -> Option<VmFailure> {
         self.lock().failed.clone()

@@ -216,3 +216,104 @@ fn host_calls_per_request_stay_within_their_bounds() {
     println!("{report}");
     assert!(over.is_empty(), "over their bounds: {over:?}\n{report}");
 }
+
+/// Heap allocations one request costs inside the module, per path (the modules count them:
+/// `edgewise_allocations`), after warm-up, averaged over 20 requests (rounded up). Every
+/// buffer the host hands back (a header value, shared data) is one allocation in the guest
+/// (`proxy_on_memory_allocate`), so a path that reads anything has a floor above zero; the
+/// rest is the filters' own Vecs and Strings. The bounds are the counts measured when the
+/// counter was added (issue 25) and keep them from creeping up.
+#[test]
+fn allocations_per_request_stay_within_their_bounds() {
+    let chain = format!(
+        r#"{{"rate_limit":{RL},"response_cache":{{}},"weighted_router":{WR},"circuit_breaker":{CB}}}"#
+    );
+    // (label, module, config, path, response, bound per request)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        String,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        u64,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "rate_limit, passing",
+            "rate_limit",
+            RL.into(),
+            "/",
+            CACHEABLE,
+            41,
+        ),
+        (
+            "rate_limit, denying",
+            "rate_limit",
+            RL_DENY.into(),
+            "/",
+            CACHEABLE,
+            49,
+        ),
+        (
+            "circuit_breaker, closed",
+            "circuit_breaker",
+            CB.into(),
+            "/",
+            CACHEABLE,
+            12,
+        ),
+        (
+            "weighted_router",
+            "weighted_router",
+            WR.into(),
+            "/",
+            CACHEABLE,
+            3,
+        ),
+        (
+            "response_cache, hit",
+            "response_cache",
+            "{}".into(),
+            "/hit",
+            CACHEABLE,
+            59,
+        ),
+        (
+            "response_cache, miss (no-store)",
+            "response_cache",
+            "{}".into(),
+            "/live",
+            NO_STORE,
+            56,
+        ),
+        (
+            "edge_chain, all four passing",
+            "edge_chain",
+            chain,
+            "/live",
+            NO_STORE,
+            135,
+        ),
+    ];
+    let mut report = String::from("\n| path | allocations per request |\n|---|---:|\n");
+    let mut over = Vec::new();
+    for (label, module, config, path, response, bound) in &cases {
+        let world = World::new();
+        let vm = vm(&world, module, config);
+        for _ in 0..3 {
+            calls(&vm, path, response);
+        }
+        let before = vm.allocations().expect("the module counts its allocations");
+        let requests = 20;
+        for _ in 0..requests {
+            calls(&vm, path, response);
+        }
+        let per_request = (vm.allocations().unwrap_or(0) - before).div_ceil(requests);
+        report.push_str(&format!("| {label} | {per_request} |\n"));
+        if per_request > *bound {
+            over.push(format!("{label}: {per_request} > {bound}"));
+        }
+    }
+    println!("{report}");
+    assert!(over.is_empty(), "over their bounds: {over:?}\n{report}");
+}

@@ -6,6 +6,8 @@
 
 #[cfg(target_arch = "wasm32")]
 pub mod abi;
+#[cfg(target_arch = "wasm32")]
+pub mod alloc_count;
 pub mod breaker_state;
 pub mod bulkhead;
 pub mod calendar;
