@@ -29,7 +29,7 @@ fn v1_requests(cluster: &Cluster) -> u64 {
 fn compose_cluster_filters_and_faults() {
     assert!(
         docker_available(),
-        "layer 4 needs a Docker engine and docker-compose (see README, Requirements)"
+        "layer 4 needs a Docker engine and docker-compose (see README, Test layers)"
     );
     let started = Instant::now();
     build_wasm(&[
@@ -386,7 +386,7 @@ fn long_user_values_keep_redis_small(cluster: &Cluster) {
     assert!(keys_after > keys_before, "the values were counted");
 }
 
-/// 90/10 smooth weighted round robin per edge worker: 4 cursors (2 edges × 2 workers) each
+/// 90/10 weighted round robin (a proportionally fair cycle) per edge worker: 4 cursors (2 edges × 2 workers) each
 /// deviate by at most one cycle position, so api-v2 gets 20 ± 8 of 200.
 fn weighted_split_counted_at_backends(cluster: &Cluster) {
     let v1_before = v1_requests(cluster);
@@ -978,7 +978,7 @@ fn edge_restart_keeps_front_serving(cluster: &Cluster) {
 fn compose_redis_cluster_failover() {
     assert!(
         docker_available(),
-        "layer 4 needs a Docker engine and docker-compose (see README, Requirements)"
+        "layer 4 needs a Docker engine and docker-compose (see README, Test layers)"
     );
     let started = Instant::now();
     build_wasm(&[

@@ -108,7 +108,7 @@ fn scenarios(backend: std::net::SocketAddr) -> Vec<Scenario> {
             expect: 503,
         },
         Scenario {
-            name: "weighted_router (smooth WRR)",
+            name: "weighted_router (WRR, Pfair cycle)",
             group: "weighted routing",
             config: three_clusters(base().routes(vec![Route::by_header("ours", "/", "x-route-cluster")]).filter(wasm("weighted_router", router))),
             path: "/status/200",
@@ -259,7 +259,7 @@ pub(crate) fn opt_scenarios(
     const CHOSEN: [&str; 5] = [
         "rate_limit, passing",
         "circuit_breaker, closed",
-        "weighted_router (smooth WRR)",
+        "weighted_router (WRR, Pfair cycle)",
         "response_cache, every request a hit",
         "all four composed (edge_chain, 1 VM)",
     ];
@@ -546,7 +546,7 @@ fn write_report(
         ),
         (
             "weighted_router ≥ 1.0 × SDK do-nothing",
-            find("weighted_router (smooth WRR)") / noop,
+            find("weighted_router (WRR, Pfair cycle)") / noop,
             1.0,
         ),
         (
@@ -720,7 +720,7 @@ fn profile_table(backend: std::net::SocketAddr, wanted: Option<&str>) -> Result<
         "rate_limit, passing",
         "rate_limit, denying",
         "circuit_breaker, closed",
-        "weighted_router (smooth WRR)",
+        "weighted_router (WRR, Pfair cycle)",
         "response_cache, every request a hit",
         "response_cache, every request a miss (no-store)",
         "native cache filter, every request a hit",

@@ -567,7 +567,7 @@ fn demo_weighted_router() -> Result<()> {
         envoy.get("/api/x")?;
     }
     println!(
-        "  200 requests, smooth weighted round robin: backends counted {:?}",
+        "  200 requests, weighted round robin (Pfair cycle): backends counted {:?}",
         counted()?
     );
     for b in &backends {
