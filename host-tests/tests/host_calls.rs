@@ -221,8 +221,10 @@ fn host_calls_per_request_stay_within_their_bounds() {
 /// `edgewise_allocations`), after warm-up, averaged over 20 requests (rounded up). Every
 /// buffer the host hands back (a header value, shared data) is one allocation in the guest
 /// (`proxy_on_memory_allocate`), so a path that reads anything has a floor above zero; the
-/// rest is the filters' own Vecs and Strings. The bounds are the counts measured when the
-/// counter was added (issue 25) and keep them from creeping up.
+/// rest is the filters' own Vecs and Strings. The bounds are the counts measured (issue 25:
+/// reading every value of a field from the host's serialized map in place, instead of
+/// decoding the map into a String and a Vec per field, took the limiter from 41 to 23 and
+/// edge_chain from 135 to 118) and keep them from creeping up.
 #[test]
 fn allocations_per_request_stay_within_their_bounds() {
     let chain = format!(
@@ -244,7 +246,7 @@ fn allocations_per_request_stay_within_their_bounds() {
             RL.into(),
             "/",
             CACHEABLE,
-            41,
+            23,
         ),
         (
             "rate_limit, denying",
@@ -252,7 +254,7 @@ fn allocations_per_request_stay_within_their_bounds() {
             RL_DENY.into(),
             "/",
             CACHEABLE,
-            49,
+            31,
         ),
         (
             "circuit_breaker, closed",
@@ -292,7 +294,7 @@ fn allocations_per_request_stay_within_their_bounds() {
             chain,
             "/live",
             NO_STORE,
-            135,
+            118,
         ),
     ];
     let mut report = String::from("\n| path | allocations per request |\n|---|---:|\n");

@@ -338,6 +338,11 @@ pub fn get_map_pairs(map_type: u32) -> Vec<(String, Vec<u8>)> {
 }
 
 fn host_map_pairs(map_type: u32) -> Vec<(String, Vec<u8>)> {
+    decode_pairs(&host_map_serialized(map_type)).unwrap_or_default()
+}
+
+/// A header map as the host serializes it (empty when it cannot be read now).
+fn host_map_serialized(map_type: u32) -> Vec<u8> {
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
     // SAFETY: pointers to locals; the host writes a buffer it allocated through us.
@@ -346,7 +351,89 @@ fn host_map_pairs(map_type: u32) -> Vec<(String, Vec<u8>)> {
         return Vec::new();
     }
     // SAFETY: the host filled `data` / `size` for this call.
-    decode_pairs(&unsafe { take(data, size) }).unwrap_or_default()
+    unsafe { take(data, size) }
+}
+
+/// The request header map, for reading every value of a field: the composed module's
+/// shared copy while it shares reads, else the host's serialized map read in place — one
+/// buffer, where decoding it costs two allocations per field.
+pub enum RequestPairs {
+    Shared,
+    Serialized(Vec<u8>),
+}
+
+impl RequestPairs {
+    /// Reads the map (once; look fields up with [`RequestPairs::values`]).
+    pub fn read() -> RequestPairs {
+        if shared(|_| ()).is_some() {
+            RequestPairs::Shared
+        } else {
+            RequestPairs::Serialized(host_map_serialized(REQUEST_HEADERS))
+        }
+    }
+
+    /// Every value of `name`, in order.
+    pub fn values(&self, name: &str) -> Vec<Vec<u8>> {
+        match self {
+            RequestPairs::Shared => with_shared_request_headers(|headers| {
+                headers
+                    .iter()
+                    .filter(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
+            .unwrap_or_default(),
+            RequestPairs::Serialized(bytes) => SerializedPairs::new(bytes)
+                .filter(|(k, _)| *k == name.as_bytes())
+                .map(|(_, v)| v.to_vec())
+                .collect(),
+        }
+    }
+}
+
+/// The (name, value) pairs of a serialized header map, borrowed: a count, then each pair's
+/// two lengths (u32, little-endian), then the names and values, each followed by a NUL.
+/// Stops at the first malformed entry.
+pub struct SerializedPairs<'a> {
+    bytes: &'a [u8],
+    index: usize,
+    count: usize,
+    at: usize,
+}
+
+impl<'a> SerializedPairs<'a> {
+    pub fn new(bytes: &'a [u8]) -> SerializedPairs<'a> {
+        let count = u32_le(bytes, 0).unwrap_or(0);
+        SerializedPairs {
+            bytes,
+            index: 0,
+            count,
+            at: 4usize.saturating_add(count.saturating_mul(8)),
+        }
+    }
+}
+
+impl<'a> Iterator for SerializedPairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.index >= self.count {
+            return None;
+        }
+        let name_len = u32_le(self.bytes, 4 + 8 * self.index)?;
+        let value_len = u32_le(self.bytes, 8 + 8 * self.index)?;
+        let name = self.bytes.get(self.at..self.at.checked_add(name_len)?)?;
+        let value_at = self.at + name_len + 1;
+        let value = self.bytes.get(value_at..value_at.checked_add(value_len)?)?;
+        self.at = value_at + value_len + 1;
+        self.index += 1;
+        Some((name, value))
+    }
+}
+
+/// The little-endian u32 at `at`, as a usize.
+fn u32_le(bytes: &[u8], at: usize) -> Option<usize> {
+    Some(u32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?) as usize)
 }
 
 /// Replaces a whole header map; false when the host refused.

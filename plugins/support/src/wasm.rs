@@ -93,29 +93,38 @@ pub fn http_call_ok_body(
 /// field is asked for (Envoy's single-value getter returns the first one), once per request.
 #[derive(Default)]
 pub struct RequestHeaders {
-    cache: Vec<(String, Option<Vec<u8>>)>,
-    all: Option<Vec<(String, Vec<u8>)>>,
+    /// The names read so far, back to back: one buffer per request, not a String per name.
+    names: String,
+    /// Per name read, in order: where its name ends in `names`, and its first value.
+    cache: Vec<(usize, Option<Vec<u8>>)>,
+    all: Option<crate::abi::RequestPairs>,
 }
 
 impl RequestView for RequestHeaders {
     fn header(&mut self, name: &str) -> Option<Vec<u8>> {
-        if let Some((_, value)) = self.cache.iter().find(|(k, _)| k == name) {
-            return value.clone();
+        let mut start = 0;
+        for (end, value) in &self.cache {
+            if self.names.get(start..*end) == Some(name) {
+                return value.clone();
+            }
+            start = *end;
         }
         let value =
             crate::abi::get_map_value(proxy_wasm::types::MapType::HttpRequestHeaders as u32, name);
-        self.cache.push((name.to_string(), value.clone()));
+        // Sized once for a request's usual reads, so growing them rarely allocates again.
+        if self.cache.capacity() == 0 {
+            self.cache.reserve(8);
+            self.names.reserve(128);
+        }
+        self.names.push_str(name);
+        self.cache.push((self.names.len(), value.clone()));
         value
     }
 
     fn header_values(&mut self, name: &str) -> Vec<Vec<u8>> {
-        let all = self.all.get_or_insert_with(|| {
-            crate::abi::get_map_pairs(proxy_wasm::types::MapType::HttpRequestHeaders as u32)
-        });
-        all.iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .collect()
+        self.all
+            .get_or_insert_with(crate::abi::RequestPairs::read)
+            .values(name)
     }
 }
 
