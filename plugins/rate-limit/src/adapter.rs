@@ -677,9 +677,15 @@ impl HttpContext for RateLimitStream {
         let applicable = applicable_rules(config, &mut request, &mut peer);
         // Rules in a dry run of their own are decided apart (nothing held when they would
         // deny) and only counted; the others decide the request.
-        let (dry_run, applicable): (Vec<_>, Vec<_>) = applicable
-            .into_iter()
-            .partition(|a| config.rules[a.rule].shadow);
+        // (Split only when some rule is in a dry run: the usual request keeps its one Vec.)
+        let (dry_run, applicable): (Vec<_>, Vec<_>) =
+            if applicable.iter().any(|a| config.rules[a.rule].shadow) {
+                applicable
+                    .into_iter()
+                    .partition(|a| config.rules[a.rule].shadow)
+            } else {
+                (Vec::new(), applicable)
+            };
         self.to_charge = applicable
             .iter()
             .chain(&dry_run)
@@ -709,14 +715,15 @@ impl HttpContext for RateLimitStream {
             return Action::Continue;
         }
         let shadow = config.mode == Mode::Shadow;
-        let decision = decide(config, &shared.store, &applicable, now, shadow);
+        let mut decision = decide(config, &shared.store, &applicable, now, shadow);
         for rule in &decision.errors {
             shared.metrics[*rule].errors.increment(1);
         }
-        self.statuses = decision.rules.clone();
+        // Kept for the response's RateLimit fields (moved, not copied).
+        self.statuses = std::mem::take(&mut decision.rules);
         match decision.outcome {
             Outcome::Allowed => {
-                for status in &decision.rules {
+                for status in &self.statuses {
                     shared.metrics[status.rule].allowed.increment(1);
                 }
                 if shared.global_tick.is_some() {
@@ -728,7 +735,7 @@ impl HttpContext for RateLimitStream {
                 Action::Continue
             }
             Outcome::Delayed { delay_ns } => {
-                for status in &decision.rules {
+                for status in &self.statuses {
                     shared.metrics[status.rule].allowed.increment(1);
                 }
                 for rule in &decision.waiting {
@@ -746,7 +753,7 @@ impl HttpContext for RateLimitStream {
             }
             Outcome::Denied { retry_after_ns, .. } if shadow => {
                 let _ = retry_after_ns;
-                for status in decision.rules.iter().filter(|s| s.limited) {
+                for status in self.statuses.iter().filter(|s| s.limited) {
                     shared.metrics[status.rule].shadow_denied.increment(1);
                 }
                 Action::Continue
@@ -757,7 +764,7 @@ impl HttpContext for RateLimitStream {
             } => {
                 shared.metrics[rule].denied.increment(1);
                 self.replied = true;
-                if !send_deny(&shared, &decision.rules, retry_after_ns) {
+                if !send_deny(&shared, &self.statuses, retry_after_ns) {
                     // Could not reply: let the request through rather than hang it.
                     return Action::Continue;
                 }
