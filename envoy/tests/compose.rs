@@ -872,6 +872,11 @@ fn stopping_an_edge_moves_only_its_urls(cluster: &Cluster) {
     let paths: Vec<String> = (0..16)
         .map(|n| format!("/cache/move-{n}?cache_control=max-age%3D600&body=moving"))
         .collect();
+    // A URL of edge-2's, apart from the 16: the sign that every front worker has it back.
+    let probe = (0..64)
+        .map(|n| format!("/cache/ring-probe-{n}?cache_control=max-age%3D600&body=probe"))
+        .find(|p| answered_by(&cluster.get(p).unwrap()).0 == "edge-2")
+        .expect("edge-2 owns one of 64 probe URLs");
     let owner: Vec<String> = paths
         .iter()
         .map(|p| answered_by(&cluster.get(p).unwrap()).0)
@@ -904,6 +909,22 @@ fn stopping_an_edge_moves_only_its_urls(cluster: &Cluster) {
         .wait_service_healthy("edge-2", Duration::from_secs(60))
         .unwrap();
     wait_healthy_edges(cluster, 2);
+    // The health gauge moves before each front worker's ring is rebuilt: wait until the
+    // probe URL lands on edge-2 ten times in a row (new connections, so both workers).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut in_a_row = 0;
+    while in_a_row < 10 {
+        if answered_by(&cluster.get(&probe).unwrap()).0 == "edge-2" {
+            in_a_row += 1;
+        } else {
+            in_a_row = 0;
+            assert!(
+                Instant::now() < deadline,
+                "the front's workers did not route edge-2's URLs back to it within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let before = v1_requests(cluster);
     for (i, path) in paths.iter().enumerate() {
         let (edge, hit) = answered_by(&cluster.get(path).unwrap());
