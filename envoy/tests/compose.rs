@@ -25,13 +25,12 @@ fn v1_requests(cluster: &Cluster) -> u64 {
     cluster.backend_requests("api-v1-a").unwrap() + cluster.backend_requests("api-v1-b").unwrap()
 }
 
-#[test]
-fn compose_cluster_filters_and_faults() {
+/// Builds what the compose cluster runs: the four modules, edge_chain and every image.
+fn build_modules_and_images() {
     assert!(
         docker_available(),
         "layer 4 needs a Docker engine and docker-compose (see README, Test layers)"
     );
-    let started = Instant::now();
     build_wasm(&[
         "rate-limit",
         "response-cache",
@@ -41,6 +40,12 @@ fn compose_cluster_filters_and_faults() {
     .unwrap();
     envoy_harness::build_edge_chain().unwrap();
     build_images().unwrap();
+}
+
+#[test]
+fn compose_cluster_filters_and_faults() {
+    let started = Instant::now();
+    build_modules_and_images();
     println!("images ready after {:.0?}", started.elapsed());
     let cluster = Cluster::up(
         &format!("edgewise-test-{}", std::process::id()),
@@ -997,20 +1002,8 @@ fn edge_restart_keeps_front_serving(cluster: &Cluster) {
 /// with the replicated count. The stopped node rejoins (as a replica) when started.
 #[test]
 fn compose_redis_cluster_failover() {
-    assert!(
-        docker_available(),
-        "layer 4 needs a Docker engine and docker-compose (see README, Test layers)"
-    );
     let started = Instant::now();
-    build_wasm(&[
-        "rate-limit",
-        "response-cache",
-        "weighted-router",
-        "circuit-breaker",
-    ])
-    .unwrap();
-    envoy_harness::build_edge_chain().unwrap();
-    build_images().unwrap();
+    build_modules_and_images();
     println!("images ready after {:.0?}", started.elapsed());
     let cluster = Cluster::up_with(
         &format!("edgewise-rc-{}", std::process::id()),

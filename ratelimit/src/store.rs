@@ -47,6 +47,14 @@ impl Cluster {
         self.current.read().ok().map(|c| c.clone())
     }
 
+    /// A command's result, passed on; a lost connection starts a rebuild.
+    fn watch<T>(self: &Arc<Self>, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if result.as_ref().is_err_and(connection_lost) {
+            self.rebuild_soon();
+        }
+        result
+    }
+
     /// Starts a rebuild in the background unless one runs or one started recently.
     fn rebuild_soon(self: &Arc<Self>) {
         let now_ms = self.started.elapsed().as_millis() as u64;
@@ -183,11 +191,7 @@ impl ConnectionLike for Store {
                 let cluster = cluster.clone();
                 Box::pin(async move {
                     let mut connection = cluster.connection().ok_or_else(poisoned)?;
-                    let result = connection.req_packed_command(cmd).await;
-                    if result.as_ref().is_err_and(connection_lost) {
-                        cluster.rebuild_soon();
-                    }
-                    result
+                    cluster.watch(connection.req_packed_command(cmd).await)
                 })
             }
         }
@@ -205,11 +209,7 @@ impl ConnectionLike for Store {
                 let cluster = cluster.clone();
                 Box::pin(async move {
                     let mut connection = cluster.connection().ok_or_else(poisoned)?;
-                    let result = connection.req_packed_commands(cmd, offset, count).await;
-                    if result.as_ref().is_err_and(connection_lost) {
-                        cluster.rebuild_soon();
-                    }
-                    result
+                    cluster.watch(connection.req_packed_commands(cmd, offset, count).await)
                 })
             }
         }
