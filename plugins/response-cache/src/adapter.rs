@@ -13,6 +13,7 @@ use edgewise_support::metrics::metric_name;
 use edgewise_support::wasm::{
     install_panic_hook, load_config, log, now_nanos, wall_nanos, Metric, SharedData,
 };
+use edgewise_support::HeaderMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
@@ -76,7 +77,7 @@ struct Waiter {
     key_hash: u64,
     until_ms: u64,
     /// The client's request headers, to decide again once the entry is there.
-    request: Vec<(String, Vec<u8>)>,
+    request: HeaderMap,
     served: Served,
     alive: Rc<Cell<bool>>,
     /// The configuration and store the request started under: a reconfiguration while it
@@ -521,7 +522,7 @@ impl RootContext for CacheRoot {
             context_id,
             shared: self.shared.clone(),
             pending: None,
-            request: Vec::new(),
+            request: HeaderMap::default(),
             served: Served::default(),
             response: None,
             replacing: None,
@@ -597,7 +598,7 @@ struct CacheStream {
     shared: Option<Rc<Shared>>,
     pending: Option<Pending>,
     /// The request's headers, kept for Vary on a storable miss.
-    request: Vec<(String, Vec<u8>)>,
+    request: HeaderMap,
     /// Headers of our own cached reply, applied when Envoy sends it.
     served: Served,
     response: Option<Filling>,
@@ -648,12 +649,7 @@ impl CacheStream {
     /// Ends this request's fill, so waiting requests look again (at once on their tick).
     /// Remembers a forwarded request: its decision, its headers (Vary is only known from the
     /// response, when request headers are gone), and adds revalidation's validators.
-    fn prepare_forward(
-        &mut self,
-        shared: &Shared,
-        pending: Pending,
-        request: Vec<(String, Vec<u8>)>,
-    ) {
+    fn prepare_forward(&mut self, shared: &Shared, pending: Pending, request: HeaderMap) {
         // RFC 9111 §4.3.1: a stale entry goes to the origin as a conditional request.
         for (name, value) in text_pairs(&pending.validators) {
             abi::replace_map_value(MapType::HttpRequestHeaders as u32, name, value.as_bytes());
@@ -723,12 +719,7 @@ impl CacheStream {
 
     /// Sends a request on to the origin. The first miss for a key fills it; later ones, on
     /// any worker, wait (paused) for its result.
-    fn forward(
-        &mut self,
-        shared: &Shared,
-        pending: Box<Pending>,
-        request: Vec<(String, Vec<u8>)>,
-    ) -> Action {
+    fn forward(&mut self, shared: &Shared, pending: Box<Pending>, request: HeaderMap) -> Action {
         let mut pending = pending;
         // A stale entry kept to revalidate or to answer an error costs its body on this
         // worker until the response: within the budget, else the request goes as a miss.
@@ -776,12 +767,7 @@ impl CacheStream {
     /// RFC 5861 §3: queues the background refresh of an entry served stale, unless another
     /// request (on any worker) already refreshes it. False when there is no cluster to send
     /// it to (none configured and the route names none).
-    fn queue_refresh(
-        &self,
-        shared: &Shared,
-        refresh: &Pending,
-        request: &[(String, Vec<u8>)],
-    ) -> bool {
+    fn queue_refresh(&self, shared: &Shared, refresh: &Pending, request: &HeaderMap) -> bool {
         let cluster = shared.config.refresh.cluster.clone().or_else(|| {
             edgewise_support::wasm::property(&["xds", "cluster_name"])
                 .and_then(|name| String::from_utf8(name).ok())
@@ -803,7 +789,7 @@ impl CacheStream {
         {
             shared.refreshes.borrow_mut().push(Refresh {
                 pending: Box::new(refresh.clone()),
-                request: refresh_request(request, refresh),
+                request: refresh_request(&request.to_pairs(), refresh),
                 cluster,
                 nonce,
             });
@@ -825,7 +811,7 @@ impl CacheStream {
         };
         let request = &self.request;
         // Varied fields as all their lines combined, as the key and matching read them.
-        let mut header = |name: &str| combined_in(request, name);
+        let mut header = |name: &str| request.combined(name);
         let Some(entry) = entry_for(
             &shared.config.tags,
             pending,
@@ -858,8 +844,7 @@ impl HttpContext for CacheStream {
             return Action::Continue;
         };
         // The cache looks at many request headers: one map read beats a call per header.
-        let mut request: Vec<(String, Vec<u8>)> =
-            abi::get_map_pairs(MapType::HttpRequestHeaders as u32);
+        let mut request = abi::get_header_map(MapType::HttpRequestHeaders as u32);
         // One clock read per request: the decision and the fill lock use the same instant.
         self.now_ms = now_millis();
         let now = (self.now_ms / 1000) as i64;

@@ -237,17 +237,17 @@ fn stored_view(config: &Config, entry: &Entry) -> Stored {
 /// targeted fields configured to be stripped (RFC 9213: they were meant for this cache).
 fn reply_headers(
     config: &Config,
-    stored: &[(String, Vec<u8>)],
+    stored: Vec<(String, Vec<u8>)>,
     age: u64,
     cache_status: String,
 ) -> Vec<(String, Vec<u8>)> {
-    let mut headers: Vec<(String, Vec<u8>)> = stored
-        .iter()
-        .filter(|(k, _)| k != "age" && k != "cache-status")
-        .filter(|(k, _)| !NOT_STORED.contains(&k.as_str()))
-        .filter(|(k, _)| !config.strip_targeted_fields.contains(k))
-        .cloned()
-        .collect();
+    let mut headers = stored;
+    headers.retain(|(k, _)| {
+        k != "age"
+            && k != "cache-status"
+            && !NOT_STORED.contains(&k.as_str())
+            && !config.strip_targeted_fields.contains(k)
+    });
     headers.push(("age".into(), age.to_string().into_bytes()));
     headers.push(("cache-status".into(), cache_status.into_bytes()));
     headers
@@ -412,7 +412,7 @@ pub fn decide(
         }
         other => (other, false),
     };
-    let Some((found, entry)) = usable_entry else {
+    let Some((found, mut entry)) = usable_entry else {
         if request_cc.only_if_cached {
             return RequestDecision::GatewayTimeout {
                 headers: vec![(
@@ -477,7 +477,7 @@ pub fn decide(
                 false,
                 Some(detail),
             );
-            let headers = reply_headers(config, &entry.headers, age, status);
+            let headers = reply_headers(config, entry.headers.clone(), age, status);
             (entry.status, headers, entry.body.clone())
         };
         let mut fallback = window
@@ -531,25 +531,46 @@ pub fn decide(
             ..pending(Outcome::Stale)
         })
     });
-    let headers = reply_headers(
-        config,
-        &entry.headers,
-        age,
-        cache_status(&config.cache_status, Outcome::Hit, Some(ttl), false, detail),
-    );
     // Client conditionals answered from the stored validators (RFC 9110 §13.2.2).
     let if_none_match = request.header("if-none-match");
     let if_modified_since = request
         .header("if-modified-since")
         .and_then(|d| http_date::parse(&d));
-    if (if_none_match.is_some() || if_modified_since.is_some())
+    let unchanged = (if_none_match.is_some() || if_modified_since.is_some())
         && not_modified(
             if_none_match.as_deref(),
             if_modified_since,
             entry.header("etag"),
             view.last_modified,
-        )
-    {
+        );
+    // RFC 9110 §14.2: one byte range of a stored complete 200 is answered with 206 and its
+    // Content-Range (a repeated Range field, several ranges or If-Range not holding: the
+    // whole response, which a cache may always send).
+    let wanted = if unchanged || method == b"HEAD" {
+        None
+    } else {
+        let ranges = request.header_values("range");
+        match (ranges.as_slice(), entry.status) {
+            ([range], 200) => {
+                crate::range::single_range(range, entry.body.len() as u64).filter(|_| {
+                    crate::range::if_range_holds(
+                        request.header("if-range").as_deref(),
+                        entry.header("etag"),
+                        view.last_modified,
+                    )
+                })
+            }
+            _ => None,
+        }
+    };
+    // The entry's fields move into the reply (only its status and body are read after).
+    let headers = reply_headers(
+        config,
+        std::mem::take(&mut entry.headers),
+        age,
+        cache_status(&config.cache_status, Outcome::Hit, Some(ttl), false, detail),
+    );
+    if unchanged {
         return RequestDecision::Serve {
             status: 304,
             headers,
@@ -565,20 +586,6 @@ pub fn decide(
             refresh,
         };
     }
-    // RFC 9110 §14.2: one byte range of a stored complete 200 is answered with 206 and its
-    // Content-Range (a repeated Range field, several ranges or If-Range not holding: the
-    // whole response, which a cache may always send).
-    let ranges = request.header_values("range");
-    let wanted = match (ranges.as_slice(), entry.status) {
-        ([range], 200) => crate::range::single_range(range, entry.body.len() as u64).filter(|_| {
-            crate::range::if_range_holds(
-                request.header("if-range").as_deref(),
-                entry.header("etag"),
-                view.last_modified,
-            )
-        }),
-        _ => None,
-    };
     if let Some((first, last)) = wanted {
         let len = entry.body.len() as u64;
         let mut headers = headers;
@@ -734,7 +741,7 @@ pub fn revalidated(
     let mut status_value =
         cache_status(&config.cache_status, Outcome::Stale, Some(ttl), keep, None);
     status_value.push_str("; fwd-status=304");
-    let mut headers = reply_headers(config, &refreshed.headers, age, status_value);
+    let mut headers = reply_headers(config, refreshed.headers.clone(), age, status_value);
     headers.extend(
         not_modified_headers
             .iter()

@@ -4,6 +4,7 @@
 //! the VM exactly where a filter means to fail open.
 #![allow(clashing_extern_declarations)] // the SDK declares these with its own Status enum
 
+use crate::HeaderMap;
 use std::ptr::{null, null_mut};
 
 /// A proxy-wasm status code other than Ok (0), as the host returned it.
@@ -146,7 +147,7 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<bool, HostSt
 #[derive(Default)]
 struct SharedReads {
     now: Option<u64>,
-    request_headers: Option<Vec<(String, Vec<u8>)>>,
+    request_headers: Option<HeaderMap>,
 }
 
 const REQUEST_HEADERS: u32 = 0;
@@ -172,13 +173,13 @@ fn shared<T>(f: impl FnOnce(&mut SharedReads) -> T) -> Option<T> {
 
 /// `f` applied to the request header map of this callback, read from the host once (None
 /// when not sharing). Lookups borrow the shared copy instead of cloning it.
-fn with_shared_request_headers<T>(f: impl FnOnce(&[(String, Vec<u8>)]) -> T) -> Option<T> {
+fn with_shared_request_headers<T>(f: impl FnOnce(&HeaderMap) -> T) -> Option<T> {
     SHARED_READS.with(|r| {
         let mut reads = r.borrow_mut();
         let reads = reads.as_mut()?;
-        let headers = reads
-            .request_headers
-            .get_or_insert_with(|| host_map_pairs(REQUEST_HEADERS));
+        let headers = reads.request_headers.get_or_insert_with(|| {
+            HeaderMap::from_serialized(host_map_serialized(REQUEST_HEADERS))
+        });
         Some(f(headers))
     })
 }
@@ -270,12 +271,7 @@ pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, HostStatus> {
 /// the map cannot be read now (any status: the caller treats the header as missing).
 pub fn get_map_value(map_type: u32, key: &str) -> Option<Vec<u8>> {
     if map_type == REQUEST_HEADERS {
-        let found = with_shared_request_headers(|headers| {
-            headers
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.clone())
-        });
+        let found = with_shared_request_headers(|headers| headers.get(key).map(<[u8]>::to_vec));
         if let Some(value) = found {
             return value;
         }
@@ -305,8 +301,7 @@ pub fn replace_map_value(map_type: u32, key: &str, value: &[u8]) -> bool {
     if status == 0 && map_type == REQUEST_HEADERS {
         shared(|r| {
             if let Some(headers) = &mut r.request_headers {
-                headers.retain(|(k, _)| k != key);
-                headers.push((key.to_string(), value.to_vec()));
+                headers.replace(key, value);
             }
         });
     }
@@ -320,7 +315,7 @@ pub fn remove_map_value(map_type: u32, key: &str) -> bool {
     if removed && map_type == REQUEST_HEADERS {
         shared(|r| {
             if let Some(headers) = &mut r.request_headers {
-                headers.retain(|(k, _)| k != key);
+                headers.remove(key);
             }
         });
     }
@@ -330,15 +325,22 @@ pub fn remove_map_value(map_type: u32, key: &str) -> bool {
 /// Every (name, value) of a header map, in order; empty when it cannot be read now.
 pub fn get_map_pairs(map_type: u32) -> Vec<(String, Vec<u8>)> {
     if map_type == REQUEST_HEADERS {
-        if let Some(headers) = with_shared_request_headers(<[_]>::to_vec) {
+        if let Some(headers) = with_shared_request_headers(HeaderMap::to_pairs) {
             return headers;
         }
     }
-    host_map_pairs(map_type)
+    decode_pairs(&host_map_serialized(map_type)).unwrap_or_default()
 }
 
-fn host_map_pairs(map_type: u32) -> Vec<(String, Vec<u8>)> {
-    decode_pairs(&host_map_serialized(map_type)).unwrap_or_default()
+/// A header map, held in one buffer (the composed module's shared copy of the request
+/// headers while it shares reads); empty when it cannot be read now.
+pub fn get_header_map(map_type: u32) -> HeaderMap {
+    if map_type == REQUEST_HEADERS {
+        if let Some(headers) = with_shared_request_headers(HeaderMap::clone) {
+            return headers;
+        }
+    }
+    HeaderMap::from_serialized(host_map_serialized(map_type))
 }
 
 /// A header map as the host serializes it (empty when it cannot be read now).
@@ -359,7 +361,7 @@ fn host_map_serialized(map_type: u32) -> Vec<u8> {
 /// buffer, where decoding it costs two allocations per field.
 pub enum RequestPairs {
     Shared,
-    Serialized(Vec<u8>),
+    Own(Vec<u8>),
 }
 
 impl RequestPairs {
@@ -368,72 +370,23 @@ impl RequestPairs {
         if shared(|_| ()).is_some() {
             RequestPairs::Shared
         } else {
-            RequestPairs::Serialized(host_map_serialized(REQUEST_HEADERS))
+            RequestPairs::Own(host_map_serialized(REQUEST_HEADERS))
         }
     }
 
     /// Every value of `name`, in order.
     pub fn values(&self, name: &str) -> Vec<Vec<u8>> {
         match self {
-            RequestPairs::Shared => with_shared_request_headers(|headers| {
-                headers
-                    .iter()
-                    .filter(|(k, _)| k == name)
-                    .map(|(_, v)| v.clone())
-                    .collect()
-            })
-            .unwrap_or_default(),
-            RequestPairs::Serialized(bytes) => SerializedPairs::new(bytes)
+            RequestPairs::Shared => {
+                with_shared_request_headers(|map| map.all(name).map(<[u8]>::to_vec).collect())
+                    .unwrap_or_default()
+            }
+            RequestPairs::Own(bytes) => crate::header_map::serialized_pairs(bytes)
                 .filter(|(k, _)| *k == name.as_bytes())
                 .map(|(_, v)| v.to_vec())
                 .collect(),
         }
     }
-}
-
-/// The (name, value) pairs of a serialized header map, borrowed: a count, then each pair's
-/// two lengths (u32, little-endian), then the names and values, each followed by a NUL.
-/// Stops at the first malformed entry.
-pub struct SerializedPairs<'a> {
-    bytes: &'a [u8],
-    index: usize,
-    count: usize,
-    at: usize,
-}
-
-impl<'a> SerializedPairs<'a> {
-    pub fn new(bytes: &'a [u8]) -> SerializedPairs<'a> {
-        let count = u32_le(bytes, 0).unwrap_or(0);
-        SerializedPairs {
-            bytes,
-            index: 0,
-            count,
-            at: 4usize.saturating_add(count.saturating_mul(8)),
-        }
-    }
-}
-
-impl<'a> Iterator for SerializedPairs<'a> {
-    type Item = (&'a [u8], &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.index >= self.count {
-            return None;
-        }
-        let name_len = u32_le(self.bytes, 4 + 8 * self.index)?;
-        let value_len = u32_le(self.bytes, 8 + 8 * self.index)?;
-        let name = self.bytes.get(self.at..self.at.checked_add(name_len)?)?;
-        let value_at = self.at + name_len + 1;
-        let value = self.bytes.get(value_at..value_at.checked_add(value_len)?)?;
-        self.at = value_at + value_len + 1;
-        self.index += 1;
-        Some((name, value))
-    }
-}
-
-/// The little-endian u32 at `at`, as a usize.
-fn u32_le(bytes: &[u8], at: usize) -> Option<usize> {
-    Some(u32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?) as usize)
 }
 
 /// Replaces a whole header map; false when the host refused.
