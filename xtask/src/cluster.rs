@@ -25,37 +25,32 @@ pub fn images() -> Result<()> {
 }
 
 /// `cluster up [--redis-cluster] | down | status`.
-pub fn cluster(verb: &str, options: &[String]) -> Result<()> {
-    let redis_cluster = match options {
-        [] => false,
-        [flag] if verb == "up" && flag == "--redis-cluster" => true,
-        other => bail!("cluster {verb}: unknown options {other:?} (up takes --redis-cluster)"),
-    };
-    match verb {
-        "up" => {
-            images()?;
-            up(redis_cluster).map(Cluster::keep_running)
-        }
-        "down" => {
-            let out = Cluster::attach(PROJECT, Ports::defaults()).compose(&[
-                "down",
-                "-v",
-                "--remove-orphans",
-                "--timeout",
-                "5",
-            ])?;
-            print!("{}", String::from_utf8_lossy(&out.stderr));
-            Ok(())
-        }
-        "status" => {
-            let cluster = Cluster::attach(PROJECT, Ports::defaults());
-            for (service, health) in cluster.health()? {
-                println!("  {service:<9} {health}");
-            }
-            Ok(())
-        }
-        other => bail!("cluster {other}: use up, down or status"),
+/// `cluster up [--redis-cluster]`: images, then the cluster, left running.
+pub fn up_task(redis_cluster: bool) -> Result<()> {
+    images()?;
+    up(redis_cluster).map(Cluster::keep_running)
+}
+
+/// `cluster down`: containers, network and volumes removed.
+pub fn down() -> Result<()> {
+    let out = Cluster::attach(PROJECT, Ports::defaults()).compose(&[
+        "down",
+        "-v",
+        "--remove-orphans",
+        "--timeout",
+        "5",
+    ])?;
+    print!("{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// `cluster status`: each service's health.
+pub fn status() -> Result<()> {
+    let cluster = Cluster::attach(PROJECT, Ports::defaults());
+    for (service, health) in cluster.health()? {
+        println!("  {service:<9} {health}");
     }
+    Ok(())
 }
 
 fn up(redis_cluster: bool) -> Result<Cluster> {

@@ -27,58 +27,209 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
 use envoy_harness::{
     ensure_envoy_installed, wasm_path, workspace_root, Backend, Envoy, EnvoyConfig, WasmFilter,
 };
 
+/// The tasks. Unknown tasks, flags and extra arguments are refused with the usage (a typo
+/// never runs a task as if nothing was wrong).
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Edgewise's task runner",
+    disable_version_flag = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the wasm32-wasip1 target, rustfmt, clippy, redis-server, prometheus and the pinned Envoy
+    Setup,
+    /// Build every .wasm (release) and the post-link step
+    Build,
+    /// Set-up, build, fmt, clippy and every test layer (what CI runs)
+    Test {
+        #[command(subcommand)]
+        what: Option<TestWhat>,
+    },
+    /// Run Envoy (2 workers) with one module and its configuration in front of a backend
+    Envoy {
+        /// Module name (target/wasm32-wasip1/release/<module>.wasm)
+        #[arg(default_value = "probe")]
+        module: String,
+        /// The plugin configuration (JSON)
+        #[arg(default_value = "")]
+        config: String,
+    },
+    /// Build the cluster's images locally
+    Images,
+    /// Write the JSON Schemas of the plugin configurations (schemas/)
+    Schemas,
+    /// Versioned artifacts in dist/: modules, SHA256SUMS, OCI images
+    Release,
+    /// Check plugin configurations with the filters' own validators
+    Validate {
+        /// An Envoy YAML config, or one JSON plugin configuration (then name FILTER)
+        file: String,
+        filter: Option<FilterName>,
+    },
+    /// The docker-compose cluster (project `edgewise`)
+    Cluster {
+        #[command(subcommand)]
+        action: Option<ClusterAction>,
+    },
+    /// The cluster demo (with Docker), or `demo local`: each filter in a local Envoy
+    Demo {
+        #[command(subcommand)]
+        mode: Option<DemoMode>,
+    },
+    /// Long property-test runs: the cache privacy test, or `fuzz edge` (the composed module)
+    #[command(args_conflicts_with_subcommands = true)]
+    Fuzz {
+        #[command(subcommand)]
+        target: Option<FuzzTarget>,
+        #[arg(default_value_t = 400_000)]
+        steps: u64,
+        seed: Option<u64>,
+    },
+    /// Load benchmarks against real Envoy (BENCHMARKS*.md)
+    Bench {
+        #[command(subcommand)]
+        kind: Option<BenchKind>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TestWhat {
+    /// Probe parity and the filters' Envoy tests on each Envoy minor
+    Matrix { versions: Vec<String> },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum FilterName {
+    RateLimit,
+    ResponseCache,
+    CircuitBreaker,
+    WeightedRouter,
+    EdgeChain,
+}
+
+impl FilterName {
+    fn name(self) -> &'static str {
+        match self {
+            FilterName::RateLimit => "rate_limit",
+            FilterName::ResponseCache => "response_cache",
+            FilterName::CircuitBreaker => "circuit_breaker",
+            FilterName::WeightedRouter => "weighted_router",
+            FilterName::EdgeChain => "edge_chain",
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Images, rendered configs, `compose up`, wait until healthy
+    Up {
+        /// Global limits on a Redis Cluster of 3 masters + 3 replicas
+        #[arg(long)]
+        redis_cluster: bool,
+    },
+    /// `compose down -v --remove-orphans`
+    Down,
+    /// Each service's health
+    Status,
+}
+
+#[derive(Subcommand)]
+enum DemoMode {
+    /// Each filter in its own local Envoy (no Docker)
+    Local,
+}
+
+#[derive(Subcommand)]
+enum FuzzTarget {
+    /// The composed module against an adversary
+    Edge {
+        #[arg(default_value_t = 1_000_000)]
+        steps: u64,
+        seed: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchKind {
+    /// The cores' criterion benchmarks and the per-stream cost in our host
+    Criterion,
+    /// One short round
+    Quick,
+    /// perf profiles under load, for scenarios whose name contains SCENARIO
+    Profile { scenario: Option<String> },
+    /// Global rate limiting through real processes
+    Global,
+    /// Optimisation levels in one interleaved run
+    Opt,
+    /// A realistic edge mix through edge_chain, the native chain and the plain proxy
+    Mix,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let task = args.first().map(String::as_str).unwrap_or("help");
-    let result = match task {
-        "setup" => setup(),
-        "build" => build_wasm(),
-        "test" => match args.get(1).map(String::as_str) {
-            Some("matrix") => matrix(&args[2..]),
-            _ => test(),
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Help asked for is a success; anything else refused is a usage error.
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.task {
+        Task::Setup => setup(),
+        Task::Build => build_wasm(),
+        Task::Test { what: None } => test(),
+        Task::Test {
+            what: Some(TestWhat::Matrix { versions }),
+        } => matrix(&versions),
+        Task::Envoy { module, config } => run_envoy(&module, &config),
+        Task::Fuzz {
+            target: Some(FuzzTarget::Edge { steps, seed }),
+            ..
+        } => fuzz_edge(steps, seed),
+        Task::Fuzz {
+            target: None,
+            steps,
+            seed,
+        } => fuzz(steps, seed),
+        Task::Images => cluster::images(),
+        Task::Schemas => schemas::run(),
+        Task::Release => setup().and_then(|()| release::run()),
+        Task::Validate { file, filter } => validate::run(&file, filter.map(FilterName::name)),
+        Task::Cluster { action } => match action.unwrap_or(ClusterAction::Status) {
+            ClusterAction::Up { redis_cluster } => cluster::up_task(redis_cluster),
+            ClusterAction::Down => cluster::down(),
+            ClusterAction::Status => cluster::status(),
         },
-        "envoy" => run_envoy(
-            args.get(1).map(String::as_str).unwrap_or("probe"),
-            args.get(2).map(String::as_str).unwrap_or(""),
-        ),
-        "fuzz" => match args.get(1).map(String::as_str) {
-            Some("edge") => fuzz_edge(
-                args.get(2).map(String::as_str).unwrap_or("1000000"),
-                args.get(3).map(String::as_str),
-            ),
-            _ => fuzz(
-                args.get(1).map(String::as_str).unwrap_or("400000"),
-                args.get(2).map(String::as_str),
-            ),
-        },
-        "images" => cluster::images(),
-        "schemas" => schemas::run(),
-        "release" => setup().and_then(|()| release::run()),
-        "validate" => match args.get(1) {
-            Some(file) => validate::run(file, args.get(2).map(String::as_str)),
-            None => {
-                eprintln!("usage: cargo xtask validate FILE [rate_limit|response_cache|circuit_breaker|weighted_router|edge_chain]");
-                return ExitCode::from(2);
-            }
-        },
-        "cluster" => cluster::cluster(
-            args.get(1).map(String::as_str).unwrap_or("status"),
-            args.get(2..).unwrap_or(&[]),
-        ),
-        "demo" => match args.get(1).map(String::as_str) {
-            Some("local") => demo(),
-            _ if envoy_harness::docker_available() => setup().and_then(|()| cluster::demo()),
-            _ => {
-                println!("Docker is not available: running the local demo (each filter in its own Envoy)");
-                demo()
-            }
-        },
-        "bench" => match args.get(1).map(String::as_str) {
-            Some("criterion") => cargo(&[
+        Task::Demo {
+            mode: Some(DemoMode::Local),
+        } => demo(),
+        Task::Demo { mode: None } if envoy_harness::docker_available() => {
+            setup().and_then(|()| cluster::demo())
+        }
+        Task::Demo { mode: None } => {
+            println!(
+                "Docker is not available: running the local demo (each filter in its own Envoy)"
+            );
+            demo()
+        }
+        Task::Bench { kind } => match kind {
+            Some(BenchKind::Criterion) => cargo(&[
                 "bench",
                 "--workspace",
                 "--exclude",
@@ -92,22 +243,18 @@ fn main() -> ExitCode {
                 "--exclude",
                 "noop",
             ]),
-            Some("quick") => bench::run(2, 1),
-            Some("profile") => bench::profile(args.get(2).map(String::as_str)),
-            Some("global") => bench_global::run(),
-            Some("opt") => bench_opt::run(),
-            Some("mix") => bench_mix::run(),
-            _ => bench::run(5, 3),
+            Some(BenchKind::Quick) => bench::run(2, 1),
+            Some(BenchKind::Profile { scenario }) => bench::profile(scenario.as_deref()),
+            Some(BenchKind::Global) => bench_global::run(),
+            Some(BenchKind::Opt) => bench_opt::run(),
+            Some(BenchKind::Mix) => bench_mix::run(),
+            None => bench::run(5, 3),
         },
-        _ => {
-            eprintln!("usage: cargo xtask <setup|build|test|envoy [module] [config]|images|release|validate FILE [FILTER]|cluster up [--redis-cluster]|down|status|demo [local]|fuzz [edge] [steps] [seed]|bench [criterion|quick|profile [scenario]|global|opt|mix]>");
-            return ExitCode::from(2);
-        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("xtask {task} failed: {e:#}");
+            eprintln!("xtask failed: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -294,15 +441,12 @@ fn test() -> Result<()> {
 
 /// A long run of the cache privacy property test (host-tests/tests/cache_fuzz.rs): random
 /// users, requests and origin answers on two worker VMs; CI runs a short fixed budget.
-fn fuzz(steps: &str, seed: Option<&str>) -> Result<()> {
-    if steps.parse::<u64>().is_err() {
-        bail!("usage: cargo xtask fuzz [steps] [seed] (steps is a number, e.g. 400000)");
-    }
+fn fuzz(steps: u64, seed: Option<u64>) -> Result<()> {
     build_wasm()?;
     step(&format!("cache privacy property test, {steps} steps"));
-    std::env::set_var("EDGEWISE_CACHE_FUZZ_STEPS", steps);
+    std::env::set_var("EDGEWISE_CACHE_FUZZ_STEPS", steps.to_string());
     if let Some(seed) = seed {
-        std::env::set_var("EDGEWISE_CACHE_FUZZ_SEED", seed);
+        std::env::set_var("EDGEWISE_CACHE_FUZZ_SEED", seed.to_string());
     }
     cargo(&[
         "test",
@@ -317,17 +461,14 @@ fn fuzz(steps: &str, seed: Option<&str>) -> Result<()> {
 
 /// A long run of the composed module's adversary property test
 /// (host-tests/tests/edge_fuzz.rs); CI runs a short fixed-seed slice.
-fn fuzz_edge(steps: &str, seed: Option<&str>) -> Result<()> {
-    if steps.parse::<u64>().is_err() {
-        bail!("usage: cargo xtask fuzz edge [steps] [seed] (steps is a number, e.g. 1000000)");
-    }
+fn fuzz_edge(steps: u64, seed: Option<u64>) -> Result<()> {
     build_wasm()?;
     step(&format!(
         "edge_chain adversary property test, {steps} steps"
     ));
-    std::env::set_var("EDGEWISE_EDGE_FUZZ_STEPS", steps);
+    std::env::set_var("EDGEWISE_EDGE_FUZZ_STEPS", steps.to_string());
     if let Some(seed) = seed {
-        std::env::set_var("EDGEWISE_EDGE_FUZZ_SEED", seed);
+        std::env::set_var("EDGEWISE_EDGE_FUZZ_SEED", seed.to_string());
     }
     cargo(&[
         "test",

@@ -64,7 +64,7 @@ pub fn generate() -> Vec<(String, String)> {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "edge_chain.schema.json",
         "title": "Edgewise edge_chain configuration",
-        "description": "The JSON handed to edge_chain.wasm: one optional section per filter, each exactly that filter's own configuration, run in the order rate_limit, response_cache, weighted_router, circuit_breaker. Reference: docs/edge_chain.md.",
+        "description": "The JSON handed to edge_chain.wasm: one optional section per filter, each exactly that filter's own configuration, run in the order rate_limit, weighted_router, response_cache, circuit_breaker (the cache keys on the cluster the router chose). Reference: docs/edge_chain.md.",
         "type": "object",
         "additionalProperties": false,
         "minProperties": 1,

@@ -56,25 +56,107 @@ pub fn parse_config<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError>
         )
     })?;
     let text = if text.trim().is_empty() { "{}" } else { text };
-    serde_json::from_str(text).map_err(|e| {
-        let message = e.to_string();
-        // serde names the offending field in its message ("unknown field `x`", "missing
-        // field `y`"); surface it as the field.
-        let field = message
-            .split('`')
-            .nth(1)
-            .filter(|_| message.contains("field"))
-            .map(str::to_string)
-            .unwrap_or_else(|| "<json>".into());
+    // Natively (`cargo xtask validate`), serde_path_to_error tracks where the deserializer
+    // was when it failed, so a value of the wrong type is reported at its field
+    // (`rules[0].limit`). In the module, the field comes from serde's message where it names
+    // one (unknown, missing); a wrong type is reported with its line and column.
+    #[cfg(not(target_arch = "wasm32"))]
+    let parsed: Result<T, (String, serde_json::Error)> = {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut deserializer)
+            .map_err(|e| (e.path().to_string(), e.into_inner()))
+            .and_then(|value| {
+                // Anything after the document is an error of the document.
+                deserializer
+                    .end()
+                    .map(|()| value)
+                    .map_err(|e| (String::new(), e))
+            })
+    };
+    #[cfg(target_arch = "wasm32")]
+    let parsed: Result<T, (String, serde_json::Error)> =
+        serde_json::from_str(text).map_err(|e| (String::new(), e));
+    parsed.map_err(|(path, error)| {
+        let message = error.to_string();
+        // A syntax error is the document's (its message gives line and column). Otherwise
+        // the path is where the deserializer stood: at an unknown field itself, or inside the
+        // object that lacks a missing field (serde names it in the message).
+        let at_root = matches!(path.as_str(), "" | "." | "?");
+        let named = message.split('`').nth(1);
+        let missing = named.filter(|_| message.contains("missing field"));
+        let unknown = named.filter(|_| message.contains("unknown field"));
+        let field = match (error.classify(), missing, unknown) {
+            (serde_json::error::Category::Data, Some(name), _) if at_root => name.to_string(),
+            (serde_json::error::Category::Data, Some(name), _) => format!("{path}.{name}"),
+            (serde_json::error::Category::Data, None, _) if !at_root => path,
+            (serde_json::error::Category::Data, None, Some(name)) => name.to_string(),
+            _ => "<json>".into(),
+        };
         let fix = if message.contains("unknown field") {
             "remove it or check its spelling against the configuration reference (docs/<filter>.md)"
         } else if message.contains("missing field") {
             "add it; see the configuration reference (docs/<filter>.md)"
+        } else if message.contains("invalid type") || message.contains("invalid value") {
+            "give it a value of the type the configuration reference names (docs/<filter>.md)"
         } else {
             "fix the JSON at the given line and column"
         };
         ConfigError::new(field, message, fix)
     })
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Raw {
+        max_bytes: Option<u64>,
+        rules: Option<Vec<Rule>>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Rule {
+        name: String,
+        limit: Option<u64>,
+    }
+
+    fn field_of(json: &str) -> String {
+        parse_config::<Raw>(json.as_bytes()).unwrap_err().field
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_reported_at_its_field() {
+        let e = parse_config::<Raw>(br#"{"max_bytes": "64MiB"}"#).unwrap_err();
+        assert_eq!(e.field, "max_bytes");
+        assert!(e.problem.contains("invalid type"), "{e}");
+        assert!(e.fix.contains("type"), "{e}");
+        assert_eq!(
+            field_of(r#"{"rules": [{"name": "a"}, {"name": "b", "limit": -1}]}"#),
+            "rules[1].limit"
+        );
+    }
+
+    #[test]
+    fn unknown_and_missing_fields_are_named_where_they_are() {
+        assert_eq!(field_of(r#"{"max_byte": 1}"#), "max_byte");
+        assert_eq!(
+            field_of(r#"{"rules": [{"name": "a", "limt": 1}]}"#),
+            "rules[0].limt"
+        );
+        assert_eq!(field_of(r#"{"rules": [{"limit": 1}]}"#), "rules[0].name");
+    }
+
+    #[test]
+    fn broken_json_is_reported_at_the_document() {
+        assert_eq!(field_of(r#"{"max_bytes": 1"#), "<json>");
+        assert_eq!(field_of(r#"{"max_bytes": 1} trailing"#), "<json>");
+        assert!(parse_config::<Raw>(b"").is_ok());
+    }
 }
 
 /// A `ConfigError` naming `field`, what is wrong and how to fix it (shorthand for the
