@@ -816,9 +816,7 @@ fn profile_table(backend: std::net::SocketAddr, wanted: Option<&str>) -> Result<
         let names: Vec<&str> = all.iter().map(|s| s.name).collect();
         bail!("no scenario matches {wanted:?}; scenarios: {names:?}");
     }
-    let dir = workspace_root().join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let groups = ["envoy", "JIT", "kernel", "libc", "other"];
+    let groups = PERF_GROUPS;
     let mut table = format!(
         "### Where a request's CPU time goes (perf, Envoy 1 worker pinned, wrk -c32)\n\n\
          | Scenario | req/s | µs/request | {} |\n|---|---:|---:|{}\n",
@@ -829,55 +827,14 @@ fn profile_table(backend: std::net::SocketAddr, wanted: Option<&str>) -> Result<
         let envoy = Envoy::start(&scenario.config)?;
         let _ = envoy.get(scenario.path);
         run_wrk(&envoy, scenario.path, 2)?;
-        let data = dir.join("perf.data");
-        let pid = envoy.pid().to_string();
-        let mut perf = Command::new("perf")
-            .args(["record", "-q", "-F", "999", "-o"])
-            .arg(&data)
-            .args(["-p", &pid, "--", "sleep", "8"])
-            .spawn()
-            .context("running perf record")?;
-        let sample = run_wrk(&envoy, scenario.path, 9)?;
-        perf.wait()?;
-        let report = Command::new("perf")
-            .args(["report", "--stdio", "--no-children", "--sort", "dso", "-i"])
-            .arg(&data)
-            .output()
-            .context("running perf report")?;
-        let mut shares = [0.0f64; 5];
-        for line in String::from_utf8_lossy(&report.stdout).lines() {
-            let line = line.trim();
-            let Some((pct, dso)) = line.split_once("%  ") else {
-                continue;
-            };
-            let Ok(pct) = pct.trim().parse::<f64>() else {
-                continue;
-            };
-            let dso = dso.trim();
-            let group = if dso == "envoy" {
-                0
-            } else if dso.starts_with("[JIT]") || dso.starts_with("perf-") || dso == "[unknown]" {
-                1
-            } else if dso.starts_with("[kernel") {
-                2
-            } else if dso.starts_with("libc") {
-                3
-            } else {
-                4
-            };
-            shares[group] += pct / 100.0;
-        }
-        let per_request = 1e6 / sample.rps;
-        let cells: Vec<String> = shares
-            .iter()
-            .map(|s| format!("{:.1}", s * per_request))
-            .collect();
+        let (sample, per_request_us) = perf_split(&envoy, scenario.path)?;
+        let cells: Vec<String> = per_request_us.iter().map(|us| format!("{us:.1}")).collect();
         let _ = writeln!(
             table,
             "| {} | {:.0} | {:.1} | {} |",
             scenario.name,
             sample.rps,
-            per_request,
+            per_request_us.iter().sum::<f64>(),
             cells.join(" | ")
         );
         println!(
@@ -886,9 +843,83 @@ fn profile_table(backend: std::net::SocketAddr, wanted: Option<&str>) -> Result<
             sample.rps,
             cells.join(" / ")
         );
-        let _ = std::fs::remove_file(&data);
     }
     Ok(table)
+}
+
+/// The groups `perf_split` divides Envoy's CPU time into.
+pub(crate) const PERF_GROUPS: [&str; 5] = ["envoy", "JIT", "kernel", "libc", "other"];
+
+/// Envoy under wrk load on `path` for 9 s, sampled by `perf record` (8 s): the load's sample
+/// and each group's CPU time per request in µs (`PERF_GROUPS`: Envoy's code, the JIT's code,
+/// the kernel, libc, the rest): the CPU time Envoy used during the load (from
+/// `/proc/<pid>/stat`) per request, split by perf's shares — true whether or not the worker
+/// core is saturated (a load bound by latency elsewhere leaves it idle part of the time).
+pub(crate) fn perf_split(envoy: &Envoy, path: &str) -> Result<(Sample, [f64; 5])> {
+    let dir = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let data = dir.join("perf.data");
+    let pid = envoy.pid().to_string();
+    let mut perf = Command::new("perf")
+        .args(["record", "-q", "-F", "999", "-o"])
+        .arg(&data)
+        .args(["-p", &pid, "--", "sleep", "8"])
+        .spawn()
+        .context("running perf record")?;
+    let cpu_before = cpu_ticks(envoy.pid());
+    let sample = run_wrk(envoy, path, 9)?;
+    let cpu_after = cpu_ticks(envoy.pid());
+    perf.wait()?;
+    let report = Command::new("perf")
+        .args(["report", "--stdio", "--no-children", "--sort", "dso", "-i"])
+        .arg(&data)
+        .output()
+        .context("running perf report")?;
+    let mut shares = [0.0f64; 5];
+    for line in String::from_utf8_lossy(&report.stdout).lines() {
+        let line = line.trim();
+        let Some((pct, dso)) = line.split_once("%  ") else {
+            continue;
+        };
+        let Ok(pct) = pct.trim().parse::<f64>() else {
+            continue;
+        };
+        let dso = dso.trim();
+        let group = if dso == "envoy" {
+            0
+        } else if dso.starts_with("[JIT]") || dso.starts_with("perf-") || dso == "[unknown]" {
+            1
+        } else if dso.starts_with("[kernel") {
+            2
+        } else if dso.starts_with("libc") {
+            3
+        } else {
+            4
+        };
+        shares[group] += pct / 100.0;
+    }
+    let _ = std::fs::remove_file(&data);
+    // Clock ticks are 10 ms (USER_HZ 100 on Linux); without /proc, assume a saturated core.
+    let per_request = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) if after > before => {
+            (after - before) as f64 * 10_000.0 / (sample.rps * 9.0)
+        }
+        _ => 1e6 / sample.rps,
+    };
+    let total: f64 = shares.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+    Ok((sample, shares.map(|share| share / total * per_request)))
+}
+
+/// User + system CPU time of process `pid` so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3: utime is 14,
+    // stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// Envoy's resident memory before and after filling shared data: the cache to its byte

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use envoy_harness::{wasm_path, Backend, Envoy, EnvoyConfig, RateLimitService, Redis, WasmFilter};
 use serde_json::json;
 
-use crate::bench::{build_modules, ensure_wrk, median, run_wrk, Sample};
+use crate::bench::{build_modules, ensure_wrk, median, perf_split, run_wrk, Sample, PERF_GROUPS};
 
 const LIMITS: &str = r#"
 domain: bench
@@ -179,6 +179,35 @@ pub fn run() -> Result<()> {
          sent from the root context) — and every request of the uncached denying row; the \
          remembered denying row made one).\n"
     ));
+    println!("\n==> perf: Envoy's CPU time per request, a global rule per request vs the native filter");
+    report.push_str(&format!(
+        "\n## Where Envoy's time goes: the per-request global rule vs the native filter\n\n\
+         Envoy's CPU time per request during 9 s of the same load (from `/proc`), split by \
+         `perf record` into Envoy's code (HTTP, the gRPC client, the host side of every Wasm \
+         call), the JIT's code (the compiled .wasm) and the kernel. Both rows wait on the same \
+         service, so req/s here is bound by the service's latency as much as by Envoy.\n\n\
+         | Scenario | req/s | Envoy CPU µs/request | {} |\n|---|---:|---:|{}\n",
+        PERF_GROUPS.map(|g| format!("{g} µs")).join(" | "),
+        "---:|".repeat(PERF_GROUPS.len())
+    ));
+    for name in [
+        "rate_limit, global rule, passing (a call per request)",
+        "native ratelimit filter, passing (same service)",
+        "plain proxy",
+    ] {
+        let Some(i) = scenarios.iter().position(|s| s.name == name) else {
+            continue;
+        };
+        let (sample, us) = perf_split(&envoys[i], "/status/200")?;
+        let cells: Vec<String> = us.iter().map(|v| format!("{v:.1}")).collect();
+        println!("  {name:<70} {:>9.0} req/s  {}", sample.rps, cells.join(" / "));
+        report.push_str(&format!(
+            "| {name} | {:.0} | {:.1} | {} |\n",
+            sample.rps,
+            us.iter().sum::<f64>(),
+            cells.join(" | ")
+        ));
+    }
     drop(envoys);
     report.push_str(&service_saturation(&service_binary)?);
     let path = envoy_harness::workspace_root().join("BENCHMARKS-global.md");
