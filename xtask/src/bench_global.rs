@@ -179,7 +179,9 @@ pub fn run() -> Result<()> {
          sent from the root context) — and every request of the uncached denying row; the \
          remembered denying row made one).\n"
     ));
-    println!("\n==> perf: Envoy's CPU time per request, a global rule per request vs the native filter");
+    println!(
+        "\n==> perf: Envoy's CPU time per request, a global rule per request vs the native filter"
+    );
     report.push_str(&format!(
         "\n## Where Envoy's time goes: the per-request global rule vs the native filter\n\n\
          Envoy's CPU time per request during 9 s of the same load (from `/proc`), split by \
@@ -200,7 +202,11 @@ pub fn run() -> Result<()> {
         };
         let (sample, us) = perf_split(&envoys[i], "/status/200")?;
         let cells: Vec<String> = us.iter().map(|v| format!("{v:.1}")).collect();
-        println!("  {name:<70} {:>9.0} req/s  {}", sample.rps, cells.join(" / "));
+        println!(
+            "  {name:<70} {:>9.0} req/s  {}",
+            sample.rps,
+            cells.join(" / ")
+        );
         report.push_str(&format!(
             "| {name} | {:.0} | {:.1} | {} |\n",
             sample.rps,
