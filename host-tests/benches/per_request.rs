@@ -3,7 +3,7 @@
 //! the module's own per-request work plus this host's crossings, comparable across modules.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use proxy_host::{load_module, Headers, PluginOptions, World};
+use host_tests::{load_module, Headers, PluginOptions, World};
 
 fn request() -> Headers {
     Headers::from([

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use proxy_host::{load_module, Headers, PluginOptions, Stream, Vm, World};
+use host_tests::{load_module, Headers, PluginOptions, Stream, Vm, World};
 
 /// splitmix64: a small seeded generator, so a failing run is replayed from its seed.
 struct Rng(u64);
@@ -215,7 +215,7 @@ fn client_request(rng: &mut Rng, requester: Who) -> Headers {
 }
 
 /// What the client `requester` got must not be personal to anyone else.
-fn check(requester: Who, response: &proxy_host::Passed, context: &str) {
+fn check(requester: Who, response: &host_tests::Passed, context: &str) {
     let body = response.body_text();
     let mine = requester.user();
     for other in 0..3u64 {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use proxy_host::{load_module, Headers, PluginOptions, Stream, Vm, World};
+use host_tests::{load_module, Headers, PluginOptions, Stream, Vm, World};
 
 fn start(world: &World, config: &str) -> Vec<Vm> {
     let options = PluginOptions::new()

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use proxy_host::{
+use host_tests::{
     load_module, Action, FailureKind, Headers, LogLevel, PluginOptions, Stream, Vm, World,
 };
 

@@ -1,7 +1,7 @@
 //! Helpers shared by the host-tests integration tests: the probe's options and requests.
 #![allow(dead_code)]
 
-use proxy_host::{Headers, LogLevel, PluginOptions, World};
+use host_tests::{Headers, LogLevel, PluginOptions, World};
 
 pub const VM_ID: &str = "probe-vm";
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use proxy_host::{load_module, Action, FailureKind, Headers, PluginOptions, Stream, Vm, World};
+use host_tests::{load_module, Action, FailureKind, Headers, PluginOptions, Stream, Vm, World};
 
 fn start(world: &World, config: &str, workers: usize) -> Vec<Vm> {
     let options = PluginOptions::new()

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use host_tests::{load_module, GrpcEvent, Headers, PluginOptions, Status, Stream, Vm, World};
 use prost::Message;
-use proxy_host::{load_module, GrpcEvent, Headers, PluginOptions, Status, Stream, Vm, World};
 
 /// splitmix64: a small seeded generator, so a failing run is replayed from its seed.
 struct Rng(u64);

@@ -6,11 +6,11 @@ mod common;
 use std::time::Duration;
 
 use common::{line, probe_lines, probe_options, probe_request, VM_ID};
-use proxy_host::{
+use host_tests::{
     load_module, Action, FailureKind, GrpcEvent, Headers, PluginOptions, WasmModule, World,
 };
 
-fn start(world: &World) -> proxy_host::Vm {
+fn start(world: &World) -> host_tests::Vm {
     world.add_cluster("backend");
     world
         .start_vm(&load_module("probe"), &probe_options())
@@ -22,7 +22,7 @@ fn probe_imports_only_what_envoy_links_and_starts_in_order() {
     let module = load_module("probe");
     let imports = module.imports();
     // The probe calls every proxy-wasm host function Envoy provides.
-    for function in proxy_host::abi::ENVOY_ENV_FUNCTIONS
+    for function in host_tests::abi::ENVOY_ENV_FUNCTIONS
         .iter()
         .filter(|f| f.starts_with("proxy_"))
     {

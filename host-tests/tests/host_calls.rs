@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use proxy_host::{load_module, Headers, PluginOptions, Vm, World};
+use host_tests::{load_module, Headers, PluginOptions, Vm, World};
 
 fn vm(world: &World, module: &str, config: &str) -> Vm {
     world.add_cluster("api-v1");

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use proxy_host::{load_module, Action, Headers, PluginOptions, Status, Vm, World};
+use host_tests::{load_module, Action, Headers, PluginOptions, Status, Vm, World};
 
 /// The host calls whose failure each filter must survive.
 const CALLS: [&str; 8] = [

@@ -2,7 +2,7 @@
 //! vm_id) share state by default and never do with different prefixes; every filter puts
 //! all of its shared-data keys under its prefix.
 
-use proxy_host::{load_module, Action, Headers, PluginOptions, Stream, Vm, World};
+use host_tests::{load_module, Action, Headers, PluginOptions, Stream, Vm, World};
 
 /// The deployment's hash seed: one per vm_id, deliberately outside every prefix (all the
 /// filters of a VM hash alike, so the router finds the breaker's slots).

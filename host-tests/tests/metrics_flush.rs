@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use proxy_host::{load_module, Action, Headers, PluginOptions, Status, Vm, World};
+use host_tests::{load_module, Action, Headers, PluginOptions, Status, Vm, World};
 
 fn start(world: &World, module: &str, config: &str) -> Vm {
     world.add_cluster("api-v1");

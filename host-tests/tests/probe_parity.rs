@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{probe_lines, probe_options, probe_request};
 use envoy_harness::{Backend, Envoy, EnvoyConfig, WasmFilter};
-use proxy_host::{load_module, World};
+use host_tests::{load_module, World};
 
 /// One request: scenario, method, path, extra headers, body.
 struct Scenario {
@@ -305,7 +305,7 @@ fn probe_observations_match_between_the_host_and_real_envoy() {
 /// our host and in Envoy with identical observations, and neither delivers those events.
 #[test]
 fn a_probe_without_some_callbacks_sees_the_same_in_our_host_and_in_envoy() {
-    proxy_host::build_wasm_modules();
+    host_tests::build_wasm_modules();
     let full = std::fs::read(envoy_harness::wasm_path("probe")).unwrap();
     let removed = [
         "proxy_on_response_body",

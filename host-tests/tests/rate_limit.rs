@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use proxy_host::{load_module, Action, FailureKind, Headers, PluginOptions, Stream, Vm, World};
+use host_tests::{load_module, Action, FailureKind, Headers, PluginOptions, Stream, Vm, World};
 
 const VM_ID: &str = "edgewise";
 

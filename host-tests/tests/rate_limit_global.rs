@@ -9,8 +9,8 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
+use host_tests::{load_module, Action, GrpcEvent, Headers, PluginOptions, Stream, Vm, World};
 use prost::Message;
-use proxy_host::{load_module, Action, GrpcEvent, Headers, PluginOptions, Stream, Vm, World};
 
 const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
 

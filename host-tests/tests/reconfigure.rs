@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use edgewise_support::lease::LeasedCounts;
-use proxy_host::{load_module, Action, Headers, PluginOptions, Stream, Vm, World};
+use host_tests::{load_module, Action, Headers, PluginOptions, Stream, Vm, World};
 
 fn start(world: &World, module: &str, config: &str, workers: usize) -> Vec<Vm> {
     world

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use proxy_host::{load_module, Action, FailureKind, Headers, PluginOptions, Stream, Vm, World};
+use host_tests::{load_module, Action, FailureKind, Headers, PluginOptions, Stream, Vm, World};
 
 fn start(world: &World, config: &str, workers: usize) -> Vec<Vm> {
     let options = PluginOptions::new()
@@ -671,7 +671,7 @@ fn a_206_of_the_same_representation_freshens_the_stored_200() {
     let r = s.response().expect("answered");
     assert_eq!(r.status(), Some(206));
     assert_eq!(r.body, b"01");
-    let mut hit = get(&vms[0], "GET", "/doc", &[]);
+    let hit = get(&vms[0], "GET", "/doc", &[]);
     assert!(hit.upstream_request().is_none(), "freshened: a hit");
     assert_eq!(hit.response().unwrap().body, b"0123456789");
     assert_eq!(header(&hit, "x-version").as_deref(), Some("2"));
@@ -690,7 +690,7 @@ fn a_206_of_the_same_representation_freshens_the_stored_200() {
         b"ab",
     );
     assert_eq!(s.response().unwrap().status(), Some(206));
-    let mut stale = get(&vms[0], "GET", "/doc", &[]);
+    let stale = get(&vms[0], "GET", "/doc", &[]);
     assert!(
         stale.upstream_request().is_some(),
         "still stale: revalidated"

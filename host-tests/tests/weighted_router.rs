@@ -7,7 +7,7 @@ use edgewise_support::breaker_state::{
 };
 use edgewise_support::bulkhead::{bulkhead_key, BULKHEAD_LEASE_NS};
 use edgewise_support::lease::LeasedCounts;
-use proxy_host::{load_module, Action, FailureKind, Headers, PluginOptions, Stream, Vm, World};
+use host_tests::{load_module, Action, FailureKind, Headers, PluginOptions, Stream, Vm, World};
 
 const VM_ID: &str = "edgewise";
 

@@ -20,9 +20,9 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 use crate::cache::PurgeKind;
 use crate::cache::{
-    self, decide, entry_for, freshened_by_partial, invalidated_keys, invalidates, on_request,
-    refresh_outcome, refresh_request, revalidated, storable, FallbackWhen, Pending, Refreshed,
-    RequestDecision, Revalidated,
+    self, decide, entry_for, error_answer, freshened_by_partial, invalidated_keys, invalidates,
+    on_request, refresh_outcome, refresh_request, revalidated, storable, ErrorAnswer, Pending,
+    Refreshed, RequestDecision, Revalidated, StaleFallback,
 };
 use crate::coalesce::{self, Fill};
 use crate::config::Config;
@@ -586,6 +586,17 @@ fn serve_waiters(shared: &Shared) {
     shared.waiters.borrow_mut().extend(still);
 }
 
+/// How a request's fill of its key ends, for the requests waiting on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FillEnd {
+    /// Stored, not storable for a passing reason (an origin error, a budget), or never
+    /// filled: waiting and later requests look again (and may fill the key themselves).
+    Retry,
+    /// The response may not be stored (`no-store`, `private`, too large, `Vary: *`): later
+    /// misses skip coalescing for `coalesce.hit_for_miss` (they could not share it).
+    Uncacheable,
+}
+
 /// A response being copied for storage.
 struct Filling {
     status: u16,
@@ -666,7 +677,7 @@ impl CacheStream {
     }
 
     fn release_fill(&mut self) {
-        self.end_fill(false);
+        self.end_fill(FillEnd::Retry);
     }
 
     /// Counts `bytes` more in the worker's in-flight budget; false (nothing counted) when
@@ -693,7 +704,8 @@ impl CacheStream {
 
     /// Ends this request's fill; after a response the cache may not store, later misses for
     /// the key skip coalescing for `coalesce.hit_for_miss` (they could not share it).
-    fn end_fill(&mut self, uncacheable: bool) {
+    fn end_fill(&mut self, end: FillEnd) {
+        let uncacheable = end == FillEnd::Uncacheable;
         if let (Some(nonce), Some(shared), Some(pending)) = (
             self.leader.take(),
             self.shared.as_ref(),
@@ -723,11 +735,11 @@ impl CacheStream {
         let mut pending = pending;
         // A stale entry kept to revalidate or to answer an error costs its body on this
         // worker until the response: within the budget, else the request goes as a miss.
-        let kept = pending.fallback.as_ref().map_or(0, |(_, _, b)| b.len())
+        let kept = pending.fallback.reply().map_or(0, |(_, _, b)| b.len())
             + pending.revalidating.as_ref().map_or(0, |e| e.body.len());
         if kept > 0 && !self.hold(shared, kept as u64) {
             shared.metrics.abandoned.increment(1);
-            pending.fallback = None;
+            pending.fallback = StaleFallback::None;
             pending.revalidating = None;
             pending.validators.clear();
         }
@@ -801,7 +813,11 @@ impl CacheStream {
     /// Stores the complete response (if it can be), then lets waiting requests look.
     fn finish_store(&mut self, shared: &Shared) {
         let stored = self.store_response(shared);
-        self.end_fill(!stored);
+        self.end_fill(if stored {
+            FillEnd::Retry
+        } else {
+            FillEnd::Uncacheable
+        });
     }
 
     /// Stores the complete response; false when it turned out not storable (`Vary: *`).
@@ -993,7 +1009,7 @@ impl HttpContext for CacheStream {
                     }
                 }
                 // Waiting requests look again now (served, or sent on if it was dropped).
-                self.end_fill(false);
+                self.end_fill(FillEnd::Retry);
                 return self.reply(status, headers, &body);
             }
         }
@@ -1017,46 +1033,47 @@ impl HttpContext for CacheStream {
             edgewise_support::wasm::property(&["response", "code_details"])
                 .is_some_and(|details| details != b"via_upstream")
         };
-        let answer_error = status >= 500
-            && !end_of_stream
-            && match (&pending.fallback, pending.fallback_when) {
-                (Some(_), FallbackWhen::Error) => true,
-                (Some(_), FallbackWhen::Unreachable) => unreachable(),
-                (None, _) => pending.timeout_when_unreachable && unreachable(),
-            };
-        if answer_error && pending.fallback.is_none() {
-            let value = cache_status(
-                &shared.config.cache_status,
-                Outcome::Stale,
-                None,
-                false,
-                Some("origin-unreachable"),
-            );
-            let pairs: [(&str, &[u8]); 3] = [
-                (":status", b"504"),
-                ("content-length", b"0"),
-                ("cache-status", value.as_bytes()),
-            ];
-            abi::set_map_pairs(MapType::HttpResponseHeaders as u32, &pairs);
-            self.replacing = Some(Vec::new());
-            return Action::Continue;
-        }
-        if let (Some((stored_status, stored_headers, body)), true) =
-            (pending.fallback.clone(), answer_error)
-        {
-            shared.metrics.stale_served.increment(1);
-            let mut pairs: Vec<(String, Vec<u8>)> = vec![
-                (":status".into(), stored_status.to_string().into_bytes()),
-                ("content-length".into(), body.len().to_string().into_bytes()),
-            ];
-            pairs.extend(stored_headers);
-            let pairs: Vec<(&str, &[u8])> = pairs
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_slice()))
-                .collect();
-            abi::set_map_pairs(MapType::HttpResponseHeaders as u32, &pairs);
-            self.replacing = Some(body);
-            return Action::Continue;
+        let answer = if status >= 500 && !end_of_stream {
+            error_answer(&pending.fallback, unreachable)
+        } else {
+            ErrorAnswer::Origin
+        };
+        match answer {
+            ErrorAnswer::Origin => {}
+            ErrorAnswer::GatewayTimeout => {
+                let value = cache_status(
+                    &shared.config.cache_status,
+                    Outcome::Stale,
+                    None,
+                    false,
+                    Some("origin-unreachable"),
+                );
+                let pairs: [(&str, &[u8]); 3] = [
+                    (":status", b"504"),
+                    ("content-length", b"0"),
+                    ("cache-status", value.as_bytes()),
+                ];
+                abi::set_map_pairs(MapType::HttpResponseHeaders as u32, &pairs);
+                self.replacing = Some(Vec::new());
+                return Action::Continue;
+            }
+            ErrorAnswer::Stale((stored_status, stored_headers, body)) => {
+                shared.metrics.stale_served.increment(1);
+                let status = stored_status.to_string();
+                let length = body.len().to_string();
+                let mut pairs: Vec<(&str, &[u8])> = vec![
+                    (":status", status.as_bytes()),
+                    ("content-length", length.as_bytes()),
+                ];
+                pairs.extend(
+                    stored_headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_slice())),
+                );
+                abi::set_map_pairs(MapType::HttpResponseHeaders as u32, &pairs);
+                self.replacing = Some(body.clone());
+                return Action::Continue;
+            }
         }
         let mut storing = storable(&shared.config, &pending, status, &headers).is_ok();
         let declared = headers
@@ -1091,7 +1108,11 @@ impl HttpContext for CacheStream {
         } else {
             shared.metrics.not_stored.increment(1);
             // An origin error is transient: the next miss may fill again.
-            self.end_fill(status < 500);
+            self.end_fill(if status < 500 {
+                FillEnd::Uncacheable
+            } else {
+                FillEnd::Retry
+            });
             self.release_held();
         }
         Action::Continue
@@ -1115,7 +1136,7 @@ impl HttpContext for CacheStream {
             if copied.saturating_add(body_size as u64) > limit {
                 self.response = None;
                 shared.metrics.not_stored.increment(1);
-                self.end_fill(true);
+                self.end_fill(FillEnd::Uncacheable);
                 self.release_held();
                 return Action::Continue;
             }
@@ -1125,7 +1146,7 @@ impl HttpContext for CacheStream {
                 self.response = None;
                 shared.metrics.not_stored.increment(1);
                 shared.metrics.abandoned.increment(1);
-                self.end_fill(false);
+                self.end_fill(FillEnd::Retry);
                 self.release_held();
                 return Action::Continue;
             }

@@ -176,29 +176,73 @@ pub struct Pending {
     /// same-origin `Location` / `Content-Location` targets of an invalidation.
     pub origin: (Vec<u8>, Vec<u8>),
     pub key_header_values: Vec<(String, Vec<u8>)>,
-    /// A stale entry that may answer instead of an origin error (RFC 5861 §4), as a ready
-    /// reply: status, headers, body; `fallback_when` says for which errors.
-    pub fallback: Option<Reply>,
-    pub fallback_when: FallbackWhen,
-    /// `serve_stale_when_unreachable` with a stale entry that forbids serving stale
-    /// (must-revalidate, proxy-revalidate, no-cache, s-maxage): an unreachable origin is
-    /// answered with 504 (RFC 9111 §4.2.4, §5.2.2.2).
-    pub timeout_when_unreachable: bool,
+    /// What answers an origin error instead of the error itself, if anything.
+    pub fallback: StaleFallback,
     /// A stale entry being revalidated (RFC 9111 §4.3.1): the adapter adds `validators` to the
     /// forwarded request; a 304 then refreshes and serves the entry.
     pub revalidating: Option<Box<Entry>>,
     pub validators: Vec<(String, Vec<u8>)>,
 }
 
-/// Which origin errors a `Pending::fallback` answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FallbackWhen {
-    /// Any 5xx, the origin's or Envoy's own (RFC 5861 §4 stale-if-error).
-    Error,
-    /// Only when the origin could not be reached — Envoy generated the error (connect
-    /// failure, reset, timeout): RFC 9111 §4.2.4's disconnected cache
+/// What answers an origin error (or Envoy's own, e.g. a connect failure) on a request that
+/// found a stale entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StaleFallback {
+    /// Nothing: the error goes to the client.
+    None,
+    /// Any 5xx is answered with the stored response (RFC 5861 §4 stale-if-error), as a ready
+    /// reply: status, headers, body.
+    OnError(Reply),
+    /// Only an error Envoy generated because the origin could not be reached is answered
+    /// with the stored response: RFC 9111 §4.2.4's disconnected cache
     /// (`serve_stale_when_unreachable`).
-    Unreachable,
+    WhenUnreachable(Reply),
+    /// `serve_stale_when_unreachable` with a stale entry that forbids serving stale
+    /// (must-revalidate, proxy-revalidate, no-cache, s-maxage): an unreachable origin is
+    /// answered with 504 (RFC 9111 §4.2.4, §5.2.2.2).
+    TimeoutWhenUnreachable,
+}
+
+impl StaleFallback {
+    /// The stored reply it would answer with, if any.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            StaleFallback::OnError(reply) | StaleFallback::WhenUnreachable(reply) => Some(reply),
+            StaleFallback::None | StaleFallback::TimeoutWhenUnreachable => None,
+        }
+    }
+}
+
+/// How an origin error (a 5xx with a body, the origin's or Envoy's own) is answered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ErrorAnswer<'a> {
+    /// As the origin (or Envoy) answered it.
+    Origin,
+    /// With the stored response (its body replaces the error's at its end).
+    Stale(&'a Reply),
+    /// With 504: the origin could not be reached and the entry forbids serving stale.
+    GatewayTimeout,
+}
+
+/// RFC 5861 §4 and RFC 9111 §4.2.4: how `fallback` answers an origin error; `unreachable`
+/// tells whether Envoy generated the error because the origin could not be reached (asked
+/// only when it matters: it costs the adapter a host call).
+pub fn error_answer(
+    fallback: &StaleFallback,
+    unreachable: impl FnOnce() -> bool,
+) -> ErrorAnswer<'_> {
+    match fallback {
+        StaleFallback::None => ErrorAnswer::Origin,
+        StaleFallback::OnError(reply) => ErrorAnswer::Stale(reply),
+        StaleFallback::WhenUnreachable(reply) => match unreachable() {
+            true => ErrorAnswer::Stale(reply),
+            false => ErrorAnswer::Origin,
+        },
+        StaleFallback::TimeoutWhenUnreachable => match unreachable() {
+            true => ErrorAnswer::GatewayTimeout,
+            false => ErrorAnswer::Origin,
+        },
+    }
 }
 
 fn is_unsafe(method: &[u8]) -> bool {
@@ -328,9 +372,7 @@ pub fn decide(
         invalidate: false,
         origin: (scheme.clone(), host.clone()),
         key_header_values: Vec::new(),
-        fallback: None,
-        fallback_when: FallbackWhen::Error,
-        timeout_when_unreachable: false,
+        fallback: StaleFallback::None,
         revalidating: None,
         validators: Vec::new(),
     };
@@ -480,21 +522,14 @@ pub fn decide(
             let headers = reply_headers(config, entry.headers.clone(), age, status);
             (entry.status, headers, entry.body.clone())
         };
-        let mut fallback = window
-            .filter(|w| staleness <= *w)
-            .map(|_| stale_reply("stale-if-error"));
-        let mut fallback_when = FallbackWhen::Error;
-        let mut timeout_when_unreachable = false;
         // RFC 9111 §4.2.4: a disconnected cache may serve stale, except what must not be
         // served without validation (§5.2.2.2, §5.2.2.4, §5.2.2.8, §5.2.2.10): 504.
-        if fallback.is_none() && config.serve_stale_when_unreachable {
-            if forbidden || view.cc.no_cache {
-                timeout_when_unreachable = true;
-            } else {
-                fallback = Some(stale_reply("origin-unreachable"));
-                fallback_when = FallbackWhen::Unreachable;
-            }
-        }
+        let fallback = match window.filter(|w| staleness <= *w) {
+            Some(_) => StaleFallback::OnError(stale_reply("stale-if-error")),
+            None if !config.serve_stale_when_unreachable => StaleFallback::None,
+            None if forbidden || view.cc.no_cache => StaleFallback::TimeoutWhenUnreachable,
+            None => StaleFallback::WhenUnreachable(stale_reply("origin-unreachable")),
+        };
         // RFC 9111 §4.3.1: revalidate with the stored validators, unless the client sent its
         // own conditionals (then its request goes as it is and a 200 replaces the entry).
         let validators = if client_conditional {
@@ -504,8 +539,6 @@ pub fn decide(
         };
         return RequestDecision::Forward(Box::new(Pending {
             fallback,
-            fallback_when,
-            timeout_when_unreachable,
             revalidating: (!validators.is_empty()).then(|| Box::new(entry)),
             validators,
             ..pending(Outcome::Stale)
@@ -951,8 +984,7 @@ pub fn storable(
         return Err(NotStorable::Method);
     }
     if headers.iter().any(|(_, v)| std::str::from_utf8(v).is_err()) {
-        // Replayed through a host call that takes text; such responses pass uncached.
-        return Err(NotStorable::Status);
+        return Err(NotStorable::HeaderNotText);
     }
     let get = |name: &str| {
         headers
@@ -2061,6 +2093,13 @@ mod tests {
         assert_eq!(check(&auth, &[("cache-control", "s-maxage=60")]), Ok(()));
         assert_eq!(check(&plain, &[]), Err(NotStorable::NoFreshness));
         assert_eq!(check(&plain, &[("etag", "\"a\"")]), Ok(()));
+        // A header value that is not text passes uncached, and says so (not "status").
+        let mut binary = pairs(&[("cache-control", "max-age=60")]);
+        binary.push(("x-raw".into(), vec![0xff, 0xfe]));
+        assert_eq!(
+            storable(&config, &plain, 200, &binary),
+            Err(NotStorable::HeaderNotText)
+        );
     }
 
     /// RFC 9111 §4.3.4 with §3: a 304's Set-Cookie reaches the revalidating client only;

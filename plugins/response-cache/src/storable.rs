@@ -33,6 +33,9 @@ pub enum NotStorable {
     /// Not the plain request a shared entry is filled from: Range, a body on GET, an unkeyed
     /// header the origin may reflect, a client conditional the origin answered.
     Request,
+    /// A header value that is not text (not UTF-8): a stored response is replayed through a
+    /// host call that takes text, so such a response passes uncached.
+    HeaderNotText,
 }
 
 impl NotStorable {
@@ -48,6 +51,7 @@ impl NotStorable {
             NotStorable::NoFreshness => "no_freshness",
             NotStorable::Cookie => "cookie",
             NotStorable::Request => "request",
+            NotStorable::HeaderNotText => "header_not_text",
         }
     }
 }
