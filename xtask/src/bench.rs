@@ -425,7 +425,7 @@ pub fn run(seconds: u32, rounds: usize) -> Result<()> {
     println!("\n==> shared-data memory: the cache full, 1,000,000 rate-limit keys");
     let memory = shared_data_memory(backend.addr)?;
     println!("\n==> perf profiles (8 s per scenario)");
-    let profiles = profile_table(backend.addr, None)?;
+    let (profiles, splits) = profile_table(backend.addr, None)?;
     println!("\n==> allocations per request (host-tests, the same modules in our wasmtime host)");
     let allocations = allocation_table()?;
     let measured = Measured {
@@ -434,6 +434,7 @@ pub fn run(seconds: u32, rounds: usize) -> Result<()> {
         rss_two,
         memory,
         profiles,
+        splits,
         allocations,
     };
     write_report(&scenarios, &measured, seconds, rounds)
@@ -447,8 +448,9 @@ struct Measured {
     rss_two: Vec<Option<u64>>,
     /// Shared-data memory findings, one line each.
     memory: Vec<String>,
-    /// The perf split table.
+    /// The perf split table, and its numbers.
     profiles: String,
+    splits: Vec<Split>,
     /// Allocations per request per path, as host-tests count them.
     allocations: String,
 }
@@ -465,6 +467,7 @@ fn write_report(
         rss_two,
         memory,
         profiles,
+        splits,
         allocations,
     } = measured;
     let find = |name: &str| {
@@ -615,6 +618,7 @@ fn write_report(
             }
         )?;
     }
+    writeln!(md, "\n{}", left_by_profile(splits))?;
     writeln!(md, "\n## Memory\n")?;
     for line in memory {
         writeln!(md, "- {line}")?;
@@ -781,7 +785,7 @@ pub fn profile(wanted: Option<&str>) -> Result<()> {
     ensure_wrk()?;
     build_modules()?;
     let backend = Backend::start_for_benchmark("bench-origin", 1)?;
-    let table = profile_table(backend.addr, wanted)?;
+    let (table, _) = profile_table(backend.addr, wanted)?;
     let out = workspace_root().join("target/bench/profiles.md");
     std::fs::write(&out, &table)?;
     println!("\n{table}\nwritten to {}", out.display());
@@ -789,7 +793,13 @@ pub fn profile(wanted: Option<&str>) -> Result<()> {
 }
 
 /// The perf split of each chosen scenario (see `profile`), as a markdown table.
-fn profile_table(backend: std::net::SocketAddr, wanted: Option<&str>) -> Result<String> {
+/// One scenario's perf split: its name and CPU µs per request by `PERF_GROUPS`.
+pub(crate) type Split = (String, [f64; 5]);
+
+fn profile_table(
+    backend: std::net::SocketAddr,
+    wanted: Option<&str>,
+) -> Result<(String, Vec<Split>)> {
     let all = scenarios(backend);
     let default_set = [
         "plain proxy",
@@ -817,6 +827,7 @@ fn profile_table(backend: std::net::SocketAddr, wanted: Option<&str>) -> Result<
         bail!("no scenario matches {wanted:?}; scenarios: {names:?}");
     }
     let groups = PERF_GROUPS;
+    let mut splits = Vec::new();
     let mut table = format!(
         "### Where a request's CPU time goes (perf, Envoy 1 worker pinned, wrk -c32)\n\n\
          | Scenario | req/s | µs/request | {} |\n|---|---:|---:|{}\n",
@@ -828,6 +839,7 @@ fn profile_table(backend: std::net::SocketAddr, wanted: Option<&str>) -> Result<
         let _ = envoy.get(scenario.path);
         run_wrk(&envoy, scenario.path, 2)?;
         let (sample, per_request_us) = perf_split(&envoy, scenario.path)?;
+        splits.push((scenario.name.to_string(), per_request_us));
         let cells: Vec<String> = per_request_us.iter().map(|us| format!("{us:.1}")).collect();
         let _ = writeln!(
             table,
@@ -844,7 +856,44 @@ fn profile_table(backend: std::net::SocketAddr, wanted: Option<&str>) -> Result<
             cells.join(" / ")
         );
     }
-    Ok(table)
+    Ok((table, splits))
+}
+
+/// "What the profile says is left" for the targets: each target scenario's CPU time per
+/// request beside its baseline's, by where it is spent (from this run's perf split).
+fn left_by_profile(splits: &[Split]) -> String {
+    let find = |name: &str| splits.iter().find(|(n, _)| n == name).map(|(_, us)| *us);
+    let mut out = String::from(
+        "### What the profile says is left\n\n\
+         CPU µs per request in the perf runs below: the scenario, its baseline, and the \
+         difference by where it is spent (Envoy's code holds the host side of every Wasm call; \
+         the JIT's is our compiled Rust).\n\n\
+         | Scenario | baseline | scenario µs | baseline µs | + Envoy's code | + JIT | + kernel |\n\
+         |---|---|---:|---:|---:|---:|---:|\n",
+    );
+    for (scenario, baseline) in [
+        ("all four composed (edge_chain, 1 VM)", "plain proxy"),
+        ("rate_limit, passing", "wasm do-nothing filter"),
+        ("circuit_breaker, closed", "wasm do-nothing filter"),
+        (
+            "response_cache, every request a hit",
+            "native cache filter, every request a hit",
+        ),
+    ] {
+        let (Some(s), Some(b)) = (find(scenario), find(baseline)) else {
+            continue;
+        };
+        let total = |v: [f64; 5]| v.iter().sum::<f64>();
+        out.push_str(&format!(
+            "| {scenario} | {baseline} | {:.1} | {:.1} | {:+.1} | {:+.1} | {:+.1} |\n",
+            total(s),
+            total(b),
+            s[0] - b[0],
+            s[1] - b[1],
+            s[2] - b[2]
+        ));
+    }
+    out
 }
 
 /// The groups `perf_split` divides Envoy's CPU time into.

@@ -1,6 +1,8 @@
 //! Configuration validation, natively: every refusal names its field, says what is wrong and
 //! how to fix it (what `on_configure` logs before Envoy rejects the plugin).
 
+#![allow(clippy::panic)]
+
 use circuit_breaker::Config;
 
 /// Asserts `json` is refused at `field` with `problem` in its message, and a fix.

@@ -1,6 +1,8 @@
 //! Configuration validation, natively: every refusal names its field, says what is wrong and
 //! how to fix it (what `on_configure` logs before Envoy rejects the plugin).
 
+#![allow(clippy::panic)]
+
 use rate_limit::Config;
 
 /// A rule that compiles, to build refusals from: `{R}` stands for its fields.

@@ -1,6 +1,8 @@
 //! Our hand-written RLS wire format against the protocol's generated types (prost): what we
 //! encode decodes to the same request, what a service encodes we decode to the same answer.
 
+#![allow(clippy::unwrap_used)]
+
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
     Entry, RateLimitOverride,
 };

@@ -61,6 +61,7 @@ fn benches(c: &mut Criterion) {
         expires: None,
         last_modified: Some(500),
         cc: CacheControl::parse([&b"max-age=60"[..]]),
+        purged_soft: false,
     };
     let request_cc = CacheControl::default();
     let heuristic = Heuristic::default();

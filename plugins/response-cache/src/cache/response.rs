@@ -1,0 +1,186 @@
+//! The response phase: whether a forwarded response is stored (RFC 9111 §3), the entry it becomes, invalidation by unsafe methods (§4.4), and how an origin error is answered (RFC 5861 §4).
+
+use super::*;
+
+/// How an origin error (a 5xx with a body, the origin's or Envoy's own) is answered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ErrorAnswer<'a> {
+    /// As the origin (or Envoy) answered it.
+    Origin,
+    /// With the stored response (its body replaces the error's at its end).
+    Stale(&'a Reply),
+    /// With 504: the origin could not be reached and the entry forbids serving stale.
+    GatewayTimeout,
+}
+
+/// RFC 5861 §4 and RFC 9111 §4.2.4: how `fallback` answers an origin error; `unreachable`
+/// tells whether Envoy generated the error because the origin could not be reached (asked
+/// only when it matters: it costs the adapter a host call).
+pub fn error_answer(
+    fallback: &StaleFallback,
+    unreachable: impl FnOnce() -> bool,
+) -> ErrorAnswer<'_> {
+    match fallback {
+        StaleFallback::None => ErrorAnswer::Origin,
+        StaleFallback::OnError(reply) => ErrorAnswer::Stale(reply),
+        StaleFallback::WhenUnreachable(reply) => match unreachable() {
+            true => ErrorAnswer::Stale(reply),
+            false => ErrorAnswer::Origin,
+        },
+        StaleFallback::TimeoutWhenUnreachable => match unreachable() {
+            true => ErrorAnswer::GatewayTimeout,
+            false => ErrorAnswer::Origin,
+        },
+    }
+}
+
+/// Whether a forwarded response may be stored (RFC 9111 §3), given its headers.
+pub fn storable(
+    config: &Config,
+    pending: &Pending,
+    status: u16,
+    headers: &[(String, Vec<u8>)],
+) -> Result<(), NotStorable> {
+    if pending.outcome == Outcome::Bypass {
+        return Err(NotStorable::Method);
+    }
+    if headers.iter().any(|(_, v)| std::str::from_utf8(v).is_err()) {
+        return Err(NotStorable::HeaderNotText);
+    }
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    };
+    // RFC 9213 §2.2: a targeted field of ours replaces Cache-Control and Expires.
+    let (response_cc, expires_applies) =
+        crate::targeted::governing(&config.targeted_fields, |name| {
+            headers
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.as_slice())
+                .collect()
+        });
+    storable::check(&Exchange {
+        method: &pending.method,
+        status,
+        request_cc: &pending.request_cc,
+        response_cc: &response_cc,
+        request_has_authorization: pending.has_authorization,
+        request_has_cookie: pending.has_cookie,
+        has_expires: expires_applies && get("expires").is_some(),
+        has_validator: get("etag").is_some()
+            || get("last-modified").is_some_and(|d| http_date::parse(d).is_some()),
+        vary: get("vary"),
+        has_set_cookie: get("set-cookie").is_some(),
+        cache_set_cookie: config.cache_set_cookie,
+        default_ttl: config.heuristic.default_ttl > 0,
+        cookie_requests: config.cookie_requests,
+    })
+}
+
+/// RFC 9111 §3.1 (RFC 9110 §7.6.1): the fields a response's `Connection` header nominates
+/// are hop-by-hop and are not stored. Lowercased names from every Connection line.
+pub(super) fn connection_nominated(headers: &[(String, Vec<u8>)]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(k, _)| k == "connection")
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Builds the entry to store from a complete response.
+/// None when it cannot be stored: `Vary: *`, or more or longer tags than `tags` allows.
+pub fn entry_for(
+    tags: &crate::config::Tags,
+    pending: &Pending,
+    status: u16,
+    headers: &[(String, Vec<u8>)],
+    body: Vec<u8>,
+    now: i64,
+    request: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
+) -> Option<Entry> {
+    let entry_tags = tags.of(headers)?;
+    let vary = headers
+        .iter()
+        .find(|(k, _)| k == "vary")
+        .map(|(_, v)| v.as_slice());
+    let fields = vary_fields(vary)?;
+    let values = vary_values(&fields, request);
+    let nominated = connection_nominated(headers);
+    Some(Entry {
+        key: pending.key.clone(),
+        status,
+        headers: headers
+            .iter()
+            .filter(|(k, _)| {
+                let tag_field = tags.strip && tags.headers.contains(k);
+                !k.starts_with(':')
+                    && !NOT_STORED.contains(&k.as_str())
+                    && !nominated.iter().any(|n| n == k)
+                    && !tag_field
+            })
+            .cloned()
+            .collect(),
+        request_time: pending.request_time,
+        response_time: now,
+        generation: 0,
+        vary_fields: fields,
+        vary_values: values,
+        body,
+        tags: entry_tags,
+        purge_seq: pending.purge_seq,
+    })
+}
+
+/// RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI.
+pub fn invalidates(pending: &Pending, status: u16) -> bool {
+    pending.invalidate && (200..400).contains(&status)
+}
+
+/// RFC 9111 §4.4: the key hashes a non-error response to an unsafe method invalidates — the
+/// target URI, and the URIs in `Location` and `Content-Location` when they have the same
+/// origin (a path, or an absolute URI with the request's scheme and host).
+pub fn invalidated_keys(
+    config: &Config,
+    pending: &Pending,
+    status: u16,
+    response_headers: &[(String, Vec<u8>)],
+) -> Vec<u64> {
+    if !invalidates(pending, status) {
+        return Vec::new();
+    }
+    let (scheme, host) = &pending.origin;
+    let mut keys = vec![pending.key_hash];
+    for field in ["location", "content-location"] {
+        let Some((_, value)) = response_headers.iter().find(|(k, _)| k == field) else {
+            continue;
+        };
+        let mut origin_form = scheme.clone();
+        origin_form.extend_from_slice(b"://");
+        origin_form.extend_from_slice(host);
+        let path = if value.starts_with(b"/") && !value.starts_with(b"//") {
+            value.as_slice()
+        } else if value.len() > origin_form.len()
+            && value[..origin_form.len()].eq_ignore_ascii_case(&origin_form)
+            && value[origin_form.len()] == b'/'
+        {
+            &value[origin_form.len()..]
+        } else {
+            continue; // another origin, or a relative reference we do not resolve
+        };
+        let key = primary_key(&config.key, scheme, host, path, &mut |name| {
+            pending
+                .key_header_values
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        });
+        keys.push(identity_hash(&key));
+    }
+    keys
+}
