@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use edgewise_support::abi;
+use edgewise_support::parked::Parked;
 use edgewise_support::wasm::{
     install_panic_hook, load_config, log, now_nanos, Metric, RequestHeaders, SharedData,
 };
@@ -35,8 +36,8 @@ pub fn new_root() -> Box<dyn RootContext> {
     Box::new(RateLimitRoot {
         charging: std::collections::HashMap::new(),
         shared: None,
-        waiters: Rc::new(RefCell::new(Vec::new())),
-        waits: Rc::new(RefCell::new(Vec::new())),
+        waiters: Rc::new(RefCell::new(Parked::default())),
+        waits: Rc::new(RefCell::new(Parked::default())),
     })
 }
 
@@ -75,10 +76,8 @@ struct GlobalCharge {
     cost: u64,
 }
 
-/// A request held by queueing, released by the tick at `release_at`.
+/// A request held by queueing (parked until its release time): the queue places it holds.
 struct Waiter {
-    context_id: u32,
-    release_at: u64,
     /// Indices into the rules of `shared`: the configuration the places were taken under
     /// (a reconfiguration may change the rules while the request waits).
     rules: Vec<usize>,
@@ -97,12 +96,12 @@ fn release_places(waiter: &Waiter) {
     }
 }
 
-type Waiters = Rc<RefCell<Vec<Waiter>>>;
+type Waiters = Rc<RefCell<Parked<Waiter>>>;
 
-/// Requests waiting for a rate limit service, each with the configuration it started under:
-/// a reconfiguration while they wait must not judge them by the new rules (whose indices
-/// differ).
-type Waits = Rc<RefCell<Vec<(Rc<Shared>, global::Wait)>>>;
+/// Requests waiting for a rate limit service (parked until their deadline), each with the
+/// configuration it started under: a reconfiguration while they wait must not judge them by
+/// the new rules (whose indices differ).
+type Waits = Rc<RefCell<Parked<(Rc<Shared>, global::Wait)>>>;
 
 struct RateLimitRoot {
     shared: Option<Rc<Shared>>,
@@ -138,16 +137,12 @@ impl RateLimitRoot {
     /// Requests whose service calls passed their deadline: each unanswered call is a
     /// failure, and the request goes on or is denied by its rules' failure mode.
     fn expire_global_waits(&self, now: u64) {
-        let expired: Vec<(Rc<Shared>, global::Wait)> = {
+        let expired = {
             let mut waits = self.waits.borrow_mut();
             waits.retain(|(_, w)| !w.borrow().done);
-            let (expired, keep) = waits
-                .drain(..)
-                .partition(|(_, w)| w.borrow().deadline <= now);
-            *waits = keep;
-            expired
+            waits.take_due(now)
         };
-        for (shared, wait) in expired {
+        for (_, (shared, wait)) in expired {
             let (next, failed, context_id) = {
                 let mut w = wait.borrow_mut();
                 let (next, failed) = global::on_deadline(&shared.config, &mut w);
@@ -372,17 +367,10 @@ impl RootContext for RateLimitRoot {
         let Some(now) = now_nanos() else { return };
         self.expire_global_waits(now);
         self.send_global_charges();
-        let due: Vec<Waiter> = {
-            let mut waiters = self.waiters.borrow_mut();
-            let (due, keep) = waiters.drain(..).partition(|w| w.release_at <= now);
-            *waiters = keep;
-            due
-        };
-        for waiter in due {
+        let due = self.waiters.borrow_mut().take_due(now);
+        for (context_id, waiter) in due {
             release_places(&waiter);
-            if hostcalls::set_effective_context(waiter.context_id).is_ok() {
-                edgewise_support::wasm::resume_request(waiter.context_id);
-            }
+            edgewise_support::wasm::resume_parked(context_id);
         }
         self.schedule_ticks();
     }
@@ -607,7 +595,10 @@ impl RateLimitStream {
             statuses: Vec::new(),
             done: false,
         }));
-        self.waits.borrow_mut().push((shared.clone(), wait.clone()));
+        let deadline = wait.borrow().deadline;
+        self.waits
+            .borrow_mut()
+            .park(self.context_id, deadline, (shared.clone(), wait.clone()));
         self.wait = Some(wait);
         if let Some(period) = shared.global_tick {
             edgewise_support::wasm::set_tick_period(period);
@@ -653,9 +644,8 @@ impl Context for RateLimitStream {
             wait.borrow_mut().done = true;
         }
         // A client that went away while queued frees its place.
-        let mut waiters = self.waiters.borrow_mut();
-        if let Some(position) = waiters.iter().position(|w| w.context_id == self.context_id) {
-            let waiter = waiters.remove(position);
+        let left = self.waiters.borrow_mut().take(self.context_id);
+        if let Some(waiter) = left {
             release_places(&waiter);
         }
         true
@@ -741,13 +731,15 @@ impl HttpContext for RateLimitStream {
                 for rule in &decision.waiting {
                     shared.metrics[*rule].queued.increment(1);
                 }
-                self.waiters.borrow_mut().push(Waiter {
-                    context_id: self.context_id,
-                    release_at: now + delay_ns,
-                    rules: decision.waiting.clone(),
-                    shared: shared.clone(),
-                    taken_at: decision.taken_at,
-                });
+                self.waiters.borrow_mut().park(
+                    self.context_id,
+                    now + delay_ns,
+                    Waiter {
+                        rules: decision.waiting.clone(),
+                        shared: shared.clone(),
+                        taken_at: decision.taken_at,
+                    },
+                );
                 edgewise_support::wasm::set_tick_period(std::time::Duration::from_millis(1));
                 Action::Pause
             }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use edgewise_support::abi;
 use edgewise_support::metrics::metric_name;
+use edgewise_support::parked::Parked;
 use edgewise_support::wasm::{
     install_panic_hook, load_config, log, now_nanos, wall_nanos, Metric, SharedData,
 };
@@ -71,11 +72,10 @@ struct Metrics {
 /// Headers of a cached local reply still to be applied when Envoy sends it (see `reply`).
 type Served = Rc<RefCell<Option<Vec<(String, Vec<u8>)>>>>;
 
-/// A request paused while another request fills its key.
+/// A request paused while another request fills its key (parked until it gives up
+/// waiting, at `coalesce.wait`).
 struct Waiter {
-    context_id: u32,
     key_hash: u64,
-    until_ms: u64,
     /// The client's request headers, to decide again once the entry is there.
     request: HeaderMap,
     served: Served,
@@ -103,7 +103,7 @@ struct Shared {
     store: SharedData,
     config: Rc<Config>,
     metrics: Metrics,
-    waiters: RefCell<Vec<Waiter>>,
+    waiters: RefCell<Parked<Waiter>>,
     /// Refreshes to send from the root context on the next tick: a callout made from a
     /// stream's context would be cancelled when that stream ends, which for a stale hit is
     /// at once.
@@ -475,7 +475,7 @@ impl RootContext for CacheRoot {
         // they are looked after under the new configuration (never stranded).
         let (waiters, refreshes, inflight) = match self.shared.take() {
             Some(old) => (old.waiters.take(), old.refreshes.take(), old.inflight.get()),
-            None => (Vec::new(), Vec::new(), 0),
+            None => (Parked::default(), Vec::new(), 0),
         };
         let waiting = !waiters.is_empty() || !refreshes.is_empty();
         let shared = Rc::new(Shared {
@@ -540,20 +540,20 @@ impl RootContext for CacheRoot {
 fn serve_waiters(shared: &Shared) {
     let now_ms = now_millis();
     let now_s = (now_ms / 1000) as i64;
-    let waiting: Vec<Waiter> = shared.waiters.borrow_mut().drain(..).collect();
-    let mut still = Vec::new();
+    let waiting = shared.waiters.borrow_mut().take_all();
+    let mut still = Parked::default();
     let mut filling: HashMap<(usize, u64), bool> = HashMap::new();
-    for waiter in waiting {
+    for (context_id, until_ms, waiter) in waiting {
         if !waiter.alive.get() {
             continue;
         }
         let slots = waiter.config.coalesce.map_or(1, |c| c.slots);
-        if now_ms < waiter.until_ms
+        if now_ms < until_ms
             && *filling
                 .entry((Rc::as_ptr(&waiter.config) as usize, waiter.key_hash))
                 .or_insert_with(|| coalesce::filling(&waiter.store, slots, waiter.key_hash, now_ms))
         {
-            still.push(waiter);
+            still.park(context_id, until_ms, waiter);
             continue;
         }
         let mut request = waiter.request.clone();
@@ -570,7 +570,7 @@ fn serve_waiters(shared: &Shared) {
                     value.extend_from_slice(b"; collapsed");
                 }
             }
-            if hostcalls::set_effective_context(waiter.context_id).is_ok()
+            if hostcalls::set_effective_context(context_id).is_ok()
                 && reply(&waiter.served, status, headers, &body)
             {
                 shared.metrics.coalesced.increment(1);
@@ -579,11 +579,12 @@ fn serve_waiters(shared: &Shared) {
         }
         // The fill ended without a usable entry (not storable, failed) or took too long:
         // this request goes to the origin itself.
-        if hostcalls::set_effective_context(waiter.context_id).is_ok() {
-            edgewise_support::wasm::resume_request(waiter.context_id);
-        }
+        edgewise_support::wasm::resume_parked(context_id);
     }
-    shared.waiters.borrow_mut().extend(still);
+    let mut waiters = shared.waiters.borrow_mut();
+    for (context_id, until_ms, waiter) in still.take_all() {
+        waiters.park(context_id, until_ms, waiter);
+    }
 }
 
 /// How a request's fill of its key ends, for the requests waiting on it.
@@ -755,16 +756,18 @@ impl CacheStream {
             ) {
                 Fill::Leader => self.leader = Some(nonce),
                 Fill::Follow { until_ms } => {
-                    shared.waiters.borrow_mut().push(Waiter {
-                        context_id: self.context_id,
-                        key_hash: pending.key_hash,
+                    shared.waiters.borrow_mut().park(
+                        self.context_id,
                         until_ms,
-                        request: request.clone(),
-                        served: self.served.clone(),
-                        alive: self.alive.clone(),
-                        config: shared.config.clone(),
-                        store: shared.store.clone(),
-                    });
+                        Waiter {
+                            key_hash: pending.key_hash,
+                            request: request.clone(),
+                            served: self.served.clone(),
+                            alive: self.alive.clone(),
+                            config: shared.config.clone(),
+                            store: shared.store.clone(),
+                        },
+                    );
                     shared.start_ticking();
                     self.prepare_forward(shared, *pending, request);
                     return Action::Pause;

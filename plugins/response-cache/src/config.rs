@@ -1,6 +1,6 @@
 //! The response cache's configuration: JSON shape (unknown fields rejected), validated.
 
-use edgewise_support::config::{err, parse_config, ConfigError};
+use edgewise_support::config::{err, one_of, parse_config, ConfigError};
 use edgewise_support::duration::{parse_duration, parse_whole_seconds};
 use serde::Deserialize;
 
@@ -335,18 +335,17 @@ impl Config {
                 "use at least max_entry_bytes, at most 1 GiB (default 33554432)",
             ));
         }
-        let cookie_requests = match raw.cookie_requests.as_deref().unwrap_or("explicit") {
-            "bypass" => CookieRequests::Bypass,
-            "explicit" => CookieRequests::Explicit,
-            "store" => CookieRequests::Store,
-            other => {
-                return Err(err(
-                    "cookie_requests",
-                    format!("{other:?} is not a cookie rule"),
-                    "use \"bypass\", \"explicit\" (default) or \"store\"",
-                ))
-            }
-        };
+        let cookie_requests = one_of(
+            "cookie_requests",
+            raw.cookie_requests.as_deref(),
+            "explicit",
+            "a cookie rule",
+            &[
+                ("bypass", CookieRequests::Bypass),
+                ("explicit", CookieRequests::Explicit),
+                ("store", CookieRequests::Store),
+            ],
+        )?;
         let slots = raw.max_entries.unwrap_or(4096);
         if !(8..=1_000_000).contains(&slots) {
             return Err(err(
@@ -355,18 +354,17 @@ impl Config {
                 "use 8 to 1000000 (default 4096)",
             ));
         }
-        let eviction = match raw.eviction.as_deref().unwrap_or("lru") {
-            "lru" => Eviction::Lru,
-            "lfu" => Eviction::Lfu,
-            "fifo" => Eviction::Fifo,
-            other => {
-                return Err(err(
-                    "eviction",
-                    format!("{other:?} is not an eviction policy"),
-                    "use lru, lfu or fifo",
-                ))
-            }
-        };
+        let eviction = one_of(
+            "eviction",
+            raw.eviction.as_deref(),
+            "lru",
+            "an eviction policy",
+            &[
+                ("lru", Eviction::Lru),
+                ("lfu", Eviction::Lfu),
+                ("fifo", Eviction::Fifo),
+            ],
+        )?;
         let raw_key = raw.key.unwrap_or_default();
         let mut headers = Vec::new();
         for (i, h) in raw_key.headers.unwrap_or_default().iter().enumerate() {
@@ -412,20 +410,16 @@ impl Config {
         unkeyed_names.retain(|n| !headers.contains(n));
         let unkeyed = Unkeyed {
             names: unkeyed_names,
-            action: match raw_unkeyed
-                .and_then(|u| u.action.as_deref())
-                .unwrap_or("bypass")
-            {
-                "bypass" => UnkeyedAction::Bypass,
-                "strip" => UnkeyedAction::Strip,
-                other => {
-                    return Err(err(
-                        "unkeyed_headers.action",
-                        format!("{other:?} is not an action"),
-                        "use \"bypass\" (default) or \"strip\"",
-                    ))
-                }
-            },
+            action: one_of(
+                "unkeyed_headers.action",
+                raw_unkeyed.and_then(|u| u.action.as_deref()),
+                "bypass",
+                "an action",
+                &[
+                    ("bypass", UnkeyedAction::Bypass),
+                    ("strip", UnkeyedAction::Strip),
+                ],
+            )?,
         };
         let key = KeyRules {
             include_query: raw_key.include_query.unwrap_or(true),

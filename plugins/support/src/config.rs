@@ -152,11 +152,53 @@ mod parse_tests {
     }
 
     #[test]
+    fn a_string_enum_names_every_allowed_value() {
+        let choices = [("lru", 1), ("lfu", 2)];
+        assert_eq!(one_of("eviction", None, "lru", "a policy", &choices), Ok(1));
+        assert_eq!(
+            one_of("eviction", Some("lfu"), "lru", "a policy", &choices),
+            Ok(2)
+        );
+        let e = one_of("eviction", Some("mru"), "lru", "a policy", &choices).unwrap_err();
+        assert_eq!(e.field, "eviction");
+        assert_eq!(e.problem, "\"mru\" is not a policy");
+        assert_eq!(e.fix, "use \"lru\" (default), \"lfu\"");
+    }
+
+    #[test]
     fn broken_json_is_reported_at_the_document() {
         assert_eq!(field_of(r#"{"max_bytes": 1"#), "<json>");
         assert_eq!(field_of(r#"{"max_bytes": 1} trailing"#), "<json>");
         assert!(parse_config::<Raw>(b"").is_ok());
     }
+}
+
+/// A string-enum field: `value` (or `default` when absent) looked up in `choices`. An unknown
+/// value is refused at `field` as "not `what`", with every allowed value (the default
+/// marked) in the fix.
+pub fn one_of<T: Copy>(
+    field: &str,
+    value: Option<&str>,
+    default: &str,
+    what: &str,
+    choices: &[(&str, T)],
+) -> Result<T, ConfigError> {
+    let value = value.unwrap_or(default);
+    if let Some((_, choice)) = choices.iter().find(|(name, _)| *name == value) {
+        return Ok(*choice);
+    }
+    let allowed: Vec<String> = choices
+        .iter()
+        .map(|(name, _)| match *name == default {
+            true => format!("\"{name}\" (default)"),
+            false => format!("\"{name}\""),
+        })
+        .collect();
+    Err(err(
+        field,
+        format!("{value:?} is not {what}"),
+        format!("use {}", allowed.join(", ")),
+    ))
 }
 
 /// A `ConfigError` naming `field`, what is wrong and how to fix it (shorthand for the

@@ -16,6 +16,7 @@ pub mod duration;
 pub mod header_map;
 pub mod lease;
 pub mod metrics;
+pub mod parked;
 pub mod request;
 pub mod seed;
 pub mod store;

@@ -1,7 +1,7 @@
 //! The weighted router's configuration: routes (match, targets and weights, strategy,
 //! overrides, failover), validated and compiled into tables at configure time.
 
-use edgewise_support::config::{err, parse_config, ConfigError};
+use edgewise_support::config::{err, one_of, parse_config, ConfigError};
 use edgewise_support::metrics::labelled_metric_name;
 use edgewise_support::request::{Matcher, RawMatch};
 use serde::Deserialize;
@@ -52,7 +52,7 @@ pub struct RawOverride {
     pub cluster: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
     WeightedRoundRobin,
     Random,
@@ -264,19 +264,18 @@ fn compile_route(i: usize, raw: &RawRoute) -> Result<Route, ConfigError> {
             "give at least one target a positive weight",
         ));
     }
-    let strategy = match raw.strategy.as_deref().unwrap_or("weighted_round_robin") {
-        "weighted_round_robin" => Strategy::WeightedRoundRobin,
-        "random" => Strategy::Random,
-        "least_requests" => Strategy::LeastRequests,
-        "hash" => Strategy::Hash,
-        other => {
-            return Err(err(
-                format!("{field}.strategy"),
-                format!("{other:?} is not a strategy"),
-                "use weighted_round_robin, random, least_requests or hash",
-            ))
-        }
-    };
+    let strategy = one_of(
+        &format!("{field}.strategy"),
+        raw.strategy.as_deref(),
+        "weighted_round_robin",
+        "a strategy",
+        &[
+            ("weighted_round_robin", Strategy::WeightedRoundRobin),
+            ("random", Strategy::Random),
+            ("least_requests", Strategy::LeastRequests),
+            ("hash", Strategy::Hash),
+        ],
+    )?;
     let hash_on = match &raw.hash_on {
         None if strategy == Strategy::Hash => {
             return Err(err(
