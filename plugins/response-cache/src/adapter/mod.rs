@@ -173,12 +173,7 @@ fn random_word() -> u64 {
 /// Answers the current stream with a stored response as a local reply. Stored fields go out
 /// with the reply; Envoy adds its own content-type to a local reply, so the stored one
 /// replaces it when the reply passes through on_http_response_headers (via `served`).
-fn reply(
-    served: &Served,
-    status: u16,
-    headers: Vec<(String, Vec<u8>)>,
-    body: &[u8],
-) -> bool {
+fn reply(served: &Served, status: u16, headers: Vec<(String, Vec<u8>)>, body: &[u8]) -> bool {
     let content_type = headers
         .iter()
         .find(|(k, _)| k == "content-type")
