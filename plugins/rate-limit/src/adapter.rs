@@ -7,14 +7,14 @@ use std::rc::Rc;
 
 use edgewise_support::abi;
 use edgewise_support::parked::Parked;
+use edgewise_support::wasm::WasmHost;
 use edgewise_support::wasm::{
     install_panic_hook, load_config, log, now_nanos, Metric, RequestHeaders, SharedData,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-use crate::config::Charge;
 use crate::config::{Config, Mode};
 use crate::global::{self, GlobalWait, Next};
 use crate::headers::{rate_limit_headers, seconds_up};
@@ -22,6 +22,7 @@ use crate::limiter::{
     applicable_rules, charge_after, decide, global_calls, release_waiting, Applicable, Outcome,
     RuleStatus,
 };
+use crate::response::{settled_units, waits_for_trailer, write_rate_limit_fields};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -421,43 +422,11 @@ impl RateLimitStream {
             return;
         };
         let Some(now) = now_nanos() else { return };
-        let map = if trailers {
-            MapType::HttpResponseTrailers
-        } else {
-            MapType::HttpResponseHeaders
-        } as u32;
-        let number = |name: &str| -> u64 {
-            abi::get_map_value(map, name)
-                .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
         // The units this response settles for a rule; None: not now (its trailer is still
         // to come) or never (no charge).
-        let units = |rule: usize, cost: u64| -> Option<u64> {
-            match (&shared.config.rules.get(rule)?.charge, trailers) {
-                (Some(Charge::ResponseHeader(name)), false) => Some(number(name)),
-                (Some(Charge::ResponseTrailer(name)), true) => Some(number(name)),
-                (Some(Charge::Statuses(ranges)), false) => {
-                    let code = number(":status");
-                    let hit = ranges
-                        .iter()
-                        .any(|(lo, hi)| (u64::from(*lo)..=u64::from(*hi)).contains(&code));
-                    Some(if hit { cost } else { 0 })
-                }
-                _ => None,
-            }
-        };
-        let waits_for_trailer = |rule: usize| {
-            !trailers
-                && matches!(
-                    shared
-                        .config
-                        .rules
-                        .get(rule)
-                        .and_then(|r| r.charge.as_ref()),
-                    Some(Charge::ResponseTrailer(_))
-                )
-        };
+        let units =
+            |rule: usize, cost: u64| settled_units(&shared.config, rule, cost, trailers, &WasmHost);
+        let waits_for_trailer = |rule: usize| waits_for_trailer(&shared.config, rule, trailers);
         let mut keep = Vec::new();
         for a in std::mem::take(&mut self.to_charge) {
             if waits_for_trailer(a.rule) {
@@ -775,9 +744,7 @@ impl HttpContext for RateLimitStream {
             return Action::Continue;
         }
         if let Some(shared) = &self.shared {
-            for (name, value) in rate_limit_headers(&shared.config, &self.statuses) {
-                abi::replace_map_value(MapType::HttpResponseHeaders as u32, name, value.as_bytes());
-            }
+            write_rate_limit_fields(&shared.config, &self.statuses, &mut WasmHost);
         }
         Action::Continue
     }

@@ -9,6 +9,7 @@ pub mod headers;
 pub mod key;
 pub mod limiter;
 pub mod remote;
+pub mod response;
 pub mod rls;
 pub mod table;
 

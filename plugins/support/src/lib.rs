@@ -14,6 +14,7 @@ pub mod calendar;
 pub mod config;
 pub mod duration;
 pub mod header_map;
+pub mod host;
 pub mod lease;
 pub mod metrics;
 pub mod parked;
@@ -26,6 +27,7 @@ pub mod wasm;
 pub use config::{parse_config, ConfigError};
 pub use duration::parse_duration;
 pub use header_map::HeaderMap;
+pub use host::{Host, MapHost};
 pub use request::{Matcher, RawMatch, RequestView};
 pub use store::{
     update_with_cas, CasStore, MemoryStore, SetOutcome, StoreError, UpdateError, CREATE_CAS,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use edgewise_support::abi;
 use edgewise_support::metrics::metric_name;
 use edgewise_support::parked::Parked;
+use edgewise_support::wasm::WasmHost;
 use edgewise_support::wasm::{
     install_panic_hook, load_config, log, now_nanos, wall_nanos, Metric, SharedData,
 };
@@ -22,8 +23,9 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use crate::cache::PurgeKind;
 use crate::cache::{
     self, decide, entry_for, error_answer, freshened_by_partial, invalidated_keys, invalidates,
-    on_request, refresh_outcome, refresh_request, revalidated, storable, ErrorAnswer, Pending,
-    Refreshed, RequestDecision, Revalidated, StaleFallback,
+    on_request, refresh_outcome, refresh_request, revalidated, storable,
+    strip_fields_for_this_cache, write_cache_status, ErrorAnswer, Pending, Refreshed,
+    RequestDecision, Revalidated, StaleFallback,
 };
 use crate::coalesce::{self, Fill};
 use crate::config::Config;

@@ -41,22 +41,6 @@ pub(super) struct CacheStream {
     pub(super) now_ms: u64,
 }
 
-/// RFC 9211 §2: Cache-Status is a list, nearest the origin first — our entry goes after
-/// those of caches upstream of us (a shield tier, an edge behind a front cache).
-pub(super) fn after_upstream_caches(headers: &[(String, Vec<u8>)], ours: &str) -> Vec<u8> {
-    let upstream: Vec<&[u8]> = headers
-        .iter()
-        .filter(|(k, _)| k == "cache-status")
-        .map(|(_, v)| v.as_slice())
-        .collect();
-    let mut value = upstream.join(&b", "[..]);
-    if !value.is_empty() {
-        value.extend_from_slice(b", ");
-    }
-    value.extend_from_slice(ours.as_bytes());
-    value
-}
-
 pub(super) fn text_pairs(headers: &[(String, Vec<u8>)]) -> Vec<(&str, &str)> {
     headers
         .iter()
@@ -362,21 +346,7 @@ impl HttpContext for CacheStream {
             return Action::Continue;
         };
         let headers = abi::get_map_pairs(MapType::HttpResponseHeaders as u32);
-        // Tags are for this cache's purges, not for clients (`tags.strip`).
-        if shared.config.tags.strip {
-            for name in &shared.config.tags.headers {
-                if headers.iter().any(|(k, _)| k == name) {
-                    abi::remove_map_value(MapType::HttpResponseHeaders as u32, name);
-                }
-            }
-        }
-        // RFC 9213: targeted fields meant for this cache go no further (they stay in the
-        // stored entry, whose freshness they govern).
-        for name in &shared.config.strip_targeted_fields {
-            if headers.iter().any(|(k, _)| k == name) {
-                abi::remove_map_value(MapType::HttpResponseHeaders as u32, name);
-            }
-        }
+        strip_fields_for_this_cache(&shared.config, &headers, &mut WasmHost);
         let status = status_of(&headers);
         if invalidates(&pending, status) {
             for key_hash in invalidated_keys(&shared.config, &pending, status, &headers) {
@@ -396,11 +366,7 @@ impl HttpContext for CacheStream {
                     false,
                     Some(detail),
                 );
-                abi::replace_map_value(
-                    MapType::HttpResponseHeaders as u32,
-                    "cache-status",
-                    &after_upstream_caches(&headers, &value),
-                );
+                write_cache_status(&headers, &value, &mut WasmHost);
             }
             return Action::Continue;
         }
@@ -508,11 +474,7 @@ impl HttpContext for CacheStream {
             storing,
             pending.detail,
         );
-        abi::replace_map_value(
-            MapType::HttpResponseHeaders as u32,
-            "cache-status",
-            &after_upstream_caches(&headers, &value),
-        );
+        write_cache_status(&headers, &value, &mut WasmHost);
         if storing {
             self.response = Some(Filling {
                 status,

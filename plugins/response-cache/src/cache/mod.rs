@@ -4,6 +4,7 @@
 use edgewise_support::breaker_state::identity_hash;
 use edgewise_support::request::RequestView;
 use edgewise_support::store::CasStore;
+use edgewise_support::Host;
 
 use crate::cache_control::CacheControl;
 use crate::conditional::{not_modified, refresh_headers};

@@ -184,3 +184,36 @@ pub fn invalidated_keys(
     }
     keys
 }
+
+/// Removes what the response carries for this cache only: its tags (`tags.strip`: they are
+/// for this cache's purges, not for clients) and the RFC 9213 targeted fields meant for it
+/// (they stay in the stored entry, whose freshness they govern). `headers` is the response
+/// as the origin sent it; only fields it has are removed (a host call each).
+pub fn strip_fields_for_this_cache(
+    config: &Config,
+    headers: &[(String, Vec<u8>)],
+    host: &mut impl Host,
+) {
+    let tags = config.tags.headers.iter().filter(|_| config.tags.strip);
+    for name in tags.chain(&config.strip_targeted_fields) {
+        if headers.iter().any(|(k, _)| k == name) {
+            host.remove_response_header(name);
+        }
+    }
+}
+
+/// RFC 9211 §2: Cache-Status is a list, nearest the origin first — `ours` goes after the
+/// entries of caches upstream of us (a shield tier, an edge behind a front cache).
+pub fn write_cache_status(headers: &[(String, Vec<u8>)], ours: &str, host: &mut impl Host) {
+    let upstream: Vec<&[u8]> = headers
+        .iter()
+        .filter(|(k, _)| k == "cache-status")
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    let mut value = upstream.join(&b", "[..]);
+    if !value.is_empty() {
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(ours.as_bytes());
+    host.set_response_header("cache-status", &value);
+}

@@ -1036,3 +1036,45 @@ fn a_304_without_revalidation_is_left_alone() {
     };
     assert!(revalidated(&config, &pending, &pairs(&[(":status", "304")]), 1001).is_none());
 }
+
+/// What the response phase changes on the host's response, natively (`MapHost`): tags and
+/// targeted fields for this cache are removed, Cache-Status lists upstream caches first
+/// (RFC 9211 §2).
+#[test]
+fn response_fields_for_this_cache_are_stripped_and_cache_status_appended() {
+    use edgewise_support::MapHost;
+    let config = Config::from_json(
+        br#"{"tags":{"headers":["surrogate-key"],"strip":true},"strip_targeted_fields":["edgewise-cache-control"]}"#,
+    )
+    .unwrap();
+    let response = [
+        (":status", "200"),
+        ("surrogate-key", "product-1"),
+        ("edgewise-cache-control", "max-age=600"),
+        ("cache-status", "shield; hit"),
+        ("x-other", "kept"),
+    ];
+    let mut host = MapHost::with_headers(&response);
+    let headers = pairs(&response);
+    strip_fields_for_this_cache(&config, &headers, &mut host);
+    write_cache_status(&headers, "edge; fwd=miss; stored", &mut host);
+    assert_eq!(host.response_field(false, "surrogate-key"), None);
+    assert_eq!(host.response_field(false, "edgewise-cache-control"), None);
+    assert_eq!(
+        host.response_field(false, "x-other"),
+        Some(b"kept".to_vec())
+    );
+    assert_eq!(
+        host.response_field(false, "cache-status"),
+        Some(b"shield; hit, edge; fwd=miss; stored".to_vec())
+    );
+    // Tags stay when the configuration keeps them for clients.
+    let keep =
+        Config::from_json(br#"{"tags":{"headers":["surrogate-key"],"strip":false}}"#).unwrap();
+    let mut host = MapHost::with_headers(&response);
+    strip_fields_for_this_cache(&keep, &headers, &mut host);
+    assert_eq!(
+        host.response_field(false, "surrogate-key"),
+        Some(b"product-1".to_vec())
+    );
+}

@@ -11,6 +11,7 @@ use crate::store::{CasStore, SetOutcome, StoreError};
 
 mod composed;
 mod control;
+mod host;
 mod lifecycle;
 mod metrics;
 mod request;
@@ -20,6 +21,7 @@ mod time;
 
 pub use composed::*;
 pub use control::*;
+pub use host::*;
 pub use lifecycle::*;
 pub use metrics::*;
 pub use request::*;
