@@ -152,6 +152,21 @@ mod parse_tests {
     }
 
     #[test]
+    fn a_refusal_check_fails_on_anything_but_the_named_refusal() {
+        let refused: Result<(), ConfigError> =
+            Err(err("rules[0].limit", "0 is out of range", "use 1 or more"));
+        assert_eq!(
+            check_refusal(refused.clone(), "rules[0].limit", "out of range"),
+            Ok(())
+        );
+        assert!(check_refusal(refused.clone(), "rules[0].window", "out of range").is_err());
+        assert!(check_refusal(refused, "rules[0].limit", "missing").is_err());
+        assert!(check_refusal(Ok(()), "rules[0].limit", "").is_err());
+        let no_fix: Result<(), ConfigError> = Err(err("mode", "\"x\" is not a mode", ""));
+        assert!(check_refusal(no_fix, "mode", "not a mode").is_err());
+    }
+
+    #[test]
     fn a_string_enum_names_every_allowed_value() {
         let choices = [("lru", 1), ("lfu", 2)];
         assert_eq!(one_of("eviction", None, "lru", "a policy", &choices), Ok(1));
@@ -199,6 +214,22 @@ pub fn one_of<T: Copy>(
         format!("{value:?} is not {what}"),
         format!("use {}", allowed.join(", ")),
     ))
+}
+
+/// For tests of configuration refusals: Ok when `result` is refused at `field`, with
+/// `problem` in its message and a fix; otherwise what differs.
+pub fn check_refusal<T>(
+    result: Result<T, ConfigError>,
+    field: &str,
+    problem: &str,
+) -> Result<(), String> {
+    match result {
+        Ok(_) => Err("accepted".into()),
+        Err(e) if e.field != field => Err(format!("refused at `{}`, not `{field}`: {e}", e.field)),
+        Err(e) if !e.problem.contains(problem) => Err(format!("no {problem:?} in: {e}")),
+        Err(e) if e.fix.is_empty() => Err(format!("no fix in: {e}")),
+        Err(_) => Ok(()),
+    }
 }
 
 /// A `ConfigError` naming `field`, what is wrong and how to fix it (shorthand for the
