@@ -292,7 +292,8 @@ impl Config {
             ));
         }
         let key_prefix = edgewise_support::config::key_prefix(raw.key_prefix.as_deref())?;
-        let metrics_flush = edgewise_support::config::metrics_flush(raw.metrics_flush.as_deref())?;
+        let metrics_flush =
+            edgewise_support::duration::metrics_flush(raw.metrics_flush.as_deref())?;
         let control = match &raw.control {
             None => None,
             Some(c) => {

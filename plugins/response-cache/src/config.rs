@@ -566,7 +566,8 @@ impl Config {
             None => vec![DEFAULT_TARGETED[0].to_string()],
         };
         let key_prefix = edgewise_support::config::key_prefix(raw.key_prefix.as_deref())?;
-        let metrics_flush = edgewise_support::config::metrics_flush(raw.metrics_flush.as_deref())?;
+        let metrics_flush =
+            edgewise_support::duration::metrics_flush(raw.metrics_flush.as_deref())?;
         let raw_tags = raw.tags.as_ref();
         let tags = Tags {
             headers: match raw_tags.and_then(|t| t.headers.as_ref()) {

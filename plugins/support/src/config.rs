@@ -442,23 +442,6 @@ mod tests {
     }
 }
 
-/// Validates `metrics_flush`: how long per-request counters may wait in the VM before they
-/// reach Envoy's stats (`"0s"`, the default: immediately); up to `"60s"`.
-pub fn metrics_flush(raw: Option<&str>) -> Result<std::time::Duration, ConfigError> {
-    let Some(text) = raw else {
-        return Ok(std::time::Duration::ZERO);
-    };
-    let period = crate::duration::parse_duration("metrics_flush", text)?;
-    if period > std::time::Duration::from_secs(60) {
-        return Err(err(
-            "metrics_flush",
-            format!("{text:?} is longer than 60s"),
-            "use \"0s\" (immediate) up to \"60s\", e.g. \"1s\"",
-        ));
-    }
-    Ok(period)
-}
-
 /// Validates `key_prefix`: up to 64 of `[A-Za-z0-9_-]`; None or "" is the default (the
 /// shared-data keys as they are).
 pub fn key_prefix(raw: Option<&str>) -> Result<String, ConfigError> {
@@ -479,21 +462,7 @@ pub fn key_prefix(raw: Option<&str>) -> Result<String, ConfigError> {
 
 #[cfg(test)]
 mod key_prefix_tests {
-    use super::{key_prefix, metrics_flush};
-
-    #[test]
-    fn metrics_flush_is_a_bounded_duration() {
-        assert_eq!(metrics_flush(None).unwrap(), std::time::Duration::ZERO);
-        assert_eq!(
-            metrics_flush(Some("1s")).unwrap(),
-            std::time::Duration::from_secs(1)
-        );
-        assert_eq!(
-            metrics_flush(Some("2m")).unwrap_err().field,
-            "metrics_flush"
-        );
-        assert_eq!(metrics_flush(Some("x")).unwrap_err().field, "metrics_flush");
-    }
+    use super::key_prefix;
 
     #[test]
     fn accepts_names_and_refuses_separators() {

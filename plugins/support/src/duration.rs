@@ -75,6 +75,23 @@ pub fn format_duration(duration: Duration) -> String {
     format!("{ms}ms")
 }
 
+/// Validates `metrics_flush`: how long per-request counters may wait in the VM before they
+/// reach Envoy's stats (`"0s"`, the default: immediately); up to `"60s"`.
+pub fn metrics_flush(raw: Option<&str>) -> Result<std::time::Duration, ConfigError> {
+    let Some(text) = raw else {
+        return Ok(std::time::Duration::ZERO);
+    };
+    let period = parse_duration("metrics_flush", text)?;
+    if period > std::time::Duration::from_secs(60) {
+        return Err(crate::config::err(
+            "metrics_flush",
+            format!("{text:?} is longer than 60s"),
+            "use \"0s\" (immediate) up to \"60s\", e.g. \"1s\"",
+        ));
+    }
+    Ok(period)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +152,19 @@ mod tests {
         fn never_panics(text in "\\PC{0,12}") {
             let _ = parse_duration("f", &text);
         }
+    }
+
+    #[test]
+    fn metrics_flush_is_a_bounded_duration() {
+        assert_eq!(metrics_flush(None).unwrap(), std::time::Duration::ZERO);
+        assert_eq!(
+            metrics_flush(Some("1s")).unwrap(),
+            std::time::Duration::from_secs(1)
+        );
+        assert_eq!(
+            metrics_flush(Some("2m")).unwrap_err().field,
+            "metrics_flush"
+        );
+        assert_eq!(metrics_flush(Some("x")).unwrap_err().field, "metrics_flush");
     }
 }

@@ -421,7 +421,8 @@ impl Config {
                     || r.exempt.as_ref().is_some_and(Matcher::needs_client)
             });
         let key_prefix = edgewise_support::config::key_prefix(raw.key_prefix.as_deref())?;
-        let metrics_flush = edgewise_support::config::metrics_flush(raw.metrics_flush.as_deref())?;
+        let metrics_flush =
+            edgewise_support::duration::metrics_flush(raw.metrics_flush.as_deref())?;
         let descriptor_value_max_bytes = raw
             .descriptor_value_max_bytes
             .unwrap_or(DEFAULT_DESCRIPTOR_VALUE_MAX_BYTES);
