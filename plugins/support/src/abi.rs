@@ -329,7 +329,7 @@ pub fn get_map_pairs(map_type: u32) -> Vec<(String, Vec<u8>)> {
             return headers;
         }
     }
-    decode_pairs(&host_map_serialized(map_type)).unwrap_or_default()
+    crate::header_map::decode_serialized(&host_map_serialized(map_type)).unwrap_or_default()
 }
 
 /// A header map, held in one buffer (the composed module's shared copy of the request
@@ -462,29 +462,4 @@ fn encode_pairs(pairs: &[(&str, &[u8])]) -> Vec<u8> {
         out.push(0);
     }
     out
-}
-
-/// Decodes [`encode_pairs`]'s layout; None when it is malformed. Names are lossily UTF-8.
-fn decode_pairs(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
-    let u32_at = |at: usize| -> Option<usize> {
-        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize)
-    };
-    if bytes.is_empty() {
-        return Some(Vec::new());
-    }
-    let count = u32_at(0)?;
-    let mut sizes = Vec::with_capacity(count.min(1024));
-    for i in 0..count {
-        sizes.push((u32_at(4 + 8 * i)?, u32_at(8 + 8 * i)?));
-    }
-    let mut at = 4 + 8 * count;
-    let mut pairs = Vec::with_capacity(sizes.len());
-    for (k, v) in sizes {
-        let key = bytes.get(at..at + k)?;
-        at += k + 1;
-        let value = bytes.get(at..at + v)?;
-        at += v + 1;
-        pairs.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
-    }
-    Some(pairs)
 }

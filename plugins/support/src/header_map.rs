@@ -156,6 +156,21 @@ pub fn serialized_pairs(bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     })
 }
 
+/// Every (name, value) of a serialized map as owned pairs (names decoded lossily: Envoy's
+/// are ASCII); None when the serialization is malformed.
+pub fn decode_serialized(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+    if bytes.is_empty() {
+        return Some(Vec::new()); // the host's empty map
+    }
+    let count = u32_le(bytes, 0)?;
+    // A count beyond what the bytes can hold is a lie, not a reason to reserve memory.
+    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 10));
+    pairs.extend(
+        serialized_pairs(bytes).map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec())),
+    );
+    (pairs.len() == count).then_some(pairs)
+}
+
 /// The fields of a serialization in order, up to the first malformed one.
 struct Spans<'a> {
     bytes: &'a [u8],
@@ -326,7 +341,9 @@ mod tests {
             let in_place: Vec<(Vec<u8>, Vec<u8>)> = serialized_pairs(&bytes)
                 .map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .collect();
-            prop_assert_eq!(in_place, fields);
+            prop_assert_eq!(&in_place, &fields);
+            let decoded = decode_serialized(&bytes).map(|pairs| pairs.len());
+            prop_assert_eq!(decoded, Some(fields.len()));
         }
 
         #[test]
@@ -340,6 +357,8 @@ mod tests {
         ) {
             let mut bytes = serialize(&fields);
             bytes.truncate(cut.index(bytes.len()));
+            // Owned decoding refuses a cut map as a whole (nothing left is the empty map).
+            prop_assert_eq!(decode_serialized(&bytes).is_none(), !bytes.is_empty());
             let map = HeaderMap::from_serialized(bytes);
             // Whatever survives is a prefix of what was sent.
             let read: Vec<(Vec<u8>, Vec<u8>)> =
