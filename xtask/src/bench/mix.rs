@@ -10,7 +10,7 @@ use envoy_harness::{
 };
 use serde_json::json;
 
-use crate::bench::{build_modules, ensure_wrk, median, run_wrk_with, Sample};
+use crate::bench::{build_modules, ensure_wrk, median, run_wrk_with, Sample, PLAIN_PROXY};
 
 /// The request generator (wrk's Lua): a seeded stream, the same for every scenario.
 const MIX_LUA: &str = r#"
@@ -46,6 +46,9 @@ request = function()
   return wrk.format("GET", path, { ["x-user"] = "u" .. user })
 end
 "#;
+
+/// The row BENCHMARKS.md's targets look up.
+pub(crate) const MIX_EDGE_CHAIN: &str = "edge_chain (all four composed, 1 VM)";
 
 struct Scenario {
     name: &'static str,
@@ -99,12 +102,12 @@ pub fn run() -> Result<()> {
     });
     let scenarios = vec![
         Scenario {
-            name: "plain proxy",
+            name: PLAIN_PROXY,
             config: base(),
             note: "no limits, no cache, one cluster",
         },
         Scenario {
-            name: "edge_chain (all four composed, 1 VM)",
+            name: MIX_EDGE_CHAIN,
             config: two_clusters(
                 base()
                     .routes(vec![Route::by_header("ours", "/", "x-route-cluster")])

@@ -83,18 +83,15 @@ pub(crate) fn write_report(
     writeln!(md, "| Target | Measured | Met | Short by |")?;
     writeln!(md, "|---|---:|---|---:|")?;
     let root = workspace_root();
-    let mix = report_ratio(&root.join("BENCHMARKS-mix.md"), "| edge_chain", 3);
+    let mix = report_ratio(
+        &root.join("BENCHMARKS-mix.md"),
+        super::mix::MIX_EDGE_CHAIN,
+        3,
+    );
+    let global_report = root.join("BENCHMARKS-global.md");
     let global = match (
-        report_ratio(
-            &root.join("BENCHMARKS-global.md"),
-            "| rate_limit, global rule, passing (a call per request)",
-            1,
-        ),
-        report_ratio(
-            &root.join("BENCHMARKS-global.md"),
-            "| native ratelimit filter, passing",
-            1,
-        ),
+        report_ratio(&global_report, super::global::GLOBAL_PER_REQUEST, 1),
+        report_ratio(&global_report, super::global::NATIVE_RATELIMIT, 1),
     ) {
         (Some(ours), Some(native)) => ours / native,
         _ => f64::NAN,
@@ -275,11 +272,12 @@ pub(crate) fn allocation_table() -> Result<String> {
     Ok(table.join("\n") + "\n")
 }
 
-/// Column `column` (0 = the row's label) of the first table row starting with `row` in a
-/// report another bench task wrote; None when the report or the row is missing.
+/// Column `column` (0 = the row's label) of the first table row labelled `row` in a report
+/// another bench task wrote; None when the report or the row is missing.
 pub(crate) fn report_ratio(report: &std::path::Path, row: &str, column: usize) -> Option<f64> {
     let text = std::fs::read_to_string(report).ok()?;
-    let line = text.lines().find(|l| l.starts_with(row))?;
+    let label = format!("| {row} |");
+    let line = text.lines().find(|l| l.starts_with(&label))?;
     line.split('|').nth(column + 1)?.trim().parse().ok()
 }
 
@@ -356,4 +354,26 @@ pub(crate) fn left_by_profile(splits: &[Split]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report_ratio;
+
+    #[test]
+    fn a_ratio_is_read_from_the_row_with_that_exact_label() {
+        let path = std::env::temp_dir().join(format!("report-ratio-{}.md", std::process::id()));
+        std::fs::write(
+            &path,
+            "| Scenario | req/s | x |\n|---|---:|---:|\n| plain proxy, slow | 9 | 0.1 |\n\
+             | plain proxy | 100 | 1.00 |\n| plain proxy | 5 | 0.05 |\n",
+        )
+        .unwrap();
+        assert_eq!(report_ratio(&path, "plain proxy", 1), Some(100.0));
+        assert_eq!(report_ratio(&path, "plain proxy", 2), Some(1.0));
+        assert_eq!(report_ratio(&path, "plain", 1), None);
+        assert_eq!(report_ratio(&path, "plain proxy", 9), None);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(report_ratio(&path, "plain proxy", 1), None);
+    }
 }
