@@ -22,15 +22,14 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 use crate::cache::PurgeKind;
 use crate::cache::{
-    self, decide, entry_for, error_answer, freshened_by_partial, invalidated_keys, invalidates,
-    on_request, refresh_outcome, refresh_request, revalidated, storable,
-    strip_fields_for_this_cache, write_cache_status, ErrorAnswer, Pending, Refreshed,
-    RequestDecision, Revalidated, StaleFallback,
+    self, decide, entry_for, on_request, on_response_headers, refresh_outcome, refresh_request,
+    status_of, strip_fields_for_this_cache, write_cache_status, FillEnd, Pending, Refreshed,
+    RequestDecision, ResponseAction, Revalidated, StaleFallback, Storing,
 };
 use crate::coalesce::{self, Fill};
 use crate::config::Config;
 use crate::entry::Entry;
-use crate::status::{cache_status, Outcome};
+use crate::status::Outcome;
 use crate::storage::{self, Insert};
 use edgewise_support::request::combined_in;
 
@@ -227,13 +226,4 @@ fn store_entry(shared: &Shared, key_hash: u64, entry: Entry) {
         }
         Insert::TooLarge | Insert::Raced => shared.metrics.not_stored.increment(1),
     }
-}
-
-/// The numeric `:status` of a header list; 0 when absent or malformed.
-fn status_of(headers: &[(String, Vec<u8>)]) -> u16 {
-    headers
-        .iter()
-        .find(|(k, _)| k == ":status")
-        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
-        .unwrap_or(0)
 }

@@ -2,17 +2,6 @@
 
 use super::*;
 
-/// How a request's fill of its key ends, for the requests waiting on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum FillEnd {
-    /// Stored, not storable for a passing reason (an origin error, a budget), or never
-    /// filled: waiting and later requests look again (and may fill the key themselves).
-    Retry,
-    /// The response may not be stored (`no-store`, `private`, too large, `Vary: *`): later
-    /// misses skip coalescing for `coalesce.hit_for_miss` (they could not share it).
-    Uncacheable,
-}
-
 /// A response being copied for storage.
 pub(super) struct Filling {
     pub(super) status: u16,
@@ -74,6 +63,17 @@ impl CacheStream {
             self.request = request;
         }
         self.pending = Some(pending);
+    }
+
+    /// Replaces the response's header fields, and its body with `body` when the body ends.
+    fn replace_response(&mut self, headers: &[(String, Vec<u8>)], body: Vec<u8>) -> Action {
+        let pairs: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        abi::set_map_pairs(MapType::HttpResponseHeaders as u32, &pairs);
+        self.replacing = Some(body);
+        Action::Continue
     }
 
     fn release_fill(&mut self) {
@@ -342,49 +342,52 @@ impl HttpContext for CacheStream {
             }
             return Action::Continue;
         }
-        let Some(pending) = self.pending.clone() else {
+        let Some(pending) = self.pending.as_ref() else {
             return Action::Continue;
         };
+        let key_hash = pending.key_hash;
         let headers = abi::get_map_pairs(MapType::HttpResponseHeaders as u32);
         strip_fields_for_this_cache(&shared.config, &headers, &mut WasmHost);
-        let status = status_of(&headers);
-        if invalidates(&pending, status) {
-            for key_hash in invalidated_keys(&shared.config, &pending, status, &headers) {
-                if storage::remove(&shared.store, &shared.config.layout, key_hash) {
-                    shared.metrics.invalidated.increment(1);
+        // Envoy's details are read (one host call) only for an error a stale entry may answer.
+        let unreachable = || {
+            edgewise_support::wasm::property(&["response", "code_details"])
+                .is_some_and(|details| details != b"via_upstream")
+        };
+        let action = on_response_headers(
+            &shared.config,
+            pending,
+            &headers,
+            end_of_stream,
+            now_seconds,
+            unreachable,
+        );
+        match action {
+            ResponseAction::Invalidate(keys) => {
+                for key_hash in keys {
+                    if storage::remove(&shared.store, &shared.config.layout, key_hash) {
+                        shared.metrics.invalidated.increment(1);
+                    }
                 }
+                Action::Continue
             }
-            return Action::Continue;
-        }
-        if pending.outcome == Outcome::Bypass {
-            // Say why the cache stood aside, when it was for the request's own reasons.
-            if let Some(detail) = pending.detail {
-                let value = cache_status(
-                    &shared.config.cache_status,
-                    Outcome::Bypass,
-                    None,
-                    false,
-                    Some(detail),
-                );
-                write_cache_status(&headers, &value, &mut WasmHost);
+            ResponseAction::PassOn { cache_status } => {
+                if let Some(value) = cache_status {
+                    write_cache_status(&headers, &value, &mut WasmHost);
+                }
+                Action::Continue
             }
-            return Action::Continue;
-        }
-        // RFC 9111 §4.3.3: our revalidation came back 304: refresh the entry and answer with
-        // the stored response (a local reply replaces the 304 before it goes downstream).
-        if status == 304 {
-            if let Some(Revalidated {
-                store,
-                reply: (status, headers, body),
-            }) = revalidated(&shared.config, &pending, &headers, now_seconds())
-            {
+            ResponseAction::Revalidated(revalidated) => {
+                let Revalidated {
+                    store,
+                    reply: (status, headers, body),
+                } = *revalidated;
                 shared.metrics.revalidated.increment(1);
                 match store {
-                    Some(refreshed) => store_entry(&shared, pending.key_hash, refreshed),
+                    Some(refreshed) => store_entry(&shared, key_hash, refreshed),
                     None => {
                         // The 304 made the entry unshareable: drop it (and its variants).
                         shared.metrics.not_stored.increment(1);
-                        if storage::remove(&shared.store, &shared.config.layout, pending.key_hash) {
+                        if storage::remove(&shared.store, &shared.config.layout, key_hash) {
                             shared
                                 .metrics
                                 .bytes
@@ -394,108 +397,46 @@ impl HttpContext for CacheStream {
                 }
                 // Waiting requests look again now (served, or sent on if it was dropped).
                 self.end_fill(FillEnd::Retry);
-                return self.reply(status, headers, &body);
+                self.reply(status, headers, &body)
             }
-        }
-        // RFC 9111 §4.3.4: our revalidation of a stored 200 came back as a 206 of the same
-        // representation: the entry is freshened from its fields; the 206 goes on as it is.
-        if status == 206 {
-            if let Some(refreshed) =
-                freshened_by_partial(&shared.config, &pending, &headers, now_seconds())
-            {
-                shared.metrics.revalidated.increment(1);
-                store_entry(&shared, pending.key_hash, refreshed);
-            }
-        }
-        // RFC 5861 §4: an origin error (or Envoy's own, e.g. connect failure) with a stale entry
-        // in its window is answered with the entry; with `serve_stale_when_unreachable`, an
-        // error Envoy generated because the origin could not be reached (RFC 9111 §4.2.4) is
-        // answered with the stale entry or, where the entry forbids that, a 504. The error's
-        // body is replaced at its end, so this needs an error with a body (Envoy's local
-        // errors have one). Envoy's details are read (one host call) only for those cases.
-        let unreachable = || {
-            edgewise_support::wasm::property(&["response", "code_details"])
-                .is_some_and(|details| details != b"via_upstream")
-        };
-        let answer = if status >= 500 && !end_of_stream {
-            error_answer(&pending.fallback, unreachable)
-        } else {
-            ErrorAnswer::Origin
-        };
-        match answer {
-            ErrorAnswer::Origin => {}
-            ErrorAnswer::GatewayTimeout => {
-                let value = cache_status(
-                    &shared.config.cache_status,
-                    Outcome::Stale,
-                    None,
-                    false,
-                    Some("origin-unreachable"),
-                );
-                let pairs: [(&str, &[u8]); 3] = [
-                    (":status", b"504"),
-                    ("content-length", b"0"),
-                    ("cache-status", value.as_bytes()),
-                ];
-                abi::set_map_pairs(MapType::HttpResponseHeaders as u32, &pairs);
-                self.replacing = Some(Vec::new());
-                return Action::Continue;
-            }
-            ErrorAnswer::Stale((stored_status, stored_headers, body)) => {
+            ResponseAction::ServeStale { headers, body } => {
                 shared.metrics.stale_served.increment(1);
-                let status = stored_status.to_string();
-                let length = body.len().to_string();
-                let mut pairs: Vec<(&str, &[u8])> = vec![
-                    (":status", status.as_bytes()),
-                    ("content-length", length.as_bytes()),
-                ];
-                pairs.extend(
-                    stored_headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_slice())),
-                );
-                abi::set_map_pairs(MapType::HttpResponseHeaders as u32, &pairs);
-                self.replacing = Some(body.clone());
-                return Action::Continue;
+                self.replace_response(&headers, body)
+            }
+            ResponseAction::GatewayTimeout { headers } => {
+                self.replace_response(&headers, Vec::new())
+            }
+            ResponseAction::Deliver {
+                cache_status,
+                freshened,
+                storing,
+            } => {
+                if let Some(refreshed) = freshened {
+                    shared.metrics.revalidated.increment(1);
+                    store_entry(&shared, key_hash, *refreshed);
+                }
+                write_cache_status(&headers, &cache_status, &mut WasmHost);
+                match storing {
+                    Storing::CopyBody => {
+                        self.response = Some(Filling {
+                            status: status_of(&headers),
+                            headers,
+                            body: Vec::new(),
+                        });
+                        if end_of_stream {
+                            self.finish_store(&shared);
+                            self.release_held();
+                        }
+                    }
+                    Storing::No(end) => {
+                        shared.metrics.not_stored.increment(1);
+                        self.end_fill(end);
+                        self.release_held();
+                    }
+                }
+                Action::Continue
             }
         }
-        let mut storing = storable(&shared.config, &pending, status, &headers).is_ok();
-        let declared = headers
-            .iter()
-            .find(|(k, _)| k == "content-length")
-            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
-        if storing && declared.is_some_and(|n| n > shared.config.layout.max_entry_bytes) {
-            storing = false; // over max_entry_bytes: not copied at all
-        }
-        let value = cache_status(
-            &shared.config.cache_status,
-            pending.outcome,
-            None,
-            storing,
-            pending.detail,
-        );
-        write_cache_status(&headers, &value, &mut WasmHost);
-        if storing {
-            self.response = Some(Filling {
-                status,
-                headers,
-                body: Vec::new(),
-            });
-            if end_of_stream {
-                self.finish_store(&shared);
-                self.release_held();
-            }
-        } else {
-            shared.metrics.not_stored.increment(1);
-            // An origin error is transient: the next miss may fill again.
-            self.end_fill(if status < 500 {
-                FillEnd::Uncacheable
-            } else {
-                FillEnd::Retry
-            });
-            self.release_held();
-        }
-        Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

@@ -78,6 +78,17 @@ pub enum RequestDecision {
     },
 }
 
+/// How a request's fill of its key ends, for the requests waiting on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FillEnd {
+    /// Stored, not storable for a passing reason (an origin error, a budget), or never
+    /// filled: waiting and later requests look again (and may fill the key themselves).
+    Retry,
+    /// The response may not be stored (`no-store`, `private`, too large, `Vary: *`): later
+    /// misses skip coalescing for `coalesce.hit_for_miss` (they could not share it).
+    Uncacheable,
+}
+
 /// What a purge request asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PurgeKind {

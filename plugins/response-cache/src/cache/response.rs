@@ -2,6 +2,161 @@
 
 use super::*;
 
+/// What the adapter does with a forwarded response's header fields: decided by
+/// [`on_response_headers`], only applied by the adapter.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ResponseAction {
+    /// RFC 9111 §4.4: a non-error answer to an unsafe method removes these keys; the
+    /// response goes on as it is.
+    Invalidate(Vec<u64>),
+    /// The cache stood aside (a bypass): the response goes on, with this Cache-Status
+    /// (after upstream caches' entries) when the request's own reasons are worth saying.
+    PassOn { cache_status: Option<String> },
+    /// RFC 9111 §4.3.3: our revalidation came back 304. The entry is stored refreshed (or
+    /// dropped, `store: None`), waiting requests look again, and the client gets the stored
+    /// response as a local reply in place of the 304.
+    Revalidated(Box<Revalidated>),
+    /// RFC 5861 §4 / RFC 9111 §4.2.4: an origin error answered with the stale entry. The
+    /// response's fields become `headers`, its body becomes `body` at its end.
+    ServeStale {
+        headers: Vec<(String, Vec<u8>)>,
+        body: Vec<u8>,
+    },
+    /// RFC 9111 §4.2.4: an unreachable origin and an entry that forbids serving stale: the
+    /// response's fields become `headers` (a 504), its body is emptied at its end.
+    GatewayTimeout { headers: Vec<(String, Vec<u8>)> },
+    /// The response goes on to the client with `cache_status` after upstream caches'
+    /// entries. `freshened` (RFC 9111 §4.3.4: a 206 of the stored representation answered
+    /// our revalidation) is stored now; `storing` says whether the body is copied to store.
+    Deliver {
+        cache_status: String,
+        freshened: Option<Box<Entry>>,
+        storing: Storing,
+    },
+}
+
+/// Whether a delivered response is copied for storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storing {
+    /// Storable (RFC 9111 §3) and not declared over `max_entry_bytes`: the body is copied
+    /// and the entry stored at its end.
+    CopyBody,
+    /// Not stored; the fill ends as said (an origin error is transient, so `Retry`).
+    No(FillEnd),
+}
+
+/// The response phase of a forwarded request, given the response's header fields (as the
+/// origin or Envoy sent them): whether it invalidates (RFC 9111 §4.4), refreshes an entry
+/// (§4.3.3–§4.3.4), is replaced by a stale entry or a 504 (RFC 5861 §4, RFC 9111 §4.2.4),
+/// or goes on and is stored (§3). `end_of_stream` when the fields end the response (no body
+/// to replace). `now` (seconds) and `unreachable` (whether Envoy generated an error because
+/// the origin could not be reached) are asked only when they matter: each costs the adapter
+/// a host call.
+pub fn on_response_headers(
+    config: &Config,
+    pending: &Pending,
+    headers: &[(String, Vec<u8>)],
+    end_of_stream: bool,
+    now: impl Fn() -> i64,
+    unreachable: impl FnOnce() -> bool,
+) -> ResponseAction {
+    let status = status_of(headers);
+    if invalidates(pending, status) {
+        return ResponseAction::Invalidate(invalidated_keys(config, pending, status, headers));
+    }
+    if pending.outcome == Outcome::Bypass {
+        let cache_status = pending.detail.map(|detail| {
+            cache_status(
+                &config.cache_status,
+                Outcome::Bypass,
+                None,
+                false,
+                Some(detail),
+            )
+        });
+        return ResponseAction::PassOn { cache_status };
+    }
+    if status == 304 {
+        if let Some(revalidated) = revalidated(config, pending, headers, now()) {
+            return ResponseAction::Revalidated(Box::new(revalidated));
+        }
+    }
+    let freshened = match status {
+        206 => freshened_by_partial(config, pending, headers, now()).map(Box::new),
+        _ => None,
+    };
+    // The error's body is replaced at its end, so this needs an error with a body (Envoy's
+    // local errors have one).
+    let answer = match status >= 500 && !end_of_stream {
+        true => error_answer(&pending.fallback, unreachable),
+        false => ErrorAnswer::Origin,
+    };
+    match answer {
+        ErrorAnswer::Origin => {}
+        ErrorAnswer::GatewayTimeout => {
+            let value = cache_status(
+                &config.cache_status,
+                Outcome::Stale,
+                None,
+                false,
+                Some("origin-unreachable"),
+            );
+            let headers = vec![
+                (":status".to_string(), b"504".to_vec()),
+                ("content-length".to_string(), b"0".to_vec()),
+                ("cache-status".to_string(), value.into_bytes()),
+            ];
+            return ResponseAction::GatewayTimeout { headers };
+        }
+        ErrorAnswer::Stale((stored_status, stored_headers, body)) => {
+            let mut headers = Vec::with_capacity(stored_headers.len() + 2);
+            headers.push((
+                ":status".to_string(),
+                stored_status.to_string().into_bytes(),
+            ));
+            headers.push((
+                "content-length".to_string(),
+                body.len().to_string().into_bytes(),
+            ));
+            headers.extend(stored_headers.iter().cloned());
+            return ResponseAction::ServeStale {
+                headers,
+                body: body.clone(),
+            };
+        }
+    }
+    let declared = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+    let storing = storable(config, pending, status, headers).is_ok()
+        && declared.is_none_or(|n| n <= config.layout.max_entry_bytes);
+    ResponseAction::Deliver {
+        cache_status: cache_status(
+            &config.cache_status,
+            pending.outcome,
+            None,
+            storing,
+            pending.detail,
+        ),
+        freshened,
+        storing: match (storing, status < 500) {
+            (true, _) => Storing::CopyBody,
+            (false, true) => Storing::No(FillEnd::Uncacheable),
+            (false, false) => Storing::No(FillEnd::Retry),
+        },
+    }
+}
+
+/// The numeric `:status` of a header list; 0 when absent or malformed.
+pub fn status_of(headers: &[(String, Vec<u8>)]) -> u16 {
+    headers
+        .iter()
+        .find(|(k, _)| k == ":status")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
+        .unwrap_or(0)
+}
+
 /// How an origin error (a 5xx with a body, the origin's or Envoy's own) is answered.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ErrorAnswer<'a> {

@@ -1078,3 +1078,186 @@ fn response_fields_for_this_cache_are_stripped_and_cache_status_appended() {
         Some(b"product-1".to_vec())
     );
 }
+
+/// The response phase as one decision the adapter only applies: stored, not stored (and how
+/// the fill ends), invalidation, a bypass's reason, a 304 or a 206 to our revalidation, and an
+/// origin error answered with the stale entry or a 504.
+#[test]
+fn the_response_phase_is_one_decision_the_adapter_applies() {
+    let config = Config::from_json(br#"{"max_entry_bytes":1000}"#).unwrap();
+    let store = MemoryStore::default();
+    let never_asked = || -> bool { panic!("Envoy's details are asked for only when they matter") };
+    let deliver = |pending: &Pending, response: &[(&str, &str)], end: bool| {
+        on_response_headers(
+            &config,
+            pending,
+            &pairs(response),
+            end,
+            || 1000,
+            never_asked,
+        )
+    };
+    let miss = forwarded(&config, &store, &[]);
+    let fresh = [(":status", "200"), ("cache-control", "max-age=60")];
+    assert_eq!(
+        deliver(&miss, &fresh, false),
+        ResponseAction::Deliver {
+            cache_status: "edgewise; fwd=miss; stored".into(),
+            freshened: None,
+            storing: Storing::CopyBody,
+        }
+    );
+    // Declared over max_entry_bytes: not copied at all; the key cannot be shared.
+    let large = [
+        (":status", "200"),
+        ("cache-control", "max-age=60"),
+        ("content-length", "1001"),
+    ];
+    assert_eq!(
+        deliver(&miss, &large, false),
+        ResponseAction::Deliver {
+            cache_status: "edgewise; fwd=miss".into(),
+            freshened: None,
+            storing: Storing::No(FillEnd::Uncacheable),
+        }
+    );
+    let private = [(":status", "200"), ("cache-control", "private")];
+    assert!(matches!(
+        deliver(&miss, &private, true),
+        ResponseAction::Deliver {
+            storing: Storing::No(FillEnd::Uncacheable),
+            ..
+        }
+    ));
+    // An origin error is transient: the next miss may fill the key again. Without a stale
+    // entry nothing answers it instead. (With explicit freshness an error may be stored.)
+    let error = [(":status", "503")];
+    let stored_error = [(":status", "503"), ("cache-control", "max-age=60")];
+    assert!(matches!(
+        deliver(&miss, &stored_error, false),
+        ResponseAction::Deliver {
+            storing: Storing::CopyBody,
+            ..
+        }
+    ));
+    for end in [false, true] {
+        assert!(matches!(
+            deliver(&miss, &error, end),
+            ResponseAction::Deliver {
+                storing: Storing::No(FillEnd::Retry),
+                ..
+            }
+        ));
+    }
+
+    // A bypass says why, when the request's own reasons were why.
+    let with_body = forwarded(&config, &store, &[("content-length", "5")]);
+    assert_eq!(
+        deliver(&with_body, &fresh, true),
+        ResponseAction::PassOn {
+            cache_status: Some("edgewise; fwd=bypass; detail=request-body".into())
+        }
+    );
+
+    // RFC 9111 §4.4: a POST's success invalidates its target; its failure does not.
+    let mut post = request(&[]);
+    post.retain(|(k, _)| k != ":method");
+    post.push((":method".into(), b"POST".to_vec()));
+    let RequestDecision::Forward(post) = on_request(&config, &store, &mut post, 1000) else {
+        panic!("a POST is forwarded");
+    };
+    assert_eq!(
+        deliver(&post, &[(":status", "201")], true),
+        ResponseAction::Invalidate(vec![post.key_hash])
+    );
+    assert!(!matches!(
+        deliver(&post, &[(":status", "500")], true),
+        ResponseAction::Invalidate(_)
+    ));
+
+    // RFC 9111 §4.3.3: a 304 to our revalidation refreshes the entry and serves it.
+    let store = MemoryStore::default();
+    let stale = [("cache-control", "max-age=10"), ("etag", "\"v1\"")];
+    let revalidating = stale_decision(&config, &store, &stale, 1020, &[]);
+    let not_modified = [(":status", "304"), ("cache-control", "max-age=600")];
+    let ResponseAction::Revalidated(revalidated) = deliver(&revalidating, &not_modified, true)
+    else {
+        panic!("a 304 to our revalidation refreshes the entry");
+    };
+    assert!(revalidated.store.is_some());
+    assert_eq!(
+        (revalidated.reply.0, &revalidated.reply.2[..]),
+        (200, &b"body"[..])
+    );
+    // RFC 9111 §4.3.4: a 206 of the same representation freshens it and goes on.
+    let store = MemoryStore::default();
+    let ranged = stale_decision(&config, &store, &stale, 1020, &[("range", "bytes=0-1")]);
+    let partial = [
+        (":status", "206"),
+        ("etag", "\"v1\""),
+        ("cache-control", "max-age=600"),
+        ("content-range", "bytes 0-1/4"),
+    ];
+    let ResponseAction::Deliver {
+        freshened: Some(freshened),
+        storing: Storing::No(_),
+        ..
+    } = deliver(&ranged, &partial, false)
+    else {
+        panic!("a 206 of the stored representation freshens it, and is not stored itself");
+    };
+    assert_eq!(freshened.body, b"body");
+
+    // RFC 5861 §4: an error with a body is answered with the stale entry in its window;
+    // without a body there is nothing to replace.
+    let store = MemoryStore::default();
+    let if_error = [("cache-control", "max-age=10, stale-if-error=60")];
+    let on_error = stale_decision(&config, &store, &if_error, 1020, &[]);
+    let ResponseAction::ServeStale { headers, body } = deliver(&on_error, &error, false) else {
+        panic!("stale-if-error answers an origin error");
+    };
+    assert_eq!(body, b"body");
+    assert_eq!(header(&headers, ":status"), Some("200"));
+    assert_eq!(header(&headers, "content-length"), Some("4"));
+    assert!(header(&headers, "cache-status").is_some_and(|v| v.contains("stale-if-error")));
+    assert!(matches!(
+        deliver(&on_error, &error, true),
+        ResponseAction::Deliver { .. }
+    ));
+
+    // RFC 9111 §4.2.4: `serve_stale_when_unreachable` answers only Envoy's own error for an
+    // unreachable origin: with the entry, or with a 504 where the entry forbids serving stale.
+    let disconnected = Config::from_json(br#"{"serve_stale_when_unreachable":true}"#).unwrap();
+    let store = MemoryStore::default();
+    let strict = [("cache-control", "max-age=10, must-revalidate")];
+    let forbidden = stale_decision(&disconnected, &store, &strict, 1020, &[]);
+    let answer = |pending: &Pending, unreachable: bool| {
+        on_response_headers(
+            &disconnected,
+            pending,
+            &pairs(&error),
+            false,
+            || 1020,
+            || unreachable,
+        )
+    };
+    let ResponseAction::GatewayTimeout { headers } = answer(&forbidden, true) else {
+        panic!("an unreachable origin and a must-revalidate entry: 504");
+    };
+    assert_eq!(header(&headers, ":status"), Some("504"));
+    assert!(header(&headers, "cache-status").is_some_and(|v| v.contains("origin-unreachable")));
+    assert!(matches!(
+        answer(&forbidden, false),
+        ResponseAction::Deliver { .. }
+    ));
+    let store = MemoryStore::default();
+    let allowed = stale_decision(&disconnected, &store, &stale, 1020, &[]);
+    assert!(matches!(
+        answer(&allowed, true),
+        ResponseAction::ServeStale { .. }
+    ));
+    assert!(matches!(
+        answer(&allowed, false),
+        ResponseAction::Deliver { .. }
+    ));
+}
