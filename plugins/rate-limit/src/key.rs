@@ -1,8 +1,6 @@
 //! Rate-limit keys: the client IP (peer or X-Forwarded-For with trusted hops), headers,
 //! cookies (RFC 6265 §4.2.1), query parameters, path, method, host — alone or composed —
-//! hashed with the configuration's seed into a table set and a fingerprint.
-
-use std::hash::{Hash, Hasher};
+//! hashed with the configuration's seed into a table set and a fingerprint (`hash.rs`).
 
 use edgewise_support::request::{host_only, normalize_path, pick, Duplicates, RequestView};
 
@@ -27,15 +25,6 @@ pub fn bound_value(hash_key: &[u8], value: Vec<u8>, max: usize) -> Vec<u8> {
         out.extend_from_slice(format!("{byte:02x}").as_bytes());
     }
     out
-}
-
-/// A 64-bit keyed hash (SipHash-1-3 over seed ‖ data); never 0 (0 marks a free entry).
-pub fn fingerprint(seed: u64, data: &[u8]) -> u64 {
-    #[allow(deprecated)]
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    seed.hash(&mut hasher);
-    data.hash(&mut hasher);
-    hasher.finish() | 1
 }
 
 /// The client IP from `source.address` ("1.2.3.4:5678", "[::1]:80") or, with
@@ -413,11 +402,5 @@ mod tests {
             None,
             "a missing part means the rule does not apply"
         );
-    }
-
-    #[test]
-    fn fingerprints_are_seeded_and_never_zero() {
-        assert_ne!(fingerprint(1, b"k"), fingerprint(2, b"k"));
-        assert_eq!(fingerprint(1, b"k") & 1, 1);
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod algorithm;
 pub mod config;
+pub mod hash;
 pub mod headers;
 pub mod key;
 pub mod limiter;

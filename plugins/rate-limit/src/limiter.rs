@@ -13,7 +13,8 @@ use edgewise_support::store::{update_with_cas, CasStore, SetOutcome, CREATE_CAS}
 
 use crate::algorithm::{decide_cost, Verdict};
 use crate::config::{Config, Rule};
-use crate::key::{build_key, client_ip, fingerprint, ip_network, KeyContext};
+use crate::hash::fingerprint;
+use crate::key::{build_key, client_ip, ip_network, KeyContext};
 use crate::table::{Set, Slot};
 
 /// Attempts per rule before giving up on a contended set (then fail open).

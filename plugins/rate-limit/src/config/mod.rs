@@ -412,7 +412,7 @@ impl Config {
             .as_deref()
             .map(str::as_bytes)
             .unwrap_or(source);
-        let hash_seed = crate::key::fingerprint(0x5eed, seed_source);
+        let hash_seed = crate::hash::fingerprint(0x5eed, seed_source);
         let hash_seed_configured = raw.hash_seed.is_some();
         let reads_forwarded_for = matches!(client_ip, ClientIpSource::ForwardedFor { .. })
             && rules.iter().any(|r| {

@@ -294,28 +294,62 @@ pub(super) fn compile_rule_body(index: usize, raw: &RawRule) -> Result<Rule, Con
         }
     };
     let max_keys = max_keys(&field, raw)?;
-    let metric = |what: &str| labelled_metric_name("rate_limit", &[("rule", &raw.name)], what);
     Ok(Rule {
-        name: raw.name.clone(),
-        matcher,
-        key,
-        algorithm,
-        limit,
-        window,
         queue,
         sets: max_keys.div_ceil(WAYS),
-        name_seed: crate::key::fingerprint(0x6e61_6d65, raw.name.as_bytes()),
-        metric_allowed: metric("allowed"),
-        metric_denied: metric("denied"),
-        metric_shadow_denied: metric("shadow_denied"),
-        metric_queued: metric("queued"),
-        metric_errors: metric("errors"),
-        global: None,
-        exempt: None,
-        shadow: false,
-        cost: None,
-        charge: None,
+        ..Rule::named(&raw.name, matcher, key, algorithm, limit, window)
     })
+}
+
+impl Rule {
+    /// A rule named `name` (its metrics and key seed follow from the name), with no queue,
+    /// one key set, and none of the options the configuration adds after (global, exempt,
+    /// shadow, cost, charge).
+    fn named(
+        name: &str,
+        matcher: Matcher,
+        key: Vec<KeyPart>,
+        algorithm: Algorithm,
+        limit: u64,
+        window: Duration,
+    ) -> Rule {
+        let metric = |what: &str| labelled_metric_name("rate_limit", &[("rule", name)], what);
+        Rule {
+            name: name.to_string(),
+            matcher,
+            key,
+            algorithm,
+            limit,
+            window,
+            queue: None,
+            sets: 1,
+            name_seed: crate::hash::name_seed(name),
+            metric_allowed: metric("allowed"),
+            metric_denied: metric("denied"),
+            metric_shadow_denied: metric("shadow_denied"),
+            metric_queued: metric("queued"),
+            metric_errors: metric("errors"),
+            global: None,
+            exempt: None,
+            shadow: false,
+            cost: None,
+            charge: None,
+        }
+    }
+}
+
+/// Refuses the first of `fields` (name, whether the rule sets it) that is set: `problem`
+/// says why it does not apply, `fix(name)` what to do.
+fn refuse_present(
+    field: &str,
+    fields: &[(&str, bool)],
+    problem: &str,
+    fix: impl Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    match fields.iter().find(|(_, present)| *present) {
+        Some((name, _)) => Err(err(format!("{field}.{name}"), problem, fix(name))),
+        None => Ok(()),
+    }
 }
 
 /// A field naming a header (lower-cased): not empty, not a pseudo-header, no spaces or
@@ -356,18 +390,15 @@ pub(super) fn compile_quota(
     unit: edgewise_support::calendar::Unit,
 ) -> Result<Rule, ConfigError> {
     let field = format!("rules[{index}]");
-    for (name, present) in [
-        ("burst", raw.burst.is_some()),
-        ("queue", raw.queue.is_some()),
-    ] {
-        if present {
-            return Err(err(
-                format!("{field}.{name}"),
-                "does not apply to a calendar window (a quota)",
-                format!("remove {name}"),
-            ));
-        }
-    }
+    refuse_present(
+        &field,
+        &[
+            ("burst", raw.burst.is_some()),
+            ("queue", raw.queue.is_some()),
+        ],
+        "does not apply to a calendar window (a quota)",
+        |name| format!("remove {name}"),
+    )?;
     if raw
         .algorithm
         .as_deref()
@@ -391,27 +422,11 @@ pub(super) fn compile_quota(
     };
     let period = edgewise_support::calendar::Period { unit, offset_s };
     let max_keys = max_keys(&field, raw)?;
-    let metric = |what: &str| labelled_metric_name("rate_limit", &[("rule", &raw.name)], what);
+    let algorithm = Algorithm::Calendar { limit, period };
+    let window = Duration::from_secs(period.nominal_seconds());
     Ok(Rule {
-        name: raw.name.clone(),
-        matcher,
-        key,
-        algorithm: Algorithm::Calendar { limit, period },
-        limit,
-        window: Duration::from_secs(period.nominal_seconds()),
-        queue: None,
         sets: max_keys.div_ceil(WAYS),
-        name_seed: crate::key::fingerprint(0x6e61_6d65, raw.name.as_bytes()),
-        metric_allowed: metric("allowed"),
-        metric_denied: metric("denied"),
-        metric_shadow_denied: metric("shadow_denied"),
-        metric_queued: metric("queued"),
-        metric_errors: metric("errors"),
-        global: None,
-        exempt: None,
-        shadow: false,
-        cost: None,
-        charge: None,
+        ..Rule::named(&raw.name, matcher, key, algorithm, limit, window)
     })
 }
 
@@ -425,20 +440,17 @@ pub(super) fn compile_global_rule(
     key: Vec<KeyPart>,
 ) -> Result<Rule, ConfigError> {
     let field = format!("rules[{index}]");
-    for (name, present) in [
-        ("algorithm", raw.algorithm.is_some()),
-        ("burst", raw.burst.is_some()),
-        ("queue", raw.queue.is_some()),
-        ("max_keys", raw.max_keys.is_some()),
-    ] {
-        if present {
-            return Err(err(
-                format!("{field}.{name}"),
-                "does not apply to a global rule (the service decides)",
-                format!("remove {name}, or remove global for a local rule"),
-            ));
-        }
-    }
+    refuse_present(
+        &field,
+        &[
+            ("algorithm", raw.algorithm.is_some()),
+            ("burst", raw.burst.is_some()),
+            ("queue", raw.queue.is_some()),
+            ("max_keys", raw.max_keys.is_some()),
+        ],
+        "does not apply to a global rule (the service decides)",
+        |name| format!("remove {name}, or remove global for a local rule"),
+    )?;
     let g = format!("{field}.global");
     if global.cluster.is_empty() {
         return Err(err(
@@ -512,7 +524,6 @@ pub(super) fn compile_global_rule(
             ))
         }
     };
-    let metric = |what: &str| labelled_metric_name("rate_limit", &[("rule", &raw.name)], what);
     let (limit_n, window) = match limit {
         Some((n, unit)) => (
             u64::from(n),
@@ -525,24 +536,12 @@ pub(super) fn compile_global_rule(
         ),
         None => (0, Duration::ZERO),
     };
+    // The service decides; the local algorithm is never consulted.
+    let algorithm = Algorithm::TokenBucket {
+        interval_ns: 1,
+        burst: 1,
+    };
     Ok(Rule {
-        name: raw.name.clone(),
-        matcher,
-        key,
-        algorithm: Algorithm::TokenBucket {
-            interval_ns: 1,
-            burst: 1,
-        },
-        limit: limit_n,
-        window,
-        queue: None,
-        sets: 1,
-        name_seed: crate::key::fingerprint(0x6e61_6d65, raw.name.as_bytes()),
-        metric_allowed: metric("allowed"),
-        metric_denied: metric("denied"),
-        metric_shadow_denied: metric("shadow_denied"),
-        metric_queued: metric("queued"),
-        metric_errors: metric("errors"),
         global: Some(Global {
             cluster: global.cluster.clone(),
             domain,
@@ -552,9 +551,6 @@ pub(super) fn compile_global_rule(
             batch,
             limit,
         }),
-        exempt: None,
-        shadow: false,
-        cost: None,
-        charge: None,
+        ..Rule::named(&raw.name, matcher, key, algorithm, limit_n, window)
     })
 }
