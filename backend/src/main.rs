@@ -504,7 +504,7 @@ fn trickled(body: Vec<u8>, ms: u64) -> Body {
     let part = body.len().div_ceil(16).max(1);
     let parts: Vec<axum::body::Bytes> = body
         .chunks(part)
-        .map(|c| axum::body::Bytes::copy_from_slice(c))
+        .map(axum::body::Bytes::copy_from_slice)
         .collect();
     let stream = futures_util::stream::unfold((parts, 0usize), move |(parts, i)| async move {
         let part = parts.get(i)?.clone();

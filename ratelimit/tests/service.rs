@@ -99,7 +99,7 @@ async fn limits_per_descriptor_value_with_remaining_and_reset() {
     assert_eq!(remaining, [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]);
     let denied = ask(&mut c, ann()).await.unwrap();
     assert_eq!(denied.overall_code, Code::OverLimit as i32);
-    let wait = denied.statuses[0].duration_until_reset.clone().unwrap();
+    let wait = denied.statuses[0].duration_until_reset.unwrap();
     // One token refills every 6 s: the next hit fits in at most 6 s (wide tolerance).
     assert!(
         (4..=6).contains(&wait.seconds),
@@ -267,7 +267,7 @@ async fn sliding_window_limits_hold_like_the_local_limiter() {
     assert_eq!(remaining, [4, 3, 2, 1, 0]);
     let denied = ask(&mut c, sw()).await.unwrap();
     assert_eq!(denied.overall_code, Code::OverLimit as i32);
-    let wait = denied.statuses[0].duration_until_reset.clone().unwrap();
+    let wait = denied.statuses[0].duration_until_reset.unwrap();
     assert!(wait.seconds > 0 && wait.seconds <= 3600, "{wait:?}");
     assert_eq!(
         service
@@ -318,7 +318,7 @@ async fn a_calendar_quota_counts_per_local_month() {
     assert_eq!(remaining, [2, 1, 0]);
     let denied = ask(&mut c, quota()).await.unwrap();
     assert_eq!(denied.overall_code, Code::OverLimit as i32);
-    let wait = denied.statuses[0].duration_until_reset.clone().unwrap();
+    let wait = denied.statuses[0].duration_until_reset.unwrap();
     let expected = (period.end_ns(index) - now_ns) / 1_000_000_000;
     // Tolerance: the seconds this test has run (stated: 5 s).
     assert!(
