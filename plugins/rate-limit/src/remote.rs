@@ -3,6 +3,7 @@
 //! in shared data until their reset (a bounded table), so a denied client costs no call and
 //! is denied on every worker.
 
+use edgewise_support::le;
 use edgewise_support::store::CasStore;
 
 use crate::config::Config;
@@ -34,12 +35,7 @@ pub struct Remembered {
 /// fingerprint, until (ns), limit, window seconds (u64 LE each; 0 when unknown).
 pub fn remembered(store: &impl CasStore, fingerprint: u64, now: u64) -> Option<Remembered> {
     let (value, _) = store.get(&slot_key(fingerprint)).ok().flatten()?;
-    let word = |at: usize| {
-        value
-            .get(at..at + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
+    let word = |at: usize| le::u64_at(&value, at);
     if word(0)? != fingerprint || word(8)? <= now {
         return None;
     }
@@ -72,12 +68,7 @@ fn lease_key(fingerprint: u64) -> String {
 }
 
 fn decode_lease(value: &[u8], fingerprint: u64) -> Option<(u64, u64)> {
-    let word = |at: usize| {
-        value
-            .get(at..at + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
+    let word = |at: usize| le::u64_at(value, at);
     (word(0)? == fingerprint).then_some((word(8)?, word(16)?))
 }
 

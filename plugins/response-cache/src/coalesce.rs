@@ -11,6 +11,7 @@
 //! (nonce 0) in the slot for a while, so later misses for that key go to the origin at once
 //! instead of queueing behind one another for a response they cannot share.
 
+use edgewise_support::le;
 use edgewise_support::store::{CasStore, SetOutcome, CREATE_CAS};
 
 const LOCK_BYTES: usize = 24;
@@ -45,9 +46,7 @@ impl Lock {
     }
 
     fn decode(bytes: &[u8]) -> Option<Lock> {
-        let word = |at: usize| -> Option<u64> {
-            Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
-        };
+        let word = |at: usize| le::u64_at(bytes, at);
         (bytes.len() == LOCK_BYTES).then_some(())?;
         Some(Lock {
             key_hash: word(0)?,

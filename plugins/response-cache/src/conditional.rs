@@ -70,6 +70,7 @@ pub fn refresh_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgewise_support::Fields;
 
     /// RFC 9110 §13.1.2 / §8.8.3.2.
     #[test]
@@ -109,7 +110,7 @@ mod tests {
             ("content-length".to_string(), b"0".to_vec()),
         ];
         let merged = refresh_headers(&stored, &fresh);
-        let get = |n: &str| merged.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let get = |n: &str| merged.field(n);
         assert_eq!(get("cache-control").unwrap(), b"max-age=600");
         assert_eq!(get("content-length").unwrap(), b"5");
         assert_eq!(get("x-old").unwrap(), b"1");

@@ -2,6 +2,9 @@
 //! generation, the Vary fields and the request's values for them, then the body. Decoding
 //! never trusts input.
 
+use edgewise_support::le::Reader;
+use edgewise_support::Fields;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     /// The full primary key: a hash match alone never serves an entry.
@@ -27,33 +30,6 @@ pub struct Entry {
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     out.extend_from_slice(bytes);
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let slice = self.bytes.get(self.at..self.at.checked_add(n)?)?;
-        self.at += n;
-        Some(slice)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
-    }
-    fn i64(&mut self) -> Option<i64> {
-        self.take(8)
-            .and_then(|b| b.try_into().ok())
-            .map(i64::from_le_bytes)
-    }
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
 }
 
 impl Entry {
@@ -97,8 +73,10 @@ impl Entry {
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Entry> {
-        let mut r = Reader { bytes, at: 0 };
-        let key = r.bytes()?.to_vec();
+        let mut r = Reader::new(bytes);
+        // No field is longer than the value it is in.
+        let max = bytes.len();
+        let key = r.bytes(max)?.to_vec();
         let status = u16::try_from(r.u32()?).ok()?;
         let request_time = r.i64()?;
         let response_time = r.i64()?;
@@ -106,32 +84,32 @@ impl Entry {
         let n = r.u32()? as usize;
         let mut headers = Vec::with_capacity(n.min(256));
         for _ in 0..n {
-            let k = String::from_utf8(r.bytes()?.to_vec()).ok()?;
-            headers.push((k, r.bytes()?.to_vec()));
+            let k = String::from_utf8(r.bytes(max)?.to_vec()).ok()?;
+            headers.push((k, r.bytes(max)?.to_vec()));
         }
         let n = r.u32()? as usize;
         let (mut vary_fields, mut vary_values) = (Vec::new(), Vec::new());
         for _ in 0..n {
-            vary_fields.push(String::from_utf8(r.bytes()?.to_vec()).ok()?);
+            vary_fields.push(String::from_utf8(r.bytes(max)?.to_vec()).ok()?);
             vary_values.push(match r.take(1)?[0] {
-                1 => Some(r.bytes()?.to_vec()),
+                1 => Some(r.bytes(max)?.to_vec()),
                 _ => None,
             });
         }
-        let body = r.bytes()?.to_vec();
+        let body = r.bytes(max)?.to_vec();
         // Entries written before tags existed end here.
         let (mut tags, mut purge_seq) = (Vec::new(), 0);
-        if r.at < bytes.len() {
+        if !r.is_done() {
             purge_seq = r.i64()? as u64;
             let n = r.u32()? as usize;
             for _ in 0..n.min(256) {
-                tags.push(r.bytes()?.to_vec());
+                tags.push(r.bytes(max)?.to_vec());
             }
             if n > 256 {
                 return None;
             }
         }
-        (r.at == bytes.len()).then_some(Entry {
+        r.is_done().then_some(Entry {
             tags,
             purge_seq,
             key,
@@ -147,17 +125,11 @@ impl Entry {
     }
 
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_slice())
+        self.headers.field(name)
     }
 
     pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(k, _)| k == name)
-            .map(|(_, v)| v.as_slice())
+        self.headers.field_lines(name)
     }
 }
 

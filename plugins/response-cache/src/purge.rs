@@ -7,6 +7,7 @@
 //! byte budget), and the rule list has a fixed size.
 
 use crate::entry::Entry;
+use edgewise_support::le;
 use edgewise_support::store::{update_with_cas, CasStore};
 
 /// The rule list's shared-data key, and the key of its sequence alone (8 bytes: read on
@@ -90,32 +91,20 @@ impl Rules {
 
     /// Decoding never trusts input: None for anything malformed.
     pub fn decode(bytes: &[u8]) -> Option<Rules> {
-        let mut at = 0usize;
-        let mut take = |n: usize| -> Option<&[u8]> {
-            let slice = bytes.get(at..at.checked_add(n)?)?;
-            at += n;
-            Some(slice)
-        };
-        let u64_of = |b: &[u8]| b.try_into().ok().map(u64::from_le_bytes);
-        let next_seq = u64_of(take(8)?)?;
-        let floor = u64_of(take(8)?)?;
-        let count = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+        let mut r = le::Reader::new(bytes);
+        let next_seq = r.u64()?;
+        let floor = r.u64()?;
+        let count = r.u32()? as usize;
         if count > MAX_RULES {
             return None;
         }
         let mut rules = Vec::with_capacity(count);
         for _ in 0..count {
-            let seq = u64_of(take(8)?)?;
-            let soft = take(1)?[0] == 1;
-            let kind = take(1)?[0];
-            let mut part = || -> Option<Vec<u8>> {
-                let n = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
-                if n > crate::config::MAX_ENTRY_BYTES_LIMIT as usize {
-                    return None;
-                }
-                Some(take(n)?.to_vec())
-            };
-            let (a, b) = (part()?, part()?);
+            let seq = r.u64()?;
+            let soft = r.u8()? == 1;
+            let kind = r.u8()?;
+            let max = crate::config::MAX_ENTRY_BYTES_LIMIT as usize;
+            let (a, b) = (r.bytes(max)?.to_vec(), r.bytes(max)?.to_vec());
             let target = match kind {
                 0 => Target::Key(a),
                 1 => Target::Tag(a),
@@ -127,7 +116,7 @@ impl Rules {
             };
             rules.push(Rule { seq, soft, target });
         }
-        (at == bytes.len()).then_some(Rules {
+        r.is_done().then_some(Rules {
             next_seq,
             floor,
             rules,
@@ -205,12 +194,7 @@ pub struct SeqState {
 
 impl SeqState {
     fn decode(bytes: &[u8]) -> SeqState {
-        let u64_at = |at: usize| {
-            bytes
-                .get(at..at + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes)
-        };
+        let u64_at = |at: usize| le::u64_at(bytes, at);
         SeqState {
             seq: u64_at(0).unwrap_or(0),
             settle_seq: u64_at(8).unwrap_or(0),

@@ -13,6 +13,7 @@
 //! one per candidate. The count may run high (a lost decrement: only extra reads) and is
 //! repaired when it reads zero for a displaced key (an insert sets it again).
 
+use edgewise_support::le;
 use edgewise_support::store::{update_with_cas, CasStore, SetOutcome, CREATE_CAS};
 
 /// Candidate slots per key: each costs a shared-data read on a miss, so few; 4-way
@@ -58,13 +59,7 @@ impl Meta {
         if bytes.len() != META_BYTES {
             return Meta::default();
         }
-        let u64_at = |at: usize| {
-            bytes
-                .get(at..at + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes)
-                .unwrap_or(0)
-        };
+        let u64_at = |at: usize| le::u64_at(bytes, at).unwrap_or(0);
         Meta {
             key_hash: u64_at(0),
             state: bytes[8],
@@ -128,7 +123,7 @@ fn remember_insert(store: &impl CasStore, slot: u64) {
             .filter(|v| v.len() == 4 * (RECENT + 1))
             .map(<[u8]>::to_vec)
             .unwrap_or_else(|| vec![0xff; 4 * (RECENT + 1)]);
-        let at = u32::from_le_bytes([ring[0], ring[1], ring[2], ring[3]]) as usize % RECENT;
+        let at = le::u32_at(&ring, 0).unwrap_or(0) as usize % RECENT;
         ring[4 + 4 * at..8 + 4 * at].copy_from_slice(&(slot as u32).to_le_bytes());
         ring[..4].copy_from_slice(&(((at + 1) % RECENT) as u32).to_le_bytes());
         (Some(ring), ())
@@ -143,7 +138,7 @@ fn recent_inserts(store: &impl CasStore, layout: &Layout) -> Vec<u64> {
     ring.get(4..)
         .unwrap_or_default()
         .chunks_exact(4)
-        .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+        .filter_map(|c| le::u32_at(c, 0).map(u64::from))
         .filter(|slot| *slot < layout.slots)
         .collect()
 }
@@ -169,17 +164,13 @@ pub fn bytes_in_use(store: &impl CasStore) -> u64 {
         .get(BYTES_KEY)
         .ok()
         .flatten()
-        .and_then(|(v, _)| v.try_into().ok())
-        .map(u64::from_le_bytes)
+        .and_then(|(v, _)| le::u64_exact(&v))
         .unwrap_or(0)
 }
 
 fn add_bytes(store: &impl CasStore, delta: i64) {
     let _ = update_with_cas(store, BYTES_KEY, 64, |v| {
-        let current = v
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-            .unwrap_or(0);
+        let current = v.and_then(le::u64_exact).unwrap_or(0);
         (
             Some((current as i64 + delta).max(0).to_le_bytes().to_vec()),
             (),

@@ -76,9 +76,7 @@ pub fn with_identity(mut value: Vec<u8>, identity: &[u8]) -> Vec<u8> {
 
 /// The identity stored at the end of a breaker value (empty when none is).
 pub fn stored_identity(value: &[u8]) -> &[u8] {
-    let len = value
-        .get(10..12)
-        .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let len = crate::le::u16_at(value, 10).map_or(0, usize::from);
     match value.len().checked_sub(len) {
         Some(start) if start >= HEADER_BYTES => &value[start..],
         _ => &[],
@@ -146,12 +144,7 @@ impl Published {
 
 pub fn read_header(bytes: &[u8]) -> Option<Published> {
     let header = bytes.get(..HEADER_BYTES)?;
-    let u64_at = |at: usize| {
-        header
-            .get(at..at + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
+    let u64_at = |at: usize| crate::le::u64_at(header, at);
     Some(Published {
         identity_hash: u64_at(0)?,
         state: BreakerState::from_code(header[8]),

@@ -33,16 +33,7 @@ struct Bulkhead {
 impl Bulkhead {
     /// The value for upstream `hash` at lease window `window` (fresh for another upstream).
     fn decode(value: Option<&[u8]>, hash: u64, window: u64) -> Bulkhead {
-        let u64_at = |b: &[u8], at: usize| {
-            b.get(at..at + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes)
-        };
-        let u32_at = |b: &[u8], at: usize| {
-            b.get(at..at + 4)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_le_bytes)
-        };
+        use crate::le::{u32_at, u64_at};
         match value {
             Some(b) if u64_at(b, 0) == Some(hash) => Bulkhead {
                 hash,

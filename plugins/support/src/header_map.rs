@@ -76,13 +76,7 @@ impl HeaderMap {
 
     /// Every line of `name` joined with ", " (RFC 9110 §5.3); None when absent.
     pub fn combined(&self, name: &str) -> Option<Vec<u8>> {
-        let mut lines = self.all(name);
-        let mut joined = lines.next()?.to_vec();
-        for line in lines {
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(line);
-        }
-        Some(joined)
+        crate::fields::join_lines(self.all(name))
     }
 
     /// Sets `name` to `value`, replacing every line it had (the new line goes last, as the

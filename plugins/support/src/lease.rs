@@ -23,18 +23,8 @@ impl LeasedCounts {
         let Some(bytes) = value.filter(|b| b.len() == 8 + 8 * n) else {
             return counts;
         };
-        let word = |at: usize| {
-            bytes
-                .get(at..at + 4)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_le_bytes)
-                .unwrap_or(0)
-        };
-        counts.window = bytes
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-            .unwrap_or(0);
+        let word = |at: usize| crate::le::u32_at(bytes, at).unwrap_or(0);
+        counts.window = crate::le::u64_at(bytes, 0).unwrap_or(0);
         for i in 0..n {
             counts.previous[i] = word(8 + 4 * i);
             counts.current[i] = word(8 + 4 * n + 4 * i);

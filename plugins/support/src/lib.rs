@@ -13,8 +13,10 @@ pub mod bulkhead;
 pub mod calendar;
 pub mod config;
 pub mod duration;
+pub mod fields;
 pub mod header_map;
 pub mod host;
+pub mod le;
 pub mod lease;
 pub mod metrics;
 pub mod parked;
@@ -26,6 +28,7 @@ pub mod wasm;
 
 pub use config::{parse_config, ConfigError};
 pub use duration::parse_duration;
+pub use fields::Fields;
 pub use header_map::HeaderMap;
 pub use host::{Host, MapHost};
 pub use request::{Matcher, RawMatch, RequestView};

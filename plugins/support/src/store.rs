@@ -131,10 +131,7 @@ impl CasStore for MemoryStore {
 /// control service in turn this way.
 pub fn take_lease(store: &impl CasStore, key: &str, now_ms: u64, period_ms: u64) -> bool {
     update_with_cas(store, key, 4, |current| {
-        let until = current
-            .and_then(|v| v.try_into().ok())
-            .map(u64::from_le_bytes)
-            .unwrap_or(0);
+        let until = current.and_then(crate::le::u64_exact).unwrap_or(0);
         if until > now_ms {
             return (None, false);
         }

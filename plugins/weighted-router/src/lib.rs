@@ -274,10 +274,7 @@ pub fn in_flight(store: &impl CasStore, route: &Route, now: u64) -> Vec<u32> {
 pub fn shared_cursor(store: &impl CasStore, route: &Route) -> Option<u64> {
     let key = format!("{}.cursor", route.state_key);
     update_with_cas(store, &key, 16, |value| {
-        let n = value
-            .and_then(|v| v.try_into().ok())
-            .map(u64::from_le_bytes)
-            .unwrap_or(0);
+        let n = value.and_then(edgewise_support::le::u64_exact).unwrap_or(0);
         (Some((n + 1).to_le_bytes().to_vec()), n)
     })
     .ok()

@@ -151,12 +151,13 @@ fn upstream_metrics(
 ) -> UpstreamMetrics {
     let name =
         |what: &str| labelled_metric_name("circuit_breaker", &[("upstream", identity)], what);
+    let counter = |what: &str| Metric::counter_flushed_every(&name(what), flush);
     UpstreamMetrics {
         state: with_state.then(|| Metric::gauge(&name("state"))),
-        rejected: Metric::counter_flushed_every(&name("rejected"), flush),
-        bulkhead_rejected: Metric::counter_flushed_every(&name("bulkhead_rejected"), flush),
-        opened: Metric::counter_flushed_every(&name("opened"), flush),
-        probes: Metric::counter_flushed_every(&name("half_open_probes"), flush),
+        rejected: counter("rejected"),
+        bulkhead_rejected: counter("bulkhead_rejected"),
+        opened: counter("opened"),
+        probes: counter("half_open_probes"),
         forced: with_state.then(|| Metric::gauge(&name("forced"))),
     }
 }

@@ -8,6 +8,7 @@
 use edgewise_support::breaker_state::{
     read_header, write_header, BreakerState, Published, HEADER_BYTES,
 };
+use edgewise_support::le;
 
 use crate::config::Params;
 
@@ -106,13 +107,7 @@ impl Breaker {
             return None;
         }
         let header = read_header(bytes)?;
-        let u32_at = |at: usize| {
-            bytes
-                .get(at..at + 4)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_le_bytes)
-                .unwrap_or(0)
-        };
+        let u32_at = |at: usize| le::u32_at(bytes, at).unwrap_or(0);
         let p = HEADER_BYTES;
         let mut breaker = Breaker {
             identity_hash: header.identity_hash,

@@ -150,27 +150,22 @@ impl RootContext for RateLimitRoot {
                 config.hash_seed = seed;
             }
         }
+        let counter = |name: &str| Metric::counter_flushed_every(name, config.metrics_flush);
         let metrics = config
             .rules
             .iter()
             .map(|r| RuleMetrics {
-                allowed: Metric::counter_flushed_every(&r.metric_allowed, config.metrics_flush),
-                denied: Metric::counter_flushed_every(&r.metric_denied, config.metrics_flush),
-                shadow_denied: Metric::counter_flushed_every(
-                    &r.metric_shadow_denied,
-                    config.metrics_flush,
-                ),
-                queued: Metric::counter_flushed_every(&r.metric_queued, config.metrics_flush),
-                errors: Metric::counter_flushed_every(&r.metric_errors, config.metrics_flush),
+                allowed: counter(&r.metric_allowed),
+                denied: counter(&r.metric_denied),
+                shadow_denied: counter(&r.metric_shadow_denied),
+                queued: counter(&r.metric_queued),
+                errors: counter(&r.metric_errors),
                 charged: r.charge.as_ref().map(|_| {
-                    Metric::counter_flushed_every(
-                        &edgewise_support::metrics::labelled_metric_name(
-                            "rate_limit",
-                            &[("rule", &r.name)],
-                            "charged",
-                        ),
-                        config.metrics_flush,
-                    )
+                    counter(&edgewise_support::metrics::labelled_metric_name(
+                        "rate_limit",
+                        &[("rule", &r.name)],
+                        "charged",
+                    ))
                 }),
             })
             .collect();

@@ -15,7 +15,7 @@ use edgewise_support::wasm::WasmHost;
 use edgewise_support::wasm::{
     install_panic_hook, load_config, log, now_nanos, wall_nanos, Metric, SharedData,
 };
-use edgewise_support::HeaderMap;
+use edgewise_support::{Fields, HeaderMap};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
@@ -31,7 +31,6 @@ use crate::config::Config;
 use crate::entry::Entry;
 use crate::status::Outcome;
 use crate::storage::{self, Insert};
-use edgewise_support::request::combined_in;
 
 mod root;
 mod stream;
@@ -175,10 +174,7 @@ fn random_word() -> u64 {
 /// with the reply; Envoy adds its own content-type to a local reply, so the stored one
 /// replaces it when the reply passes through on_http_response_headers (via `served`).
 fn reply(served: &Served, status: u16, headers: Vec<(String, Vec<u8>)>, body: &[u8]) -> bool {
-    let content_type = headers
-        .iter()
-        .find(|(k, _)| k == "content-type")
-        .map(|(_, v)| v.clone());
+    let content_type = headers.field("content-type").map(<[u8]>::to_vec);
     let rest: Vec<(String, Vec<u8>)> = headers
         .into_iter()
         .filter(|(k, _)| k != "content-type")

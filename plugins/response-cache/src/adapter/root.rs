@@ -160,7 +160,7 @@ impl Context for CacheRoot {
         };
         let request = &refresh.request;
         // Varied fields as all their lines combined, as the key and matching read them.
-        let mut header = |name: &str| combined_in(request, name);
+        let mut header = |name: &str| request.field_combined(name);
         let key_hash = refresh.pending.key_hash;
         match refresh_outcome(
             &shared.config,
@@ -211,30 +211,26 @@ impl RootContext for CacheRoot {
             return false;
         };
         let m = |what: &str| metric_name(&["response_cache", what]);
+        // Counters are flushed to the host every `metrics_flush` (0: at once).
+        let counter = |what: &str| Metric::counter_flushed_every(&m(what), config.metrics_flush);
         let metrics = Metrics {
-            hits: Metric::counter_flushed_every(&m("hits"), config.metrics_flush),
-            misses: Metric::counter_flushed_every(&m("misses"), config.metrics_flush),
-            stored: Metric::counter_flushed_every(&m("stored"), config.metrics_flush),
-            evicted: Metric::counter_flushed_every(&m("evicted"), config.metrics_flush),
-            not_stored: Metric::counter_flushed_every(&m("not_stored"), config.metrics_flush),
-            invalidated: Metric::counter_flushed_every(&m("invalidated"), config.metrics_flush),
-            purged: Metric::counter_flushed_every(&m("purged"), config.metrics_flush),
-            stale_served: Metric::counter_flushed_every(&m("stale_served"), config.metrics_flush),
-            revalidated: Metric::counter_flushed_every(&m("revalidated"), config.metrics_flush),
-            coalesced: Metric::counter_flushed_every(&m("coalesced"), config.metrics_flush),
-            refreshed: Metric::counter_flushed_every(&m("refreshed"), config.metrics_flush),
-            refresh_failed: Metric::counter_flushed_every(
-                &m("refresh_failed"),
-                config.metrics_flush,
-            ),
+            hits: counter("hits"),
+            misses: counter("misses"),
+            stored: counter("stored"),
+            evicted: counter("evicted"),
+            not_stored: counter("not_stored"),
+            invalidated: counter("invalidated"),
+            purged: counter("purged"),
+            stale_served: counter("stale_served"),
+            revalidated: counter("revalidated"),
+            coalesced: counter("coalesced"),
+            refreshed: counter("refreshed"),
+            refresh_failed: counter("refresh_failed"),
             bytes: Metric::gauge(&m("bytes_in_use")),
-            abandoned: Metric::counter_flushed_every(&m("store_abandoned"), config.metrics_flush),
-            fleet_purges: Metric::counter_flushed_every(&m("fleet_purges"), config.metrics_flush),
-            fleet_polls: Metric::counter_flushed_every(&m("fleet_polls"), config.metrics_flush),
-            fleet_poll_failed: Metric::counter_flushed_every(
-                &m("fleet_poll_failed"),
-                config.metrics_flush,
-            ),
+            abandoned: counter("store_abandoned"),
+            fleet_purges: counter("fleet_purges"),
+            fleet_polls: counter("fleet_polls"),
+            fleet_poll_failed: counter("fleet_poll_failed"),
         };
         // The budget beside bytes_in_use, so a dashboard or alert can show how full it is.
         Metric::gauge(&m("max_bytes")).set(config.layout.max_bytes);

@@ -4,7 +4,7 @@
 use edgewise_support::breaker_state::identity_hash;
 use edgewise_support::request::RequestView;
 use edgewise_support::store::CasStore;
-use edgewise_support::Host;
+use edgewise_support::{Fields, Host};
 
 use crate::cache_control::CacheControl;
 use crate::conditional::{not_modified, refresh_headers};
@@ -191,12 +191,7 @@ pub(super) fn is_unsafe(method: &[u8]) -> bool {
 /// ours, RFC 9213, else Cache-Control and Expires).
 pub(super) fn stored_view(config: &Config, entry: &Entry) -> Stored {
     let (cc, expires_applies) = crate::targeted::governing(&config.targeted_fields, |name| {
-        entry
-            .headers
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_slice())
-            .collect()
+        entry.headers.field_lines(name).collect()
     });
     Stored {
         status: entry.status,

@@ -1,6 +1,7 @@
 //! The response phase: whether a forwarded response is stored (RFC 9111 §3), the entry it becomes, invalidation by unsafe methods (§4.4), and how an origin error is answered (RFC 5861 §4).
 
 use super::*;
+use edgewise_support::fields::join_lines;
 
 /// What the adapter does with a forwarded response's header fields: decided by
 /// [`on_response_headers`], only applied by the adapter.
@@ -126,9 +127,8 @@ pub fn on_response_headers(
         }
     }
     let declared = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+        .field("content-length")
+        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
     let storing = storable(config, pending, status, headers).is_ok()
         && declared.is_none_or(|n| n <= config.layout.max_entry_bytes);
     ResponseAction::Deliver {
@@ -151,9 +151,8 @@ pub fn on_response_headers(
 /// The numeric `:status` of a header list; 0 when absent or malformed.
 pub fn status_of(headers: &[(String, Vec<u8>)]) -> u16 {
     headers
-        .iter()
-        .find(|(k, _)| k == ":status")
-        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
+        .field(":status")
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
         .unwrap_or(0)
 }
 
@@ -202,20 +201,11 @@ pub fn storable(
     if headers.iter().any(|(_, v)| std::str::from_utf8(v).is_err()) {
         return Err(NotStorable::HeaderNotText);
     }
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_slice())
-    };
+    let get = |name: &str| headers.field(name);
     // RFC 9213 §2.2: a targeted field of ours replaces Cache-Control and Expires.
     let (response_cc, expires_applies) =
         crate::targeted::governing(&config.targeted_fields, |name| {
-            headers
-                .iter()
-                .filter(|(k, _)| k == name)
-                .map(|(_, v)| v.as_slice())
-                .collect()
+            headers.field_lines(name).collect()
         });
     storable::check(&Exchange {
         method: &pending.method,
@@ -239,9 +229,8 @@ pub fn storable(
 /// are hop-by-hop and are not stored. Lowercased names from every Connection line.
 pub(super) fn connection_nominated(headers: &[(String, Vec<u8>)]) -> Vec<String> {
     headers
-        .iter()
-        .filter(|(k, _)| k == "connection")
-        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .field_lines("connection")
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .map(|n| n.trim().to_ascii_lowercase())
         .filter(|n| !n.is_empty())
@@ -260,11 +249,7 @@ pub fn entry_for(
     request: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
 ) -> Option<Entry> {
     let entry_tags = tags.of(headers)?;
-    let vary = headers
-        .iter()
-        .find(|(k, _)| k == "vary")
-        .map(|(_, v)| v.as_slice());
-    let fields = vary_fields(vary)?;
+    let fields = vary_fields(headers.field("vary"))?;
     let values = vary_values(&fields, request);
     let nominated = connection_nominated(headers);
     Some(Entry {
@@ -312,14 +297,14 @@ pub fn invalidated_keys(
     let (scheme, host) = &pending.origin;
     let mut keys = vec![pending.key_hash];
     for field in ["location", "content-location"] {
-        let Some((_, value)) = response_headers.iter().find(|(k, _)| k == field) else {
+        let Some(value) = response_headers.field(field) else {
             continue;
         };
         let mut origin_form = scheme.clone();
         origin_form.extend_from_slice(b"://");
         origin_form.extend_from_slice(host);
         let path = if value.starts_with(b"/") && !value.starts_with(b"//") {
-            value.as_slice()
+            value
         } else if value.len() > origin_form.len()
             && value[..origin_form.len()].eq_ignore_ascii_case(&origin_form)
             && value[origin_form.len()] == b'/'
@@ -329,11 +314,7 @@ pub fn invalidated_keys(
             continue; // another origin, or a relative reference we do not resolve
         };
         let key = primary_key(&config.key, scheme, host, path, &mut |name| {
-            pending
-                .key_header_values
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
+            pending.key_header_values.field(name).map(<[u8]>::to_vec)
         });
         keys.push(identity_hash(&key));
     }
@@ -351,7 +332,7 @@ pub fn strip_fields_for_this_cache(
 ) {
     let tags = config.tags.headers.iter().filter(|_| config.tags.strip);
     for name in tags.chain(&config.strip_targeted_fields) {
-        if headers.iter().any(|(k, _)| k == name) {
+        if headers.has_field(name) {
             host.remove_response_header(name);
         }
     }
@@ -360,12 +341,7 @@ pub fn strip_fields_for_this_cache(
 /// RFC 9211 §2: Cache-Status is a list, nearest the origin first — `ours` goes after the
 /// entries of caches upstream of us (a shield tier, an edge behind a front cache).
 pub fn write_cache_status(headers: &[(String, Vec<u8>)], ours: &str, host: &mut impl Host) {
-    let upstream: Vec<&[u8]> = headers
-        .iter()
-        .filter(|(k, _)| k == "cache-status")
-        .map(|(_, v)| v.as_slice())
-        .collect();
-    let mut value = upstream.join(&b", "[..]);
+    let mut value = join_lines(headers.field_lines("cache-status")).unwrap_or_default();
     if !value.is_empty() {
         value.extend_from_slice(b", ");
     }

@@ -100,12 +100,8 @@ pub(super) fn freshened(
         purge_seq: pending.purge_seq,
         ..stored.clone()
     };
-    let vary = refreshed
-        .headers
-        .iter()
-        .find(|(k, _)| k == "vary")
-        .map(|(_, v)| v.as_slice());
-    let same_variant = vary_fields(vary).is_some_and(|fields| fields == stored.vary_fields);
+    let same_variant =
+        vary_fields(refreshed.header("vary")).is_some_and(|fields| fields == stored.vary_fields);
     let check = Pending {
         method: b"GET".to_vec(),
         outcome: Outcome::Stale,
@@ -118,8 +114,7 @@ pub(super) fn freshened(
 
 /// The strong entity tag of a header list, when it has one (RFC 9110 §8.8.3: not `W/`).
 pub(super) fn strong_etag(headers: &[(String, Vec<u8>)]) -> Option<&[u8]> {
-    let (_, value) = headers.iter().find(|(k, _)| k == "etag")?;
-    let value = value.trim_ascii();
+    let value = headers.field("etag")?.trim_ascii();
     (value.len() >= 2 && value.starts_with(b"\"") && value.ends_with(b"\"")).then_some(value)
 }
 

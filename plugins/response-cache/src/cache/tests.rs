@@ -94,7 +94,7 @@ fn store_variant(
         panic!("must be forwarded");
     };
     // As the adapter reads them: every line of a varied field.
-    let mut header = |name: &str| edgewise_support::request::combined_in(&request, name);
+    let mut header = |name: &str| request.field_combined(name);
     let entry = entry_for(
         &config.tags,
         &pending,

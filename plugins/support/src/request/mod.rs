@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::config::ConfigError;
+use crate::fields::Fields;
 
 /// Read access to request headers. Names are lowercase; pseudo-headers `:path`,
 /// `:method`, `:authority` included. Values are raw bytes (they may not be UTF-8).
@@ -36,27 +37,13 @@ pub fn combine(values: Vec<Vec<u8>>) -> Option<Vec<u8>> {
     Some(joined)
 }
 
-/// The combined value of `name` in a list of header pairs (see [`RequestView::combined`]).
-pub fn combined_in(pairs: &[(String, Vec<u8>)], name: &str) -> Option<Vec<u8>> {
-    combine(
-        pairs
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .collect(),
-    )
-}
-
 /// A test/native view over a list of headers.
 impl RequestView for Vec<(String, Vec<u8>)> {
     fn header(&mut self, name: &str) -> Option<Vec<u8>> {
-        self.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        self.field(name).map(<[u8]>::to_vec)
     }
     fn header_values(&mut self, name: &str) -> Vec<Vec<u8>> {
-        self.iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .collect()
+        self.field_lines(name).map(<[u8]>::to_vec).collect()
     }
 }
 

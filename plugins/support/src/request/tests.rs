@@ -246,7 +246,7 @@ fn repeated_lines_combine_in_order() {
     assert_eq!(r.combined("a"), Some(b"1".to_vec()));
     assert_eq!(r.combined("b"), None);
     assert_eq!(
-        combined_in(&r, "x-device"),
+        r.field_combined("x-device"),
         Some(b"desktop, mobile".to_vec())
     );
 }
