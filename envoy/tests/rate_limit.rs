@@ -124,9 +124,13 @@ fn admitted_rate_stays_within_2_percent_of_the_configured_rate_under_overload() 
         offered > 1.5 * ceiling,
         "offered load must exceed the limit for this test to mean anything"
     );
+    // The limiter measures time on Envoy's wall clock, this test on its monotonic clock:
+    // two clocks that can disagree by a few ms over the run (seen: 624 admitted against a
+    // ceiling of 623.6 on this one), so the bound carries the stated 2% as the lower one
+    // does. A limiter admitting per worker instead of per Envoy would be near 2× the ceiling.
     assert!(
-        admitted <= ceiling,
-        "admitted {admitted} > burst + rate × elapsed = {ceiling:.1}"
+        admitted <= 1.02 * ceiling + 1.0,
+        "admitted {admitted} > 102% of burst + rate × elapsed = {ceiling:.1}"
     );
     // Requests in flight at the deadline are still counted; the window we measure is wall
     // time of the whole run, so the tolerance is the stated 2% plus one interval.
