@@ -2,6 +2,7 @@
 
 use edgewise_support::config::{err, one_of, parse_config, ConfigError};
 use edgewise_support::duration::{parse_duration, parse_whole_seconds};
+use edgewise_support::Fields;
 use serde::Deserialize;
 
 use crate::freshness::Heuristic;
@@ -91,9 +92,12 @@ pub struct Tags {
 
 impl Tags {
     /// The tags a response names; None when it names more or longer ones than allowed.
-    pub fn of(&self, headers: &[(String, Vec<u8>)]) -> Option<Vec<Vec<u8>>> {
+    pub fn of(&self, headers: &(impl Fields + ?Sized)) -> Option<Vec<Vec<u8>>> {
         let mut tags: Vec<Vec<u8>> = Vec::new();
-        for (_, value) in headers.iter().filter(|(k, _)| self.headers.contains(k)) {
+        for (_, value) in headers
+            .each_field()
+            .filter(|(k, _)| self.headers.iter().any(|h| h == k))
+        {
             for tag in value
                 .split(|b| *b == b' ' || *b == b',' || *b == b'\t')
                 .filter(|t| !t.is_empty())

@@ -18,6 +18,10 @@ pub trait Fields {
     fn has_field(&self, name: &str) -> bool {
         self.field(name).is_some()
     }
+
+    /// Every field in order, as (name, value). A name that is not UTF-8 (never one Envoy
+    /// passes: field names are tokens, RFC 9110 §5.1) is left out.
+    fn each_field(&self) -> impl Iterator<Item = (&str, &[u8])>;
 }
 
 impl Fields for [(String, Vec<u8>)] {
@@ -31,6 +35,41 @@ impl Fields for [(String, Vec<u8>)] {
         self.iter()
             .filter(move |(k, _)| k == name)
             .map(|(_, v)| v.as_slice())
+    }
+
+    fn each_field(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+}
+
+impl Fields for Vec<(String, Vec<u8>)> {
+    fn field(&self, name: &str) -> Option<&[u8]> {
+        self.as_slice().field(name)
+    }
+
+    fn field_lines<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> {
+        self.as_slice().field_lines(name)
+    }
+
+    fn each_field(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.as_slice().each_field()
+    }
+}
+
+impl Fields for crate::HeaderMap {
+    fn field(&self, name: &str) -> Option<&[u8]> {
+        self.get(name)
+    }
+
+    fn field_lines<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> {
+        self.iter()
+            .filter(move |(k, _)| *k == name.as_bytes())
+            .map(|(_, v)| v)
+    }
+
+    fn each_field(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.iter()
+            .filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?, v)))
     }
 }
 
@@ -59,5 +98,10 @@ mod tests {
         assert_eq!(fields.field_combined("vary"), Some(b"a, b".to_vec()));
         assert_eq!(fields.field_combined("age"), None);
         assert!(fields.has_field("etag") && !fields.has_field("Etag"));
+        // A header map answers the same.
+        let map = crate::HeaderMap::from_pairs(&fields);
+        assert_eq!(map.field("vary"), Some(&b"a"[..]));
+        assert_eq!(map.field_combined("vary"), Some(b"a, b".to_vec()));
+        assert!(map.each_field().eq(fields.each_field()));
     }
 }

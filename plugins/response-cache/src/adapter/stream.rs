@@ -5,7 +5,7 @@ use super::*;
 /// A response being copied for storage.
 pub(super) struct Filling {
     pub(super) status: u16,
-    pub(super) headers: Vec<(String, Vec<u8>)>,
+    pub(super) headers: HeaderMap,
     pub(super) body: Vec<u8>,
 }
 
@@ -346,7 +346,8 @@ impl HttpContext for CacheStream {
             return Action::Continue;
         };
         let key_hash = pending.key_hash;
-        let headers = abi::get_map_pairs(MapType::HttpResponseHeaders as u32);
+        // Read in place (one buffer): fields are copied out only into an entry being stored.
+        let headers = abi::get_header_map(MapType::HttpResponseHeaders as u32);
         strip_fields_for_this_cache(&shared.config, &headers, &mut WasmHost);
         // Envoy's details are read (one host call) only for an error a stale entry may answer.
         let unreachable = || {

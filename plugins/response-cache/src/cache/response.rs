@@ -56,7 +56,7 @@ pub enum Storing {
 pub fn on_response_headers(
     config: &Config,
     pending: &Pending,
-    headers: &[(String, Vec<u8>)],
+    headers: &(impl Fields + ?Sized),
     end_of_stream: bool,
     now: impl Fn() -> i64,
     unreachable: impl FnOnce() -> bool,
@@ -149,7 +149,7 @@ pub fn on_response_headers(
 }
 
 /// The numeric `:status` of a header list; 0 when absent or malformed.
-pub fn status_of(headers: &[(String, Vec<u8>)]) -> u16 {
+pub fn status_of(headers: &(impl Fields + ?Sized)) -> u16 {
     headers
         .field(":status")
         .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
@@ -193,12 +193,15 @@ pub fn storable(
     config: &Config,
     pending: &Pending,
     status: u16,
-    headers: &[(String, Vec<u8>)],
+    headers: &(impl Fields + ?Sized),
 ) -> Result<(), NotStorable> {
     if pending.outcome == Outcome::Bypass {
         return Err(NotStorable::Method);
     }
-    if headers.iter().any(|(_, v)| std::str::from_utf8(v).is_err()) {
+    if headers
+        .each_field()
+        .any(|(_, v)| std::str::from_utf8(v).is_err())
+    {
         return Err(NotStorable::HeaderNotText);
     }
     let get = |name: &str| headers.field(name);
@@ -227,7 +230,7 @@ pub fn storable(
 
 /// RFC 9111 §3.1 (RFC 9110 §7.6.1): the fields a response's `Connection` header nominates
 /// are hop-by-hop and are not stored. Lowercased names from every Connection line.
-pub(super) fn connection_nominated(headers: &[(String, Vec<u8>)]) -> Vec<String> {
+pub(super) fn connection_nominated(headers: &(impl Fields + ?Sized)) -> Vec<String> {
     headers
         .field_lines("connection")
         .filter_map(|v| std::str::from_utf8(v).ok())
@@ -243,7 +246,7 @@ pub fn entry_for(
     tags: &crate::config::Tags,
     pending: &Pending,
     status: u16,
-    headers: &[(String, Vec<u8>)],
+    headers: &(impl Fields + ?Sized),
     body: Vec<u8>,
     now: i64,
     request: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
@@ -256,15 +259,15 @@ pub fn entry_for(
         key: pending.key.clone(),
         status,
         headers: headers
-            .iter()
+            .each_field()
             .filter(|(k, _)| {
-                let tag_field = tags.strip && tags.headers.contains(k);
+                let tag_field = tags.strip && tags.headers.iter().any(|t| t == k);
                 !k.starts_with(':')
-                    && !NOT_STORED.contains(&k.as_str())
+                    && !NOT_STORED.contains(k)
                     && !nominated.iter().any(|n| n == k)
                     && !tag_field
             })
-            .cloned()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
             .collect(),
         request_time: pending.request_time,
         response_time: now,
@@ -289,7 +292,7 @@ pub fn invalidated_keys(
     config: &Config,
     pending: &Pending,
     status: u16,
-    response_headers: &[(String, Vec<u8>)],
+    response_headers: &(impl Fields + ?Sized),
 ) -> Vec<u64> {
     if !invalidates(pending, status) {
         return Vec::new();
@@ -327,7 +330,7 @@ pub fn invalidated_keys(
 /// as the origin sent it; only fields it has are removed (a host call each).
 pub fn strip_fields_for_this_cache(
     config: &Config,
-    headers: &[(String, Vec<u8>)],
+    headers: &(impl Fields + ?Sized),
     host: &mut impl Host,
 ) {
     let tags = config.tags.headers.iter().filter(|_| config.tags.strip);
@@ -340,7 +343,7 @@ pub fn strip_fields_for_this_cache(
 
 /// RFC 9211 §2: Cache-Status is a list, nearest the origin first — `ours` goes after the
 /// entries of caches upstream of us (a shield tier, an edge behind a front cache).
-pub fn write_cache_status(headers: &[(String, Vec<u8>)], ours: &str, host: &mut impl Host) {
+pub fn write_cache_status(headers: &(impl Fields + ?Sized), ours: &str, host: &mut impl Host) {
     let mut value = join_lines(headers.field_lines("cache-status")).unwrap_or_default();
     if !value.is_empty() {
         value.extend_from_slice(b", ");

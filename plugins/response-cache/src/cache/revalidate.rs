@@ -37,7 +37,7 @@ pub struct Revalidated {
 pub fn revalidated(
     config: &Config,
     pending: &Pending,
-    not_modified_headers: &[(String, Vec<u8>)],
+    not_modified_headers: &(impl Fields + ?Sized),
     now: i64,
 ) -> Option<Revalidated> {
     let stored = pending.revalidating.as_deref()?;
@@ -52,9 +52,9 @@ pub fn revalidated(
     let mut headers = reply_headers(config, refreshed.headers.clone(), age, status_value);
     headers.extend(
         not_modified_headers
-            .iter()
+            .each_field()
             .filter(|(k, _)| personal(k))
-            .cloned(),
+            .map(|(k, v)| (k.to_string(), v.to_vec())),
     );
     let body = if pending.method == b"HEAD" {
         Vec::new()
@@ -79,18 +79,18 @@ pub(super) fn freshened(
     config: &Config,
     pending: &Pending,
     stored: &Entry,
-    response_headers: &[(String, Vec<u8>)],
+    response_headers: &(impl Fields + ?Sized),
     take: impl Fn(&str) -> bool,
     now: i64,
 ) -> (Entry, bool) {
     let nominated = connection_nominated(response_headers);
     let update: Vec<(String, Vec<u8>)> = response_headers
-        .iter()
-        .filter(|(k, _)| !k.starts_with(':') && !NOT_STORED.contains(&k.as_str()))
+        .each_field()
+        .filter(|(k, _)| !k.starts_with(':') && !NOT_STORED.contains(k))
         .filter(|(k, _)| !nominated.iter().any(|n| n == k))
-        .filter(|(k, _)| k != "set-cookie" || config.cache_set_cookie)
+        .filter(|(k, _)| *k != "set-cookie" || config.cache_set_cookie)
         .filter(|(k, _)| take(k))
-        .cloned()
+        .map(|(k, v)| (k.to_string(), v.to_vec()))
         .collect();
     let refreshed = Entry {
         headers: refresh_headers(&stored.headers, &update),
@@ -113,7 +113,7 @@ pub(super) fn freshened(
 }
 
 /// The strong entity tag of a header list, when it has one (RFC 9110 §8.8.3: not `W/`).
-pub(super) fn strong_etag(headers: &[(String, Vec<u8>)]) -> Option<&[u8]> {
+pub(super) fn strong_etag(headers: &(impl Fields + ?Sized)) -> Option<&[u8]> {
     let value = headers.field("etag")?.trim_ascii();
     (value.len() >= 2 && value.starts_with(b"\"") && value.ends_with(b"\"")).then_some(value)
 }
@@ -130,14 +130,14 @@ pub(super) fn strong_etag(headers: &[(String, Vec<u8>)]) -> Option<&[u8]> {
 pub fn freshened_by_partial(
     config: &Config,
     pending: &Pending,
-    partial_headers: &[(String, Vec<u8>)],
+    partial_headers: &(impl Fields + ?Sized),
     now: i64,
 ) -> Option<Entry> {
     let stored = pending.revalidating.as_deref()?;
     if stored.status != 200 || strong_etag(partial_headers)? != strong_etag(&stored.headers)? {
         return None;
     }
-    let multipart = partial_headers.iter().any(|(k, v)| {
+    let multipart = partial_headers.each_field().any(|(k, v)| {
         k == "content-type" && v.trim_ascii_start().starts_with(b"multipart/byteranges")
     });
     // The part's own Content-Range and Content-Length stay out (refresh_headers keeps the

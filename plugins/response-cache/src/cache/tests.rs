@@ -1261,3 +1261,57 @@ fn the_response_phase_is_one_decision_the_adapter_applies() {
         ResponseAction::Deliver { .. }
     ));
 }
+
+/// The adapter reads a response's fields in place (`HeaderMap`); a background refresh has
+/// them as pairs. Both decide the same, and store the same entry.
+#[test]
+fn a_response_read_in_place_decides_and_stores_as_its_pairs() {
+    use edgewise_support::HeaderMap;
+    let config =
+        Config::from_json(br#"{"tags":{"headers":["surrogate-key"],"strip":true}}"#).unwrap();
+    let store = MemoryStore::default();
+    let pending = forwarded(&config, &store, &[]);
+    let response = pairs(&[
+        (":status", "200"),
+        ("cache-control", "max-age=60"),
+        ("connection", "x-hop"),
+        ("x-hop", "1"),
+        ("surrogate-key", "a b"),
+        ("etag", "\"1\""),
+        ("set-cookie", "s=1"),
+        ("set-cookie", "t=2"),
+    ]);
+    let map = HeaderMap::from_pairs(&response);
+    assert_eq!(
+        on_response_headers(&config, &pending, &response, false, || 1000, || false),
+        on_response_headers(&config, &pending, &map, false, || 1000, || false),
+    );
+    let mut no_request = |_: &str| None;
+    let from_pairs = entry_for(
+        &config.tags,
+        &pending,
+        200,
+        &response,
+        b"x".to_vec(),
+        1000,
+        &mut no_request,
+    );
+    let from_map = entry_for(
+        &config.tags,
+        &pending,
+        200,
+        &map,
+        b"x".to_vec(),
+        1000,
+        &mut no_request,
+    );
+    assert_eq!(from_pairs, from_map);
+    let entry = from_map.expect("a cacheable 200 with tags makes an entry");
+    assert_eq!(entry.tags, vec![b"a".to_vec(), b"b".to_vec()]);
+    let names: Vec<&str> = entry.headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        ["cache-control", "etag", "set-cookie", "set-cookie"],
+        "no pseudo, hop-by-hop, nominated or tag field is stored"
+    );
+}
