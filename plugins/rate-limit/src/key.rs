@@ -37,7 +37,7 @@ pub fn client_ip(
 ) -> Option<Vec<u8>> {
     if let ClientIpSource::ForwardedFor { trusted_hops } = source {
         if let Some(list) = forwarded_for {
-            let entries: Vec<&[u8]> = list.split(|b| *b == b',').map(trim).collect();
+            let entries: Vec<&[u8]> = list.split(|b| *b == b',').map(<[u8]>::trim_ascii).collect();
             if let Some(entry) = entries
                 .len()
                 .checked_sub(trusted_hops as usize)
@@ -56,19 +56,6 @@ pub fn client_ip(
         Err(_) => text,
     };
     parse_ip(host.as_bytes())
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map(|e| e + 1)
-        .unwrap_or(start);
-    &bytes[start..end]
 }
 
 /// A canonical IP address from text, or None for anything else (names, garbage, ports on

@@ -172,22 +172,14 @@ fn host_with_dot(authority: &[u8]) -> Vec<u8> {
 
 /// The value of cookie `name` in a Cookie header ("a=1; b=2"), per RFC 6265 §4.2.1.
 pub fn cookie(header: &[u8], name: &str) -> Option<Vec<u8>> {
-    fn trim(bytes: &[u8]) -> &[u8] {
-        let start = bytes
-            .iter()
-            .position(|b| !b.is_ascii_whitespace())
-            .unwrap_or(bytes.len());
-        let end = bytes
-            .iter()
-            .rposition(|b| !b.is_ascii_whitespace())
-            .map(|e| e + 1)
-            .unwrap_or(start);
-        &bytes[start..end]
-    }
-    header.split(|b| *b == b';').map(trim).find_map(|pair| {
-        let eq = pair.iter().position(|b| *b == b'=')?;
-        (trim(&pair[..eq]) == name.as_bytes()).then(|| trim(&pair[eq + 1..]).to_vec())
-    })
+    header
+        .split(|b| *b == b';')
+        .map(<[u8]>::trim_ascii)
+        .find_map(|pair| {
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes())
+                .then(|| pair[eq + 1..].trim_ascii().to_vec())
+        })
 }
 
 /// `match` as written in configs. Every given condition must hold; an absent `match`
